@@ -1,0 +1,105 @@
+//! Unary, binary and fused elementwise ops (one interpreter for all three), copies and concat.
+
+use super::tensor::TensorRef;
+use rayon::prelude::*;
+use std::borrow::Cow;
+use weft_graph::{FusedProgram, Instr, Layout, NormKind, Shape};
+
+const PAR_MIN: usize = 1 << 14;
+
+/// Runs `prog` over the output's elements; sources broadcast to `shape`.
+pub fn fused(prog: &FusedProgram, shape: Shape, srcs: &[TensorRef], out: &mut [f32]) {
+    let mut vals: Vec<Cow<[f32]>> = srcs
+        .iter()
+        .map(|s| {
+            if s.layout.shape == shape {
+                s.f32()
+            } else {
+                let l = s
+                    .layout
+                    .broadcast_to(shape)
+                    .expect("broadcast checked when built");
+                Cow::Owned(s.gather_f32(l))
+            }
+        })
+        .collect();
+    if let Some(kind) = prog.head {
+        let mut x = vals[0].to_vec();
+        normalize_rows(kind, shape.last(), &mut x);
+        vals[0] = Cow::Owned(x);
+    }
+    let run = |(base, chunk): (usize, &mut [f32])| {
+        let mut regs = Vec::with_capacity(prog.code.len());
+        for (i, o) in chunk.iter_mut().enumerate() {
+            *o = prog.eval(&mut regs, |n| vals[n][base + i]);
+        }
+    };
+    if out.len() >= PAR_MIN {
+        out.par_chunks_mut(4096)
+            .enumerate()
+            .for_each(|(c, ch)| run((c * 4096, ch)));
+    } else {
+        run((0, out));
+    }
+}
+
+/// Normalises each row of `x` in place.
+pub fn normalize_rows(kind: NormKind, d: usize, x: &mut [f32]) {
+    let each = |row: &mut [f32]| {
+        let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let f = match kind {
+            NormKind::Rms { eps } => 1.0 / ((ss / d as f64) as f32 + eps).sqrt(),
+            NormKind::L2 { eps } => 1.0 / (ss.sqrt() as f32).max(eps),
+        };
+        row.iter_mut().for_each(|v| *v *= f);
+    };
+    if x.len() >= PAR_MIN {
+        x.par_chunks_mut(d).for_each(each);
+    } else {
+        x.chunks_mut(d).for_each(each);
+    }
+}
+
+/// One-instruction programs for plain unary and binary nodes.
+pub fn unary_program(op: weft_graph::UnaryOp) -> FusedProgram {
+    FusedProgram {
+        head: None,
+        code: vec![Instr::Load(0), Instr::Unary(op, 0)],
+    }
+}
+
+pub fn binary_program(op: weft_graph::BinaryOp) -> FusedProgram {
+    FusedProgram {
+        head: None,
+        code: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(op, 0, 1)],
+    }
+}
+
+/// Dense copy of any layout (F16/BF16 become F32; I32 stays I32).
+pub fn contiguous(src: &TensorRef, out: &mut [u8]) {
+    if src.dtype == weft_graph::DType::I32 {
+        let v = src.i32();
+        out.copy_from_slice(bytemuck::cast_slice(&v));
+    } else {
+        let v = src.gather_f32(src.layout);
+        out.copy_from_slice(bytemuck::cast_slice(&v));
+    }
+}
+
+/// Joins two dense tensors along `dim`.
+pub fn concat(a: &TensorRef, b: &TensorRef, dim: usize, out: &mut [f32]) {
+    let (av, bv) = (a.f32(), b.f32());
+    let inner = |d: &[usize]| d[dim..].iter().product::<usize>();
+    let (ia, ib) = (inner(a.dims()), inner(b.dims()));
+    let outer: usize = a.dims()[..dim].iter().product();
+    for o in 0..outer {
+        let dst = &mut out[o * (ia + ib)..(o + 1) * (ia + ib)];
+        dst[..ia].copy_from_slice(&av[o * ia..(o + 1) * ia]);
+        dst[ia..].copy_from_slice(&bv[o * ib..(o + 1) * ib]);
+    }
+}
+
+/// Dense values of an output node (whose layout may be a view) for reading back.
+pub fn read_layout_f32(src: &TensorRef, layout: Layout) -> Vec<f32> {
+    src.gather_f32(layout)
+}

@@ -1,0 +1,160 @@
+//! Matrix products with weights of any dtype (rows decoded on the fly), expert products and
+//! row gathers.
+
+use super::tensor::TensorRef;
+use crate::{BackendError, Result};
+use rayon::prelude::*;
+
+/// `dot` with several accumulators so the compiler vectorises it.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `outᵀ[n][m] = x[m] · w_row(n)` for `n` in `rows`, `x` dense `[M, K]`; returns `[M, N]`.
+fn product(
+    x: &[f32],
+    m: usize,
+    w: &TensorRef,
+    rows: impl Fn(usize) -> usize + Sync,
+    n: usize,
+    out: &mut [f32],
+) {
+    let k = w.row_len();
+    if m == 1 {
+        out.par_iter_mut()
+            .enumerate()
+            .with_min_len(16)
+            .for_each_init(
+                || vec![0.0f32; k],
+                |buf, (j, o)| {
+                    w.row_into(rows(j), buf);
+                    *o = dot(x, buf);
+                },
+            );
+        return;
+    }
+    let mut t = vec![0.0f32; n * m];
+    t.par_chunks_mut(m)
+        .enumerate()
+        .with_min_len(4)
+        .for_each_init(
+            || vec![0.0f32; k],
+            |buf, (j, col)| {
+                w.row_into(rows(j), buf);
+                for (i, c) in col.iter_mut().enumerate() {
+                    *c = dot(&x[i * k..(i + 1) * k], buf);
+                }
+            },
+        );
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = t[j * m + i];
+        }
+    }
+}
+
+/// `x [.., M, K] · w [.., N, K]ᵀ`.
+pub fn matmul(x: &TensorRef, w: &TensorRef, out: &mut [f32]) {
+    let xv = x.f32();
+    let (xd, wd) = (x.dims(), w.dims());
+    let (m, k) = (xd[xd.len() - 2], xd[xd.len() - 1]);
+    let n = wd[wd.len() - 2];
+    let xb = &xd[..xd.len() - 2];
+    let wb = &wd[..wd.len() - 2];
+    let batches: usize = xb.iter().product();
+    for b in 0..batches {
+        // Map the batch index of x onto w's (broadcast) batch index.
+        let (mut rem, mut wi, mut wstride) = (b, 0, 1);
+        for i in (0..xb.len()).rev() {
+            let idx = rem % xb[i];
+            rem /= xb[i];
+            let j = i as isize - (xb.len() - wb.len()) as isize;
+            if j >= 0 {
+                let wdim = wb[j as usize];
+                if wdim != 1 {
+                    wi += idx * wstride;
+                }
+                wstride *= wdim;
+            }
+        }
+        let xs = &xv[b * m * k..(b + 1) * m * k];
+        let os = &mut out[b * m * n..(b + 1) * m * n];
+        product(xs, m, w, |j| wi * n + j, n, os);
+    }
+}
+
+fn check_index(op: &'static str, node: &str, i: i32, len: usize) -> Result<usize> {
+    if i < 0 || i as usize >= len {
+        return Err(BackendError::IndexOutOfRange {
+            op,
+            node: node.to_string(),
+            index: i as i64,
+            len,
+        });
+    }
+    Ok(i as usize)
+}
+
+/// `x [T, U|1, K]`, `w [E, N, K]`, `ids [T, U]` → `[T, U, N]`, grouped by expert.
+pub fn matmul_id(
+    x: &TensorRef,
+    w: &TensorRef,
+    ids: &TensorRef,
+    node: &str,
+    out: &mut [f32],
+) -> Result<()> {
+    let xv = x.f32();
+    let idv = ids.i32();
+    let [t, u] = [ids.dims()[0], ids.dims()[1]];
+    let xu = x.dims()[1];
+    let [e, n, k] = [w.dims()[0], w.dims()[1], w.dims()[2]];
+    let mut per_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
+    for (r, &id) in idv.iter().enumerate() {
+        per_expert[check_index("mul_mat_id", node, id, e)?].push(r);
+    }
+    for (ex, rows) in per_expert.iter().enumerate() {
+        if rows.is_empty() {
+            continue;
+        }
+        let mut xs = Vec::with_capacity(rows.len() * k);
+        for &r in rows {
+            let (ti, ui) = (r / u, r % u);
+            let xr = ti * xu + if xu == 1 { 0 } else { ui };
+            xs.extend_from_slice(&xv[xr * k..(xr + 1) * k]);
+        }
+        let mut o = vec![0.0; rows.len() * n];
+        product(&xs, rows.len(), w, |j| ex * n + j, n, &mut o);
+        for (i, &r) in rows.iter().enumerate() {
+            out[r * n..(r + 1) * n].copy_from_slice(&o[i * n..(i + 1) * n]);
+        }
+    }
+    let _ = t;
+    Ok(())
+}
+
+/// Rows of `table [B?, R, D]` chosen by `ids [B?, n]`.
+pub fn get_rows(table: &TensorRef, ids: &TensorRef, node: &str, out: &mut [f32]) -> Result<()> {
+    let idv = ids.i32();
+    let td = table.dims();
+    let (r, d) = (td[td.len() - 2], td[td.len() - 1]);
+    let per_batch = ids.dims()[ids.dims().len() - 1];
+    for (i, (&id, o)) in idv.iter().zip(out.chunks_mut(d)).enumerate() {
+        let row = check_index("get_rows", node, id, r)?;
+        let batch = i / per_batch;
+        table.row_into(batch * r + row, o);
+    }
+    Ok(())
+}

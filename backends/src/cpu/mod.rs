@@ -1,0 +1,424 @@
+//! The CPU backend: every op, f32 accumulation, rayon across rows, quantized weights decoded
+//! row by row with the exact GGUF block layouts. It is the fallback and the readable reference.
+
+mod attention;
+mod buffer;
+mod delta;
+mod elementwise;
+mod matmul;
+mod rows;
+mod ssm;
+mod tensor;
+
+use crate::{Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result};
+use buffer::AlignedBytes;
+use std::collections::HashMap;
+use std::time::Instant;
+use tensor::TensorRef;
+use weft_graph::{BufferId, DType, Graph, Layout, NodeId, Op, Plan};
+
+struct Program {
+    plan: Plan,
+    arena: AlignedBytes,
+    timings: Option<Vec<NodeTiming>>,
+}
+
+/// Executes plans on the host.
+#[derive(Default)]
+pub struct CpuBackend {
+    buffers: HashMap<u32, AlignedBytes>,
+    next_buffer: u32,
+    programs: HashMap<u32, Program>,
+    next_program: u32,
+    profiling: bool,
+    scratch: AlignedBytes,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("buffers", &self.buffers.len())
+            .field("programs", &self.programs.len())
+            .finish()
+    }
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn buffer(&self, id: BufferId) -> Result<&AlignedBytes> {
+        self.buffers
+            .get(&id.0)
+            .ok_or(BackendError::UnknownBuffer(id.0))
+    }
+}
+
+fn range_check(
+    buf: BufferId,
+    size: usize,
+    offset: usize,
+    len: usize,
+) -> Result<std::ops::Range<usize>> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(offset..end),
+        _ => Err(BackendError::OutOfBounds {
+            buffer: buf.0,
+            start: offset,
+            end: offset.saturating_add(len),
+            size,
+        }),
+    }
+}
+
+/// Where a node's storage is: the arena (at a byte offset) or an external buffer.
+#[derive(Clone, Copy)]
+enum Home {
+    Arena(usize),
+    External(BufferId),
+}
+
+fn home(g: &Graph, plan: &Plan, id: NodeId) -> Home {
+    let base = g.storage_of(id);
+    match &g.node(base).op {
+        Op::External { buffer, .. } => Home::External(*buffer),
+        _ => Home::Arena(plan.slots[base.index()].map_or(0, |s| s.offset)),
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn alloc(&mut self, bytes: usize) -> Result<BufferId> {
+        let id = self.next_buffer;
+        self.next_buffer += 1;
+        self.buffers.insert(id, AlignedBytes::zeroed(bytes));
+        Ok(BufferId(id))
+    }
+
+    fn upload(&mut self, buf: BufferId, offset: usize, data: &[u8]) -> Result<()> {
+        let b = self
+            .buffers
+            .get_mut(&buf.0)
+            .ok_or(BackendError::UnknownBuffer(buf.0))?;
+        let r = range_check(buf, b.len(), offset, data.len())?;
+        b.bytes_mut()[r].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn download(&mut self, buf: BufferId, offset: usize, out: &mut [u8]) -> Result<()> {
+        let b = self.buffer(buf)?;
+        let r = range_check(buf, b.len(), offset, out.len())?;
+        out.copy_from_slice(&b.bytes()[r]);
+        Ok(())
+    }
+
+    fn buffer_size(&self, buf: BufferId) -> Result<usize> {
+        Ok(self.buffer(buf)?.len())
+    }
+
+    fn free(&mut self, buf: BufferId) -> Result<()> {
+        self.buffers
+            .remove(&buf.0)
+            .map(|_| ())
+            .ok_or(BackendError::UnknownBuffer(buf.0))
+    }
+
+    fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
+        let g = &plan.graph;
+        for id in g.ids() {
+            let n = g.node(id);
+            if let Op::External { name, buffer, .. } = &n.op {
+                let need = n.dtype.bytes_for(n.layout.extent()).unwrap_or(usize::MAX);
+                let have = self.buffer(*buffer)?.len();
+                if need > have {
+                    return Err(BackendError::ExternalTooSmall {
+                        name: name.clone(),
+                        buffer: buffer.0,
+                        need,
+                        have,
+                    });
+                }
+            }
+        }
+        let id = self.next_program;
+        self.next_program += 1;
+        let arena = AlignedBytes::zeroed(plan.arena_bytes);
+        self.programs.insert(
+            id,
+            Program {
+                plan: plan.clone(),
+                arena,
+                timings: None,
+            },
+        );
+        Ok(ProgramId(id))
+    }
+
+    fn run(&mut self, program: ProgramId, inputs: &[(&str, HostData<'_>)]) -> Result<Vec<Output>> {
+        let mut prog = self
+            .programs
+            .remove(&program.0)
+            .ok_or(BackendError::UnknownProgram(program.0))?;
+        let r = self.run_program(&mut prog, inputs);
+        self.programs.insert(program.0, prog);
+        r
+    }
+
+    fn release(&mut self, program: ProgramId) -> Result<()> {
+        self.programs
+            .remove(&program.0)
+            .map(|_| ())
+            .ok_or(BackendError::UnknownProgram(program.0))
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+    }
+
+    fn timings(&self, program: ProgramId) -> Option<Vec<NodeTiming>> {
+        self.programs.get(&program.0)?.timings.clone()
+    }
+}
+
+/// Copies host inputs into their arena slots, checking names, dtypes and lengths.
+fn write_inputs(
+    plan: &Plan,
+    arena: &mut AlignedBytes,
+    inputs: &[(&str, HostData<'_>)],
+) -> Result<()> {
+    let g = &plan.graph;
+    for id in g.inputs() {
+        let n = g.node(id);
+        let Op::Input { name } = &n.op else { continue };
+        let data = inputs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, d)| *d)
+            .ok_or_else(|| BackendError::MissingInput(name.clone()))?;
+        if data.dtype() != n.dtype || data.len() != n.numel() {
+            return Err(BackendError::BadInput {
+                name: name.clone(),
+                detail: format!(
+                    "expected {} {} values for shape {}, got {} {}",
+                    n.numel(),
+                    n.dtype,
+                    n.shape(),
+                    data.len(),
+                    data.dtype()
+                ),
+            });
+        }
+        let off = plan.slots[id.index()].map_or(0, |s| s.offset);
+        let b = data.bytes();
+        arena.bytes_mut()[off..off + b.len()].copy_from_slice(b);
+    }
+    Ok(())
+}
+
+impl CpuBackend {
+    fn run_program(
+        &mut self,
+        prog: &mut Program,
+        inputs: &[(&str, HostData<'_>)],
+    ) -> Result<Vec<Output>> {
+        let plan = &prog.plan;
+        let g = &plan.graph;
+        write_inputs(plan, &mut prog.arena, inputs)?;
+        let mut timings = self.profiling.then(Vec::new);
+        for &id in &plan.schedule {
+            let start = Instant::now();
+            let node = g.node(id);
+            if matches!(node.op, Op::StoreRows) {
+                self.store_rows(plan, &prog.arena, id)?;
+            } else {
+                let bytes = node.dtype.bytes_for(node.numel()).unwrap_or(0);
+                if self.scratch.len() < bytes {
+                    self.scratch = AlignedBytes::zeroed(bytes);
+                }
+                let srcs: Vec<TensorRef> = node
+                    .srcs
+                    .iter()
+                    .map(|&s| tensor_ref(&self.buffers, g, plan, &prog.arena, s))
+                    .collect::<Result<_>>()?;
+                let out = &mut self.scratch.bytes_mut()[..bytes];
+                execute(g, id, &srcs, out)?;
+                let off = plan.slots[id.index()].map_or(0, |s| s.offset);
+                prog.arena.bytes_mut()[off..off + bytes]
+                    .copy_from_slice(&self.scratch.bytes()[..bytes]);
+            }
+            if let Some(t) = timings.as_mut() {
+                t.push(NodeTiming {
+                    node: id,
+                    name: node.name.clone(),
+                    op: node.op.name(),
+                    time: start.elapsed(),
+                });
+            }
+        }
+        prog.timings = timings;
+        g.outputs
+            .iter()
+            .map(|(name, id)| {
+                let t = self.tensor_ref(g, plan, &prog.arena, *id)?;
+                let data = if t.dtype == DType::I32 {
+                    OutputData::I32(t.i32().into_owned())
+                } else {
+                    OutputData::F32(elementwise::read_layout_f32(&t, t.layout))
+                };
+                Ok(Output {
+                    name: name.clone(),
+                    shape: t.layout.shape,
+                    data,
+                })
+            })
+            .collect()
+    }
+
+    fn tensor_ref<'a>(
+        &'a self,
+        g: &Graph,
+        plan: &Plan,
+        arena: &'a AlignedBytes,
+        id: NodeId,
+    ) -> Result<TensorRef<'a>> {
+        tensor_ref(&self.buffers, g, plan, arena, id)
+    }
+
+    fn store_rows(&mut self, plan: &Plan, arena: &AlignedBytes, id: NodeId) -> Result<()> {
+        let g = &plan.graph;
+        let node = g.node(id);
+        let src = self
+            .tensor_ref(g, plan, arena, node.srcs[1])?
+            .f32()
+            .into_owned();
+        let idx = self
+            .tensor_ref(g, plan, arena, node.srcs[2])?
+            .i32()
+            .into_owned();
+        let Home::External(buf) = home(g, plan, id) else {
+            return Err(BackendError::Device(format!(
+                "{}: destination is not a cache",
+                node.name
+            )));
+        };
+        let dst: Layout = g.node(node.srcs[0]).layout;
+        let [rows, d] = [dst.shape.dims()[0], dst.shape.dims()[1]];
+        let dtype = node.dtype;
+        let b = self
+            .buffers
+            .get_mut(&buf.0)
+            .ok_or(BackendError::UnknownBuffer(buf.0))?;
+        for (i, &r) in idx.iter().enumerate() {
+            if r < 0 || r as usize >= rows {
+                return Err(BackendError::IndexOutOfRange {
+                    op: "store_rows",
+                    node: node.name.clone(),
+                    index: r as i64,
+                    len: rows,
+                });
+            }
+            let start = dst.offset + r as usize * dst.strides[0];
+            let vals = &src[i * d..(i + 1) * d];
+            match dtype {
+                DType::F32 => bytemuck::cast_slice_mut::<u8, f32>(b.bytes_mut())[start..start + d]
+                    .copy_from_slice(vals),
+                DType::F16 => {
+                    let o = &mut bytemuck::cast_slice_mut::<u8, half::f16>(b.bytes_mut())
+                        [start..start + d];
+                    o.iter_mut()
+                        .zip(vals)
+                        .for_each(|(o, &v)| *o = half::f16::from_f32(v));
+                }
+                _ => {
+                    let o = &mut bytemuck::cast_slice_mut::<u8, half::bf16>(b.bytes_mut())
+                        [start..start + d];
+                    o.iter_mut()
+                        .zip(vals)
+                        .for_each(|(o, &v)| *o = half::bf16::from_f32(v));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tensor_ref<'a>(
+    buffers: &'a HashMap<u32, AlignedBytes>,
+    g: &Graph,
+    plan: &Plan,
+    arena: &'a AlignedBytes,
+    id: NodeId,
+) -> Result<TensorRef<'a>> {
+    let n = g.node(id);
+    let bytes = match home(g, plan, id) {
+        Home::Arena(off) => &arena.bytes()[off..],
+        Home::External(b) => buffers
+            .get(&b.0)
+            .ok_or(BackendError::UnknownBuffer(b.0))?
+            .bytes(),
+    };
+    Ok(TensorRef {
+        bytes,
+        layout: n.layout,
+        dtype: n.dtype,
+    })
+}
+
+/// Computes one node into `out` (dense, the node's dtype).
+fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()> {
+    let node = g.node(id);
+    let shape = node.shape();
+    match &node.op {
+        Op::Contiguous => elementwise::contiguous(&s[0], out),
+        Op::Unary(u) => elementwise::fused(&elementwise::unary_program(*u), shape, s, f32s(out)),
+        Op::Binary(b) => elementwise::fused(&elementwise::binary_program(*b), shape, s, f32s(out)),
+        Op::Fused(p) => elementwise::fused(p, shape, s, f32s(out)),
+        Op::MatMul => matmul::matmul(&s[0], &s[1], f32s(out)),
+        Op::MatMulId => matmul::matmul_id(&s[0], &s[1], &s[2], &node.name, f32s(out))?,
+        Op::GetRows => matmul::get_rows(&s[0], &s[1], &node.name, f32s(out))?,
+        Op::RmsNorm { eps } => norm(weft_graph::NormKind::Rms { eps: *eps }, &s[0], f32s(out)),
+        Op::L2Norm { eps } => norm(weft_graph::NormKind::L2 { eps: *eps }, &s[0], f32s(out)),
+        Op::SoftMax { scale, masked } => {
+            rows::softmax(&s[0], masked.then(|| &s[1]), *scale, f32s(out))
+        }
+        Op::Rope(p) => attention::rope(&s[0], &s[1], *p, f32s(out)),
+        Op::Attention {
+            scale,
+            causal,
+            masked,
+            gated,
+        } => {
+            let mask = masked.then(|| &s[3]);
+            let gate = gated.then(|| &s[if *masked { 4 } else { 3 }]);
+            attention::attention(&s[0], &s[1], &s[2], mask, gate, *scale, *causal, f32s(out))
+        }
+        Op::Concat { dim } => elementwise::concat(&s[0], &s[1], *dim, f32s(out)),
+        Op::SsmConv => ssm::ssm_conv(&s[0], &s[1], f32s(out)),
+        Op::SsmScan => ssm::ssm_scan(s, f32s(out)),
+        Op::GatedDeltaNet { form } => delta::gated_delta_net(s, *form, f32s(out)),
+        Op::TopK { k } => rows::top_k(&s[0], *k, bytemuck::cast_slice_mut(out)),
+        Op::Reduce(r) => rows::reduce(*r, &s[0], out),
+        Op::Input { .. } | Op::External { .. } | Op::View | Op::StoreRows => {
+            return Err(BackendError::Unsupported {
+                backend: "cpu",
+                op: node.op.name(),
+                node: node.name.clone(),
+                detail: "not an executable node".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn f32s(out: &mut [u8]) -> &mut [f32] {
+    bytemuck::cast_slice_mut(out)
+}
+
+fn norm(kind: weft_graph::NormKind, x: &TensorRef, out: &mut [f32]) {
+    out.copy_from_slice(&x.f32());
+    elementwise::normalize_rows(kind, x.layout.shape.last(), out);
+}

@@ -1,0 +1,87 @@
+//! Read access to a node's values: its storage bytes, layout and dtype.
+
+use std::borrow::Cow;
+use weft_graph::quant::dequantize;
+use weft_graph::{DType, Layout};
+
+/// A source operand: the whole storage buffer it lives in plus how to read it.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef<'a> {
+    pub bytes: &'a [u8],
+    pub layout: Layout,
+    pub dtype: DType,
+}
+
+impl<'a> TensorRef<'a> {
+    pub fn dims(&self) -> &[usize] {
+        self.layout.shape.dims()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.layout.shape.numel()
+    }
+
+    /// Dense f32 values (borrowed when already dense F32).
+    pub fn f32(&self) -> Cow<'a, [f32]> {
+        let n = self.numel();
+        if self.dtype == DType::F32 && self.layout.is_contiguous() {
+            let start = self.layout.offset * 4;
+            return Cow::Borrowed(bytemuck::cast_slice(&self.bytes[start..start + n * 4]));
+        }
+        Cow::Owned(self.gather_f32(self.layout))
+    }
+
+    /// Dense f32 values after broadcasting to `layout` (which must address this storage).
+    pub fn gather_f32(&self, layout: Layout) -> Vec<f32> {
+        let mut out = vec![0.0; layout.shape.numel()];
+        let b = self.bytes;
+        match self.dtype {
+            DType::F32 => {
+                let v: &[f32] = bytemuck::cast_slice(b);
+                layout.for_each_offset(|i, o| out[i] = v[o]);
+            }
+            DType::F16 => {
+                let v: &[half::f16] = bytemuck::cast_slice(b);
+                layout.for_each_offset(|i, o| out[i] = v[o].to_f32());
+            }
+            DType::BF16 => {
+                let v: &[half::bf16] = bytemuck::cast_slice(b);
+                layout.for_each_offset(|i, o| out[i] = v[o].to_f32());
+            }
+            DType::I32 => {
+                let v: &[i32] = bytemuck::cast_slice(b);
+                layout.for_each_offset(|i, o| out[i] = v[o] as f32);
+            }
+            _ => unreachable!("quantized tensors are only read by rows"),
+        }
+        out
+    }
+
+    /// Dense i32 values.
+    pub fn i32(&self) -> Cow<'a, [i32]> {
+        let n = self.numel();
+        let v: &'a [i32] = bytemuck::cast_slice(self.bytes);
+        if self.layout.is_contiguous() {
+            return Cow::Borrowed(&v[self.layout.offset..self.layout.offset + n]);
+        }
+        let mut out = vec![0; n];
+        self.layout.for_each_offset(|i, o| out[i] = v[o]);
+        Cow::Owned(out)
+    }
+
+    /// Row length (innermost dimension).
+    pub fn row_len(&self) -> usize {
+        self.layout.shape.last()
+    }
+
+    /// Decodes row `r` (counting rows of a dense tensor of any dtype) into `out`.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let k = self.row_len();
+        let start = self.layout.offset + r * k;
+        let bs = self.dtype.block_elems();
+        let b0 = start / bs * self.dtype.block_bytes();
+        let nb = self.dtype.bytes_for(k).unwrap_or(0);
+        let ok = dequantize(self.dtype, &self.bytes[b0..b0 + nb], out);
+        debug_assert!(ok, "row sizes are checked when the graph is built");
+    }
+}

@@ -1,0 +1,78 @@
+//! Host-side data passed into and out of a run.
+
+use weft_graph::{DType, Shape};
+
+/// Host values for one graph input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum HostData<'a> {
+    F32(&'a [f32]),
+    I32(&'a [i32]),
+}
+
+impl HostData<'_> {
+    pub fn dtype(&self) -> DType {
+        match self {
+            HostData::F32(_) => DType::F32,
+            HostData::I32(_) => DType::I32,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            HostData::F32(v) => v.len(),
+            HostData::I32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            HostData::F32(v) => bytemuck::cast_slice(v),
+            HostData::I32(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+/// Values of one output, dense in row-major order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OutputData {
+    F32(Vec<f32>),
+    I32(Vec<i32>),
+}
+
+/// One named output of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub shape: Shape,
+    pub data: OutputData,
+}
+
+impl Output {
+    /// The values as f32 (I32 outputs are converted).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.data {
+            OutputData::F32(v) => v.clone(),
+            OutputData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
+    /// The values as f32, borrowed; `None` for I32 outputs.
+    pub fn f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            OutputData::F32(v) => Some(v),
+            OutputData::I32(_) => None,
+        }
+    }
+
+    /// The values as i32, borrowed; `None` for F32 outputs.
+    pub fn i32(&self) -> Option<&[i32]> {
+        match &self.data {
+            OutputData::I32(v) => Some(v),
+            OutputData::F32(_) => None,
+        }
+    }
+}

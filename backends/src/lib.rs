@@ -1,0 +1,67 @@
+//! The [`Backend`] trait and its implementations.
+//!
+//! A backend owns buffers (weights and caches, bound to graph externals by [`BufferId`]),
+//! compiles a [`Plan`] into a program (allocating the plan's activation arena), and runs it on
+//! host inputs, returning the graph's outputs. The CPU backend is both the fallback and the
+//! readable reference for every op.
+
+pub mod cpu;
+mod error;
+mod host;
+
+pub use cpu::CpuBackend;
+pub use error::{BackendError, Result};
+pub use host::{HostData, Output, OutputData};
+
+use std::time::Duration;
+use weft_graph::{BufferId, NodeId, Plan};
+
+/// Handle of a compiled program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProgramId(pub u32);
+
+/// Time spent in one node during the last run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeTiming {
+    pub node: NodeId,
+    pub name: String,
+    pub op: &'static str,
+    pub time: Duration,
+}
+
+/// An executor of planned graphs. Object safe, so a caller can hold `Box<dyn Backend>`.
+pub trait Backend {
+    /// Human-readable name, e.g. `cpu (2 threads)`.
+    fn name(&self) -> String;
+
+    /// A zero-filled buffer of `bytes`.
+    fn alloc(&mut self, bytes: usize) -> Result<BufferId>;
+
+    /// Copies `data` into `buf` at byte `offset`.
+    fn upload(&mut self, buf: BufferId, offset: usize, data: &[u8]) -> Result<()>;
+
+    /// Copies `out.len()` bytes of `buf` from byte `offset` into `out`.
+    fn download(&mut self, buf: BufferId, offset: usize, out: &mut [u8]) -> Result<()>;
+
+    /// Size of a buffer in bytes.
+    fn buffer_size(&self, buf: BufferId) -> Result<usize>;
+
+    /// Releases a buffer.
+    fn free(&mut self, buf: BufferId) -> Result<()>;
+
+    /// Prepares a plan to run; checks that its externals are bound to large enough buffers.
+    fn compile(&mut self, plan: &Plan) -> Result<ProgramId>;
+
+    /// Runs a program on host inputs (by input name) and returns its outputs in the order the
+    /// graph lists them.
+    fn run(&mut self, program: ProgramId, inputs: &[(&str, HostData<'_>)]) -> Result<Vec<Output>>;
+
+    /// Drops a compiled program and its arena.
+    fn release(&mut self, program: ProgramId) -> Result<()>;
+
+    /// Turns per-node timing on or off for later runs.
+    fn set_profiling(&mut self, on: bool);
+
+    /// Per-node times of the last run of `program`, when profiling was on.
+    fn timings(&self, program: ProgramId) -> Option<Vec<NodeTiming>>;
+}

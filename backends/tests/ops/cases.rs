@@ -1,0 +1,684 @@
+//! The op cases, each a function of a backend. Sizes are odd on purpose; views, broadcasts and
+//! several sequences appear wherever the op allows them.
+
+use super::harness::*;
+use super::reference::{self as r, Nd, indices};
+use weft_backends::Backend;
+use weft_graph::{Access, BinaryOp, DType, DeltaForm, ReduceOp, RopeMode, RopeParams, UnaryOp};
+
+const TOL: f64 = 1e-5;
+
+pub fn unary(be: &mut dyn Backend) {
+    let ops = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Square,
+        UnaryOp::Tanh,
+        UnaryOp::Relu,
+        UnaryOp::SqrRelu,
+        UnaryOp::Sigmoid,
+        UnaryOp::Silu,
+        UnaryOp::Gelu,
+        UnaryOp::Softplus,
+        UnaryOp::Scale(-1.75),
+        UnaryOp::Offset(0.5),
+        UnaryOp::Clamp {
+            min: -0.3,
+            max: 0.4,
+        },
+    ];
+    let mut rg = rng(1);
+    let dims = [3, 7, 13];
+    for op in ops {
+        let mut c = Case::new();
+        let positive = matches!(op, UnaryOp::Log | UnaryOp::Sqrt);
+        let v: Vec<f32> = randn(&mut rg, 273)
+            .iter()
+            .map(|x| if positive { x.abs() + 0.01 } else { x * 4.0 })
+            .collect();
+        let (x, xn) = c.input_values("x", &dims, v);
+        // also through a permuted (non-contiguous) view
+        let xp = c.b.permute(x, &[2, 0, 1]).expect("permute");
+        let y = c.b.unary(op, x).expect("unary");
+        let yp = c.b.unary(op, xp).expect("unary view");
+        c.output(y, "y");
+        c.output(yp, "yp");
+        let out = c.run(be);
+        let p = match op {
+            UnaryOp::Scale(s) | UnaryOp::Offset(s) => (s as f64, 0.0),
+            UnaryOp::Clamp { min, max } => (min as f64, max as f64),
+            _ => (0.0, 0.0),
+        };
+        let want = Nd::new(
+            &dims,
+            xn.data.iter().map(|&v| r::unary(op.name(), v, p)).collect(),
+        );
+        assert_close(op.name(), &out[0], &want, TOL);
+        let mut wp = Nd::zeros(&[13, 3, 7]);
+        for i in indices(&[13, 3, 7]) {
+            wp.set(&i, want.at(&[i[1], i[2], i[0]]));
+        }
+        assert_close(op.name(), &out[1], &wp, TOL);
+    }
+}
+
+pub fn binary_broadcast(be: &mut dyn Backend) {
+    let mut rg = rng(2);
+    let shapes: [(&[usize], &[usize]); 4] = [
+        (&[2, 3, 5], &[3, 1]),
+        (&[5], &[2, 3, 5]),
+        (&[4, 1, 3], &[1, 6, 1]),
+        (&[7, 9], &[7, 9]),
+    ];
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        for (da, db) in shapes {
+            let mut c = Case::new();
+            let (a, an) = c.input(&mut rg, "a", da);
+            let bv: Vec<f32> = randn(&mut rg, db.iter().product())
+                .iter()
+                .map(|x| x + 2.0f32.copysign(*x))
+                .collect();
+            let (b, bn) = c.input_values("b", db, bv);
+            let y = c.b.binary(op, a, b).expect("binary");
+            c.output(y, "y");
+            let out = c.run(be);
+            let od = out[0].shape.dims().to_vec();
+            let mut want = Nd::zeros(&od);
+            for i in indices(&od) {
+                want.set(
+                    &i,
+                    r::binary(op.name(), an.at_broadcast(&i), bn.at_broadcast(&i)),
+                );
+            }
+            assert_close(op.name(), &out[0], &want, TOL);
+        }
+    }
+}
+
+pub fn views_and_contiguous(be: &mut dyn Backend) {
+    let mut rg = rng(3);
+    let mut c = Case::new();
+    let (x, xn) = c.input(&mut rg, "x", &[4, 6, 5]);
+    let s = c.b.slice(x, 1, 2, 3).expect("slice"); // [4, 3, 5]
+    let p = c.b.permute(s, &[2, 0, 1]).expect("permute"); // [5, 4, 3]
+    let cont = c.b.contiguous(p).expect("contiguous");
+    let rs = c.b.reshape(cont, &[20, 3]).expect("reshape");
+    // overlapping windows: rows of 4 starting every 2 elements of a flat view
+    let flat = c.b.reshape(x, &[120]).expect("flat");
+    let win = c.b.view(flat, &[5, 4], &[2, 1], 3).expect("windows");
+    let wc = c.b.contiguous(win).expect("contiguous windows");
+    let bc = c.b.slice(x, 0, 1, 1).expect("row");
+    let bc = c.b.broadcast_to(bc, &[3, 6, 5]).expect("broadcast");
+    let bcc = c.b.contiguous(bc).expect("contiguous broadcast");
+    c.output(rs, "rs");
+    c.output(wc, "win");
+    c.output(bcc, "bc");
+    let out = c.run(be);
+    let mut want = Nd::zeros(&[5, 4, 3]);
+    for i in indices(&[5, 4, 3]) {
+        want.set(&i, xn.at(&[i[1], i[2] + 2, i[0]]));
+    }
+    assert_close("slice+permute", &out[0], &Nd::new(&[20, 3], want.data), 0.0);
+    let mut w = Nd::zeros(&[5, 4]);
+    for i in indices(&[5, 4]) {
+        w.set(&i, xn.data[3 + 2 * i[0] + i[1]]);
+    }
+    assert_close("windows", &out[1], &w, 0.0);
+    let mut b = Nd::zeros(&[3, 6, 5]);
+    for i in indices(&[3, 6, 5]) {
+        b.set(&i, xn.at(&[1, i[1], i[2]]));
+    }
+    assert_close("broadcast", &out[2], &b, 0.0);
+}
+
+pub fn contiguous_casts(be: &mut dyn Backend) {
+    let mut rg = rng(4);
+    for dt in [DType::F16, DType::BF16] {
+        let mut c = Case::new();
+        let v = randn(&mut rg, 35);
+        let (w, wn) = c.external(be, "w", &[5, 7], dt, &v, Access::ReadOnly);
+        let t = c.b.permute(w, &[1, 0]).expect("permute");
+        let y = c.b.contiguous(t).expect("contiguous");
+        c.output(y, "y");
+        let out = c.run(be);
+        let mut want = Nd::zeros(&[7, 5]);
+        for i in indices(&[7, 5]) {
+            want.set(&i, wn.at(&[i[1], i[0]]));
+        }
+        assert_close("cast", &out[0], &want, 0.0);
+    }
+}
+
+fn matmul_with(be: &mut dyn Backend, dtype: DType, k: usize, seed: u64) {
+    let mut rg = rng(seed);
+    for (xd, wd) in [
+        (vec![1, k], vec![9, k]),
+        (vec![2, 3, k], vec![5, k]),
+        (vec![2, 3, k], vec![2, 7, k]),
+    ] {
+        if dtype.is_quantized() && wd.len() == 3 {
+            continue;
+        }
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &xd);
+        let (w, wn) = if dtype.is_quantized() {
+            c.quantized(be, &mut rg, "w", &wd, dtype)
+        } else {
+            let v = randn(&mut rg, wd.iter().product());
+            c.external(be, "w", &wd, dtype, &v, Access::ReadOnly)
+        };
+        let y = c.b.matmul(x, w).expect("matmul");
+        c.output(y, "y");
+        let out = c.run(be);
+        assert_close(
+            &format!("matmul {dtype} {xd:?}x{wd:?}"),
+            &out[0],
+            &r::matmul(&xn, &wn),
+            TOL,
+        );
+    }
+}
+
+pub fn matmul_float(be: &mut dyn Backend) {
+    matmul_with(be, DType::F32, 37, 5);
+    matmul_with(be, DType::F16, 37, 6);
+    matmul_with(be, DType::BF16, 37, 7);
+}
+
+pub fn matmul_q8_0(be: &mut dyn Backend) {
+    matmul_with(be, DType::Q8_0, 96, 8);
+}
+pub fn matmul_q4_0(be: &mut dyn Backend) {
+    matmul_with(be, DType::Q4_0, 64, 9);
+}
+pub fn matmul_q4_1(be: &mut dyn Backend) {
+    matmul_with(be, DType::Q4_1, 64, 10);
+}
+pub fn matmul_q4_k(be: &mut dyn Backend) {
+    matmul_with(be, DType::Q4K, 512, 11);
+}
+pub fn matmul_q5_k(be: &mut dyn Backend) {
+    matmul_with(be, DType::Q5K, 256, 12);
+}
+pub fn matmul_q6_k(be: &mut dyn Backend) {
+    matmul_with(be, DType::Q6K, 256, 13);
+}
+
+pub fn matmul_activations(be: &mut dyn Backend) {
+    // both operands computed, the second through a transposing view (made dense by legalization)
+    let mut rg = rng(14);
+    let mut c = Case::new();
+    let (a, an) = c.input(&mut rg, "a", &[3, 4, 6]);
+    let (b, bn) = c.input(&mut rg, "b", &[3, 6, 5]);
+    let bt = c.b.permute(b, &[0, 2, 1]).expect("transpose");
+    let y = c.b.matmul(a, bt).expect("matmul");
+    c.output(y, "y");
+    let out = c.run(be);
+    let mut bt_n = Nd::zeros(&[3, 5, 6]);
+    for i in indices(&[3, 5, 6]) {
+        bt_n.set(&i, bn.at(&[i[0], i[2], i[1]]));
+    }
+    assert_close("matmul activations", &out[0], &r::matmul(&an, &bt_n), TOL);
+}
+
+pub fn matmul_id(be: &mut dyn Backend) {
+    let mut rg = rng(15);
+    for (dtype, k) in [(DType::F32, 24), (DType::Q8_0, 64), (DType::Q4K, 256)] {
+        for xu in [1usize, 2] {
+            let (t, u, e, n) = (5, 2, 4, 6);
+            let mut c = Case::new();
+            let (x, xn) = c.input(&mut rg, "x", &[t, xu, k]);
+            let (w, wn) = if dtype.is_quantized() {
+                c.quantized(be, &mut rg, "w", &[e, n, k], dtype)
+            } else {
+                let v = randn(&mut rg, e * n * k);
+                c.external(be, "w", &[e, n, k], dtype, &v, Access::ReadOnly)
+            };
+            let ids: Vec<i32> = (0..t * u).map(|i| ((i * 3 + 1) % e) as i32).collect();
+            let it = c.ids("ids", &[t, u], ids.clone());
+            let y = c.b.matmul_id(x, w, it).expect("matmul_id");
+            c.output(y, "y");
+            let out = c.run(be);
+            let mut want = Nd::zeros(&[t, u, n]);
+            for i in indices(&[t, u, n]) {
+                let ex = ids[i[0] * u + i[1]] as usize;
+                let xr = if xu == 1 { 0 } else { i[1] };
+                let s: f64 = (0..k)
+                    .map(|kk| xn.at(&[i[0], xr, kk]) * wn.at(&[ex, i[2], kk]))
+                    .sum();
+                want.set(&i, s);
+            }
+            assert_close(&format!("matmul_id {dtype} xu={xu}"), &out[0], &want, TOL);
+        }
+    }
+}
+
+pub fn get_rows(be: &mut dyn Backend) {
+    let mut rg = rng(16);
+    for dtype in [DType::F32, DType::F16, DType::Q8_0, DType::Q4_1, DType::Q6K] {
+        let d = if dtype.is_quantized() {
+            dtype.block_elems() * 2
+        } else {
+            11
+        };
+        let mut c = Case::new();
+        let (tab, tn) = if dtype.is_quantized() {
+            c.quantized(be, &mut rg, "tab", &[7, d], dtype)
+        } else {
+            let v = randn(&mut rg, 7 * d);
+            c.external(be, "tab", &[7, d], dtype, &v, Access::ReadOnly)
+        };
+        let ids = vec![6, 0, 3, 3];
+        let it = c.ids("ids", &[4], ids.clone());
+        let y = c.b.get_rows(tab, it).expect("get_rows");
+        c.output(y, "y");
+        let out = c.run(be);
+        let want = Nd::new(
+            &[4, d],
+            ids.iter()
+                .flat_map(|&i| (0..d).map(move |j| (i as usize, j)))
+                .map(|(i, j)| tn.at(&[i, j]))
+                .collect(),
+        );
+        assert_close(&format!("get_rows {dtype}"), &out[0], &want, 0.0);
+    }
+    // batched: pick per-row entries (as MoE routing weights are gathered)
+    let mut c = Case::new();
+    let (p, pn) = c.input(&mut rg, "p", &[3, 5]);
+    let p3 = c.b.reshape(p, &[3, 5, 1]).expect("reshape");
+    let it = c.ids("ids", &[3, 2], vec![4, 1, 0, 2, 3, 3]);
+    let y = c.b.get_rows(p3, it).expect("batched get_rows");
+    c.output(y, "y");
+    let out = c.run(be);
+    let want = Nd::new(
+        &[3, 2, 1],
+        vec![
+            pn.at(&[0, 4]),
+            pn.at(&[0, 1]),
+            pn.at(&[1, 0]),
+            pn.at(&[1, 2]),
+            pn.at(&[2, 3]),
+            pn.at(&[2, 3]),
+        ],
+    );
+    assert_close("batched get_rows", &out[0], &want, 0.0);
+}
+
+pub fn norms(be: &mut dyn Backend) {
+    let mut rg = rng(17);
+    let mut c = Case::new();
+    let (x, xn) = c.input(&mut rg, "x", &[3, 5, 24]);
+    let (w, wn) = c.input(&mut rg, "w", &[24]);
+    let rn = c.b.rms_norm(x, 1e-6).expect("rms");
+    let rw = c.b.mul(rn, w).expect("norm x weight");
+    let l2 = c.b.l2_norm(x, 1e-6).expect("l2");
+    let grp = c.b.group_rms_norm(x, 4, 1e-5).expect("group");
+    c.output(rw, "rms");
+    c.output(l2, "l2");
+    c.output(grp, "group");
+    let out = c.run(be);
+    let rms = r::rms_norm(&xn, 1e-6);
+    let mut rmsw = rms.clone();
+    for i in indices(&[3, 5, 24]) {
+        rmsw.set(&i, rms.at(&i) * wn.at(&[i[2]]));
+    }
+    assert_close("rms_norm*w", &out[0], &rmsw, TOL);
+    assert_close("l2_norm", &out[1], &r::l2_norm(&xn, 1e-6), TOL);
+    let g = r::rms_norm(&Nd::new(&[3, 5, 4, 6], xn.data.clone()), 1e-5);
+    assert_close(
+        "group_rms_norm",
+        &out[2],
+        &Nd::new(&[3, 5, 24], g.data),
+        TOL,
+    );
+}
+
+pub fn softmax(be: &mut dyn Backend) {
+    let mut rg = rng(18);
+    let mut c = Case::new();
+    let (x, xn) = c.input(&mut rg, "x", &[2, 3, 9]);
+    let mv: Vec<f32> = (0..27)
+        .map(|i| {
+            if i % 4 == 3 {
+                f32::NEG_INFINITY
+            } else {
+                (i as f32) * 0.01
+            }
+        })
+        .collect();
+    let (m, mn) = c.input_values("m", &[3, 9], mv);
+    let y = c.b.softmax(x, Some(m), 0.7).expect("softmax");
+    let y2 = c.b.softmax(x, None, 1.0).expect("softmax");
+    c.output(y, "y");
+    c.output(y2, "y2");
+    let out = c.run(be);
+    let mut s = xn.clone();
+    for i in indices(&[2, 3, 9]) {
+        s.set(&i, xn.at(&i) * 0.7 + mn.at(&[i[1], i[2]]));
+    }
+    assert_close(
+        "softmax masked",
+        &out[0],
+        &r::row_map(&s, r::softmax_row),
+        TOL,
+    );
+    assert_close("softmax", &out[1], &r::row_map(&xn, r::softmax_row), TOL);
+}
+
+pub fn rope(be: &mut dyn Backend) {
+    let mut rg = rng(19);
+    for (mode, n_dims) in [
+        (RopeMode::Normal, 16),
+        (RopeMode::Neox, 16),
+        (RopeMode::Neox, 8),
+        (RopeMode::Normal, 6),
+    ] {
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[5, 3, 16]);
+        let pos = vec![0, 1, 7, 300, 4095];
+        let pt = c.ids("pos", &[5], pos.clone());
+        let p = RopeParams {
+            n_dims,
+            mode,
+            freq_base: 10000.0,
+            freq_scale: 0.5,
+        };
+        let y = c.b.rope(x, pt, p).expect("rope");
+        c.output(y, "y");
+        let out = c.run(be);
+        let want = r::rope(&xn, &pos, n_dims, mode == RopeMode::Neox, 10000.0, 0.5);
+        assert_close(&format!("rope {mode:?} {n_dims}"), &out[0], &want, TOL);
+    }
+}
+
+pub fn attention(be: &mut dyn Backend) {
+    let mut rg = rng(20);
+    for (kv_dtype, causal, masked, gated) in [
+        (DType::F32, true, false, false),
+        (DType::F32, false, true, true),
+        (DType::F16, true, true, false),
+    ] {
+        let (t, tk, hq, hkv, d, dv) = (3, 7, 6, 2, 8, 5);
+        let mut c = Case::new();
+        let (q, qn) = c.input(&mut rg, "q", &[t, hq, d]);
+        let kvals = randn(&mut rg, tk * hkv * d);
+        let vvals = randn(&mut rg, tk * hkv * dv);
+        let (k, kn) = c.external(be, "k", &[tk, hkv, d], kv_dtype, &kvals, Access::ReadOnly);
+        let (v, vn) = c.external(be, "v", &[tk, hkv, dv], kv_dtype, &vvals, Access::ReadOnly);
+        let (mask, mn) = if masked {
+            let mv: Vec<f32> = (0..t * tk)
+                .map(|i| {
+                    if i % 5 == 2 {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.1 * (i % 3) as f32
+                    }
+                })
+                .collect();
+            let (m, mn) = c.input_values("mask", &[t, tk], mv);
+            (Some(m), Some(mn))
+        } else {
+            (None, None)
+        };
+        let (gate, gn) = if gated {
+            let (g, gn) = c.input(&mut rg, "gate", &[t, hq, dv]);
+            (Some(g), Some(gn))
+        } else {
+            (None, None)
+        };
+        let y =
+            c.b.attention(q, k, v, mask, gate, 0.35, causal)
+                .expect("attention");
+        c.output(y, "y");
+        let out = c.run(be);
+        let want = r::attention(&qn, &kn, &vn, mn.as_ref(), gn.as_ref(), 0.35, causal);
+        assert_close(
+            &format!("attention {kv_dtype} causal={causal} mask={masked} gate={gated}"),
+            &out[0],
+            &want,
+            TOL,
+        );
+    }
+}
+
+pub fn concat(be: &mut dyn Backend) {
+    let mut rg = rng(21);
+    for dim in 0..3 {
+        let mut c = Case::new();
+        let mut db = vec![2, 3, 4];
+        db[dim] = 5;
+        let (a, an) = c.input(&mut rg, "a", &[2, 3, 4]);
+        let (b, bn) = c.input(&mut rg, "b", &db);
+        let y = c.b.concat(a, b, dim).expect("concat");
+        c.output(y, "y");
+        let out = c.run(be);
+        let od = out[0].shape.dims().to_vec();
+        let mut want = Nd::zeros(&od);
+        for i in indices(&od) {
+            let v = if i[dim] < an.dims[dim] {
+                an.at(&i)
+            } else {
+                let mut j = i.clone();
+                j[dim] -= an.dims[dim];
+                bn.at(&j)
+            };
+            want.set(&i, v);
+        }
+        assert_close(&format!("concat dim {dim}"), &out[0], &want, 0.0);
+    }
+}
+
+pub fn ssm_conv(be: &mut dyn Backend) {
+    let mut rg = rng(22);
+    let (s, k, t, ch) = (2, 4, 5, 6);
+    let mut c = Case::new();
+    let (st, stn) = c.input(&mut rg, "state", &[s, k - 1, ch]);
+    let (x, xn) = c.input(&mut rg, "x", &[s, t, ch]);
+    let (w, wn) = c.input(&mut rg, "w", &[ch, k]);
+    let (y, new_state) = c.b.ssm_conv(st, x, w).expect("ssm_conv");
+    c.output(y, "y");
+    c.output(new_state, "state");
+    let out = c.run(be);
+    let xc = |si: usize, l: usize, ci: usize| {
+        if l < k - 1 {
+            stn.at(&[si, l, ci])
+        } else {
+            xn.at(&[si, l - (k - 1), ci])
+        }
+    };
+    let mut want = Nd::zeros(&[s, t, ch]);
+    for i in indices(&[s, t, ch]) {
+        want.set(
+            &i,
+            (0..k)
+                .map(|kk| xc(i[0], i[1] + kk, i[2]) * wn.at(&[i[2], kk]))
+                .sum(),
+        );
+    }
+    assert_close("ssm_conv y", &out[0], &want, TOL);
+    let mut ns = Nd::zeros(&[s, k - 1, ch]);
+    for i in indices(&[s, k - 1, ch]) {
+        ns.set(&i, xc(i[0], t + i[1], i[2]));
+    }
+    assert_close("ssm_conv state", &out[1], &ns, 0.0);
+}
+
+fn ssm_scan_case(
+    be: &mut dyn Backend,
+    s: usize,
+    t: usize,
+    h: usize,
+    p: usize,
+    n: usize,
+    g: usize,
+    a_per_state: bool,
+    seed: u64,
+) {
+    let mut rg = rng(seed);
+    let mut c = Case::new();
+    let (st, stn) = c.input(&mut rg, "state", &[s, h, p, n]);
+    let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
+    let dtv: Vec<f32> = randn(&mut rg, s * t * h)
+        .iter()
+        .map(|v| v.abs() * 0.5 + 0.01)
+        .collect();
+    let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
+    let av: Vec<f32> = randn(&mut rg, h * if a_per_state { n } else { 1 })
+        .iter()
+        .map(|v| -v.abs() - 0.1)
+        .collect();
+    let (a, an) = c.input_values("a", &[h, if a_per_state { n } else { 1 }], av);
+    let (b, bn) = c.input(&mut rg, "b", &[s, t, g, n]);
+    let (cc, cn) = c.input(&mut rg, "c", &[s, t, g, n]);
+    let (y, ns) = c.b.ssm_scan(st, x, dt, a, b, cc).expect("ssm_scan");
+    c.output(y, "y");
+    c.output(ns, "state");
+    let out = c.run(be);
+    let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
+    assert_close("ssm_scan y", &out[0], &wy, TOL);
+    assert_close("ssm_scan state", &out[1], &ws, TOL);
+}
+
+pub fn ssm_scan_mamba1(be: &mut dyn Backend) {
+    ssm_scan_case(be, 2, 5, 12, 1, 16, 1, true, 23);
+}
+
+pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
+    ssm_scan_case(be, 3, 4, 4, 8, 16, 2, false, 24);
+}
+
+fn delta_case(be: &mut dyn Backend, form: DeltaForm, t: usize, seed: u64) {
+    let mut rg = rng(seed);
+    let (s, hk, hv, dk, dv) = (2, 2, 4, 8, 6);
+    let mut c = Case::new();
+    let sv: Vec<f32> = randn(&mut rg, s * hv * dv * dk)
+        .iter()
+        .map(|v| v * 0.3)
+        .collect();
+    let (st, stn) = c.input_values("state", &[s, hv, dv, dk], sv);
+    let unit = |rg: &mut rand::rngs::StdRng, n: usize| -> Vec<f32> {
+        let v = randn(rg, n * dk);
+        v.chunks(dk)
+            .flat_map(|r| {
+                let l = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+                r.iter().map(move |x| x / l).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (q, qn) = {
+        let v = unit(&mut rg, s * t * hk);
+        c.input_values("q", &[s, t, hk, dk], v)
+    };
+    let (k, kn) = {
+        let v = unit(&mut rg, s * t * hk);
+        c.input_values("k", &[s, t, hk, dk], v)
+    };
+    let (v, vn) = c.input(&mut rg, "v", &[s, t, hv, dv]);
+    let gv: Vec<f32> = randn(&mut rg, s * t * hv)
+        .iter()
+        .map(|x| -x.abs() * 0.5)
+        .collect();
+    let (g, gn) = c.input_values("g", &[s, t, hv], gv);
+    let bv: Vec<f32> = randn(&mut rg, s * t * hv).iter().map(|x| x.abs()).collect();
+    let (beta, bn) = c.input_values("beta", &[s, t, hv], bv);
+    let (y, ns) =
+        c.b.gated_delta_net(st, q, k, v, g, beta, form)
+            .expect("gdn");
+    c.output(y, "y");
+    c.output(ns, "state");
+    let out = c.run(be);
+    let (wy, ws) = r::gated_delta_net(&stn, &qn, &kn, &vn, &gn, &bn);
+    assert_close(&format!("gated_delta_net {form:?} y"), &out[0], &wy, TOL);
+    assert_close(
+        &format!("gated_delta_net {form:?} state"),
+        &out[1],
+        &ws,
+        TOL,
+    );
+}
+
+pub fn gated_delta_net_recurrent(be: &mut dyn Backend) {
+    delta_case(be, DeltaForm::Recurrent, 1, 25);
+    delta_case(be, DeltaForm::Recurrent, 9, 26);
+}
+
+pub fn gated_delta_net_chunked(be: &mut dyn Backend) {
+    delta_case(be, DeltaForm::Chunked { chunk: 4 }, 11, 27);
+    delta_case(be, DeltaForm::Chunked { chunk: 64 }, 7, 28);
+}
+
+pub fn reductions_and_top_k(be: &mut dyn Backend) {
+    let mut rg = rng(29);
+    let mut c = Case::new();
+    let (x, xn) = c.input(&mut rg, "x", &[4, 11]);
+    let sum = c.b.reduce(ReduceOp::Sum, x).expect("sum");
+    let mean = c.b.reduce(ReduceOp::Mean, x).expect("mean");
+    let am = c.b.reduce(ReduceOp::Argmax, x).expect("argmax");
+    let tk = c.b.top_k(x, 3).expect("top_k");
+    c.output(sum, "sum");
+    c.output(mean, "mean");
+    c.output(am, "argmax");
+    c.output(tk, "topk");
+    let out = c.run(be);
+    let rows: Vec<&[f64]> = xn.data.chunks(11).collect();
+    assert_close(
+        "sum",
+        &out[0],
+        &Nd::new(&[4, 1], rows.iter().map(|r| r.iter().sum()).collect()),
+        TOL,
+    );
+    assert_close(
+        "mean",
+        &out[1],
+        &Nd::new(
+            &[4, 1],
+            rows.iter().map(|r| r.iter().sum::<f64>() / 11.0).collect(),
+        ),
+        TOL,
+    );
+    let order = |r: &[f64]| {
+        let mut i: Vec<usize> = (0..r.len()).collect();
+        i.sort_by(|&a, &b| r[b].total_cmp(&r[a]));
+        i
+    };
+    let am_want: Vec<i32> = rows.iter().map(|r| order(r)[0] as i32).collect();
+    assert_eq!(out[2].i32().expect("i32"), &am_want[..]);
+    let tk_want: Vec<i32> = rows
+        .iter()
+        .flat_map(|r| order(r)[..3].iter().map(|&i| i as i32).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(out[3].i32().expect("i32"), &tk_want[..]);
+}
+
+pub fn store_rows(be: &mut dyn Backend) {
+    let mut rg = rng(30);
+    for dtype in [DType::F32, DType::F16] {
+        let mut c = Case::new();
+        let init = randn(&mut rg, 6 * 4);
+        let (cache, cn) = c.external(be, "cache", &[6, 4], dtype, &init, Access::ReadWrite);
+        let (src, sn) = c.input(&mut rg, "src", &[2, 4]);
+        let idx = c.ids("idx", &[2], vec![4, 1]);
+        let after = c.b.store_rows(cache, src, idx).expect("store");
+        // read the written rows back in the same run, through the write
+        let rd = c.ids("rd", &[3], vec![1, 4, 0]);
+        let got = c.b.get_rows(after, rd).expect("get_rows");
+        c.output(got, "got");
+        let out = c.run(be);
+        let round = |v: f64| {
+            if dtype == DType::F16 {
+                half::f16::from_f64(v).to_f64()
+            } else {
+                v
+            }
+        };
+        let mut want = Nd::zeros(&[3, 4]);
+        for j in 0..4 {
+            want.set(&[0, j], round(sn.at(&[1, j])));
+            want.set(&[1, j], round(sn.at(&[0, j])));
+            want.set(&[2, j], cn.at(&[0, j]));
+        }
+        assert_close(&format!("store_rows {dtype}"), &out[0], &want, 0.0);
+    }
+}

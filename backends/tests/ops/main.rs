@@ -1,0 +1,63 @@
+//! The op suite, written once and stamped for every backend by `op_suite!`. Each case runs a
+//! graph under three plan settings (fused, unfused, no memory reuse), checks that they agree,
+//! and compares the result with a plain f64 reference.
+
+mod cases;
+mod harness;
+mod reference;
+
+macro_rules! op_suite {
+    ($backend:ident, $make:expr, [$($case:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[test]
+                fn $case() {
+                    let mut be = $make;
+                    super::cases::$case(&mut *be);
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_cases {
+    ($backend:ident, $make:expr) => {
+        op_suite!(
+            $backend,
+            $make,
+            [
+                unary,
+                binary_broadcast,
+                views_and_contiguous,
+                contiguous_casts,
+                matmul_float,
+                matmul_q8_0,
+                matmul_q4_0,
+                matmul_q4_1,
+                matmul_q4_k,
+                matmul_q5_k,
+                matmul_q6_k,
+                matmul_activations,
+                matmul_id,
+                get_rows,
+                norms,
+                softmax,
+                rope,
+                attention,
+                concat,
+                ssm_conv,
+                ssm_scan_mamba1,
+                ssm_scan_mamba2,
+                gated_delta_net_recurrent,
+                gated_delta_net_chunked,
+                reductions_and_top_k,
+                store_rows,
+            ]
+        );
+    };
+}
+
+all_cases!(
+    cpu,
+    Box::new(weft_backends::CpuBackend::new()) as Box<dyn weft_backends::Backend>
+);

@@ -1,0 +1,26 @@
+//! weft's graph IR: a lazy [`GraphBuilder`], the [`Op`] set, passes (dead-node removal, view
+//! folding, legalization, elementwise fusion) and the arena [`plan`]ner.
+//!
+//! Building records nodes and checks shapes and dtypes; nothing is computed until a backend
+//! runs a [`Plan`].
+
+pub mod builder;
+pub mod dtype;
+pub mod error;
+pub mod graph;
+pub mod layout;
+pub mod op;
+pub mod passes;
+pub mod plan;
+pub mod quant;
+
+pub use builder::GraphBuilder;
+pub use dtype::DType;
+pub use error::{GraphError, Result};
+pub use graph::{Graph, Node, NodeId, Tensor};
+pub use layout::{Layout, Shape};
+pub use op::{
+    Access, BinaryOp, BufferId, DeltaForm, FusedProgram, Instr, NormKind, Op, ReduceOp, RopeMode,
+    RopeParams, UnaryOp,
+};
+pub use plan::{Plan, PlanOptions, Slot, plan};

@@ -1,0 +1,371 @@
+//! The operation set. Every node holds one `Op` plus its sources; optional sources are announced
+//! by flags in the op so that source positions are fixed.
+
+use crate::dtype::DType;
+
+/// Identifier of a backend buffer bound to an external tensor (a weight or a cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufferId(pub u32);
+
+/// Whether a graph may write an external buffer (through `StoreRows`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// Elementwise functions of one input.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Square,
+    Tanh,
+    Relu,
+    /// `relu(x)²` (Nemotron-H's MLP activation).
+    SqrRelu,
+    Sigmoid,
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// The tanh approximation of GELU, as used by ggml's `gelu`.
+    Gelu,
+    /// `ln(1 + e^x)`, computed stably.
+    Softplus,
+    /// `x * s`.
+    Scale(f32),
+    /// `x + c`.
+    Offset(f32),
+    Clamp {
+        min: f32,
+        max: f32,
+    },
+}
+
+impl UnaryOp {
+    /// The function on one value, in f32 (the backends' arithmetic).
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            UnaryOp::Neg => -x,
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Square => x * x,
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Relu => x.max(0.0),
+            UnaryOp::SqrRelu => {
+                let r = x.max(0.0);
+                r * r
+            }
+            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            UnaryOp::Silu => x / (1.0 + (-x).exp()),
+            UnaryOp::Gelu => {
+                const C: f32 = 0.797_884_6; // sqrt(2/pi)
+                0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+            }
+            UnaryOp::Softplus => {
+                if x > 20.0 {
+                    x
+                } else {
+                    x.exp().ln_1p()
+                }
+            }
+            UnaryOp::Scale(s) => x * s,
+            UnaryOp::Offset(c) => x + c,
+            UnaryOp::Clamp { min, max } => x.clamp(min, max),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Square => "sqr",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Relu => "relu",
+            UnaryOp::SqrRelu => "sqr_relu",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Softplus => "softplus",
+            UnaryOp::Scale(_) => "scale",
+            UnaryOp::Offset(_) => "offset",
+            UnaryOp::Clamp { .. } => "clamp",
+        }
+    }
+}
+
+/// Elementwise functions of two inputs, with numpy-style broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl BinaryOp {
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+        }
+    }
+}
+
+/// Reductions over the innermost dimension (the result keeps it, with size 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    /// Index of the largest value (the first one on ties), as `I32`.
+    Argmax,
+}
+
+/// Rotary embedding layouts: `Normal` rotates adjacent pairs `(2i, 2i+1)`, `Neox` rotates
+/// `(i, i + n_dims/2)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RopeMode {
+    Normal,
+    Neox,
+}
+
+/// Rotary embedding parameters. Only the first `n_dims` of each head are rotated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeParams {
+    pub n_dims: usize,
+    pub mode: RopeMode,
+    pub freq_base: f32,
+    pub freq_scale: f32,
+}
+
+/// How `GatedDeltaNet` walks the tokens: one at a time, or in chunks whose intra-chunk part is
+/// computed with matrix products (the form used for prompts). Both compute the same function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeltaForm {
+    Recurrent,
+    Chunked { chunk: usize },
+}
+
+/// Row-wise normalisation that can head a fused program.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NormKind {
+    Rms { eps: f32 },
+    L2 { eps: f32 },
+}
+
+/// One instruction of a fused elementwise program; its result is register `index`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Instr {
+    /// Read source `n` at the current element (broadcast as needed).
+    Load(u8),
+    Unary(UnaryOp, u16),
+    Binary(BinaryOp, u16, u16),
+}
+
+/// A chain of elementwise operations computed in one pass. With a `head`, source 0 is first
+/// normalised row by row and `Load(0)` reads the normalised value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedProgram {
+    pub head: Option<NormKind>,
+    pub code: Vec<Instr>,
+}
+
+impl FusedProgram {
+    /// Evaluates the program for one element; `load(n)` yields source `n`'s value.
+    pub fn eval(&self, regs: &mut Vec<f32>, mut load: impl FnMut(usize) -> f32) -> f32 {
+        regs.clear();
+        for ins in &self.code {
+            let v = match *ins {
+                Instr::Load(n) => load(n as usize),
+                Instr::Unary(op, a) => op.apply(regs[a as usize]),
+                Instr::Binary(op, a, b) => op.apply(regs[a as usize], regs[b as usize]),
+            };
+            regs.push(v);
+        }
+        regs.last().copied().unwrap_or(0.0)
+    }
+
+    /// Human-readable form, e.g. `mul(silu(%0), %1)`.
+    pub fn describe(&self) -> String {
+        let mut names: Vec<String> = Vec::with_capacity(self.code.len());
+        for ins in &self.code {
+            let s = match *ins {
+                Instr::Load(n) => format!("%{n}"),
+                Instr::Unary(op, a) => format!("{}({})", op.name(), names[a as usize]),
+                Instr::Binary(op, a, b) => {
+                    format!(
+                        "{}({}, {})",
+                        op.name(),
+                        names[a as usize],
+                        names[b as usize]
+                    )
+                }
+            };
+            names.push(s);
+        }
+        let body = names.pop().unwrap_or_default();
+        match self.head {
+            Some(NormKind::Rms { .. }) => format!("{body} where %0 = rms_norm(%0)"),
+            Some(NormKind::L2 { .. }) => format!("{body} where %0 = l2_norm(%0)"),
+            None => body,
+        }
+    }
+}
+
+/// An operation of the graph. Sources are listed in the node; the comment on each variant gives
+/// their order and shapes (outermost dimension first).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Host data given at every run (token ids, positions, masks, slot indices).
+    Input {
+        name: String,
+    },
+    /// A backend buffer bound at build time: a weight (read-only) or a cache (read-write).
+    External {
+        name: String,
+        buffer: BufferId,
+        access: Access,
+    },
+    /// A view of its one source's storage; the node's layout says how (reshape, permute, slice,
+    /// broadcast, overlapping windows).
+    View,
+    /// Dense copy of any layout into a fresh F32 tensor.
+    Contiguous,
+    Unary(UnaryOp),
+    /// `[a, b]`, broadcast to a common shape.
+    Binary(BinaryOp),
+    /// `[x [.., M, K] F32, w [.., N, K] any dtype]` → `[.., M, N]` = `x · wᵀ`; `w`'s batch
+    /// dimensions broadcast against `x`'s.
+    MatMul,
+    /// `[x [T, U or 1, K], w [E, N, K], ids [T, U] I32]` → `[T, U, N]`: row `(t, u)` is
+    /// `x[t, u] · w[ids[t, u]]ᵀ` (mixture-of-experts).
+    MatMulId,
+    /// `[table [B?, R, D] any dtype, ids [B?, n] I32]` → `[B?, n, D]` F32.
+    GetRows,
+    /// `x / sqrt(mean(x²) + eps)` over the innermost dimension.
+    RmsNorm {
+        eps: f32,
+    },
+    /// `x / max(‖x‖, eps)` over the innermost dimension.
+    L2Norm {
+        eps: f32,
+    },
+    /// `softmax(x * scale + mask)` over the innermost dimension; `[x, mask?]`, the mask
+    /// broadcasting to `x`.
+    SoftMax {
+        scale: f32,
+        masked: bool,
+    },
+    /// `[x [T, H, D], pos [T] I32]` → rotated `x`.
+    Rope(RopeParams),
+    /// `[q [T, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv], mask? [T, Tk], gate? [T, Hq, Dv]]` →
+    /// `[T, Hq, Dv]`. `causal` lets query `i` see keys `j ≤ i + Tk − T`; `mask` is additive
+    /// (`-inf` hides a key); `gate` multiplies the output by `sigmoid(gate)`.
+    Attention {
+        scale: f32,
+        causal: bool,
+        masked: bool,
+        gated: bool,
+    },
+    /// `[a, b]` joined along `dim`.
+    Concat {
+        dim: usize,
+    },
+    /// `[xc [S, K−1+T, C], w [C, K]]` → `[S, T, C]`: causal depthwise convolution, `xc` being
+    /// the conv state followed by the new tokens of each sequence.
+    SsmConv,
+    /// `[state [S, H, P, N], x [S, T, H, P], dt [S, T, H], a [H, N or 1], b [S, T, G, N],
+    /// c [S, T, G, N]]` → flat `[S·T·H·P + S·H·P·N]`: `y [S, T, H, P]` followed by the new state.
+    /// `dt` is used as given (already softplus'ed). Mamba1 is `P = 1, G = 1, a [H, N]`; Mamba2
+    /// is `a [H, 1]`.
+    SsmScan,
+    /// `[state [S, Hv, Dv, Dk], q [S, T, Hk, Dk], k [S, T, Hk, Dk], v [S, T, Hv, Dv], g [S, T, Hv],
+    /// beta [S, T, Hv]]` → flat `[S·T·Hv·Dv + S·Hv·Dv·Dk]`: `y [S, T, Hv, Dv]` then the new
+    /// state. Per head: `St = St−1·exp(g)`, `St += β (v − St k) ⊗ k`, `y = St q`.
+    GatedDeltaNet {
+        form: DeltaForm,
+    },
+    /// Indices (`I32`) of the `k` largest values of each row, largest first.
+    TopK {
+        k: usize,
+    },
+    Reduce(ReduceOp),
+    /// `[dst [R, D] (a read-write external or a view of one), src [n, D], idx [n] I32]`:
+    /// `dst[idx[i]] = src[i]`, converted to `dst`'s dtype. The node stands for `dst` after the
+    /// write, so nodes that must see the new rows read it instead of `dst`.
+    StoreRows,
+    /// Elementwise program produced by the fusion pass.
+    Fused(FusedProgram),
+}
+
+impl Op {
+    /// Short name for errors, dumps and timings.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::External { .. } => "external",
+            Op::View => "view",
+            Op::Contiguous => "contiguous",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::MatMul => "mul_mat",
+            Op::MatMulId => "mul_mat_id",
+            Op::GetRows => "get_rows",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::L2Norm { .. } => "l2_norm",
+            Op::SoftMax { .. } => "soft_max",
+            Op::Rope(_) => "rope",
+            Op::Attention { .. } => "attention",
+            Op::Concat { .. } => "concat",
+            Op::SsmConv => "ssm_conv",
+            Op::SsmScan => "ssm_scan",
+            Op::GatedDeltaNet { .. } => "gated_delta_net",
+            Op::TopK { .. } => "top_k",
+            Op::Reduce(ReduceOp::Sum) => "sum_rows",
+            Op::Reduce(ReduceOp::Mean) => "mean_rows",
+            Op::Reduce(ReduceOp::Argmax) => "argmax",
+            Op::StoreRows => "store_rows",
+            Op::Fused(_) => "fused",
+        }
+    }
+
+    /// True for ops that read their sources only at the element they write (fusable, and safe to
+    /// run in place on a source of the same shape).
+    pub fn is_elementwise(&self) -> bool {
+        matches!(self, Op::Unary(_) | Op::Binary(_) | Op::Fused(_))
+    }
+
+    /// True for nodes that own no storage of their own (views share their source's).
+    pub fn is_view(&self) -> bool {
+        matches!(self, Op::View)
+    }
+
+    /// True for leaves that the allocator does not place (their storage lives elsewhere).
+    pub fn is_external(&self) -> bool {
+        matches!(self, Op::External { .. })
+    }
+
+    /// The dtype every source of this op must have when it is fixed by the op; `None` when mixed.
+    pub fn fixed_output_dtype(&self) -> Option<DType> {
+        match self {
+            Op::TopK { .. } | Op::Reduce(ReduceOp::Argmax) => Some(DType::I32),
+            Op::Input { .. } | Op::External { .. } | Op::View | Op::StoreRows => None,
+            _ => Some(DType::F32),
+        }
+    }
+}

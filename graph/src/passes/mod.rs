@@ -1,0 +1,97 @@
+//! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
+//! dead-node removal → view folding → legalization → elementwise fusion → dead-node removal.
+
+mod dce;
+mod fuse;
+mod legalize;
+mod views;
+
+pub use dce::remove_dead;
+pub use fuse::fuse_elementwise;
+pub use legalize::legalize;
+pub use views::fold_views;
+
+use crate::graph::{Graph, Node, NodeId};
+
+/// Which optional passes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassOptions {
+    pub fuse: bool,
+}
+
+impl Default for PassOptions {
+    fn default() -> Self {
+        PassOptions { fuse: true }
+    }
+}
+
+/// Runs the standard pipeline.
+pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
+    let g = remove_dead(g);
+    let g = fold_views(&g);
+    let g = legalize(&g);
+    if opts.fuse {
+        remove_dead(&fuse_elementwise(&g))
+    } else {
+        g
+    }
+}
+
+/// Builds a new graph from an old one, node by node, remapping sources and outputs.
+pub(crate) struct Rewriter<'a> {
+    pub old: &'a Graph,
+    pub out: Graph,
+    map: Vec<Option<NodeId>>,
+}
+
+impl<'a> Rewriter<'a> {
+    pub fn new(old: &'a Graph) -> Self {
+        Rewriter {
+            old,
+            out: Graph::default(),
+            map: vec![None; old.len()],
+        }
+    }
+
+    /// New id of an old node (which must already be emitted or aliased).
+    pub fn get(&self, old: NodeId) -> NodeId {
+        self.map[old.index()]
+            .unwrap_or_else(|| panic!("pass bug: node {} used before emitted", old.0))
+    }
+
+    /// Emits a node whose sources are already new ids.
+    pub fn push(&mut self, node: Node) -> NodeId {
+        let id = NodeId(self.out.nodes.len() as u32);
+        self.out.nodes.push(node);
+        id
+    }
+
+    /// Emits an old node with remapped sources and records the mapping.
+    pub fn copy(&mut self, old: NodeId) -> NodeId {
+        let mut n = self.old.node(old).clone();
+        n.srcs = n.srcs.iter().map(|&s| self.get(s)).collect();
+        let id = self.push(n);
+        self.map[old.index()] = Some(id);
+        id
+    }
+
+    /// Makes uses of `old` refer to the new node `new`.
+    pub fn alias(&mut self, old: NodeId, new: NodeId) {
+        self.map[old.index()] = Some(new);
+    }
+
+    pub fn finish(mut self) -> Graph {
+        self.out.outputs = self
+            .old
+            .outputs
+            .iter()
+            .map(|(n, id)| {
+                (
+                    n.clone(),
+                    self.map[id.index()].unwrap_or_else(|| panic!("pass bug: output {n} dropped")),
+                )
+            })
+            .collect();
+        self.out
+    }
+}
