@@ -13,6 +13,7 @@ pub mod op;
 pub mod passes;
 pub mod plan;
 pub mod quant;
+pub mod testing;
 
 pub use builder::GraphBuilder;
 pub use dtype::DType;

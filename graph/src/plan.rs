@@ -299,3 +299,94 @@ impl Plan {
         self.schedule.len()
     }
 }
+
+impl Plan {
+    /// Checks the contract at the top of this module; returns what is violated.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let g = &self.graph;
+        let placed: Vec<NodeId> = g
+            .ids()
+            .filter(|i| self.slots[i.index()].is_some())
+            .collect();
+        for &i in &placed {
+            let s = self.slots[i.index()].ok_or("unreachable")?;
+            if s.offset % ARENA_ALIGN != 0 || s.offset + s.bytes > self.arena_bytes {
+                return Err(format!(
+                    "{}: slot {s:?} misaligned or outside the arena of {} bytes",
+                    g.node(i).name,
+                    self.arena_bytes
+                ));
+            }
+            let need = g.node(i).dtype.bytes_for(g.node(i).numel()).unwrap_or(0);
+            if s.bytes < need {
+                return Err(format!(
+                    "{}: slot of {} bytes for {need}",
+                    g.node(i).name,
+                    s.bytes
+                ));
+            }
+            if self.live[i.index()].is_none() {
+                return Err(format!("{}: placed but no live range", g.node(i).name));
+            }
+        }
+        for (x, &a) in placed.iter().enumerate() {
+            for &b in &placed[x + 1..] {
+                let (la, lb) = (
+                    self.live[a.index()].unwrap_or_default(),
+                    self.live[b.index()].unwrap_or_default(),
+                );
+                if la.0 > lb.1 || lb.0 > la.1 {
+                    continue;
+                }
+                let (sa, sb) = (
+                    self.slots[a.index()].unwrap_or(Slot {
+                        offset: 0,
+                        bytes: 0,
+                    }),
+                    self.slots[b.index()].unwrap_or(Slot {
+                        offset: 0,
+                        bytes: 0,
+                    }),
+                );
+                if sa.offset >= sb.offset + sb.bytes || sb.offset >= sa.offset + sa.bytes {
+                    continue;
+                }
+                let handoff = |src: NodeId, dst: NodeId| {
+                    self.in_place_of[dst.index()] == Some(src)
+                        && self.live[src.index()].map(|r| r.1)
+                            == self.live[dst.index()].map(|r| r.0)
+                };
+                if !(handoff(a, b) || handoff(b, a)) {
+                    return Err(format!(
+                        "{} (steps {la:?}, {sa:?}) and {} (steps {lb:?}, {sb:?}) are live together and overlap",
+                        g.node(a).name,
+                        g.node(b).name
+                    ));
+                }
+            }
+        }
+        for i in g.ids() {
+            if let Some(src) = self.in_place_of[i.index()] {
+                let n = g.node(i);
+                let ok = n.op.is_elementwise()
+                    && self.live[src.index()].map(|r| r.1) == self.live[i.index()].map(|r| r.0)
+                    && self.slots[src.index()].map(|s| s.bytes)
+                        == self.slots[i.index()].map(|s| s.bytes);
+                if !ok {
+                    return Err(format!(
+                        "{} reuses {} in place unsafely",
+                        n.name,
+                        g.node(src).name
+                    ));
+                }
+            }
+        }
+        if self.arena_bytes > self.naive_bytes {
+            return Err(format!(
+                "arena {} exceeds naive {}",
+                self.arena_bytes, self.naive_bytes
+            ));
+        }
+        Ok(())
+    }
+}

@@ -112,10 +112,22 @@ pub fn views_and_contiguous(be: &mut dyn Backend) {
     let bc = c.b.slice(x, 0, 1, 1).expect("row");
     let bc = c.b.broadcast_to(bc, &[3, 6, 5]).expect("broadcast");
     let bcc = c.b.contiguous(bc).expect("contiguous broadcast");
+    // contiguous of a dense slice at an offset, then views of that copy
+    let tail = c.b.slice(x, 0, 2, 2).expect("dense slice"); // [2, 6, 5] at offset 60
+    let tc = c.b.contiguous(tail).expect("contiguous of dense");
+    let tr = c.b.reshape(tc, &[12, 5]).expect("reshape");
+    let tr = c.b.slice(tr, 0, 1, 10).expect("slice of copy");
     c.output(rs, "rs");
     c.output(wc, "win");
     c.output(bcc, "bc");
+    c.output(tr, "tail");
     let out = c.run(be);
+    assert_close(
+        "views of a folded copy",
+        &out[3],
+        &Nd::new(&[10, 5], xn.data[65..115].to_vec()),
+        0.0,
+    );
     let mut want = Nd::zeros(&[5, 4, 3]);
     for i in indices(&[5, 4, 3]) {
         want.set(&i, xn.at(&[i[1], i[2] + 2, i[0]]));
@@ -680,5 +692,35 @@ pub fn store_rows(be: &mut dyn Backend) {
             want.set(&[2, j], cn.at(&[0, j]));
         }
         assert_close(&format!("store_rows {dtype}"), &out[0], &want, 0.0);
+    }
+}
+
+/// Random graphs give the same results fused, unfused and without memory reuse (the harness
+/// compares the three), and match an unoptimized plan run on a fresh backend.
+pub fn random_graphs(be: &mut dyn Backend) {
+    for seed in 0..40 {
+        let (g, inputs) = weft_graph::testing::random_graph(seed, 6 + seed as usize % 30);
+        let host: Vec<(&str, weft_backends::HostData)> = inputs
+            .iter()
+            .map(|(n, v)| (n.as_str(), weft_backends::HostData::F32(v)))
+            .collect();
+        let naive = weft_graph::PlanOptions {
+            passes: weft_graph::passes::PassOptions { fuse: false },
+            reuse: false,
+            in_place: false,
+        };
+        let want = run_graph(be, &g, naive, &host);
+        let got = run_graph(be, &g, weft_graph::PlanOptions::default(), &host);
+        for (a, b) in got.iter().zip(&want) {
+            let (x, y) = (a.to_f32(), b.to_f32());
+            assert_eq!(x.len(), y.len());
+            for (p, q) in x.iter().zip(&y) {
+                assert!(
+                    (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                    "seed {seed}: {} {p} vs {q}",
+                    a.name
+                );
+            }
+        }
     }
 }

@@ -100,7 +100,8 @@ impl Case {
         dtype: DType,
     ) -> (Tensor, Nd) {
         let n: usize = dims.iter().product();
-        let bytes = random_blocks(r, dtype, n / dtype.block_elems());
+        let mut gr = weft_graph::testing::Rng::new(r.random());
+        let bytes = weft_graph::testing::random_blocks(&mut gr, dtype, n / dtype.block_elems());
         let mut vals = vec![0.0f32; n];
         assert!(weft_graph::quant::dequantize(dtype, &bytes, &mut vals));
         let buf = be.alloc(bytes.len()).expect("alloc");
@@ -170,26 +171,6 @@ pub fn run_graph(
     let prog = be.compile(&p).expect("compile");
     let out = be.run(prog, inputs).expect("run");
     be.release(prog).expect("release");
-    out
-}
-
-/// Random blocks whose scale fields are finite, small f16 values.
-pub fn random_blocks(r: &mut StdRng, dtype: DType, blocks: usize) -> Vec<u8> {
-    let bb = dtype.block_bytes();
-    let mut out = vec![0u8; blocks * bb];
-    r.fill(&mut out[..]);
-    let scale_at: &[usize] = match dtype {
-        DType::Q8_0 | DType::Q4_0 => &[0],
-        DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
-        DType::Q6K => &[208],
-        _ => &[],
-    };
-    for b in out.chunks_mut(bb) {
-        for &o in scale_at {
-            let v = f16::from_f32(r.random_range(0.001f32..0.05));
-            b[o..o + 2].copy_from_slice(&v.to_le_bytes());
-        }
-    }
     out
 }
 

@@ -2,6 +2,8 @@
 //! graph under three plan settings (fused, unfused, no memory reuse), checks that they agree,
 //! and compares the result with a plain f64 reference.
 
+#![allow(clippy::unwrap_used)]
+
 mod cases;
 mod harness;
 mod reference;
@@ -52,6 +54,7 @@ macro_rules! all_cases {
                 gated_delta_net_chunked,
                 reductions_and_top_k,
                 store_rows,
+                random_graphs,
             ]
         );
     };

@@ -1,6 +1,10 @@
 //! View folding: every view points straight at the node whose storage it reads (chains
 //! collapse), views that change nothing disappear, and `contiguous` of an already dense F32
 //! tensor becomes a view.
+//!
+//! A view's layout addresses its base's storage. When a `contiguous` node becomes a view of
+//! dense data at offset `o`, the views built on it addressed its own (dense, offset 0) storage,
+//! so they move to the new base with their offset shifted by `o`.
 
 use super::Rewriter;
 use crate::dtype::DType;
@@ -18,6 +22,8 @@ fn view_base(g: &Graph, mut id: NodeId) -> NodeId {
 
 pub fn fold_views(g: &Graph) -> Graph {
     let mut rw = Rewriter::new(g);
+    // For copies turned into views: the new node holding their data and the element offset.
+    let mut moved: Vec<Option<(NodeId, usize)>> = vec![None; g.len()];
     for id in g.ids() {
         let n = g.node(id);
         let src = n.srcs.first().map(|&s| g.node(s));
@@ -27,15 +33,19 @@ pub fn fold_views(g: &Graph) -> Graph {
             rw.copy(id);
             continue;
         }
-        let layout = match src {
+        let old_base = view_base(g, n.srcs[0]);
+        let (base, shift) = moved[old_base.index()].unwrap_or((rw.get(old_base), 0));
+        let mut layout = match src {
             Some(s) if dense_copy => Layout {
-                shape: n.shape(),
-                ..s.layout
+                offset: s.layout.offset,
+                ..Layout::contiguous(n.shape())
             },
             _ => n.layout,
         };
-        // A view's layout already addresses its base's storage; only the link moves.
-        let base = rw.get(view_base(g, n.srcs[0]));
+        layout.offset += shift;
+        if dense_copy {
+            moved[id.index()] = Some((base, layout.offset));
+        }
         if rw.out.node(base).layout == layout {
             rw.alias(id, base);
             continue;

@@ -1,0 +1,45 @@
+//! `weft`: the command-line front of the engine.
+
+#![allow(clippy::print_stdout)]
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+
+/// weft: a GPU-first compute-graph engine for recurrent and hybrid language models.
+#[derive(Parser, Debug)]
+#[command(name = "weft", version, about, long_about = None)]
+struct Cli {
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build, plan and run two tiny random-weight stacks (Mamba; attention + SwiGLU) on the
+    /// CPU backend: shows the graph compiler at work (fusion, arena planning) and checks that
+    /// a prompt decoded token by token through the caches matches one ubatch. The weights are
+    /// random, so the logits mean nothing.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Demo(args) => demo::run(&args),
+    }
+}
