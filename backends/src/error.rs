@@ -43,6 +43,20 @@ pub enum BackendError {
     OutOfMemory { bytes: usize, detail: String },
     #[error("device error: {0}")]
     Device(String),
+    #[error("{0}")]
+    NoAdapter(String),
+    #[error("{what} needs {bytes} bytes but {adapter} allows at most {limit} per binding")]
+    TooLarge {
+        what: String,
+        bytes: usize,
+        limit: usize,
+        adapter: String,
+    },
+    #[error("kernel {kernel} failed to compile: {message}")]
+    Shader {
+        kernel: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Graph(#[from] GraphError),
 }

@@ -8,10 +8,12 @@
 pub mod cpu;
 mod error;
 mod host;
+pub mod wgpu;
 
 pub use cpu::CpuBackend;
 pub use error::{BackendError, Result};
 pub use host::{HostData, Output, OutputData};
+pub use wgpu::{WgpuBackend, WgpuOptions};
 
 use std::time::Duration;
 use weft_graph::{BufferId, NodeId, Plan};

@@ -14,8 +14,9 @@ macro_rules! op_suite {
             $(
                 #[test]
                 fn $case() {
-                    let mut be = $make;
-                    super::cases::$case(&mut *be);
+                    if let Some(mut be) = $make {
+                        super::cases::$case(&mut *be);
+                    }
                 }
             )*
         }
@@ -62,5 +63,22 @@ macro_rules! all_cases {
 
 all_cases!(
     cpu,
-    Box::new(weft_backends::CpuBackend::new()) as Box<dyn weft_backends::Backend>
+    Some(Box::new(weft_backends::CpuBackend::new()) as Box<dyn weft_backends::Backend>)
 );
+
+/// The GPU backend on the first adapter wgpu finds (lavapipe in CI). Without one the test is
+/// skipped with a message, except under `CI`, where a missing adapter fails the test.
+fn wgpu_backend() -> Option<Box<dyn weft_backends::Backend>> {
+    match weft_backends::WgpuBackend::new(&weft_backends::WgpuOptions::default()) {
+        Ok(b) => Some(Box::new(b)),
+        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
+            panic!("CI requires a GPU adapter for the wgpu tests: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping wgpu test: {e}");
+            None
+        }
+    }
+}
+
+all_cases!(wgpu, super::wgpu_backend());

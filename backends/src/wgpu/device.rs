@@ -1,0 +1,97 @@
+//! Adapter choice and device creation.
+
+use crate::{BackendError, Result};
+
+/// How to pick the GPU: `adapter` is an index into the adapter list or a case-insensitive
+/// substring of the adapter's name. Without it, `WEFT_ADAPTER` is read; without that, a
+/// discrete GPU is preferred over an integrated, virtual or software one.
+#[derive(Clone, Debug, Default)]
+pub struct WgpuOptions {
+    pub adapter: Option<String>,
+}
+
+const TRIED: &str = "Vulkan, Metal, DX12";
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// Every adapter wgpu finds, as (name, type, backend) lines, for messages and `--help`.
+pub fn list_adapters() -> Vec<String> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let info = a.get_info();
+            format!(
+                "{i}: {} ({:?}, {:?})",
+                info.name, info.device_type, info.backend
+            )
+        })
+        .collect()
+}
+
+/// Opens the chosen adapter's device with the limits the adapter offers.
+pub fn open(opts: &WgpuOptions) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Queue)> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    if adapters.is_empty() {
+        return Err(BackendError::NoAdapter(format!(
+            "no GPU adapter found (tried {TRIED}); install a Vulkan driver (on Debian: mesa-vulkan-drivers) or use the CPU backend"
+        )));
+    }
+    let wanted = opts
+        .adapter
+        .clone()
+        .or_else(|| std::env::var("WEFT_ADAPTER").ok());
+    let index = match wanted {
+        Some(w) => {
+            let by_index = w.parse::<usize>().ok().filter(|&i| i < adapters.len());
+            let by_name = adapters
+                .iter()
+                .position(|a| a.get_info().name.to_lowercase().contains(&w.to_lowercase()));
+            by_index.or(by_name).ok_or_else(|| {
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                BackendError::NoAdapter(format!(
+                    "no adapter matches {w:?}; available: {}",
+                    names.join(", ")
+                ))
+            })?
+        }
+        None => (0..adapters.len())
+            .min_by_key(|&i| rank(adapters[i].get_info().device_type))
+            .unwrap_or(0),
+    };
+    let adapter = adapters.swap_remove(index);
+    let info = adapter.get_info();
+    let down = adapter.get_downlevel_capabilities();
+    if !down.flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        || !down.flags.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32)
+    {
+        return Err(BackendError::NoAdapter(format!(
+            "adapter {} lacks compute shaders or f16 packing in shaders, which weft needs",
+            info.name
+        )));
+    }
+    let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+    let desc = wgpu::DeviceDescriptor {
+        label: Some("weft"),
+        required_features: features,
+        required_limits: adapter.limits(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&desc))
+        .map_err(|e| BackendError::Device(format!("{}: {e}", info.name)))?;
+    Ok((adapter, device, queue))
+}

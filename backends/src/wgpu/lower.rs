@@ -1,0 +1,500 @@
+//! Lowers each scheduled node to a kernel: the shader spec, the parameter words the kernel
+//! reads (layouts documented at the top of each WGSL file) and the number of workgroups.
+
+use crate::{BackendError, Result};
+use weft_graph::{
+    BufferId, DType, DeltaForm, FusedProgram, Graph, Instr, Layout, NodeId, NormKind, Op, Plan,
+    ReduceOp, RopeMode,
+};
+use weft_shaders::{Home, Kernel, Source, Spec};
+
+/// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
+pub const MAX_PARAMS: usize = 256;
+
+/// One dispatch, before pipelines and bind groups exist.
+#[derive(Debug)]
+pub struct Lowered {
+    pub spec: Spec,
+    pub params: Vec<u32>,
+    pub groups: u32,
+    /// External buffers bound at `@binding(2 + i)`.
+    pub externals: Vec<BufferId>,
+}
+
+struct Ctx<'a> {
+    g: &'a Graph,
+    plan: &'a Plan,
+    node: NodeId,
+    externals: Vec<BufferId>,
+    sources: Vec<Source>,
+}
+
+impl Ctx<'_> {
+    fn fail(&self, detail: impl Into<String>) -> BackendError {
+        let n = self.g.node(self.node);
+        BackendError::Unsupported {
+            backend: "wgpu",
+            op: n.op.name(),
+            node: n.name.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Where a node's storage is bound, and the element index of its storage's start.
+    fn place(&mut self, id: NodeId) -> (Home, u32) {
+        let base = self.g.storage_of(id);
+        match &self.g.node(base).op {
+            Op::External { buffer, .. } => {
+                let b = match self.externals.iter().position(|x| x == buffer) {
+                    Some(b) => b,
+                    None => {
+                        self.externals.push(*buffer);
+                        self.externals.len() - 1
+                    }
+                };
+                (Home::External(b as u32), 0)
+            }
+            _ => (
+                Home::Arena,
+                self.plan.slots[base.index()].map_or(0, |s| s.offset / 4) as u32,
+            ),
+        }
+    }
+
+    /// Registers source `id` (in source order) and returns its element offset.
+    fn src(&mut self, id: NodeId) -> u32 {
+        let (home, base) = self.place(id);
+        let n = self.g.node(id);
+        self.sources.push(Source {
+            home,
+            dtype: n.dtype,
+        });
+        base + n.layout.offset as u32
+    }
+
+    fn out(&self) -> u32 {
+        self.plan.slots[self.node.index()].map_or(0, |s| s.offset / 4) as u32
+    }
+}
+
+fn f(x: f32) -> u32 {
+    x.to_bits()
+}
+
+fn padded4(dims: &[usize]) -> [u32; 4] {
+    let mut o = [1u32; 4];
+    o[4 - dims.len()..]
+        .iter_mut()
+        .zip(dims)
+        .for_each(|(a, &b)| *a = b as u32);
+    o
+}
+
+fn threads(n: usize) -> u32 {
+    n.div_ceil(64) as u32
+}
+
+/// Parameters shared by `elementwise`, `fused_norm` and `copy_bits`.
+fn elementwise_params(c: &mut Ctx, srcs: &[NodeId]) -> Result<Vec<u32>> {
+    let node = c.g.node(c.node);
+    let shape = node.shape();
+    let mut p = vec![shape.numel() as u32, c.out()];
+    p.extend(padded4(shape.dims()));
+    for &s in srcs {
+        let off = c.src(s);
+        let l: Layout = c.g.node(s).layout;
+        let b = l
+            .broadcast_to(shape)
+            .ok_or_else(|| c.fail("source does not broadcast"))?;
+        p.push(off);
+        let mut st = [0u32; 4];
+        let r = shape.rank();
+        for i in 0..r {
+            st[4 - r + i] = b.strides[i] as u32;
+        }
+        p.extend(st);
+    }
+    Ok(p)
+}
+
+fn program_of(op: &Op) -> FusedProgram {
+    match op {
+        Op::Unary(u) => FusedProgram {
+            head: None,
+            code: vec![Instr::Load(0), Instr::Unary(*u, 0)],
+        },
+        Op::Binary(b) => FusedProgram {
+            head: None,
+            code: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(*b, 0, 1)],
+        },
+        Op::Fused(p) => p.clone(),
+        Op::RmsNorm { eps } => FusedProgram {
+            head: Some(NormKind::Rms { eps: *eps }),
+            code: vec![Instr::Load(0)],
+        },
+        Op::L2Norm { eps } => FusedProgram {
+            head: Some(NormKind::L2 { eps: *eps }),
+            code: vec![Instr::Load(0)],
+        },
+        _ => FusedProgram {
+            head: None,
+            code: vec![Instr::Load(0)],
+        },
+    }
+}
+
+pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
+    let node = g.node(id);
+    let mut c = Ctx {
+        g,
+        plan,
+        node: id,
+        externals: vec![],
+        sources: vec![],
+    };
+    let s = &node.srcs;
+    let dims = |i: usize| g.node(s[i]).shape().dims().to_vec();
+    let mut aliases = vec![];
+    let mut store = None;
+    let (kernel, params, groups): (Kernel, Vec<u32>, u32) = match &node.op {
+        Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Fused(_)
+        | Op::RmsNorm { .. }
+        | Op::L2Norm { .. }
+        | Op::Contiguous => {
+            let prog = program_of(&node.op);
+            let mut p = elementwise_params(&mut c, s)?;
+            let n = node.numel();
+            match prog.head {
+                Some(h) => {
+                    let (eps, kind) = match h {
+                        NormKind::Rms { eps } => (eps, 0),
+                        NormKind::L2 { eps } => (eps, 1),
+                    };
+                    p.extend([f(eps), kind]);
+                    let rows = node.shape().rows();
+                    (Kernel::FusedNorm, p, rows as u32)
+                }
+                None if node.dtype == DType::I32 => (Kernel::CopyBits, p, threads(n)),
+                None => (Kernel::Elementwise, p, threads(n)),
+            }
+        }
+        Op::MatMul => {
+            let (xd, wd) = (dims(0), dims(1));
+            let (m, k, n) = (xd[xd.len() - 2], xd[xd.len() - 1], wd[wd.len() - 2]);
+            let xb = padded_batch(&xd[..xd.len() - 2]);
+            let wb = padded_batch(&wd[..wd.len() - 2]);
+            let total = node.numel();
+            let (xo, wo) = (c.src(s[0]), c.src(s[1]));
+            let p = vec![
+                m as u32,
+                n as u32,
+                k as u32,
+                xo,
+                wo,
+                c.out(),
+                xb[1],
+                wb[0],
+                wb[1],
+                total as u32,
+            ];
+            (Kernel::MatMul, p, total as u32)
+        }
+        Op::MatMulId => {
+            let (xd, wd, idd) = (dims(0), dims(1), dims(2));
+            let (xo, wo, io) = (c.src(s[0]), c.src(s[1]), c.src(s[2]));
+            let total = node.numel();
+            let p = vec![
+                idd[1] as u32,
+                wd[1] as u32,
+                wd[2] as u32,
+                xo,
+                wo,
+                io,
+                c.out(),
+                xd[1] as u32,
+                wd[0] as u32,
+                total as u32,
+            ];
+            (Kernel::MatMulId, p, total as u32)
+        }
+        Op::GetRows => {
+            let (td, idd) = (dims(0), dims(1));
+            let (to, io) = (c.src(s[0]), c.src(s[1]));
+            let total = node.numel();
+            let p = vec![
+                total as u32,
+                td[td.len() - 1] as u32,
+                td[td.len() - 2] as u32,
+                idd[idd.len() - 1] as u32,
+                to,
+                io,
+                c.out(),
+            ];
+            (Kernel::GetRows, p, threads(total))
+        }
+        Op::SoftMax { scale, masked } => {
+            let shape = node.shape();
+            let xo = c.src(s[0]);
+            let mut p = vec![
+                shape.rows() as u32,
+                shape.last() as u32,
+                xo,
+                c.out(),
+                f(*scale),
+                *masked as u32,
+            ];
+            if *masked {
+                let mo = c.src(s[1]);
+                let ml = g
+                    .node(s[1])
+                    .layout
+                    .broadcast_to(shape)
+                    .ok_or_else(|| c.fail("mask does not broadcast"))?;
+                let mut st = [0u32; 4];
+                let r = shape.rank();
+                for i in 0..r {
+                    st[4 - r + i] = ml.strides[i] as u32;
+                }
+                p.push(mo);
+                p.extend(st);
+                aliases.push(("ldmask", 1));
+            } else {
+                p.extend([0; 5]);
+            }
+            let d = padded4(shape.dims());
+            p.extend([d[0], d[1], d[2]]);
+            (Kernel::SoftMax, p, shape.rows() as u32)
+        }
+        Op::Rope(r) => {
+            let xd = dims(0);
+            let (xo, po) = (c.src(s[0]), c.src(s[1]));
+            let total = node.numel();
+            let mode = match r.mode {
+                RopeMode::Normal => 0,
+                RopeMode::Neox => 1,
+            };
+            let mut p = vec![
+                total as u32,
+                xd[1] as u32,
+                xd[2] as u32,
+                r.n_dims as u32,
+                mode,
+                xo,
+                po,
+                c.out(),
+            ];
+            for i in 0..r.n_dims / 2 {
+                let inv = r.freq_scale as f64
+                    * (r.freq_base as f64).powf(-(2.0 * i as f64) / r.n_dims as f64);
+                p.push(f(inv as f32));
+            }
+            (Kernel::Rope, p, threads(total))
+        }
+        Op::Attention {
+            scale,
+            causal,
+            masked,
+            gated,
+        } => {
+            let (qd, kd, vd) = (dims(0), dims(1), dims(2));
+            if vd[2] > 256 {
+                return Err(c.fail(format!("value heads of {} dims (at most 256)", vd[2])));
+            }
+            let (qo, ko, vo) = (c.src(s[0]), c.src(s[1]), c.src(s[2]));
+            let mut mo = 0;
+            let mut go = 0;
+            let mut next = 3;
+            if *masked {
+                mo = c.src(s[next]);
+                aliases.push(("ldmask", next));
+                next += 1;
+            }
+            if *gated {
+                go = c.src(s[next]);
+                aliases.push(("ldgate", next));
+            }
+            let p = vec![
+                qd[0] as u32,
+                qd[1] as u32,
+                qd[2] as u32,
+                kd[0] as u32,
+                kd[1] as u32,
+                vd[2] as u32,
+                f(*scale),
+                *causal as u32,
+                *masked as u32,
+                *gated as u32,
+                qo,
+                ko,
+                vo,
+                mo,
+                go,
+                c.out(),
+            ];
+            (Kernel::Attention, p, (qd[0] * qd[1]) as u32)
+        }
+        Op::Concat { dim } => {
+            let (ad, bd) = (dims(0), dims(1));
+            let ia: usize = ad[*dim..].iter().product();
+            let ib: usize = bd[*dim..].iter().product();
+            let (ao, bo) = (c.src(s[0]), c.src(s[1]));
+            let total = node.numel();
+            (
+                Kernel::Concat,
+                vec![total as u32, ia as u32, ib as u32, ao, bo, c.out()],
+                threads(total),
+            )
+        }
+        Op::SsmConv => {
+            let (xd, wd) = (dims(0), dims(1));
+            let (xo, wo) = (c.src(s[0]), c.src(s[1]));
+            let total = node.numel();
+            let t = xd[1] + 1 - wd[1];
+            let p = vec![
+                total as u32,
+                t as u32,
+                xd[2] as u32,
+                wd[1] as u32,
+                xd[1] as u32,
+                xo,
+                wo,
+                c.out(),
+            ];
+            (Kernel::SsmConv, p, threads(total))
+        }
+        Op::SsmScan => {
+            let (sd, xd, ad, bd) = (dims(0), dims(1), dims(3), dims(4));
+            let [sn, h, pp, n] = [sd[0], sd[1], sd[2], sd[3]];
+            if n > 256 {
+                return Err(c.fail(format!("state size {n} (at most 256)")));
+            }
+            let offs: Vec<u32> = (0..6).map(|i| c.src(s[i])).collect();
+            let y = c.out();
+            let p = vec![
+                sn as u32,
+                xd[1] as u32,
+                h as u32,
+                pp as u32,
+                n as u32,
+                bd[2] as u32,
+                (ad[1] == n && n > 1) as u32,
+                offs[0],
+                offs[1],
+                offs[2],
+                offs[3],
+                offs[4],
+                offs[5],
+                y,
+                y + (sn * xd[1] * h * pp) as u32,
+            ];
+            (Kernel::SsmScan, p, (sn * h * pp) as u32)
+        }
+        Op::GatedDeltaNet { form } => {
+            let _ = matches!(form, DeltaForm::Recurrent | DeltaForm::Chunked { .. });
+            let (sd, qd) = (dims(0), dims(1));
+            let [sn, hv, dv, dk] = [sd[0], sd[1], sd[2], sd[3]];
+            if dk > 256 {
+                return Err(c.fail(format!("key heads of {dk} dims (at most 256)")));
+            }
+            let offs: Vec<u32> = (0..6).map(|i| c.src(s[i])).collect();
+            let y = c.out();
+            let p = vec![
+                sn as u32,
+                qd[1] as u32,
+                qd[2] as u32,
+                hv as u32,
+                dk as u32,
+                dv as u32,
+                offs[0],
+                offs[1],
+                offs[2],
+                offs[3],
+                offs[4],
+                offs[5],
+                y,
+                y + (sn * qd[1] * hv * dv) as u32,
+            ];
+            (Kernel::GatedDeltaNet, p, threads(sn * hv * dv))
+        }
+        Op::TopK { k } => {
+            let shape = g.node(s[0]).shape();
+            let xo = c.src(s[0]);
+            let p = vec![
+                shape.rows() as u32,
+                shape.last() as u32,
+                *k as u32,
+                xo,
+                c.out(),
+            ];
+            (Kernel::TopK, p, threads(shape.rows()))
+        }
+        Op::Reduce(r) => {
+            let shape = g.node(s[0]).shape();
+            let xo = c.src(s[0]);
+            let op = match r {
+                ReduceOp::Sum => 0,
+                ReduceOp::Mean => 1,
+                ReduceOp::Argmax => 2,
+            };
+            (
+                Kernel::Reduce,
+                vec![shape.rows() as u32, shape.last() as u32, op, xo, c.out()],
+                shape.rows() as u32,
+            )
+        }
+        Op::StoreRows => {
+            let dst = g.node(s[0]);
+            let (dst_home, dst_base) = c.place(s[0]);
+            let Home::External(b) = dst_home else {
+                return Err(c.fail("destination is not an external buffer"));
+            };
+            store = Some((b, dst.dtype));
+            let sd = dims(1);
+            let (so, io) = (c.src(s[1]), c.src(s[2]));
+            let total = sd[0] * sd[1];
+            let rows = dst.shape().dims()[0];
+            let p = vec![
+                total as u32,
+                sd[1] as u32,
+                rows as u32,
+                dst_base + dst.layout.offset as u32,
+                dst.layout.strides[0] as u32,
+                so,
+                io,
+            ];
+            (Kernel::StoreRows, p, threads(total))
+        }
+        Op::Input { .. } | Op::External { .. } | Op::View => {
+            return Err(c.fail("not an executable node"));
+        }
+    };
+    if params.len() > MAX_PARAMS {
+        return Err(c.fail(format!(
+            "{} parameter words (at most {MAX_PARAMS})",
+            params.len()
+        )));
+    }
+    let mut spec = Spec::new(kernel, c.sources);
+    spec.aliases = aliases;
+    spec.store = store;
+    spec.externals = c.externals.len() as u32;
+    if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
+        spec.program = Some(program_of(&node.op));
+    }
+    Ok(Lowered {
+        spec,
+        params,
+        groups,
+        externals: c.externals,
+    })
+}
+
+fn padded_batch(b: &[usize]) -> [u32; 2] {
+    let mut o = [1u32; 2];
+    for (i, &d) in b.iter().rev().take(2).enumerate() {
+        o[1 - i] = d as u32;
+    }
+    o
+}

@@ -1,0 +1,701 @@
+//! The wgpu backend: graphs compile to WGSL compute pipelines run through Vulkan, Metal or
+//! DX12. Weights and caches live in their own buffers; activations live in one arena buffer
+//! placed by the planner; each run writes the inputs, records every dispatch in one compute
+//! pass of one command encoder, copies the outputs to a staging buffer and submits once.
+
+mod device;
+mod lower;
+
+pub use device::{WgpuOptions, list_adapters};
+
+use crate::{Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result};
+use lower::{Lowered, MAX_PARAMS, lower};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use weft_graph::{BufferId, DType, Layout, NodeId, Op, Plan};
+
+const PARAM_BYTES: u64 = (MAX_PARAMS * 4) as u64;
+
+struct GpuBuffer {
+    buffer: wgpu::Buffer,
+    /// Size the caller asked for (the wgpu buffer is rounded up to 4 bytes).
+    size: usize,
+}
+
+struct Dispatch {
+    node: NodeId,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    groups: (u32, u32),
+}
+
+/// Where an output is read from: a buffer, the byte range copied, and the layout relative to
+/// the start of that range.
+struct OutputCopy {
+    buffer: OutBuf,
+    start: u64,
+    bytes: u64,
+    staging_at: u64,
+    layout: Layout,
+    dtype: DType,
+}
+
+enum OutBuf {
+    Arena,
+    External(BufferId),
+}
+
+struct GpuProgram {
+    plan: Plan,
+    arena: wgpu::Buffer,
+    _params: wgpu::Buffer,
+    dispatches: Vec<Dispatch>,
+    outputs: Vec<OutputCopy>,
+    staging: Option<wgpu::Buffer>,
+    timings: Option<Vec<NodeTiming>>,
+}
+
+/// Executes plans on a GPU through wgpu.
+pub struct WgpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    buffers: HashMap<u32, GpuBuffer>,
+    next_buffer: u32,
+    programs: HashMap<u32, GpuProgram>,
+    next_program: u32,
+    pipelines: HashMap<String, Arc<wgpu::ComputePipeline>>,
+    layouts: HashMap<(u32, Option<u32>), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    errors: Arc<Mutex<Vec<String>>>,
+    profiling: bool,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuBackend")
+            .field("adapter", &self.info.name)
+            .field("buffers", &self.buffers.len())
+            .finish()
+    }
+}
+
+fn align_up(n: u64, a: u64) -> u64 {
+    n.div_ceil(a) * a
+}
+
+impl WgpuBackend {
+    /// Opens a GPU (see [`WgpuOptions`] for how it is chosen).
+    pub fn new(opts: &WgpuOptions) -> Result<Self> {
+        let (adapter, device, queue) = device::open(opts)?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut v) = sink.lock() {
+                v.push(e.to_string());
+            }
+        }));
+        let lost = errors.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if let Ok(mut v) = lost.lock() {
+                v.push(format!("device lost ({reason:?}): {msg}"));
+            }
+        });
+        Ok(WgpuBackend {
+            limits: device.limits(),
+            info: adapter.get_info(),
+            device,
+            queue,
+            buffers: HashMap::new(),
+            next_buffer: 0,
+            programs: HashMap::new(),
+            next_program: 0,
+            pipelines: HashMap::new(),
+            layouts: HashMap::new(),
+            errors,
+            profiling: false,
+        })
+    }
+
+    /// The adapter in use.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Errors wgpu reported outside any error scope since the last call, as one error.
+    fn take_errors(&self) -> Result<()> {
+        let mut v = self
+            .errors
+            .lock()
+            .map_err(|_| BackendError::Device("error log poisoned".into()))?;
+        if v.is_empty() {
+            return Ok(());
+        }
+        let msg = v.join("; ");
+        v.clear();
+        Err(BackendError::Device(msg))
+    }
+
+    fn buffer(&self, id: BufferId) -> Result<&GpuBuffer> {
+        self.buffers
+            .get(&id.0)
+            .ok_or(BackendError::UnknownBuffer(id.0))
+    }
+
+    fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
+        let max = self.limits.max_storage_buffer_binding_size;
+        if bytes > max {
+            return Err(BackendError::TooLarge {
+                what: what.to_string(),
+                bytes: bytes as usize,
+                limit: max as usize,
+                adapter: self.info.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn layout(
+        &mut self,
+        externals: u32,
+        store: Option<u32>,
+    ) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let device = &self.device;
+        self.layouts.entry((externals, store)).or_insert_with(|| {
+            let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+                binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            };
+            let mut entries = vec![
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
+                    },
+                    count: None,
+                },
+                storage(1, false),
+            ];
+            for b in 0..externals {
+                entries.push(storage(2 + b, store != Some(b)));
+            }
+            let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("weft"),
+                entries: &entries,
+            });
+            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("weft"),
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+            (bgl, pl)
+        })
+    }
+
+    fn pipeline(&mut self, low: &Lowered) -> Result<Arc<wgpu::ComputePipeline>> {
+        let name = low.spec.kernel.name();
+        let src = weft_shaders::generate(&low.spec).map_err(|e| BackendError::Shader {
+            kernel: name,
+            message: e.to_string(),
+        })?;
+        if let Some(p) = self.pipelines.get(&src) {
+            return Ok(p.clone());
+        }
+        let store = low.spec.store.map(|(b, _)| b);
+        let layout = self.layout(low.spec.externals, store).1.clone();
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(name),
+                source: wgpu::ShaderSource::Wgsl(src.clone().into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(name),
+                layout: Some(&layout),
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(BackendError::Shader {
+                kernel: name,
+                message: e.to_string(),
+            });
+        }
+        let p = Arc::new(pipeline);
+        self.pipelines.insert(src, p.clone());
+        Ok(p)
+    }
+
+    /// Reads `len` bytes at `offset` of a buffer (aligned internally to 4 bytes).
+    fn read_range(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let start = offset / 4 * 4;
+        let end = align_up(offset + len, 4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("weft download"),
+            size: (end - start).max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        if end > start {
+            enc.copy_buffer_to_buffer(buffer, start, &staging, 0, end - start);
+        }
+        self.queue.submit([enc.finish()]);
+        let bytes = self.map_read(&staging, end - start)?;
+        Ok(bytes[(offset - start) as usize..(offset - start + len) as usize].to_vec())
+    }
+
+    fn map_read(&self, staging: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(vec![]);
+        }
+        let slice = staging.slice(0..len);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: None,
+                timeout: None,
+            })
+            .map_err(|e| BackendError::Device(format!("{}: {e}", self.info.name)))?;
+        rx.recv()
+            .map_err(|e| BackendError::Device(e.to_string()))?
+            .map_err(|e| BackendError::Device(format!("reading results back: {e}")))?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| BackendError::Device(format!("reading results back: {e}")))?
+            .to_vec();
+        staging.unmap();
+        self.take_errors()?;
+        Ok(data)
+    }
+}
+
+/// Dense values of `layout` read from `bytes` (which start at the layout's element 0).
+fn gather(bytes: &[u8], layout: Layout, dtype: DType) -> OutputData {
+    match dtype {
+        DType::I32 => {
+            let v: Vec<i32> = bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let mut out = vec![0; layout.shape.numel()];
+            layout.for_each_offset(|i, o| out[i] = v[o]);
+            OutputData::I32(out)
+        }
+        _ => {
+            let mut vals = vec![0f32; bytes.len() / dtype_bytes(dtype)];
+            weft_graph::quant::dequantize(
+                dtype,
+                &bytes[..vals.len() * dtype_bytes(dtype)],
+                &mut vals,
+            );
+            let mut out = vec![0.0; layout.shape.numel()];
+            layout.for_each_offset(|i, o| out[i] = vals[o]);
+            OutputData::F32(out)
+        }
+    }
+}
+
+fn dtype_bytes(d: DType) -> usize {
+    d.block_bytes() / d.block_elems()
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> String {
+        format!("wgpu ({}, {:?})", self.info.name, self.info.backend)
+    }
+
+    fn alloc(&mut self, bytes: usize) -> Result<BufferId> {
+        let size = align_up(bytes.max(4) as u64, 4);
+        if size > self.limits.max_buffer_size {
+            return Err(BackendError::TooLarge {
+                what: "buffer".into(),
+                bytes,
+                limit: self.limits.max_buffer_size as usize,
+                adapter: self.info.name.clone(),
+            });
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("weft buffer"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(BackendError::OutOfMemory {
+                bytes,
+                detail: e.to_string(),
+            });
+        }
+        let id = self.next_buffer;
+        self.next_buffer += 1;
+        self.buffers.insert(
+            id,
+            GpuBuffer {
+                buffer,
+                size: bytes,
+            },
+        );
+        Ok(BufferId(id))
+    }
+
+    fn upload(&mut self, buf: BufferId, offset: usize, data: &[u8]) -> Result<()> {
+        let b = self.buffer(buf)?;
+        if offset.checked_add(data.len()).is_none_or(|e| e > b.size) {
+            return Err(BackendError::OutOfBounds {
+                buffer: buf.0,
+                start: offset,
+                end: offset.saturating_add(data.len()),
+                size: b.size,
+            });
+        }
+        // wgpu copies whole 4-byte words: merge partial words at either end with what is there.
+        let start = offset / 4 * 4;
+        let end = (offset + data.len()).div_ceil(4) * 4;
+        let mut words = vec![0u8; end - start];
+        if start != offset || end != offset + data.len() {
+            let head = self.read_range(&b.buffer, start as u64, (end - start) as u64)?;
+            words.copy_from_slice(&head);
+        }
+        words[offset - start..offset - start + data.len()].copy_from_slice(data);
+        self.queue.write_buffer(&b.buffer, start as u64, &words);
+        self.take_errors()
+    }
+
+    fn download(&mut self, buf: BufferId, offset: usize, out: &mut [u8]) -> Result<()> {
+        let b = self.buffer(buf)?;
+        if offset.checked_add(out.len()).is_none_or(|e| e > b.size) {
+            return Err(BackendError::OutOfBounds {
+                buffer: buf.0,
+                start: offset,
+                end: offset.saturating_add(out.len()),
+                size: b.size,
+            });
+        }
+        let bytes = self.read_range(&b.buffer, offset as u64, out.len() as u64)?;
+        out.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn buffer_size(&self, buf: BufferId) -> Result<usize> {
+        Ok(self.buffer(buf)?.size)
+    }
+
+    fn free(&mut self, buf: BufferId) -> Result<()> {
+        let b = self
+            .buffers
+            .remove(&buf.0)
+            .ok_or(BackendError::UnknownBuffer(buf.0))?;
+        b.buffer.destroy();
+        Ok(())
+    }
+
+    fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
+        let g = &plan.graph;
+        for id in g.ids() {
+            let n = g.node(id);
+            if let Op::External { name, buffer, .. } = &n.op {
+                let need = n.dtype.bytes_for(n.layout.extent()).unwrap_or(usize::MAX);
+                let have = self.buffer(*buffer)?.size;
+                if need > have {
+                    return Err(BackendError::ExternalTooSmall {
+                        name: name.clone(),
+                        buffer: buffer.0,
+                        need,
+                        have,
+                    });
+                }
+                self.check_binding(&format!("external {name:?}"), align_up(have as u64, 4))?;
+            }
+        }
+        let arena_bytes = align_up(plan.arena_bytes.max(4) as u64, 4);
+        self.check_binding("the activation arena", arena_bytes)?;
+        let arena = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("weft arena"),
+            size: arena_bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let lowered: Vec<(NodeId, Lowered)> = plan
+            .schedule
+            .iter()
+            .map(|&id| lower(g, plan, id).map(|l| (id, l)))
+            .collect::<Result<_>>()?;
+        let stride = align_up(
+            PARAM_BYTES,
+            self.limits.min_uniform_buffer_offset_alignment as u64,
+        );
+        let params = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("weft params"),
+            size: stride * lowered.len().max(1) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut dispatches = Vec::with_capacity(lowered.len());
+        for (i, (id, low)) in lowered.iter().enumerate() {
+            if low.groups == 0 {
+                continue;
+            }
+            let mut words = low.params.clone();
+            words.resize(MAX_PARAMS, 0);
+            self.queue
+                .write_buffer(&params, i as u64 * stride, bytemuck::cast_slice(&words));
+            let pipeline = self.pipeline(low)?;
+            let store = low.spec.store.map(|(b, _)| b);
+            let bgl = self.layout(low.spec.externals, store).0.clone();
+            let mut entries = vec![
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: i as u64 * stride,
+                        size: wgpu::BufferSize::new(PARAM_BYTES),
+                    }),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: arena.as_entire_binding(),
+                },
+            ];
+            for (b, ext) in low.externals.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 2 + b as u32,
+                    resource: self.buffer(*ext)?.buffer.as_entire_binding(),
+                });
+            }
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &bgl,
+                entries: &entries,
+            });
+            let x = low
+                .groups
+                .min(self.limits.max_compute_workgroups_per_dimension);
+            let y = low.groups.div_ceil(x);
+            if y > self.limits.max_compute_workgroups_per_dimension {
+                return Err(BackendError::TooLarge {
+                    what: format!(
+                        "dispatch of {} workgroups for {}",
+                        low.groups,
+                        g.node(*id).name
+                    ),
+                    bytes: 0,
+                    limit: (x as usize) * (x as usize),
+                    adapter: self.info.name.clone(),
+                });
+            }
+            dispatches.push(Dispatch {
+                node: *id,
+                pipeline,
+                bind_group,
+                groups: (x, y),
+            });
+        }
+        // Output copies: the byte range each output's layout touches in its storage.
+        let mut outputs = Vec::new();
+        let mut at = 0u64;
+        for (_, id) in &g.outputs {
+            let n = g.node(*id);
+            let base = g.storage_of(*id);
+            let (buffer, base_off) = match &g.node(base).op {
+                Op::External { buffer, .. } => (OutBuf::External(*buffer), 0u64),
+                _ => (
+                    OutBuf::Arena,
+                    plan.slots[base.index()].map_or(0, |s| s.offset) as u64,
+                ),
+            };
+            let eb = dtype_bytes(n.dtype) as u64;
+            let first = n.layout.offset as u64 * eb;
+            let end = n.layout.extent() as u64 * eb;
+            let start = (base_off + first) / 4 * 4;
+            let stop = align_up(base_off + end, 4);
+            // The copied range starts `base_off + first - start` bytes before element `offset`.
+            let mut layout = n.layout;
+            layout.offset = ((base_off + first - start) / eb) as usize;
+            outputs.push(OutputCopy {
+                buffer,
+                start,
+                bytes: stop - start,
+                staging_at: at,
+                layout,
+                dtype: n.dtype,
+            });
+            at = align_up(at + stop - start, 4);
+        }
+        let staging = (at > 0).then(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("weft outputs"),
+                size: at,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        self.take_errors()?;
+        let id = self.next_program;
+        self.next_program += 1;
+        self.programs.insert(
+            id,
+            GpuProgram {
+                plan: plan.clone(),
+                arena,
+                _params: params,
+                dispatches,
+                outputs,
+                staging,
+                timings: None,
+            },
+        );
+        Ok(ProgramId(id))
+    }
+
+    fn run(&mut self, program: ProgramId, inputs: &[(&str, HostData<'_>)]) -> Result<Vec<Output>> {
+        let prog = self
+            .programs
+            .get(&program.0)
+            .ok_or(BackendError::UnknownProgram(program.0))?;
+        let g = &prog.plan.graph;
+        for id in g.inputs() {
+            let n = g.node(id);
+            let Op::Input { name } = &n.op else { continue };
+            let data = inputs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, d)| *d)
+                .ok_or_else(|| BackendError::MissingInput(name.clone()))?;
+            if data.dtype() != n.dtype || data.len() != n.numel() {
+                return Err(BackendError::BadInput {
+                    name: name.clone(),
+                    detail: format!(
+                        "expected {} {} values for shape {}, got {} {}",
+                        n.numel(),
+                        n.dtype,
+                        n.shape(),
+                        data.len(),
+                        data.dtype()
+                    ),
+                });
+            }
+            let off = prog.plan.slots[id.index()].map_or(0, |s| s.offset) as u64;
+            if !data.is_empty() {
+                self.queue.write_buffer(&prog.arena, off, data.bytes());
+            }
+        }
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("weft run"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("weft"),
+                timestamp_writes: None,
+            });
+            for d in &prog.dispatches {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+            }
+        }
+        if let Some(staging) = &prog.staging {
+            for o in &prog.outputs {
+                let src = match o.buffer {
+                    OutBuf::Arena => &prog.arena,
+                    OutBuf::External(b) => &self.buffer(b)?.buffer,
+                };
+                if o.bytes > 0 {
+                    enc.copy_buffer_to_buffer(src, o.start, staging, o.staging_at, o.bytes);
+                }
+            }
+        }
+        let start = std::time::Instant::now();
+        self.queue.submit([enc.finish()]);
+        let total = prog.outputs.last().map_or(0, |o| o.staging_at + o.bytes);
+        let bytes = match &prog.staging {
+            Some(s) => self.map_read(s, total)?,
+            None => {
+                self.device
+                    .poll(wgpu::PollType::Wait {
+                        submission_index: None,
+                        timeout: None,
+                    })
+                    .map_err(|e| BackendError::Device(e.to_string()))?;
+                self.take_errors()?;
+                vec![]
+            }
+        };
+        let elapsed = start.elapsed();
+        let prog = self
+            .programs
+            .get_mut(&program.0)
+            .ok_or(BackendError::UnknownProgram(program.0))?;
+        if self.profiling {
+            // Without per-pass timestamps the run's wall time is spread evenly (coarse).
+            let per = elapsed / prog.dispatches.len().max(1) as u32;
+            let g = &prog.plan.graph;
+            prog.timings = Some(
+                prog.dispatches
+                    .iter()
+                    .map(|d| NodeTiming {
+                        node: d.node,
+                        name: g.node(d.node).name.clone(),
+                        op: g.node(d.node).op.name(),
+                        time: per,
+                    })
+                    .collect(),
+            );
+        }
+        let g = &prog.plan.graph;
+        Ok(prog
+            .outputs
+            .iter()
+            .zip(&g.outputs)
+            .map(|(o, (name, _))| {
+                let chunk = &bytes[o.staging_at as usize..(o.staging_at + o.bytes) as usize];
+                Output {
+                    name: name.clone(),
+                    shape: o.layout.shape,
+                    data: gather(chunk, o.layout, o.dtype),
+                }
+            })
+            .collect())
+    }
+
+    fn release(&mut self, program: ProgramId) -> Result<()> {
+        let p = self
+            .programs
+            .remove(&program.0)
+            .ok_or(BackendError::UnknownProgram(program.0))?;
+        p.arena.destroy();
+        Ok(())
+    }
+
+    fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+    }
+
+    fn timings(&self, program: ProgramId) -> Option<Vec<NodeTiming>> {
+        self.programs.get(&program.0)?.timings.clone()
+    }
+}

@@ -1,0 +1,221 @@
+//! Assembles a shader: bindings, parameter readers, per-source loaders, helpers, the kernel
+//! body with its placeholders filled.
+
+use crate::quant::{byte_helpers, decode_body};
+use crate::{Home, Kernel, Spec};
+use std::fmt::Write;
+use weft_graph::{BinaryOp, DType, FusedProgram, Instr, UnaryOp};
+
+/// A spec the generator cannot turn into a shader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShaderError {
+    pub kernel: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for ShaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "kernel {}: {}", self.kernel, self.detail)
+    }
+}
+
+impl std::error::Error for ShaderError {}
+
+const HELPERS: &str = "
+fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
+fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
+fn st(i: u32, v: f32) { arena[i] = bitcast<u32>(v); }
+fn sti(i: u32, v: i32) { arena[i] = bitcast<u32>(v); }
+fn sigmoid_(x: f32) -> f32 { return 1.0 / (1.0 + exp(min(-x, 80.0))); }
+fn log1p_(u: f32) -> f32 { let v = 1.0 + u; if (v == 1.0) { return u; } return log(v) * u / (v - 1.0); }
+fn softplus_(x: f32) -> f32 { if (x > 20.0) { return x; } return log1p_(exp(x)); }
+";
+
+fn lit(x: f32) -> String {
+    format!("bitcast<f32>({:#010x}u)", x.to_bits())
+}
+
+fn unary(op: UnaryOp, x: &str) -> String {
+    match op {
+        UnaryOp::Neg => format!("-({x})"),
+        UnaryOp::Exp => format!("exp({x})"),
+        UnaryOp::Log => format!("log({x})"),
+        UnaryOp::Sqrt => format!("sqrt({x})"),
+        UnaryOp::Square => format!("({x} * {x})"),
+        UnaryOp::Tanh => format!("tanh(clamp({x}, -15.0, 15.0))"),
+        UnaryOp::Relu => format!("max({x}, 0.0)"),
+        UnaryOp::SqrRelu => format!("(max({x}, 0.0) * max({x}, 0.0))"),
+        UnaryOp::Sigmoid => format!("sigmoid_({x})"),
+        UnaryOp::Silu => format!("({x} * sigmoid_({x}))"),
+        UnaryOp::Gelu => format!(
+            "(0.5 * {x} * (1.0 + tanh(clamp(0.7978846 * ({x} + 0.044715 * {x} * {x} * {x}), -15.0, 15.0))))"
+        ),
+        UnaryOp::Softplus => format!("softplus_({x})"),
+        UnaryOp::Scale(s) => format!("({x} * {})", lit(s)),
+        UnaryOp::Offset(c) => format!("({x} + {})", lit(c)),
+        UnaryOp::Clamp { min, max } => format!("clamp({x}, {}, {})", lit(min), lit(max)),
+    }
+}
+
+fn binary(op: BinaryOp, a: &str, b: &str) -> String {
+    let o = match op {
+        BinaryOp::Add => "+",
+        BinaryOp::Sub => "-",
+        BinaryOp::Mul => "*",
+        BinaryOp::Div => "/",
+    };
+    format!("({a} {o} {b})")
+}
+
+/// WGSL statements computing `v` from a fused program (loads of source 0 scaled by `f` when
+/// `head` is set).
+fn program_body(p: &FusedProgram, head: bool) -> String {
+    let mut s = String::new();
+    for (n, ins) in p.code.iter().enumerate() {
+        let e = match *ins {
+            Instr::Load(k) => {
+                let scale = if head && k == 0 { " * f" } else { "" };
+                format!("ld{k}(lda({k}u, i0, i1, i2, i3)){scale}")
+            }
+            Instr::Unary(op, a) => unary(op, &format!("r{a}")),
+            Instr::Binary(op, a, b) => binary(op, &format!("r{a}"), &format!("r{b}")),
+        };
+        let _ = write!(s, "let r{n} = {e};\n    ");
+    }
+    let _ = write!(s, "let v = r{};", p.code.len().saturating_sub(1));
+    s
+}
+
+fn err(kernel: Kernel, detail: impl Into<String>) -> ShaderError {
+    ShaderError {
+        kernel: kernel.name(),
+        detail: detail.into(),
+    }
+}
+
+/// The complete WGSL for a spec.
+pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
+    let k = spec.kernel;
+    let mut out = String::new();
+    out.push_str("@group(0) @binding(0) var<uniform> P: array<vec4<u32>, 64>;\n");
+    out.push_str("@group(0) @binding(1) var<storage, read_write> arena: array<u32>;\n");
+    for b in 0..spec.externals {
+        let decl = match spec.store {
+            Some((sb, DType::F32)) if sb == b => "var<storage, read_write> e{b}: array<u32>",
+            Some((sb, _)) if sb == b => "var<storage, read_write> e{b}: array<atomic<u32>>",
+            _ => "var<storage, read> e{b}: array<u32>",
+        };
+        let _ = writeln!(
+            out,
+            "@group(0) @binding({}) {};",
+            2 + b,
+            decl.replace("{b}", &b.to_string())
+        );
+    }
+    out.push_str(HELPERS);
+    // byte helpers for external bindings read through quantized or f16 decoders
+    let mut helped = vec![];
+    for s in &spec.sources {
+        if let Home::External(b) = s.home
+            && (s.dtype.is_quantized())
+            && !helped.contains(&b)
+        {
+            if spec.store.is_some_and(|(sb, _)| sb == b) {
+                return Err(err(
+                    k,
+                    "a quantized source cannot share the destination binding",
+                ));
+            }
+            helped.push(b);
+            out.push_str(&byte_helpers(b));
+        }
+    }
+    for (i, s) in spec.sources.iter().enumerate() {
+        match (s.home, s.dtype) {
+            (Home::Arena, DType::I32) => {
+                let _ = writeln!(
+                    out,
+                    "fn ldi{i}(i: u32) -> i32 {{ return bitcast<i32>(arena[i]); }}"
+                );
+                let _ = writeln!(out, "fn ld{i}(i: u32) -> f32 {{ return f32(ldi{i}(i)); }}");
+            }
+            (Home::Arena, DType::F32) => {
+                let _ = writeln!(
+                    out,
+                    "fn ld{i}(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}"
+                );
+            }
+            (Home::Arena, d) => {
+                return Err(err(k, format!("arena sources are F32 or I32, not {d}")));
+            }
+            (Home::External(b), DType::I32) => {
+                let _ = writeln!(
+                    out,
+                    "fn ldi{i}(i: u32) -> i32 {{ return bitcast<i32>(e{b}[i]); }}"
+                );
+                let _ = writeln!(out, "fn ld{i}(i: u32) -> f32 {{ return f32(ldi{i}(i)); }}");
+            }
+            (Home::External(b), d) => {
+                if spec.store.is_some_and(|(sb, _)| sb == b) {
+                    return Err(err(
+                        k,
+                        "a source cannot be read from the destination binding",
+                    ));
+                }
+                let _ = writeln!(out, "fn ld{i}(i: u32) -> f32 {{ {} }}", decode_body(b, d));
+            }
+        }
+    }
+    for (name, src) in &spec.aliases {
+        if *src >= spec.sources.len() {
+            return Err(err(
+                k,
+                format!("alias {name} names source {src} of {}", spec.sources.len()),
+            ));
+        }
+        let _ = writeln!(out, "fn {name}(i: u32) -> f32 {{ return ld{src}(i); }}");
+    }
+    // kernels that read optional sources see harmless stand-ins when those are absent
+    for name in ["ldmask", "ldgate"] {
+        if matches!(k, Kernel::Attention | Kernel::SoftMax)
+            && !spec.aliases.iter().any(|(n, _)| *n == name)
+        {
+            let _ = writeln!(out, "fn {name}(i: u32) -> f32 {{ return 0.0; }}");
+        }
+    }
+    if let Some((b, dtype)) = spec.store {
+        let body = match dtype {
+            DType::F32 => format!("e{b}[i] = bitcast<u32>(v);"),
+            DType::F16 => format!(
+                "let h = pack2x16float(vec2<f32>(v, 0.0)) & 0xffffu; let sh = (i & 1u) * 16u; \
+                 atomicAnd(&e{b}[i >> 1u], ~(0xffffu << sh)); atomicOr(&e{b}[i >> 1u], h << sh);"
+            ),
+            DType::BF16 => format!(
+                "let u = bitcast<u32>(v); let h = ((u + 0x7fffu + ((u >> 16u) & 1u)) >> 16u) & 0xffffu; \
+                 let sh = (i & 1u) * 16u; atomicAnd(&e{b}[i >> 1u], ~(0xffffu << sh)); atomicOr(&e{b}[i >> 1u], h << sh);"
+            ),
+            d => return Err(err(k, format!("caches are F32, F16 or BF16, not {d}"))),
+        };
+        let _ = writeln!(out, "fn store_dst(i: u32, v: f32) {{ {body} }}");
+    } else if k == Kernel::StoreRows {
+        return Err(err(k, "store_rows needs a destination"));
+    }
+    let mut body = k.source().to_string();
+    match k {
+        Kernel::Elementwise | Kernel::FusedNorm => {
+            let p = spec
+                .program
+                .as_ref()
+                .ok_or_else(|| err(k, "missing program"))?;
+            if p.code.is_empty() {
+                return Err(err(k, "empty program"));
+            }
+            body = body
+                .replace("{{BODY}}", &program_body(p, k == Kernel::FusedNorm))
+                .replace("{{NSRC}}", &spec.sources.len().to_string());
+        }
+        _ => {}
+    }
+    out.push_str(&body);
+    Ok(out)
+}

@@ -1,0 +1,50 @@
+// Gated delta rule, one thread per (sequence, value head, state row r); the thread keeps its
+// row of the state [Dv, Dk] (Dk ≤ 256) and walks the tokens: row ← row·exp(g);
+// row += β (v_r − row·k) k; y_r = row·q. Both the recurrent and the chunked op forms run
+// here (they compute the same function). Sources: 0 state [S,Hv,Dv,Dk], 1 q, 2 k
+// [S,T,Hk,Dk], 3 v [S,T,Hv,Dv], 4 g, 5 beta [S,T,Hv].
+// Params: 0 S, 1 T, 2 Hk, 3 Hv, 4 Dk, 5 Dv, 6 st_off, 7 q_off, 8 k_off, 9 v_off, 10 g_off,
+// 11 b_off, 12 y_off, 13 new state off.
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = (wid.y * nwg.x + wid.x) * 64u + lid.x;
+    let t_ = pu(1u);
+    let hk = pu(2u);
+    let hv = pu(3u);
+    let dk = pu(4u);
+    let dv = pu(5u);
+    if (i >= pu(0u) * hv * dv) {
+        return;
+    }
+    let r = i % dv;
+    let sh = i / dv;
+    let h = sh % hv;
+    let s = sh / hv;
+    let kh = h / (hv / hk);
+    var row: array<f32, 256>;
+    for (var j = 0u; j < dk; j++) {
+        row[j] = ld0(pu(6u) + i * dk + j);
+    }
+    for (var t = 0u; t < t_; t++) {
+        let tok = s * t_ + t;
+        let qk = (tok * hk + kh) * dk;
+        let decay = exp(ld4(pu(10u) + tok * hv + h));
+        let beta = ld5(pu(11u) + tok * hv + h);
+        var kv = 0.0;
+        for (var j = 0u; j < dk; j++) {
+            row[j] *= decay;
+            kv += row[j] * ld2(pu(8u) + qk + j);
+        }
+        let delta = (ld3(pu(9u) + (tok * hv + h) * dv + r) - kv) * beta;
+        var y = 0.0;
+        for (var j = 0u; j < dk; j++) {
+            row[j] += delta * ld2(pu(8u) + qk + j);
+            y += row[j] * ld1(pu(7u) + qk + j);
+        }
+        st(pu(12u) + (tok * hv + h) * dv + r, y);
+    }
+    for (var j = 0u; j < dk; j++) {
+        st(pu(13u) + i * dk + j, row[j]);
+    }
+}

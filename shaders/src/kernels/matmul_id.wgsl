@@ -1,0 +1,36 @@
+// Mixture-of-experts product: out[t, u, n] = x[t, u or 0] · w[ids[t, u], n]; one workgroup per
+// output element. Sources: 0 x (dense F32), 1 w (any dtype), 2 ids (I32).
+// Params: 0 U, 1 N, 2 K, 3 x_off, 4 w_off, 5 ids_off, 6 out_off, 7 XU (1 or U), 8 E, 9 total.
+
+var<workgroup> red: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = wid.y * nwg.x + wid.x;
+    let n_ = pu(1u);
+    let k_ = pu(2u);
+    let n = g % n_;
+    let tu = g / n_;
+    let t = tu / pu(0u);
+    let u = tu % pu(0u);
+    var acc = 0.0;
+    if (g < pu(9u)) {
+        let e = u32(clamp(ldi2(pu(5u) + tu), 0, i32(pu(8u)) - 1));
+        let xrow = pu(3u) + (t * pu(7u) + select(u, 0u, pu(7u) == 1u)) * k_;
+        let wrow = pu(4u) + (e * n_ + n) * k_;
+        for (var k = lid.x; k < k_; k += 64u) {
+            acc += ld0(xrow + k) * ld1(wrow + k);
+        }
+    }
+    red[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (lid.x < s) {
+            red[lid.x] += red[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && g < pu(9u)) {
+        st(pu(6u) + g, red[0]);
+    }
+}

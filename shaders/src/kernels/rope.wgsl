@@ -1,0 +1,52 @@
+// Rotary embedding of x [T, H, D] at positions pos [T]; one thread per element. The first
+// n_dims of each head rotate in pairs (normal: (2i, 2i+1); neox: (i, i + n_dims/2)), the rest
+// are copied. Sources: 0 x (dense), 1 pos (I32).
+// Params: 0 total, 1 H, 2 D, 3 n_dims, 4 mode (0 normal, 1 neox), 5 x_off, 6 pos_off,
+// 7 out_off, 8.. inverse frequencies (f32 bits, freq_scale applied; computed on the host in
+// f64).
+
+const TWO_PI: f32 = 6.2831853;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = (wid.y * nwg.x + wid.x) * 64u + lid.x;
+    if (i >= pu(0u)) {
+        return;
+    }
+    let dd = pu(2u);
+    let nd = pu(3u);
+    let d = i % dd;
+    let th = i / dd;
+    let t = th / pu(1u);
+    let base = pu(5u) + th * dd;
+    if (d >= nd) {
+        st(pu(7u) + i, ld0(base + d));
+        return;
+    }
+    var p: u32;
+    var first: bool;
+    var partner: u32;
+    if (pu(4u) == 0u) {
+        p = d / 2u;
+        first = (d % 2u) == 0u;
+        partner = select(d - 1u, d + 1u, first);
+    } else {
+        let half = nd / 2u;
+        first = d < half;
+        p = select(d - half, d, first);
+        partner = select(d - half, d + half, first);
+    }
+    let theta = f32(ldi1(pu(6u) + t)) * pf(8u + p);
+    let a = theta - TWO_PI * round(theta / TWO_PI);
+    let c = cos(a);
+    let s = sin(a);
+    let x = ld0(base + d);
+    let y = ld0(base + partner);
+    var o: f32;
+    if (first) {
+        o = x * c - y * s;
+    } else {
+        o = y * s + x * c;
+    }
+    st(pu(7u) + i, o);
+}

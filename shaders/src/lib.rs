@@ -1,0 +1,156 @@
+//! WGSL kernels, one per file under `kernels/`, and the generator that turns a kernel plus a
+//! [`Spec`] into a complete shader.
+//!
+//! Every generated shader shares one binding model:
+//! - `@binding(0)`: `P`, the dispatch's parameters (a uniform array of u32; `pu(i)` reads word
+//!   `i`, `pf(i)` reads it as f32). Each kernel documents its parameter words.
+//! - `@binding(1)`: `arena`, the plan's activation arena as `array<u32>`, read and written.
+//! - `@binding(2 + b)`: external buffer `b` (weights, caches) as `array<u32>`.
+//!
+//! Kernels never index bindings directly: the generator emits a loader per source —
+//! `ldK(i) -> f32` for float data of any storage dtype (F32/F16/BF16 and the GGUF block
+//! quantizations, decoded per element) and `ldiK(i) -> i32` for I32 — taking an element index
+//! into the source's storage. Results are written with `st(i, v)` / `sti(i, v)`.
+
+mod codegen;
+mod quant;
+
+pub use codegen::{ShaderError, generate};
+
+use weft_graph::{DType, FusedProgram};
+
+/// The kernels, one per WGSL file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    Elementwise,
+    FusedNorm,
+    CopyBits,
+    MatMul,
+    MatMulId,
+    GetRows,
+    SoftMax,
+    Rope,
+    Attention,
+    Concat,
+    SsmConv,
+    SsmScan,
+    GatedDeltaNet,
+    TopK,
+    Reduce,
+    StoreRows,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 16] = [
+        Kernel::Elementwise,
+        Kernel::FusedNorm,
+        Kernel::CopyBits,
+        Kernel::MatMul,
+        Kernel::MatMulId,
+        Kernel::GetRows,
+        Kernel::SoftMax,
+        Kernel::Rope,
+        Kernel::Attention,
+        Kernel::Concat,
+        Kernel::SsmConv,
+        Kernel::SsmScan,
+        Kernel::GatedDeltaNet,
+        Kernel::TopK,
+        Kernel::Reduce,
+        Kernel::StoreRows,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Elementwise => "elementwise",
+            Kernel::FusedNorm => "fused_norm",
+            Kernel::CopyBits => "copy_bits",
+            Kernel::MatMul => "matmul",
+            Kernel::MatMulId => "matmul_id",
+            Kernel::GetRows => "get_rows",
+            Kernel::SoftMax => "softmax",
+            Kernel::Rope => "rope",
+            Kernel::Attention => "attention",
+            Kernel::Concat => "concat",
+            Kernel::SsmConv => "ssm_conv",
+            Kernel::SsmScan => "ssm_scan",
+            Kernel::GatedDeltaNet => "gated_delta_net",
+            Kernel::TopK => "top_k",
+            Kernel::Reduce => "reduce",
+            Kernel::StoreRows => "store_rows",
+        }
+    }
+
+    /// The kernel's WGSL body.
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::Elementwise => include_str!("kernels/elementwise.wgsl"),
+            Kernel::FusedNorm => include_str!("kernels/fused_norm.wgsl"),
+            Kernel::CopyBits => include_str!("kernels/copy_bits.wgsl"),
+            Kernel::MatMul => include_str!("kernels/matmul.wgsl"),
+            Kernel::MatMulId => include_str!("kernels/matmul_id.wgsl"),
+            Kernel::GetRows => include_str!("kernels/get_rows.wgsl"),
+            Kernel::SoftMax => include_str!("kernels/softmax.wgsl"),
+            Kernel::Rope => include_str!("kernels/rope.wgsl"),
+            Kernel::Attention => include_str!("kernels/attention.wgsl"),
+            Kernel::Concat => include_str!("kernels/concat.wgsl"),
+            Kernel::SsmConv => include_str!("kernels/ssm_conv.wgsl"),
+            Kernel::SsmScan => include_str!("kernels/ssm_scan.wgsl"),
+            Kernel::GatedDeltaNet => include_str!("kernels/gated_delta_net.wgsl"),
+            Kernel::TopK => include_str!("kernels/top_k.wgsl"),
+            Kernel::Reduce => include_str!("kernels/reduce.wgsl"),
+            Kernel::StoreRows => include_str!("kernels/store_rows.wgsl"),
+        }
+    }
+}
+
+/// Where a source's storage is bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Home {
+    Arena,
+    /// External buffer number `b` (bound at `@binding(2 + b)`).
+    External(u32),
+}
+
+/// One source operand of a dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub home: Home,
+    pub dtype: DType,
+}
+
+/// Everything that selects a shader variant.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spec {
+    pub kernel: Kernel,
+    pub sources: Vec<Source>,
+    /// The program of `Elementwise` and `FusedNorm` kernels.
+    pub program: Option<FusedProgram>,
+    /// Extra loader names mapped to source indices (e.g. `ldmask` → 3).
+    pub aliases: Vec<(&'static str, usize)>,
+    /// `StoreRows`: the destination's external binding and dtype.
+    pub store: Option<(u32, DType)>,
+    /// Number of external bindings the dispatch uses.
+    pub externals: u32,
+}
+
+impl Spec {
+    pub fn new(kernel: Kernel, sources: Vec<Source>) -> Spec {
+        let externals = sources
+            .iter()
+            .filter_map(|s| match s.home {
+                Home::External(b) => Some(b + 1),
+                Home::Arena => None,
+            })
+            .max()
+            .unwrap_or(0);
+        Spec {
+            kernel,
+            sources,
+            program: None,
+            aliases: vec![],
+            store: None,
+            externals,
+        }
+    }
+}

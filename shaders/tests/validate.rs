@@ -1,0 +1,239 @@
+//! Every kernel in every specialisation the backend can ask for parses and validates with naga,
+//! without a GPU.
+
+#![allow(clippy::unwrap_used)]
+
+use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
+use weft_shaders::{Home, Kernel, Source, Spec, generate};
+
+const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+const WEIGHTS: [DType; 9] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q4K,
+    DType::Q5K,
+    DType::Q6K,
+];
+
+fn arena(dtype: DType) -> Source {
+    Source {
+        home: Home::Arena,
+        dtype,
+    }
+}
+fn ext(b: u32, dtype: DType) -> Source {
+    Source {
+        home: Home::External(b),
+        dtype,
+    }
+}
+
+fn variants() -> Vec<Spec> {
+    let mut v = vec![];
+    let unaries = [
+        UnaryOp::Neg,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Square,
+        UnaryOp::Tanh,
+        UnaryOp::Relu,
+        UnaryOp::SqrRelu,
+        UnaryOp::Sigmoid,
+        UnaryOp::Silu,
+        UnaryOp::Gelu,
+        UnaryOp::Softplus,
+        UnaryOp::Scale(0.5),
+        UnaryOp::Offset(-1.0),
+        UnaryOp::Clamp {
+            min: -1.0,
+            max: 2.0,
+        },
+    ];
+    for u in unaries {
+        for src in [
+            arena(DType::F32),
+            ext(0, DType::F16),
+            ext(0, DType::BF16),
+            ext(0, DType::F32),
+        ] {
+            let mut s = Spec::new(Kernel::Elementwise, vec![src]);
+            s.program = Some(FusedProgram {
+                head: None,
+                code: vec![Instr::Load(0), Instr::Unary(u, 0)],
+            });
+            v.push(s);
+        }
+    }
+    for b in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        let mut s = Spec::new(
+            Kernel::Elementwise,
+            vec![arena(DType::F32), ext(1, DType::F32)],
+        );
+        s.program = Some(FusedProgram {
+            head: None,
+            code: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(b, 0, 1)],
+        });
+        v.push(s);
+    }
+    for head in [NormKind::Rms { eps: 1e-5 }, NormKind::L2 { eps: 1e-6 }] {
+        let mut s = Spec::new(
+            Kernel::FusedNorm,
+            vec![arena(DType::F32), ext(0, DType::F32)],
+        );
+        s.program = Some(FusedProgram {
+            head: Some(head),
+            code: vec![
+                Instr::Load(0),
+                Instr::Load(1),
+                Instr::Binary(BinaryOp::Mul, 0, 1),
+                Instr::Unary(UnaryOp::Silu, 2),
+            ],
+        });
+        v.push(s);
+    }
+    v.push(Spec::new(Kernel::CopyBits, vec![arena(DType::I32)]));
+    v.push(Spec::new(Kernel::CopyBits, vec![ext(0, DType::I32)]));
+    for w in WEIGHTS {
+        v.push(Spec::new(
+            Kernel::MatMul,
+            vec![arena(DType::F32), ext(0, w)],
+        ));
+        v.push(Spec::new(
+            Kernel::MatMulId,
+            vec![arena(DType::F32), ext(0, w), arena(DType::I32)],
+        ));
+        v.push(Spec::new(
+            Kernel::GetRows,
+            vec![ext(0, w), arena(DType::I32)],
+        ));
+    }
+    v.push(Spec::new(
+        Kernel::MatMul,
+        vec![arena(DType::F32), arena(DType::F32)],
+    ));
+    v.push(Spec::new(
+        Kernel::GetRows,
+        vec![arena(DType::F32), arena(DType::I32)],
+    ));
+    for masked in [false, true] {
+        let mut s = Spec::new(Kernel::SoftMax, vec![arena(DType::F32), arena(DType::F32)]);
+        if masked {
+            s.aliases.push(("ldmask", 1));
+        }
+        v.push(s);
+    }
+    v.push(Spec::new(
+        Kernel::Rope,
+        vec![arena(DType::F32), arena(DType::I32)],
+    ));
+    for kv in FLOATS {
+        let mut s = Spec::new(
+            Kernel::Attention,
+            vec![
+                arena(DType::F32),
+                ext(0, kv),
+                ext(1, kv),
+                arena(DType::F32),
+                arena(DType::F32),
+            ],
+        );
+        s.aliases = vec![("ldmask", 3), ("ldgate", 4)];
+        v.push(s);
+        v.push(Spec::new(
+            Kernel::Attention,
+            vec![arena(DType::F32), arena(DType::F32), arena(DType::F32)],
+        ));
+    }
+    v.push(Spec::new(
+        Kernel::Concat,
+        vec![arena(DType::F32), arena(DType::F32)],
+    ));
+    v.push(Spec::new(
+        Kernel::SsmConv,
+        vec![arena(DType::F32), ext(0, DType::F32)],
+    ));
+    v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
+    v.push(Spec::new(Kernel::GatedDeltaNet, vec![arena(DType::F32); 6]));
+    v.push(Spec::new(Kernel::TopK, vec![arena(DType::F32)]));
+    v.push(Spec::new(Kernel::Reduce, vec![arena(DType::F32)]));
+    for d in FLOATS {
+        let mut s = Spec::new(
+            Kernel::StoreRows,
+            vec![arena(DType::F32), arena(DType::I32)],
+        );
+        s.store = Some((0, d));
+        s.externals = 1;
+        v.push(s);
+    }
+    v
+}
+
+#[test]
+fn every_kernel_variant_validates_with_naga() {
+    let specs = variants();
+    for k in Kernel::ALL {
+        assert!(
+            specs.iter().any(|s| s.kernel == k),
+            "no variant of {}",
+            k.name()
+        );
+    }
+    for spec in &specs {
+        let src = generate(spec).unwrap_or_else(|e| panic!("{e}"));
+        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
+            panic!(
+                "{} {:?}: {}\n{src}",
+                spec.kernel.name(),
+                spec.sources,
+                e.emit_to_string(&src)
+            )
+        });
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default()
+                | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} {:?}: {}\n{src}",
+                spec.kernel.name(),
+                spec.sources,
+                e.emit_to_string(&src)
+            )
+        });
+    }
+}
+
+#[test]
+fn bad_specs_are_errors() {
+    let mut s = Spec::new(Kernel::Elementwise, vec![arena(DType::F32)]);
+    assert!(generate(&s).is_err(), "elementwise without a program");
+    s.program = Some(FusedProgram {
+        head: None,
+        code: vec![],
+    });
+    assert!(generate(&s).is_err(), "empty program");
+    assert!(
+        generate(&Spec::new(
+            Kernel::MatMul,
+            vec![arena(DType::F32), arena(DType::Q4K)]
+        ))
+        .is_err()
+    );
+    assert!(
+        generate(&Spec::new(
+            Kernel::StoreRows,
+            vec![arena(DType::F32), arena(DType::I32)]
+        ))
+        .is_err()
+    );
+    let mut a = Spec::new(Kernel::SoftMax, vec![arena(DType::F32)]);
+    a.aliases.push(("ldmask", 3));
+    assert!(generate(&a).is_err());
+}
