@@ -117,6 +117,11 @@ impl WgpuBackend {
         })
     }
 
+    /// The device's limits (storage binding size, workgroups per dimension, …).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
     /// The adapter in use.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
@@ -212,32 +217,49 @@ impl WgpuBackend {
         }
         let store = low.spec.store.map(|(b, _)| b);
         let layout = self.layout(low.spec.externals, store).1.clone();
+        let pipeline = self.build_pipeline(name, &src, &layout)?;
+        let p = Arc::new(pipeline);
+        self.pipelines.insert(src, p.clone());
+        Ok(p)
+    }
+
+    fn build_pipeline(
+        &self,
+        name: &'static str,
+        src: &str,
+        layout: &wgpu::PipelineLayout,
+    ) -> Result<wgpu::ComputePipeline> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(name),
-                source: wgpu::ShaderSource::Wgsl(src.clone().into()),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
             });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(name),
-                layout: Some(&layout),
+                layout: Some(layout),
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: Default::default(),
                 cache: None,
             });
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(BackendError::Shader {
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(BackendError::Shader {
                 kernel: name,
                 message: e.to_string(),
-            });
+            }),
+            None => Ok(pipeline),
         }
-        let p = Arc::new(pipeline);
-        self.pipelines.insert(src, p.clone());
-        Ok(p)
+    }
+
+    /// Compiles WGSL written against the standard bindings (parameters, arena, no externals)
+    /// into a pipeline and discards it: how tests see a shader failure reported.
+    pub fn check_wgsl(&mut self, kernel: &'static str, src: &str) -> Result<()> {
+        let layout = self.layout(0, None).1.clone();
+        self.build_pipeline(kernel, src, &layout).map(|_| ())
     }
 
     /// Reads `len` bytes at `offset` of a buffer (aligned internally to 4 bytes).
@@ -607,15 +629,62 @@ impl Backend for WgpuBackend {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("weft run"),
             });
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("weft"),
-                timestamp_writes: None,
+        let n = prog.dispatches.len() as u32;
+        let stamps = (self.profiling
+            && self
+                .device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY)
+            && n > 0
+            && 2 * n <= wgpu::QUERY_SET_MAX_QUERIES)
+            .then(|| {
+                let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("weft timings"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * n,
+                });
+                let mk = |usage| {
+                    self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("weft timings"),
+                        size: 16 * n as u64,
+                        usage,
+                        mapped_at_creation: false,
+                    })
+                };
+                let resolve = mk(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+                let read = mk(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+                (set, resolve, read)
             });
-            for d in &prog.dispatches {
-                pass.set_pipeline(&d.pipeline);
-                pass.set_bind_group(0, &d.bind_group, &[]);
-                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+        match &stamps {
+            // One pass per dispatch, each bracketed by GPU timestamps.
+            Some((set, resolve, read)) => {
+                for (i, d) in prog.dispatches.iter().enumerate() {
+                    let writes = wgpu::ComputePassTimestampWrites {
+                        query_set: set,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    };
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(writes),
+                    });
+                    pass.set_pipeline(&d.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+                }
+                enc.resolve_query_set(set, 0..2 * n, resolve, 0);
+                enc.copy_buffer_to_buffer(resolve, 0, read, 0, 16 * n as u64);
+            }
+            None => {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("weft"),
+                    timestamp_writes: None,
+                });
+                for d in &prog.dispatches {
+                    pass.set_pipeline(&d.pipeline);
+                    pass.set_bind_group(0, &d.bind_group, &[]);
+                    pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+                }
             }
         }
         if let Some(staging) = &prog.staging {
@@ -646,22 +715,42 @@ impl Backend for WgpuBackend {
             }
         };
         let elapsed = start.elapsed();
+        let gpu_ns: Option<Vec<u64>> = match &stamps {
+            Some((_, _, read)) => {
+                let raw = self.map_read(read, 16 * n as u64)?;
+                let period = self.queue.get_timestamp_period() as f64;
+                let t: Vec<u64> = raw
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect();
+                Some(
+                    t.chunks_exact(2)
+                        .map(|p| (p[1].saturating_sub(p[0]) as f64 * period) as u64)
+                        .collect(),
+                )
+            }
+            None => None,
+        };
         let prog = self
             .programs
             .get_mut(&program.0)
             .ok_or(BackendError::UnknownProgram(program.0))?;
         if self.profiling {
-            // Without per-pass timestamps the run's wall time is spread evenly (coarse).
+            // GPU timestamps when the adapter has them; otherwise the run's wall time spread
+            // evenly over the dispatches (coarse, but the table keeps its shape).
             let per = elapsed / prog.dispatches.len().max(1) as u32;
             let g = &prog.plan.graph;
             prog.timings = Some(
                 prog.dispatches
                     .iter()
-                    .map(|d| NodeTiming {
+                    .enumerate()
+                    .map(|(i, d)| NodeTiming {
                         node: d.node,
                         name: g.node(d.node).name.clone(),
                         op: g.node(d.node).op.name(),
-                        time: per,
+                        time: gpu_ns
+                            .as_ref()
+                            .map_or(per, |t| std::time::Duration::from_nanos(t[i])),
                     })
                     .collect(),
             );

@@ -724,3 +724,123 @@ pub fn random_graphs(be: &mut dyn Backend) {
         }
     }
 }
+
+/// Fusion cuts the dispatches the backend really records (counted by its per-node timings),
+/// and the fused run equals the unfused one.
+pub fn fusion_cuts_dispatches(be: &mut dyn Backend) {
+    let mut rg = rng(31);
+    let mut c = Case::new();
+    let (x, _) = c.input(&mut rg, "x", &[3, 8]);
+    let (w, _) = c.input(&mut rg, "w", &[8]);
+    let (wg, _) = c.input(&mut rg, "wg", &[16, 8]);
+    let (wu, _) = c.input(&mut rg, "wu", &[16, 8]);
+    let n = c.b.rms_norm(x, 1e-5).unwrap();
+    let h = c.b.mul(n, w).unwrap();
+    let g = c.b.matmul(h, wg).unwrap();
+    let u = c.b.matmul(h, wu).unwrap();
+    let sg = c.b.silu(g).unwrap();
+    let a = c.b.mul(sg, u).unwrap();
+    let s = c.b.sigmoid(a).unwrap();
+    let y = c.b.add(s, a).unwrap();
+    c.output(y, "y");
+    let (g, inputs) = c.finish();
+    let host: Vec<(&str, weft_backends::HostData)> = inputs
+        .iter()
+        .map(|(n, v)| (n.as_str(), weft_backends::HostData::F32(v)))
+        .collect();
+    be.set_profiling(true);
+    let mut counts = vec![];
+    let mut outs = vec![];
+    for fuse in [false, true] {
+        let p = weft_graph::plan(
+            &g,
+            weft_graph::PlanOptions {
+                passes: weft_graph::passes::PassOptions { fuse },
+                ..Default::default()
+            },
+        );
+        let prog = be.compile(&p).unwrap();
+        outs.push(be.run(prog, &host).unwrap()[0].to_f32());
+        let t = be.timings(prog).expect("profiling was on");
+        assert_eq!(t.len(), p.dispatches(), "one timing per dispatch");
+        counts.push(t.len());
+        be.release(prog).unwrap();
+    }
+    be.set_profiling(false);
+    assert!(
+        counts[1] < counts[0],
+        "fused {} vs unfused {} dispatches",
+        counts[1],
+        counts[0]
+    );
+    for (a, b) in outs[0].iter().zip(&outs[1]) {
+        assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()));
+    }
+}
+
+/// Wrong inputs, buffers and programs are errors that name what is at fault.
+pub fn bad_inputs_are_errors(be: &mut dyn Backend) {
+    use weft_backends::{BackendError, HostData};
+    let mut b = weft_graph::GraphBuilder::new();
+    let x = b.input("x", &[2, 3], DType::F32).unwrap();
+    let y = b.silu(x).unwrap();
+    b.output(y, "y").unwrap();
+    let p = weft_graph::plan(&b.finish(), weft_graph::PlanOptions::default());
+    let prog = be.compile(&p).unwrap();
+    let e = be.run(prog, &[]).unwrap_err();
+    assert!(
+        matches!(&e, BackendError::MissingInput(n) if n == "x"),
+        "{e}"
+    );
+    let e = be
+        .run(prog, &[("x", HostData::F32(&[1.0; 5]))])
+        .unwrap_err();
+    assert!(
+        matches!(&e, BackendError::BadInput { name, .. } if name == "x"),
+        "{e}"
+    );
+    let e = be.run(prog, &[("x", HostData::I32(&[1; 6]))]).unwrap_err();
+    assert!(matches!(e, BackendError::BadInput { .. }), "{e}");
+    assert!(be.run(prog, &[("x", HostData::F32(&[0.5; 6]))]).is_ok());
+    be.release(prog).unwrap();
+    assert!(matches!(
+        be.run(prog, &[]).unwrap_err(),
+        BackendError::UnknownProgram(_)
+    ));
+    let buf = be.alloc(10).unwrap();
+    assert!(matches!(
+        be.upload(buf, 8, &[0; 4]).unwrap_err(),
+        BackendError::OutOfBounds { .. }
+    ));
+    let mut out = [0u8; 4];
+    assert!(matches!(
+        be.download(buf, 7, &mut out).unwrap_err(),
+        BackendError::OutOfBounds { .. }
+    ));
+    // odd offsets and lengths round-trip
+    be.upload(buf, 3, &[1, 2, 3, 4, 5]).unwrap();
+    let mut all = [0u8; 10];
+    be.download(buf, 0, &mut all).unwrap();
+    assert_eq!(all, [0, 0, 0, 1, 2, 3, 4, 5, 0, 0]);
+    // a weight bound to a buffer smaller than its tensor
+    let mut b = weft_graph::GraphBuilder::new();
+    let w = b.weight("w", &[4, 4], DType::F32, buf).unwrap();
+    let x = b.input("x", &[1, 4], DType::F32).unwrap();
+    let y = b.matmul(x, w).unwrap();
+    b.output(y, "y").unwrap();
+    let e = be
+        .compile(&weft_graph::plan(
+            &b.finish(),
+            weft_graph::PlanOptions::default(),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(&e, BackendError::ExternalTooSmall { name, .. } if name == "w"),
+        "{e}"
+    );
+    be.free(buf).unwrap();
+    assert!(matches!(
+        be.free(buf).unwrap_err(),
+        BackendError::UnknownBuffer(_)
+    ));
+}

@@ -114,6 +114,13 @@ impl Case {
         self.b.output(t, name).expect("output");
     }
 
+    /// The recorded graph and its host inputs (F32 only), for cases that drive the backend
+    /// themselves.
+    pub fn finish(self) -> (Graph, Vec<(String, Vec<f32>)>) {
+        assert!(self.i32_inputs.is_empty(), "finish() is for F32-only cases");
+        (self.b.finish(), self.f32_inputs)
+    }
+
     /// Runs under three plan settings; all must agree bit for bit, and the first is returned.
     pub fn run(self, be: &mut dyn Backend) -> Vec<Output> {
         let g = self.b.finish();

@@ -56,6 +56,8 @@ macro_rules! all_cases {
                 reductions_and_top_k,
                 store_rows,
                 random_graphs,
+                fusion_cuts_dispatches,
+                bad_inputs_are_errors,
             ]
         );
     };
