@@ -32,7 +32,7 @@ pub struct NodeTiming {
 }
 
 /// An executor of planned graphs. Object safe, so a caller can hold `Box<dyn Backend>`.
-pub trait Backend {
+pub trait Backend: std::fmt::Debug {
     /// Human-readable name, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
 

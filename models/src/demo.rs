@@ -91,6 +91,7 @@ pub const MP: MambaParams = MambaParams {
     d_state: 8,
     d_conv: 4,
     dt_rank: 4,
+    dt_b_c_rms: None,
 };
 
 /// Weights of a 2-layer Mamba stack with state caches for `slots` sequences.

@@ -8,12 +8,14 @@ use super::split_last;
 use weft_graph::{GraphBuilder, Result, Tensor};
 
 /// Shape of a Mamba1 mixer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MambaParams {
     pub d_inner: usize,
     pub d_state: usize,
     pub d_conv: usize,
     pub dt_rank: usize,
+    /// RMS-normalise dt, B and C (without weights) with this epsilon (Falcon-Mamba).
+    pub dt_b_c_rms: Option<f32>,
 }
 
 /// Mixer weights: projections `[out, in]`, `conv [d_inner, d_conv]`, `a [d_inner, d_state]`
@@ -54,6 +56,14 @@ pub fn mamba(
     let dt = split_last(b, dbc, 0, r, &[s, t, r])?;
     let bm = split_last(b, dbc, r, n, &[s, t, 1, n])?;
     let cm = split_last(b, dbc, r + n, n, &[s, t, 1, n])?;
+    let (dt, bm, cm) = match p.dt_b_c_rms {
+        Some(eps) => (
+            b.rms_norm(dt, eps)?,
+            b.rms_norm(bm, eps)?,
+            b.rms_norm(cm, eps)?,
+        ),
+        None => (dt, bm, cm),
+    };
     let dt = b.matmul(dt, w.dt_proj)?;
     let dt = b.add(dt, w.dt_b)?;
     let dt = b.softplus(dt)?;

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod ffn;
 pub mod mamba;
+pub mod mamba2;
 pub mod recurrent;
 
 use weft_graph::{GraphBuilder, Result, Tensor};
