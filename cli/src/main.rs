@@ -2,7 +2,9 @@
 
 #![allow(clippy::print_stdout)]
 
+mod backend;
 mod demo;
+mod logits;
 
 use clap::{Parser, Subcommand};
 
@@ -24,9 +26,12 @@ enum Command {
     /// a prompt decoded token by token through the caches matches one ubatch. The weights are
     /// random, so the logits mean nothing.
     Demo(demo::DemoArgs),
+    /// Write the logits of token sequences run together in one batch (and of greedy decoding)
+    /// as .npy files: the conformance entry point.
+    Logits(logits::LogitsArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -39,7 +44,13 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Logits(args) => logits::run(&args),
+    };
+    if let Err(e) = result {
+        // One line: the error and its causes, without a backtrace.
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }
