@@ -8,11 +8,13 @@
 pub mod cpu;
 mod error;
 mod host;
+mod null;
 pub mod wgpu;
 
 pub use cpu::CpuBackend;
 pub use error::{BackendError, Result};
 pub use host::{HostData, Output, OutputData};
+pub use null::NullBackend;
 pub use wgpu::{WgpuBackend, WgpuOptions};
 
 use std::time::Duration;

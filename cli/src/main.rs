@@ -4,6 +4,7 @@
 
 mod backend;
 mod demo;
+mod inspect;
 mod logits;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,12 @@ enum Command {
     /// Write the logits of token sequences run together in one batch (and of greedy decoding)
     /// as .npy files: the conformance entry point.
     Logits(logits::LogitsArgs),
+    /// What is inside a model: architecture, hyperparameters, per-layer kind, tensors by type,
+    /// and the memory a session would need.
+    Info(inspect::InfoArgs),
+    /// The compiled graph of one ubatch: a summary (nodes, dispatches before and after fusion,
+    /// arena against the naive total), Graphviz DOT or JSON.
+    Graph(inspect::GraphArgs),
 }
 
 fn main() {
@@ -47,6 +54,8 @@ fn main() {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Logits(args) => logits::run(&args),
+        Command::Info(args) => inspect::info(&args),
+        Command::Graph(args) => inspect::graph(&args),
     };
     if let Err(e) = result {
         // One line: the error and its causes, without a backtrace.

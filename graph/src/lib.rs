@@ -7,6 +7,7 @@
 pub mod builder;
 pub mod dtype;
 pub mod error;
+pub mod export;
 pub mod graph;
 pub mod layout;
 pub mod op;

@@ -3,11 +3,19 @@
 use crate::arch::{self, Architecture};
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::memory::UBatchView;
 use crate::memory::{Memory, MemoryConfig, SeqId, UBatch};
 use crate::step::Step;
 use crate::weights::WeightStore;
-use weft_backends::{Backend, HostData};
-use weft_graph::{Plan, PlanOptions, plan};
+use std::collections::HashMap;
+use weft_backends::{Backend, HostData, ProgramId};
+use weft_graph::{Graph, Plan, PlanOptions, plan};
+
+/// Compiled programs kept per ubatch shape (tokens, sequences, tokens per sequence, KV cells).
+type ShapeKey = (usize, usize, usize, usize);
+
+/// Most programs a session keeps compiled.
+const MAX_PROGRAMS: usize = 16;
 
 /// A loaded model ready to decode.
 #[derive(Debug)]
@@ -18,8 +26,11 @@ pub struct Session {
     memory: Memory,
     /// Plan settings (fusion on by default).
     pub plan_options: PlanOptions,
-    /// The plan of the last ubatch (for `weft graph`, the viewer and tests).
+    /// The plan of the last ubatch compiled (for `weft graph`, the viewer and tests).
     pub last_plan: Option<Plan>,
+    programs: HashMap<ShapeKey, ProgramId>,
+    /// Compilations so far (a decode step that reuses a program does not count).
+    pub compiles: usize,
 }
 
 /// Splits a batch into ubatches. With recurrent layers every sequence of a ubatch has the same
@@ -73,6 +84,8 @@ impl Session {
             memory,
             plan_options: PlanOptions::default(),
             last_plan: None,
+            programs: HashMap::new(),
+            compiles: 0,
         })
     }
 
@@ -135,13 +148,48 @@ impl Session {
         Ok(out)
     }
 
-    fn run_ubatch(&mut self, u: &UBatch) -> Result<Vec<f32>> {
-        let view = self.memory.prepare(self.backend.as_mut(), u)?;
-        let mut step = Step::new(&view, &self.weights, &self.memory)?;
+    /// Records the graph of a ubatch and plans it.
+    fn graph(&self, view: &UBatchView) -> Result<(Graph, Plan)> {
+        let mut step = Step::new(view, &self.weights, &self.memory)?;
         let logits = self.arch.build(&mut step)?;
         let g = step.finish(logits)?;
         let p = plan(&g, self.plan_options);
-        let prog = self.backend.compile(&p)?;
+        Ok((g, p))
+    }
+
+    /// The graph and plan of a ubatch of `n_tokens` tokens of sequence 0, after what memory
+    /// already holds (the tokens are placed in memory; use a fresh session to inspect).
+    pub fn graph_for(&mut self, n_tokens: usize) -> Result<(Graph, Plan)> {
+        let u = UBatch {
+            seqs: vec![0],
+            tokens: vec![vec![0; n_tokens.max(1)]],
+        };
+        let view = self.memory.prepare(self.backend.as_mut(), &u)?;
+        self.graph(&view)
+    }
+
+    fn run_ubatch(&mut self, u: &UBatch) -> Result<Vec<f32>> {
+        let view = self.memory.prepare(self.backend.as_mut(), u)?;
+        let key = (view.tokens.len(), view.n_seqs, view.seq_len, view.n_kv);
+        let prog = match self.programs.get(&key) {
+            Some(&p) => p,
+            None => {
+                let (_, p) = self.graph(&view)?;
+                let prog = self.backend.compile(&p)?;
+                self.compiles += 1;
+                self.last_plan = Some(p);
+                if self.programs.len() >= MAX_PROGRAMS {
+                    let old: Vec<ShapeKey> = self.programs.keys().copied().collect();
+                    for k in old {
+                        if let Some(id) = self.programs.remove(&k) {
+                            self.backend.release(id)?;
+                        }
+                    }
+                }
+                self.programs.insert(key, prog);
+                prog
+            }
+        };
         let mut inputs: Vec<(&str, HostData)> = vec![
             ("tokens", HostData::I32(&view.tokens)),
             ("pos", HostData::I32(&view.positions)),
@@ -153,10 +201,7 @@ impl Session {
         if self.memory.has_recurrent() {
             inputs.push(("slots", HostData::I32(&view.slots)));
         }
-        let result = self.backend.run(prog, &inputs);
-        self.backend.release(prog)?;
-        self.last_plan = Some(p);
-        let out = result?;
+        let out = self.backend.run(prog, &inputs)?;
         out.into_iter()
             .next()
             .map(|o| o.to_f32())

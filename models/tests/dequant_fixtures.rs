@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use weft_backends::{Backend, CpuBackend, HostData};
+use weft_backends::{Backend, CpuBackend, HostData, WgpuBackend, WgpuOptions};
 use weft_graph::{DType, GraphBuilder, PlanOptions, plan};
 use weft_models::gguf::{GgufFile, TensorInfo};
 use weft_models::npy;
@@ -81,7 +81,15 @@ fn dequantization_matches_the_reference_bit_for_bit() {
     assert!(cases.len() >= 12, "only {} fixtures found", cases.len());
     let mut types = BTreeSet::new();
     let mut failures = Vec::new();
-    let mut be = CpuBackend::new();
+    // The CPU backend always; the wgpu backend when an adapter exists (required under CI).
+    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
+    match WgpuBackend::new(&WgpuOptions::default()) {
+        Ok(b) => backends.push(Box::new(b)),
+        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
+            panic!("CI requires a GPU adapter for the wgpu tests: {e}")
+        }
+        Err(e) => eprintln!("wgpu half skipped: {e}"),
+    }
     for (gguf, name, ty, npy_path) in &cases {
         let what = format!("{} in {}", name, short(gguf));
         let f = GgufFile::open(gguf).unwrap();
@@ -102,24 +110,26 @@ fn dequantization_matches_the_reference_bit_for_bit() {
             failures.push(format!("{what} ({ty}), quant::dequantize: {d}"));
         }
 
-        // The CPU backend: get_rows over every row of the table.
-        let rows = dims[0];
-        let buf = be.alloc(t.bytes).unwrap();
-        be.upload(buf, 0, f.tensor_data(t)).unwrap();
-        let mut b = GraphBuilder::new();
-        let table = b.weight(name, &dims, t.dtype, buf).unwrap();
-        let ids = b.input("ids", &[rows], DType::I32).unwrap();
-        let out = b.get_rows(table, ids).unwrap();
-        b.output(out, "rows").unwrap();
-        let g = b.finish();
-        let prog = be.compile(&plan(&g, PlanOptions::default())).unwrap();
-        let ids: Vec<i32> = (0..rows as i32).collect();
-        let outs = be.run(prog, &[("ids", HostData::I32(&ids))]).unwrap();
-        be.release(prog).unwrap();
-        be.free(buf).unwrap();
-        assert_eq!(outs[0].shape.dims(), &dims[..], "{what}: get_rows shape");
-        if let Some(d) = first_difference(t, outs[0].f32().unwrap(), &want) {
-            failures.push(format!("{what} ({ty}), CPU get_rows: {d}"));
+        // Every backend: get_rows over every row of the table.
+        for be in backends.iter_mut() {
+            let rows = dims[0];
+            let buf = be.alloc(t.bytes).unwrap();
+            be.upload(buf, 0, f.tensor_data(t)).unwrap();
+            let mut b = GraphBuilder::new();
+            let table = b.weight(name, &dims, t.dtype, buf).unwrap();
+            let ids = b.input("ids", &[rows], DType::I32).unwrap();
+            let out = b.get_rows(table, ids).unwrap();
+            b.output(out, "rows").unwrap();
+            let g = b.finish();
+            let prog = be.compile(&plan(&g, PlanOptions::default())).unwrap();
+            let ids: Vec<i32> = (0..rows as i32).collect();
+            let outs = be.run(prog, &[("ids", HostData::I32(&ids))]).unwrap();
+            be.release(prog).unwrap();
+            be.free(buf).unwrap();
+            assert_eq!(outs[0].shape.dims(), &dims[..], "{what}: get_rows shape");
+            if let Some(d) = first_difference(t, outs[0].f32().unwrap(), &want) {
+                failures.push(format!("{what} ({ty}), {} get_rows: {d}", be.name()));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

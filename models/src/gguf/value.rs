@@ -117,6 +117,20 @@ pub enum Value {
 }
 
 impl Value {
+    /// A short human-readable form; arrays show their first `max` elements and their length.
+    pub fn summary(&self, max: usize) -> String {
+        match self {
+            Value::String(s) => format!("{s:?}"),
+            Value::Array(a) => a.summary(max),
+            Value::F32(x) => x.to_string(),
+            Value::F64(x) => x.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => other
+                .as_i128()
+                .map_or_else(|| format!("{other:?}"), |v| v.to_string()),
+        }
+    }
+
     pub fn value_type(&self) -> ValueType {
         match self {
             Value::U8(_) => ValueType::U8,
@@ -293,6 +307,30 @@ impl Array {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The first `max` elements and the length, e.g. `[0, 2, 0, 2] (4)`.
+    pub fn summary(&self, max: usize) -> String {
+        fn list<T: std::fmt::Debug>(v: &[T], max: usize) -> String {
+            let shown: Vec<String> = v.iter().take(max).map(|x| format!("{x:?}")).collect();
+            let more = if v.len() > max { ", …" } else { "" };
+            format!("[{}{more}] ({})", shown.join(", "), v.len())
+        }
+        match self {
+            Array::U8(v) => list(v, max),
+            Array::I8(v) => list(v, max),
+            Array::U16(v) => list(v, max),
+            Array::I16(v) => list(v, max),
+            Array::U32(v) => list(v, max),
+            Array::I32(v) => list(v, max),
+            Array::F32(v) => list(v, max),
+            Array::Bool(v) => list(v, max),
+            Array::String(v) => list(v, max),
+            Array::Array(v) => format!("[{} arrays]", v.len()),
+            Array::U64(v) => list(v, max),
+            Array::I64(v) => list(v, max),
+            Array::F64(v) => list(v, max),
+        }
     }
 
     /// The elements of a string array (e.g. `tokenizer.ggml.tokens`).

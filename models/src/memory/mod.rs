@@ -14,6 +14,9 @@ use crate::error::{ModelError, Result};
 use weft_backends::Backend;
 use weft_graph::{BufferId, DType};
 
+/// Granularity of the number of KV cells a ubatch's attention reads.
+pub const KV_PAD: usize = 64;
+
 /// A sequence id (0-based, below the session's sequence capacity).
 pub type SeqId = usize;
 
@@ -210,7 +213,13 @@ impl Memory {
         let mut rec = self.rec.clone();
         let (kv_write, n_kv, kv_mask) = if self.has_attention() {
             let write = kv.place(&seq_of, &positions)?;
-            let n_kv = kv.used_extent();
+            // Attention reads a multiple of KV_PAD cells (masked past the used ones) so that
+            // consecutive decode steps share one compiled program.
+            let n_kv = kv
+                .used_extent()
+                .div_ceil(KV_PAD)
+                .saturating_mul(KV_PAD)
+                .min(self.config.cells);
             let mask = kv.mask(&seq_of, &positions, n_kv);
             (write, n_kv, mask)
         } else {

@@ -1,0 +1,244 @@
+//! The conformance harness shared by the per-architecture test files: runs one fixture GGUF
+//! on one backend through every reference case and checks the fixture tolerances.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::path::PathBuf;
+use weft_backends::{Backend, WgpuBackend, WgpuOptions};
+use weft_models::gguf::GgufFile;
+use weft_models::{MemoryConfig, Session};
+
+pub fn dir(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(arch)
+}
+
+pub fn npy(arch: &str, name: &str) -> (usize, Vec<f32>) {
+    let (dims, v) = weft_models::npy::read_f32(dir(arch).join(name)).unwrap();
+    (dims[1], v)
+}
+
+pub fn ids(r: &serde_json::Value, key: &str) -> Vec<i32> {
+    r[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// `reference.json`; Python's writer emits `Infinity`/`NaN` in config fields, which JSON lacks.
+pub fn reference(arch: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir(arch).join("reference.json")).unwrap();
+    let text = text
+        .replace("-Infinity", "null")
+        .replace("Infinity", "null")
+        .replace("NaN", "null");
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn argmax(row: &[f32]) -> i32 {
+    let mut b = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[b] {
+            b = i;
+        }
+    }
+    b as i32
+}
+
+fn rel(a: &[f32], b: &[f32]) -> f32 {
+    let num: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let den: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+    num / den.max(1e-30)
+}
+
+/// Top-2 gap of a reference row (for the near-tie rule).
+fn gap(row: &[f32]) -> f32 {
+    let mut s: Vec<f32> = row.to_vec();
+    s.sort_by(|a, b| b.total_cmp(a));
+    s[0] - s[1]
+}
+
+struct Check {
+    what: String,
+    tol: f32,
+    worst: f32,
+}
+
+impl Check {
+    fn rows(&mut self, case: &str, got: &[f32], want: &[f32], v: usize) {
+        assert_eq!(got.len(), want.len(), "{}: {case}: row count", self.what);
+        for (r, (g, w)) in got.chunks(v).zip(want.chunks(v)).enumerate() {
+            let e = rel(g, w);
+            self.worst = self.worst.max(e);
+            assert!(
+                e <= self.tol,
+                "{}: {case} row {r}: relative error {e:.3e} > {:.0e}",
+                self.what,
+                self.tol
+            );
+        }
+    }
+
+    /// Greedy id check: a mismatch is allowed only on a near-tie, and ends the comparison.
+    fn greedy(&self, case: &str, got_row: &[f32], want_row: &[f32], want_id: i32) -> bool {
+        let got = argmax(got_row);
+        if got == want_id {
+            return true;
+        }
+        let max_abs = got_row
+            .iter()
+            .zip(want_row)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            gap(want_row) < 2.0 * max_abs,
+            "{}: {case}: greedy id {got} != {want_id} without a near-tie",
+            self.what
+        );
+        false
+    }
+}
+
+pub fn conformance(arch: &str, dtype: &str, backend: Box<dyn Backend>) {
+    let r = reference(arch);
+    let file = dir(arch).join(format!("{arch}-{dtype}.gguf"));
+    let gguf = GgufFile::open(&file).unwrap();
+    let config = MemoryConfig {
+        cells: 128,
+        sequences: 2,
+        ..Default::default()
+    };
+    let mut s = Session::new(&gguf, backend, config, |_, _| {}).unwrap();
+    let tol = if dtype == "f32" { 1e-4 } else { 2e-2 };
+    let mut c = Check {
+        what: format!("{arch} {dtype} on {}", s.backend_name()),
+        tol,
+        worst: 0.0,
+    };
+    let (v, prompt_ref) = npy(arch, "prompt_logits.npy");
+    let prompt = ids(&r, "prompt_ids");
+    let gen_ids = ids(&r, "gen_ids");
+
+    // The prompt in one pass, then greedy decoding through the cache.
+    let got = s.decode(&[(0, &prompt)]).unwrap().remove(0);
+    c.rows("prompt_logits", &got, &prompt_ref, v);
+    let (_, gen_ref) = npy(arch, "gen_logits.npy");
+    let mut row = got[got.len() - v..].to_vec();
+    c.rows("gen_logits row 0", &row, &gen_ref[..v], v);
+    for i in 1..gen_ids.len() {
+        if !c.greedy(
+            "gen_logits",
+            &row,
+            &gen_ref[(i - 1) * v..i * v],
+            gen_ids[i - 1],
+        ) {
+            break;
+        }
+        row = s.decode(&[(0, &[argmax(&row)])]).unwrap().remove(0);
+        c.rows(
+            &format!("gen_logits row {i}"),
+            &row,
+            &gen_ref[i * v..(i + 1) * v],
+            v,
+        );
+    }
+
+    // No cache: prompt + generated ids in one pass.
+    s.clear();
+    let (_, full_ref) = npy(arch, "full_logits.npy");
+    let full: Vec<i32> = prompt
+        .iter()
+        .chain(&gen_ids[..gen_ids.len() - 1])
+        .copied()
+        .collect();
+    let got = s.decode(&[(0, &full)]).unwrap().remove(0);
+    c.rows("full_logits", &got, &full_ref, v);
+
+    // Two sequences together in one batch, then decoded interleaved.
+    s.clear();
+    let (a, b) = (ids(&r, "seq_a_ids"), ids(&r, "seq_b_ids"));
+    let (_, a_ref) = npy(arch, "a_logits.npy");
+    let (_, b_ref) = npy(arch, "b_logits.npy");
+    let out = s.decode(&[(0, &a), (1, &b)]).unwrap();
+    c.rows("a_logits (batched with b)", &out[0], &a_ref, v);
+    c.rows("b_logits (batched with a)", &out[1], &b_ref, v);
+    let (_, ab_ref) = npy(arch, "ab_gen_logits.npy");
+    let (ga, gb) = (ids(&r, "gen_a_ids"), ids(&r, "gen_b_ids"));
+    let mut rows = [
+        out[0][out[0].len() - v..].to_vec(),
+        out[1][out[1].len() - v..].to_vec(),
+    ];
+    let mut live = [true, true];
+    for step in 0..ga.len() {
+        for q in 0..2 {
+            if live[q] {
+                c.rows(
+                    &format!("ab_gen step {step} seq {q}"),
+                    &rows[q],
+                    &ab_ref[(2 * step + q) * v..(2 * step + q + 1) * v],
+                    v,
+                );
+            }
+        }
+        if step + 1 == ga.len() {
+            break;
+        }
+        for q in 0..2 {
+            let want = if q == 0 { ga[step] } else { gb[step] };
+            live[q] = live[q]
+                && c.greedy(
+                    &format!("ab_gen step {step} seq {q}"),
+                    &rows[q],
+                    &ab_ref[(2 * step + q) * v..(2 * step + q + 1) * v],
+                    want,
+                );
+        }
+        let (ta, tb) = ([argmax(&rows[0])], [argmax(&rows[1])]);
+        let batch: Vec<(usize, &[i32])> = [(0usize, &ta[..]), (1, &tb[..])]
+            .into_iter()
+            .filter(|(q, _)| live[*q])
+            .collect();
+        if batch.is_empty() {
+            break;
+        }
+        let out = s.decode(&batch).unwrap();
+        for (k, (q, _)) in batch.iter().enumerate() {
+            rows[*q] = out[k].clone();
+        }
+    }
+    eprintln!("{}: worst row relative error {:.2e}", c.what, c.worst);
+}
+
+pub fn wgpu() -> Option<Box<dyn Backend>> {
+    match WgpuBackend::new(&WgpuOptions::default()) {
+        Ok(b) => Some(Box::new(b)),
+        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
+            panic!("CI requires a GPU adapter for the wgpu tests: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping wgpu test: {e}");
+            None
+        }
+    }
+}
+
+/// Stamps one test per (architecture, dtype) for the CPU and the wgpu backends.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($($name:ident: $arch:literal $dtype:literal;)*) => {
+        mod cpu {
+            $(#[test] fn $name() { crate::common::conformance($arch, $dtype, Box::new(weft_backends::CpuBackend::new())); })*
+        }
+        mod wgpu {
+            $(#[test] fn $name() { if let Some(be) = crate::common::wgpu() { crate::common::conformance($arch, $dtype, be); } })*
+        }
+    };
+}
