@@ -235,10 +235,10 @@ pub fn wgpu() -> Option<Box<dyn Backend>> {
 macro_rules! conformance_tests {
     ($($name:ident: $arch:literal $dtype:literal;)*) => {
         mod cpu {
-            $(#[test] fn $name() { crate::common::conformance($arch, $dtype, Box::new(weft_backends::CpuBackend::new())); })*
+            $(#[test] fn $name() { $crate::common::conformance($arch, $dtype, Box::new(weft_backends::CpuBackend::new())); })*
         }
         mod wgpu {
-            $(#[test] fn $name() { if let Some(be) = crate::common::wgpu() { crate::common::conformance($arch, $dtype, be); } })*
+            $(#[test] fn $name() { if let Some(be) = $crate::common::wgpu() { $crate::common::conformance($arch, $dtype, be); } })*
         }
     };
 }
