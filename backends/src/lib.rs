@@ -68,4 +68,8 @@ pub trait Backend: std::fmt::Debug {
 
     /// Per-node times of the last run of `program`, when profiling was on.
     fn timings(&self, program: ProgramId) -> Option<Vec<NodeTiming>>;
+
+    /// Measured memory bandwidth in bytes/s: the best of a few copies of `bytes` bytes within
+    /// the device, counting what is read and what is written.
+    fn copy_bandwidth(&mut self, bytes: usize) -> Result<f64>;
 }

@@ -141,4 +141,13 @@ impl Backend for NullBackend {
     fn timings(&self, _program: ProgramId) -> Option<Vec<NodeTiming>> {
         None
     }
+
+    fn copy_bandwidth(&mut self, _bytes: usize) -> Result<f64> {
+        Err(BackendError::Unsupported {
+            backend: "null",
+            op: "copy",
+            node: String::new(),
+            detail: "the null backend moves no memory".into(),
+        })
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)]
 
 mod backend;
+mod bench;
 mod demo;
 mod inspect;
 mod logits;
@@ -36,6 +37,9 @@ enum Command {
     /// The compiled graph of one ubatch: a summary (nodes, dispatches before and after fusion,
     /// arena against the naive total), Graphviz DOT or JSON.
     Graph(inspect::GraphArgs),
+    /// Prompt-processing and generation throughput (like llama-bench), with the weights read
+    /// per second and that as a fraction of the device's measured copy bandwidth.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -56,6 +60,7 @@ fn main() {
         Command::Logits(args) => logits::run(&args),
         Command::Info(args) => inspect::info(&args),
         Command::Graph(args) => inspect::graph(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     if let Err(e) = result {
         // One line: the error and its causes, without a backtrace.

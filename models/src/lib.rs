@@ -10,6 +10,7 @@ mod error;
 pub mod gguf;
 pub mod memory;
 pub mod npy;
+pub mod sampling;
 pub mod session;
 pub mod step;
 pub mod weights;

@@ -182,6 +182,25 @@ impl Backend for CpuBackend {
     fn timings(&self, program: ProgramId) -> Option<Vec<NodeTiming>> {
         self.programs.get(&program.0)?.timings.clone()
     }
+
+    fn copy_bandwidth(&mut self, bytes: usize) -> Result<f64> {
+        // Touch every page first: untouched zero pages all map to one shared page and would
+        // make reads look free.
+        let mut src = AlignedBytes::zeroed(bytes);
+        src.bytes_mut()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = i as u8);
+        let mut dst = AlignedBytes::zeroed(bytes);
+        let mut best = f64::MAX;
+        for _ in 0..4 {
+            let t = Instant::now();
+            dst.bytes_mut().copy_from_slice(src.bytes());
+            best = best.min(t.elapsed().as_secs_f64());
+            std::hint::black_box(dst.bytes());
+        }
+        Ok(2.0 * bytes as f64 / best.max(1e-9))
+    }
 }
 
 /// Copies host inputs into their arena slots, checking names, dtypes and lengths.

@@ -787,4 +787,37 @@ impl Backend for WgpuBackend {
     fn timings(&self, program: ProgramId) -> Option<Vec<NodeTiming>> {
         self.programs.get(&program.0)?.timings.clone()
     }
+
+    fn copy_bandwidth(&mut self, bytes: usize) -> Result<f64> {
+        let size = align_up(bytes.max(4) as u64, 4).min(self.limits.max_buffer_size / 4 * 4);
+        let mk = |label| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let (a, b) = (mk("weft bandwidth src"), mk("weft bandwidth dst"));
+        let mut best = f64::MAX;
+        for i in 0..5 {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(&a, 0, &b, 0, size);
+            let t = std::time::Instant::now();
+            self.queue.submit([enc.finish()]);
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: None,
+                    timeout: None,
+                })
+                .map_err(|e| BackendError::Device(e.to_string()))?;
+            if i > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        a.destroy();
+        b.destroy();
+        self.take_errors()?;
+        Ok(2.0 * size as f64 / best.max(1e-9))
+    }
 }

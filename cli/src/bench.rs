@@ -1,0 +1,212 @@
+//! `weft bench`: prompt-processing and generation throughput like llama-bench, plus for
+//! generation the bytes of weights read per second and that as a fraction of the device's
+//! measured copy bandwidth (the memory-bandwidth roofline of decode).
+
+use crate::backend::{self, BackendArgs};
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+use weft_graph::testing::Rng;
+use weft_models::gguf::GgufFile;
+use weft_models::{MemoryConfig, Session};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// The model (GGUF).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Prompt tokens per prompt-processing test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    n_prompt: usize,
+    /// Generated tokens per generation test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// Print one JSON array in llama-bench's `-o json` shape.
+    #[arg(long)]
+    json: bool,
+    /// Only measure and print the device's copy bandwidth.
+    #[arg(long)]
+    bandwidth: bool,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+/// Bytes copied when measuring bandwidth.
+const BANDWIDTH_BYTES: usize = 256 << 20;
+
+fn stats(samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() as f64;
+    let mean = samples.iter().sum::<f64>() / n;
+    let var = if samples.len() > 1 {
+        samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+struct Test {
+    n_prompt: usize,
+    n_gen: usize,
+    /// Seconds per repetition.
+    secs: Vec<f64>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let mut be = backend::open(&args.backend)?;
+    let backend_name = be.name();
+    if args.bandwidth {
+        let bw = be.copy_bandwidth(BANDWIDTH_BYTES)?;
+        println!(
+            "{backend_name}: copy bandwidth {:.1} GB/s (read + write of {} MiB)",
+            bw / 1e9,
+            BANDWIDTH_BYTES >> 20
+        );
+        return Ok(());
+    }
+    let bandwidth = be.copy_bandwidth(BANDWIDTH_BYTES).ok();
+    let gguf = GgufFile::open(&args.model)
+        .with_context(|| format!("cannot read the model {}", args.model.display()))?;
+    let weight_bytes: usize = gguf.tensors().iter().map(|t| t.bytes).sum();
+    let n_params: usize = gguf.tensors().iter().map(|t| t.numel()).sum();
+    let cells = (args.n_prompt.max(args.n_gen + 1)).max(64);
+    let bar = ProgressBar::new(weight_bytes as u64);
+    bar.set_style(
+        ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut s = Session::new(
+        &gguf,
+        be,
+        MemoryConfig {
+            cells,
+            sequences: 1,
+            ..Default::default()
+        },
+        |d, _| bar.set_position(d as u64),
+    )?;
+    bar.finish_and_clear();
+    let nv = s.n_vocab() as u64;
+    let mut rng = Rng::new(42);
+    let mut random_tokens =
+        |n: usize| -> Vec<i32> { (0..n).map(|_| (rng.next_u64() % nv) as i32).collect() };
+    let mut tests = vec![];
+    let total = (args.n_prompt > 0) as u64 * args.repetitions as u64
+        + (args.n_gen > 0) as u64 * args.repetitions as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("bench {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    if args.n_prompt > 0 {
+        let prompt = random_tokens(args.n_prompt);
+        s.clear();
+        s.decode(&[(0, &prompt)])?; // warm-up: compiles the program
+        let mut t = Test {
+            n_prompt: args.n_prompt,
+            n_gen: 0,
+            secs: vec![],
+        };
+        for _ in 0..args.repetitions {
+            s.clear();
+            bar.set_message(format!("pp{}", args.n_prompt));
+            let start = Instant::now();
+            s.decode(&[(0, &prompt)])?;
+            t.secs.push(start.elapsed().as_secs_f64());
+            bar.inc(1);
+        }
+        tests.push(t);
+    }
+    if args.n_gen > 0 {
+        let toks = random_tokens(args.n_gen + 1);
+        let mut t = Test {
+            n_prompt: 0,
+            n_gen: args.n_gen,
+            secs: vec![],
+        };
+        for _ in 0..args.repetitions {
+            s.clear();
+            s.decode(&[(0, &toks[..1])])?; // warm-up token (and compile)
+            bar.set_message(format!("tg{}", args.n_gen));
+            let start = Instant::now();
+            for &tok in &toks[1..] {
+                s.decode(&[(0, &[tok])])?;
+            }
+            t.secs.push(start.elapsed().as_secs_f64());
+            bar.inc(1);
+        }
+        tests.push(t);
+    }
+    bar.finish_and_clear();
+    let model = args.model.file_name().map_or_else(
+        || args.model.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let mut rows = vec![];
+    for t in &tests {
+        let n = (t.n_prompt + t.n_gen) as f64;
+        let ts: Vec<f64> = t.secs.iter().map(|s| n / s).collect();
+        let ns: Vec<u64> = t.secs.iter().map(|s| (s * 1e9) as u64).collect();
+        let (avg_ts, sd_ts) = stats(&ts);
+        let (avg_ns, sd_ns) = stats(&ns.iter().map(|&x| x as f64).collect::<Vec<_>>());
+        let mut row = serde_json::json!({
+            "model_filename": args.model.display().to_string(),
+            "model_type": format!("{} {}", s.arch().name(), model),
+            "model_size": weight_bytes,
+            "model_n_params": n_params,
+            "backends": if backend_name.starts_with("cpu") { "CPU" } else { "wgpu" },
+            "adapter": backend_name,
+            "n_prompt": t.n_prompt,
+            "n_gen": t.n_gen,
+            "avg_ns": avg_ns as u64,
+            "stddev_ns": sd_ns as u64,
+            "avg_ts": avg_ts,
+            "stddev_ts": sd_ts,
+            "samples_ns": ns,
+            "samples_ts": ts,
+        });
+        if t.n_gen > 0 {
+            let bps = weight_bytes as f64 * avg_ts;
+            row["weights_bytes_per_s"] = serde_json::json!(bps);
+            row["bandwidth_fraction"] = serde_json::json!(bandwidth.map(|b| bps / b));
+            row["device_bandwidth_bytes_per_s"] = serde_json::json!(bandwidth);
+        }
+        rows.push(row);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("| model | size | backend | test | t/s | weights GB/s | of bandwidth |");
+    println!("|---|---|---|---|---|---|---|");
+    for (t, r) in tests.iter().zip(&rows) {
+        let test = if t.n_gen > 0 {
+            format!("tg{}", t.n_gen)
+        } else {
+            format!("pp{}", t.n_prompt)
+        };
+        let gbs = r["weights_bytes_per_s"]
+            .as_f64()
+            .map_or(String::new(), |b| format!("{:.2}", b / 1e9));
+        let frac = r["bandwidth_fraction"]
+            .as_f64()
+            .map_or(String::new(), |f| format!("{:.1}%", 100.0 * f));
+        println!(
+            "| {model} | {:.1} MiB | {backend_name} | {test} | {:.2} ± {:.2} | {gbs} | {frac} |",
+            weight_bytes as f64 / 1048576.0,
+            r["avg_ts"].as_f64().unwrap_or(0.0),
+            r["stddev_ts"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(b) = bandwidth {
+        println!("device copy bandwidth: {:.1} GB/s", b / 1e9);
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! `weft info`, `weft graph` and `weft bench` end to end on the fixture models.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture(arch: &str, file: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures")
+        .join(arch)
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn weft(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .output()
+        .unwrap();
+    let err: String = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        err,
+    )
+}
+
+#[test]
+fn info_reports_the_layer_kinds() {
+    for (arch, kind, n) in [
+        ("llama", "attention (KV width 32)", 2),
+        ("mamba", "recurrent", 3),
+        ("mamba2", "recurrent", 3),
+    ] {
+        let (ok, out, err) = weft(&[
+            "info",
+            "-m",
+            &fixture(arch, &format!("{arch}-f32.gguf")),
+            "--ctx",
+            "128",
+        ]);
+        assert!(ok, "{err}");
+        assert!(out.contains(&format!("architecture  {arch}")), "{out}");
+        let layers = out
+            .lines()
+            .filter(|l| {
+                l.trim_start()
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit())
+                    && l.contains(kind)
+            })
+            .count();
+        assert_eq!(layers, n, "{arch}: {out}");
+        assert!(
+            out.contains("KV cache") && out.contains("arena, decode"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn graph_json_parses_and_matches_the_summary() {
+    let model = fixture("llama", "llama-f32.gguf");
+    for unfused in [false, true] {
+        let mut args = vec!["graph", "-m", &model, "--tokens", "5", "--format", "json"];
+        if unfused {
+            args.push("--unfused");
+        }
+        let (ok, out, err) = weft(&args);
+        assert!(ok, "{err}");
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let nodes = j["nodes"].as_array().unwrap();
+        assert_eq!(
+            j["summary"]["nodes"].as_u64().unwrap() as usize,
+            nodes.len()
+        );
+        let scheduled = nodes
+            .iter()
+            .filter(|n| !matches!(n["op"].as_str().unwrap(), "view" | "input" | "external"))
+            .count();
+        assert_eq!(
+            j["summary"]["dispatches"].as_u64().unwrap() as usize,
+            scheduled
+        );
+        let (ok, summary, _) = weft(&["graph", "-m", &model, "--tokens", "5"]);
+        assert!(ok);
+        let line = summary
+            .lines()
+            .find(|l| l.starts_with("dispatches"))
+            .unwrap();
+        let want = if unfused {
+            format!("{scheduled} unfused")
+        } else {
+            format!("{scheduled} fused")
+        };
+        assert!(line.contains(&want), "{line} vs {want}");
+    }
+    let (ok, dot, _) = weft(&["graph", "-m", &model, "--format", "dot"]);
+    assert!(ok && dot.starts_with("digraph weft"));
+}
+
+#[test]
+fn bench_json_has_the_documented_fields() {
+    let (ok, out, err) = weft(&[
+        "bench",
+        "-m",
+        &fixture("mamba", "mamba-f32.gguf"),
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "--backend",
+        "cpu",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        for f in [
+            "model_filename",
+            "backends",
+            "n_prompt",
+            "n_gen",
+            "avg_ts",
+            "stddev_ts",
+            "samples_ts",
+            "adapter",
+        ] {
+            assert!(!r[f].is_null(), "missing {f}: {r}");
+        }
+        assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+    }
+    let tg = &rows[1];
+    assert_eq!(tg["n_gen"], 4);
+    assert!(tg["weights_bytes_per_s"].as_f64().unwrap() > 0.0);
+    assert!(tg["bandwidth_fraction"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_files_and_arguments_exit_non_zero_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("weft-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    let junk = junk.to_string_lossy().into_owned();
+    for args in [
+        vec!["info", "-m", "does/not/exist.gguf"],
+        vec!["info", "-m", &junk],
+        vec!["graph", "-m", &junk],
+        vec![
+            "bench",
+            "-m",
+            &junk,
+            "--backend",
+            "cpu",
+            "-p",
+            "4",
+            "-n",
+            "1",
+            "-r",
+            "1",
+        ],
+        vec!["graph", "-m", "does/not/exist.gguf", "--tokens", "0"],
+    ] {
+        let (ok, _, err) = weft(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+}
