@@ -52,6 +52,14 @@ pub enum ModelError {
     EmptySequence(usize),
     #[error("{0}")]
     Config(String),
+    #[error("cannot remove positions {p0}..{} of sequence {seq} ({len} tokens): {detail}", p1.map_or("end".to_string(), |p| p.to_string()))]
+    RecurrentTrim {
+        seq: usize,
+        p0: usize,
+        p1: Option<usize>,
+        len: usize,
+        detail: String,
+    },
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -110,6 +110,21 @@ impl Session {
         self.memory.clear();
     }
 
+    /// Removes positions `range` of `seq` (see [`Memory::seq_rm`]).
+    pub fn seq_rm(&mut self, seq: SeqId, range: crate::memory::PosRange) -> Result<()> {
+        self.memory.seq_rm(seq, range)
+    }
+
+    /// Makes `dst` a fork of `src` (see [`Memory::seq_cp`]).
+    pub fn seq_cp(&mut self, src: SeqId, dst: SeqId) -> Result<()> {
+        self.memory.seq_cp(self.backend.as_mut(), src, dst)
+    }
+
+    /// Keeps only `seq` (see [`Memory::seq_keep`]).
+    pub fn seq_keep(&mut self, seq: SeqId) -> Result<()> {
+        self.memory.seq_keep(seq)
+    }
+
     /// Feeds each sequence's tokens (one batch) and returns, per batch entry, the logits of
     /// every fed position (`len · n_vocab` values, row-major).
     pub fn decode(&mut self, batch: &[(SeqId, &[i32])]) -> Result<Vec<Vec<f32>>> {

@@ -97,6 +97,15 @@ impl KvCells {
         m
     }
 
+    /// Adds `dst` to every cell of `src`.
+    pub fn share(&mut self, src: SeqId, dst: SeqId) {
+        for c in &mut self.cells {
+            if c.seqs >> src & 1 == 1 {
+                c.seqs |= 1 << dst;
+            }
+        }
+    }
+
     /// Drops sequence `s` from every cell at positions in `p0..p1`.
     pub fn remove(&mut self, s: SeqId, p0: i32, p1: i32) {
         for c in &mut self.cells {

@@ -5,9 +5,11 @@
 //! per-ubatch view the graph reads: positions, cells to write, the attention mask and slot ids.
 
 mod kv;
+mod ops;
 mod recurrent;
 
 pub use kv::KvCells;
+pub use ops::PosRange;
 pub use recurrent::RecurrentSlots;
 
 use crate::error::{ModelError, Result};

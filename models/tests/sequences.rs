@@ -1,0 +1,179 @@
+//! Sequence operations on attention and recurrent fixture models, on every backend: a fork made
+//! with `seq_cp` decodes like a fresh run of its own tokens, removing a tail of an attention
+//! sequence and decoding other tokens equals a fresh run, and illegal requests are errors that
+//! leave the memory exactly as it was.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::dir;
+use weft_backends::{Backend, CpuBackend};
+use weft_models::gguf::GgufFile;
+use weft_models::memory::PosRange;
+use weft_models::{MemoryConfig, Session};
+
+const P: [i32; 6] = [11, 200, 37, 4, 99, 150];
+const A: [i32; 3] = [7, 8, 9];
+const B: [i32; 4] = [300, 1, 45, 2];
+
+fn session(arch: &str, be: Box<dyn Backend>) -> Session {
+    let gguf = GgufFile::open(dir(arch).join(format!("{arch}-f32.gguf"))).unwrap();
+    Session::new(
+        &gguf,
+        be,
+        MemoryConfig {
+            cells: 64,
+            sequences: 3,
+            ..Default::default()
+        },
+        |_, _| {},
+    )
+    .unwrap()
+}
+
+fn fresh_last(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>, toks: &[i32]) -> Vec<f32> {
+    let mut s = session(arch, make().unwrap());
+    let out = s.decode(&[(0, toks)]).unwrap().remove(0);
+    out[out.len() - s.n_vocab()..].to_vec()
+}
+
+fn close(a: &[f32], b: &[f32], what: &str) {
+    let num: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let den: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+    assert!(num <= 1e-5 * den, "{what}: relative error {}", num / den);
+}
+
+fn fork_and_trim(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
+    let Some(be) = make() else { return };
+    let mut s = session(arch, be);
+    let v = s.n_vocab();
+    s.decode(&[(0, &P)]).unwrap();
+    s.seq_cp(0, 1).unwrap();
+    let out = s.decode(&[(0, &A[..]), (1, &B[..])]).unwrap();
+    let pa: Vec<i32> = P.iter().chain(&A).copied().collect();
+    let pb: Vec<i32> = P.iter().chain(&B).copied().collect();
+    close(
+        &out[0][out[0].len() - v..],
+        &fresh_last(arch, make, &pa),
+        &format!("{arch}: fork 0"),
+    );
+    close(
+        &out[1][out[1].len() - v..],
+        &fresh_last(arch, make, &pb),
+        &format!("{arch}: fork 1"),
+    );
+
+    // Dropping a whole sequence frees it: it then decodes like a new one.
+    s.seq_rm(1, PosRange::ALL).unwrap();
+    let out = s.decode(&[(1, &B[..])]).unwrap().remove(0);
+    close(
+        &out[out.len() - v..],
+        &fresh_last(arch, make, &B),
+        &format!("{arch}: reused sequence"),
+    );
+
+    // keep only sequence 0, then a fork of it is still P + A
+    s.seq_keep(0).unwrap();
+    assert_eq!(s.memory().seq_len(1), 0);
+    s.seq_cp(0, 2).unwrap();
+    let out = s.decode(&[(2, &[5])]).unwrap().remove(0);
+    let pa5: Vec<i32> = pa.iter().copied().chain([5]).collect();
+    close(
+        &out[out.len() - v..],
+        &fresh_last(arch, make, &pa5),
+        &format!("{arch}: fork after keep"),
+    );
+}
+
+#[test]
+fn cpu_forks_decode_like_fresh_runs() {
+    for arch in ["llama", "mamba", "mamba2"] {
+        fork_and_trim(arch, &|| Some(Box::new(CpuBackend::new())));
+    }
+}
+
+#[test]
+fn wgpu_forks_decode_like_fresh_runs() {
+    for arch in ["llama", "mamba", "mamba2"] {
+        fork_and_trim(arch, &common::wgpu);
+    }
+}
+
+#[test]
+fn removing_an_attention_tail_then_decoding_equals_a_fresh_run() {
+    let mut s = session("llama", Box::new(CpuBackend::new()));
+    let v = s.n_vocab();
+    s.decode(&[(0, &P)]).unwrap();
+    s.seq_rm(
+        0,
+        PosRange {
+            p0: Some(3),
+            p1: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.memory().seq_len(0), 3);
+    let out = s.decode(&[(0, &B[..])]).unwrap().remove(0);
+    let want: Vec<i32> = P[..3].iter().chain(&B).copied().collect();
+    close(
+        &out[out.len() - v..],
+        &fresh_last("llama", &|| Some(Box::new(CpuBackend::new())), &want),
+        "llama tail",
+    );
+}
+
+#[test]
+fn illegal_requests_leave_memory_unchanged() {
+    let mut s = session("mamba", Box::new(CpuBackend::new()));
+    s.decode(&[(0, &P)]).unwrap();
+    let before = (s.memory().kv.clone(), s.memory().rec.clone());
+    let middle = s
+        .seq_rm(
+            0,
+            PosRange {
+                p0: Some(2),
+                p1: Some(4),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(middle.contains("middle"), "{middle}");
+    let tail = s
+        .seq_rm(
+            0,
+            PosRange {
+                p0: Some(2),
+                p1: None,
+            },
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(tail.contains("checkpoint"), "{tail}");
+    assert!(
+        s.seq_cp(0, 7)
+            .unwrap_err()
+            .to_string()
+            .contains("sequence 7")
+    );
+    assert!(s.seq_keep(9).is_err());
+    assert_eq!((s.memory().kv.clone(), s.memory().rec.clone()), before);
+    // the sequence still continues where it was
+    assert_eq!(s.memory().seq_len(0), P.len());
+    // a full context is an error too, and changes nothing
+    let mut l = session("llama", Box::new(CpuBackend::new()));
+    l.decode(&[(0, &[1; 60])]).unwrap();
+    let before = (l.memory().kv.clone(), l.memory().rec.clone());
+    assert!(
+        l.decode(&[(0, &[1; 5])])
+            .unwrap_err()
+            .to_string()
+            .contains("context is full")
+    );
+    assert_eq!((l.memory().kv.clone(), l.memory().rec.clone()), before);
+}
