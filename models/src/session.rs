@@ -110,9 +110,15 @@ impl Session {
         self.memory.clear();
     }
 
-    /// Removes positions `range` of `seq` (see [`Memory::seq_rm`]).
-    pub fn seq_rm(&mut self, seq: SeqId, range: crate::memory::PosRange) -> Result<()> {
-        self.memory.seq_rm(seq, range)
+    /// Removes positions `range` of `seq` (see [`Memory::seq_rm`]); when a recurrent state
+    /// rolled back to a checkpoint, the tokens between it and the cut are fed again. Returns how
+    /// many tokens were re-fed.
+    pub fn seq_rm(&mut self, seq: SeqId, range: crate::memory::PosRange) -> Result<usize> {
+        let refeed = self.memory.seq_rm(self.backend.as_mut(), seq, range)?;
+        if !refeed.is_empty() {
+            self.decode(&[(seq, &refeed)])?;
+        }
+        Ok(refeed.len())
     }
 
     /// Makes `dst` a fork of `src` (see [`Memory::seq_cp`]).
@@ -151,13 +157,44 @@ impl Session {
             .iter()
             .map(|(_, t)| Vec::with_capacity(t.len() * nv))
             .collect();
-        for u in split_batch(batch, self.memory.has_recurrent()) {
+        if !self.memory.has_recurrent() {
+            let u = split_batch(batch, false).remove(0);
             let logits = self.run_ubatch(&u)?;
             let mut at = 0;
-            for (s, toks) in u.seqs.iter().zip(&u.tokens) {
-                let i = batch.iter().position(|(q, _)| q == s).unwrap_or(0);
+            for (i, (_, toks)) in batch.iter().enumerate() {
                 out[i].extend_from_slice(&logits[at * nv..(at + toks.len()) * nv]);
                 at += toks.len();
+            }
+            return Ok(out);
+        }
+        // Recurrent layers: equal-length ubatches, cut where a sequence reaches a checkpoint.
+        let mut done = vec![0usize; batch.len()];
+        loop {
+            let live: Vec<usize> = (0..batch.len())
+                .filter(|&i| done[i] < batch[i].1.len())
+                .collect();
+            let Some(n) = live
+                .iter()
+                .map(|&i| {
+                    (batch[i].1.len() - done[i]).min(self.memory.until_checkpoint(batch[i].0))
+                })
+                .min()
+            else {
+                break;
+            };
+            let u = UBatch {
+                seqs: live.iter().map(|&i| batch[i].0).collect(),
+                tokens: live
+                    .iter()
+                    .map(|&i| batch[i].1[done[i]..done[i] + n].to_vec())
+                    .collect(),
+            };
+            let logits = self.run_ubatch(&u)?;
+            for (k, &i) in live.iter().enumerate() {
+                out[i].extend_from_slice(&logits[k * n * nv..(k + 1) * n * nv]);
+                done[i] += n;
+                self.memory
+                    .maybe_checkpoint(self.backend.as_mut(), batch[i].0)?;
             }
         }
         Ok(out)

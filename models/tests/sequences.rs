@@ -177,3 +177,58 @@ fn illegal_requests_leave_memory_unchanged() {
     );
     assert_eq!((l.memory().kv.clone(), l.memory().rec.clone()), before);
 }
+
+/// With checkpoints every 4 tokens, removing a tail of a recurrent sequence rolls back to the
+/// nearest checkpoint, re-feeds only the tokens between it and the cut, and then decodes like a
+/// fresh run of the kept tokens.
+fn rollback(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
+    let Some(be) = make() else { return };
+    let gguf = GgufFile::open(dir(arch).join(format!("{arch}-f32.gguf"))).unwrap();
+    let cfg = MemoryConfig {
+        cells: 64,
+        sequences: 2,
+        checkpoint_every: 4,
+        max_checkpoints: 8,
+        ..Default::default()
+    };
+    let mut s = Session::new(&gguf, be, cfg, |_, _| {}).unwrap();
+    let v = s.n_vocab();
+    let prompt: Vec<i32> = (0..14).map(|i| (i * 37 + 5) % 500).collect();
+    s.decode(&[(0, &prompt)]).unwrap();
+    let cps: Vec<usize> = s.memory().checkpoints.of(0).iter().map(|c| c.pos).collect();
+    assert_eq!(cps, vec![4, 8, 12], "{arch}: checkpoints");
+    assert!(s.memory().checkpoints.bytes() > 0);
+    let refed = s
+        .seq_rm(
+            0,
+            PosRange {
+                p0: Some(10),
+                p1: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(refed, 2, "{arch}: re-fed tokens 8..10 only");
+    assert!(refed < 10);
+    assert_eq!(s.memory().seq_len(0), 10);
+    let out = s.decode(&[(0, &B[..])]).unwrap().remove(0);
+    let want: Vec<i32> = prompt[..10].iter().chain(&B).copied().collect();
+    close(
+        &out[out.len() - v..],
+        &fresh_last(arch, make, &want),
+        &format!("{arch}: after rollback"),
+    );
+}
+
+#[test]
+fn cpu_recurrent_rollback_uses_checkpoints() {
+    for arch in ["mamba", "mamba2"] {
+        rollback(arch, &|| Some(Box::new(CpuBackend::new())));
+    }
+}
+
+#[test]
+fn wgpu_recurrent_rollback_uses_checkpoints() {
+    for arch in ["mamba", "mamba2"] {
+        rollback(arch, &common::wgpu);
+    }
+}

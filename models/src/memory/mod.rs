@@ -4,10 +4,12 @@
 //! ubatch (placing its tokens in cells, giving new sequences a zeroed state slot) and returns the
 //! per-ubatch view the graph reads: positions, cells to write, the attention mask and slot ids.
 
+mod checkpoint;
 mod kv;
 mod ops;
 mod recurrent;
 
+pub use checkpoint::{Checkpoint, Checkpoints};
 pub use kv::KvCells;
 pub use ops::PosRange;
 pub use recurrent::RecurrentSlots;
@@ -67,6 +69,10 @@ pub struct MemoryConfig {
     pub sequences: usize,
     /// Storage type of the KV cache (F32 or F16).
     pub kv_dtype: DType,
+    /// Snapshot recurrent states every this many tokens of a sequence (0 = never).
+    pub checkpoint_every: usize,
+    /// Most checkpoints kept per sequence (the oldest go first).
+    pub max_checkpoints: usize,
 }
 
 impl Default for MemoryConfig {
@@ -75,6 +81,8 @@ impl Default for MemoryConfig {
             cells: 512,
             sequences: 4,
             kv_dtype: DType::F32,
+            checkpoint_every: 0,
+            max_checkpoints: 8,
         }
     }
 }
@@ -132,6 +140,9 @@ pub struct Memory {
     pub buffers: Vec<LayerBuffers>,
     pub kv: KvCells,
     pub rec: RecurrentSlots,
+    pub checkpoints: Checkpoints,
+    /// Every token each sequence has absorbed, in order (what a rollback re-feeds).
+    pub history: Vec<Vec<i32>>,
 }
 
 impl Memory {
@@ -170,6 +181,8 @@ impl Memory {
         Ok(Memory {
             kv: KvCells::new(config.cells),
             rec: RecurrentSlots::new(config.sequences),
+            checkpoints: Checkpoints::new(config.sequences, config.max_checkpoints),
+            history: vec![Vec::new(); config.sequences],
             config,
             layers,
             buffers,
@@ -241,6 +254,9 @@ impl Memory {
         };
         self.kv = kv;
         self.rec = rec;
+        for (s, t) in u.seqs.iter().zip(&u.tokens) {
+            self.history[*s].extend_from_slice(t);
+        }
         Ok(UBatchView {
             tokens: u.tokens.concat(),
             positions,
@@ -267,5 +283,65 @@ impl Memory {
     pub fn clear(&mut self) {
         self.kv = KvCells::new(self.config.cells);
         self.rec = RecurrentSlots::new(self.config.sequences);
+        self.checkpoints = Checkpoints::new(self.config.sequences, self.config.max_checkpoints);
+        self.history = vec![Vec::new(); self.config.sequences];
+    }
+
+    /// Tokens a sequence may still take before its next checkpoint (unbounded without
+    /// checkpoints or recurrent layers).
+    pub fn until_checkpoint(&self, seq: SeqId) -> usize {
+        let n = self.config.checkpoint_every;
+        if n == 0 || !self.has_recurrent() {
+            return usize::MAX;
+        }
+        n - self.seq_len(seq) % n
+    }
+
+    /// Snapshots `seq`'s recurrent state when its length sits on a checkpoint boundary.
+    pub fn maybe_checkpoint(&mut self, be: &mut dyn Backend, seq: SeqId) -> Result<()> {
+        let n = self.config.checkpoint_every;
+        let len = self.seq_len(seq);
+        if n == 0 || len == 0 || len % n != 0 || !self.has_recurrent() {
+            return Ok(());
+        }
+        let Some(slot) = self.rec.slot_of(seq) else {
+            return Ok(());
+        };
+        let mut rows = vec![];
+        for (l, b) in self.layers.iter().zip(&self.buffers) {
+            if let (Some((conv, ssm)), Some(cb), Some(sb)) = (l.recurrent(), b.conv, b.ssm) {
+                for (buf, width) in [(cb, conv), (sb, ssm)] {
+                    let mut row = vec![0u8; width * 4];
+                    be.download(buf, slot * width * 4, &mut row)?;
+                    rows.push(row);
+                }
+            }
+        }
+        self.checkpoints.add(seq, Checkpoint { pos: len, rows });
+        Ok(())
+    }
+
+    /// Writes a checkpoint's rows back into `seq`'s slot.
+    pub(crate) fn restore(
+        &mut self,
+        be: &mut dyn Backend,
+        seq: SeqId,
+        cp: &Checkpoint,
+    ) -> Result<()> {
+        let Some(slot) = self.rec.slot_of(seq) else {
+            return Ok(());
+        };
+        let mut rows = cp.rows.iter();
+        for (l, b) in self.layers.iter().zip(&self.buffers) {
+            if let (Some((conv, ssm)), Some(cb), Some(sb)) = (l.recurrent(), b.conv, b.ssm) {
+                for (buf, width) in [(cb, conv), (sb, ssm)] {
+                    let row = rows.next().ok_or_else(|| {
+                        ModelError::Config("checkpoint does not match the model".into())
+                    })?;
+                    be.upload(buf, slot * width * 4, row)?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -36,35 +36,63 @@ impl Memory {
         Ok(())
     }
 
-    /// Removes positions `range` of `seq`. With recurrent layers only the whole sequence (or an
-    /// empty tail past its end) can go: a state cannot forget some of the tokens it absorbed.
-    pub fn seq_rm(&mut self, seq: SeqId, range: PosRange) -> Result<()> {
+    /// Removes positions `range` of `seq` and returns the tokens the caller must feed again.
+    ///
+    /// Attention-only memory drops any range. With recurrent layers a state cannot forget some
+    /// of what it absorbed: the whole sequence can go, and a tail can go when a checkpoint at or
+    /// before the cut exists; the state then returns to that checkpoint and the tokens between
+    /// it and the cut are returned for re-feeding. Anything else is a `RecurrentTrim` error and
+    /// changes nothing.
+    pub fn seq_rm(
+        &mut self,
+        be: &mut dyn Backend,
+        seq: SeqId,
+        range: PosRange,
+    ) -> Result<Vec<i32>> {
         self.check_seq(seq)?;
         let len = self.seq_len(seq);
         let (p0, p1) = range.bounds();
-        if self.has_recurrent() {
-            let whole = p0 <= 0 && p1 as usize >= len;
-            let nothing = p0 as usize >= len || p0 >= p1;
-            if !(whole || nothing) {
-                return Err(ModelError::RecurrentTrim {
-                    seq,
-                    p0: p0 as usize,
-                    p1: range.p1,
-                    len,
-                    detail: if range.p1.is_none_or(|p| p >= len) {
-                        "rolling a recurrent state back needs a checkpoint at or before the cut"
-                            .into()
-                    } else {
-                        "a recurrent state cannot drop tokens from the middle".into()
-                    },
-                });
-            }
-            if whole {
-                self.rec.remove(seq);
-            }
+        let whole = p0 <= 0 && p1 as usize >= len;
+        let nothing = p0 as usize >= len || p0 >= p1;
+        let tail = !whole && !nothing && p1 as usize >= len;
+        if self.has_recurrent() && !whole && !nothing {
+            let cp = match (tail, self.checkpoints.at_or_before(seq, p0 as usize)) {
+                (true, Some(cp)) => cp.clone(),
+                (is_tail, _) => {
+                    return Err(ModelError::RecurrentTrim {
+                        seq,
+                        p0: p0 as usize,
+                        p1: range.p1,
+                        len,
+                        detail: if is_tail {
+                            "rolling a recurrent state back needs a checkpoint at or before the cut"
+                                .into()
+                        } else {
+                            "a recurrent state cannot drop tokens from the middle".into()
+                        },
+                    });
+                }
+            };
+            self.restore(be, seq, &cp)?;
+            self.rec.set_len(seq, cp.pos);
+            self.kv.remove(seq, cp.pos as i32, i32::MAX);
+            let refeed = self.history[seq][cp.pos..p0 as usize].to_vec();
+            self.history[seq].truncate(cp.pos);
+            self.checkpoints.truncate(seq, Some(cp.pos));
+            return Ok(refeed);
+        }
+        if whole {
+            self.rec.remove(seq);
+            self.checkpoints.truncate(seq, None);
         }
         self.kv.remove(seq, p0, p1);
-        Ok(())
+        let h = &mut self.history[seq];
+        let (a, b) = (
+            (p0.max(0) as usize).min(h.len()),
+            (p1.max(0) as usize).min(h.len()),
+        );
+        h.drain(a..b.max(a));
+        Ok(vec![])
     }
 
     /// Makes `dst` a copy of `src` (`dst` is cleared first): KV cells are shared by adding `dst`
@@ -91,6 +119,8 @@ impl Memory {
         self.rec = rec;
         self.kv.remove(dst, 0, i32::MAX);
         self.kv.share(src, dst);
+        self.history[dst] = self.history[src].clone();
+        self.checkpoints.copy(src, dst);
         Ok(())
     }
 
@@ -101,6 +131,8 @@ impl Memory {
             if s != seq {
                 self.kv.remove(s, 0, i32::MAX);
                 self.rec.remove(s);
+                self.history[s].clear();
+                self.checkpoints.truncate(s, None);
             }
         }
         Ok(())

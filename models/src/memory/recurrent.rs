@@ -72,6 +72,17 @@ impl RecurrentSlots {
         }
     }
 
+    /// Sets the tokens a sequence's state has absorbed (after restoring a checkpoint).
+    pub fn set_len(&mut self, s: SeqId, n: usize) {
+        if let Some(Some((_, len))) = self
+            .slots
+            .iter_mut()
+            .find(|x| x.is_some_and(|(q, _)| q == s))
+        {
+            *len = n;
+        }
+    }
+
     /// Frees a sequence's slot.
     pub fn remove(&mut self, s: SeqId) {
         if let Some(i) = self.slot_of(s) {
