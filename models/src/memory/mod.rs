@@ -301,7 +301,7 @@ impl Memory {
     pub fn maybe_checkpoint(&mut self, be: &mut dyn Backend, seq: SeqId) -> Result<()> {
         let n = self.config.checkpoint_every;
         let len = self.seq_len(seq);
-        if n == 0 || len == 0 || len % n != 0 || !self.has_recurrent() {
+        if n == 0 || len == 0 || !len.is_multiple_of(n) || !self.has_recurrent() {
             return Ok(());
         }
         let Some(slot) = self.rec.slot_of(seq) else {
