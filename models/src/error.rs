@@ -52,6 +52,8 @@ pub enum ModelError {
     EmptySequence(usize),
     #[error("{0}")]
     Config(String),
+    #[error("cannot load the state: {0}")]
+    BadState(String),
     #[error("cannot remove positions {p0}..{} of sequence {seq} ({len} tokens): {detail}", p1.map_or("end".to_string(), |p| p.to_string()))]
     RecurrentTrim {
         seq: usize,

@@ -126,6 +126,28 @@ impl Session {
         self.memory.seq_cp(self.backend.as_mut(), src, dst)
     }
 
+    /// The whole memory as a state file (see [`Memory::save`]).
+    pub fn save_state(&mut self) -> Result<Vec<u8>> {
+        let model = self.model_id();
+        self.memory.save(self.backend.as_mut(), &model)
+    }
+
+    /// Restores a state file made by [`Session::save_state`] for the same model and sizes.
+    pub fn load_state(&mut self, file: &[u8]) -> Result<()> {
+        let model = self.model_id();
+        self.memory.load(self.backend.as_mut(), &model, file)
+    }
+
+    /// What a state file is bound to: the architecture, vocabulary and weight bytes.
+    fn model_id(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.arch.name(),
+            self.arch.n_vocab(),
+            self.weights.bytes()
+        )
+    }
+
     /// Keeps only `seq` (see [`Memory::seq_keep`]).
     pub fn seq_keep(&mut self, seq: SeqId) -> Result<()> {
         self.memory.seq_keep(seq)

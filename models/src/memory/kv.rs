@@ -97,6 +97,18 @@ impl KvCells {
         m
     }
 
+    /// Every cell as (position, sequence bits), for state files.
+    pub fn raw(&self) -> Vec<(i32, u64)> {
+        self.cells.iter().map(|c| (c.pos, c.seqs)).collect()
+    }
+
+    /// Cells from [`KvCells::raw`]; `None` when the count differs from `n`.
+    pub fn from_raw(raw: &[(i32, u64)], n: usize) -> Option<KvCells> {
+        (raw.len() == n).then(|| KvCells {
+            cells: raw.iter().map(|&(pos, seqs)| Cell { pos, seqs }).collect(),
+        })
+    }
+
     /// Adds `dst` to every cell of `src`.
     pub fn share(&mut self, src: SeqId, dst: SeqId) {
         for c in &mut self.cells {

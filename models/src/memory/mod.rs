@@ -8,11 +8,13 @@ mod checkpoint;
 mod kv;
 mod ops;
 mod recurrent;
+mod state;
 
 pub use checkpoint::{Checkpoint, Checkpoints};
 pub use kv::KvCells;
 pub use ops::PosRange;
 pub use recurrent::RecurrentSlots;
+pub use state::STATE_VERSION;
 
 use crate::error::{ModelError, Result};
 use weft_backends::Backend;

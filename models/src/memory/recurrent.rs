@@ -72,6 +72,20 @@ impl RecurrentSlots {
         }
     }
 
+    /// Every slot as (sequence, tokens absorbed), for state files.
+    pub fn raw(&self) -> Vec<Option<(SeqId, usize)>> {
+        self.slots.clone()
+    }
+
+    /// Slots from [`RecurrentSlots::raw`]; `None` when the count differs from `n` or a sequence
+    /// id is out of range.
+    pub fn from_raw(raw: &[Option<(SeqId, usize)>], n: usize) -> Option<RecurrentSlots> {
+        let ok = raw.len() == n && raw.iter().flatten().all(|(s, _)| *s < n);
+        ok.then(|| RecurrentSlots {
+            slots: raw.to_vec(),
+        })
+    }
+
     /// Sets the tokens a sequence's state has absorbed (after restoring a checkpoint).
     pub fn set_len(&mut self, s: SeqId, n: usize) {
         if let Some(Some((_, len))) = self
