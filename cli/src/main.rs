@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod inspect;
 mod logits;
+mod view;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,9 @@ enum Command {
     /// Prompt-processing and generation throughput (like llama-bench), with the weights read
     /// per second and that as a fraction of the device's measured copy bandwidth.
     Bench(bench::BenchArgs),
+    /// Open the viewer: the compiled graph, the arena allocator, per-node timings and the
+    /// caches, updated live while the model generates.
+    View(view::ViewArgs),
 }
 
 fn main() {
@@ -61,6 +65,7 @@ fn main() {
         Command::Info(args) => inspect::info(&args),
         Command::Graph(args) => inspect::graph(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::View(args) => view::run(&args),
     };
     if let Err(e) = result {
         // One line: the error and its causes, without a backtrace.

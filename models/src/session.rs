@@ -26,9 +26,8 @@ pub struct Session {
     memory: Memory,
     /// Plan settings (fusion on by default).
     pub plan_options: PlanOptions,
-    /// The plan of the last ubatch compiled (for `weft graph`, the viewer and tests).
-    pub last_plan: Option<Plan>,
-    programs: HashMap<ShapeKey, ProgramId>,
+    programs: HashMap<ShapeKey, (ProgramId, Plan)>,
+    last_key: Option<ShapeKey>,
     /// Compilations so far (a decode step that reuses a program does not count).
     pub compiles: usize,
 }
@@ -83,8 +82,8 @@ impl Session {
             weights,
             memory,
             plan_options: PlanOptions::default(),
-            last_plan: None,
             programs: HashMap::new(),
+            last_key: None,
             compiles: 0,
         })
     }
@@ -103,6 +102,22 @@ impl Session {
 
     pub fn n_vocab(&self) -> usize {
         self.arch.n_vocab()
+    }
+
+    /// Per-node timing of later runs (read them with [`Session::last_timings`]).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.backend.set_profiling(on);
+    }
+
+    /// Per-node times of the last ubatch run, when profiling is on.
+    pub fn last_timings(&self) -> Option<Vec<weft_backends::NodeTiming>> {
+        let (prog, _) = self.programs.get(&self.last_key?)?;
+        self.backend.timings(*prog)
+    }
+
+    /// The plan of the last ubatch run (for the viewer and tests).
+    pub fn last_plan(&self) -> Option<&Plan> {
+        Some(&self.programs.get(&self.last_key?)?.1)
     }
 
     /// Forgets every sequence.
@@ -246,21 +261,17 @@ impl Session {
         let view = self.memory.prepare(self.backend.as_mut(), u)?;
         let key = (view.tokens.len(), view.n_seqs, view.seq_len, view.n_kv);
         let prog = match self.programs.get(&key) {
-            Some(&p) => p,
+            Some((p, _)) => *p,
             None => {
                 let (_, p) = self.graph(&view)?;
                 let prog = self.backend.compile(&p)?;
                 self.compiles += 1;
-                self.last_plan = Some(p);
                 if self.programs.len() >= MAX_PROGRAMS {
-                    let old: Vec<ShapeKey> = self.programs.keys().copied().collect();
-                    for k in old {
-                        if let Some(id) = self.programs.remove(&k) {
-                            self.backend.release(id)?;
-                        }
+                    for (_, (id, _)) in self.programs.drain() {
+                        self.backend.release(id)?;
                     }
                 }
-                self.programs.insert(key, prog);
+                self.programs.insert(key, (prog, p));
                 prog
             }
         };
@@ -276,6 +287,7 @@ impl Session {
             inputs.push(("slots", HostData::I32(&view.slots)));
         }
         let out = self.backend.run(prog, &inputs)?;
+        self.last_key = Some(key);
         out.into_iter()
             .next()
             .map(|o| o.to_f32())
