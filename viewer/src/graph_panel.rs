@@ -19,6 +19,14 @@ pub fn op_colour(op: &str) -> Color32 {
     }
 }
 
+/// The node with id `id` (ids are indices into the graph's node list).
+fn node(g: &GraphView, id: u32) -> Option<&NodeView> {
+    g.nodes
+        .get(id as usize)
+        .filter(|n| n.id == id)
+        .or_else(|| g.nodes.iter().find(|n| n.id == id))
+}
+
 /// Interactive state of the panel.
 #[derive(Debug)]
 pub struct GraphPanel {
@@ -114,7 +122,7 @@ impl GraphPanel {
             if !r.intersects(rect) {
                 continue;
             }
-            let first: Option<&NodeView> = g.nodes.iter().find(|n| n.id == b.nodes[0]);
+            let first: Option<&NodeView> = node(g, b.nodes[0]);
             let op = if b.collapsed_layer.is_some() {
                 "layer"
             } else {
@@ -187,7 +195,7 @@ impl GraphPanel {
                 }
             }
         }
-        if let Some(n) = hovered.and_then(|id| g.nodes.iter().find(|n| n.id == id)) {
+        if let Some(n) = hovered.and_then(|id| node(g, id)) {
             resp.clone().on_hover_text(format!(
                 "{}\n{} {:?} {}{}",
                 n.name,
