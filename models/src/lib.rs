@@ -13,6 +13,7 @@ pub mod npy;
 pub mod sampling;
 pub mod session;
 pub mod step;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{ModelError, Result};
