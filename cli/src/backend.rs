@@ -5,7 +5,7 @@ use weft_backends::{Backend, CpuBackend, WgpuBackend, WgpuOptions};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
-    /// The GPU when wgpu finds one, else the CPU.
+    /// The GPU when wgpu finds a hardware one, else the CPU.
     Auto,
     Wgpu,
     Cpu,
@@ -33,6 +33,17 @@ pub fn open(args: &BackendArgs) -> Result<Box<dyn Backend>> {
             Err(e) => bail!("{e} (use --backend cpu to run on the CPU)"),
         },
         BackendKind::Auto => match WgpuBackend::new(&opts) {
+            // A software rasterizer (lavapipe, WARP) is slower than the CPU backend.
+            Ok(b)
+                if b.adapter_info().device_type == weft_backends::wgpu::DeviceType::Cpu
+                    && args.adapter.is_none() =>
+            {
+                tracing::info!(
+                    "only a software GPU ({}); using the CPU backend",
+                    b.adapter_info().name
+                );
+                Box::new(CpuBackend::new())
+            }
             Ok(b) => Box::new(b),
             Err(e) => {
                 tracing::warn!("no GPU ({e}); using the CPU backend");

@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod inspect;
 mod logits;
+mod run;
 mod view;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Command {
     /// a prompt decoded token by token through the caches matches one ubatch. The weights are
     /// random, so the logits mean nothing.
     Demo(demo::DemoArgs),
+    /// Generate text: tokenize the prompt (BOS per the model's metadata), prefill, stream the
+    /// continuation and print llama.cpp-style timings. -i keeps a session across turns.
+    Run(run::RunArgs),
     /// Write the logits of token sequences run together in one batch (and of greedy decoding)
     /// as .npy files: the conformance entry point.
     Logits(logits::LogitsArgs),
@@ -61,6 +65,7 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Run(args) => run::run(&args),
         Command::Logits(args) => logits::run(&args),
         Command::Info(args) => inspect::info(&args),
         Command::Graph(args) => inspect::graph(&args),

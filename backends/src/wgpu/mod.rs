@@ -7,6 +7,7 @@ mod device;
 mod lower;
 
 pub use device::{WgpuOptions, list_adapters};
+pub use wgpu::{AdapterInfo, DeviceType};
 
 use crate::{Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result};
 use lower::{Lowered, MAX_PARAMS, lower};

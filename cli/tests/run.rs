@@ -1,0 +1,158 @@
+//! `weft run` end to end on a fixture model: greedy output equals `weft logits`' greedy ids, a
+//! seeded sampled run is reproducible, and bad input is a one-line error.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use weft_models::gguf::GgufFile;
+use weft_models::tokenizer::Tokenizer;
+
+fn model() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/tests/fixtures/llama/llama-f32.gguf")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn weft(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        err,
+    )
+}
+
+#[test]
+fn greedy_run_equals_the_greedy_ids_of_weft_logits() {
+    let prompt = "The quick brown fox";
+    let (ok, out, err) = weft(&[
+        "run",
+        "-m",
+        &model(),
+        "-p",
+        prompt,
+        "-n",
+        "10",
+        "--temp",
+        "0",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let tok = Tokenizer::from_gguf(&GgufFile::open(model()).unwrap()).unwrap();
+    let ids: Vec<String> = tok
+        .encode(prompt, true)
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let dir = std::env::temp_dir().join(format!("weft-run-{}", std::process::id()));
+    let (ok, _, err) = weft(&[
+        "logits",
+        "-m",
+        &model(),
+        "--tokens",
+        &ids.join(","),
+        "--generate",
+        "10",
+        "--backend",
+        "cpu",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ids.json")).unwrap()).unwrap();
+    let greedy: Vec<u32> = json["seq0"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .take_while(|&t| !tok.is_eog(t))
+        .collect();
+    let want = format!("{prompt}{}\n", tok.decode(&greedy));
+    assert_eq!(out, want);
+}
+
+#[test]
+fn a_seeded_sampled_run_is_reproducible() {
+    let run = |seed: &str| {
+        weft(&[
+            "run",
+            "-m",
+            &model(),
+            "-p",
+            "Hello",
+            "-n",
+            "12",
+            "--temp",
+            "1.0",
+            "--top-k",
+            "0",
+            "--top-p",
+            "1",
+            "--min-p",
+            "0",
+            "--seed",
+            seed,
+            "--backend",
+            "cpu",
+            "--quiet",
+        ])
+    };
+    let (a, b, c) = (run("7"), run("7"), run("8"));
+    assert!(a.0 && b.0 && c.0, "{}", a.2);
+    assert_eq!(a.1, b.1, "same seed, same text");
+    assert_ne!(
+        a.1, c.1,
+        "another seed, other text (12 tokens from a 512-token vocabulary)"
+    );
+}
+
+#[test]
+fn bad_run_arguments_are_one_line_errors() {
+    for (args, needle) in [
+        (
+            vec!["run", "-m", &model(), "-p", "", "--backend", "cpu"],
+            "prompt is empty",
+        ),
+        (
+            vec![
+                "run",
+                "-m",
+                &model(),
+                "-p",
+                "hello",
+                "-n",
+                "100",
+                "-c",
+                "16",
+                "--backend",
+                "cpu",
+            ],
+            "exceeds the context",
+        ),
+        (
+            vec!["run", "-m", "missing.gguf", "-p", "hello"],
+            "missing.gguf",
+        ),
+    ] {
+        let (ok, _, err) = weft(&args);
+        assert!(!ok, "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+}
