@@ -32,7 +32,7 @@ enum Kind {
     Bpe {
         ranks: HashMap<(String, String), usize>,
         pre: PreTokenizer,
-        byte_char: [char; 256],
+        byte_char: Box<[char; 256]>,
         char_byte: HashMap<char, u8>,
     },
     Spm {
@@ -135,7 +135,7 @@ impl Tokenizer {
                 }
                 let pre = PreTokenizer::new(&exprs)
                     .map_err(|e| err(f, format!("pre-tokenizer {pre_name}: {e}")))?;
-                let byte_char = bpe::byte_to_char();
+                let byte_char = Box::new(bpe::byte_to_char());
                 let char_byte = byte_char
                     .iter()
                     .enumerate()
