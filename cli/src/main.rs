@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod inspect;
 mod logits;
+mod perplexity;
 mod run;
 mod view;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Open the viewer: the compiled graph, the arena allocator, per-node timings and the
     /// caches, updated live while the model generates.
     View(view::ViewArgs),
+    /// Chunked perplexity of a text file, computed as llama.cpp's llama-perplexity does, with
+    /// --parallel chunks decoded together as sequences of one batch.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 fn main() {
@@ -71,6 +75,7 @@ fn main() {
         Command::Graph(args) => inspect::graph(&args),
         Command::Bench(args) => bench::run(&args),
         Command::View(args) => view::run(&args),
+        Command::Perplexity(args) => perplexity::run(&args),
     };
     if let Err(e) = result {
         // One line: the error and its causes, without a backtrace.
