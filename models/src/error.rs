@@ -55,7 +55,10 @@ pub enum ModelError {
     #[error("cannot load the state: {0}")]
     BadState(String),
     #[error("{file}: tokenizer: {detail}")]
-    Tokenizer { file: std::path::PathBuf, detail: String },
+    Tokenizer {
+        file: std::path::PathBuf,
+        detail: String,
+    },
     #[error("cannot remove positions {p0}..{} of sequence {seq} ({len} tokens): {detail}", p1.map_or("end".to_string(), |p| p.to_string()))]
     RecurrentTrim {
         seq: usize,
