@@ -156,3 +156,63 @@ fn bad_run_arguments_are_one_line_errors() {
         );
     }
 }
+
+#[test]
+fn interactive_mode_keeps_the_session_between_turns() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args([
+            "run",
+            "-m",
+            &model(),
+            "-i",
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "--backend",
+            "cpu",
+            "-c",
+            "128",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"hello there\ngeneral kenobi\n\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    // two turns, each with its own timing block
+    assert_eq!(err.matches("prompt eval").count(), 2, "{err}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        out.matches("> ").count(),
+        3,
+        "a prompt per turn and one before quitting: {out}"
+    );
+    // the second turn feeds only its own line (no BOS) into the session kept from the first
+    let tok = Tokenizer::from_gguf(&GgufFile::open(model()).unwrap()).unwrap();
+    let second = tok.encode("general kenobi\n", false).len();
+    let prompt_counts: Vec<usize> = err
+        .lines()
+        .filter(|l| l.starts_with("prompt eval"))
+        .map(|l| {
+            l.split('/')
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(prompt_counts[1], second, "{err}");
+}
