@@ -5,6 +5,7 @@
 //! host inputs, returning the graph's outputs. The CPU backend is both the fallback and the
 //! readable reference for every op.
 
+mod checks;
 pub mod cpu;
 mod error;
 mod host;

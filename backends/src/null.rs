@@ -4,7 +4,7 @@
 
 use crate::{Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result};
 use std::collections::HashMap;
-use weft_graph::{BufferId, DType, Op, Plan};
+use weft_graph::{BufferId, DType, Plan};
 
 /// Records buffers and plans; computes nothing.
 #[derive(Debug, Default)]
@@ -79,21 +79,7 @@ impl Backend for NullBackend {
     }
 
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
-        for id in plan.graph.ids() {
-            let n = plan.graph.node(id);
-            if let Op::External { name, buffer, .. } = &n.op {
-                let need = n.dtype.bytes_for(n.layout.extent()).unwrap_or(usize::MAX);
-                let have = self.size(*buffer)?;
-                if need > have {
-                    return Err(BackendError::ExternalTooSmall {
-                        name: name.clone(),
-                        buffer: buffer.0,
-                        need,
-                        have,
-                    });
-                }
-            }
-        }
+        crate::checks::check_externals(plan, |b| self.size(b))?;
         self.next_program += 1;
         self.programs.insert(self.next_program, plan.clone());
         Ok(ProgramId(self.next_program))
@@ -104,14 +90,8 @@ impl Backend for NullBackend {
             .programs
             .get(&program.0)
             .ok_or(BackendError::UnknownProgram(program.0))?;
+        crate::checks::inputs(plan, inputs)?;
         let g = &plan.graph;
-        for id in g.inputs() {
-            if let Op::Input { name } = &g.node(id).op
-                && !inputs.iter().any(|(k, _)| k == name)
-            {
-                return Err(BackendError::MissingInput(name.clone()));
-            }
-        }
         Ok(g.outputs
             .iter()
             .map(|(name, id)| {

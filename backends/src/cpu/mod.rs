@@ -128,22 +128,7 @@ impl Backend for CpuBackend {
     }
 
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
-        let g = &plan.graph;
-        for id in g.ids() {
-            let n = g.node(id);
-            if let Op::External { name, buffer, .. } = &n.op {
-                let need = n.dtype.bytes_for(n.layout.extent()).unwrap_or(usize::MAX);
-                let have = self.buffer(*buffer)?.len();
-                if need > have {
-                    return Err(BackendError::ExternalTooSmall {
-                        name: name.clone(),
-                        buffer: buffer.0,
-                        need,
-                        have,
-                    });
-                }
-            }
-        }
+        crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.len()))?;
         let id = self.next_program;
         self.next_program += 1;
         let arena = AlignedBytes::zeroed(plan.arena_bytes);
@@ -209,29 +194,7 @@ fn write_inputs(
     arena: &mut AlignedBytes,
     inputs: &[(&str, HostData<'_>)],
 ) -> Result<()> {
-    let g = &plan.graph;
-    for id in g.inputs() {
-        let n = g.node(id);
-        let Op::Input { name } = &n.op else { continue };
-        let data = inputs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, d)| *d)
-            .ok_or_else(|| BackendError::MissingInput(name.clone()))?;
-        if data.dtype() != n.dtype || data.len() != n.numel() {
-            return Err(BackendError::BadInput {
-                name: name.clone(),
-                detail: format!(
-                    "expected {} {} values for shape {}, got {} {}",
-                    n.numel(),
-                    n.dtype,
-                    n.shape(),
-                    data.len(),
-                    data.dtype()
-                ),
-            });
-        }
-        let off = plan.slots[id.index()].map_or(0, |s| s.offset);
+    for (_, off, data) in crate::checks::inputs(plan, inputs)? {
         let b = data.bytes();
         arena.bytes_mut()[off..off + b.len()].copy_from_slice(b);
     }

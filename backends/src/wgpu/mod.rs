@@ -435,21 +435,10 @@ impl Backend for WgpuBackend {
 
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
-        for id in g.ids() {
-            let n = g.node(id);
-            if let Op::External { name, buffer, .. } = &n.op {
-                let need = n.dtype.bytes_for(n.layout.extent()).unwrap_or(usize::MAX);
-                let have = self.buffer(*buffer)?.size;
-                if need > have {
-                    return Err(BackendError::ExternalTooSmall {
-                        name: name.clone(),
-                        buffer: buffer.0,
-                        need,
-                        have,
-                    });
-                }
-                self.check_binding(&format!("external {name:?}"), align_up(have as u64, 4))?;
-            }
+        for (name, have) in
+            crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?
+        {
+            self.check_binding(&format!("external {name:?}"), align_up(have as u64, 4))?;
         }
         let arena_bytes = align_up(plan.arena_bytes.max(4) as u64, 4);
         self.check_binding("the activation arena", arena_bytes)?;
@@ -598,31 +587,10 @@ impl Backend for WgpuBackend {
             .programs
             .get(&program.0)
             .ok_or(BackendError::UnknownProgram(program.0))?;
-        let g = &prog.plan.graph;
-        for id in g.inputs() {
-            let n = g.node(id);
-            let Op::Input { name } = &n.op else { continue };
-            let data = inputs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, d)| *d)
-                .ok_or_else(|| BackendError::MissingInput(name.clone()))?;
-            if data.dtype() != n.dtype || data.len() != n.numel() {
-                return Err(BackendError::BadInput {
-                    name: name.clone(),
-                    detail: format!(
-                        "expected {} {} values for shape {}, got {} {}",
-                        n.numel(),
-                        n.dtype,
-                        n.shape(),
-                        data.len(),
-                        data.dtype()
-                    ),
-                });
-            }
-            let off = prog.plan.slots[id.index()].map_or(0, |s| s.offset) as u64;
+        for (_, off, data) in crate::checks::inputs(&prog.plan, inputs)? {
             if !data.is_empty() {
-                self.queue.write_buffer(&prog.arena, off, data.bytes());
+                self.queue
+                    .write_buffer(&prog.arena, off as u64, data.bytes());
             }
         }
         let mut enc = self
