@@ -163,6 +163,69 @@ impl Session {
         )
     }
 
+    /// Shifts positions `range` of `seq` by `delta`: the cells move and their cached keys are
+    /// re-rotated (rope at `p` then at `delta` equals rope at `p + delta`). Attention-only
+    /// models whose architecture exposes its key rope; anything else is an error that changes
+    /// nothing.
+    pub fn seq_add(
+        &mut self,
+        seq: SeqId,
+        range: crate::memory::PosRange,
+        delta: i32,
+    ) -> Result<()> {
+        let Some((rope, head_dim)) = self.arch.key_rope() else {
+            return Err(ModelError::Config(format!(
+                "{}: positions cannot be shifted (no key rope)",
+                self.arch.name()
+            )));
+        };
+        if self.memory.has_recurrent() {
+            return Err(ModelError::Config(format!(
+                "sequence {seq}: positions cannot be shifted in a model with recurrent layers"
+            )));
+        }
+        let cells = self.memory.seq_add(seq, range, delta)?;
+        if cells.is_empty() || delta == 0 {
+            return Ok(());
+        }
+        let n = cells.len();
+        let mut b = weft_graph::GraphBuilder::new();
+        let idx = b.input("cells", &[n], weft_graph::DType::I32)?;
+        let pos = b.input("delta", &[n], weft_graph::DType::I32)?;
+        let (total, dt) = (self.memory.config.cells, self.memory.config.kv_dtype);
+        for (il, l) in self.memory.layers.iter().enumerate() {
+            let (Some(width), Some(kb)) = (l.kv_width(), self.memory.buffers[il].k) else {
+                continue;
+            };
+            let k = b.external(
+                &format!("cache_k.{il}"),
+                &[total, width],
+                dt,
+                kb,
+                weft_graph::Access::ReadWrite,
+            )?;
+            let rows = b.get_rows(k, idx)?;
+            let heads = b.reshape(rows, &[n, width / head_dim, head_dim])?;
+            let turned = b.rope(heads, pos, rope)?;
+            let flat = b.reshape(turned, &[n, width])?;
+            b.store_rows(k, flat, idx)?;
+        }
+        let p = plan(&b.finish(), self.plan_options);
+        let prog = self.backend.compile(&p)?;
+        let ids: Vec<i32> = cells.iter().map(|&c| c as i32).collect();
+        let deltas = vec![delta; n];
+        let r = self.backend.run(
+            prog,
+            &[
+                ("cells", HostData::I32(&ids)),
+                ("delta", HostData::I32(&deltas)),
+            ],
+        );
+        self.backend.release(prog)?;
+        r?;
+        Ok(())
+    }
+
     /// Keeps only `seq` (see [`Memory::seq_keep`]).
     pub fn seq_keep(&mut self, seq: SeqId) -> Result<()> {
         self.memory.seq_keep(seq)

@@ -232,3 +232,68 @@ fn wgpu_recurrent_rollback_uses_checkpoints() {
         rollback(arch, &common::wgpu);
     }
 }
+
+/// Rotary attention only sees relative positions, so shifting a whole sequence forward and
+/// decoding on gives the logits of the unshifted run, provided the cached keys were re-rotated
+/// by the shift (without that, every query–key distance would be off by the shift). Shifting
+/// there and back is also the identity, and a context shift (drop the first tokens, move the
+/// rest back) leaves the sequence length consistent.
+fn context_shift(make: &dyn Fn() -> Option<Box<dyn Backend>>) {
+    let Some(be) = make() else { return };
+    let pa: Vec<i32> = P.iter().chain(&A).copied().collect();
+    let want = fresh_last("llama", make, &pa);
+    let mut s = session("llama", be);
+    let v = s.n_vocab();
+    s.decode(&[(0, &P)]).unwrap();
+    s.seq_add(0, PosRange::ALL, 5).unwrap();
+    assert_eq!(s.memory().seq_len(0), P.len() + 5);
+    let out = s.decode(&[(0, &A[..])]).unwrap().remove(0);
+    close(
+        &out[out.len() - v..],
+        &want,
+        "whole sequence shifted forward",
+    );
+    let mut t = session("llama", make().unwrap());
+    t.decode(&[(0, &P)]).unwrap();
+    t.seq_add(0, PosRange::ALL, 7).unwrap();
+    t.seq_add(0, PosRange::ALL, -7).unwrap();
+    let out = t.decode(&[(0, &A[..])]).unwrap().remove(0);
+    close(&out[out.len() - v..], &want, "shift there and back");
+    t.seq_rm(
+        0,
+        PosRange {
+            p0: None,
+            p1: Some(2),
+        },
+    )
+    .unwrap();
+    t.seq_add(
+        0,
+        PosRange {
+            p0: Some(2),
+            p1: None,
+        },
+        -2,
+    )
+    .unwrap();
+    assert_eq!(t.memory().seq_len(0), P.len() + A.len() - 2);
+}
+
+#[test]
+fn cpu_shifted_sequences_decode_like_unshifted_ones() {
+    context_shift(&|| Some(Box::new(CpuBackend::new())));
+}
+
+#[test]
+fn wgpu_shifted_sequences_decode_like_unshifted_ones() {
+    context_shift(&common::wgpu);
+}
+
+#[test]
+fn shifting_a_recurrent_sequence_is_an_error_that_changes_nothing() {
+    let mut s = session("mamba", Box::new(CpuBackend::new()));
+    s.decode(&[(0, &P)]).unwrap();
+    let before = (s.memory().kv.clone(), s.memory().rec.clone());
+    assert!(s.seq_add(0, PosRange::ALL, 3).is_err());
+    assert_eq!((s.memory().kv.clone(), s.memory().rec.clone()), before);
+}

@@ -64,6 +64,9 @@ impl Architecture for Llama {
             self.n_layer
         ]
     }
+    fn key_rope(&self) -> Option<(weft_graph::RopeParams, usize)> {
+        Some((self.attn.rope?, self.attn.head_dim))
+    }
     fn build(&self, s: &mut Step) -> Result<Tensor> {
         let mut x = embed(s)?;
         for il in 0..self.n_layer {

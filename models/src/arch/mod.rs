@@ -20,6 +20,12 @@ pub trait Architecture: std::fmt::Debug + Send {
     fn layers(&self) -> Vec<LayerMemory>;
     /// Records the graph of one ubatch and returns `logits [T, V]`.
     fn build(&self, step: &mut Step) -> Result<Tensor>;
+
+    /// The rotary embedding of the cached keys and the head size, when positions can be shifted
+    /// by re-rotating them (`seq_add`); `None` when this architecture cannot.
+    fn key_rope(&self) -> Option<(weft_graph::RopeParams, usize)> {
+        None
+    }
 }
 
 /// Architectures this build knows.

@@ -109,6 +109,23 @@ impl KvCells {
         })
     }
 
+    /// Adds `delta` to the positions of `s`'s cells in `p0..p1`; cells moved below 0 are freed.
+    /// Returns the cells that moved and stayed.
+    pub fn shift(&mut self, s: SeqId, p0: i32, p1: i32, delta: i32) -> Vec<usize> {
+        let mut moved = vec![];
+        for (i, c) in self.cells.iter_mut().enumerate() {
+            if c.seqs >> s & 1 == 1 && c.pos >= p0 && c.pos < p1 {
+                c.pos += delta;
+                if c.pos < 0 {
+                    *c = Cell { pos: -1, seqs: 0 };
+                } else {
+                    moved.push(i);
+                }
+            }
+        }
+        moved
+    }
+
     /// Adds `dst` to every cell of `src`.
     pub fn share(&mut self, src: SeqId, dst: SeqId) {
         for c in &mut self.cells {

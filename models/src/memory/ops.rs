@@ -124,6 +124,21 @@ impl Memory {
         Ok(())
     }
 
+    /// Shifts positions `range` of `seq` by `delta` (attention only: a recurrent state has no
+    /// positions to move). Cells pushed below position 0 are dropped. Returns the cells whose
+    /// cached keys must be re-rotated by `delta`.
+    pub fn seq_add(&mut self, seq: SeqId, range: PosRange, delta: i32) -> Result<Vec<usize>> {
+        self.check_seq(seq)?;
+        if self.has_recurrent() {
+            return Err(ModelError::Config(format!(
+                "sequence {seq}: positions cannot be shifted in a model with recurrent layers"
+            )));
+        }
+        let (p0, p1) = range.bounds();
+        // the tokens absorbed stay the same; only their positions move
+        Ok(self.kv.shift(seq, p0, p1, delta))
+    }
+
     /// Removes every sequence but `seq`.
     pub fn seq_keep(&mut self, seq: SeqId) -> Result<()> {
         self.check_seq(seq)?;
