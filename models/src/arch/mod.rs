@@ -1,8 +1,12 @@
 //! The architecture registry: one file per model, keyed by `general.architecture`.
 
+mod falcon_h1;
+mod lfm2;
 mod llama;
 mod mamba;
 mod mamba2;
+mod qwen35;
+mod qwen3next;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
@@ -29,7 +33,15 @@ pub trait Architecture: std::fmt::Debug + Send {
 }
 
 /// Architectures this build knows.
-pub const SUPPORTED: &[&str] = &["llama", "mamba", "mamba2"];
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "mamba",
+    "mamba2",
+    "qwen35",
+    "qwen3next",
+    "falcon-h1",
+    "lfm2",
+];
 
 /// The architecture of a model file, with its hyperparameters read and checked.
 pub fn load(gguf: &GgufFile) -> Result<Box<dyn Architecture>> {
@@ -39,6 +51,10 @@ pub fn load(gguf: &GgufFile) -> Result<Box<dyn Architecture>> {
         "llama" => Box::new(llama::Llama::new(&h)?),
         "mamba" => Box::new(mamba::Mamba::new(&h)?),
         "mamba2" => Box::new(mamba2::Mamba2::new(&h)?),
+        "qwen35" => Box::new(qwen35::Qwen35::new(&h)?),
+        "qwen3next" => Box::new(qwen3next::Qwen3Next::new(&h)?),
+        "falcon-h1" => Box::new(falcon_h1::FalconH1::new(&h)?),
+        "lfm2" => Box::new(lfm2::Lfm2::new(&h)?),
         other => {
             return Err(ModelError::UnknownArchitecture {
                 arch: other.to_string(),

@@ -2,10 +2,12 @@
 //! bound as graph externals) and the views of memory the ubatch uses, and records its nodes.
 
 pub mod attention;
+pub mod delta_net;
 pub mod ffn;
 pub mod mamba;
 pub mod mamba2;
 pub mod recurrent;
+pub mod short_conv;
 
 use weft_graph::{GraphBuilder, Result, Tensor};
 
