@@ -8,7 +8,6 @@
 
 use super::{Architecture, HParams, embed, head, mamba2};
 use crate::blocks::attention::{AttentionParams, AttentionWeights, attention};
-use crate::blocks::ffn::swiglu;
 use crate::blocks::mamba2::Mamba2Params;
 use crate::blocks::rms_norm_weighted;
 use crate::error::Result;
@@ -106,14 +105,7 @@ impl Architecture for FalconH1 {
                 Some(n) => n,
                 None => s.w(&p("ffn_norm"))?,
             };
-            let (gate, up, down) = (
-                s.w(&p("ffn_gate"))?,
-                s.w(&p("ffn_up"))?,
-                s.w(&p("ffn_down"))?,
-            );
-            let h = rms_norm_weighted(&mut s.b, x, norm, self.eps)?;
-            let f = swiglu(&mut s.b, h, gate, up, down)?;
-            x = s.b.add(x, f)?;
+            x = super::swiglu_residual(s, il, x, norm, self.eps)?;
         }
         head(s, x, self.eps)
     }

@@ -8,7 +8,6 @@
 use super::qwen35::attention_layer;
 use super::{Architecture, HParams, embed};
 use crate::blocks::attention::AttentionParams;
-use crate::blocks::ffn::swiglu;
 use crate::blocks::rms_norm_weighted;
 use crate::blocks::short_conv::{ShortConvWeights, short_conv};
 use crate::error::{ModelError, Result};
@@ -132,14 +131,7 @@ impl Architecture for Lfm2 {
             };
             x = s.b.add(x, y)?;
             let norm = s.w(&p("ffn_norm"))?;
-            let (gate, up, down) = (
-                s.w(&p("ffn_gate"))?,
-                s.w(&p("ffn_up"))?,
-                s.w(&p("ffn_down"))?,
-            );
-            let h = rms_norm_weighted(&mut s.b, x, norm, self.eps)?;
-            let f = swiglu(&mut s.b, h, gate, up, down)?;
-            x = s.b.add(x, f)?;
+            x = super::swiglu_residual(s, il, x, norm, self.eps)?;
         }
         let nw = s.w("token_embd_norm.weight")?;
         let h = rms_norm_weighted(&mut s.b, x, nw, self.eps)?;

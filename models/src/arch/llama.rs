@@ -3,7 +3,6 @@
 
 use super::{Architecture, HParams, embed, head};
 use crate::blocks::attention::{AttentionParams, AttentionWeights, attention};
-use crate::blocks::ffn::swiglu;
 use crate::blocks::rms_norm_weighted;
 use crate::error::Result;
 use crate::memory::LayerMemory;
@@ -83,14 +82,7 @@ impl Architecture for Llama {
             let a = attention(&mut s.b, h, &w, &self.attn, s.pos, kv)?;
             x = s.b.add(x, a)?;
             let norm = s.w(&p("ffn_norm"))?;
-            let (gate, up, down) = (
-                s.w(&p("ffn_gate"))?,
-                s.w(&p("ffn_up"))?,
-                s.w(&p("ffn_down"))?,
-            );
-            let h = rms_norm_weighted(&mut s.b, x, norm, self.eps)?;
-            let f = swiglu(&mut s.b, h, gate, up, down)?;
-            x = s.b.add(x, f)?;
+            x = super::swiglu_residual(s, il, x, norm, self.eps)?;
         }
         head(s, x, self.eps)
     }

@@ -112,6 +112,26 @@ pub(crate) fn embed(step: &mut Step) -> Result<Tensor> {
     Ok(step.b.get_rows(emb, step.tokens)?)
 }
 
+/// `x + swiglu(rms_norm(x) · norm)` with layer `il`'s `ffn_gate`, `ffn_up` and `ffn_down`: the
+/// dense feed-forward sub-block of a pre-norm layer.
+pub(crate) fn swiglu_residual(
+    s: &mut Step,
+    il: usize,
+    x: Tensor,
+    norm: Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    let p = |n: &str| format!("blk.{il}.{n}.weight");
+    let (gate, up, down) = (
+        s.w(&p("ffn_gate"))?,
+        s.w(&p("ffn_up"))?,
+        s.w(&p("ffn_down"))?,
+    );
+    let h = crate::blocks::rms_norm_weighted(&mut s.b, x, norm, eps)?;
+    let f = crate::blocks::ffn::swiglu(&mut s.b, h, gate, up, down)?;
+    Ok(s.b.add(x, f)?)
+}
+
 /// Final norm and the LM head (the embedding matrix when the file has no `output.weight`).
 pub(crate) fn head(step: &mut Step, x: Tensor, eps: f32) -> Result<Tensor> {
     let nw = step.w("output_norm.weight")?;

@@ -10,7 +10,6 @@
 use super::{Architecture, HParams, embed, head};
 use crate::blocks::attention::{AttentionParams, KvSource};
 use crate::blocks::delta_net::{BetaAlpha, DeltaNetParams, DeltaNetWeights, HeadOrder, delta_net};
-use crate::blocks::ffn::swiglu;
 use crate::blocks::{rms_norm_weighted, split_last};
 use crate::error::{ModelError, Result};
 use crate::memory::LayerMemory;
@@ -268,14 +267,7 @@ impl Architecture for Qwen35 {
             };
             x = s.b.add(x, a)?;
             let norm = s.w(&p("post_attention_norm"))?;
-            let (gate, up, down) = (
-                s.w(&p("ffn_gate"))?,
-                s.w(&p("ffn_up"))?,
-                s.w(&p("ffn_down"))?,
-            );
-            let h = rms_norm_weighted(&mut s.b, x, norm, self.eps)?;
-            let f = swiglu(&mut s.b, h, gate, up, down)?;
-            x = s.b.add(x, f)?;
+            x = super::swiglu_residual(s, il, x, norm, self.eps)?;
         }
         head(s, x, self.eps)
     }

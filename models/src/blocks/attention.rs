@@ -47,6 +47,21 @@ pub fn attention(
     pos: Tensor,
     kv: KvSource,
 ) -> Result<Tensor> {
+    let scale = 1.0 / (p.head_dim as f32).sqrt();
+    attention_scaled(b, x, w, p, pos, kv, scale)
+}
+
+/// [`attention`] with the score scale given (Granite's `attention.scale`) instead of
+/// `1/√head_dim`.
+pub fn attention_scaled(
+    b: &mut GraphBuilder,
+    x: Tensor,
+    w: &AttentionWeights,
+    p: &AttentionParams,
+    pos: Tensor,
+    kv: KvSource,
+    scale: f32,
+) -> Result<Tensor> {
     let t = x.dims()[0];
     let (h, hkv, d) = (p.n_head, p.n_head_kv, p.head_dim);
     let q = b.matmul(x, w.q)?;
@@ -58,7 +73,6 @@ pub fn attention(
         q = b.rope(q, pos, r)?;
         k = b.rope(k, pos, r)?;
     }
-    let scale = 1.0 / (d as f32).sqrt();
     let out = match kv {
         KvSource::Local => {
             let v = b.reshape(v, &[t, hkv, d])?;

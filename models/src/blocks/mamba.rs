@@ -33,12 +33,34 @@ pub struct MambaWeights {
     pub out_proj: Tensor,
 }
 
+/// Weights of RMS norms on dt `[dt_rank]`, B and C `[d_state]` (Jamba's `ssm_dt_norm`,
+/// `ssm_b_norm`, `ssm_c_norm`), applied right after the `x_proj` split.
+#[derive(Clone, Copy, Debug)]
+pub struct DtBcNorms {
+    pub dt: Tensor,
+    pub b: Tensor,
+    pub c: Tensor,
+    pub eps: f32,
+}
+
 /// Runs the mixer on `x [S, T, D]` (every sequence with the same number of new tokens),
 /// carrying each sequence's state through `state`. Returns `[S, T, D]`.
 pub fn mamba(
     b: &mut GraphBuilder,
     x: Tensor,
     w: &MambaWeights,
+    p: &MambaParams,
+    state: &RecurrentState,
+) -> Result<Tensor> {
+    mamba_with_norms(b, x, w, None, p, state)
+}
+
+/// [`mamba`] with weighted RMS norms on dt, B and C (they replace `p.dt_b_c_rms`).
+pub fn mamba_with_norms(
+    b: &mut GraphBuilder,
+    x: Tensor,
+    w: &MambaWeights,
+    norms: Option<&DtBcNorms>,
     p: &MambaParams,
     state: &RecurrentState,
 ) -> Result<Tensor> {
@@ -56,13 +78,18 @@ pub fn mamba(
     let dt = split_last(b, dbc, 0, r, &[s, t, r])?;
     let bm = split_last(b, dbc, r, n, &[s, t, 1, n])?;
     let cm = split_last(b, dbc, r + n, n, &[s, t, 1, n])?;
-    let (dt, bm, cm) = match p.dt_b_c_rms {
-        Some(eps) => (
+    let (dt, bm, cm) = match (norms, p.dt_b_c_rms) {
+        (Some(nw), _) => (
+            super::rms_norm_weighted(b, dt, nw.dt, nw.eps)?,
+            super::rms_norm_weighted(b, bm, nw.b, nw.eps)?,
+            super::rms_norm_weighted(b, cm, nw.c, nw.eps)?,
+        ),
+        (None, Some(eps)) => (
             b.rms_norm(dt, eps)?,
             b.rms_norm(bm, eps)?,
             b.rms_norm(cm, eps)?,
         ),
-        None => (dt, bm, cm),
+        (None, None) => (dt, bm, cm),
     };
     let dt = b.matmul(dt, w.dt_proj)?;
     let dt = b.add(dt, w.dt_b)?;

@@ -6,6 +6,7 @@ pub mod delta_net;
 pub mod ffn;
 pub mod mamba;
 pub mod mamba2;
+pub mod moe;
 pub mod recurrent;
 pub mod short_conv;
 
