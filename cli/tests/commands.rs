@@ -31,13 +31,21 @@ fn weft(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Per fixture, the mixer of each layer (in order) and the feed-forward kind, as the fixture
+/// table describes them.
 #[test]
 fn info_reports_the_layer_kinds() {
-    for (arch, kind, n) in [
-        ("llama", "attention (KV width 32)", 2),
-        ("mamba", "recurrent", 3),
-        ("mamba2", "recurrent", 3),
-    ] {
+    let (a, r, b) = ("attention", "recurrent", "attention + recurrent");
+    let cases: [(&str, &[&str], &str); 7] = [
+        ("llama", &[a, a], "dense FFN"),
+        ("mamba", &[r, r, r], "no FFN"),
+        ("mamba2", &[r, r, r], "no FFN"),
+        ("qwen3_5", &[r, a, r, a], "dense FFN"),
+        ("qwen3_next", &[r, a, r, a], "MoE"),
+        ("falcon_h1", &[b, b, b], "dense FFN"),
+        ("lfm2", &[r, a, r, a], "dense FFN"),
+    ];
+    for (arch, kinds, ffn) in cases {
         let (ok, out, err) = weft(&[
             "info",
             "-m",
@@ -45,19 +53,24 @@ fn info_reports_the_layer_kinds() {
             "--ctx",
             "128",
         ]);
-        assert!(ok, "{err}");
-        assert!(out.contains(&format!("architecture  {arch}")), "{out}");
-        let layers = out
+        assert!(ok, "{arch}: {err}");
+        let layers: Vec<&str> = out
             .lines()
-            .filter(|l| {
-                l.trim_start()
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_digit())
-                    && l.contains(kind)
-            })
-            .count();
-        assert_eq!(layers, n, "{arch}: {out}");
+            .skip_while(|l| *l != "layers")
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect();
+        assert_eq!(layers.len(), kinds.len(), "{arch}: {out}");
+        for (i, (line, kind)) in layers.iter().zip(kinds).enumerate() {
+            let mixer = line
+                .split_whitespace()
+                .skip(1)
+                .take_while(|w| !w.starts_with('('))
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert_eq!(mixer, *kind, "{arch} layer {i}: {line}");
+            assert!(line.trim_end().ends_with(ffn), "{arch} layer {i}: {line}");
+        }
         assert!(
             out.contains("KV cache") && out.contains("arena, decode"),
             "{out}"
