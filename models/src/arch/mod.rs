@@ -1,10 +1,13 @@
 //! The architecture registry: one file per model, keyed by `general.architecture`.
 
 mod falcon_h1;
+mod granite_hybrid;
+mod jamba;
 mod lfm2;
 mod llama;
 mod mamba;
 mod mamba2;
+mod nemotron_h;
 mod qwen35;
 mod qwen3next;
 
@@ -41,6 +44,9 @@ pub const SUPPORTED: &[&str] = &[
     "qwen3next",
     "falcon-h1",
     "lfm2",
+    "jamba",
+    "granitehybrid",
+    "nemotron_h_moe",
 ];
 
 /// The architecture of a model file, with its hyperparameters read and checked.
@@ -55,6 +61,9 @@ pub fn load(gguf: &GgufFile) -> Result<Box<dyn Architecture>> {
         "qwen3next" => Box::new(qwen3next::Qwen3Next::new(&h)?),
         "falcon-h1" => Box::new(falcon_h1::FalconH1::new(&h)?),
         "lfm2" => Box::new(lfm2::Lfm2::new(&h)?),
+        "jamba" => Box::new(jamba::Jamba::new(&h)?),
+        "granitehybrid" => Box::new(granite_hybrid::GraniteHybrid::new(&h)?),
+        "nemotron_h_moe" => Box::new(nemotron_h::NemotronH::new(&h)?),
         other => {
             return Err(ModelError::UnknownArchitecture {
                 arch: other.to_string(),

@@ -108,7 +108,30 @@ impl Check {
 }
 
 pub fn conformance(arch: &str, dtype: &str, backend: Box<dyn Backend>) {
-    let r = reference(arch);
+    conformance_in(arch, dtype, "", backend)
+}
+
+/// [`conformance`] against the logits in the fixture's subfolder `refs` (`""`: the fixture's
+/// own), e.g. `llamacpp-f32` where llama.cpp's logits are the reference for the GGUF (bamba).
+/// The greedy ids come from `refs/ids.json` when it exists; a missing `full_logits.npy` is
+/// `prompt_logits` followed by rows 1.. of `gen_logits` (the same positions, causally).
+pub fn conformance_in(arch: &str, dtype: &str, refs: &str, backend: Box<dyn Backend>) {
+    let mut r = reference(arch);
+    let ids_file = dir(arch).join(refs).join("ids.json");
+    if !refs.is_empty() && ids_file.exists() {
+        let text = std::fs::read_to_string(ids_file).unwrap();
+        let over: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for (k, v) in over.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+    }
+    let load = |name: &str| {
+        if refs.is_empty() {
+            npy(arch, name)
+        } else {
+            npy(arch, &format!("{refs}/{name}"))
+        }
+    };
     let file = dir(arch).join(format!("{arch}-{dtype}.gguf"));
     let gguf = GgufFile::open(&file).unwrap();
     let config = MemoryConfig {
@@ -119,18 +142,22 @@ pub fn conformance(arch: &str, dtype: &str, backend: Box<dyn Backend>) {
     let mut s = Session::new(&gguf, backend, config, |_, _| {}).unwrap();
     let tol = if dtype == "f32" { 1e-4 } else { 2e-2 };
     let mut c = Check {
-        what: format!("{arch} {dtype} on {}", s.backend_name()),
+        what: if refs.is_empty() {
+            format!("{arch} {dtype} on {}", s.backend_name())
+        } else {
+            format!("{arch} {dtype} (against {refs}) on {}", s.backend_name())
+        },
         tol,
         worst: 0.0,
     };
-    let (v, prompt_ref) = npy(arch, "prompt_logits.npy");
+    let (v, prompt_ref) = load("prompt_logits.npy");
     let prompt = ids(&r, "prompt_ids");
     let gen_ids = ids(&r, "gen_ids");
 
     // The prompt in one pass, then greedy decoding through the cache.
     let got = s.decode(&[(0, &prompt)]).unwrap().remove(0);
     c.rows("prompt_logits", &got, &prompt_ref, v);
-    let (_, gen_ref) = npy(arch, "gen_logits.npy");
+    let (_, gen_ref) = load("gen_logits.npy");
     let mut row = got[got.len() - v..].to_vec();
     c.rows("gen_logits row 0", &row, &gen_ref[..v], v);
     for i in 1..gen_ids.len() {
@@ -153,7 +180,11 @@ pub fn conformance(arch: &str, dtype: &str, backend: Box<dyn Backend>) {
 
     // No cache: prompt + generated ids in one pass.
     s.clear();
-    let (_, full_ref) = npy(arch, "full_logits.npy");
+    let full_ref = if dir(arch).join(refs).join("full_logits.npy").exists() {
+        load("full_logits.npy").1
+    } else {
+        prompt_ref.iter().chain(&gen_ref[v..]).copied().collect()
+    };
     let full: Vec<i32> = prompt
         .iter()
         .chain(&gen_ids[..gen_ids.len() - 1])
@@ -165,12 +196,12 @@ pub fn conformance(arch: &str, dtype: &str, backend: Box<dyn Backend>) {
     // Two sequences together in one batch, then decoded interleaved.
     s.clear();
     let (a, b) = (ids(&r, "seq_a_ids"), ids(&r, "seq_b_ids"));
-    let (_, a_ref) = npy(arch, "a_logits.npy");
-    let (_, b_ref) = npy(arch, "b_logits.npy");
+    let (_, a_ref) = load("a_logits.npy");
+    let (_, b_ref) = load("b_logits.npy");
     let out = s.decode(&[(0, &a), (1, &b)]).unwrap();
     c.rows("a_logits (batched with b)", &out[0], &a_ref, v);
     c.rows("b_logits (batched with a)", &out[1], &b_ref, v);
-    let (_, ab_ref) = npy(arch, "ab_gen_logits.npy");
+    let (_, ab_ref) = load("ab_gen_logits.npy");
     let (ga, gb) = (ids(&r, "gen_a_ids"), ids(&r, "gen_b_ids"));
     let mut rows = [
         out[0][out[0].len() - v..].to_vec(),
@@ -230,15 +261,16 @@ pub fn wgpu() -> Option<Box<dyn Backend>> {
     }
 }
 
-/// Stamps one test per (architecture, dtype) for the CPU and the wgpu backends.
+/// Stamps one test per (architecture, dtype) for the CPU and the wgpu backends; `in "DIR"`
+/// after the dtype takes the reference logits from the fixture's subfolder `DIR`.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($($name:ident: $arch:literal $dtype:literal;)*) => {
+    ($($name:ident: $arch:literal $dtype:literal $(in $refs:literal)?;)*) => {
         mod cpu {
-            $(#[test] fn $name() { $crate::common::conformance($arch, $dtype, Box::new(weft_backends::CpuBackend::new())); })*
+            $(#[test] fn $name() { $crate::common::conformance_in($arch, $dtype, concat!("" $(, $refs)?), Box::new(weft_backends::CpuBackend::new())); })*
         }
         mod wgpu {
-            $(#[test] fn $name() { if let Some(be) = $crate::common::wgpu() { $crate::common::conformance($arch, $dtype, be); } })*
+            $(#[test] fn $name() { if let Some(be) = $crate::common::wgpu() { $crate::common::conformance_in($arch, $dtype, concat!("" $(, $refs)?), be); } })*
         }
     };
 }
