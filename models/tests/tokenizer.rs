@@ -149,3 +149,41 @@ fn unsupported_tokenizer_models_are_errors() {
     let e = Tokenizer::from_gguf(&f).unwrap_err().to_string();
     assert!(e.contains("xyzzy") && e.contains("not supported"), "{e}");
 }
+
+/// Every BPE fixture ships the same Hugging Face tokenizer.json (checked when the references were
+/// made), so the tokenizer each fixture GGUF's metadata builds must give the reference ids too.
+#[test]
+fn every_bpe_fixture_gguf_tokenizes_like_the_reference() {
+    let r = reference();
+    let lines: Vec<&str> = r["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let archs = [
+        "llama",
+        "mamba",
+        "mamba2",
+        "bamba",
+        "granitemoehybrid",
+        "falcon_h1",
+        "qwen3_next",
+        "qwen3_5",
+        "lfm2",
+        "nemotron_h",
+    ];
+    for arch in archs {
+        let tok = Tokenizer::from_gguf(
+            &GgufFile::open(dir().join(arch).join(format!("{arch}-f32.gguf"))).unwrap(),
+        )
+        .unwrap();
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(
+                tok.encode(line, false),
+                ids(&r["llama"][i]),
+                "{arch}: line {i}"
+            );
+        }
+    }
+}
