@@ -1,6 +1,6 @@
-//! Qwen3-Next: like Qwen3.5 (gated DeltaNet and gated full-attention layers), with a
-//! mixture-of-experts feed-forward (softmax router, top-k renormalised) plus a shared expert
-//! scaled by `sigmoid(x · w_gate_shexp)`.
+//! Qwen3-Next: like Qwen3.5 (gated DeltaNet and gated full-attention layers), with the shared
+//! mixture-of-experts block (softmax router, top-k renormalised) plus a shared expert scaled by
+//! `sigmoid(x · w_gate_shexp)`.
 //!
 //! The converter splits HF's grouped `in_proj_qkvz` into `attn_qkv` (all q, all k, all v) and
 //! `attn_gate` (z) with value heads grouped by key head, and keeps `in_proj_ba` as `ssm_ba`
@@ -10,12 +10,12 @@ use super::qwen35::{attention_layer, delta_layer, qwen_layers, qwen_params, recu
 use super::{Architecture, HParams, embed, head};
 use crate::blocks::attention::AttentionParams;
 use crate::blocks::delta_net::{DeltaNetParams, HeadOrder};
-use crate::blocks::ffn::swiglu;
+use crate::blocks::moe::{ExpertAct, Gating, MoeParams, MoeWeights, SharedExpert, moe};
 use crate::blocks::rms_norm_weighted;
 use crate::error::Result;
 use crate::memory::LayerMemory;
 use crate::step::Step;
-use weft_graph::{GraphBuilder, ReduceOp, Tensor};
+use weft_graph::Tensor;
 
 #[derive(Debug)]
 pub struct Qwen3Next {
@@ -25,7 +25,7 @@ pub struct Qwen3Next {
     recurrent: Vec<bool>,
     attn: AttentionParams,
     delta: DeltaNetParams,
-    n_expert_used: usize,
+    moe: MoeParams,
 }
 
 impl Qwen3Next {
@@ -39,45 +39,15 @@ impl Qwen3Next {
             recurrent: recurrent_layers(h, n_layer, 4)?,
             attn,
             delta,
-            n_expert_used: h.usize("expert_used_count")?,
+            moe: MoeParams {
+                n_expert_used: h.usize("expert_used_count")?,
+                gating: Gating::Softmax,
+                norm_weights: true,
+                weights_scale: 1.0,
+                act: ExpertAct::SwiGlu,
+            },
         })
     }
-}
-
-/// Routed experts of `x [T, D]`: softmax router, the top `k` probabilities renormalised to sum
-/// to one, SwiGLU experts (`gate`, `up [E, F, D]`, `down [E, D, F]`) weighted and summed.
-// Local until the shared MoE block (`blocks/moe.rs`) exists; then this can call it.
-fn moe(
-    b: &mut GraphBuilder,
-    x: Tensor,
-    router: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
-    k: usize,
-) -> weft_graph::Result<Tensor> {
-    let [t, d] = [x.dims()[0], x.dims()[1]];
-    let logits = b.matmul(x, router)?;
-    let e = logits.dims()[1];
-    let probs = b.softmax(logits, None, 1.0)?;
-    let ids = b.top_k(probs, k)?;
-    let p3 = b.reshape(probs, &[t, e, 1])?;
-    let w = b.get_rows(p3, ids)?;
-    let w = b.reshape(w, &[t, k])?;
-    let sum = b.reduce(ReduceOp::Sum, w)?;
-    let w = b.div(w, sum)?;
-    let x3 = b.reshape(x, &[t, 1, d])?;
-    let g = b.matmul_id(x3, gate, ids)?;
-    let u = b.matmul_id(x3, up, ids)?;
-    let g = b.silu(g)?;
-    let hmid = b.mul(g, u)?;
-    let y = b.matmul_id(hmid, down, ids)?;
-    let w = b.reshape(w, &[t, k, 1])?;
-    let y = b.mul(y, w)?;
-    let y = b.permute(y, &[0, 2, 1])?;
-    let y = b.contiguous(y)?;
-    let y = b.reduce(ReduceOp::Sum, y)?;
-    b.reshape(y, &[t, d])
 }
 
 impl Architecture for Qwen3Next {
@@ -107,24 +77,20 @@ impl Architecture for Qwen3Next {
             x = s.b.add(x, a)?;
             let norm = s.w(&p("post_attention_norm"))?;
             let h = rms_norm_weighted(&mut s.b, x, norm, self.eps)?;
-            let (router, gate, up, down) = (
-                s.w(&p("ffn_gate_inp"))?,
-                s.w(&p("ffn_gate_exps"))?,
-                s.w(&p("ffn_up_exps"))?,
-                s.w(&p("ffn_down_exps"))?,
-            );
-            let routed = moe(&mut s.b, h, router, gate, up, down, self.n_expert_used)?;
-            let (sg, su, sd, sgate) = (
-                s.w(&p("ffn_gate_shexp"))?,
-                s.w(&p("ffn_up_shexp"))?,
-                s.w(&p("ffn_down_shexp"))?,
-                s.w(&p("ffn_gate_inp_shexp"))?,
-            );
-            let shared = swiglu(&mut s.b, h, sg, su, sd)?;
-            let sgate = s.b.matmul(h, sgate)?;
-            let sgate = s.b.sigmoid(sgate)?;
-            let shared = s.b.mul(shared, sgate)?;
-            let f = s.b.add(routed, shared)?;
+            let w = MoeWeights {
+                router: s.w(&p("ffn_gate_inp"))?,
+                selection_bias: None,
+                gate: Some(s.w(&p("ffn_gate_exps"))?),
+                up: s.w(&p("ffn_up_exps"))?,
+                down: s.w(&p("ffn_down_exps"))?,
+                shared: Some(SharedExpert {
+                    gate: Some(s.w(&p("ffn_gate_shexp"))?),
+                    up: s.w(&p("ffn_up_shexp"))?,
+                    down: s.w(&p("ffn_down_shexp"))?,
+                    gate_inp: Some(s.w(&p("ffn_gate_inp_shexp"))?),
+                }),
+            };
+            let f = moe(&mut s.b, h, &w, &self.moe)?;
             x = s.b.add(x, f)?;
         }
         head(s, x, self.eps)
