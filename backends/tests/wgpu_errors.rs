@@ -88,3 +88,28 @@ fn wgpu_shader_failures_name_the_kernel() {
     );
     assert!(msg.contains("broken_kernel"), "{msg}");
 }
+
+#[test]
+fn wgpu_a_lost_device_is_an_error_not_a_hang() {
+    let Some(mut be) = backend() else { return };
+    let mut b = GraphBuilder::new();
+    let x = b.input("x", &[4], DType::F32).unwrap();
+    let y = b.silu(x).unwrap();
+    b.output(y, "y").unwrap();
+    let prog = be
+        .compile(&plan(&b.finish(), PlanOptions::default()))
+        .unwrap();
+    assert!(
+        be.run(prog, &[("x", weft_backends::HostData::F32(&[1.0; 4]))])
+            .is_ok()
+    );
+    be.destroy_device();
+    let e = be
+        .run(prog, &[("x", weft_backends::HostData::F32(&[1.0; 4]))])
+        .unwrap_err();
+    assert!(matches!(e, BackendError::Device(_)), "{e}");
+    assert!(
+        e.to_string().contains("lost"),
+        "the error says the device was lost: {e}"
+    );
+}

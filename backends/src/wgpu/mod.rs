@@ -118,6 +118,13 @@ impl WgpuBackend {
         })
     }
 
+    /// Destroys the device, as a driver reset would lose it: later calls return errors. Used by
+    /// the tests of the device-lost path.
+    #[doc(hidden)]
+    pub fn destroy_device(&self) {
+        self.device.destroy();
+    }
+
     /// The device's limits (storage binding size, workgroups per dimension, …).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
@@ -297,9 +304,27 @@ impl WgpuBackend {
                 timeout: None,
             })
             .map_err(|e| BackendError::Device(format!("{}: {e}", self.info.name)))?;
-        rx.recv()
-            .map_err(|e| BackendError::Device(e.to_string()))?
-            .map_err(|e| BackendError::Device(format!("reading results back: {e}")))?;
+        let mapped = rx
+            .recv()
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = mapped {
+            // Say why: a lost device is recorded by its callback.
+            let why = self
+                .errors
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v).join("; "))
+                .unwrap_or_default();
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            };
+            return Err(BackendError::Device(format!(
+                "{}: reading results back failed: {e}{why}",
+                self.info.name
+            )));
+        }
         let data = slice
             .get_mapped_range()
             .map_err(|e| BackendError::Device(format!("reading results back: {e}")))?
