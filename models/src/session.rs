@@ -153,6 +153,19 @@ impl Session {
         self.memory.load(self.backend.as_mut(), &model, file)
     }
 
+    /// One sequence as a file (see [`Memory::save_seq`]).
+    pub fn save_seq(&mut self, seq: SeqId) -> Result<Vec<u8>> {
+        let model = self.model_id();
+        self.memory.save_seq(self.backend.as_mut(), &model, seq)
+    }
+
+    /// Loads a sequence file as sequence `seq` (see [`Memory::load_seq`]).
+    pub fn load_seq(&mut self, file: &[u8], seq: SeqId) -> Result<()> {
+        let model = self.model_id();
+        self.memory
+            .load_seq(self.backend.as_mut(), &model, file, seq)
+    }
+
     /// What a state file is bound to: the architecture, vocabulary and weight bytes.
     fn model_id(&self) -> String {
         format!(

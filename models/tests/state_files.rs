@@ -116,3 +116,84 @@ fn wrong_or_damaged_state_files_are_errors_and_change_nothing() {
     t.load_state(&file).unwrap();
     assert_eq!(t.memory().history[0], vec![1, 2, 3, 4, 5]);
 }
+
+/// One sequence saved from a session and loaded as another sequence id of a differently sized
+/// session that already holds other work continues like the original (its cells land elsewhere,
+/// so attention sums in another order: equal within 1e-5, not bit for bit).
+fn move_one_sequence(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
+    let Some(be) = make() else { return };
+    let a: Vec<i32> = (0..9).map(|i| (i * 31 + 7) % 500).collect();
+    let b: Vec<i32> = (0..5).map(|i| (i * 17 + 3) % 500).collect();
+    let mut s = session(arch, be, 64);
+    s.decode(&[(0, &a), (1, &b)]).unwrap();
+    let file = s.save_seq(1).unwrap();
+    let want = s.decode(&[(1, &[43])]).unwrap().remove(0);
+    let gguf = GgufFile::open(dir(arch).join(format!("{arch}-f32.gguf"))).unwrap();
+    let cfg = MemoryConfig {
+        cells: 96,
+        sequences: 3,
+        checkpoint_every: 4,
+        ..Default::default()
+    };
+    let mut t = Session::new(&gguf, make().unwrap(), cfg, |_, _| {}).unwrap();
+    t.decode(&[(0, &[5, 6, 7])]).unwrap();
+    t.load_seq(&file, 2).unwrap();
+    assert_eq!(t.memory().seq_len(2), b.len());
+    let got = t.decode(&[(2, &[43])]).unwrap().remove(0);
+    let num: f32 = got
+        .iter()
+        .zip(&want)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let den: f32 = want.iter().map(|y| y * y).sum::<f32>().sqrt();
+    assert!(
+        num <= 1e-5 * den,
+        "{arch}: moved sequence differs by {}",
+        num / den
+    );
+    // loading into a sequence that is in use, or a file of another model, changes nothing
+    let before = (
+        t.memory().kv.clone(),
+        t.memory().rec.clone(),
+        t.memory().history.clone(),
+    );
+    assert!(
+        t.load_seq(&file, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("not empty")
+    );
+    let other = if arch == "llama" { "mamba" } else { "llama" };
+    let mut o = session(other, Box::new(CpuBackend::new()), 64);
+    o.decode(&[(0, &[1, 2])]).unwrap();
+    let foreign = o.save_seq(0).unwrap();
+    assert!(
+        t.load_seq(&foreign, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("another model")
+    );
+    assert_eq!(
+        (
+            t.memory().kv.clone(),
+            t.memory().rec.clone(),
+            t.memory().history.clone()
+        ),
+        before
+    );
+}
+
+#[test]
+fn cpu_one_sequence_moves_between_sessions() {
+    for arch in ["llama", "mamba", "mamba2", "jamba", "falcon_h1"] {
+        move_one_sequence(arch, &|| Some(Box::new(CpuBackend::new())));
+    }
+}
+
+#[test]
+fn wgpu_one_sequence_moves_between_sessions() {
+    for arch in ["llama", "mamba", "mamba2", "jamba", "falcon_h1"] {
+        move_one_sequence(arch, &common::wgpu);
+    }
+}

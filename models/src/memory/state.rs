@@ -219,3 +219,199 @@ impl Memory {
         Ok(())
     }
 }
+
+const SEQ_MAGIC: &[u8; 8] = b"WEFTSEQ1";
+
+/// What a sequence file depends on: the model and the per-layer cache widths (not the session's
+/// sizes: a sequence can move into a session with more cells or sequences).
+fn seq_fingerprint(model: &str, mem: &Memory) -> u64 {
+    fnv(format!("{model}|{:?}|{}", mem.layers, mem.config.kv_dtype).as_bytes())
+}
+
+impl Memory {
+    /// One sequence as a file: its cells (positions and every attention layer's K/V rows), its
+    /// recurrent rows, its token history and checkpoints.
+    pub fn save_seq(
+        &self,
+        be: &mut dyn Backend,
+        model: &str,
+        seq: super::SeqId,
+    ) -> Result<Vec<u8>> {
+        if seq >= self.config.sequences {
+            return Err(ModelError::UnknownSequence {
+                seq,
+                capacity: self.config.sequences,
+            });
+        }
+        let eb = self.config.kv_dtype.block_bytes();
+        let mut w = Writer(Vec::new());
+        w.0.extend_from_slice(SEQ_MAGIC);
+        w.u32(STATE_VERSION);
+        w.u64(seq_fingerprint(model, self));
+        let cells: Vec<(usize, i32)> = self.kv.cells_of(seq).collect();
+        w.u64(cells.len() as u64);
+        for &(c, pos) in &cells {
+            w.u32(pos as u32);
+            for (l, b) in self.layers.iter().zip(&self.buffers) {
+                if let (Some(width), Some(k), Some(v)) = (l.kv_width(), b.k, b.v) {
+                    for buf in [k, v] {
+                        let mut row = vec![0u8; width * eb];
+                        be.download(buf, c * width * eb, &mut row)?;
+                        w.bytes(&row);
+                    }
+                }
+            }
+        }
+        let slot = self.rec.slot_of(seq);
+        w.u64(slot.map_or(0, |_| self.rec.len_of(seq)) as u64);
+        w.u32(slot.is_some() as u32);
+        if let Some(slot) = slot {
+            for (l, b) in self.layers.iter().zip(&self.buffers) {
+                if let (Some((conv, ssm)), Some(cb), Some(sb)) = (l.recurrent(), b.conv, b.ssm) {
+                    for (buf, width) in [(cb, conv), (sb, ssm)] {
+                        let mut row = vec![0u8; width * 4];
+                        be.download(buf, slot * width * 4, &mut row)?;
+                        w.bytes(&row);
+                    }
+                }
+            }
+        }
+        let h: Vec<u8> = self.history[seq]
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect();
+        w.bytes(&h);
+        let cps = self.checkpoints.of(seq);
+        w.u64(cps.len() as u64);
+        for cp in cps {
+            w.u64(cp.pos as u64);
+            w.u64(cp.rows.len() as u64);
+            for r in &cp.rows {
+                w.bytes(r);
+            }
+        }
+        let sum = fnv(&w.0);
+        w.u64(sum);
+        Ok(w.0)
+    }
+
+    /// Loads a sequence saved by [`Memory::save_seq`] as sequence `seq` (which must be empty),
+    /// into free cells and a fresh state slot. On error nothing changes.
+    pub fn load_seq(
+        &mut self,
+        be: &mut dyn Backend,
+        model: &str,
+        file: &[u8],
+        seq: super::SeqId,
+    ) -> Result<()> {
+        if seq >= self.config.sequences {
+            return Err(ModelError::UnknownSequence {
+                seq,
+                capacity: self.config.sequences,
+            });
+        }
+        if self.seq_len(seq) > 0 {
+            return Err(bad(format!("sequence {seq} is not empty: remove it first")));
+        }
+        if file.len() < 8 + 4 + 8 + 8 || &file[..8] != SEQ_MAGIC {
+            return Err(bad("not a weft sequence file"));
+        }
+        let (body, sum) = file.split_at(file.len() - 8);
+        let mut r = Reader { b: body, at: 8 };
+        let version = r.u32()?;
+        if version != STATE_VERSION {
+            return Err(bad(format!(
+                "sequence file version {version}, this build reads version {STATE_VERSION}"
+            )));
+        }
+        if fnv(body).to_le_bytes() != sum {
+            return Err(bad("checksum mismatch: the file is corrupt"));
+        }
+        if r.u64()? != seq_fingerprint(model, self) {
+            return Err(bad(format!(
+                "the sequence was saved for another model ({model} here)"
+            )));
+        }
+        let eb = self.config.kv_dtype.block_bytes();
+        let n = r.len()?;
+        let mut cells = Vec::with_capacity(n.min(1 << 20));
+        for _ in 0..n {
+            let pos = r.u32()? as i32;
+            let mut rows = vec![];
+            for (l, b) in self.layers.iter().zip(&self.buffers) {
+                if let (Some(width), Some(k), Some(v)) = (l.kv_width(), b.k, b.v) {
+                    for buf in [k, v] {
+                        let row = r.bytes()?;
+                        if row.len() != width * eb {
+                            return Err(bad("a KV row has the wrong size"));
+                        }
+                        rows.push((buf, width, row));
+                    }
+                }
+            }
+            cells.push((pos, rows));
+        }
+        let len = r.u64()? as usize;
+        let mut rec_rows = vec![];
+        if r.u32()? == 1 {
+            for (l, b) in self.layers.iter().zip(&self.buffers) {
+                if let (Some((conv, ssm)), Some(cb), Some(sb)) = (l.recurrent(), b.conv, b.ssm) {
+                    for (buf, width) in [(cb, conv), (sb, ssm)] {
+                        let row = r.bytes()?;
+                        if row.len() != width * 4 {
+                            return Err(bad("a state row has the wrong size"));
+                        }
+                        rec_rows.push((buf, width, row));
+                    }
+                }
+            }
+        }
+        let h = r.bytes()?;
+        let history: Vec<i32> = h
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut cps = vec![];
+        for _ in 0..r.len()? {
+            let pos = r.u64()? as usize;
+            let rows = (0..r.len()?)
+                .map(|_| r.bytes())
+                .collect::<Result<Vec<_>>>()?;
+            cps.push(Checkpoint { pos, rows });
+        }
+        if r.at != body.len() {
+            return Err(bad("trailing bytes after the sequence"));
+        }
+        // Place on copies, then write the device rows, then commit.
+        let mut kv = self.kv.clone();
+        let seq_of = vec![seq; cells.len()];
+        let positions: Vec<i32> = cells.iter().map(|c| c.0).collect();
+        let placed = kv.place(&seq_of, &positions)?;
+        let mut rec = self.rec.clone();
+        let slot = if rec_rows.is_empty() {
+            None
+        } else {
+            let (s, _) = rec.assign(&[seq])?;
+            rec.set_len(seq, len);
+            Some(s[0])
+        };
+        for (cell, (_, rows)) in placed.iter().zip(&cells) {
+            for (buf, width, row) in rows {
+                be.upload(*buf, cell * width * eb, row)?;
+            }
+        }
+        if let Some(slot) = slot {
+            for (buf, width, row) in &rec_rows {
+                be.upload(*buf, slot * width * 4, row)?;
+            }
+        }
+        self.kv = kv;
+        self.rec = rec;
+        self.history[seq] = history;
+        self.checkpoints.truncate(seq, None);
+        for cp in cps {
+            self.checkpoints.add(seq, cp);
+        }
+        Ok(())
+    }
+}
