@@ -54,3 +54,33 @@ fn parallel_chunks_give_the_same_perplexity() {
         .unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("--parallel"));
 }
+
+/// `weft perplexity` equals llama.cpp's `llama-perplexity` (values recorded by
+/// `fixtures/make_perplexity_reference.sh` with the same text and `-c 64`) within 1e-3 relative.
+#[test]
+fn perplexity_equals_llama_cpp() {
+    let refs = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/perplexity_reference.txt"),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for line in refs.lines().filter(|l| !l.trim().is_empty()) {
+        let arch = line.split_whitespace().next().unwrap();
+        let want: f64 = line
+            .split("PPL = ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (got, _) = ppl(arch, "4");
+        assert!(
+            (got - want).abs() <= 1e-3 * want,
+            "{arch}: weft {got} vs llama.cpp {want}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} reference values");
+}
