@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use weft_backends::{Backend, WgpuBackend, WgpuOptions};
 use weft_models::gguf::GgufFile;
+use weft_models::memory::PosRange;
 use weft_models::{MemoryConfig, Session};
 
 pub fn dir(arch: &str) -> PathBuf {
@@ -273,4 +274,79 @@ macro_rules! conformance_tests {
             $(#[test] fn $name() { if let Some(be) = $crate::common::wgpu() { $crate::common::conformance_in($arch, $dtype, concat!("" $(, $refs)?), be); } })*
         }
     };
+}
+
+fn memory_session(arch: &str, be: Box<dyn Backend>) -> Session {
+    let gguf = GgufFile::open(dir(arch).join(format!("{arch}-f32.gguf"))).unwrap();
+    let cfg = MemoryConfig {
+        cells: 64,
+        sequences: 2,
+        checkpoint_every: 4,
+        ..Default::default()
+    };
+    Session::new(&gguf, be, cfg, |_, _| {}).unwrap()
+}
+
+fn last_row(s: &Session, out: &[f32]) -> Vec<f32> {
+    out[out.len() - s.n_vocab()..].to_vec()
+}
+
+fn close(a: &[f32], b: &[f32], what: &str) {
+    let num: f32 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let den: f32 = b.iter().map(|y| y * y).sum::<f32>().sqrt();
+    assert!(num <= 1e-5 * den, "{what}: relative error {}", num / den);
+}
+
+/// Fork, checkpoint rollback and a state-file resume on one fixture model.
+pub fn memory_ops(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
+    let Some(be) = make() else { return };
+    let p: Vec<i32> = (0..14).map(|i| (i * 37 + 5) % 500).collect();
+    let tail = [300, 1, 45];
+    let fresh = |toks: &[i32]| {
+        let mut f = memory_session(arch, make().unwrap());
+        let out = f.decode(&[(0, toks)]).unwrap().remove(0);
+        last_row(&f, &out)
+    };
+
+    // Fork: sequence 1 copies sequence 0, then both go on with different tokens.
+    let mut s = memory_session(arch, be);
+    s.decode(&[(0, &p)]).unwrap();
+    s.seq_cp(0, 1).unwrap();
+    let out = s.decode(&[(0, &tail[..1]), (1, &tail[1..2])]).unwrap();
+    for (q, t) in [(0, tail[0]), (1, tail[1])] {
+        let want: Vec<i32> = p.iter().copied().chain([t]).collect();
+        close(&out[q], &fresh(&want), &format!("{arch}: fork seq {q}"));
+    }
+
+    // Rollback: cut sequence 0 at 10, which restores the checkpoint at 8 and re-feeds 8..10.
+    let refed = s
+        .seq_rm(
+            0,
+            PosRange {
+                p0: Some(10),
+                p1: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(refed, 2, "{arch}: re-fed tokens");
+    let out = s.decode(&[(0, &tail[..])]).unwrap().remove(0);
+    let want: Vec<i32> = p[..10].iter().chain(&tail).copied().collect();
+    close(
+        &last_row(&s, &out),
+        &fresh(&want),
+        &format!("{arch}: after rollback"),
+    );
+
+    // State file: restore into a new session and continue bit for bit.
+    let file = s.save_state().unwrap();
+    let straight = s.decode(&[(0, &[42]), (1, &[43])]).unwrap();
+    let mut t = memory_session(arch, make().unwrap());
+    t.load_state(&file).unwrap();
+    let resumed = t.decode(&[(0, &[42]), (1, &[43])]).unwrap();
+    assert_eq!(resumed, straight, "{arch}: resumed logits differ");
 }
