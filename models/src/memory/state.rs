@@ -88,6 +88,26 @@ impl Reader<'_> {
     }
 }
 
+/// Checks a file's magic, version and checksum; returns its body (without the checksum) and a
+/// reader positioned after the version.
+fn open_file<'a>(file: &'a [u8], magic: &[u8; 8], what: &str) -> Result<(&'a [u8], Reader<'a>)> {
+    if file.len() < 8 + 4 + 8 + 8 || &file[..8] != magic {
+        return Err(bad(format!("not a weft {what} file")));
+    }
+    let (body, sum) = file.split_at(file.len() - 8);
+    let mut r = Reader { b: body, at: 8 };
+    let version = r.u32()?;
+    if version != STATE_VERSION {
+        return Err(bad(format!(
+            "{what} file version {version}, this build reads version {STATE_VERSION}"
+        )));
+    }
+    if fnv(body).to_le_bytes() != sum {
+        return Err(bad("checksum mismatch: the file is corrupt"));
+    }
+    Ok((body, r))
+}
+
 impl Memory {
     /// Serialises the memory, reading every cache buffer back from the backend.
     pub fn save(&self, be: &mut dyn Backend, model: &str) -> Result<Vec<u8>> {
@@ -141,20 +161,7 @@ impl Memory {
     /// Restores memory saved by [`Memory::save`] for the same model and sizes. On error the
     /// memory is unchanged (buffers are written only after everything has been checked).
     pub fn load(&mut self, be: &mut dyn Backend, model: &str, file: &[u8]) -> Result<()> {
-        if file.len() < MAGIC.len() + 4 + 8 + 8 || &file[..8] != MAGIC {
-            return Err(bad("not a weft state file"));
-        }
-        let (body, sum) = file.split_at(file.len() - 8);
-        let mut r = Reader { b: body, at: 8 };
-        let version = r.u32()?;
-        if version != STATE_VERSION {
-            return Err(bad(format!(
-                "state file version {version}, this build reads version {STATE_VERSION}"
-            )));
-        }
-        if fnv(body).to_le_bytes() != sum {
-            return Err(bad("checksum mismatch: the file is corrupt"));
-        }
+        let (body, mut r) = open_file(file, MAGIC, "state")?;
         if r.u64()? != fingerprint(model, self) {
             return Err(bad(format!(
                 "the state was saved for another model or another session size (this session: {model}, {} cells, {} sequences)",
@@ -313,20 +320,7 @@ impl Memory {
         if self.seq_len(seq) > 0 {
             return Err(bad(format!("sequence {seq} is not empty: remove it first")));
         }
-        if file.len() < 8 + 4 + 8 + 8 || &file[..8] != SEQ_MAGIC {
-            return Err(bad("not a weft sequence file"));
-        }
-        let (body, sum) = file.split_at(file.len() - 8);
-        let mut r = Reader { b: body, at: 8 };
-        let version = r.u32()?;
-        if version != STATE_VERSION {
-            return Err(bad(format!(
-                "sequence file version {version}, this build reads version {STATE_VERSION}"
-            )));
-        }
-        if fnv(body).to_le_bytes() != sum {
-            return Err(bad("checksum mismatch: the file is corrupt"));
-        }
+        let (body, mut r) = open_file(file, SEQ_MAGIC, "sequence")?;
         if r.u64()? != seq_fingerprint(model, self) {
             return Err(bad(format!(
                 "the sequence was saved for another model ({model} here)"
