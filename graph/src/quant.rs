@@ -19,7 +19,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// The 6-bit scale and min of sub-block `j` of a K-quant's packed `scales`.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

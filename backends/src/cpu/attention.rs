@@ -2,8 +2,8 @@
 
 use super::matmul::dot;
 use super::rows::softmax_in_place;
+use super::team;
 use super::tensor::TensorRef;
-use rayon::prelude::*;
 use weft_graph::{RopeMode, RopeParams};
 
 /// Rotates the first `n_dims` of every head of `x [T, H, D]` by the angles of `pos [T]`.
@@ -59,9 +59,10 @@ pub fn attention(
     let [tk, hkv] = [k.dims()[0], k.dims()[1]];
     let dv = v.dims()[2];
     let group = hq / hkv;
-    out.par_chunks_mut(dv).enumerate().for_each_init(
-        || vec![0.0f32; tk],
-        |scores, (row, o)| {
+    team::global().chunks_mut(out, dv, |row, o| {
+        let mut scores = vec![0.0f32; tk];
+        let scores = &mut scores[..];
+        {
             let (ti, hi) = (row / hq, row % hq);
             let kh = hi / group;
             let qr = &qv[row * d..(row + 1) * d];
@@ -91,6 +92,6 @@ pub fn attention(
                     .zip(gr)
                     .for_each(|(a, &b)| *a /= 1.0 + (-b).exp());
             }
-        },
-    );
+        }
+    });
 }

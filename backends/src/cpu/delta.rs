@@ -5,8 +5,8 @@
 //! Per sequence and value head, with state `S [Dv, Dk]`:
 //! `S ← S·exp(g)`, `S ← S + β (v − S k) kᵀ`, `y = S q`.
 
+use super::team;
 use super::tensor::TensorRef;
-use rayon::prelude::*;
 use weft_graph::DeltaForm;
 
 struct Operands<'a> {
@@ -188,19 +188,16 @@ pub fn gated_delta_net(srcs: &[TensorRef], form: DeltaForm, out: &mut [f32]) {
         dv,
     };
     let st0 = &vals[0];
-    let results: Vec<(Vec<f32>, Vec<f32>)> = (0..s * hv)
-        .into_par_iter()
-        .map(|sh| {
-            let (si, hi) = (sh / hv, sh % hv);
-            let mut state = st0[sh * dv * dk..(sh + 1) * dv * dk].to_vec();
-            let mut y = vec![0.0f32; t * dv];
-            match form {
-                DeltaForm::Recurrent => recurrent(&o, si, hi, &mut state, &mut y),
-                DeltaForm::Chunked { chunk } => chunked(&o, chunk, si, hi, &mut state, &mut y),
-            }
-            (y, state)
-        })
-        .collect();
+    let results: Vec<(Vec<f32>, Vec<f32>)> = team::global().map(s * hv, |sh| {
+        let (si, hi) = (sh / hv, sh % hv);
+        let mut state = st0[sh * dv * dk..(sh + 1) * dv * dk].to_vec();
+        let mut y = vec![0.0f32; t * dv];
+        match form {
+            DeltaForm::Recurrent => recurrent(&o, si, hi, &mut state, &mut y),
+            DeltaForm::Chunked { chunk } => chunked(&o, chunk, si, hi, &mut state, &mut y),
+        }
+        (y, state)
+    });
     let (ys, states) = out.split_at_mut(s * t * hv * dv);
     for (sh, (y, st)) in results.iter().enumerate() {
         let (si, hi) = (sh / hv, sh % hv);

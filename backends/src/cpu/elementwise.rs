@@ -1,7 +1,7 @@
 //! Unary, binary and fused elementwise ops (one interpreter for all three), copies and concat.
 
+use super::team;
 use super::tensor::TensorRef;
-use rayon::prelude::*;
 use std::borrow::Cow;
 use weft_graph::{FusedProgram, Instr, Layout, NormKind, Shape};
 
@@ -35,9 +35,7 @@ pub fn fused(prog: &FusedProgram, shape: Shape, srcs: &[TensorRef], out: &mut [f
         }
     };
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(4096)
-            .enumerate()
-            .for_each(|(c, ch)| run((c * 4096, ch)));
+        team::global().chunks_mut(out, 4096, |c, ch| run((c * 4096, ch)));
     } else {
         run((0, out));
     }
@@ -54,7 +52,8 @@ pub fn normalize_rows(kind: NormKind, d: usize, x: &mut [f32]) {
         row.iter_mut().for_each(|v| *v *= f);
     };
     if x.len() >= PAR_MIN {
-        x.par_chunks_mut(d).for_each(each);
+        let rows = (4096 / d.max(1)).max(1);
+        team::global().chunks_mut(x, rows * d, |_, ch| ch.chunks_mut(d).for_each(each));
     } else {
         x.chunks_mut(d).for_each(each);
     }

@@ -1,9 +1,10 @@
-//! Matrix products with weights of any dtype (rows decoded on the fly), expert products and
-//! row gathers.
+//! Matrix products with weights of any dtype (quantized ones meet 8-bit activations in integer
+//! dot products, others are decoded row by row), expert products and row gathers.
 
+use super::qdot::{Acts, Kernel};
+use super::team;
 use super::tensor::TensorRef;
 use crate::{BackendError, Result};
-use rayon::prelude::*;
 
 /// `dot` with several accumulators so the compiler vectorises it.
 #[inline]
@@ -33,32 +34,39 @@ fn product(
     out: &mut [f32],
 ) {
     let k = w.row_len();
-    if m == 1 {
-        out.par_iter_mut()
-            .enumerate()
-            .with_min_len(16)
-            .for_each_init(
-                || vec![0.0f32; k],
-                |buf, (j, o)| {
-                    w.row_into(rows(j), buf);
-                    *o = dot(x, buf);
-                },
-            );
-        return;
-    }
-    let mut t = vec![0.0f32; n * m];
-    t.par_chunks_mut(m)
-        .enumerate()
-        .with_min_len(4)
-        .for_each_init(
-            || vec![0.0f32; k],
-            |buf, (j, col)| {
-                w.row_into(rows(j), buf);
-                for (i, c) in col.iter_mut().enumerate() {
-                    *c = dot(&x[i * k..(i + 1) * k], buf);
+    let team = team::global();
+    let quantized = Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k));
+    // Each chunk takes a few weight rows and meets them with every activation row: `t` is
+    // `[N, M]` (the output itself when M = 1).
+    let rows_per_chunk = (n / (8 * team.threads())).clamp(4, 64);
+    let mut transposed = (m > 1).then(|| vec![0.0f32; n * m]);
+    let t = transposed.as_deref_mut().unwrap_or(&mut *out);
+    team.chunks_mut(t, rows_per_chunk * m, |c, chunk| {
+        let first = c * rows_per_chunk;
+        match &quantized {
+            Some((kern, acts)) => {
+                for (jj, col) in chunk.chunks_mut(m).enumerate() {
+                    kern.dot_rows(w.row_bytes(rows(first + jj)), acts, col);
                 }
-            },
-        );
+            }
+            None => {
+                let mut buf = vec![0.0f32; k];
+                for (jj, col) in chunk.chunks_mut(m).enumerate() {
+                    w.row_into(rows(first + jj), &mut buf);
+                    for (i, o) in col.iter_mut().enumerate() {
+                        *o = dot(&x[i * k..(i + 1) * k], &buf);
+                    }
+                }
+            }
+        }
+    });
+    if let Some(t) = transposed {
+        transpose_into(&t, m, n, out);
+    }
+}
+
+/// `out[i][j] = t[j][i]` for `t` of `n` rows by `m`.
+fn transpose_into(t: &[f32], m: usize, n: usize, out: &mut [f32]) {
     for j in 0..n {
         for i in 0..m {
             out[i * n + j] = t[j * m + i];

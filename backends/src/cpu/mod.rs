@@ -1,13 +1,16 @@
-//! The CPU backend: every op, f32 accumulation, rayon across rows, quantized weights decoded
-//! row by row with the exact GGUF block layouts. It is the fallback and the readable reference.
+//! The CPU backend: every op with f32 accumulation, rows spread over a team of spinning threads
+//! ([`team`]). Quantized weights meet 8-bit activations in integer dot products ([`qdot`], as
+//! llama.cpp's CPU backend computes them); other weights are decoded row by row.
 
 mod attention;
 mod buffer;
 mod delta;
 mod elementwise;
 mod matmul;
+mod qdot;
 mod rows;
 mod ssm;
+mod team;
 mod tensor;
 
 use crate::{Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result};
@@ -89,7 +92,7 @@ fn home(g: &Graph, plan: &Plan, id: NodeId) -> Home {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!("cpu ({} threads)", team::global().threads())
     }
 
     fn alloc(&mut self, bytes: usize) -> Result<BufferId> {

@@ -1,7 +1,7 @@
 //! Recurrent-layer ops: causal depthwise convolution and the selective scan.
 
+use super::team;
 use super::tensor::TensorRef;
-use rayon::prelude::*;
 
 /// `y[s, t, c] = Σ_k xc[s, t + k, c] · w[c, k]`.
 pub fn ssm_conv(xc: &TensorRef, w: &TensorRef, out: &mut [f32]) {
@@ -9,7 +9,7 @@ pub fn ssm_conv(xc: &TensorRef, w: &TensorRef, out: &mut [f32]) {
     let [_, l, c] = [xc.dims()[0], xc.dims()[1], xc.dims()[2]];
     let k = w.dims()[1];
     let t = l + 1 - k;
-    out.par_chunks_mut(t * c).enumerate().for_each(|(s, ys)| {
+    team::global().chunks_mut(out, t * c, |s, ys| {
         let x = &xv[s * l * c..(s + 1) * l * c];
         for ti in 0..t {
             for ci in 0..c {
@@ -34,34 +34,30 @@ pub fn ssm_scan(srcs: &[TensorRef], out: &mut [f32]) {
     let heads_per_group = h / g;
     let (ys, states) = out.split_at_mut(s * t * h * p);
     // Each (sequence, head) is independent: compute its y rows and its state block.
-    let results: Vec<Vec<f32>> = (0..s * h)
-        .into_par_iter()
-        .map(|sh| {
-            let (si, hi) = (sh / h, sh % h);
-            let gi = hi / heads_per_group;
-            let mut state = stv[sh * p * n..(sh + 1) * p * n].to_vec();
-            let mut y = vec![0.0f32; t * p];
-            for ti in 0..t {
-                let d = dtv[(si * t + ti) * h + hi];
-                let bo = ((si * t + ti) * g + gi) * n;
-                let (br, cr) = (&bv[bo..bo + n], &cv[bo..bo + n]);
-                for pi in 0..p {
-                    let xd = xv[((si * t + ti) * h + hi) * p + pi] * d;
-                    let row = &mut state[pi * n..(pi + 1) * n];
-                    let mut acc = 0.0;
-                    for ni in 0..n {
-                        let da =
-                            (d * av[hi * a.dims()[1] + if a_per_state { ni } else { 0 }]).exp();
-                        row[ni] = row[ni] * da + br[ni] * xd;
-                        acc += row[ni] * cr[ni];
-                    }
-                    y[ti * p + pi] = acc;
+    let results: Vec<Vec<f32>> = team::global().map(s * h, |sh| {
+        let (si, hi) = (sh / h, sh % h);
+        let gi = hi / heads_per_group;
+        let mut state = stv[sh * p * n..(sh + 1) * p * n].to_vec();
+        let mut y = vec![0.0f32; t * p];
+        for ti in 0..t {
+            let d = dtv[(si * t + ti) * h + hi];
+            let bo = ((si * t + ti) * g + gi) * n;
+            let (br, cr) = (&bv[bo..bo + n], &cv[bo..bo + n]);
+            for pi in 0..p {
+                let xd = xv[((si * t + ti) * h + hi) * p + pi] * d;
+                let row = &mut state[pi * n..(pi + 1) * n];
+                let mut acc = 0.0;
+                for ni in 0..n {
+                    let da = (d * av[hi * a.dims()[1] + if a_per_state { ni } else { 0 }]).exp();
+                    row[ni] = row[ni] * da + br[ni] * xd;
+                    acc += row[ni] * cr[ni];
                 }
+                y[ti * p + pi] = acc;
             }
-            y.extend_from_slice(&state);
-            y
-        })
-        .collect();
+        }
+        y.extend_from_slice(&state);
+        y
+    });
     for (sh, r) in results.iter().enumerate() {
         let (si, hi) = (sh / h, sh % h);
         for ti in 0..t {

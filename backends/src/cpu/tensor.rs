@@ -74,14 +74,19 @@ impl<'a> TensorRef<'a> {
         self.layout.shape.last()
     }
 
-    /// Decodes row `r` (counting rows of a dense tensor of any dtype) into `out`.
-    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+    /// The stored bytes of row `r` (counting rows of a dense tensor of any dtype).
+    pub fn row_bytes(&self, r: usize) -> &'a [u8] {
         let k = self.row_len();
         let start = self.layout.offset + r * k;
         let bs = self.dtype.block_elems();
         let b0 = start / bs * self.dtype.block_bytes();
         let nb = self.dtype.bytes_for(k).unwrap_or(0);
-        let ok = dequantize(self.dtype, &self.bytes[b0..b0 + nb], out);
+        &self.bytes[b0..b0 + nb]
+    }
+
+    /// Decodes row `r` (counting rows of a dense tensor of any dtype) into `out`.
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let ok = dequantize(self.dtype, self.row_bytes(r), out);
         debug_assert!(ok, "row sizes are checked when the graph is built");
     }
 }

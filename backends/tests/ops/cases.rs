@@ -8,6 +8,21 @@ use weft_graph::{Access, BinaryOp, DType, DeltaForm, ReduceOp, RopeMode, RopePar
 
 const TOL: f64 = 1e-5;
 
+/// The activations a quantized matmul on `be` really multiplies: the CPU backend rounds them to
+/// 8 bits per weight block (as llama.cpp's CPU backend does), GPU kernels read them as floats.
+fn seen_activations(be: &dyn Backend, dtype: DType, x: &Nd) -> Nd {
+    let block = match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+        DType::Q4K | DType::Q5K | DType::Q6K => 256,
+        _ => return x.clone(),
+    };
+    if be.name().starts_with("cpu") {
+        r::round_activations(x, block)
+    } else {
+        x.clone()
+    }
+}
+
 pub fn unary(be: &mut dyn Backend) {
     let ops = [
         UnaryOp::Neg,
@@ -187,7 +202,7 @@ fn matmul_with(be: &mut dyn Backend, dtype: DType, k: usize, seed: u64) {
         assert_close(
             &format!("matmul {dtype} {xd:?}x{wd:?}"),
             &out[0],
-            &r::matmul(&xn, &wn),
+            &r::matmul(&seen_activations(be, dtype, &xn), &wn),
             TOL,
         );
     }
@@ -253,6 +268,7 @@ pub fn matmul_id(be: &mut dyn Backend) {
             let y = c.b.matmul_id(x, w, it).expect("matmul_id");
             c.output(y, "y");
             let out = c.run(be);
+            let xn = seen_activations(be, dtype, &xn);
             let mut want = Nd::zeros(&[t, u, n]);
             for i in indices(&[t, u, n]) {
                 let ex = ids[i[0] * u + i[1]] as usize;

@@ -283,3 +283,18 @@ pub fn gated_delta_net(state: &Nd, q: &Nd, k: &Nd, v: &Nd, g: &Nd, beta: &Nd) ->
     }
     (y, st)
 }
+
+/// `x` as a backend that rounds activations to 8 bits for quantized weights sees it: each run of
+/// `block` values along the last axis becomes `d·round(v/d)` with `d = max|v| / 127`, in f32.
+pub fn round_activations(x: &Nd, block: usize) -> Nd {
+    let mut out = x.clone();
+    for run in out.data.chunks_mut(block) {
+        let v: Vec<f32> = run.iter().map(|&a| a as f32).collect();
+        let d = v.iter().fold(0.0f32, |m, a| m.max(a.abs())) / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        for (o, a) in run.iter_mut().zip(&v) {
+            *o = (d * (a * id).round()) as f64;
+        }
+    }
+    out
+}

@@ -1,0 +1,364 @@
+//! The block dot products with AVX2: 32 weights meet 32 activations in one `maddubs` (u8 × i8
+//! pairs to i16) and one `madd` (to i32, times the sub-block scale for the K-quants). Chosen at
+//! run time when the CPU has AVX2, FMA and F16C.
+
+use super::{Kernel, Q8Block, Q8KBlock};
+use std::arch::x86_64::*;
+use weft_graph::DType;
+use weft_graph::quant::scale_min_k4;
+
+pub fn kernel(dtype: DType) -> Option<Kernel> {
+    if !(is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c"))
+    {
+        return None;
+    }
+    Some(match dtype {
+        DType::Q8_0 => Kernel::B32(q8_0, Some(q8_0_x4)),
+        DType::Q4_0 => Kernel::B32(q4_0, Some(q4_0_x4)),
+        DType::Q4_1 => Kernel::B32(q4_1, Some(q4_1_x4)),
+        DType::Q4K => Kernel::K(q4_k),
+        DType::Q5K => Kernel::K(q5_k),
+        DType::Q6K => Kernel::K(q6_k),
+        _ => return None,
+    })
+}
+
+// The safe wrappers below are only handed out by `kernel`, after the features were detected.
+
+fn q8_0(w: &[u8], a: &[Q8Block]) -> f32 {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q8_0_avx2(w, a) }
+}
+fn q4_0(w: &[u8], a: &[Q8Block]) -> f32 {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q4_0_avx2(w, a) }
+}
+fn q4_1(w: &[u8], a: &[Q8Block]) -> f32 {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q4_1_avx2(w, a) }
+}
+fn q8_0_x4(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q8_0_x4_avx2(w, a) }
+}
+fn q4_0_x4(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q4_0_x4_avx2(w, a) }
+}
+fn q4_1_x4(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q4_1_x4_avx2(w, a) }
+}
+fn q4_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q4_k_avx2(w, a) }
+}
+fn q5_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q5_k_avx2(w, a) }
+}
+fn q6_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    // SAFETY: `kernel` checked AVX2, FMA and F16C.
+    unsafe { q6_k_avx2(w, a) }
+}
+
+/// The f16 at byte `i` of `b`, converted by F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: 32 readable bytes, checked above; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32_i8(b: &[i8]) -> __m256i {
+    assert!(b.len() >= 32);
+    // SAFETY: as `load32`.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+/// 16 bytes of nibbles as 32 bytes: low nibbles first, then high ones.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(b: &[u8]) -> __m256i {
+    assert!(b.len() >= 16);
+    // SAFETY: 16 readable bytes, checked above.
+    let v = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+    let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(0xF))
+}
+
+/// Σ of u8 × i8 products in 8 i32 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// Σ of i8 × i8 products in 8 i32 lanes (the sign moves onto the second operand).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Bytes ahead of the current weight block to prefetch.
+const PREFETCH: usize = 4096;
+
+/// Asks for the weights [`PREFETCH`] bytes past `b`: rows are short, so the hardware's
+/// stream prefetcher alone starts too late (a hint: it never faults, whatever the address).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch(b: &[u8]) {
+    _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH).cast());
+}
+
+/// `[d_w·d_y, m_w·s_y, ·, ·]` of a 32-block whose f16 scale (and, for Q4_1, min) opens it: one
+/// 4-byte load, so no partial-register merge chains one block to the next.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn block_scales(b: &[u8], y: &Q8Block) -> __m128 {
+    let bits = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
+    let w = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    _mm_mul_ps(w, _mm_set_ps(0.0, 0.0, y.s, y.d))
+}
+
+/// `Σ_blocks d_w·d_y·Σq·y (+ m_w·s_y when `mins`)`, with `q` giving a block's i32 partial sums;
+/// two accumulators so consecutive blocks do not wait on one FMA chain.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_blocks32(
+    w: &[u8],
+    a: &[Q8Block],
+    block: usize,
+    mins: bool,
+    q: impl Fn(&[u8], &Q8Block) -> __m256i,
+) -> f32 {
+    let (mut acc0, mut acc1, mut m) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm_setzero_ps());
+    let pairs = w.chunks_exact(2 * block).zip(a.chunks_exact(2));
+    for (bb, ys) in pairs {
+        prefetch(bb);
+        let (b0, b1) = bb.split_at(block);
+        let (s0, s1) = (block_scales(b0, &ys[0]), block_scales(b1, &ys[1]));
+        let p0 = _mm256_cvtepi32_ps(q(b0, &ys[0]));
+        let p1 = _mm256_cvtepi32_ps(q(b1, &ys[1]));
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), p0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), p1, acc1);
+        m = _mm_add_ps(m, _mm_add_ps(s0, s1));
+    }
+    let done = a.len().min(w.len() / block) / 2 * 2;
+    if let (Some(b), Some(y)) = (w.get(done * block..(done + 1) * block), a.get(done)) {
+        let s = block_scales(b, y);
+        let p = _mm256_cvtepi32_ps(q(b, y));
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, acc0);
+        m = _mm_add_ps(m, s);
+    }
+    let total = hsum(_mm256_add_ps(acc0, acc1));
+    if mins {
+        total + _mm_cvtss_f32(_mm_movehdup_ps(m))
+    } else {
+        total
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
+    sum_blocks32(w, a, 34, false, |b, y| {
+        dot_i8_i8(load32(&b[2..]), load32_i8(&y.qs))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
+    sum_blocks32(w, a, 18, false, |b, y| {
+        let q = _mm256_sub_epi8(nibbles(&b[2..]), _mm256_set1_epi8(8));
+        dot_i8_i8(q, load32_i8(&y.qs))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
+    sum_blocks32(w, a, 20, true, |b, y| {
+        dot_u8_i8(nibbles(&b[4..]), load32_i8(&y.qs))
+    })
+}
+
+/// [`sum_blocks32`] for four activation rows at once (prompt processing): each weight block is
+/// decoded once, by `decode`, into the unsigned operand of `maddubs` and the sign source that
+/// `signed` formats move onto the activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_blocks32_x4(
+    w: &[u8],
+    a: [&[Q8Block]; 4],
+    block: usize,
+    signed: bool,
+    decode: impl Fn(&[u8]) -> (__m256i, __m256i),
+) -> [f32; 4] {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut m = [_mm_setzero_ps(); 4];
+    for (bi, b) in w.chunks_exact(block).enumerate() {
+        prefetch(b);
+        let bits = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
+        let ws = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+        let (u, sign) = decode(b);
+        for r in 0..4 {
+            let y = &a[r][bi];
+            let act = load32_i8(&y.qs);
+            let act = if signed {
+                _mm256_sign_epi8(act, sign)
+            } else {
+                act
+            };
+            let p = _mm256_cvtepi32_ps(dot_u8_i8(u, act));
+            let s = _mm_mul_ps(ws, _mm_set_ps(0.0, 0.0, y.s, y.d));
+            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, acc[r]);
+            m[r] = _mm_add_ps(m[r], s);
+        }
+    }
+    let mut out = [0.0f32; 4];
+    for r in 0..4 {
+        out[r] = hsum(acc[r]);
+        if !signed {
+            out[r] += _mm_cvtss_f32(_mm_movehdup_ps(m[r]));
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+    sum_blocks32_x4(w, a, 34, true, |b| {
+        let q = load32(&b[2..]);
+        (_mm256_sign_epi8(q, q), q)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+    sum_blocks32_x4(w, a, 18, true, |b| {
+        let q = _mm256_sub_epi8(nibbles(&b[2..]), _mm256_set1_epi8(8));
+        (_mm256_sign_epi8(q, q), q)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+    sum_blocks32_x4(w, a, 20, false, |b| {
+        (nibbles(&b[4..]), _mm256_setzero_si256())
+    })
+}
+
+/// `Σ_j min_j · Σy(sub-block j)` of a Q4_K/Q5_K super-block, and its 8 scales.
+fn k_mins(b: &[u8], y: &Q8KBlock) -> (i32, [i16; 8]) {
+    let mut sc = [0i16; 8];
+    let mut summ = 0i32;
+    for (j, s) in sc.iter_mut().enumerate() {
+        let (scale, m) = scale_min_k4(j, &b[4..16]);
+        *s = scale as i16;
+        summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+    }
+    (summ, sc)
+}
+
+/// The Q4_K/Q5_K body: `high(c)` gives the fifth bits (as 16s) of sub-block pair `c`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k4_block(b: &[u8], qs: &[u8], y: &Q8KBlock, high: impl Fn(usize) -> (__m256i, __m256i)) -> f32 {
+    prefetch(b);
+    let (summ, sc) = k_mins(b, y);
+    let mut sumi = _mm256_setzero_si256();
+    let mask = _mm256_set1_epi8(0xF);
+    for c in 0..4 {
+        let q = load32(&qs[c * 32..]);
+        let (h_lo, h_hi) = high(c);
+        let lo = _mm256_or_si256(_mm256_and_si256(q, mask), h_lo);
+        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), mask), h_hi);
+        let p_lo = _mm256_maddubs_epi16(lo, load32_i8(&y.qs[c * 64..]));
+        let p_hi = _mm256_maddubs_epi16(hi, load32_i8(&y.qs[c * 64 + 32..]));
+        let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * c]));
+        let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * c + 1]));
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+    }
+    let d = f16_at(b, 0) * y.d;
+    let dmin = f16_at(b, 2) * y.d;
+    d * hsum(_mm256_cvtepi32_ps(sumi)) - dmin * summ as f32
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    let zero = _mm256_setzero_si256();
+    w.chunks_exact(144)
+        .zip(a)
+        .map(|(b, y)| k4_block(b, &b[16..], y, |_| (zero, zero)))
+        .sum()
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    let sixteen = _mm256_set1_epi8(16);
+    let mut acc = 0.0f32;
+    for (b, y) in w.chunks_exact(176).zip(a) {
+        let qh = load32(&b[16..]);
+        let bit = |j: usize| {
+            let m = _mm256_set1_epi8(1 << j);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
+            _mm256_and_si256(set, sixteen)
+        };
+        acc += k4_block(b, &b[48..], y, |c| (bit(2 * c), bit(2 * c + 1)));
+    }
+    acc
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = 0.0f32;
+    for (b, y) in w.chunks_exact(210).zip(a) {
+        prefetch(b);
+        let sc = |g: usize| b[192 + g] as i8 as i16;
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let ql0 = load32(&b[n * 64..]);
+            let ql1 = load32(&b[n * 64 + 32..]);
+            let qh = load32(&b[128 + n * 32..]);
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
+                ),
+            ];
+            for (t, qt) in q.iter().enumerate() {
+                let e = n * 128 + t * 32;
+                let g = e / 16;
+                let p = _mm256_maddubs_epi16(*qt, load32_i8(&y.qs[e..]));
+                let scales = _mm256_set_m128i(_mm_set1_epi16(sc(g + 1)), _mm_set1_epi16(sc(g)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
+            }
+        }
+        let offset: i32 = (0..16).map(|g| sc(g) as i32 * y.bsums[g] as i32).sum();
+        let total = hsum(_mm256_cvtepi32_ps(sumi)) - 32.0 * offset as f32;
+        acc += f16_at(b, 208) * y.d * total;
+    }
+    acc
+}

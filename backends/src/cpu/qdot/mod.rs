@@ -1,0 +1,268 @@
+//! Dot products of quantized weight rows with 8-bit activations, the way llama.cpp's CPU backend
+//! computes them: each activation row is rounded once per matmul to blocks of 8-bit integers with
+//! one f32 scale, and each weight block meets its activation block as an integer sum, scaled once.
+//!
+//! - 32-element weight blocks (`Q8_0`, `Q4_0`, `Q4_1`) meet [`Q8Block`]s, which also carry
+//!   `d·Σq` for the offset terms of `Q4_0` (`q − 8`) and `Q4_1` (`+ m`).
+//! - K-quant super-blocks (`Q4_K`, `Q5_K`, `Q6_K`) meet [`Q8KBlock`]s of 256, whose sums per 16
+//!   elements pay for the mins and the `q − 32` offset.
+//!
+//! [`scalar`] holds the readable kernels; [`avx2`] the same arithmetic with AVX2 (picked at run
+//! time). Both are exact integer sums, so they agree to the last bit of the i32 partials.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod scalar;
+
+use weft_graph::DType;
+
+/// Elements per [`Q8Block`].
+pub const QK: usize = 32;
+/// Elements per [`Q8KBlock`].
+pub const QKK: usize = 256;
+
+/// 32 activations as `d·q`.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q8Block {
+    pub d: f32,
+    /// `d · Σ qs`
+    pub s: f32,
+    pub qs: [i8; QK],
+}
+
+/// 256 activations as `d·q`, with `Σ qs` per 16.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct Q8KBlock {
+    pub d: f32,
+    pub qs: [i8; QKK],
+    pub bsums: [i16; 16],
+}
+
+/// Rounds `x` to `d·q` with `q ∈ [−127, 127]`, `d = max|x| / 127`.
+fn round_block(x: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    d
+}
+
+/// Activation rows quantized for one weight dtype.
+#[derive(Debug)]
+pub enum Acts {
+    B32 {
+        per_row: usize,
+        blocks: Vec<Q8Block>,
+    },
+    K {
+        per_row: usize,
+        blocks: Vec<Q8KBlock>,
+    },
+}
+
+impl Acts {
+    /// Quantizes the `m` rows of `x` (each `k` long) for weights of `dtype`; `None` when `dtype`
+    /// is read as floats or `k` is not a whole number of its blocks.
+    pub fn quantize(dtype: DType, x: &[f32], k: usize) -> Option<Acts> {
+        if k == 0 || !k.is_multiple_of(dtype.block_elems()) {
+            return None;
+        }
+        match dtype {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+                let blocks = x
+                    .chunks_exact(QK)
+                    .map(|c| {
+                        let mut qs = [0i8; QK];
+                        let d = round_block(c, &mut qs);
+                        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+                        Q8Block {
+                            d,
+                            s: d * sum as f32,
+                            qs,
+                        }
+                    })
+                    .collect();
+                Some(Acts::B32 {
+                    per_row: k / QK,
+                    blocks,
+                })
+            }
+            DType::Q4K | DType::Q5K | DType::Q6K => {
+                let blocks = x
+                    .chunks_exact(QKK)
+                    .map(|c| {
+                        let mut qs = [0i8; QKK];
+                        let d = round_block(c, &mut qs);
+                        let mut bsums = [0i16; 16];
+                        for (s, g) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
+                            *s = g.iter().map(|&q| q as i16).sum();
+                        }
+                        Q8KBlock { d, qs, bsums }
+                    })
+                    .collect();
+                Some(Acts::K {
+                    per_row: k / QKK,
+                    blocks,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A weight row's dot product with one activation row, for one weight dtype.
+#[derive(Clone, Copy, Debug)]
+pub enum Kernel {
+    /// One activation row, and optionally four at once (for prompts).
+    B32(fn(&[u8], &[Q8Block]) -> f32, Option<Rows4>),
+    K(fn(&[u8], &[Q8KBlock]) -> f32),
+}
+
+/// A weight row's dot products with four activation rows.
+pub type Rows4 = fn(&[u8], [&[Q8Block]; 4]) -> [f32; 4];
+
+impl Kernel {
+    /// The fastest kernel this machine runs for `dtype` (`None` for float dtypes).
+    pub fn for_dtype(dtype: DType) -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = avx2::kernel(dtype) {
+            return Some(k);
+        }
+        scalar::kernel(dtype)
+    }
+
+    /// `w_row · x_row(i)`; `wrow` holds exactly one row of weight blocks.
+    pub fn dot(&self, wrow: &[u8], acts: &Acts, i: usize) -> f32 {
+        match (self, acts) {
+            (Kernel::B32(f, _), Acts::B32 { per_row, blocks }) => {
+                f(wrow, &blocks[i * per_row..(i + 1) * per_row])
+            }
+            (Kernel::K(f), Acts::K { per_row, blocks }) => {
+                f(wrow, &blocks[i * per_row..(i + 1) * per_row])
+            }
+            _ => unreachable!("kernel and activations come from the same weight dtype"),
+        }
+    }
+
+    /// `w_row · x_row(i)` for every activation row, into `out` (one value per row).
+    pub fn dot_rows(&self, wrow: &[u8], acts: &Acts, out: &mut [f32]) {
+        let mut i = 0;
+        if let (Kernel::B32(_, Some(f4)), Acts::B32 { per_row, blocks }) = (self, acts) {
+            let row = |r: usize| &blocks[r * per_row..(r + 1) * per_row];
+            while i + 4 <= out.len() {
+                let v = f4(wrow, [row(i), row(i + 1), row(i + 2), row(i + 3)]);
+                out[i..i + 4].copy_from_slice(&v);
+                i += 4;
+            }
+        }
+        for (r, o) in out.iter_mut().enumerate().skip(i) {
+            *o = self.dot(wrow, acts, r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_graph::quant::dequantize;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Random weight blocks: random bytes with sane f16 scales in the places each layout keeps
+    /// them.
+    fn random_row(dtype: DType, k: usize, seed: &mut u64) -> Vec<u8> {
+        let nb = k / dtype.block_elems();
+        let bb = dtype.block_bytes();
+        let mut w: Vec<u8> = (0..nb * bb)
+            .map(|_| (lcg(seed) * 128.0 + 128.0) as u8)
+            .collect();
+        let scale_at: &[usize] = match dtype {
+            DType::Q8_0 | DType::Q4_0 => &[0],
+            DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
+            _ => &[208],
+        };
+        for b in w.chunks_exact_mut(bb) {
+            for &o in scale_at {
+                let v = half::f16::from_f32(lcg(seed) * 0.05);
+                b[o..o + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        w
+    }
+
+    /// Every kernel equals the f64 dot of the dequantized weights with the rounded activations.
+    #[test]
+    fn kernels_match_dequantized_dot() {
+        let mut seed = 7u64;
+        for dtype in [
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q4K,
+            DType::Q5K,
+            DType::Q6K,
+        ] {
+            let k = 512;
+            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
+            let acts = Acts::quantize(dtype, &x, k).expect("quantized dtype");
+            let xr: Vec<f64> = match &acts {
+                Acts::B32 { blocks, .. } => blocks
+                    .iter()
+                    .flat_map(|b| b.qs.iter().map(move |&q| b.d as f64 * q as f64))
+                    .collect(),
+                Acts::K { blocks, .. } => blocks
+                    .iter()
+                    .flat_map(|b| b.qs.iter().map(move |&q| b.d as f64 * q as f64))
+                    .collect(),
+            };
+            let rounding: f64 = x.iter().zip(&xr).map(|(a, b)| (*a as f64 - b).abs()).sum();
+            assert!(
+                rounding / (k as f64) < 0.01,
+                "{dtype}: activations rounded badly"
+            );
+            for _ in 0..4 {
+                let w = random_row(dtype, k, &mut seed);
+                let mut wf = vec![0.0f32; k];
+                assert!(dequantize(dtype, &w, &mut wf));
+                let want: f64 = wf.iter().zip(&xr).map(|(a, b)| *a as f64 * b).sum();
+                let norm: f64 = wf.iter().zip(&xr).map(|(a, b)| (*a as f64 * b).abs()).sum();
+                let mut rows = [0.0f32; 5];
+                let five: Vec<f32> = x.iter().cycle().take(5 * k).copied().collect();
+                let acts5 = Acts::quantize(dtype, &five, k).expect("quantized dtype");
+                Kernel::for_dtype(dtype)
+                    .expect("kernel")
+                    .dot_rows(&w, &acts5, &mut rows);
+                for r in rows {
+                    assert!(
+                        (r as f64 - want).abs() <= 1e-5 * norm.max(1e-6),
+                        "{dtype} rows"
+                    );
+                }
+                let kernels = [scalar::kernel(dtype), Kernel::for_dtype(dtype)];
+                for kern in kernels.into_iter().map(|k| k.expect("kernel")) {
+                    let got = kern.dot(&w, &acts, 0) as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * norm.max(1e-6),
+                        "{dtype} {kern:?}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_dtypes_and_ragged_rows_have_no_kernel() {
+        assert!(Acts::quantize(DType::F16, &[0.0; 64], 64).is_none());
+        assert!(Acts::quantize(DType::Q4K, &[0.0; 64], 64).is_none());
+        assert!(Kernel::for_dtype(DType::F32).is_none());
+    }
+}
