@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Only measure and print the device's copy bandwidth.
     #[arg(long)]
     bandwidth: bool,
+    /// After the tests, time every node of a few generation steps and print where a token's
+    /// time goes, per op (GPU timestamps where the adapter has them).
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -108,7 +112,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.n_prompt > 0 {
         let prompt = random_tokens(args.n_prompt);
         s.clear();
-        s.decode(&[(0, &prompt)])?; // warm-up: compiles the program
+        s.decode_last(&[(0, &prompt)])?; // warm-up: compiles the program
         let mut t = Test {
             n_prompt: args.n_prompt,
             n_gen: 0,
@@ -118,7 +122,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             s.clear();
             bar.set_message(format!("pp{}", args.n_prompt));
             let start = Instant::now();
-            s.decode(&[(0, &prompt)])?;
+            s.decode_last(&[(0, &prompt)])?;
             t.secs.push(start.elapsed().as_secs_f64());
             bar.inc(1);
         }
@@ -133,11 +137,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         };
         for _ in 0..args.repetitions {
             s.clear();
-            s.decode(&[(0, &toks[..1])])?; // warm-up token (and compile)
+            s.decode_last(&[(0, &toks[..1])])?; // warm-up token (and compile)
             bar.set_message(format!("tg{}", args.n_gen));
             let start = Instant::now();
             for &tok in &toks[1..] {
-                s.decode(&[(0, &[tok])])?;
+                s.decode_last(&[(0, &[tok])])?;
             }
             t.secs.push(start.elapsed().as_secs_f64());
             bar.inc(1);
@@ -145,6 +149,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         tests.push(t);
     }
     bar.finish_and_clear();
+    if args.profile {
+        profile(&mut s, &random_tokens(PROFILE_STEPS + 1))?;
+    }
     let model = args.model.file_name().map_or_else(
         || args.model.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
@@ -208,5 +215,51 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(b) = bandwidth {
         println!("device copy bandwidth: {:.1} GB/s", b / 1e9);
     }
+    Ok(())
+}
+
+/// Generation steps timed node by node by `--profile`.
+const PROFILE_STEPS: usize = 16;
+
+/// Prints the time per generated token of each op kind, largest first.
+fn profile(s: &mut Session, toks: &[i32]) -> Result<()> {
+    s.clear();
+    s.set_profiling(true);
+    s.decode_last(&[(0, &toks[..1])])?;
+    let mut per_op: std::collections::BTreeMap<&'static str, (usize, f64)> = Default::default();
+    let mut wall = 0.0;
+    for &tok in &toks[1..] {
+        let start = Instant::now();
+        s.decode_last(&[(0, &[tok])])?;
+        wall += start.elapsed().as_secs_f64();
+        for t in s.last_timings().unwrap_or_default() {
+            let e = per_op.entry(t.op).or_default();
+            e.0 += 1;
+            e.1 += t.time.as_secs_f64();
+        }
+    }
+    s.set_profiling(false);
+    let steps = (toks.len() - 1) as f64;
+    let mut rows: Vec<_> = per_op.into_iter().collect();
+    rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+    let timed: f64 = rows.iter().map(|r| r.1.1).sum();
+    println!(
+        "profile: {steps} generation steps, {:.3} ms per token",
+        1e3 * wall / steps
+    );
+    println!("| op | nodes per token | ms per token | of timed |");
+    println!("|---|---|---|---|");
+    for (op, (n, secs)) in rows {
+        println!(
+            "| {op} | {} | {:.3} | {:.1}% |",
+            n as f64 / steps,
+            1e3 * secs / steps,
+            100.0 * secs / timed.max(f64::MIN_POSITIVE)
+        );
+    }
+    println!(
+        "| (outside nodes) | | {:.3} | |",
+        1e3 * (wall - timed).max(0.0) / steps
+    );
     Ok(())
 }

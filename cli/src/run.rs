@@ -109,7 +109,7 @@ fn generate(
     let t0 = Instant::now();
     let mut last = vec![];
     for chunk in prompt.chunks(args.ubatch.max(1)) {
-        last = s.decode(&[(0, chunk)])?.remove(0);
+        last = s.decode_last(&[(0, chunk)])?.remove(0);
     }
     for &t in prompt {
         sampler.accept(t);
@@ -129,7 +129,7 @@ fn generate(
         generated.push(next);
         write!(out, "{}", stream.push(&tok.token_to_piece(next as u32)))?;
         out.flush()?;
-        row = s.decode(&[(0, &[next])])?.remove(0);
+        row = s.decode_last(&[(0, &[next])])?.remove(0);
     }
     write!(out, "{}", stream.push(&[]))?;
     Ok((

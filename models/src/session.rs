@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use weft_backends::{Backend, HostData, ProgramId};
 use weft_graph::{Graph, Plan, PlanOptions, plan};
 
-/// Compiled programs kept per ubatch shape (tokens, sequences, tokens per sequence, KV cells).
-type ShapeKey = (usize, usize, usize, usize);
+/// Compiled programs kept per ubatch shape (tokens, sequences, tokens per sequence, KV cells,
+/// last rows only).
+type ShapeKey = (usize, usize, usize, usize, bool);
 
 /// Most programs a session keeps compiled.
 const MAX_PROGRAMS: usize = 16;
@@ -247,6 +248,16 @@ impl Session {
     /// Feeds each sequence's tokens (one batch) and returns, per batch entry, the logits of
     /// every fed position (`len · n_vocab` values, row-major).
     pub fn decode(&mut self, batch: &[(SeqId, &[i32])]) -> Result<Vec<Vec<f32>>> {
+        self.decode_rows(batch, false)
+    }
+
+    /// As [`Session::decode`], but returns only each entry's last position (`n_vocab` values):
+    /// what generation needs. The LM head then runs for one row per sequence, not every token.
+    pub fn decode_last(&mut self, batch: &[(SeqId, &[i32])]) -> Result<Vec<Vec<f32>>> {
+        self.decode_rows(batch, true)
+    }
+
+    fn decode_rows(&mut self, batch: &[(SeqId, &[i32])], last: bool) -> Result<Vec<Vec<f32>>> {
         let nv = self.arch.n_vocab();
         for (s, toks) in batch {
             if toks.is_empty() {
@@ -272,11 +283,12 @@ impl Session {
             .collect();
         if !self.memory.has_recurrent() {
             let u = split_batch(batch, false).remove(0);
-            let logits = self.run_ubatch(&u)?;
+            let logits = self.run_ubatch(&u, last)?;
             let mut at = 0;
             for (i, (_, toks)) in batch.iter().enumerate() {
-                out[i].extend_from_slice(&logits[at * nv..(at + toks.len()) * nv]);
-                at += toks.len();
+                let rows = if last { 1 } else { toks.len() };
+                out[i].extend_from_slice(&logits[at * nv..(at + rows) * nv]);
+                at += rows;
             }
             return Ok(out);
         }
@@ -302,9 +314,13 @@ impl Session {
                     .map(|&i| batch[i].1[done[i]..done[i] + n].to_vec())
                     .collect(),
             };
-            let logits = self.run_ubatch(&u)?;
+            let logits = self.run_ubatch(&u, last)?;
+            let rows = if last { 1 } else { n };
             for (k, &i) in live.iter().enumerate() {
-                out[i].extend_from_slice(&logits[k * n * nv..(k + 1) * n * nv]);
+                if last {
+                    out[i].clear(); // a later ubatch of the same sequence supersedes it
+                }
+                out[i].extend_from_slice(&logits[k * rows * nv..(k + 1) * rows * nv]);
                 done[i] += n;
                 self.memory
                     .maybe_checkpoint(self.backend.as_mut(), batch[i].0)?;
@@ -314,8 +330,8 @@ impl Session {
     }
 
     /// Records the graph of a ubatch and plans it.
-    fn graph(&self, view: &UBatchView) -> Result<(Graph, Plan)> {
-        let mut step = Step::new(view, &self.weights, &self.memory)?;
+    fn graph(&self, view: &UBatchView, out_rows: Option<usize>) -> Result<(Graph, Plan)> {
+        let mut step = Step::new(view, &self.weights, &self.memory, out_rows)?;
         let logits = self.arch.build(&mut step)?;
         let g = step.finish(logits)?;
         let p = plan(&g, self.plan_options);
@@ -330,16 +346,32 @@ impl Session {
             tokens: vec![vec![0; n_tokens.max(1)]],
         };
         let view = self.memory.prepare(self.backend.as_mut(), &u)?;
-        self.graph(&view)
+        self.graph(&view, None)
     }
 
-    fn run_ubatch(&mut self, u: &UBatch) -> Result<Vec<f32>> {
+    /// Runs one ubatch; with `last`, only each sequence's last row of logits comes back.
+    fn run_ubatch(&mut self, u: &UBatch, last: bool) -> Result<Vec<f32>> {
         let view = self.memory.prepare(self.backend.as_mut(), u)?;
-        let key = (view.tokens.len(), view.n_seqs, view.seq_len, view.n_kv);
+        // Tokens are sequence-major: each sequence's last row ends its run.
+        let out_rows: Vec<i32> = u
+            .tokens
+            .iter()
+            .scan(0i32, |end, t| {
+                *end += t.len() as i32;
+                Some(*end - 1)
+            })
+            .collect();
+        let key = (
+            view.tokens.len(),
+            view.n_seqs,
+            view.seq_len,
+            view.n_kv,
+            last,
+        );
         let prog = match self.programs.get(&key) {
             Some((p, _)) => *p,
             None => {
-                let (_, p) = self.graph(&view)?;
+                let (_, p) = self.graph(&view, last.then_some(out_rows.len()))?;
                 let prog = self.backend.compile(&p)?;
                 self.compiles += 1;
                 if self.programs.len() >= MAX_PROGRAMS {
@@ -361,6 +393,9 @@ impl Session {
         }
         if self.memory.has_recurrent() {
             inputs.push(("slots", HostData::I32(&view.slots)));
+        }
+        if last {
+            inputs.push(("out_rows", HostData::I32(&out_rows)));
         }
         let out = self.backend.run(prog, &inputs)?;
         self.last_key = Some(key);

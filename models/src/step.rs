@@ -22,13 +22,18 @@ pub struct Step<'a> {
     kv_write: Option<Tensor>,
     kv_mask: Option<Tensor>,
     slots: Option<Tensor>,
+    /// Rows whose logits are wanted (`out_rows`, `[R]`); all rows when absent.
+    out_rows: Option<Tensor>,
 }
 
 impl<'a> Step<'a> {
+    /// `out_rows`: how many rows (chosen by the `out_rows` input) the logits keep; `None` keeps
+    /// every token's.
     pub fn new(
         view: &'a UBatchView,
         weights: &'a WeightStore,
         memory: &'a Memory,
+        out_rows: Option<usize>,
     ) -> Result<Step<'a>> {
         let mut b = GraphBuilder::new();
         let t = view.tokens.len();
@@ -47,6 +52,10 @@ impl<'a> Step<'a> {
         } else {
             None
         };
+        let out_rows = match out_rows {
+            Some(r) => Some(b.input("out_rows", &[r], DType::I32)?),
+            None => None,
+        };
         Ok(Step {
             b,
             view,
@@ -57,7 +66,17 @@ impl<'a> Step<'a> {
             kv_write,
             kv_mask,
             slots,
+            out_rows,
         })
+    }
+
+    /// The rows of the final hidden state `x [T, D]` whose logits are wanted: before the head,
+    /// so the LM head (often the largest matmul) runs only for them.
+    pub fn select_outputs(&mut self, x: Tensor) -> Result<Tensor> {
+        match self.out_rows {
+            Some(rows) => Ok(self.b.get_rows(x, rows)?),
+            None => Ok(x),
+        }
     }
 
     pub fn n_tokens(&self) -> usize {
@@ -141,7 +160,7 @@ impl<'a> Step<'a> {
         Ok(RecurrentState { conv, ssm, slots })
     }
 
-    /// Ends building with `logits [T, V]` as the output.
+    /// Ends building with `logits [T, V]` (or `[R, V]` with chosen rows) as the output.
     pub fn finish(mut self, logits: Tensor) -> Result<Graph> {
         self.b.output(logits, "logits")?;
         Ok(self.b.finish())

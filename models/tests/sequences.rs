@@ -297,3 +297,38 @@ fn shifting_a_recurrent_sequence_is_an_error_that_changes_nothing() {
     assert!(s.seq_add(0, PosRange::ALL, 3).is_err());
     assert_eq!((s.memory().kv.clone(), s.memory().rec.clone()), before);
 }
+
+/// `decode_last` returns exactly the last row `decode` would, for several sequences in one batch
+/// of unequal lengths, and across the ubatches a recurrent batch is cut into.
+fn last_rows(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
+    let Some(be) = make() else { return };
+    let mut all = session(arch, be);
+    let mut last = session(arch, make().unwrap());
+    let v = all.n_vocab();
+    for batch in [
+        vec![(0, &P[..]), (1, &B[..])],
+        vec![(0, &A[..]), (1, &A[..1]), (2, &B[..2])],
+        vec![(2, &[5][..])],
+    ] {
+        let full = all.decode(&batch).unwrap();
+        let rows = last.decode_last(&batch).unwrap();
+        for ((f, r), (seq, _)) in full.iter().zip(&rows).zip(&batch) {
+            assert_eq!(r.len(), v, "{arch}: one row per sequence");
+            close(r, &f[f.len() - v..], &format!("{arch} seq {seq} last row"));
+        }
+    }
+}
+
+#[test]
+fn cpu_decode_last_is_the_last_row_of_decode() {
+    for arch in ["llama", "mamba", "jamba"] {
+        last_rows(arch, &|| Some(Box::new(CpuBackend::new())));
+    }
+}
+
+#[test]
+fn wgpu_decode_last_is_the_last_row_of_decode() {
+    for arch in ["llama", "mamba", "jamba"] {
+        last_rows(arch, &common::wgpu);
+    }
+}

@@ -133,6 +133,7 @@ impl Architecture for Lfm2 {
             let norm = s.w(&p("ffn_norm"))?;
             x = super::swiglu_residual(s, il, x, norm, self.eps)?;
         }
+        let x = s.select_outputs(x)?;
         let nw = s.w("token_embd_norm.weight")?;
         let h = rms_norm_weighted(&mut s.b, x, nw, self.eps)?;
         let out = match s.w_opt("output.weight")? {

@@ -143,6 +143,7 @@ pub(crate) fn swiglu_residual(
 
 /// Final norm and the LM head (the embedding matrix when the file has no `output.weight`).
 pub(crate) fn head(step: &mut Step, x: Tensor, eps: f32) -> Result<Tensor> {
+    let x = step.select_outputs(x)?;
     let nw = step.w("output_norm.weight")?;
     let h = crate::blocks::rms_norm_weighted(&mut step.b, x, nw, eps)?;
     let out = match step.w_opt("output.weight")? {
