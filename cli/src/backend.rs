@@ -25,6 +25,7 @@ pub struct BackendArgs {
 pub fn open(args: &BackendArgs) -> Result<Box<dyn Backend>> {
     let opts = WgpuOptions {
         adapter: args.adapter.clone(),
+        ..Default::default()
     };
     let be: Box<dyn Backend> = match args.backend {
         BackendKind::Cpu => Box::new(CpuBackend::new()),

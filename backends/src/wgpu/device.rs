@@ -5,9 +5,13 @@ use crate::{BackendError, Result};
 /// How to pick the GPU: `adapter` is an index into the adapter list or a case-insensitive
 /// substring of the adapter's name. Without it, `WEFT_ADAPTER` is read; without that, a
 /// discrete GPU is preferred over an integrated, virtual or software one.
+///
+/// `max_binding` lowers the largest storage binding below what the adapter offers, to see how a
+/// smaller GPU would run (weights over it are bound by row ranges).
 #[derive(Clone, Debug, Default)]
 pub struct WgpuOptions {
     pub adapter: Option<String>,
+    pub max_binding: Option<u32>,
 }
 
 const TRIED: &str = "Vulkan, Metal, DX12";
@@ -86,7 +90,14 @@ pub fn open(opts: &WgpuOptions) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Qu
     let desc = wgpu::DeviceDescriptor {
         label: Some("weft"),
         required_features: features,
-        required_limits: adapter.limits(),
+        required_limits: {
+            let mut l = adapter.limits();
+            if let Some(cap) = opts.max_binding {
+                l.max_storage_buffer_binding_size =
+                    l.max_storage_buffer_binding_size.min(cap as u64);
+            }
+            l
+        },
         experimental_features: wgpu::ExperimentalFeatures::disabled(),
         memory_hints: wgpu::MemoryHints::Performance,
         trace: wgpu::Trace::Off,

@@ -198,6 +198,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 wb[0],
                 wb[1],
                 total as u32,
+                n as u32,
+                0,
             ];
             (Kernel::MatMul, p, total as u32)
         }
@@ -231,6 +233,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 to,
                 io,
                 c.out(),
+                0,
+                td[td.len() - 2] as u32,
             ];
             (Kernel::GetRows, p, threads(total))
         }

@@ -5,6 +5,7 @@
 
 mod device;
 mod lower;
+mod split;
 
 pub use device::{WgpuOptions, list_adapters};
 pub use wgpu::{AdapterInfo, DeviceType};
@@ -460,11 +461,14 @@ impl Backend for WgpuBackend {
 
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
-        for (name, have) in
-            crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?
-        {
-            self.check_binding(&format!("external {name:?}"), align_up(have as u64, 4))?;
-        }
+        crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
+        let names: HashMap<BufferId, &str> = g
+            .ids()
+            .filter_map(|id| match &g.node(id).op {
+                Op::External { name, buffer, .. } => Some((*buffer, name.as_str())),
+                _ => None,
+            })
+            .collect();
         let arena_bytes = align_up(plan.arena_bytes.max(4) as u64, 4);
         self.check_binding("the activation arena", arena_bytes)?;
         let arena = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -480,22 +484,48 @@ impl Backend for WgpuBackend {
             .iter()
             .map(|&id| lower(g, plan, id).map(|l| (id, l)))
             .collect::<Result<_>>()?;
+        // Each node's dispatches: one, or one per row range of a weight too large to bind.
+        let max = self.limits.max_storage_buffer_binding_size;
+        let align = self.limits.min_storage_buffer_offset_alignment as u64;
+        let mut parts = vec![];
+        for (id, low) in &lowered {
+            let sizes: Vec<u64> = low
+                .externals
+                .iter()
+                .map(|b| Ok(align_up(self.buffer(*b)?.size as u64, 4)))
+                .collect::<Result<_>>()?;
+            let split = split::parts(g, *id, low, &sizes, max, align).map_err(|why| {
+                let b = sizes.iter().position(|&s| s > max).unwrap_or(0);
+                let ext = low.externals.get(b);
+                BackendError::TooLarge {
+                    what: format!(
+                        "external {:?} of node {} ({why})",
+                        ext.and_then(|e| names.get(e)).copied().unwrap_or("?"),
+                        g.node(*id).name
+                    ),
+                    bytes: sizes.get(b).copied().unwrap_or(0) as usize,
+                    limit: max as usize,
+                    adapter: self.info.name.clone(),
+                }
+            })?;
+            parts.extend(split.into_iter().map(|p| (*id, low, p)));
+        }
         let stride = align_up(
             PARAM_BYTES,
             self.limits.min_uniform_buffer_offset_alignment as u64,
         );
         let params = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("weft params"),
-            size: stride * lowered.len().max(1) as u64,
+            size: stride * parts.len().max(1) as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut dispatches = Vec::with_capacity(lowered.len());
-        for (i, (id, low)) in lowered.iter().enumerate() {
-            if low.groups == 0 {
+        let mut dispatches = Vec::with_capacity(parts.len());
+        for (i, (id, low, part)) in parts.iter().enumerate() {
+            if part.groups == 0 {
                 continue;
             }
-            let mut words = low.params.clone();
+            let mut words = part.params.clone();
             words.resize(MAX_PARAMS, 0);
             self.queue
                 .write_buffer(&params, i as u64 * stride, bytemuck::cast_slice(&words));
@@ -517,9 +547,20 @@ impl Backend for WgpuBackend {
                 },
             ];
             for (b, ext) in low.externals.iter().enumerate() {
+                let buffer = &self.buffer(*ext)?.buffer;
+                let resource = match part.range {
+                    Some((rb, offset, size)) if rb == b => {
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset,
+                            size: wgpu::BufferSize::new(size),
+                        })
+                    }
+                    _ => buffer.as_entire_binding(),
+                };
                 entries.push(wgpu::BindGroupEntry {
                     binding: 2 + b as u32,
-                    resource: self.buffer(*ext)?.buffer.as_entire_binding(),
+                    resource,
                 });
             }
             let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -527,15 +568,15 @@ impl Backend for WgpuBackend {
                 layout: &bgl,
                 entries: &entries,
             });
-            let x = low
+            let x = part
                 .groups
                 .min(self.limits.max_compute_workgroups_per_dimension);
-            let y = low.groups.div_ceil(x);
+            let y = part.groups.div_ceil(x);
             if y > self.limits.max_compute_workgroups_per_dimension {
                 return Err(BackendError::TooLarge {
                     what: format!(
                         "dispatch of {} workgroups for {}",
-                        low.groups,
+                        part.groups,
                         g.node(*id).name
                     ),
                     bytes: 0,

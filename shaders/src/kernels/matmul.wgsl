@@ -1,7 +1,9 @@
 // out[b, m, n] = Σ_k x[b, m, k] · w[wb, n, k]; one workgroup per output element, 64 threads
 // splitting k. Source 0: x (dense F32); source 1: w (any dtype, dense).
 // Params: 0 M, 1 N, 2 K, 3 x_off, 4 w_off, 5 out_off, 6 xb1 (inner batch dim of x),
-// 7 wb0, 8 wb1 (w's batch dims, 1 = broadcast), 9 total outputs.
+// 7 wb0, 8 wb1 (w's batch dims, 1 = broadcast), 9 total outputs, 10 output row stride (N of the
+// whole product), 11 first output column: a weight larger than one storage binding runs as
+// several dispatches, each over a range of its rows (N = that range's rows).
 
 var<workgroup> red: array<f32, 64>;
 
@@ -34,6 +36,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         workgroupBarrier();
     }
     if (lid.x == 0u && g < pu(9u)) {
-        st(pu(5u) + g, red[0]);
+        st(pu(5u) + (b * m_ + m) * pu(10u) + pu(11u) + n, red[0]);
     }
 }
