@@ -296,10 +296,11 @@ fn k4_block(b: &[u8], qs: &[u8], y: &Q8KBlock, high: impl Fn(usize) -> (__m256i,
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
     let zero = _mm256_setzero_si256();
-    w.chunks_exact(144)
-        .zip(a)
-        .map(|(b, y)| k4_block(b, &b[16..], y, |_| (zero, zero)))
-        .sum()
+    let mut acc = 0.0f32;
+    for (b, y) in w.chunks_exact(144).zip(a) {
+        acc += k4_block(b, &b[16..], y, |_| (zero, zero));
+    }
+    acc
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -1,0 +1,284 @@
+//! Every hot kernel on the CPU backend and, where wgpu finds an adapter, on the wgpu backend:
+//! mat-vec per weight dtype (decode's hot loop, as weight bytes/s), a prompt-sized matmul
+//! (FLOP/s), attention at decode and prefill, the short convolution, the Mamba1 and Mamba2
+//! selective scans, the gated delta rule in both forms, and the MoE expert matmul. Each
+//! iteration runs the compiled one-op graph and reads its output back, which waits for the
+//! device.
+//!
+//! `cargo bench -p weft-benches --bench kernels` (a filter such as `-- wgpu/matvec` narrows it).
+
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use weft_backends::{Backend, CpuBackend, HostData, WgpuBackend, WgpuOptions};
+use weft_benches::{compile, random_weight, run_once};
+use weft_graph::testing::Rng;
+use weft_graph::{DType, DeltaForm, Graph, GraphBuilder, Tensor};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+/// Named host inputs of one dtype.
+type Named<T> = Vec<(String, Vec<T>)>;
+
+/// A one-op graph with its host inputs.
+struct Case {
+    b: GraphBuilder,
+    f32s: Named<f32>,
+    i32s: Named<i32>,
+    rng: Rng,
+}
+
+impl Case {
+    fn new(seed: u64) -> Case {
+        Case {
+            b: GraphBuilder::new(),
+            f32s: vec![],
+            i32s: vec![],
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// An F32 input of `dims` with values `f(u)`, `u` uniform in [-1, 1).
+    fn input(&mut self, name: &str, dims: &[usize], f: fn(f32) -> f32) -> Result<Tensor> {
+        let n = dims.iter().product();
+        let v = (0..n).map(|_| f(self.rng.unit())).collect();
+        self.f32s.push((name.into(), v));
+        Ok(self.b.input(name, dims, DType::F32)?)
+    }
+
+    fn ids(&mut self, name: &str, dims: &[usize], v: Vec<i32>) -> Result<Tensor> {
+        self.i32s.push((name.into(), v));
+        Ok(self.b.input(name, dims, DType::I32)?)
+    }
+
+    fn weight(&mut self, be: &mut dyn Backend, dims: &[usize], dtype: DType) -> Result<Tensor> {
+        let cols = dims[dims.len() - 1];
+        let rows = dims.iter().product::<usize>() / cols;
+        let buf = random_weight(be, &mut self.rng, dtype, rows, cols)?;
+        Ok(self.b.weight("w", dims, dtype, buf)?)
+    }
+
+    fn finish(self, y: Tensor) -> Result<(Graph, Named<f32>, Named<i32>)> {
+        let mut b = self.b;
+        b.output(y, "y")?;
+        Ok((b.finish(), self.f32s, self.i32s))
+    }
+}
+
+type Build = dyn Fn(&mut dyn Backend) -> Result<(Case, Tensor)>;
+
+/// Compiles the case on `be` and times one run per iteration.
+fn bench(
+    g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    be: &mut dyn Backend,
+    name: &str,
+    build: &Build,
+) {
+    let prepared = build(be).and_then(|(case, y)| case.finish(y));
+    let (graph, f32s, i32s) = match prepared {
+        Ok(p) => p,
+        Err(e) => return eprintln!("{name}: {e}"),
+    };
+    let prog = match compile(be, &graph) {
+        Ok(p) => p,
+        Err(e) => return eprintln!("{name}: {e}"),
+    };
+    let mut inputs: Vec<(&str, HostData)> = f32s
+        .iter()
+        .map(|(n, v)| (n.as_str(), HostData::F32(v)))
+        .collect();
+    inputs.extend(i32s.iter().map(|(n, v)| (n.as_str(), HostData::I32(v))));
+    g.bench_function(name, |bch| {
+        bch.iter(|| black_box(run_once(be, prog, &inputs).expect("run")))
+    });
+    let _ = be.release(prog);
+}
+
+/// The backends to measure: the CPU, and the wgpu adapter when there is one.
+fn backends() -> Vec<(&'static str, Box<dyn Backend>)> {
+    let mut v: Vec<(&'static str, Box<dyn Backend>)> = vec![("cpu", Box::new(CpuBackend::new()))];
+    match WgpuBackend::new(&WgpuOptions::default()) {
+        Ok(be) => {
+            eprintln!("wgpu adapter: {}", be.adapter_info().name);
+            v.push(("wgpu", Box::new(be)));
+        }
+        Err(e) => eprintln!("wgpu benchmarks skipped: {e}"),
+    }
+    v
+}
+
+/// Runs `cases` (name, throughput, graph) as group `group` on every backend.
+fn suite(c: &mut Criterion, group: &str, cases: &[(String, Throughput, Box<Build>)]) {
+    for (backend, mut be) in backends() {
+        let mut g = c.benchmark_group(format!("{backend}/{group}"));
+        g.sample_size(10);
+        for (name, tp, build) in cases {
+            g.throughput(tp.clone());
+            bench(&mut g, be.as_mut(), name, build.as_ref());
+        }
+        g.finish();
+    }
+}
+
+fn matvec(c: &mut Criterion) {
+    let (n, k) = (2048, 2048);
+    let dtypes = [
+        DType::F32,
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+    ];
+    let cases: Vec<(String, Throughput, Box<Build>)> = dtypes
+        .into_iter()
+        .map(|dtype| {
+            let bytes = dtype.bytes_for(n * k).unwrap_or(0) as u64;
+            let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {
+                let mut case = Case::new(1);
+                let x = case.input("x", &[1, k], |v| v)?;
+                let w = case.weight(be, &[n, k], dtype)?;
+                let y = case.b.matmul(x, w)?;
+                Ok((case, y))
+            });
+            (dtype.name().to_string(), Throughput::Bytes(bytes), build)
+        })
+        .collect();
+    suite(c, "matvec_2048x2048 (weight bytes/s)", &cases);
+}
+
+fn matmul(c: &mut Criterion) {
+    let (m, n, k) = (64, 1024, 1024);
+    let cases: Vec<(String, Throughput, Box<Build>)> = [DType::F16, DType::Q8_0, DType::Q4K]
+        .into_iter()
+        .map(|dtype| {
+            let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {
+                let mut case = Case::new(2);
+                let x = case.input("x", &[m, k], |v| v)?;
+                let w = case.weight(be, &[n, k], dtype)?;
+                let y = case.b.matmul(x, w)?;
+                Ok((case, y))
+            });
+            let flops = Throughput::Elements((2 * m * n * k) as u64);
+            (dtype.name().to_string(), flops, build)
+        })
+        .collect();
+    suite(c, "matmul_64x1024x1024 (FLOP/s)", &cases);
+}
+
+fn attention(c: &mut Criterion) {
+    // TinyLlama's heads: 32 query heads, 4 KV heads of 64.
+    let (hq, hkv, d) = (32, 4, 64);
+    let case = |t: usize, tk: usize| -> (String, Throughput, Box<Build>) {
+        let build: Box<Build> = Box::new(move |_: &mut dyn Backend| {
+            let mut case = Case::new(3);
+            let q = case.input("q", &[t, hq, d], |v| v)?;
+            let k = case.input("k", &[tk, hkv, d], |v| v)?;
+            let v = case.input("v", &[tk, hkv, d], |v| v)?;
+            let y = case.b.attention(q, k, v, None, None, 0.125, true)?;
+            Ok((case, y))
+        });
+        let flops = (4 * t * tk * hq * d) as u64;
+        let name = if t == 1 {
+            format!("decode, {tk} keys")
+        } else {
+            format!("prefill {t} tokens, causal")
+        };
+        (name, Throughput::Elements(flops), build)
+    };
+    suite(c, "attention (FLOP/s)", &[case(1, 1024), case(256, 256)]);
+}
+
+fn recurrent(c: &mut Criterion) {
+    let t = 64;
+    // mamba-130m: 1536 channels, kernel 4, state 16 per channel
+    let conv: Box<Build> = Box::new(move |_: &mut dyn Backend| {
+        let mut case = Case::new(4);
+        let xc = case.input("xc", &[1, t + 3, 1536], |v| v)?;
+        let w = case.input("w", &[1536, 4], |v| v)?;
+        let y = case.b.ssm_conv_raw(xc, w)?;
+        Ok((case, y))
+    });
+    let scan = |h: usize, p: usize, n: usize, a_cols: usize| -> Box<Build> {
+        Box::new(move |_: &mut dyn Backend| {
+            let mut case = Case::new(5);
+            let st = case.input("st", &[1, h, p, n], |v| v)?;
+            let x = case.input("x", &[1, t, h, p], |v| v)?;
+            let dt = case.input("dt", &[1, t, h], |v| v.abs() * 0.1)?;
+            let a = case.input("a", &[h, a_cols], |v| -v.abs())?;
+            let b = case.input("b", &[1, t, 1, n], |v| v)?;
+            let cc = case.input("c", &[1, t, 1, n], |v| v)?;
+            let (y, _) = case.b.ssm_scan(st, x, dt, a, b, cc)?;
+            Ok((case, y))
+        })
+    };
+    let delta = |form: DeltaForm| -> Box<Build> {
+        // Qwen3-Next's linear attention: 16 heads with 128 × 128 states
+        Box::new(move |_: &mut dyn Backend| {
+            let (hv, dk) = (16, 128);
+            let mut case = Case::new(6);
+            let st = case.input("st", &[1, hv, dk, dk], |v| v * 0.1)?;
+            let q = case.input("q", &[1, t, hv, dk], |v| v * 0.1)?;
+            let g = case.input("g", &[1, t, hv], |v| -v.abs() * 0.1)?;
+            let (y, _) = case.b.gated_delta_net(st, q, q, q, g, g, form)?;
+            Ok((case, y))
+        })
+    };
+    let tokens = Throughput::Elements(t as u64);
+    let cases: Vec<(String, Throughput, Box<Build>)> = vec![
+        ("ssm_conv mamba 1536 channels".into(), tokens.clone(), conv),
+        (
+            "ssm_scan mamba1 1536 x 16".into(),
+            tokens.clone(),
+            scan(1536, 1, 16, 16),
+        ),
+        (
+            "ssm_scan mamba2 32 heads x 64 x 128".into(),
+            tokens.clone(),
+            scan(32, 64, 128, 1),
+        ),
+        (
+            "gated_delta_net recurrent".into(),
+            tokens.clone(),
+            delta(DeltaForm::Recurrent),
+        ),
+        (
+            "gated_delta_net chunked 64".into(),
+            tokens,
+            delta(DeltaForm::Chunked { chunk: 64 }),
+        ),
+    ];
+    suite(c, "recurrent 64 tokens (tokens/s)", &cases);
+}
+
+fn moe(c: &mut Criterion) {
+    // 8 experts of 1024 × 1024, top-2, for one decode token and a 32-token prompt
+    let (e, n, k, top) = (8, 1024, 1024, 2);
+    let case = |t: usize, dtype: DType| -> (String, Throughput, Box<Build>) {
+        let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {
+            let mut case = Case::new(7);
+            let x = case.input("x", &[t, 1, k], |v| v)?;
+            let w = case.weight(be, &[e, n, k], dtype)?;
+            let ids: Vec<i32> = (0..t * top)
+                .map(|i| ((i * 5 + i / top) % e) as i32)
+                .collect();
+            let ids = case.ids("ids", &[t, top], ids)?;
+            let y = case.b.matmul_id(x, w, ids)?;
+            Ok((case, y))
+        });
+        let flops = Throughput::Elements((2 * t * top * n * k) as u64);
+        (format!("{dtype} {t} tokens"), flops, build)
+    };
+    suite(
+        c,
+        "matmul_id 8 experts top-2 (FLOP/s)",
+        &[
+            case(1, DType::Q4K),
+            case(32, DType::Q4K),
+            case(32, DType::F16),
+        ],
+    );
+}
+
+criterion_group!(benches, matvec, matmul, attention, recurrent, moe);
+criterion_main!(benches);
