@@ -120,18 +120,8 @@ fn suite(c: &mut Criterion, group: &str, cases: &[(String, Throughput, Box<Build
 
 fn matvec(c: &mut Criterion) {
     let (n, k) = (2048, 2048);
-    let dtypes = [
-        DType::F32,
-        DType::F16,
-        DType::Q8_0,
-        DType::Q4_0,
-        DType::Q4_1,
-        DType::Q4K,
-        DType::Q5K,
-        DType::Q6K,
-    ];
+    let dtypes = DType::ALL.into_iter().filter(|d| d.is_float());
     let cases: Vec<(String, Throughput, Box<Build>)> = dtypes
-        .into_iter()
         .map(|dtype| {
             let bytes = dtype.bytes_for(n * k).unwrap_or(0) as u64;
             let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {

@@ -203,14 +203,7 @@ mod tests {
     #[test]
     fn kernels_match_dequantized_dot() {
         let mut seed = 7u64;
-        for dtype in [
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q4K,
-            DType::Q5K,
-            DType::Q6K,
-        ] {
+        for dtype in DType::ALL.into_iter().filter(|d| d.is_quantized()) {
             let k = 512;
             let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
             let acts = Acts::quantize(dtype, &x, k).expect("quantized dtype");
