@@ -31,8 +31,8 @@ pub struct BenchArgs {
     /// Only measure and print the device's copy bandwidth.
     #[arg(long)]
     bandwidth: bool,
-    /// After the tests, time every node of a few generation steps and print where a token's
-    /// time goes, per op (GPU timestamps where the adapter has them).
+    /// After the tests, time every node of one prompt and of a few generation steps and print
+    /// where the time goes, per op (GPU timestamps where the adapter has them).
     #[arg(long)]
     profile: bool,
     #[command(flatten)]
@@ -150,7 +150,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     if args.profile {
-        profile(&mut s, &random_tokens(PROFILE_STEPS + 1))?;
+        profile(&mut s, args.n_prompt, &random_tokens(PROFILE_STEPS + 1))?;
     }
     let model = args.model.file_name().map_or_else(
         || args.model.display().to_string(),
@@ -221,45 +221,70 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// Generation steps timed node by node by `--profile`.
 const PROFILE_STEPS: usize = 16;
 
-/// Prints the time per generated token of each op kind, largest first.
-fn profile(s: &mut Session, toks: &[i32]) -> Result<()> {
-    s.clear();
+/// Prints, per op kind and largest first, where the time of a prompt of `n_prompt` tokens (when
+/// not 0) and of a generated token goes.
+fn profile(s: &mut Session, n_prompt: usize, toks: &[i32]) -> Result<()> {
     s.set_profiling(true);
+    if n_prompt > 0 {
+        s.clear();
+        let prompt: Vec<i32> = toks.iter().copied().cycle().take(n_prompt).collect();
+        s.decode_last(&[(0, &prompt)])?; // compiled before it is timed
+        s.clear();
+        let start = Instant::now();
+        s.decode_last(&[(0, &prompt)])?;
+        let wall = start.elapsed().as_secs_f64();
+        let table = OpTable::from(&[s.last_timings().unwrap_or_default()]);
+        table.print(&format!("prompt of {n_prompt} tokens"), wall, 1.0);
+    }
+    s.clear();
     s.decode_last(&[(0, &toks[..1])])?;
-    let mut per_op: std::collections::BTreeMap<&'static str, (usize, f64)> = Default::default();
+    let mut steps = vec![];
     let mut wall = 0.0;
     for &tok in &toks[1..] {
         let start = Instant::now();
         s.decode_last(&[(0, &[tok])])?;
         wall += start.elapsed().as_secs_f64();
-        for t in s.last_timings().unwrap_or_default() {
+        steps.push(s.last_timings().unwrap_or_default());
+    }
+    s.set_profiling(false);
+    let n = steps.len() as f64;
+    OpTable::from(&steps).print(&format!("{n} generation steps, per token"), wall, n);
+    Ok(())
+}
+
+/// Node count and seconds per op kind, summed over several runs.
+struct OpTable(Vec<(&'static str, usize, f64)>);
+
+impl OpTable {
+    fn from(runs: &[Vec<weft_backends::NodeTiming>]) -> OpTable {
+        let mut per_op: std::collections::BTreeMap<&'static str, (usize, f64)> = Default::default();
+        for t in runs.iter().flatten() {
             let e = per_op.entry(t.op).or_default();
             e.0 += 1;
             e.1 += t.time.as_secs_f64();
         }
+        let mut rows: Vec<_> = per_op.into_iter().map(|(op, (n, s))| (op, n, s)).collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        OpTable(rows)
     }
-    s.set_profiling(false);
-    let steps = (toks.len() - 1) as f64;
-    let mut rows: Vec<_> = per_op.into_iter().collect();
-    rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
-    let timed: f64 = rows.iter().map(|r| r.1.1).sum();
-    println!(
-        "profile: {steps} generation steps, {:.3} ms per token",
-        1e3 * wall / steps
-    );
-    println!("| op | nodes per token | ms per token | of timed |");
-    println!("|---|---|---|---|");
-    for (op, (n, secs)) in rows {
+
+    /// One markdown table; `wall` seconds over `per` runs.
+    fn print(&self, title: &str, wall: f64, per: f64) {
+        let timed: f64 = self.0.iter().map(|r| r.2).sum();
+        println!("profile: {title}: {:.3} ms", 1e3 * wall / per);
+        println!("| op | nodes | ms | of timed |");
+        println!("|---|---|---|---|");
+        for (op, n, secs) in &self.0 {
+            println!(
+                "| {op} | {} | {:.3} | {:.1}% |",
+                *n as f64 / per,
+                1e3 * secs / per,
+                100.0 * secs / timed.max(f64::MIN_POSITIVE)
+            );
+        }
         println!(
-            "| {op} | {} | {:.3} | {:.1}% |",
-            n as f64 / steps,
-            1e3 * secs / steps,
-            100.0 * secs / timed.max(f64::MIN_POSITIVE)
+            "| (outside nodes) | | {:.3} | |",
+            1e3 * (wall - timed).max(0.0) / per
         );
     }
-    println!(
-        "| (outside nodes) | | {:.3} | |",
-        1e3 * (wall - timed).max(0.0) / steps
-    );
-    Ok(())
 }

@@ -45,6 +45,7 @@ pub enum UnaryOp {
 
 impl UnaryOp {
     /// The function on one value, in f32 (the backends' arithmetic).
+    #[inline]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             UnaryOp::Neg => -x,
@@ -108,6 +109,7 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
+    #[inline]
     pub fn apply(self, a: f32, b: f32) -> f32 {
         match self {
             BinaryOp::Add => a + b,

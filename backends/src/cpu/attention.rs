@@ -1,6 +1,6 @@
 //! Rotary embeddings and fused attention.
 
-use super::matmul::dot;
+use super::matmul::{axpy, dot};
 use super::rows::softmax_in_place;
 use super::team;
 use super::tensor::TensorRef;
@@ -68,22 +68,20 @@ pub fn attention(
             let qr = &qv[row * d..(row + 1) * d];
             let limit = if causal { ti + tk - t } else { tk - 1 };
             for j in 0..tk {
-                let mut s = if j > limit {
+                let m = mv.as_ref().map_or(0.0, |m| m[ti * tk + j]);
+                // keys the mask or causality hides cost no dot product
+                scores[j] = if j > limit || m == f32::NEG_INFINITY {
                     f32::NEG_INFINITY
                 } else {
-                    dot(qr, &kv[(j * hkv + kh) * d..(j * hkv + kh + 1) * d]) * scale
+                    dot(qr, &kv[(j * hkv + kh) * d..(j * hkv + kh + 1) * d]) * scale + m
                 };
-                if let Some(m) = &mv {
-                    s += m[ti * tk + j];
-                }
-                scores[j] = s;
             }
             softmax_in_place(scores);
             o.fill(0.0);
             for (j, &p) in scores.iter().enumerate() {
                 if p != 0.0 {
                     let vr = &vv[(j * hkv + kh) * dv..(j * hkv + kh + 1) * dv];
-                    o.iter_mut().zip(vr).for_each(|(a, &b)| *a += p * b);
+                    axpy(o, p, vr);
                 }
             }
             if let Some(g) = &gv {

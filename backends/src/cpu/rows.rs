@@ -31,7 +31,12 @@ pub fn softmax_in_place(row: &mut [f32]) {
     }
     let mut sum = 0.0f64;
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        // masked entries (most of a causal row) need no exp
+        *v = if *v == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (*v - max).exp()
+        };
         sum += *v as f64;
     }
     let inv = (1.0 / sum) as f32;
