@@ -1,6 +1,6 @@
 //! Rotary embeddings and fused attention.
 
-use super::matmul::{axpy, dot};
+use super::matmul::{axpy_body, dot_body};
 use super::rows::softmax_in_place;
 use super::team;
 use super::tensor::TensorRef;
@@ -41,6 +41,19 @@ pub fn rope(x: &TensorRef, pos: &TensorRef, p: RopeParams, out: &mut [f32]) {
     }
 }
 
+/// What every output row of one attention node reads.
+struct Operands<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    mask: Option<&'a [f32]>,
+    gate: Option<&'a [f32]>,
+    /// `[t, hq, d, tk, hkv, dv]`
+    dims: [usize; 6],
+    scale: f32,
+    causal: bool,
+}
+
 /// `softmax(q·kᵀ·scale + mask) · v`, grouped-query heads, optional causal mask and gate.
 pub fn attention(
     q: &TensorRef,
@@ -55,41 +68,77 @@ pub fn attention(
     let (qv, kv, vv) = (q.f32(), k.f32(), v.f32());
     let mv = mask.map(|m| m.f32());
     let gv = gate.map(|g| g.f32());
-    let [t, hq, d] = [q.dims()[0], q.dims()[1], q.dims()[2]];
-    let [tk, hkv] = [k.dims()[0], k.dims()[1]];
-    let dv = v.dims()[2];
-    let group = hq / hkv;
-    team::global().chunks_mut(out, dv, |row, o| {
-        let mut scores = vec![0.0f32; tk];
-        let scores = &mut scores[..];
-        {
-            let (ti, hi) = (row / hq, row % hq);
-            let kh = hi / group;
-            let qr = &qv[row * d..(row + 1) * d];
-            let limit = if causal { ti + tk - t } else { tk - 1 };
-            for j in 0..tk {
-                let m = mv.as_ref().map_or(0.0, |m| m[ti * tk + j]);
-                // keys the mask or causality hides cost no dot product
-                scores[j] = if j > limit || m == f32::NEG_INFINITY {
-                    f32::NEG_INFINITY
-                } else {
-                    dot(qr, &kv[(j * hkv + kh) * d..(j * hkv + kh + 1) * d]) * scale + m
-                };
-            }
-            softmax_in_place(scores);
-            o.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                if p != 0.0 {
-                    let vr = &vv[(j * hkv + kh) * dv..(j * hkv + kh + 1) * dv];
-                    axpy(o, p, vr);
-                }
-            }
-            if let Some(g) = &gv {
-                let gr = &g[row * dv..(row + 1) * dv];
-                o.iter_mut()
-                    .zip(gr)
-                    .for_each(|(a, &b)| *a /= 1.0 + (-b).exp());
-            }
+    let ops = Operands {
+        q: &qv,
+        k: &kv,
+        v: &vv,
+        mask: mv.as_deref(),
+        gate: gv.as_deref(),
+        dims: [
+            q.dims()[0],
+            q.dims()[1],
+            q.dims()[2],
+            k.dims()[0],
+            k.dims()[1],
+            v.dims()[2],
+        ],
+        scale,
+        causal,
+    };
+    let avx2 = cfg!(target_arch = "x86_64") && has_avx2();
+    team::global().chunks_mut(out, ops.dims[5], |row, o| {
+        let mut scores = vec![0.0f32; ops.dims[3]];
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU has AVX2, checked above.
+            return unsafe { row_avx2(&ops, row, o, &mut scores) };
         }
+        row_body(&ops, row, o, &mut scores)
     });
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[allow(unreachable_code)]
+    false
+}
+
+/// [`row_body`] compiled for AVX2, its dot products and sums inlined (the same arithmetic).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn row_avx2(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
+    row_body(ops, row, o, scores)
+}
+
+/// Output row `row` (query token × head).
+#[inline(always)]
+fn row_body(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
+    let [t, hq, d, tk, hkv, dv] = ops.dims;
+    let (ti, hi) = (row / hq, row % hq);
+    let kh = hi / (hq / hkv);
+    let qr = &ops.q[row * d..(row + 1) * d];
+    let limit = if ops.causal { ti + tk - t } else { tk - 1 };
+    for j in 0..tk {
+        let m = ops.mask.map_or(0.0, |m| m[ti * tk + j]);
+        // keys the mask or causality hides cost no dot product
+        scores[j] = if j > limit || m == f32::NEG_INFINITY {
+            f32::NEG_INFINITY
+        } else {
+            dot_body(qr, &ops.k[(j * hkv + kh) * d..(j * hkv + kh + 1) * d]) * ops.scale + m
+        };
+    }
+    softmax_in_place(scores);
+    o.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        if p != 0.0 {
+            axpy_body(o, p, &ops.v[(j * hkv + kh) * dv..(j * hkv + kh + 1) * dv]);
+        }
+    }
+    if let Some(g) = ops.gate {
+        let gr = &g[row * dv..(row + 1) * dv];
+        o.iter_mut()
+            .zip(gr)
+            .for_each(|(a, &b)| *a /= 1.0 + (-b).exp());
+    }
 }

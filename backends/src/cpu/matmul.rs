@@ -25,7 +25,7 @@ fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -41,25 +41,9 @@ fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `o += p · v`, vectorised like [`dot`].
-#[inline]
-pub fn axpy(o: &mut [f32], p: f32, v: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked above.
-        return unsafe { axpy_avx2(o, p, v) };
-    }
-    axpy_body(o, p, v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn axpy_avx2(o: &mut [f32], p: f32, v: &[f32]) {
-    axpy_body(o, p, v)
-}
-
+/// `o += p · v` (inlined into callers compiled for AVX2, like [`dot_body`]).
 #[inline(always)]
-fn axpy_body(o: &mut [f32], p: f32, v: &[f32]) {
+pub(super) fn axpy_body(o: &mut [f32], p: f32, v: &[f32]) {
     o.iter_mut().zip(v).for_each(|(a, &b)| *a += p * b);
 }
 
@@ -104,11 +88,16 @@ fn product(
     }
 }
 
-/// `out[i][j] = t[j][i]` for `t` of `n` rows by `m`.
+/// `out[i][j] = t[j][i]` for `t` of `n` rows by `m`, in tiles that stay in cache.
 fn transpose_into(t: &[f32], m: usize, n: usize, out: &mut [f32]) {
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = t[j * m + i];
+    const TILE: usize = 32;
+    for j0 in (0..n).step_by(TILE) {
+        for i0 in (0..m).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(n) {
+                for i in i0..(i0 + TILE).min(m) {
+                    out[i * n + j] = t[j * m + i];
+                }
+            }
         }
     }
 }

@@ -42,6 +42,23 @@ pub struct Q8KBlock {
 
 /// Rounds `x` to `d·q` with `q ∈ [−127, 127]`, `d = max|x| / 127`.
 fn round_block(x: &[f32], qs: &mut [i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked above.
+        return unsafe { round_block_avx2(x, qs) };
+    }
+    round_block_body(x, qs)
+}
+
+/// [`round_block`] compiled for AVX2 (the same arithmetic, vectorised).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn round_block_avx2(x: &[f32], qs: &mut [i8]) -> f32 {
+    round_block_body(x, qs)
+}
+
+#[inline(always)]
+fn round_block_body(x: &[f32], qs: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d > 0.0 { 1.0 / d } else { 0.0 };
