@@ -129,10 +129,24 @@ fn row_body(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
         };
     }
     softmax_in_place(scores);
-    o.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        if p != 0.0 {
-            axpy_body(o, p, &ops.v[(j * hkv + kh) * dv..(j * hkv + kh + 1) * dv]);
+    // Σ_j p_j·v_j, 32 output columns at a time so their sums stay in registers across keys
+    // (each column still adds its terms in key order).
+    for (c, oc) in o.chunks_mut(32).enumerate() {
+        let v_at = |j: usize| &ops.v[(j * hkv + kh) * dv + c * 32..];
+        if let Ok(oc) = <&mut [f32; 32]>::try_from(&mut *oc) {
+            let mut acc = [0.0f32; 32];
+            for (j, &p) in scores.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                let vr: &[f32; 32] = v_at(j)[..32].try_into().unwrap_or(&[0.0; 32]);
+                for i in 0..32 {
+                    acc[i] += p * vr[i];
+                }
+            }
+            *oc = acc;
+        } else {
+            oc.fill(0.0);
+            for (j, &p) in scores.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                axpy_body(oc, p, &v_at(j)[..oc.len()]);
+            }
         }
     }
     if let Some(g) = ops.gate {
