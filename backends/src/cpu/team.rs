@@ -96,7 +96,8 @@ impl Team {
     /// Calls `f(c)` once for every `c < chunks`, spread over the team.
     pub fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
         let guard = match self.shared.busy.try_lock() {
-            Ok(g) if self.threads > 1 && chunks > 1 => g,
+            // (the chunk counter is the low 32 bits of `counter`)
+            Ok(g) if self.threads > 1 && chunks > 1 && chunks < u32::MAX as usize => g,
             _ => return (0..chunks).for_each(f),
         };
         let s = self.shared;
