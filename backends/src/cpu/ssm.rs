@@ -39,17 +39,21 @@ pub fn ssm_scan(srcs: &[TensorRef], out: &mut [f32]) {
         let gi = hi / heads_per_group;
         let mut state = stv[sh * p * n..(sh + 1) * p * n].to_vec();
         let mut y = vec![0.0f32; t * p];
+        let mut decay = vec![0.0f32; n];
         for ti in 0..t {
             let d = dtv[(si * t + ti) * h + hi];
             let bo = ((si * t + ti) * g + gi) * n;
             let (br, cr) = (&bv[bo..bo + n], &cv[bo..bo + n]);
+            // exp(dt·A) once per token, not once per state row (Mamba2's A is one per head)
+            for (ni, da) in decay.iter_mut().enumerate() {
+                *da = (d * av[hi * a.dims()[1] + if a_per_state { ni } else { 0 }]).exp();
+            }
             for pi in 0..p {
                 let xd = xv[((si * t + ti) * h + hi) * p + pi] * d;
                 let row = &mut state[pi * n..(pi + 1) * n];
                 let mut acc = 0.0;
                 for ni in 0..n {
-                    let da = (d * av[hi * a.dims()[1] + if a_per_state { ni } else { 0 }]).exp();
-                    row[ni] = row[ni] * da + br[ni] * xd;
+                    row[ni] = row[ni] * decay[ni] + br[ni] * xd;
                     acc += row[ni] * cr[ni];
                 }
                 y[ti * p + pi] = acc;
