@@ -25,43 +25,27 @@ pub fn kernel(dtype: DType) -> Option<Kernel> {
     })
 }
 
-// The safe wrappers below are only handed out by `kernel`, after the features were detected.
+/// Safe entry points to the `#[target_feature]` kernels, which `kernel` hands out only after it
+/// detected the features.
+macro_rules! safe_entries {
+    ($($name:ident => $inner:ident($a:ty) -> $ret:ty;)*) => {$(
+        fn $name(w: &[u8], a: $a) -> $ret {
+            // SAFETY: `kernel` checked AVX2, FMA and F16C.
+            unsafe { $inner(w, a) }
+        }
+    )*};
+}
 
-fn q8_0(w: &[u8], a: &[Q8Block]) -> f32 {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q8_0_avx2(w, a) }
-}
-fn q4_0(w: &[u8], a: &[Q8Block]) -> f32 {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q4_0_avx2(w, a) }
-}
-fn q4_1(w: &[u8], a: &[Q8Block]) -> f32 {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q4_1_avx2(w, a) }
-}
-fn q8_0_x4(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q8_0_x4_avx2(w, a) }
-}
-fn q4_0_x4(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q4_0_x4_avx2(w, a) }
-}
-fn q4_1_x4(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q4_1_x4_avx2(w, a) }
-}
-fn q4_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q4_k_avx2(w, a) }
-}
-fn q5_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q5_k_avx2(w, a) }
-}
-fn q6_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
-    // SAFETY: `kernel` checked AVX2, FMA and F16C.
-    unsafe { q6_k_avx2(w, a) }
+safe_entries! {
+    q8_0 => q8_0_avx2(&[Q8Block]) -> f32;
+    q4_0 => q4_0_avx2(&[Q8Block]) -> f32;
+    q4_1 => q4_1_avx2(&[Q8Block]) -> f32;
+    q8_0_x4 => q8_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q4_0_x4 => q4_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q4_1_x4 => q4_1_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q4_k => q4_k_avx2(&[Q8KBlock]) -> f32;
+    q5_k => q5_k_avx2(&[Q8KBlock]) -> f32;
+    q6_k => q6_k_avx2(&[Q8KBlock]) -> f32;
 }
 
 /// The f16 at byte `i` of `b`, converted by F16C.
