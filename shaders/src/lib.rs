@@ -26,6 +26,7 @@ pub enum Kernel {
     FusedNorm,
     CopyBits,
     MatMul,
+    MatMulRows,
     MatMulId,
     GetRows,
     SoftMax,
@@ -41,11 +42,12 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 17] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
         Kernel::MatMul,
+        Kernel::MatMulRows,
         Kernel::MatMulId,
         Kernel::GetRows,
         Kernel::SoftMax,
@@ -66,6 +68,7 @@ impl Kernel {
             Kernel::FusedNorm => "fused_norm",
             Kernel::CopyBits => "copy_bits",
             Kernel::MatMul => "matmul",
+            Kernel::MatMulRows => "matmul_rows",
             Kernel::MatMulId => "matmul_id",
             Kernel::GetRows => "get_rows",
             Kernel::SoftMax => "softmax",
@@ -88,6 +91,7 @@ impl Kernel {
             Kernel::FusedNorm => include_str!("kernels/fused_norm.wgsl"),
             Kernel::CopyBits => include_str!("kernels/copy_bits.wgsl"),
             Kernel::MatMul => include_str!("kernels/matmul.wgsl"),
+            Kernel::MatMulRows => include_str!("kernels/matmul_rows.wgsl"),
             Kernel::MatMulId => include_str!("kernels/matmul_id.wgsl"),
             Kernel::GetRows => include_str!("kernels/get_rows.wgsl"),
             Kernel::SoftMax => include_str!("kernels/softmax.wgsl"),

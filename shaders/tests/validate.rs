@@ -99,10 +99,9 @@ fn variants() -> Vec<Spec> {
     v.push(Spec::new(Kernel::CopyBits, vec![arena(DType::I32)]));
     v.push(Spec::new(Kernel::CopyBits, vec![ext(0, DType::I32)]));
     for w in WEIGHTS {
-        v.push(Spec::new(
-            Kernel::MatMul,
-            vec![arena(DType::F32), ext(0, w)],
-        ));
+        for k in [Kernel::MatMul, Kernel::MatMulRows] {
+            v.push(Spec::new(k, vec![arena(DType::F32), ext(0, w)]));
+        }
         v.push(Spec::new(
             Kernel::MatMulId,
             vec![arena(DType::F32), ext(0, w), arena(DType::I32)],
@@ -112,10 +111,9 @@ fn variants() -> Vec<Spec> {
             vec![ext(0, w), arena(DType::I32)],
         ));
     }
-    v.push(Spec::new(
-        Kernel::MatMul,
-        vec![arena(DType::F32), arena(DType::F32)],
-    ));
+    for k in [Kernel::MatMul, Kernel::MatMulRows] {
+        v.push(Spec::new(k, vec![arena(DType::F32), arena(DType::F32)]));
+    }
     v.push(Spec::new(
         Kernel::GetRows,
         vec![arena(DType::F32), arena(DType::I32)],

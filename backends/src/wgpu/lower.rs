@@ -185,7 +185,14 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let (m, k, n) = (xd[xd.len() - 2], xd[xd.len() - 1], wd[wd.len() - 2]);
             let xb = padded_batch(&xd[..xd.len() - 2]);
             let wb = padded_batch(&wd[..wd.len() - 2]);
-            let total = node.numel();
+            // prompts: up to 8 rows of x per workgroup, each weight element decoded once for all
+            let mt = m.clamp(1, 8);
+            let kernel = if m == 1 {
+                Kernel::MatMul
+            } else {
+                Kernel::MatMulRows
+            };
+            let groups = node.numel() / m * m.div_ceil(mt);
             let (xo, wo) = (c.src(s[0]), c.src(s[1]));
             let p = vec![
                 m as u32,
@@ -197,11 +204,12 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 xb[1],
                 wb[0],
                 wb[1],
-                total as u32,
+                groups as u32,
                 n as u32,
                 0,
+                mt as u32,
             ];
-            (Kernel::MatMul, p, total as u32)
+            (kernel, p, groups as u32)
         }
         Op::MatMulId => {
             let (xd, wd, idd) = (dims(0), dims(1), dims(2));

@@ -3,7 +3,8 @@
 // Params: 0 M, 1 N, 2 K, 3 x_off, 4 w_off, 5 out_off, 6 xb1 (inner batch dim of x),
 // 7 wb0, 8 wb1 (w's batch dims, 1 = broadcast), 9 total outputs, 10 output row stride (N of the
 // whole product), 11 first output column: a weight larger than one storage binding runs as
-// several dispatches, each over a range of its rows (N = that range's rows).
+// several dispatches, each over a range of its rows (N = that range's rows). Used for decode
+// (M = 1); `matmul_rows` takes prompts.
 
 var<workgroup> red: array<f32, 64>;
 
