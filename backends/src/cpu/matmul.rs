@@ -1,10 +1,11 @@
 //! Matrix products with weights of any dtype (quantized ones meet 8-bit activations in integer
 //! dot products, others are decoded row by row), expert products and row gathers.
 
-use super::qdot::{Acts, Kernel};
+use super::qdot::{Acts, Kernel, f16_kernel};
 use super::team;
 use super::tensor::TensorRef;
 use crate::{BackendError, Result};
+use weft_graph::DType;
 
 /// `Σ a·b` with eight accumulators so the compiler vectorises it; on CPUs with AVX2 the same
 /// code compiled for 8-wide registers (the same sums in the same order, so the same result).
@@ -59,6 +60,7 @@ fn product(
     let k = w.row_len();
     let team = team::global();
     let quantized = Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k));
+    let f16 = (w.dtype == DType::F16).then(f16_kernel).flatten();
     // Each chunk takes a few weight rows and meets them with every activation row: `t` is
     // `[N, M]` (the output itself when M = 1).
     let rows_per_chunk = (n / (8 * team.threads())).clamp(4, 64);
@@ -70,6 +72,15 @@ fn product(
             Some((kern, acts)) => {
                 for (jj, col) in chunk.chunks_mut(m).enumerate() {
                     kern.dot_rows(w.row_bytes(rows(first + jj)), acts, col);
+                }
+            }
+            None if f16.is_some() => {
+                let f16 = f16.unwrap_or(|_, _| 0.0);
+                for (jj, col) in chunk.chunks_mut(m).enumerate() {
+                    let wrow = w.row_bytes(rows(first + jj));
+                    for (i, o) in col.iter_mut().enumerate() {
+                        *o = f16(&x[i * k..(i + 1) * k], wrow);
+                    }
                 }
             }
             None => {

@@ -347,3 +347,47 @@ fn q6_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
     }
     acc
 }
+
+/// `x · w` for a row of f16 weights `w` (little-endian bytes), converted 8 at a time by F16C,
+/// when the CPU has AVX2, FMA and F16C.
+pub fn f16_kernel() -> Option<super::F16Dot> {
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        Some(f16_dot)
+    } else {
+        None
+    }
+}
+
+safe_entries! {
+    f16_dot_entry => f16_dot_avx2(&[f32]) -> f32;
+}
+
+fn f16_dot(x: &[f32], w: &[u8]) -> f32 {
+    f16_dot_entry(w, x)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 2);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 16 <= n {
+        let (h, xs) = (&w[2 * i..2 * i + 32], &x[i..i + 16]);
+        // SAFETY: 32 bytes of `h` and 16 floats of `xs` are readable (sliced above).
+        unsafe {
+            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()));
+            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().add(16).cast()));
+            acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs.as_ptr()), acc0);
+            acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs.as_ptr().add(8)), acc1);
+        }
+        i += 16;
+    }
+    let mut tail = 0.0f32;
+    for j in i..n {
+        tail += f16_at(w, 2 * j) * x[j];
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + tail
+}

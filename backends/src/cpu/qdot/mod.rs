@@ -131,6 +131,17 @@ impl Acts {
     }
 }
 
+/// `x · w` for activations `x` and a row of f16 weights `w` (little-endian bytes).
+pub type F16Dot = fn(&[f32], &[u8]) -> f32;
+
+/// An [`F16Dot`] straight from the f16 bytes, where the CPU converts f16 in hardware.
+pub fn f16_kernel() -> Option<F16Dot> {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::f16_kernel();
+    #[allow(unreachable_code)]
+    None
+}
+
 /// A weight row's dot product with one activation row, for one weight dtype.
 #[derive(Clone, Copy, Debug)]
 pub enum Kernel {
@@ -266,6 +277,27 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_f16_kernel_equals_the_f64_dot() {
+        let Some(f) = f16_kernel() else { return };
+        let mut seed = 3u64;
+        for k in [5usize, 16, 37, 517] {
+            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
+            let h: Vec<half::f16> = (0..k)
+                .map(|_| half::f16::from_f32(lcg(&mut seed)))
+                .collect();
+            let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let want: f64 = x.iter().zip(&h).map(|(a, b)| *a as f64 * b.to_f64()).sum();
+            let norm: f64 = x
+                .iter()
+                .zip(&h)
+                .map(|(a, b)| (*a as f64 * b.to_f64()).abs())
+                .sum();
+            let got = f(&x, &bytes) as f64;
+            assert!((got - want).abs() <= 1e-6 * norm, "k={k}: {got} vs {want}");
         }
     }
 
