@@ -85,7 +85,8 @@ pub fn attention(
         scale,
         causal,
     };
-    let avx2 = cfg!(target_arch = "x86_64") && has_avx2();
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = std::arch::is_x86_feature_detected!("avx2");
     team::global().chunks_mut(out, ops.dims[5], |row, o| {
         let mut scores = vec![0.0f32; ops.dims[3]];
         #[cfg(target_arch = "x86_64")]
@@ -95,13 +96,6 @@ pub fn attention(
         }
         row_body(&ops, row, o, &mut scores)
     });
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2");
-    #[allow(unreachable_code)]
-    false
 }
 
 /// [`row_body`] compiled for AVX2, its dot products and sums inlined (the same arithmetic).
