@@ -188,18 +188,40 @@ pub struct FusedProgram {
 }
 
 impl FusedProgram {
-    /// Evaluates the program for one element; `load(n)` yields source `n`'s value.
-    pub fn eval(&self, regs: &mut Vec<f32>, mut load: impl FnMut(usize) -> f32) -> f32 {
+    /// Evaluates the program for `out.len()` consecutive elements at once, one instruction over
+    /// all of them before the next (so an instruction's dispatch is paid once per block);
+    /// `load(n, into)` fills `into` with source `n`'s values. `regs` is scratch space.
+    pub fn eval_block(
+        &self,
+        regs: &mut Vec<f32>,
+        out: &mut [f32],
+        mut load: impl FnMut(usize, &mut [f32]),
+    ) {
+        let n = out.len();
         regs.clear();
-        for ins in &self.code {
-            let v = match *ins {
-                Instr::Load(n) => load(n as usize),
-                Instr::Unary(op, a) => op.apply(regs[a as usize]),
-                Instr::Binary(op, a, b) => op.apply(regs[a as usize], regs[b as usize]),
-            };
-            regs.push(v);
+        regs.resize(self.code.len() * n, 0.0);
+        for (r, ins) in self.code.iter().enumerate() {
+            let (done, rest) = regs.split_at_mut(r * n);
+            let cur = &mut rest[..n];
+            let reg = |i: u16| &done[i as usize * n..(i as usize + 1) * n];
+            match *ins {
+                Instr::Load(src) => load(src as usize, cur),
+                Instr::Unary(op, a) => {
+                    for (c, &x) in cur.iter_mut().zip(reg(a)) {
+                        *c = op.apply(x);
+                    }
+                }
+                Instr::Binary(op, a, b) => {
+                    for ((c, &x), &y) in cur.iter_mut().zip(reg(a)).zip(reg(b)) {
+                        *c = op.apply(x, y);
+                    }
+                }
+            }
         }
-        regs.last().copied().unwrap_or(0.0)
+        match self.code.len() {
+            0 => out.fill(0.0),
+            len => out.copy_from_slice(&regs[(len - 1) * n..]),
+        }
     }
 
     /// Human-readable form, e.g. `mul(silu(%0), %1)`.

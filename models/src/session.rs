@@ -353,14 +353,17 @@ impl Session {
     fn run_ubatch(&mut self, u: &UBatch, last: bool) -> Result<Vec<f32>> {
         let view = self.memory.prepare(self.backend.as_mut(), u)?;
         // Tokens are sequence-major: each sequence's last row ends its run.
-        let out_rows: Vec<i32> = u
-            .tokens
-            .iter()
-            .scan(0i32, |end, t| {
-                *end += t.len() as i32;
-                Some(*end - 1)
-            })
-            .collect();
+        let out_rows: Vec<i32> = if last {
+            u.tokens
+                .iter()
+                .scan(0i32, |end, t| {
+                    *end += t.len() as i32;
+                    Some(*end - 1)
+                })
+                .collect()
+        } else {
+            vec![]
+        };
         let key = (
             view.tokens.len(),
             view.n_seqs,

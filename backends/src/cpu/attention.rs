@@ -127,15 +127,15 @@ fn row_body(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
     // (each column still adds its terms in key order).
     for (c, oc) in o.chunks_mut(32).enumerate() {
         let v_at = |j: usize| &ops.v[(j * hkv + kh) * dv + c * 32..];
-        if let Ok(oc) = <&mut [f32; 32]>::try_from(&mut *oc) {
+        if oc.len() == 32 {
             let mut acc = [0.0f32; 32];
             for (j, &p) in scores.iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                let vr: &[f32; 32] = v_at(j)[..32].try_into().unwrap_or(&[0.0; 32]);
+                let vr = &v_at(j)[..32];
                 for i in 0..32 {
                     acc[i] += p * vr[i];
                 }
             }
-            *oc = acc;
+            oc.copy_from_slice(&acc);
         } else {
             oc.fill(0.0);
             for (j, &p) in scores.iter().enumerate().filter(|(_, p)| **p != 0.0) {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use weft_graph::{FusedProgram, Instr, Layout, NormKind, Shape};
 
 const PAR_MIN: usize = 1 << 14;
-/// Elements a fused program runs over per instruction.
+/// Elements a fused program runs over per instruction ([`FusedProgram::eval_block`]).
 const LANES: usize = 256;
 
 /// Runs `prog` over the output's elements; sources broadcast to `shape`.
@@ -30,34 +30,13 @@ pub fn fused(prog: &FusedProgram, shape: Shape, srcs: &[TensorRef], out: &mut [f
         normalize_rows(kind, shape.last(), &mut x);
         vals[0] = Cow::Owned(x);
     }
-    // The program runs one instruction at a time over a block of elements, so each
-    // instruction's dispatch is paid once per block rather than once per element.
     let run = |(base, chunk): (usize, &mut [f32])| {
-        let mut regs = vec![[0.0f32; LANES]; prog.code.len()];
+        let mut regs = Vec::new();
         for (bi, block) in chunk.chunks_mut(LANES).enumerate() {
-            let (start, n) = (base + bi * LANES, block.len());
-            for (r, ins) in prog.code.iter().enumerate() {
-                let (done, rest) = regs.split_at_mut(r);
-                let cur = &mut rest[0][..n];
-                match *ins {
-                    Instr::Load(src) => cur.copy_from_slice(&vals[src as usize][start..start + n]),
-                    Instr::Unary(op, a) => {
-                        for (c, &x) in cur.iter_mut().zip(&done[a as usize][..n]) {
-                            *c = op.apply(x);
-                        }
-                    }
-                    Instr::Binary(op, a, b) => {
-                        let (xa, xb) = (&done[a as usize][..n], &done[b as usize][..n]);
-                        for ((c, &x), &y) in cur.iter_mut().zip(xa).zip(xb) {
-                            *c = op.apply(x, y);
-                        }
-                    }
-                }
-            }
-            match regs.last() {
-                Some(last) => block.copy_from_slice(&last[..n]),
-                None => block.fill(0.0),
-            }
+            let start = base + bi * LANES;
+            prog.eval_block(&mut regs, block, |src, into| {
+                into.copy_from_slice(&vals[src][start..start + into.len()])
+            });
         }
     };
     if out.len() >= PAR_MIN {

@@ -60,7 +60,11 @@ fn product(
     let k = w.row_len();
     let team = team::global();
     let quantized = Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k));
-    let f16 = (w.dtype == DType::F16).then(f16_kernel).flatten();
+    let f16 = if w.dtype == DType::F16 {
+        f16_kernel()
+    } else {
+        None
+    };
     // Each chunk takes a few weight rows and meets them with every activation row: `t` is
     // `[N, M]` (the output itself when M = 1).
     let rows_per_chunk = (n / (8 * team.threads())).clamp(4, 64);
@@ -68,22 +72,21 @@ fn product(
     let t = transposed.as_deref_mut().unwrap_or(&mut *out);
     team.chunks_mut(t, rows_per_chunk * m, |c, chunk| {
         let first = c * rows_per_chunk;
-        match &quantized {
-            Some((kern, acts)) => {
+        match (&quantized, f16) {
+            (Some((kern, acts)), _) => {
                 for (jj, col) in chunk.chunks_mut(m).enumerate() {
                     kern.dot_rows(w.row_bytes(rows(first + jj)), acts, col);
                 }
             }
-            None if f16.is_some() => {
-                let f16 = f16.unwrap_or(|_, _| 0.0);
+            (None, Some(f16)) => {
                 for (jj, col) in chunk.chunks_mut(m).enumerate() {
                     let wrow = w.row_bytes(rows(first + jj));
                     for (i, o) in col.iter_mut().enumerate() {
-                        *o = f16(&x[i * k..(i + 1) * k], wrow);
+                        *o = f16(wrow, &x[i * k..(i + 1) * k]);
                     }
                 }
             }
-            None => {
+            (None, None) => {
                 let mut buf = vec![0.0f32; k];
                 for (jj, col) in chunk.chunks_mut(m).enumerate() {
                     w.row_into(rows(first + jj), &mut buf);

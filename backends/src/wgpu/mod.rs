@@ -462,13 +462,6 @@ impl Backend for WgpuBackend {
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
-        let names: HashMap<BufferId, &str> = g
-            .ids()
-            .filter_map(|id| match &g.node(id).op {
-                Op::External { name, buffer, .. } => Some((*buffer, name.as_str())),
-                _ => None,
-            })
-            .collect();
         let arena_bytes = align_up(plan.arena_bytes.max(4) as u64, 4);
         self.check_binding("the activation arena", arena_bytes)?;
         let arena = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -496,11 +489,16 @@ impl Backend for WgpuBackend {
                 .collect::<Result<_>>()?;
             let split = split::parts(g, *id, low, &sizes, max, align).map_err(|why| {
                 let b = sizes.iter().position(|&s| s > max).unwrap_or(0);
-                let ext = low.externals.get(b);
+                let name = g.ids().find_map(|e| match &g.node(e).op {
+                    Op::External { name, buffer, .. } if low.externals.get(b) == Some(buffer) => {
+                        Some(name.as_str())
+                    }
+                    _ => None,
+                });
                 BackendError::TooLarge {
                     what: format!(
                         "external {:?} of node {} ({why})",
-                        ext.and_then(|e| names.get(e)).copied().unwrap_or("?"),
+                        name.unwrap_or("?"),
                         g.node(*id).name
                     ),
                     bytes: sizes.get(b).copied().unwrap_or(0) as usize,

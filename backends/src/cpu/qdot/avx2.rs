@@ -7,11 +7,15 @@ use std::arch::x86_64::*;
 use weft_graph::DType;
 use weft_graph::quant::scale_min_k4;
 
-pub fn kernel(dtype: DType) -> Option<Kernel> {
-    if !(is_x86_feature_detected!("avx2")
+/// Whether this CPU runs the kernels of this file (AVX2, FMA and F16C).
+fn supported() -> bool {
+    is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c"))
-    {
+        && is_x86_feature_detected!("f16c")
+}
+
+pub fn kernel(dtype: DType) -> Option<Kernel> {
+    if !supported() {
         return None;
     }
     Some(match dtype {
@@ -25,12 +29,12 @@ pub fn kernel(dtype: DType) -> Option<Kernel> {
     })
 }
 
-/// Safe entry points to the `#[target_feature]` kernels, which `kernel` hands out only after it
-/// detected the features.
+/// Safe entry points to the `#[target_feature]` kernels, which `kernel` and `f16_kernel` hand
+/// out only after they detected the features.
 macro_rules! safe_entries {
     ($($name:ident => $inner:ident($a:ty) -> $ret:ty;)*) => {$(
         fn $name(w: &[u8], a: $a) -> $ret {
-            // SAFETY: `kernel` checked AVX2, FMA and F16C.
+            // SAFETY: `kernel` or `f16_kernel` checked AVX2, FMA and F16C.
             unsafe { $inner(w, a) }
         }
     )*};
@@ -348,25 +352,14 @@ fn q6_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
     acc
 }
 
-/// `x · w` for a row of f16 weights `w` (little-endian bytes), converted 8 at a time by F16C,
-/// when the CPU has AVX2, FMA and F16C.
+/// `w · x` for a row of f16 weights `w` (little-endian bytes), converted 8 at a time by F16C,
+/// when the CPU runs this file's kernels.
 pub fn f16_kernel() -> Option<super::F16Dot> {
-    if is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
-    {
-        Some(f16_dot)
-    } else {
-        None
-    }
+    supported().then_some(f16_dot as super::F16Dot)
 }
 
 safe_entries! {
-    f16_dot_entry => f16_dot_avx2(&[f32]) -> f32;
-}
-
-fn f16_dot(x: &[f32], w: &[u8]) -> f32 {
-    f16_dot_entry(w, x)
+    f16_dot => f16_dot_avx2(&[f32]) -> f32;
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

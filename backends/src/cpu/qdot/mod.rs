@@ -131,8 +131,8 @@ impl Acts {
     }
 }
 
-/// `x · w` for activations `x` and a row of f16 weights `w` (little-endian bytes).
-pub type F16Dot = fn(&[f32], &[u8]) -> f32;
+/// `w · x` for a row of f16 weights `w` (little-endian bytes) and activations `x`.
+pub type F16Dot = fn(&[u8], &[f32]) -> f32;
 
 /// An [`F16Dot`] straight from the f16 bytes, where the CPU converts f16 in hardware.
 pub fn f16_kernel() -> Option<F16Dot> {
@@ -296,7 +296,7 @@ mod tests {
                 .zip(&h)
                 .map(|(a, b)| (*a as f64 * b.to_f64()).abs())
                 .sum();
-            let got = f(&x, &bytes) as f64;
+            let got = f(&bytes, &x) as f64;
             assert!((got - want).abs() <= 1e-6 * norm, "k={k}: {got} vs {want}");
         }
     }
