@@ -1,7 +1,7 @@
 //! Assembles a shader: bindings, parameter readers, per-source loaders, helpers, the kernel
 //! body with its placeholders filled.
 
-use crate::quant::{byte_helpers, decode_body};
+use crate::quant::{byte_helpers, chunk_dot, decode_body};
 use crate::{Home, Kernel, Spec};
 use std::fmt::Write;
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, UnaryOp};
@@ -199,6 +199,13 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         let _ = writeln!(out, "fn store_dst(i: u32, v: f32) {{ {body} }}");
     } else if k == Kernel::StoreRows {
         return Err(err(k, "store_rows needs a destination"));
+    }
+    if k == Kernel::MatMul {
+        let w = spec
+            .sources
+            .get(1)
+            .ok_or_else(|| err(k, "missing the weight source"))?;
+        out.push_str(&chunk_dot(w.home, w.dtype));
     }
     let mut body = k.source().to_string();
     match k {

@@ -192,6 +192,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             } else {
                 Kernel::MatMulRows
             };
+            // `matmul` computes 4 outputs per workgroup; `matmul_rows` one row block
+            let per = if m == 1 { 4 } else { 1 };
             let groups = node.numel() / m * m.div_ceil(mt);
             let (xo, wo) = (c.src(s[0]), c.src(s[1]));
             let p = vec![
@@ -208,8 +210,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 n as u32,
                 0,
                 mt as u32,
+                per as u32,
             ];
-            (kernel, p, groups as u32)
+            (kernel, p, groups.div_ceil(per) as u32)
         }
         Op::MatMulId => {
             let (xd, wd, idd) = (dims(0), dims(1), dims(2));

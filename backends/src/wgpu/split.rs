@@ -80,9 +80,10 @@ pub fn parts(
         let groups = match node.op {
             Op::MatMul => {
                 p[rows_at] = r as u32;
-                p[9] = (low.params[9] as u64 / rows * r) as u32; // workgroups, linear in N
+                // outputs (or row-block workgroups), linear in N
+                p[9] = (low.params[9] as u64 / rows * r) as u32;
                 p[11] = r0 as u32;
-                p[9]
+                p[9].div_ceil(p[13])
             }
             _ => {
                 p[7] = r0 as u32;

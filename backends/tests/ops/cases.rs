@@ -184,6 +184,7 @@ fn matmul_with(be: &mut dyn Backend, dtype: DType, k: usize, seed: u64) {
         (vec![1, k], vec![9, k]),
         (vec![2, 3, k], vec![5, k]),
         (vec![2, 3, k], vec![2, 7, k]),
+        (vec![2, 1, k], vec![2, 7, k]),
         // several blocks of 8 rows of x (as GPU workgroups take them) and a ragged last one
         (vec![2, 19, k], vec![5, k]),
     ] {
@@ -214,6 +215,13 @@ pub fn matmul_float(be: &mut dyn Backend) {
     matmul_with(be, DType::F32, 37, 5);
     matmul_with(be, DType::F16, 37, 6);
     matmul_with(be, DType::BF16, 37, 7);
+    // rows that start on a chunk boundary (the GPU mat-vec reads them a chunk at a time)
+    for (i, d) in [DType::F32, DType::F16, DType::BF16]
+        .into_iter()
+        .enumerate()
+    {
+        matmul_with(be, d, 64, 20 + i as u64);
+    }
 }
 
 pub fn matmul_q8_0(be: &mut dyn Backend) {

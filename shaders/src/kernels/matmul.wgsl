@@ -1,42 +1,55 @@
-// out[b, m, n] = Σ_k x[b, m, k] · w[wb, n, k]; one workgroup per output element, 64 threads
-// splitting k. Source 0: x (dense F32); source 1: w (any dtype, dense).
+// out[b, m, n] = Σ_k x[b, m, k] · w[wb, n, k] for decode (M = 1; `matmul_rows` takes prompts).
+// A workgroup of 128 threads computes 4 outputs, 32 threads each. Each thread takes chunks of
+// the weight row (`wdot`: WCH elements read with whole-word loads and decoded once, see
+// `quant::chunk_dot`) when the row starts and ends on a WALIGN boundary, single elements
+// otherwise. Source 0: x (dense F32); source 1: w (any dtype, dense).
 // Params: 0 M, 1 N, 2 K, 3 x_off, 4 w_off, 5 out_off, 6 xb1 (inner batch dim of x),
 // 7 wb0, 8 wb1 (w's batch dims, 1 = broadcast), 9 total outputs, 10 output row stride (N of the
 // whole product), 11 first output column: a weight larger than one storage binding runs as
-// several dispatches, each over a range of its rows (N = that range's rows). Used for decode
-// (M = 1); `matmul_rows` takes prompts.
+// several dispatches, each over a range of its rows (N = that range's rows); 13 outputs per
+// workgroup (4).
 
-var<workgroup> red: array<f32, 64>;
+const T: u32 = 32u;
+var<workgroup> red: array<f32, 128>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = wid.y * nwg.x + wid.x;
+    let o = (wid.y * nwg.x + wid.x) * (128u / T) + lid.x / T;
+    let lane = lid.x % T;
     let m_ = pu(0u);
     let n_ = pu(1u);
     let k_ = pu(2u);
-    let n = g % n_;
-    let m = (g / n_) % m_;
-    let b = g / (n_ * m_);
+    let n = o % n_;
+    let m = (o / n_) % m_;
+    let b = o / (n_ * m_);
     let b0 = b / pu(6u);
     let b1 = b % pu(6u);
     let wb = select(b0, 0u, pu(7u) == 1u) * pu(8u) + select(b1, 0u, pu(8u) == 1u);
     let xrow = pu(3u) + (b * m_ + m) * k_;
     let wrow = pu(4u) + (wb * n_ + n) * k_;
     var acc = 0.0;
-    if (g < pu(9u)) {
-        for (var k = lid.x; k < k_; k += 64u) {
-            acc += ld0(xrow + k) * ld1(wrow + k);
+    if (o < pu(9u)) {
+        if (wrow % WALIGN == 0u && k_ % WALIGN == 0u) {
+            let c0 = wrow / WCH;
+            let xs = xrow - wrow;
+            for (var c = lane; c < k_ / WCH; c += T) {
+                acc += wdot(c0 + c, xs);
+            }
+        } else {
+            for (var k = lane; k < k_; k += T) {
+                acc += ld0(xrow + k) * ld1(wrow + k);
+            }
         }
     }
     red[lid.x] = acc;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
+    for (var s = T / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
             red[lid.x] += red[lid.x + s];
         }
         workgroupBarrier();
     }
-    if (lid.x == 0u && g < pu(9u)) {
-        st(pu(5u) + (b * m_ + m) * pu(10u) + pu(11u) + n, red[0]);
+    if (lane == 0u && o < pu(9u)) {
+        st(pu(5u) + (b * m_ + m) * pu(10u) + pu(11u) + n, red[lid.x]);
     }
 }

@@ -3,7 +3,7 @@
 // them; its 64 threads split k. (`matmul` is the one-row form, for decode.)
 // Source 0: x (dense F32); source 1: w (any dtype, dense).
 // Params: as `matmul`'s, with 9 the workgroups (batches × row blocks × N) and 12 the rows of x
-// per workgroup (2 to 8).
+// per workgroup (2 to 8), 13 outputs per workgroup (1: param 9 counts workgroups).
 
 const MT: u32 = 8u;
 var<workgroup> red: array<f32, 512>;
