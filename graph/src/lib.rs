@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod graph;
 pub mod layout;
+pub mod math;
 pub mod op;
 pub mod passes;
 pub mod plan;

@@ -2,6 +2,7 @@
 //! by flags in the op so that source positions are fixed.
 
 use crate::dtype::DType;
+use crate::math;
 
 /// Identifier of a backend buffer bound to an external tensor (a weight or a cache).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,7 +50,7 @@ impl UnaryOp {
     pub fn apply(self, x: f32) -> f32 {
         match self {
             UnaryOp::Neg => -x,
-            UnaryOp::Exp => x.exp(),
+            UnaryOp::Exp => math::exp(x),
             UnaryOp::Log => x.ln(),
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Square => x * x,
@@ -59,8 +60,8 @@ impl UnaryOp {
                 let r = x.max(0.0);
                 r * r
             }
-            UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-            UnaryOp::Silu => x / (1.0 + (-x).exp()),
+            UnaryOp::Sigmoid => math::sigmoid(x),
+            UnaryOp::Silu => x * math::sigmoid(x),
             UnaryOp::Gelu => {
                 const C: f32 = 0.797_884_6; // sqrt(2/pi)
                 0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
@@ -69,12 +70,32 @@ impl UnaryOp {
                 if x > 20.0 {
                     x
                 } else {
-                    x.exp().ln_1p()
+                    math::exp(x).ln_1p()
                 }
             }
             UnaryOp::Scale(s) => x * s,
             UnaryOp::Offset(c) => x + c,
             UnaryOp::Clamp { min, max } => x.clamp(min, max),
+        }
+    }
+
+    /// `out[i] = apply(xs[i])`, one loop per function so that each vectorizes.
+    pub fn apply_slice(self, xs: &[f32], out: &mut [f32]) {
+        fn each(xs: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
+            for (o, &x) in out.iter_mut().zip(xs) {
+                *o = f(x);
+            }
+        }
+        match self {
+            UnaryOp::Exp => each(xs, out, math::exp),
+            UnaryOp::Sigmoid => each(xs, out, math::sigmoid),
+            UnaryOp::Silu => each(xs, out, |x| x * math::sigmoid(x)),
+            UnaryOp::Neg => each(xs, out, |x| -x),
+            UnaryOp::Square => each(xs, out, |x| x * x),
+            UnaryOp::Relu => each(xs, out, |x| x.max(0.0)),
+            UnaryOp::Scale(s) => each(xs, out, |x| x * s),
+            UnaryOp::Offset(c) => each(xs, out, |x| x + c),
+            op => each(xs, out, |x| op.apply(x)),
         }
     }
 
@@ -116,6 +137,21 @@ impl BinaryOp {
             BinaryOp::Sub => a - b,
             BinaryOp::Mul => a * b,
             BinaryOp::Div => a / b,
+        }
+    }
+
+    /// `out[i] = apply(a[i], b[i])`, one loop per operator so that each vectorizes.
+    pub fn apply_slice(self, a: &[f32], b: &[f32], out: &mut [f32]) {
+        fn each(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        }
+        match self {
+            BinaryOp::Add => each(a, b, out, |x, y| x + y),
+            BinaryOp::Sub => each(a, b, out, |x, y| x - y),
+            BinaryOp::Mul => each(a, b, out, |x, y| x * y),
+            BinaryOp::Div => each(a, b, out, |x, y| x / y),
         }
     }
 
@@ -206,16 +242,8 @@ impl FusedProgram {
             let reg = |i: u16| &done[i as usize * n..(i as usize + 1) * n];
             match *ins {
                 Instr::Load(src) => load(src as usize, cur),
-                Instr::Unary(op, a) => {
-                    for (c, &x) in cur.iter_mut().zip(reg(a)) {
-                        *c = op.apply(x);
-                    }
-                }
-                Instr::Binary(op, a, b) => {
-                    for ((c, &x), &y) in cur.iter_mut().zip(reg(a)).zip(reg(b)) {
-                        *c = op.apply(x, y);
-                    }
-                }
+                Instr::Unary(op, a) => op.apply_slice(reg(a), cur),
+                Instr::Binary(op, a, b) => op.apply_slice(reg(a), reg(b), cur),
             }
         }
         match self.code.len() {

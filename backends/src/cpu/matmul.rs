@@ -4,6 +4,7 @@
 use super::qdot::{Acts, Kernel, f16_kernel};
 use super::team;
 use super::tensor::TensorRef;
+use super::tile::rows_times;
 use crate::{BackendError, Result};
 use weft_graph::DType;
 
@@ -67,7 +68,10 @@ fn product(
     };
     // Each chunk takes a few weight rows and meets them with every activation row: `t` is
     // `[N, M]` (the output itself when M = 1).
-    let rows_per_chunk = (n / (8 * team.threads())).clamp(4, 64);
+    let mut rows_per_chunk = (n / (8 * team.threads())).clamp(4, 64);
+    if m >= 4 && quantized.is_none() {
+        rows_per_chunk -= rows_per_chunk % 3; // whole register tiles (see `tile`)
+    }
     let mut transposed = (m > 1).then(|| vec![0.0f32; n * m]);
     let t = transposed.as_deref_mut().unwrap_or(&mut *out);
     team.chunks_mut(t, rows_per_chunk * m, |c, chunk| {
@@ -77,6 +81,14 @@ fn product(
                 for (jj, col) in chunk.chunks_mut(m).enumerate() {
                     kern.dot_rows(w.row_bytes(rows(first + jj)), acts, col);
                 }
+            }
+            // prompts: the chunk's rows decoded once, then register tiles
+            (None, _) if m >= 4 => {
+                let mut buf = vec![0.0f32; chunk.len() / m * k];
+                for (jj, row) in buf.chunks_exact_mut(k).enumerate() {
+                    w.row_into(rows(first + jj), row);
+                }
+                rows_times(&buf, x, k, chunk);
             }
             (None, Some(f16)) => {
                 for (jj, col) in chunk.chunks_mut(m).enumerate() {

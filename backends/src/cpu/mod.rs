@@ -12,6 +12,7 @@ mod rows;
 mod ssm;
 mod team;
 mod tensor;
+mod tile;
 
 use crate::{Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result};
 use buffer::AlignedBytes;

@@ -2,6 +2,7 @@
 
 use super::team;
 use super::tensor::TensorRef;
+use weft_graph::math;
 
 /// `y[s, t, c] = Σ_k xc[s, t + k, c] · w[c, k]`.
 pub fn ssm_conv(xc: &TensorRef, w: &TensorRef, out: &mut [f32]) {
@@ -30,44 +31,63 @@ pub fn ssm_scan(srcs: &[TensorRef], out: &mut [f32]) {
     let [s, h, p, n] = [st.dims()[0], st.dims()[1], st.dims()[2], st.dims()[3]];
     let t = x.dims()[1];
     let g = b.dims()[2];
-    let a_per_state = a.dims()[1] == n;
+    let a_cols = a.dims()[1];
     let heads_per_group = h / g;
+    let per = p * n;
     let (ys, states) = out.split_at_mut(s * t * h * p);
-    // Each (sequence, head) is independent: compute its y rows and its state block.
-    let results: Vec<Vec<f32>> = team::global().map(s * h, |sh| {
-        let (si, hi) = (sh / h, sh % h);
-        let gi = hi / heads_per_group;
-        let mut state = stv[sh * p * n..(sh + 1) * p * n].to_vec();
-        let mut y = vec![0.0f32; t * p];
+    // Heads are independent. They go in blocks (Mamba1 has a head per channel, each a few
+    // dozen flops per token): each block updates its slice of the new state in place and
+    // keeps its y rows, [head, token, p], for the copy below.
+    let team = team::global();
+    let hb = (s * h).div_ceil(4 * team.threads()).max(1);
+    let mut blocks: Vec<(&mut [f32], Vec<f32>)> = states
+        .chunks_mut(hb * per)
+        .map(|state| (state, vec![]))
+        .collect();
+    team.chunks_mut(&mut blocks, 1, |bi, blk| {
+        let (state, y) = &mut blk[0];
+        let sh0 = bi * hb;
+        let nh = state.len() / per;
+        state.copy_from_slice(&stv[sh0 * per..(sh0 + nh) * per]);
+        y.resize(nh * t * p, 0.0);
         let mut decay = vec![0.0f32; n];
-        for ti in 0..t {
-            let d = dtv[(si * t + ti) * h + hi];
-            let bo = ((si * t + ti) * g + gi) * n;
-            let (br, cr) = (&bv[bo..bo + n], &cv[bo..bo + n]);
-            // exp(dt·A) once per token, not once per state row (Mamba2's A is one per head)
-            for (ni, da) in decay.iter_mut().enumerate() {
-                *da = (d * av[hi * a.dims()[1] + if a_per_state { ni } else { 0 }]).exp();
-            }
-            for pi in 0..p {
-                let xd = xv[((si * t + ti) * h + hi) * p + pi] * d;
-                let row = &mut state[pi * n..(pi + 1) * n];
-                let mut acc = 0.0;
-                for ni in 0..n {
-                    row[ni] = row[ni] * decay[ni] + br[ni] * xd;
-                    acc += row[ni] * cr[ni];
+        for j in 0..nh {
+            let (si, hi) = ((sh0 + j) / h, (sh0 + j) % h);
+            let gi = hi / heads_per_group;
+            let state = &mut state[j * per..(j + 1) * per];
+            let arow = &av[hi * a_cols..(hi + 1) * a_cols];
+            for ti in 0..t {
+                let d = dtv[(si * t + ti) * h + hi];
+                let bo = ((si * t + ti) * g + gi) * n;
+                let (br, cr) = (&bv[bo..bo + n], &cv[bo..bo + n]);
+                // exp(dt·A) once per token, not once per state row (Mamba2's A is one per head)
+                if a_cols == n {
+                    for (da, &av) in decay.iter_mut().zip(arow) {
+                        *da = math::exp(d * av);
+                    }
+                } else {
+                    decay.fill(math::exp(d * arow[0]));
                 }
-                y[ti * p + pi] = acc;
+                let xo = ((si * t + ti) * h + hi) * p;
+                for (pi, row) in state.chunks_exact_mut(n).enumerate() {
+                    let xd = xv[xo + pi] * d;
+                    let mut acc = 0.0;
+                    for (((s, &da), &b), &c) in row.iter_mut().zip(&decay).zip(br).zip(cr) {
+                        *s = *s * da + b * xd;
+                        acc += *s * c;
+                    }
+                    y[(j * t + ti) * p + pi] = acc;
+                }
             }
         }
-        y.extend_from_slice(&state);
-        y
     });
-    for (sh, r) in results.iter().enumerate() {
-        let (si, hi) = (sh / h, sh % h);
-        for ti in 0..t {
-            let o = ((si * t + ti) * h + hi) * p;
-            ys[o..o + p].copy_from_slice(&r[ti * p..(ti + 1) * p]);
+    for (bi, (_, y)) in blocks.iter().enumerate() {
+        for (j, rows) in y.chunks_exact(t * p).enumerate() {
+            let (si, hi) = ((bi * hb + j) / h, (bi * hb + j) % h);
+            for ti in 0..t {
+                let o = ((si * t + ti) * h + hi) * p;
+                ys[o..o + p].copy_from_slice(&rows[ti * p..(ti + 1) * p]);
+            }
         }
-        states[sh * p * n..(sh + 1) * p * n].copy_from_slice(&r[t * p..]);
     }
 }
