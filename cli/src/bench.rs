@@ -1,6 +1,7 @@
 //! `weft bench`: prompt-processing and generation throughput like llama-bench, plus for
-//! generation the bytes of weights read per second and that as a fraction of the device's
-//! measured copy bandwidth (the memory-bandwidth roofline of decode).
+//! generation the bytes of weights read per second (what one token reads: one embedding row,
+//! the routed share of MoE experts; see `GgufFile::bytes_per_token`) and that as a fraction of
+//! the device's measured copy bandwidth (the memory-bandwidth roofline of decode).
 
 use crate::backend::{self, BackendArgs};
 use anyhow::{Context, Result, bail};
@@ -180,7 +181,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "samples_ts": ts,
         });
         if t.n_gen > 0 {
-            let bps = weight_bytes as f64 * avg_ts;
+            let bps = gguf.bytes_per_token() as f64 * avg_ts;
             row["weights_bytes_per_s"] = serde_json::json!(bps);
             row["bandwidth_fraction"] = serde_json::json!(bandwidth.map(|b| bps / b));
             row["device_bandwidth_bytes_per_s"] = serde_json::json!(bandwidth);

@@ -570,3 +570,32 @@ fn quantized_fixtures_list_their_types() {
         }
     }
 }
+
+#[test]
+fn bytes_per_token_counts_what_decode_reads() {
+    let sum = |g: &GgufFile, f: &dyn Fn(&str) -> bool| -> usize {
+        g.tensors()
+            .iter()
+            .filter(|t| f(&t.name))
+            .map(|t| t.bytes)
+            .sum()
+    };
+    // mamba ties its output to the embedding: everything is read
+    let m = GgufFile::open(fixture("mamba/mamba-f32.gguf")).unwrap();
+    assert!(m.tensor("output.weight").is_none());
+    assert_eq!(m.bytes_per_token(), sum(&m, &|_| true));
+    // jamba: one embedding row, and 2 of the 4 experts' weights
+    let j = GgufFile::open(fixture("jamba/jamba-f32.gguf")).unwrap();
+    assert!(j.tensor("output.weight").is_some());
+    let used = j.get_usize("jamba.expert_used_count").unwrap();
+    let count = j.get_usize("jamba.expert_count").unwrap();
+    assert!(used < count);
+    let embd = j.tensor("token_embd.weight").unwrap();
+    let experts = sum(&j, &|n| n.contains("_exps"));
+    assert!(experts > 0);
+    let rest = sum(&j, &|n| !n.contains("_exps") && n != "token_embd.weight");
+    assert_eq!(
+        j.bytes_per_token(),
+        rest + experts * used / count + embd.bytes / embd.dims()[0]
+    );
+}

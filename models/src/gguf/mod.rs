@@ -275,6 +275,27 @@ impl GgufFile {
         &self.parsed.tensors
     }
 
+    /// Bytes of weights one generated token reads: every tensor, except that a token
+    /// embedding that is not also the output projection gives one row, and routed experts
+    /// (`*_exps`) count `expert_used_count / expert_count` of their bytes. The numerator of the
+    /// bandwidth roofline of decode.
+    pub fn bytes_per_token(&self) -> usize {
+        let arch = self.architecture().unwrap_or_default();
+        let key = |k: &str| self.get_usize_opt(&format!("{arch}.{k}")).ok().flatten();
+        let (used, count) = (key("expert_used_count"), key("expert_count"));
+        let tied = self.tensor("output.weight").is_none();
+        self.tensors()
+            .iter()
+            .map(|t| match (used, count) {
+                _ if t.name == "token_embd.weight" && !tied => {
+                    t.bytes / t.dims().first().copied().unwrap_or(1).max(1)
+                }
+                (Some(u), Some(c)) if t.name.contains("_exps") && c > 0 => t.bytes * u.min(c) / c,
+                _ => t.bytes,
+            })
+            .sum()
+    }
+
     /// The tensor called `name`, if present.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         let i = *self.parsed.tensor_index.get(name)?;
