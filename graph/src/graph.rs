@@ -116,7 +116,12 @@ impl Graph {
 
     /// True when a node has effects beyond its value (writes a cache).
     pub fn has_side_effect(&self, id: NodeId) -> bool {
-        matches!(self.node(id).op, Op::StoreRows)
+        let n = self.node(id);
+        match n.op {
+            Op::StoreRows => true,
+            Op::SsmScan => n.srcs.len() == 7,
+            _ => false,
+        }
     }
 
     /// True when the node's storage is a read-write external.

@@ -345,6 +345,11 @@ pub enum Op {
     /// c [S, T, G, N]]` → flat `[S·T·H·P + S·H·P·N]`: `y [S, T, H, P]` followed by the new state.
     /// `dt` is used as given (already softplus'ed). Mamba1 is `P = 1, G = 1, a [H, N]`; Mamba2
     /// is `a [H, 1]`.
+    ///
+    /// With a seventh source, `slots I32 [S]` (made by the `state_in_place` pass, never by the
+    /// builder), `state` is instead the layer's state cache `[R, H·P·N]`: sequence `s` starts
+    /// from row `slots[s]`, its new state is written back into that row, and the output is
+    /// `y [S, T, H, P]` alone.
     SsmScan,
     /// `[state [S, Hv, Dv, Dk], q [S, T, Hk, Dk], k [S, T, Hk, Dk], v [S, T, Hv, Dv], g [S, T, Hv],
     /// beta [S, T, Hv]]` → flat `[S·T·Hv·Dv + S·Hv·Dv·Dk]`: `y [S, T, Hv, Dv]` then the new

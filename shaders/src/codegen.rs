@@ -156,7 +156,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
                 let _ = writeln!(out, "fn ld{i}(i: u32) -> f32 {{ return f32(ldi{i}(i)); }}");
             }
             (Home::External(b), d) => {
-                if spec.store.is_some_and(|(sb, _)| sb == b) {
+                // an F32 destination is a plain read-write array, which a source may read too
+                let f32_store = spec.store == Some((b, DType::F32)) && d == DType::F32;
+                if spec.store.is_some_and(|(sb, _)| sb == b) && !f32_store {
                     return Err(err(
                         k,
                         "a source cannot be read from the destination binding",
@@ -199,6 +201,17 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         let _ = writeln!(out, "fn store_dst(i: u32, v: f32) {{ {body} }}");
     } else if k == Kernel::StoreRows {
         return Err(err(k, "store_rows needs a destination"));
+    }
+    if k == Kernel::SsmScan {
+        // the state row of sequence `s`, and where the new state goes: its cache row when the
+        // scan has slots (source 6), else the output after `y`
+        out.push_str(if spec.sources.len() == 7 {
+            "fn scan_row(s: u32) -> u32 { return u32(ldi6(pu(15u) + s)); }\n\
+             fn scan_put(i: u32, v: f32) { store_dst(pu(7u) + i, v); }\n"
+        } else {
+            "fn scan_row(s: u32) -> u32 { return s; }\n\
+             fn scan_put(i: u32, v: f32) { st(pu(14u) + i, v); }\n"
+        });
     }
     if k == Kernel::MatMul {
         let w = spec

@@ -220,6 +220,8 @@ impl CpuBackend {
             let node = g.node(id);
             if matches!(node.op, Op::StoreRows) {
                 self.store_rows(plan, &prog.arena, id)?;
+            } else if matches!(node.op, Op::SsmScan) && node.srcs.len() == 7 {
+                self.scan_in_place(plan, &mut prog.arena, id)?;
             } else {
                 let bytes = node.dtype.bytes_for(node.numel()).unwrap_or(0);
                 if self.scratch.len() < bytes {
@@ -272,6 +274,41 @@ impl CpuBackend {
         id: NodeId,
     ) -> Result<TensorRef<'a>> {
         tensor_ref(&self.buffers, g, plan, arena, id)
+    }
+
+    /// `ssm_scan` on state rows in their cache (see `Op::SsmScan`): the cache buffer is taken
+    /// out of the map for the call, so that the scan can update its rows while reading the
+    /// other sources.
+    fn scan_in_place(&mut self, plan: &Plan, arena: &mut AlignedBytes, id: NodeId) -> Result<()> {
+        let g = &plan.graph;
+        let node = g.node(id);
+        let Home::External(buf) = home(g, plan, node.srcs[0]) else {
+            return Err(BackendError::Device(format!(
+                "{}: the state is not in a cache",
+                node.name
+            )));
+        };
+        let mut cache = self
+            .buffers
+            .remove(&buf.0)
+            .ok_or(BackendError::UnknownBuffer(buf.0))?;
+        let mut y = vec![0.0f32; node.numel()];
+        let done = (|| {
+            let srcs: Vec<TensorRef> = node.srcs[1..]
+                .iter()
+                .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
+                .collect::<Result<_>>()?;
+            let slots = srcs[5].i32();
+            let layout = g.node(node.srcs[0]).layout;
+            let rows = &mut bytemuck::cast_slice_mut::<u8, f32>(cache.bytes_mut())
+                [layout.offset..layout.offset + layout.shape.numel()];
+            ssm::ssm_scan_cached(rows, &slots, &srcs[..5], &node.name, &mut y)
+        })();
+        self.buffers.insert(buf.0, cache);
+        done?;
+        let off = plan.slots[id.index()].map_or(0, |s| s.offset);
+        arena.bytes_mut()[off..off + 4 * y.len()].copy_from_slice(bytemuck::cast_slice(&y));
+        Ok(())
     }
 
     fn store_rows(&mut self, plan: &Plan, arena: &AlignedBytes, id: NodeId) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use super::team;
 use super::tensor::TensorRef;
+use crate::{BackendError, Result};
 use weft_graph::math;
 
 /// `y[s, t, c] = Σ_k xc[s, t + k, c] · w[c, k]`.
@@ -26,33 +27,76 @@ pub fn ssm_conv(xc: &TensorRef, w: &TensorRef, out: &mut [f32]) {
 
 /// Selective scan over `T` tokens for every sequence and head; writes `y` then the new state.
 pub fn ssm_scan(srcs: &[TensorRef], out: &mut [f32]) {
-    let [st, x, dt, a, b, c] = [&srcs[0], &srcs[1], &srcs[2], &srcs[3], &srcs[4], &srcs[5]];
-    let (stv, xv, dtv, av, bv, cv) = (st.f32(), x.f32(), dt.f32(), a.f32(), b.f32(), c.f32());
-    let [s, h, p, n] = [st.dims()[0], st.dims()[1], st.dims()[2], st.dims()[3]];
-    let t = x.dims()[1];
-    let g = b.dims()[2];
+    let stv = srcs[0].f32();
+    let x = &srcs[1];
+    let ny = x.dims()[0] * x.dims()[1] * x.dims()[2] * x.dims()[3];
+    let (ys, states) = out.split_at_mut(ny);
+    states.copy_from_slice(&stv);
+    let per_seq = states.len() / x.dims()[0].max(1);
+    scan(states.chunks_mut(per_seq.max(1)).collect(), &srcs[1..6], ys);
+}
+
+/// The scan on state rows that live in a cache `[R, H·P·N]` (`Op::SsmScan` with seven
+/// sources): sequence `s` starts from row `slots[s]` and leaves its new state there. Writes `y`.
+pub fn ssm_scan_cached(
+    cache: &mut [f32],
+    slots: &[i32],
+    srcs: &[TensorRef],
+    node: &str,
+    ys: &mut [f32],
+) -> Result<()> {
+    let x = &srcs[0];
+    let per_seq = x.dims()[2] * x.dims()[3] * srcs[3].dims()[3];
+    let mut rows: Vec<Option<&mut [f32]>> = cache.chunks_mut(per_seq.max(1)).map(Some).collect();
+    let mut mine = Vec::with_capacity(slots.len());
+    let n_rows = rows.len();
+    for &slot in slots {
+        let Some(entry) = usize::try_from(slot).ok().and_then(|r| rows.get_mut(r)) else {
+            return Err(BackendError::IndexOutOfRange {
+                op: "ssm_scan",
+                node: node.to_string(),
+                index: slot as i64,
+                len: n_rows,
+            });
+        };
+        mine.push(entry.take().ok_or_else(|| BackendError::BadInput {
+            name: "slots".into(),
+            detail: format!("{node}: slot {slot} appears twice in one scan"),
+        })?);
+    }
+    scan(mine, srcs, ys);
+    Ok(())
+}
+
+/// Runs the scan over `[x, dt, A, B, C]` (see `Op::SsmScan`) with each sequence's state
+/// `[H, P, N]` in `states[s]`, updated in place; writes `y`.
+fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
+    let [x, dt, a, b, c] = [&srcs[0], &srcs[1], &srcs[2], &srcs[3], &srcs[4]];
+    let (xv, dtv, av, bv, cv) = (x.f32(), dt.f32(), a.f32(), b.f32(), c.f32());
+    let [s, t, h, p] = [x.dims()[0], x.dims()[1], x.dims()[2], x.dims()[3]];
+    let [g, n] = [b.dims()[2], b.dims()[3]];
     let a_cols = a.dims()[1];
     let heads_per_group = h / g;
     let per = p * n;
-    let (ys, states) = out.split_at_mut(s * t * h * p);
     // Heads are independent. They go in blocks (Mamba1 has a head per channel, each a few
-    // dozen flops per token): each block updates its slice of the new state in place and
-    // keeps its y rows, [head, token, p], for the copy below.
+    // dozen flops per token): each block updates its heads' state in place and keeps its y
+    // rows, [head, token, p], for the copy below.
     let team = team::global();
     let hb = (s * h).div_ceil(4 * team.threads()).max(1);
-    let mut blocks: Vec<(&mut [f32], Vec<f32>)> = states
-        .chunks_mut(hb * per)
-        .map(|state| (state, vec![]))
-        .collect();
-    team.chunks_mut(&mut blocks, 1, |bi, blk| {
-        let (state, y) = &mut blk[0];
-        let sh0 = bi * hb;
+    let mut blocks: Vec<(usize, usize, &mut [f32], Vec<f32>)> = vec![];
+    for (si, row) in states.into_iter().enumerate() {
+        for (bi, state) in row.chunks_mut(hb * per).enumerate() {
+            blocks.push((si, bi * hb, state, vec![]));
+        }
+    }
+    team.chunks_mut(&mut blocks, 1, |_, blk| {
+        let (si, h0, state, y) = &mut blk[0];
+        let (si, h0) = (*si, *h0);
         let nh = state.len() / per;
-        state.copy_from_slice(&stv[sh0 * per..(sh0 + nh) * per]);
         y.resize(nh * t * p, 0.0);
         let mut decay = vec![0.0f32; t * n];
         for j in 0..nh {
-            let (si, hi) = ((sh0 + j) / h, (sh0 + j) % h);
+            let hi = h0 + j;
             let gi = hi / heads_per_group;
             let state = &mut state[j * per..(j + 1) * per];
             let arow = &av[hi * a_cols..(hi + 1) * a_cols];
@@ -79,11 +123,10 @@ pub fn ssm_scan(srcs: &[TensorRef], out: &mut [f32]) {
             }
         }
     });
-    for (bi, (_, y)) in blocks.iter().enumerate() {
+    for (si, h0, _, y) in &blocks {
         for (j, rows) in y.chunks_exact(t * p).enumerate() {
-            let (si, hi) = ((bi * hb + j) / h, (bi * hb + j) % h);
             for ti in 0..t {
-                let o = ((si * t + ti) * h + hi) * p;
+                let o = ((si * t + ti) * h + h0 + j) * p;
                 ys[o..o + p].copy_from_slice(&rows[ti * p..(ti + 1) * p]);
             }
         }

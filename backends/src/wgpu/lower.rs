@@ -380,14 +380,21 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             (Kernel::SsmConv, p, threads(total))
         }
         Op::SsmScan => {
-            let (sd, xd, ad, bd) = (dims(0), dims(1), dims(3), dims(4));
-            let [sn, h, pp, n] = [sd[0], sd[1], sd[2], sd[3]];
+            let (xd, ad, bd) = (dims(1), dims(3), dims(4));
+            let [sn, h, pp, n] = [xd[0], xd[2], xd[3], bd[3]];
             if n > 256 {
                 return Err(c.fail(format!("state size {n} (at most 256)")));
             }
-            let offs: Vec<u32> = (0..6).map(|i| c.src(s[i])).collect();
+            // with slots, source 0 is the state cache, read and written in place
+            if s.len() == 7 {
+                let Home::External(b) = c.place(s[0]).0 else {
+                    return Err(c.fail("the state is not in a cache"));
+                };
+                store = Some((b, DType::F32));
+            }
+            let offs: Vec<u32> = (0..s.len()).map(|i| c.src(s[i])).collect();
             let y = c.out();
-            let p = vec![
+            let mut p = vec![
                 sn as u32,
                 xd[1] as u32,
                 h as u32,
@@ -404,6 +411,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 y,
                 y + (sn * xd[1] * h * pp) as u32,
             ];
+            p.extend(offs.get(6));
             (Kernel::SsmScan, p, (sn * h * pp) as u32)
         }
         Op::GatedDeltaNet { form } => {

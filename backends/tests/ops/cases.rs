@@ -3,8 +3,10 @@
 
 use super::harness::*;
 use super::reference::{self as r, Nd, indices};
-use weft_backends::Backend;
-use weft_graph::{Access, BinaryOp, DType, DeltaForm, ReduceOp, RopeMode, RopeParams, UnaryOp};
+use weft_backends::{Backend, HostData, Output, OutputData};
+use weft_graph::{
+    Access, BinaryOp, DType, DeltaForm, ReduceOp, RopeMode, RopeParams, UnaryOp, plan,
+};
 
 const TOL: f64 = 1e-5;
 
@@ -585,6 +587,100 @@ pub fn ssm_scan_mamba1(be: &mut dyn Backend) {
 
 pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     ssm_scan_case(be, 3, 4, 4, 8, 16, 2, false, 24);
+}
+
+/// The recurrent layer's pattern — gather the state rows of the slots, scan, store the new
+/// state back — fused into a scan that works on the cache rows in place equals the three ops
+/// run one by one, and both equal the reference. (Each run changes the cache, so this case
+/// resets it and runs each plan setting itself.)
+pub fn ssm_scan_in_place(be: &mut dyn Backend) {
+    let (s, t, h, p, n, rows) = (2, 3, 4, 2, 16, 5);
+    let slots = vec![3, 1];
+    let d = h * p * n;
+    let mut rg = rng(31);
+    let init = randn(&mut rg, rows * d);
+    let mut c = Case::new();
+    let (cache, cache_n) = c.external(
+        be,
+        "cache",
+        &[rows, d],
+        DType::F32,
+        &init,
+        Access::ReadWrite,
+    );
+    let buf = match c.b.graph().node(c.b.graph().storage_of(cache.id)).op {
+        weft_graph::Op::External { buffer, .. } => buffer,
+        _ => unreachable!("an external"),
+    };
+    let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
+    let dtv: Vec<f32> = randn(&mut rg, s * t * h)
+        .iter()
+        .map(|v| v.abs() * 0.5 + 0.01)
+        .collect();
+    let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
+    let av: Vec<f32> = randn(&mut rg, h).iter().map(|v| -v.abs() - 0.1).collect();
+    let (a, an) = c.input_values("a", &[h, 1], av);
+    let (bm, bn) = c.input(&mut rg, "b", &[s, t, 1, n]);
+    let (cm, cn) = c.input(&mut rg, "c", &[s, t, 1, n]);
+    let ids = c.ids("slots", &[s], slots.clone());
+    let rows_in = c.b.get_rows(cache, ids).unwrap();
+    let state = c.b.reshape(rows_in, &[s, h, p, n]).unwrap();
+    let (y, ns) = c.b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
+    let ns = c.b.contiguous(ns).unwrap();
+    let ns = c.b.reshape(ns, &[s, d]).unwrap();
+    c.b.store_rows(cache, ns, ids).unwrap();
+    c.output(y, "y");
+    // the reference: the scan from the gathered rows, its new state written to those rows
+    let mut stn = Nd::zeros(&[s, h, p, n]);
+    for i in indices(&[s, h, p, n]) {
+        let col = (i[1] * p + i[2]) * n + i[3];
+        stn.set(&i, cache_n.at(&[slots[i[0]] as usize, col]));
+    }
+    let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
+    let mut want_cache = cache_n.clone();
+    for i in indices(&[s, h, p, n]) {
+        let col = (i[1] * p + i[2]) * n + i[3];
+        want_cache.set(&[slots[i[0]] as usize, col], ws.at(&i));
+    }
+    let (g, f32s, i32s) = c.into_parts();
+    let mut inputs: Vec<(&str, HostData)> = f32s
+        .iter()
+        .map(|(k, v)| (k.as_str(), HostData::F32(v)))
+        .collect();
+    inputs.extend(i32s.iter().map(|(k, v)| (k.as_str(), HostData::I32(v))));
+    for fuse in [true, false] {
+        let opts = weft_graph::PlanOptions {
+            passes: weft_graph::passes::PassOptions { fuse },
+            ..Default::default()
+        };
+        let pl = plan(&g, opts);
+        let ops: Vec<&str> = pl
+            .schedule
+            .iter()
+            .map(|&i| pl.graph.node(i).op.name())
+            .collect();
+        // fused, the gather and the store are gone
+        assert_eq!(ops.contains(&"store_rows"), !fuse, "{ops:?}");
+        assert_eq!(ops.contains(&"get_rows"), !fuse, "{ops:?}");
+        be.upload(buf, 0, bytemuck::cast_slice(&init)).unwrap();
+        let prog = be.compile(&pl).expect("compile");
+        let out = be.run(prog, &inputs).expect("run");
+        be.release(prog).unwrap();
+        let mut bytes = vec![0u8; rows * d * 4];
+        be.download(buf, 0, &mut bytes).unwrap();
+        let got = Output {
+            name: "cache".into(),
+            shape: weft_graph::Shape::new(&[rows, d]).unwrap(),
+            data: OutputData::F32(bytemuck::cast_slice(&bytes).to_vec()),
+        };
+        assert_close(&format!("in-place scan y (fuse {fuse})"), &out[0], &wy, TOL);
+        assert_close(
+            &format!("in-place scan cache (fuse {fuse})"),
+            &got,
+            &want_cache,
+            TOL,
+        );
+    }
 }
 
 fn delta_case(be: &mut dyn Backend, form: DeltaForm, t: usize, seed: u64) {

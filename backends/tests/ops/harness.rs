@@ -17,6 +17,9 @@ pub fn randn(r: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
 }
 
+/// Host inputs by name.
+pub type Named<T> = Vec<(String, Vec<T>)>;
+
 /// A graph under construction with its host inputs.
 pub struct Case {
     pub b: GraphBuilder,
@@ -119,6 +122,11 @@ impl Case {
     pub fn finish(self) -> (Graph, Vec<(String, Vec<f32>)>) {
         assert!(self.i32_inputs.is_empty(), "finish() is for F32-only cases");
         (self.b.finish(), self.f32_inputs)
+    }
+
+    /// The recorded graph and its host inputs, for cases that drive the backend themselves.
+    pub fn into_parts(self) -> (Graph, Named<f32>, Named<i32>) {
+        (self.b.finish(), self.f32_inputs, self.i32_inputs)
     }
 
     /// Runs under three plan settings; all must agree bit for bit, and the first is returned.

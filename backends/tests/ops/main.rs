@@ -51,6 +51,7 @@ macro_rules! all_cases {
                 ssm_conv,
                 ssm_scan_mamba1,
                 ssm_scan_mamba2,
+                ssm_scan_in_place,
                 gated_delta_net_recurrent,
                 gated_delta_net_chunked,
                 reductions_and_top_k,

@@ -1,14 +1,17 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
-//! dead-node removal → view folding → legalization → elementwise fusion → dead-node removal.
+//! dead-node removal → view folding → recurrent state in place → legalization → elementwise
+//! fusion → dead-node removal (the two fusing passes only with [`PassOptions::fuse`]).
 
 mod dce;
 mod fuse;
 mod legalize;
+mod state_in_place;
 mod views;
 
 pub use dce::remove_dead;
 pub use fuse::fuse_elementwise;
 pub use legalize::legalize;
+pub use state_in_place::state_in_place;
 pub use views::fold_views;
 
 use crate::graph::{Graph, Node, NodeId};
@@ -29,6 +32,12 @@ impl Default for PassOptions {
 pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     let g = remove_dead(g);
     let g = fold_views(&g);
+    let g = if opts.fuse {
+        // (views folding leaves dead views behind, which would look like readers)
+        remove_dead(&state_in_place(&remove_dead(&g)))
+    } else {
+        g
+    };
     let g = legalize(&g);
     if opts.fuse {
         remove_dead(&fuse_elementwise(&g))

@@ -4,6 +4,8 @@
 // Sources: 0 state [S,H,P,N], 1 x [S,T,H,P], 2 dt [S,T,H], 3 A [H, N or 1], 4 B [S,T,G,N],
 // 5 C [S,T,G,N]. Params: 0 S, 1 T, 2 H, 3 P, 4 N, 5 G, 6 A per state, 7 st_off, 8 x_off,
 // 9 dt_off, 10 a_off, 11 b_off, 12 c_off, 13 y_off, 14 new state off.
+// With source 6, slots I32 [S] (param 15 its offset), source 0 is the state cache [R, H·P·N]:
+// sequence s reads and writes row slots[s] (the generator's `scan_row` and `scan_put`).
 
 var<workgroup> red: array<f32, 64>;
 
@@ -21,7 +23,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h = sh % h_;
     let s = sh / h_;
     let grp = h / (h_ / g_);
-    let sbase = (sh * p_ + p) * n_;
+    let sbase = ((scan_row(s) * h_ + h) * p_ + p) * n_;
     var state = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     var a = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     for (var r = 0u; r < 4u; r++) {
@@ -62,7 +64,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var r = 0u; r < 4u; r++) {
         let n = lid.x + 64u * r;
         if (ok && n < n_) {
-            st(pu(14u) + sbase + n, state[r]);
+            scan_put(sbase + n, state[r]);
         }
     }
 }
