@@ -119,7 +119,7 @@ impl Graph {
         let n = self.node(id);
         match n.op {
             Op::StoreRows => true,
-            Op::SsmScan => n.srcs.len() == 7,
+            Op::SsmScan | Op::GatedDeltaNet { .. } => n.srcs.len() == 7,
             _ => false,
         }
     }

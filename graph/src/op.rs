@@ -354,6 +354,7 @@ pub enum Op {
     /// `[state [S, Hv, Dv, Dk], q [S, T, Hk, Dk], k [S, T, Hk, Dk], v [S, T, Hv, Dv], g [S, T, Hv],
     /// beta [S, T, Hv]]` → flat `[S·T·Hv·Dv + S·Hv·Dv·Dk]`: `y [S, T, Hv, Dv]` then the new
     /// state. Per head: `St = St−1·exp(g)`, `St += β (v − St k) ⊗ k`, `y = St q`.
+    /// With a seventh source, slots, the state lives in its cache as for [`Op::SsmScan`].
     GatedDeltaNet {
         form: DeltaForm,
     },

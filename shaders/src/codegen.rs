@@ -202,16 +202,28 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     } else if k == Kernel::StoreRows {
         return Err(err(k, "store_rows needs a destination"));
     }
-    if k == Kernel::SsmScan {
-        // the state row of sequence `s`, and where the new state goes: its cache row when the
-        // scan has slots (source 6), else the output after `y`
-        out.push_str(if spec.sources.len() == 7 {
-            "fn scan_row(s: u32) -> u32 { return u32(ldi6(pu(15u) + s)); }\n\
-             fn scan_put(i: u32, v: f32) { store_dst(pu(7u) + i, v); }\n"
+    // scans: the state row of sequence `s`, and where the new state goes: its cache row when
+    // the op has slots (source 6), else the output after `y` (parameter words per kernel: the
+    // state's offset, the new state's, the slots')
+    let words = match k {
+        Kernel::SsmScan => Some((7, 14, 15)),
+        Kernel::GatedDeltaNet => Some((6, 13, 14)),
+        _ => None,
+    };
+    if let Some((st, new, slots)) = words {
+        let _ = if spec.sources.len() == 7 {
+            write!(
+                out,
+                "fn state_row(s: u32) -> u32 {{ return u32(ldi6(pu({slots}u) + s)); }}\n\
+                 fn state_put(i: u32, v: f32) {{ store_dst(pu({st}u) + i, v); }}\n"
+            )
         } else {
-            "fn scan_row(s: u32) -> u32 { return s; }\n\
-             fn scan_put(i: u32, v: f32) { st(pu(14u) + i, v); }\n"
-        });
+            write!(
+                out,
+                "fn state_row(s: u32) -> u32 {{ return s; }}\n\
+                 fn state_put(i: u32, v: f32) {{ st(pu({new}u) + i, v); }}\n"
+            )
+        };
     }
     if k == Kernel::MatMul {
         let w = spec

@@ -157,12 +157,14 @@ fn variants() -> Vec<Spec> {
     ));
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
     // the state read and written in its cache, rows picked by slots
-    let mut srcs = vec![ext(0, DType::F32)];
-    srcs.extend([arena(DType::F32); 5]);
-    srcs.push(arena(DType::I32));
-    let mut s = Spec::new(Kernel::SsmScan, srcs);
-    s.store = Some((0, DType::F32));
-    v.push(s);
+    for k in [Kernel::SsmScan, Kernel::GatedDeltaNet] {
+        let mut srcs = vec![ext(0, DType::F32)];
+        srcs.extend([arena(DType::F32); 5]);
+        srcs.push(arena(DType::I32));
+        let mut s = Spec::new(k, srcs);
+        s.store = Some((0, DType::F32));
+        v.push(s);
+    }
     v.push(Spec::new(Kernel::GatedDeltaNet, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::TopK, vec![arena(DType::F32)]));
     v.push(Spec::new(Kernel::Reduce, vec![arena(DType::F32)]));

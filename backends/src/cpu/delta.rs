@@ -5,8 +5,10 @@
 //! Per sequence and value head, with state `S [Dv, Dk]`:
 //! `S ← S·exp(g)`, `S ← S + β (v − S k) kᵀ`, `y = S q`.
 
+use super::state::slot_rows;
 use super::team;
 use super::tensor::TensorRef;
+use crate::Result;
 use weft_graph::DeltaForm;
 
 struct Operands<'a> {
@@ -167,44 +169,78 @@ fn chunked(o: &Operands, chunk: usize, s: usize, h: usize, state: &mut [f32], y:
 }
 
 pub fn gated_delta_net(srcs: &[TensorRef], form: DeltaForm, out: &mut [f32]) {
+    let v = &srcs[3];
+    let ny = v.dims().iter().product::<usize>();
+    let (ys, states) = out.split_at_mut(ny);
+    states.copy_from_slice(&srcs[0].f32());
+    let per = states.len() / v.dims()[0].max(1);
+    delta(
+        states.chunks_mut(per.max(1)).collect(),
+        &srcs[1..6],
+        form,
+        ys,
+    );
+}
+
+/// The delta rule on state rows that live in a cache `[R, Hv·Dv·Dk]` (`Op::GatedDeltaNet`
+/// with seven sources): sequence `s` starts from row `slots[s]` and leaves its new state there.
+pub fn gated_delta_net_cached(
+    cache: &mut [f32],
+    slots: &[i32],
+    srcs: &[TensorRef],
+    form: DeltaForm,
+    node: &str,
+    ys: &mut [f32],
+) -> Result<()> {
+    let v = &srcs[2];
+    let per = v.dims()[2] * v.dims()[3] * srcs[0].dims()[3];
+    delta(
+        slot_rows(cache, per, slots, "gated_delta_net", node)?,
+        srcs,
+        form,
+        ys,
+    );
+    Ok(())
+}
+
+/// Runs the rule over `[q, k, v, g, beta]` with each sequence's state `[Hv, Dv, Dk]` in
+/// `states[s]`, updated in place; writes `y`.
+fn delta(states: Vec<&mut [f32]>, srcs: &[TensorRef], form: DeltaForm, ys: &mut [f32]) {
     let vals: Vec<_> = srcs.iter().map(|t| t.f32()).collect();
-    let [s, hv, dv, dk] = [
-        srcs[0].dims()[0],
-        srcs[0].dims()[1],
-        srcs[0].dims()[2],
-        srcs[0].dims()[3],
-    ];
-    let (t, hk) = (srcs[1].dims()[1], srcs[1].dims()[2]);
+    let (q, v) = (&srcs[0], &srcs[2]);
+    let [t, hk, dk] = [q.dims()[1], q.dims()[2], q.dims()[3]];
+    let [hv, dv] = [v.dims()[2], v.dims()[3]];
     let o = Operands {
-        q: &vals[1],
-        k: &vals[2],
-        v: &vals[3],
-        g: &vals[4],
-        beta: &vals[5],
+        q: &vals[0],
+        k: &vals[1],
+        v: &vals[2],
+        g: &vals[3],
+        beta: &vals[4],
         t,
         hk,
         hv,
         dk,
         dv,
     };
-    let st0 = &vals[0];
-    let results: Vec<(Vec<f32>, Vec<f32>)> = team::global().map(s * hv, |sh| {
-        let (si, hi) = (sh / hv, sh % hv);
-        let mut state = st0[sh * dv * dk..(sh + 1) * dv * dk].to_vec();
-        let mut y = vec![0.0f32; t * dv];
-        match form {
-            DeltaForm::Recurrent => recurrent(&o, si, hi, &mut state, &mut y),
-            DeltaForm::Chunked { chunk } => chunked(&o, chunk, si, hi, &mut state, &mut y),
+    // one work item per (sequence, head), its state updated in place
+    let mut items: Vec<(usize, usize, &mut [f32], Vec<f32>)> = vec![];
+    for (si, row) in states.into_iter().enumerate() {
+        for (hi, state) in row.chunks_mut(dv * dk).enumerate() {
+            items.push((si, hi, state, vec![]));
         }
-        (y, state)
+    }
+    team::global().chunks_mut(&mut items, 1, |_, item| {
+        let (si, hi, state, y) = &mut item[0];
+        y.resize(t * dv, 0.0);
+        match form {
+            DeltaForm::Recurrent => recurrent(&o, *si, *hi, state, y),
+            DeltaForm::Chunked { chunk } => chunked(&o, chunk, *si, *hi, state, y),
+        }
     });
-    let (ys, states) = out.split_at_mut(s * t * hv * dv);
-    for (sh, (y, st)) in results.iter().enumerate() {
-        let (si, hi) = (sh / hv, sh % hv);
+    for (si, hi, _, y) in &items {
         for ti in 0..t {
             let off = ((si * t + ti) * hv + hi) * dv;
             ys[off..off + dv].copy_from_slice(&y[ti * dv..(ti + 1) * dv]);
         }
-        states[sh * dv * dk..(sh + 1) * dv * dk].copy_from_slice(st);
     }
 }

@@ -10,6 +10,7 @@ mod matmul;
 mod qdot;
 mod rows;
 mod ssm;
+mod state;
 mod team;
 mod tensor;
 mod tile;
@@ -220,7 +221,7 @@ impl CpuBackend {
             let node = g.node(id);
             if matches!(node.op, Op::StoreRows) {
                 self.store_rows(plan, &prog.arena, id)?;
-            } else if matches!(node.op, Op::SsmScan) && node.srcs.len() == 7 {
+            } else if g.has_side_effect(id) {
                 self.scan_in_place(plan, &mut prog.arena, id)?;
             } else {
                 let bytes = node.dtype.bytes_for(node.numel()).unwrap_or(0);
@@ -276,9 +277,9 @@ impl CpuBackend {
         tensor_ref(&self.buffers, g, plan, arena, id)
     }
 
-    /// `ssm_scan` on state rows in their cache (see `Op::SsmScan`): the cache buffer is taken
-    /// out of the map for the call, so that the scan can update its rows while reading the
-    /// other sources.
+    /// `ssm_scan` or `gated_delta_net` on state rows in their cache (see `Op::SsmScan`): the
+    /// cache buffer is taken out of the map for the call, so that the op can update its rows
+    /// while reading the other sources.
     fn scan_in_place(&mut self, plan: &Plan, arena: &mut AlignedBytes, id: NodeId) -> Result<()> {
         let g = &plan.graph;
         let node = g.node(id);
@@ -302,7 +303,22 @@ impl CpuBackend {
             let layout = g.node(node.srcs[0]).layout;
             let rows = &mut bytemuck::cast_slice_mut::<u8, f32>(cache.bytes_mut())
                 [layout.offset..layout.offset + layout.shape.numel()];
-            ssm::ssm_scan_cached(rows, &slots, &srcs[..5], &node.name, &mut y)
+            match node.op {
+                Op::SsmScan => ssm::ssm_scan_cached(rows, &slots, &srcs[..5], &node.name, &mut y),
+                Op::GatedDeltaNet { form } => delta::gated_delta_net_cached(
+                    rows,
+                    &slots,
+                    &srcs[..5],
+                    form,
+                    &node.name,
+                    &mut y,
+                ),
+                _ => Err(BackendError::Device(format!(
+                    "{}: no in-place form of {}",
+                    node.name,
+                    node.op.name()
+                ))),
+            }
         })();
         self.buffers.insert(buf.0, cache);
         done?;

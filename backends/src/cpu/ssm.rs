@@ -1,8 +1,9 @@
 //! Recurrent-layer ops: causal depthwise convolution and the selective scan.
 
+use super::state::slot_rows;
 use super::team;
 use super::tensor::TensorRef;
-use crate::{BackendError, Result};
+use crate::Result;
 use weft_graph::math;
 
 /// `y[s, t, c] = Σ_k xc[s, t + k, c] · w[c, k]`.
@@ -46,25 +47,8 @@ pub fn ssm_scan_cached(
     ys: &mut [f32],
 ) -> Result<()> {
     let x = &srcs[0];
-    let per_seq = x.dims()[2] * x.dims()[3] * srcs[3].dims()[3];
-    let mut rows: Vec<Option<&mut [f32]>> = cache.chunks_mut(per_seq.max(1)).map(Some).collect();
-    let mut mine = Vec::with_capacity(slots.len());
-    let n_rows = rows.len();
-    for &slot in slots {
-        let Some(entry) = usize::try_from(slot).ok().and_then(|r| rows.get_mut(r)) else {
-            return Err(BackendError::IndexOutOfRange {
-                op: "ssm_scan",
-                node: node.to_string(),
-                index: slot as i64,
-                len: n_rows,
-            });
-        };
-        mine.push(entry.take().ok_or_else(|| BackendError::BadInput {
-            name: "slots".into(),
-            detail: format!("{node}: slot {slot} appears twice in one scan"),
-        })?);
-    }
-    scan(mine, srcs, ys);
+    let per = x.dims()[2] * x.dims()[3] * srcs[3].dims()[3];
+    scan(slot_rows(cache, per, slots, "ssm_scan", node)?, srcs, ys);
     Ok(())
 }
 

@@ -149,15 +149,6 @@ impl Team {
     }
 }
 
-impl Team {
-    /// `[f(0), f(1), …, f(n − 1)]`, computed over the team.
-    pub fn map<T: Send>(&self, n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-        let mut slots: Vec<Option<T>> = (0..n).map(|_| None).collect();
-        self.chunks_mut(&mut slots, 1, |i, slot| slot[0] = Some(f(i)));
-        slots.into_iter().flatten().collect()
-    }
-}
-
 /// Claims and runs chunks of `epoch` until none are left.
 fn work(s: &Shared, epoch: u32, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
     loop {

@@ -416,14 +416,21 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
         }
         Op::GatedDeltaNet { form } => {
             let _ = matches!(form, DeltaForm::Recurrent | DeltaForm::Chunked { .. });
-            let (sd, qd) = (dims(0), dims(1));
-            let [sn, hv, dv, dk] = [sd[0], sd[1], sd[2], sd[3]];
+            let (qd, vd) = (dims(1), dims(3));
+            let [sn, hv, dv, dk] = [vd[0], vd[2], vd[3], qd[3]];
             if dk > 256 {
                 return Err(c.fail(format!("key heads of {dk} dims (at most 256)")));
             }
-            let offs: Vec<u32> = (0..6).map(|i| c.src(s[i])).collect();
+            // with slots, source 0 is the state cache, read and written in place
+            if s.len() == 7 {
+                let Home::External(b) = c.place(s[0]).0 else {
+                    return Err(c.fail("the state is not in a cache"));
+                };
+                store = Some((b, DType::F32));
+            }
+            let offs: Vec<u32> = (0..s.len()).map(|i| c.src(s[i])).collect();
             let y = c.out();
-            let p = vec![
+            let mut p = vec![
                 sn as u32,
                 qd[1] as u32,
                 qd[2] as u32,
@@ -439,6 +446,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 y,
                 y + (sn * qd[1] * hv * dv) as u32,
             ];
+            p.extend(offs.get(6));
             (Kernel::GatedDeltaNet, p, threads(sn * hv * dv))
         }
         Op::TopK { k } => {

@@ -5,7 +5,7 @@ use super::harness::*;
 use super::reference::{self as r, Nd, indices};
 use weft_backends::{Backend, HostData, Output, OutputData};
 use weft_graph::{
-    Access, BinaryOp, DType, DeltaForm, ReduceOp, RopeMode, RopeParams, UnaryOp, plan,
+    Access, BinaryOp, DType, DeltaForm, ReduceOp, RopeMode, RopeParams, Tensor, UnaryOp, plan,
 };
 
 const TOL: f64 = 1e-5;
@@ -589,17 +589,17 @@ pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     ssm_scan_case(be, 3, 4, 4, 8, 16, 2, false, 24);
 }
 
-/// The recurrent layer's pattern — gather the state rows of the slots, scan, store the new
-/// state back — fused into a scan that works on the cache rows in place equals the three ops
-/// run one by one, and both equal the reference. (Each run changes the cache, so this case
-/// resets it and runs each plan setting itself.)
-pub fn ssm_scan_in_place(be: &mut dyn Backend) {
-    let (s, t, h, p, n, rows) = (2, 3, 4, 2, 16, 5);
-    let slots = vec![3, 1];
-    let d = h * p * n;
-    let mut rg = rng(31);
-    let init = randn(&mut rg, rows * d);
-    let mut c = Case::new();
+/// A cache of `rows` rows of `d` random values for a state kept in place, its buffer and
+/// reference, and the slot ids input.
+fn state_cache(
+    be: &mut dyn Backend,
+    c: &mut Case,
+    rg: &mut rand::rngs::StdRng,
+    rows: usize,
+    d: usize,
+    slots: &[i32],
+) -> (Tensor, weft_graph::BufferId, Vec<f32>, Nd, Tensor) {
+    let init = randn(rg, rows * d);
     let (cache, cache_n) = c.external(
         be,
         "cache",
@@ -612,36 +612,43 @@ pub fn ssm_scan_in_place(be: &mut dyn Backend) {
         weft_graph::Op::External { buffer, .. } => buffer,
         _ => unreachable!("an external"),
     };
-    let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
-    let dtv: Vec<f32> = randn(&mut rg, s * t * h)
-        .iter()
-        .map(|v| v.abs() * 0.5 + 0.01)
-        .collect();
-    let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
-    let av: Vec<f32> = randn(&mut rg, h).iter().map(|v| -v.abs() - 0.1).collect();
-    let (a, an) = c.input_values("a", &[h, 1], av);
-    let (bm, bn) = c.input(&mut rg, "b", &[s, t, 1, n]);
-    let (cm, cn) = c.input(&mut rg, "c", &[s, t, 1, n]);
-    let ids = c.ids("slots", &[s], slots.clone());
-    let rows_in = c.b.get_rows(cache, ids).unwrap();
-    let state = c.b.reshape(rows_in, &[s, h, p, n]).unwrap();
-    let (y, ns) = c.b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
-    let ns = c.b.contiguous(ns).unwrap();
-    let ns = c.b.reshape(ns, &[s, d]).unwrap();
-    c.b.store_rows(cache, ns, ids).unwrap();
-    c.output(y, "y");
-    // the reference: the scan from the gathered rows, its new state written to those rows
-    let mut stn = Nd::zeros(&[s, h, p, n]);
-    for i in indices(&[s, h, p, n]) {
-        let col = (i[1] * p + i[2]) * n + i[3];
-        stn.set(&i, cache_n.at(&[slots[i[0]] as usize, col]));
+    let ids = c.ids("slots", &[slots.len()], slots.to_vec());
+    (cache, buf, init, cache_n, ids)
+}
+
+/// The sequences' rows of a cache reference, shaped `dims` (leading dimension the sequences).
+fn gather_state(cache: &Nd, slots: &[i32], dims: &[usize]) -> Nd {
+    let per: usize = dims[1..].iter().product();
+    let mut st = Nd::zeros(dims);
+    for (i, v) in st.data.iter_mut().enumerate() {
+        *v = cache.at(&[slots[i / per] as usize, i % per]);
     }
-    let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
-    let mut want_cache = cache_n.clone();
-    for i in indices(&[s, h, p, n]) {
-        let col = (i[1] * p + i[2]) * n + i[3];
-        want_cache.set(&[slots[i[0]] as usize, col], ws.at(&i));
+    st
+}
+
+/// The cache reference after the sequences' new states `ns` are written to their rows.
+fn scatter_state(cache: &Nd, slots: &[i32], ns: &Nd) -> Nd {
+    let per = ns.data.len() / slots.len();
+    let mut out = cache.clone();
+    for (i, &v) in ns.data.iter().enumerate() {
+        out.set(&[slots[i / per] as usize, i % per], v);
     }
+    out
+}
+
+/// Runs a case whose graph gathers a state from `cache`, runs `op` and stores the new state
+/// back, fused (the state kept in its cache, no gather or store left) and unfused; each run
+/// starts from `init` and must give `wy` and leave the cache equal to `want_cache`.
+#[allow(clippy::too_many_arguments)]
+fn check_state_in_place(
+    be: &mut dyn Backend,
+    c: Case,
+    op: &str,
+    buf: weft_graph::BufferId,
+    init: &[f32],
+    wy: &Nd,
+    want_cache: &Nd,
+) {
     let (g, f32s, i32s) = c.into_parts();
     let mut inputs: Vec<(&str, HostData)> = f32s
         .iter()
@@ -659,27 +666,94 @@ pub fn ssm_scan_in_place(be: &mut dyn Backend) {
             .iter()
             .map(|&i| pl.graph.node(i).op.name())
             .collect();
-        // fused, the gather and the store are gone
-        assert_eq!(ops.contains(&"store_rows"), !fuse, "{ops:?}");
-        assert_eq!(ops.contains(&"get_rows"), !fuse, "{ops:?}");
-        be.upload(buf, 0, bytemuck::cast_slice(&init)).unwrap();
+        assert_eq!(ops.contains(&"store_rows"), !fuse, "{op}: {ops:?}");
+        assert_eq!(ops.contains(&"get_rows"), !fuse, "{op}: {ops:?}");
+        be.upload(buf, 0, bytemuck::cast_slice(init)).unwrap();
         let prog = be.compile(&pl).expect("compile");
         let out = be.run(prog, &inputs).expect("run");
         be.release(prog).unwrap();
-        let mut bytes = vec![0u8; rows * d * 4];
+        let mut bytes = vec![0u8; init.len() * 4];
         be.download(buf, 0, &mut bytes).unwrap();
         let got = Output {
             name: "cache".into(),
-            shape: weft_graph::Shape::new(&[rows, d]).unwrap(),
+            shape: weft_graph::Shape::new(&want_cache.dims).unwrap(),
             data: OutputData::F32(bytemuck::cast_slice(&bytes).to_vec()),
         };
-        assert_close(&format!("in-place scan y (fuse {fuse})"), &out[0], &wy, TOL);
+        assert_close(&format!("{op} in place y (fuse {fuse})"), &out[0], wy, TOL);
         assert_close(
-            &format!("in-place scan cache (fuse {fuse})"),
+            &format!("{op} in place cache (fuse {fuse})"),
             &got,
-            &want_cache,
+            want_cache,
             TOL,
         );
+    }
+}
+
+/// The recurrent layer's pattern — gather the state rows of the slots, scan, store the new
+/// state back — fused into a scan that works on the cache rows in place equals the three ops
+/// run one by one, and both equal the reference.
+pub fn ssm_scan_in_place(be: &mut dyn Backend) {
+    let (s, t, h, p, n) = (2, 3, 4, 2, 16);
+    let slots = [3, 1];
+    let mut rg = rng(31);
+    let mut c = Case::new();
+    let (cache, buf, init, cache_n, ids) = state_cache(be, &mut c, &mut rg, 5, h * p * n, &slots);
+    let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
+    let dtv: Vec<f32> = randn(&mut rg, s * t * h)
+        .iter()
+        .map(|v| v.abs() * 0.5 + 0.01)
+        .collect();
+    let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
+    let av: Vec<f32> = randn(&mut rg, h).iter().map(|v| -v.abs() - 0.1).collect();
+    let (a, an) = c.input_values("a", &[h, 1], av);
+    let (bm, bn) = c.input(&mut rg, "b", &[s, t, 1, n]);
+    let (cm, cn) = c.input(&mut rg, "c", &[s, t, 1, n]);
+    let rows_in = c.b.get_rows(cache, ids).unwrap();
+    let state = c.b.reshape(rows_in, &[s, h, p, n]).unwrap();
+    let (y, ns) = c.b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
+    let ns = c.b.contiguous(ns).unwrap();
+    let ns = c.b.reshape(ns, &[s, h * p * n]).unwrap();
+    c.b.store_rows(cache, ns, ids).unwrap();
+    c.output(y, "y");
+    let stn = gather_state(&cache_n, &slots, &[s, h, p, n]);
+    let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
+    let want = scatter_state(&cache_n, &slots, &ws);
+    check_state_in_place(be, c, "ssm_scan", buf, &init, &wy, &want);
+}
+
+/// The same for the gated delta rule, in both of its forms.
+pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
+    for (form, t) in [
+        (DeltaForm::Recurrent, 1),
+        (DeltaForm::Chunked { chunk: 4 }, 6),
+    ] {
+        let (s, hk, hv, dk, dv) = (2, 1, 2, 8, 4);
+        let slots = [0, 2];
+        let mut rg = rng(32);
+        let mut c = Case::new();
+        let (cache, buf, init, cache_n, ids) =
+            state_cache(be, &mut c, &mut rg, 3, hv * dv * dk, &slots);
+        let (q, qn) = c.input(&mut rg, "q", &[s, t, hk, dk]);
+        let (k, kn) = c.input(&mut rg, "k", &[s, t, hk, dk]);
+        let (v, vn) = c.input(&mut rg, "v", &[s, t, hv, dv]);
+        let gv: Vec<f32> = randn(&mut rg, s * t * hv)
+            .iter()
+            .map(|x| -x.abs() * 0.5)
+            .collect();
+        let (gt, gn) = c.input_values("g", &[s, t, hv], gv);
+        let bv: Vec<f32> = randn(&mut rg, s * t * hv).iter().map(|x| x.abs()).collect();
+        let (beta, bn) = c.input_values("beta", &[s, t, hv], bv);
+        let rows_in = c.b.get_rows(cache, ids).unwrap();
+        let state = c.b.reshape(rows_in, &[s, hv, dv, dk]).unwrap();
+        let (y, ns) = c.b.gated_delta_net(state, q, k, v, gt, beta, form).unwrap();
+        let ns = c.b.contiguous(ns).unwrap();
+        let ns = c.b.reshape(ns, &[s, hv * dv * dk]).unwrap();
+        c.b.store_rows(cache, ns, ids).unwrap();
+        c.output(y, "y");
+        let stn = gather_state(&cache_n, &slots, &[s, hv, dv, dk]);
+        let (wy, ws) = r::gated_delta_net(&stn, &qn, &kn, &vn, &gn, &bn);
+        let want = scatter_state(&cache_n, &slots, &ws);
+        check_state_in_place(be, c, "gated_delta_net", buf, &init, &wy, &want);
     }
 }
 

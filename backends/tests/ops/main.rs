@@ -54,6 +54,7 @@ macro_rules! all_cases {
                 ssm_scan_in_place,
                 gated_delta_net_recurrent,
                 gated_delta_net_chunked,
+                gated_delta_net_in_place,
                 reductions_and_top_k,
                 store_rows,
                 random_graphs,

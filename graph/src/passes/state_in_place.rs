@@ -1,7 +1,7 @@
-//! Recurrent state read and written where it lives: `get_rows(cache, slots)` → `ssm_scan` →
-//! `store_rows(cache, new state, slots)` becomes one `ssm_scan` with the cache and the slots as
-//! sources (see [`Op::SsmScan`]). The state is then not copied out of its cache and back, and
-//! two dispatches per layer go away.
+//! Recurrent state read and written where it lives: `get_rows(cache, slots)` → `ssm_scan` (or
+//! `gated_delta_net`) → `store_rows(cache, new state, slots)` becomes one scan with the cache and
+//! the slots as sources (see [`Op::SsmScan`]). The state is then not copied out of its cache and
+//! back, and two dispatches per layer go away.
 //!
 //! The rewrite applies only when nothing else reads the gathered state, the new state or the
 //! cache write, and the cache is F32 (the scan's own arithmetic).
@@ -28,19 +28,28 @@ fn dense(shape: &[usize], offset: usize) -> Option<Layout> {
     })
 }
 
+/// The source shaped like the op's `y`: x for the selective scan, v for the delta rule; `None`
+/// for other ops.
+fn y_source(op: &Op) -> Option<usize> {
+    match op {
+        Op::SsmScan => Some(1),
+        Op::GatedDeltaNet { .. } => Some(3),
+        _ => None,
+    }
+}
+
 /// For a `store_rows` node, the scan whose new state it stores, when the pattern holds.
 fn matching_scan(g: &Graph, consumers: &[Vec<NodeId>], store: NodeId) -> Option<NodeId> {
     let n = g.node(store);
     let (cache, rows, slots) = (n.srcs[0], n.srcs[1], n.srcs[2]);
     let scan = base(g, rows);
     let sn = g.node(scan);
-    if !matches!(sn.op, Op::SsmScan) || sn.srcs.len() != 6 || !consumers[store.index()].is_empty() {
+    if sn.srcs.len() != 6 || !consumers[store.index()].is_empty() {
         return None;
     }
     let sd = g.node(sn.srcs[0]).shape();
     let [s, h, p, d] = [sd.dims()[0], sd.dims()[1], sd.dims()[2], sd.dims()[3]];
-    let t = g.node(sn.srcs[1]).shape().dims()[1];
-    let ny = s * t * h * p;
+    let ny = g.node(sn.srcs[y_source(&sn.op)?]).shape().numel();
     // the store takes exactly the new-state part, and every other reader of the scan the y part
     if g.node(rows).layout != dense(&[s, h * p * d], ny)? || consumers[rows.index()] != [store] {
         return None;
@@ -96,7 +105,7 @@ pub fn state_in_place(g: &Graph) -> Graph {
             continue;
         };
         let (sn, st) = (g.node(id), g.node(store));
-        let ydims = g.node(sn.srcs[1]).shape();
+        let ydims = g.node(sn.srcs[y_source(&sn.op).unwrap_or(1)]).shape();
         let mut node = sn.clone();
         node.srcs = std::iter::once(st.srcs[0])
             .chain(sn.srcs[1..].iter().copied())

@@ -5,6 +5,9 @@
 // [S,T,Hk,Dk], 3 v [S,T,Hv,Dv], 4 g, 5 beta [S,T,Hv].
 // Params: 0 S, 1 T, 2 Hk, 3 Hv, 4 Dk, 5 Dv, 6 st_off, 7 q_off, 8 k_off, 9 v_off, 10 g_off,
 // 11 b_off, 12 y_off, 13 new state off.
+// With source 6, slots I32 [S] (param 14 its offset), source 0 is the state cache
+// [R, Hv·Dv·Dk]: sequence s reads and writes row slots[s] (the generator's `state_row` and
+// `state_put`).
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -22,9 +25,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h = sh % hv;
     let s = sh / hv;
     let kh = h / (hv / hk);
+    let base = ((state_row(s) * hv + h) * dv + r) * dk;
     var row: array<f32, 256>;
     for (var j = 0u; j < dk; j++) {
-        row[j] = ld0(pu(6u) + i * dk + j);
+        row[j] = ld0(pu(6u) + base + j);
     }
     for (var t = 0u; t < t_; t++) {
         let tok = s * t_ + t;
@@ -45,6 +49,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         st(pu(12u) + (tok * hv + h) * dv + r, y);
     }
     for (var j = 0u; j < dk; j++) {
-        st(pu(13u) + i * dk + j, row[j]);
+        state_put(base + j, row[j]);
     }
 }

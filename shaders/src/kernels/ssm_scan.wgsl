@@ -5,7 +5,7 @@
 // 5 C [S,T,G,N]. Params: 0 S, 1 T, 2 H, 3 P, 4 N, 5 G, 6 A per state, 7 st_off, 8 x_off,
 // 9 dt_off, 10 a_off, 11 b_off, 12 c_off, 13 y_off, 14 new state off.
 // With source 6, slots I32 [S] (param 15 its offset), source 0 is the state cache [R, H·P·N]:
-// sequence s reads and writes row slots[s] (the generator's `scan_row` and `scan_put`).
+// sequence s reads and writes row slots[s] (the generator's `state_row` and `state_put`).
 
 var<workgroup> red: array<f32, 64>;
 
@@ -23,7 +23,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h = sh % h_;
     let s = sh / h_;
     let grp = h / (h_ / g_);
-    let sbase = ((scan_row(s) * h_ + h) * p_ + p) * n_;
+    let sbase = ((state_row(s) * h_ + h) * p_ + p) * n_;
     var state = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     var a = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     for (var r = 0u; r < 4u; r++) {
@@ -64,7 +64,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var r = 0u; r < 4u; r++) {
         let n = lid.x + 64u * r;
         if (ok && n < n_) {
-            scan_put(sbase + n, state[r]);
+            state_put(sbase + n, state[r]);
         }
     }
 }
