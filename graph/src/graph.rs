@@ -120,6 +120,7 @@ impl Graph {
         match n.op {
             Op::StoreRows => true,
             Op::SsmScan | Op::GatedDeltaNet { .. } => n.srcs.len() == 7,
+            Op::SsmConv => n.srcs.len() == 4,
             _ => false,
         }
     }

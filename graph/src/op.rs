@@ -340,6 +340,10 @@ pub enum Op {
     },
     /// `[xc [S, K−1+T, C], w [C, K]]` → `[S, T, C]`: causal depthwise convolution, `xc` being
     /// the conv state followed by the new tokens of each sequence.
+    ///
+    /// With four sources, `[cache [R, (K−1)·C], x [S, T, C], w [C, K], slots I32 [S]]` (made by
+    /// the `state_in_place` pass), sequence `s`'s window is row `slots[s]` of the cache followed
+    /// by its tokens `x`, and the window's last `K−1` rows are written back into that row.
     SsmConv,
     /// `[state [S, H, P, N], x [S, T, H, P], dt [S, T, H], a [H, N or 1], b [S, T, G, N],
     /// c [S, T, G, N]]` → flat `[S·T·H·P + S·H·P·N]`: `y [S, T, H, P]` followed by the new state.

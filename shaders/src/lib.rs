@@ -34,6 +34,7 @@ pub enum Kernel {
     Attention,
     Concat,
     SsmConv,
+    SsmConvCached,
     SsmScan,
     GatedDeltaNet,
     TopK,
@@ -42,7 +43,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 17] = [
+    pub const ALL: [Kernel; 18] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -55,6 +56,7 @@ impl Kernel {
         Kernel::Attention,
         Kernel::Concat,
         Kernel::SsmConv,
+        Kernel::SsmConvCached,
         Kernel::SsmScan,
         Kernel::GatedDeltaNet,
         Kernel::TopK,
@@ -76,6 +78,7 @@ impl Kernel {
             Kernel::Attention => "attention",
             Kernel::Concat => "concat",
             Kernel::SsmConv => "ssm_conv",
+            Kernel::SsmConvCached => "ssm_conv_cached",
             Kernel::SsmScan => "ssm_scan",
             Kernel::GatedDeltaNet => "gated_delta_net",
             Kernel::TopK => "top_k",
@@ -99,6 +102,7 @@ impl Kernel {
             Kernel::Attention => include_str!("kernels/attention.wgsl"),
             Kernel::Concat => include_str!("kernels/concat.wgsl"),
             Kernel::SsmConv => include_str!("kernels/ssm_conv.wgsl"),
+            Kernel::SsmConvCached => include_str!("kernels/ssm_conv_cached.wgsl"),
             Kernel::SsmScan => include_str!("kernels/ssm_scan.wgsl"),
             Kernel::GatedDeltaNet => include_str!("kernels/gated_delta_net.wgsl"),
             Kernel::TopK => include_str!("kernels/top_k.wgsl"),

@@ -156,6 +156,17 @@ fn variants() -> Vec<Spec> {
         vec![arena(DType::F32), ext(0, DType::F32)],
     ));
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
+    let mut s = Spec::new(
+        Kernel::SsmConvCached,
+        vec![
+            ext(0, DType::F32),
+            arena(DType::F32),
+            arena(DType::F32),
+            arena(DType::I32),
+        ],
+    );
+    s.store = Some((0, DType::F32));
+    v.push(s);
     // the state read and written in its cache, rows picked by slots
     for k in [Kernel::SsmScan, Kernel::GatedDeltaNet] {
         let mut srcs = vec![ext(0, DType::F32)];

@@ -277,7 +277,8 @@ impl CpuBackend {
         tensor_ref(&self.buffers, g, plan, arena, id)
     }
 
-    /// `ssm_scan` or `gated_delta_net` on state rows in their cache (see `Op::SsmScan`): the
+    /// `ssm_scan`, `gated_delta_net` or `ssm_conv` on state rows in their cache (see
+    /// `Op::SsmScan`, `Op::SsmConv`): the
     /// cache buffer is taken out of the map for the call, so that the op can update its rows
     /// while reading the other sources.
     fn scan_in_place(&mut self, plan: &Plan, arena: &mut AlignedBytes, id: NodeId) -> Result<()> {
@@ -299,20 +300,18 @@ impl CpuBackend {
                 .iter()
                 .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
                 .collect::<Result<_>>()?;
-            let slots = srcs[5].i32();
+            // the slots come last
+            let (slots, srcs) = srcs.split_last().expect("in-place ops have sources");
+            let slots = slots.i32();
             let layout = g.node(node.srcs[0]).layout;
             let rows = &mut bytemuck::cast_slice_mut::<u8, f32>(cache.bytes_mut())
                 [layout.offset..layout.offset + layout.shape.numel()];
             match node.op {
-                Op::SsmScan => ssm::ssm_scan_cached(rows, &slots, &srcs[..5], &node.name, &mut y),
-                Op::GatedDeltaNet { form } => delta::gated_delta_net_cached(
-                    rows,
-                    &slots,
-                    &srcs[..5],
-                    form,
-                    &node.name,
-                    &mut y,
-                ),
+                Op::SsmScan => ssm::ssm_scan_cached(rows, &slots, srcs, &node.name, &mut y),
+                Op::GatedDeltaNet { form } => {
+                    delta::gated_delta_net_cached(rows, &slots, srcs, form, &node.name, &mut y)
+                }
+                Op::SsmConv => ssm::ssm_conv_cached(rows, &slots, srcs, &node.name, &mut y),
                 _ => Err(BackendError::Device(format!(
                     "{}: no in-place form of {}",
                     node.name,

@@ -13,17 +13,47 @@ pub fn ssm_conv(xc: &TensorRef, w: &TensorRef, out: &mut [f32]) {
     let k = w.dims()[1];
     let t = l + 1 - k;
     team::global().chunks_mut(out, t * c, |s, ys| {
-        let x = &xv[s * l * c..(s + 1) * l * c];
-        for ti in 0..t {
-            for ci in 0..c {
-                let mut acc = 0.0;
-                for ki in 0..k {
-                    acc += x[(ti + ki) * c + ci] * wv[ci * k + ki];
-                }
-                ys[ti * c + ci] = acc;
-            }
-        }
+        conv_window(&xv[s * l * c..(s + 1) * l * c], &wv, t, c, k, ys);
     });
+}
+
+/// The conv step on windows that live in a cache `[R, (K−1)·C]` (`Op::SsmConv` with four
+/// sources `[cache, x, w, slots]`): sequence `s`'s window is row `slots[s]` followed by its
+/// tokens; writes `y [S, T, C]` and leaves the window's last `K−1` rows in the cache row.
+pub fn ssm_conv_cached(
+    cache: &mut [f32],
+    slots: &[i32],
+    srcs: &[TensorRef],
+    node: &str,
+    ys: &mut [f32],
+) -> Result<()> {
+    let (x, w) = (&srcs[0], &srcs[1]);
+    let (xv, wv) = (x.f32(), w.f32());
+    let [t, c] = [x.dims()[1], x.dims()[2]];
+    let k = w.dims()[1];
+    let km1 = k - 1;
+    let rows = slot_rows(cache, km1 * c, slots, "ssm_conv", node)?;
+    let mut window = vec![0.0f32; (km1 + t) * c];
+    for (si, (row, y)) in rows.into_iter().zip(ys.chunks_mut(t * c)).enumerate() {
+        window[..km1 * c].copy_from_slice(row);
+        window[km1 * c..].copy_from_slice(&xv[si * t * c..(si + 1) * t * c]);
+        conv_window(&window, &wv, t, c, k, y);
+        row.copy_from_slice(&window[t * c..]);
+    }
+    Ok(())
+}
+
+/// `y[t, c] = Σ_k window[t + k, c] · w[c, k]` over one sequence's window `[K−1+T, C]`.
+fn conv_window(window: &[f32], w: &[f32], t: usize, c: usize, k: usize, y: &mut [f32]) {
+    for ti in 0..t {
+        for ci in 0..c {
+            let mut acc = 0.0;
+            for ki in 0..k {
+                acc += window[(ti + ki) * c + ci] * w[ci * k + ki];
+            }
+            y[ti * c + ci] = acc;
+        }
+    }
 }
 
 /// Selective scan over `T` tokens for every sequence and head; writes `y` then the new state.

@@ -362,6 +362,31 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 threads(total),
             )
         }
+        Op::SsmConv if s.len() == 4 => {
+            // the window kept in its cache, read and written in place
+            let Home::External(b) = c.place(s[0]).0 else {
+                return Err(c.fail("the window is not in a cache"));
+            };
+            store = Some((b, DType::F32));
+            let (xd, k) = (dims(1), dims(2)[1]);
+            if k > 8 {
+                return Err(c.fail(format!("kernel width {k} (at most 8)")));
+            }
+            let offs: Vec<u32> = (0..4).map(|i| c.src(s[i])).collect();
+            let total = xd[0] * xd[2];
+            let p = vec![
+                total as u32,
+                xd[1] as u32,
+                xd[2] as u32,
+                k as u32,
+                offs[0],
+                offs[1],
+                offs[2],
+                c.out(),
+                offs[3],
+            ];
+            (Kernel::SsmConvCached, p, threads(total))
+        }
         Op::SsmConv => {
             let (xd, wd) = (dims(0), dims(1));
             let (xo, wo) = (c.src(s[0]), c.src(s[1]));

@@ -510,17 +510,10 @@ pub fn concat(be: &mut dyn Backend) {
     }
 }
 
-pub fn ssm_conv(be: &mut dyn Backend) {
-    let mut rg = rng(22);
-    let (s, k, t, ch) = (2, 4, 5, 6);
-    let mut c = Case::new();
-    let (st, stn) = c.input(&mut rg, "state", &[s, k - 1, ch]);
-    let (x, xn) = c.input(&mut rg, "x", &[s, t, ch]);
-    let (w, wn) = c.input(&mut rg, "w", &[ch, k]);
-    let (y, new_state) = c.b.ssm_conv(st, x, w).expect("ssm_conv");
-    c.output(y, "y");
-    c.output(new_state, "state");
-    let out = c.run(be);
+/// The reference conv step: `y [S, T, C]` and the new window `[S, K−1, C]`.
+fn conv_reference(stn: &Nd, xn: &Nd, wn: &Nd) -> (Nd, Nd) {
+    let [s, km1, ch] = [stn.dims[0], stn.dims[1], stn.dims[2]];
+    let (k, t) = (km1 + 1, xn.dims[1]);
     let xc = |si: usize, l: usize, ci: usize| {
         if l < k - 1 {
             stn.at(&[si, l, ci])
@@ -537,11 +530,53 @@ pub fn ssm_conv(be: &mut dyn Backend) {
                 .sum(),
         );
     }
-    assert_close("ssm_conv y", &out[0], &want, TOL);
     let mut ns = Nd::zeros(&[s, k - 1, ch]);
     for i in indices(&[s, k - 1, ch]) {
         ns.set(&i, xc(i[0], t + i[1], i[2]));
     }
+    (want, ns)
+}
+
+/// The conv step with its window kept in the cache, for one and two sequences, fewer and more
+/// new tokens than the window holds.
+pub fn ssm_conv_in_place(be: &mut dyn Backend) {
+    for (s, t) in [(1, 1), (1, 5), (2, 2), (2, 5)] {
+        let (k, ch) = (4, 6);
+        let slots = [2, 0];
+        let slots = &slots[..s];
+        let mut rg = rng(33 + (s * 10 + t) as u64);
+        let mut c = Case::new();
+        let (cache, buf, init, cache_n, ids) =
+            state_cache(be, &mut c, &mut rg, 3, (k - 1) * ch, slots);
+        let (x, xn) = c.input(&mut rg, "x", &[s, t, ch]);
+        let (w, wn) = c.input(&mut rg, "w", &[ch, k]);
+        let rows_in = c.b.get_rows(cache, ids).unwrap();
+        let state = c.b.reshape(rows_in, &[s, k - 1, ch]).unwrap();
+        let (y, ns) = c.b.ssm_conv(state, x, w).unwrap();
+        let ns = c.b.contiguous(ns).unwrap();
+        let ns = c.b.reshape(ns, &[s, (k - 1) * ch]).unwrap();
+        c.b.store_rows(cache, ns, ids).unwrap();
+        c.output(y, "y");
+        let stn = gather_state(&cache_n, slots, &[s, k - 1, ch]);
+        let (wy, ws) = conv_reference(&stn, &xn, &wn);
+        let want = scatter_state(&cache_n, slots, &ws);
+        check_state_in_place(be, c, "ssm_conv", buf, &init, &wy, &want);
+    }
+}
+
+pub fn ssm_conv(be: &mut dyn Backend) {
+    let mut rg = rng(22);
+    let (s, k, t, ch) = (2, 4, 5, 6);
+    let mut c = Case::new();
+    let (st, stn) = c.input(&mut rg, "state", &[s, k - 1, ch]);
+    let (x, xn) = c.input(&mut rg, "x", &[s, t, ch]);
+    let (w, wn) = c.input(&mut rg, "w", &[ch, k]);
+    let (y, new_state) = c.b.ssm_conv(st, x, w).expect("ssm_conv");
+    c.output(y, "y");
+    c.output(new_state, "state");
+    let out = c.run(be);
+    let (want, ns) = conv_reference(&stn, &xn, &wn);
+    assert_close("ssm_conv y", &out[0], &want, TOL);
     assert_close("ssm_conv state", &out[1], &ns, 0.0);
 }
 

@@ -49,6 +49,7 @@ macro_rules! all_cases {
                 attention,
                 concat,
                 ssm_conv,
+                ssm_conv_in_place,
                 ssm_scan_mamba1,
                 ssm_scan_mamba2,
                 ssm_scan_in_place,

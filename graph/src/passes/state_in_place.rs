@@ -1,7 +1,9 @@
 //! Recurrent state read and written where it lives: `get_rows(cache, slots)` → `ssm_scan` (or
 //! `gated_delta_net`) → `store_rows(cache, new state, slots)` becomes one scan with the cache and
 //! the slots as sources (see [`Op::SsmScan`]). The state is then not copied out of its cache and
-//! back, and two dispatches per layer go away.
+//! back, and two dispatches per layer go away. Likewise the conv step's window: `get_rows` →
+//! `concat` with the new tokens → `ssm_conv`, its last rows stored back, becomes one
+//! `ssm_conv` on the cache (see [`Op::SsmConv`]).
 //!
 //! The rewrite applies only when nothing else reads the gathered state, the new state or the
 //! cache write, and the cache is F32 (the scan's own arithmetic).
@@ -38,8 +40,15 @@ fn y_source(op: &Op) -> Option<usize> {
     }
 }
 
+/// A node to replace: its new sources (old ids) and layout.
+struct Rewrite {
+    node: NodeId,
+    srcs: Vec<NodeId>,
+    layout: Layout,
+}
+
 /// For a `store_rows` node, the scan whose new state it stores, when the pattern holds.
-fn matching_scan(g: &Graph, consumers: &[Vec<NodeId>], store: NodeId) -> Option<NodeId> {
+fn matching_scan(g: &Graph, consumers: &[Vec<NodeId>], store: NodeId) -> Option<Rewrite> {
     let n = g.node(store);
     let (cache, rows, slots) = (n.srcs[0], n.srcs[1], n.srcs[2]);
     let scan = base(g, rows);
@@ -79,20 +88,112 @@ fn matching_scan(g: &Graph, consumers: &[Vec<NodeId>], store: NodeId) -> Option<
     } else {
         consumers[gather.index()] == [state] && only_scan(state)
     };
-    gather_ok.then_some(scan)
+    let srcs = std::iter::once(cache)
+        .chain(sn.srcs[1..].iter().copied())
+        .chain(std::iter::once(slots))
+        .collect();
+    let layout = Layout::contiguous(g.node(sn.srcs[y_source(&sn.op)?]).shape());
+    gather_ok.then_some(Rewrite {
+        node: scan,
+        srcs,
+        layout,
+    })
+}
+
+/// For a `store_rows` node, the conv step whose new window it stores: `get_rows` of the
+/// window, `concat` with the new tokens, `ssm_conv`, and the window's last `K−1` rows (a view
+/// of the concatenation, or its dense copy) stored back.
+fn matching_conv(g: &Graph, consumers: &[Vec<NodeId>], store: NodeId) -> Option<Rewrite> {
+    let n = g.node(store);
+    let (cache, rows, slots) = (n.srcs[0], n.srcs[1], n.srcs[2]);
+    let only = |id: NodeId, c: NodeId| consumers[id.index()] == [c];
+    if !consumers[store.index()].is_empty() || !only(rows, store) {
+        return None;
+    }
+    // the stored rows: [S, (K−1)·C] over the concatenation, directly or through a dense copy
+    let mut src = base(g, rows);
+    let copy = matches!(g.node(src).op, Op::Contiguous).then_some(src);
+    let (window, xc) = match copy {
+        Some(cp) => {
+            let v = g.node(cp).srcs[0];
+            if !only(cp, rows) || !only(v, cp) || !g.node(v).op.is_view() {
+                return None;
+            }
+            src = g.node(v).srcs[0];
+            (v, src)
+        }
+        None => (rows, src),
+    };
+    let xn = g.node(xc);
+    let Op::Concat { dim: 1 } = xn.op else {
+        return None;
+    };
+    let (state, x) = (xn.srcs[0], xn.srcs[1]);
+    let [s, km1, c] = [
+        g.node(state).shape().dims()[0],
+        g.node(state).shape().dims()[1],
+        g.node(state).shape().dims()[2],
+    ];
+    let t = g.node(x).shape().dims()[1];
+    // the window read back is rows t.. of each sequence's concatenation
+    let tail = Layout {
+        offset: t * c,
+        strides: {
+            let mut st = Layout::contiguous(Shape::new(&[s, km1, c])?).strides;
+            st[0] = (km1 + t) * c;
+            st
+        },
+        ..Layout::contiguous(Shape::new(&[s, km1, c])?)
+    };
+    let wl = g.node(window).layout;
+    let window_ok = match copy {
+        Some(cp) => {
+            wl.shape == tail.shape
+                && wl.offset == tail.offset
+                && wl.strides()[..3] == tail.strides()[..3]
+                && g.node(rows).layout == dense(&[s, km1 * c], 0)?
+                && g.node(cp).layout.is_contiguous()
+        }
+        // a view straight over the concatenation is dense only for one sequence
+        None => s == 1 && wl == dense(&[s, km1 * c], t * c)?,
+    };
+    // the conv reads the concatenation, which nothing else reads
+    let conv = consumers[xc.index()]
+        .iter()
+        .copied()
+        .find(|&id| matches!(g.node(id).op, Op::SsmConv))?;
+    let readers_ok = consumers[xc.index()]
+        .iter()
+        .all(|&id| id == conv || id == window);
+    let gather = base(g, state);
+    let gn = g.node(gather);
+    let gather_ok = matches!(gn.op, Op::GetRows)
+        && gn.srcs[1] == slots
+        && gn.srcs[0] == cache
+        && g.node(state).layout == dense(&[s, km1, c], 0)?
+        && g.node(cache).dtype == DType::F32
+        && (state == gather || only(gather, state))
+        && only(state, xc);
+    (window_ok && readers_ok && gather_ok && g.node(conv).srcs[0] == xc).then(|| Rewrite {
+        node: conv,
+        srcs: vec![cache, x, g.node(conv).srcs[1], slots],
+        layout: g.node(conv).layout,
+    })
 }
 
 pub fn state_in_place(g: &Graph) -> Graph {
     let consumers = g.consumers();
-    // scan → its store
-    let mut store_of: Vec<Option<NodeId>> = vec![None; g.len()];
+    let mut rewrite: Vec<Option<Rewrite>> = (0..g.len()).map(|_| None).collect();
     let mut dropped = vec![false; g.len()];
     for id in g.ids() {
-        if matches!(g.node(id).op, Op::StoreRows)
-            && let Some(scan) = matching_scan(g, &consumers, id)
-        {
-            store_of[scan.index()] = Some(id);
+        if !matches!(g.node(id).op, Op::StoreRows) {
+            continue;
+        }
+        let found = matching_scan(g, &consumers, id).or_else(|| matching_conv(g, &consumers, id));
+        if let Some(r) = found {
             dropped[id.index()] = true;
+            let at = r.node.index();
+            rewrite[at] = Some(r);
         }
     }
     let mut rw = Rewriter::new(g);
@@ -100,19 +201,13 @@ pub fn state_in_place(g: &Graph) -> Graph {
         if dropped[id.index()] {
             continue;
         }
-        let Some(store) = store_of[id.index()] else {
+        let Some(r) = &rewrite[id.index()] else {
             rw.copy(id);
             continue;
         };
-        let (sn, st) = (g.node(id), g.node(store));
-        let ydims = g.node(sn.srcs[y_source(&sn.op).unwrap_or(1)]).shape();
-        let mut node = sn.clone();
-        node.srcs = std::iter::once(st.srcs[0])
-            .chain(sn.srcs[1..].iter().copied())
-            .chain(std::iter::once(st.srcs[2]))
-            .map(|s| rw.get(s))
-            .collect();
-        node.layout = Layout::contiguous(ydims);
+        let mut node = g.node(id).clone();
+        node.srcs = r.srcs.iter().map(|&s| rw.get(s)).collect();
+        node.layout = r.layout;
         let new = rw.push(node);
         rw.alias(id, new);
     }
