@@ -138,7 +138,7 @@ fn matvec(c: &mut Criterion) {
 }
 
 fn matmul(c: &mut Criterion) {
-    let (m, n, k) = (64, 1024, 1024);
+    let (m, n, k) = (64, 2048, 2048);
     let cases: Vec<(String, Throughput, Box<Build>)> = [DType::F16, DType::Q8_0, DType::Q4K]
         .into_iter()
         .map(|dtype| {
@@ -153,7 +153,7 @@ fn matmul(c: &mut Criterion) {
             (dtype.name().to_string(), flops, build)
         })
         .collect();
-    suite(c, "matmul_64x1024x1024 (FLOP/s)", &cases);
+    suite(c, "matmul_64x2048x2048 (FLOP/s)", &cases);
 }
 
 fn attention(c: &mut Criterion) {

@@ -14,9 +14,9 @@ use weft_models::{MemoryConfig, Session};
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// The model (GGUF).
-    #[arg(short, long)]
-    model: PathBuf,
+    /// The model (GGUF); not needed with --bandwidth.
+    #[arg(short, long, required_unless_present = "bandwidth")]
+    model: Option<PathBuf>,
     /// Prompt tokens per prompt-processing test (0 skips it).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
     n_prompt: usize,
@@ -76,9 +76,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let Some(path) = &args.model else {
+        bail!("--model is needed (except with --bandwidth)");
+    };
     let bandwidth = be.copy_bandwidth(BANDWIDTH_BYTES).ok();
-    let gguf = GgufFile::open(&args.model)
-        .with_context(|| format!("cannot read the model {}", args.model.display()))?;
+    let gguf = GgufFile::open(path)
+        .with_context(|| format!("cannot read the model {}", path.display()))?;
     let weight_bytes: usize = gguf.tensors().iter().map(|t| t.bytes).sum();
     let n_params: usize = gguf.tensors().iter().map(|t| t.numel()).sum();
     let cells = (args.n_prompt.max(args.n_gen + 1)).max(64);
@@ -153,8 +156,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.profile {
         profile(&mut s, args.n_prompt, &random_tokens(PROFILE_STEPS + 1))?;
     }
-    let model = args.model.file_name().map_or_else(
-        || args.model.display().to_string(),
+    let model = path.file_name().map_or_else(
+        || path.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
     );
     let mut rows = vec![];
@@ -165,7 +168,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let (avg_ts, sd_ts) = stats(&ts);
         let (avg_ns, sd_ns) = stats(&ns.iter().map(|&x| x as f64).collect::<Vec<_>>());
         let mut row = serde_json::json!({
-            "model_filename": args.model.display().to_string(),
+            "model_filename": path.display().to_string(),
             "model_type": format!("{} {}", s.arch().name(), model),
             "model_size": weight_bytes,
             "model_n_params": n_params,

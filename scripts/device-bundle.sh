@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Packs what a GPU machine without a Rust toolchain needs for scripts/device-check.sh into
+# .device/bundle.tar.xz: the release `weft` binary and the wgpu test binaries (stripped), and
+# llama.cpp's model converter from the llama-cpp-python source package (for the models at
+# real shapes). Keep .device out of git (`echo /.device/ >> .git/info/exclude`) and carry it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+stage="$(mktemp -d)"
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" .device
+cargo build --release --locked -p weft-cli
+strip -o "$stage/bin/weft" target/release/weft
+# the test binaries: the op suite and the wgpu-only tests (they read no files at run time)
+cargo test --release --locked -p weft-backends --no-run --message-format=json |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and m["target"]["name"] in ("ops", "wgpu_split", "wgpu_errors"):
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do strip -o "$stage/bin/$name" "$exe"; done
+lcpp="${LLAMA_CPP:-target/perf/llama_cpp_python-0.3.36/vendor/llama.cpp}"
+if [ ! -d "$lcpp" ]; then
+    python3 -m pip download -q --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d target/perf
+    tar -xzf target/perf/llama_cpp_python-0.3.36.tar.gz -C target/perf
+fi
+mkdir -p "$stage/llama.cpp"
+cp -r "$lcpp/convert_hf_to_gguf.py" "$lcpp/conversion" "$lcpp/gguf-py" "$stage/llama.cpp/"
+tar -cJf .device/bundle.tar.xz -C "$stage" .
+ls -la .device/bundle.tar.xz
