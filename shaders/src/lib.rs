@@ -36,6 +36,7 @@ pub enum Kernel {
     SsmConv,
     SsmConvCached,
     SsmScan,
+    SsmScanRows,
     GatedDeltaNet,
     TopK,
     Reduce,
@@ -43,7 +44,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 18] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -58,6 +59,7 @@ impl Kernel {
         Kernel::SsmConv,
         Kernel::SsmConvCached,
         Kernel::SsmScan,
+        Kernel::SsmScanRows,
         Kernel::GatedDeltaNet,
         Kernel::TopK,
         Kernel::Reduce,
@@ -80,6 +82,7 @@ impl Kernel {
             Kernel::SsmConv => "ssm_conv",
             Kernel::SsmConvCached => "ssm_conv_cached",
             Kernel::SsmScan => "ssm_scan",
+            Kernel::SsmScanRows => "ssm_scan_rows",
             Kernel::GatedDeltaNet => "gated_delta_net",
             Kernel::TopK => "top_k",
             Kernel::Reduce => "reduce",
@@ -104,6 +107,7 @@ impl Kernel {
             Kernel::SsmConv => include_str!("kernels/ssm_conv.wgsl"),
             Kernel::SsmConvCached => include_str!("kernels/ssm_conv_cached.wgsl"),
             Kernel::SsmScan => include_str!("kernels/ssm_scan.wgsl"),
+            Kernel::SsmScanRows => include_str!("kernels/ssm_scan_rows.wgsl"),
             Kernel::GatedDeltaNet => include_str!("kernels/gated_delta_net.wgsl"),
             Kernel::TopK => include_str!("kernels/top_k.wgsl"),
             Kernel::Reduce => include_str!("kernels/reduce.wgsl"),

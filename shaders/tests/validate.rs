@@ -156,6 +156,7 @@ fn variants() -> Vec<Spec> {
         vec![arena(DType::F32), ext(0, DType::F32)],
     ));
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
+    v.push(Spec::new(Kernel::SsmScanRows, vec![arena(DType::F32); 6]));
     let mut s = Spec::new(
         Kernel::SsmConvCached,
         vec![
@@ -168,7 +169,7 @@ fn variants() -> Vec<Spec> {
     s.store = Some((0, DType::F32));
     v.push(s);
     // the state read and written in its cache, rows picked by slots
-    for k in [Kernel::SsmScan, Kernel::GatedDeltaNet] {
+    for k in [Kernel::SsmScan, Kernel::SsmScanRows, Kernel::GatedDeltaNet] {
         let mut srcs = vec![ext(0, DType::F32)];
         srcs.extend([arena(DType::F32); 5]);
         srcs.push(arena(DType::I32));

@@ -437,7 +437,12 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 y + (sn * xd[1] * h * pp) as u32,
             ];
             p.extend(offs.get(6));
-            (Kernel::SsmScan, p, (sn * h * pp) as u32)
+            // small states (Mamba1) in one thread's registers; larger ones over a workgroup
+            if n <= 32 {
+                (Kernel::SsmScanRows, p, threads(sn * h * pp))
+            } else {
+                (Kernel::SsmScan, p, (sn * h * pp) as u32)
+            }
         }
         Op::GatedDeltaNet { form } => {
             let _ = matches!(form, DeltaForm::Recurrent | DeltaForm::Chunked { .. });

@@ -622,6 +622,9 @@ pub fn ssm_scan_mamba1(be: &mut dyn Backend) {
 
 pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     ssm_scan_case(be, 3, 4, 4, 8, 16, 2, false, 24);
+    // states over 32 (the GPU spreads them over a workgroup instead of one thread)
+    ssm_scan_case(be, 2, 3, 2, 4, 96, 1, false, 34);
+    ssm_scan_case(be, 1, 2, 3, 1, 40, 1, true, 35);
 }
 
 /// A cache of `rows` rows of `d` random values for a state kept in place, its buffer and
