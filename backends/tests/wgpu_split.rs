@@ -31,9 +31,13 @@ fn run(be: &mut WgpuBackend, dtype: DType, bytes: &[u8], n: usize, k: usize) -> 
     let x = b.input("x", &[3, k], DType::F32).unwrap();
     let ids = b.input("ids", &[5], DType::I32).unwrap();
     let y = b.matmul(x, w).unwrap();
+    // one row: the decode kernel
+    let x1 = b.slice(x, 0, 1, 1).unwrap();
+    let y1 = b.matmul(x1, w).unwrap();
     let r = b.get_rows(w, ids).unwrap();
     b.output(y, "y").unwrap();
     b.output(r, "rows").unwrap();
+    b.output(y1, "y1").unwrap();
     let prog = be
         .compile(&plan(&b.finish(), PlanOptions::default()))
         .unwrap();
@@ -68,7 +72,11 @@ fn wgpu_weights_over_the_binding_limit_are_split_by_rows() {
         );
         let want = run(&mut whole, dtype, &bytes, n, k);
         let got = run(&mut split, dtype, &bytes, n, k);
-        for (name, (g, w)) in ["matmul", "get_rows"].iter().zip(got.iter().zip(&want)) {
+        assert_eq!(got.len(), 3);
+        for (name, (g, w)) in ["matmul", "get_rows", "mat-vec"]
+            .iter()
+            .zip(got.iter().zip(&want))
+        {
             assert_eq!(g.len(), w.len());
             let worst = g
                 .iter()

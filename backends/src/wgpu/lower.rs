@@ -192,9 +192,10 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             } else {
                 Kernel::MatMulRows
             };
-            // `matmul` computes 4 outputs per workgroup; `matmul_rows` one row block
-            let per = if m == 1 { 4 } else { 1 };
-            let groups = node.numel() / m * m.div_ceil(mt);
+            // `matmul` computes 4 outputs per workgroup; `matmul_rows` a tile of a row block
+            // by 32 weight rows
+            let per = if m == 1 { 4 } else { 32 };
+            let units = node.numel() / m * m.div_ceil(mt);
             let (xo, wo) = (c.src(s[0]), c.src(s[1]));
             let p = vec![
                 m as u32,
@@ -206,13 +207,14 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 xb[1],
                 wb[0],
                 wb[1],
-                groups as u32,
+                units as u32,
                 n as u32,
                 0,
                 mt as u32,
                 per as u32,
             ];
-            (kernel, p, groups.div_ceil(per) as u32)
+            let groups = matmul_groups(&p);
+            (kernel, p, groups)
         }
         Op::MatMulId => {
             let (xd, wd, idd) = (dims(0), dims(1), dims(2));
@@ -550,6 +552,18 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
         groups,
         externals: c.externals,
     })
+}
+
+/// Workgroups of a `matmul` or `matmul_rows` dispatch from its parameters: `matmul` takes 4
+/// outputs each (param 13) of the `units` (param 9); `matmul_rows` a tile of 32 weight rows
+/// (param 13) of each of the `units / N` row blocks.
+pub fn matmul_groups(p: &[u32]) -> u32 {
+    let (n, units, rows_per_block, per) = (p[1].max(1), p[9], p[12], p[13].max(1));
+    if rows_per_block <= 1 {
+        units.div_ceil(per)
+    } else {
+        units / n * n.div_ceil(per)
+    }
 }
 
 fn padded_batch(b: &[usize]) -> [u32; 2] {

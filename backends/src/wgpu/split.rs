@@ -2,7 +2,7 @@
 //! several dispatches, each binding a range of the weight's rows. A 32000 × 2048 f16 LM head
 //! (125 MiB) does not fit the 128 MiB bindings of some drivers, for one.
 
-use super::lower::Lowered;
+use super::lower::{Lowered, matmul_groups};
 use weft_graph::{Graph, NodeId, Op};
 
 /// One dispatch of a node: its parameters, workgroups, and for a split weight the byte range of
@@ -80,10 +80,10 @@ pub fn parts(
         let groups = match node.op {
             Op::MatMul => {
                 p[rows_at] = r as u32;
-                // outputs (or row-block workgroups), linear in N
+                // units (outputs, or row blocks × N), linear in N
                 p[9] = (low.params[9] as u64 / rows * r) as u32;
                 p[11] = r0 as u32;
-                p[9].div_ceil(p[13])
+                matmul_groups(&p)
             }
             _ => {
                 p[7] = r0 as u32;
