@@ -369,6 +369,9 @@ fn f16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
     let mut i = 0;
     while i + 16 <= n {
         let (h, xs) = (&w[2 * i..2 * i + 32], &x[i..i + 16]);
+        if i % 32 == 0 {
+            prefetch(h);
+        }
         // SAFETY: 32 bytes of `h` and 16 floats of `xs` are readable (sliced above).
         unsafe {
             let w0 = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()));
