@@ -552,12 +552,9 @@ pub fn ssm_conv_in_place(be: &mut dyn Backend) {
             state_cache(be, &mut c, &mut rg, 3, (k - 1) * ch, slots);
         let (x, xn) = c.input(&mut rg, "x", &[s, t, ch]);
         let (w, wn) = c.input(&mut rg, "w", &[ch, k]);
-        let rows_in = c.b.get_rows(cache, ids).unwrap();
-        let state = c.b.reshape(rows_in, &[s, k - 1, ch]).unwrap();
+        let state = load_state(&mut c, cache, ids, &[s, k - 1, ch]);
         let (y, ns) = c.b.ssm_conv(state, x, w).unwrap();
-        let ns = c.b.contiguous(ns).unwrap();
-        let ns = c.b.reshape(ns, &[s, (k - 1) * ch]).unwrap();
-        c.b.store_rows(cache, ns, ids).unwrap();
+        store_state(&mut c, cache, ns, ids);
         c.output(y, "y");
         let stn = gather_state(&cache_n, slots, &[s, k - 1, ch]);
         let (wy, ws) = conv_reference(&stn, &xn, &wn);
@@ -656,6 +653,21 @@ fn state_cache(
     (cache, buf, init, cache_n, ids)
 }
 
+/// The cache rows of the slots `ids`, shaped `dims` (what a recurrent layer loads).
+fn load_state(c: &mut Case, cache: Tensor, ids: Tensor, dims: &[usize]) -> Tensor {
+    let rows = c.b.get_rows(cache, ids).unwrap();
+    c.b.reshape(rows, dims).unwrap()
+}
+
+/// Stores a new state back into the cache rows of the slots `ids` (what a recurrent layer
+/// does after its step).
+fn store_state(c: &mut Case, cache: Tensor, new: Tensor, ids: Tensor) {
+    let s = new.dims()[0];
+    let dense = c.b.contiguous(new).unwrap();
+    let rows = c.b.reshape(dense, &[s, new.shape.numel() / s]).unwrap();
+    c.b.store_rows(cache, rows, ids).unwrap();
+}
+
 /// The sequences' rows of a cache reference, shaped `dims` (leading dimension the sequences).
 fn gather_state(cache: &Nd, slots: &[i32], dims: &[usize]) -> Nd {
     let per: usize = dims[1..].iter().product();
@@ -748,12 +760,9 @@ pub fn ssm_scan_in_place(be: &mut dyn Backend) {
     let (a, an) = c.input_values("a", &[h, 1], av);
     let (bm, bn) = c.input(&mut rg, "b", &[s, t, 1, n]);
     let (cm, cn) = c.input(&mut rg, "c", &[s, t, 1, n]);
-    let rows_in = c.b.get_rows(cache, ids).unwrap();
-    let state = c.b.reshape(rows_in, &[s, h, p, n]).unwrap();
+    let state = load_state(&mut c, cache, ids, &[s, h, p, n]);
     let (y, ns) = c.b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
-    let ns = c.b.contiguous(ns).unwrap();
-    let ns = c.b.reshape(ns, &[s, h * p * n]).unwrap();
-    c.b.store_rows(cache, ns, ids).unwrap();
+    store_state(&mut c, cache, ns, ids);
     c.output(y, "y");
     let stn = gather_state(&cache_n, &slots, &[s, h, p, n]);
     let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
@@ -776,25 +785,34 @@ pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
         let (q, qn) = c.input(&mut rg, "q", &[s, t, hk, dk]);
         let (k, kn) = c.input(&mut rg, "k", &[s, t, hk, dk]);
         let (v, vn) = c.input(&mut rg, "v", &[s, t, hv, dv]);
-        let gv: Vec<f32> = randn(&mut rg, s * t * hv)
-            .iter()
-            .map(|x| -x.abs() * 0.5)
-            .collect();
-        let (gt, gn) = c.input_values("g", &[s, t, hv], gv);
-        let bv: Vec<f32> = randn(&mut rg, s * t * hv).iter().map(|x| x.abs()).collect();
-        let (beta, bn) = c.input_values("beta", &[s, t, hv], bv);
-        let rows_in = c.b.get_rows(cache, ids).unwrap();
-        let state = c.b.reshape(rows_in, &[s, hv, dv, dk]).unwrap();
+        let ((gt, gn), (beta, bn)) = delta_gates(&mut c, &mut rg, [s, t, hv]);
+        let state = load_state(&mut c, cache, ids, &[s, hv, dv, dk]);
         let (y, ns) = c.b.gated_delta_net(state, q, k, v, gt, beta, form).unwrap();
-        let ns = c.b.contiguous(ns).unwrap();
-        let ns = c.b.reshape(ns, &[s, hv * dv * dk]).unwrap();
-        c.b.store_rows(cache, ns, ids).unwrap();
+        store_state(&mut c, cache, ns, ids);
         c.output(y, "y");
         let stn = gather_state(&cache_n, &slots, &[s, hv, dv, dk]);
         let (wy, ws) = r::gated_delta_net(&stn, &qn, &kn, &vn, &gn, &bn);
         let want = scatter_state(&cache_n, &slots, &ws);
         check_state_in_place(be, c, "gated_delta_net", buf, &init, &wy, &want);
     }
+}
+
+/// The delta rule's per-token gates: log-decays `g ≤ 0` and write strengths `beta ≥ 0`, both
+/// `[S, T, Hv]`.
+fn delta_gates(
+    c: &mut Case,
+    rg: &mut rand::rngs::StdRng,
+    [s, t, hv]: [usize; 3],
+) -> ((Tensor, Nd), (Tensor, Nd)) {
+    let gv: Vec<f32> = randn(rg, s * t * hv)
+        .iter()
+        .map(|x| -x.abs() * 0.5)
+        .collect();
+    let bv: Vec<f32> = randn(rg, s * t * hv).iter().map(|x| x.abs()).collect();
+    (
+        c.input_values("g", &[s, t, hv], gv),
+        c.input_values("beta", &[s, t, hv], bv),
+    )
 }
 
 fn delta_case(be: &mut dyn Backend, form: DeltaForm, t: usize, seed: u64) {
@@ -824,13 +842,7 @@ fn delta_case(be: &mut dyn Backend, form: DeltaForm, t: usize, seed: u64) {
         c.input_values("k", &[s, t, hk, dk], v)
     };
     let (v, vn) = c.input(&mut rg, "v", &[s, t, hv, dv]);
-    let gv: Vec<f32> = randn(&mut rg, s * t * hv)
-        .iter()
-        .map(|x| -x.abs() * 0.5)
-        .collect();
-    let (g, gn) = c.input_values("g", &[s, t, hv], gv);
-    let bv: Vec<f32> = randn(&mut rg, s * t * hv).iter().map(|x| x.abs()).collect();
-    let (beta, bn) = c.input_values("beta", &[s, t, hv], bv);
+    let ((g, gn), (beta, bn)) = delta_gates(&mut c, &mut rg, [s, t, hv]);
     let (y, ns) =
         c.b.gated_delta_net(st, q, k, v, g, beta, form)
             .expect("gdn");
