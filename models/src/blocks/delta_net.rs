@@ -15,7 +15,7 @@
 
 use super::recurrent::RecurrentState;
 use super::split_last;
-use weft_graph::{DeltaForm, GraphBuilder, ReduceOp, Result, Tensor, UnaryOp};
+use weft_graph::{DeltaForm, GraphBuilder, Result, Tensor};
 
 /// Tokens per chunk of the chunked delta rule used for prompts.
 pub const DELTA_CHUNK: usize = 64;
@@ -84,12 +84,12 @@ pub struct DeltaNetWeights {
 /// `x / sqrt(Σx² + eps)` over the innermost dimension: the L2 norm of the reference
 /// (`x · rsqrt(Σx² + eps)`), which differs from [`GraphBuilder::l2_norm`]'s
 /// `x / max(‖x‖, eps)` enough to move the fixture logits by 6e-5 (q and k rows are small).
+/// Computed as `rms_norm(x, eps / d) / sqrt(d)`, the same function, which fuses into one
+/// kernel with the scale (and whatever scales follow) instead of four.
 fn l2_normalize(b: &mut GraphBuilder, x: Tensor, eps: f32) -> Result<Tensor> {
-    let sq = b.unary(UnaryOp::Square, x)?;
-    let ss = b.reduce(ReduceOp::Sum, sq)?;
-    let ss = b.unary(UnaryOp::Offset(eps), ss)?;
-    let norm = b.unary(UnaryOp::Sqrt, ss)?;
-    b.div(x, norm)
+    let d = x.dims()[x.shape.rank() - 1] as f32;
+    let n = b.rms_norm(x, eps / d)?;
+    b.scale(n, 1.0 / d.sqrt())
 }
 
 /// Key heads repeated to one per value head in tiled order (`h` → `h % H_k`).
