@@ -302,7 +302,8 @@ pub enum Op {
     /// `[a, b]`, broadcast to a common shape.
     Binary(BinaryOp),
     /// `[x [.., M, K] F32, w [.., N, K] any dtype]` → `[.., M, N]` = `x · wᵀ`; `w`'s batch
-    /// dimensions broadcast against `x`'s.
+    /// dimensions broadcast against `x`'s. A third source `r` (dense, the output's shape; made
+    /// by the `matmul_add` pass, never by the builder) is added: `x · wᵀ + r`.
     MatMul,
     /// `[x [T, U or 1, K], w [E, N, K], ids [T, U] I32]` → `[T, U, N]`: row `(t, u)` is
     /// `x[t, u] · w[ids[t, u]]ᵀ` (mixture-of-experts).

@@ -225,6 +225,14 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             )
         };
     }
+    // matmuls add a residual (source 2, param 14) when the matmul_add pass gave them one
+    if matches!(k, Kernel::MatMul | Kernel::MatMulRows) {
+        out.push_str(if spec.sources.len() > 2 {
+            "fn residual(i: u32) -> f32 { return ld2(pu(14u) + i); }\n"
+        } else {
+            "fn residual(i: u32) -> f32 { return 0.0; }\n"
+        });
+    }
     if k == Kernel::MatMul {
         let w = spec
             .sources

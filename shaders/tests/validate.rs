@@ -113,6 +113,11 @@ fn variants() -> Vec<Spec> {
     }
     for k in [Kernel::MatMul, Kernel::MatMulRows] {
         v.push(Spec::new(k, vec![arena(DType::F32), arena(DType::F32)]));
+        // with a residual added as the output is written
+        v.push(Spec::new(
+            k,
+            vec![arena(DType::F32), ext(0, DType::Q4K), arena(DType::F32)],
+        ));
     }
     v.push(Spec::new(
         Kernel::GetRows,

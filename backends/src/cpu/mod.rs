@@ -415,7 +415,16 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
         Op::Unary(u) => elementwise::fused(&elementwise::unary_program(*u), shape, s, f32s(out)),
         Op::Binary(b) => elementwise::fused(&elementwise::binary_program(*b), shape, s, f32s(out)),
         Op::Fused(p) => elementwise::fused(p, shape, s, f32s(out)),
-        Op::MatMul => matmul::matmul(&s[0], &s[1], f32s(out)),
+        Op::MatMul => {
+            let out = f32s(out);
+            matmul::matmul(&s[0], &s[1], out);
+            // a residual folded in by the matmul_add pass
+            if let Some(r) = s.get(2) {
+                out.iter_mut()
+                    .zip(r.f32().iter())
+                    .for_each(|(o, &r)| *o += r);
+            }
+        }
         Op::MatMulId => matmul::matmul_id(&s[0], &s[1], &s[2], &node.name, f32s(out))?,
         Op::GetRows => matmul::get_rows(&s[0], &s[1], &node.name, f32s(out))?,
         Op::RmsNorm { eps } => norm(weft_graph::NormKind::Rms { eps: *eps }, &s[0], f32s(out)),

@@ -197,7 +197,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let per = if m == 1 { 4 } else { 32 };
             let units = node.numel() / m * m.div_ceil(mt);
             let (xo, wo) = (c.src(s[0]), c.src(s[1]));
-            let p = vec![
+            // a residual folded in by the matmul_add pass (source 2, the output's layout)
+            let residual = s.get(2).map(|&r| c.src(r));
+            let mut p = vec![
                 m as u32,
                 n as u32,
                 k as u32,
@@ -213,6 +215,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 mt as u32,
                 per as u32,
             ];
+            p.extend(residual);
             let groups = matmul_groups(&p);
             (kernel, p, groups)
         }

@@ -247,6 +247,45 @@ pub fn matmul_q6_k(be: &mut dyn Backend) {
     matmul_with(be, DType::Q6K, 256, 13);
 }
 
+/// A residual added to a matmul's output folds into the matmul (`matmul_add`): the fused
+/// plan has no `add` left, and every plan setting matches the reference.
+pub fn matmul_residual(be: &mut dyn Backend) {
+    let mut rg = rng(36);
+    for (dtype, m, n, k) in [(DType::F16, 1, 45, 64), (DType::Q4K, 19, 40, 256)] {
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[m, k]);
+        let (w, wn) = if dtype.is_quantized() {
+            c.quantized(be, &mut rg, "w", &[n, k], dtype)
+        } else {
+            let v = randn(&mut rg, n * k);
+            c.external(be, "w", &[n, k], dtype, &v, Access::ReadOnly)
+        };
+        let (res, rn) = c.input(&mut rg, "r", &[m, n]);
+        let y = c.b.matmul(x, w).unwrap();
+        let y = c.b.add(y, res).unwrap();
+        c.output(y, "y");
+        let pl = plan(c.b.graph(), weft_graph::PlanOptions::default());
+        let ops: Vec<&str> = pl
+            .schedule
+            .iter()
+            .map(|&i| pl.graph.node(i).op.name())
+            .collect();
+        assert_eq!(ops, ["mul_mat"], "{dtype}");
+        let out = c.run(be);
+        let mut want = r::matmul(&seen_activations(be, dtype, &xn), &wn);
+        want.data
+            .iter_mut()
+            .zip(&rn.data)
+            .for_each(|(a, b)| *a += b);
+        assert_close(
+            &format!("matmul + residual {dtype} M={m}"),
+            &out[0],
+            &want,
+            TOL,
+        );
+    }
+}
+
 pub fn matmul_activations(be: &mut dyn Backend) {
     // both operands computed, the second through a transposing view (made dense by legalization)
     let mut rg = rng(14);

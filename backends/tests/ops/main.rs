@@ -41,6 +41,7 @@ macro_rules! all_cases {
                 matmul_q5_k,
                 matmul_q6_k,
                 matmul_activations,
+                matmul_residual,
                 matmul_id,
                 get_rows,
                 norms,

@@ -1,16 +1,19 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
 //! dead-node removal → view folding → recurrent state in place → legalization → elementwise
-//! fusion → dead-node removal (the two fusing passes only with [`PassOptions::fuse`]).
+//! fusion → residual adds into matmuls → dead-node removal (the three fusing passes only with
+//! [`PassOptions::fuse`]).
 
 mod dce;
 mod fuse;
 mod legalize;
+mod matmul_add;
 mod state_in_place;
 mod views;
 
 pub use dce::remove_dead;
 pub use fuse::fuse_elementwise;
 pub use legalize::legalize;
+pub use matmul_add::matmul_add;
 pub use state_in_place::state_in_place;
 pub use views::fold_views;
 
@@ -40,7 +43,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     };
     let g = legalize(&g);
     if opts.fuse {
-        remove_dead(&fuse_elementwise(&g))
+        remove_dead(&matmul_add(&remove_dead(&fuse_elementwise(&g))))
     } else {
         g
     }

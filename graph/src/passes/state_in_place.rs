@@ -64,6 +64,9 @@ fn matching_scan(g: &Graph, consumers: &[Vec<NodeId>], store: NodeId) -> Option<
         return None;
     }
     for &c in &consumers[scan.index()] {
+        if c.index() >= g.len() {
+            return None; // the scan's whole output is a graph output
+        }
         let cn = g.node(c);
         let in_y = cn.op.is_view() && cn.layout.extent() <= ny;
         if c != rows && !in_y {
@@ -161,7 +164,7 @@ fn matching_conv(g: &Graph, consumers: &[Vec<NodeId>], store: NodeId) -> Option<
     let conv = consumers[xc.index()]
         .iter()
         .copied()
-        .find(|&id| matches!(g.node(id).op, Op::SsmConv))?;
+        .find(|&id| id.index() < g.len() && matches!(g.node(id).op, Op::SsmConv))?;
     let readers_ok = consumers[xc.index()]
         .iter()
         .all(|&id| id == conv || id == window);
@@ -182,7 +185,12 @@ fn matching_conv(g: &Graph, consumers: &[Vec<NodeId>], store: NodeId) -> Option<
 }
 
 pub fn state_in_place(g: &Graph) -> Graph {
-    let consumers = g.consumers();
+    let mut consumers = g.consumers();
+    // an output is read by the caller: count that as a reader, so nothing it needs is dropped
+    let caller = NodeId(u32::MAX);
+    for (_, o) in &g.outputs {
+        consumers[o.index()].push(caller);
+    }
     let mut rewrite: Vec<Option<Rewrite>> = (0..g.len()).map(|_| None).collect();
     let mut dropped = vec![false; g.len()];
     for id in g.ids() {
@@ -212,4 +220,60 @@ pub fn state_in_place(g: &Graph) -> Graph {
         rw.alias(id, new);
     }
     rw.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Access, BufferId, DType, GraphBuilder, Op, PlanOptions, plan};
+
+    /// A Mamba2-like step on a state cache; with `expose`, the gathered state is also an output.
+    fn scan_step(expose: bool) -> crate::Graph {
+        let (s, t, h, p, n) = (1, 2, 2, 2, 4);
+        let mut b = GraphBuilder::new();
+        let f = DType::F32;
+        let cache = b
+            .external("cache", &[3, h * p * n], f, BufferId(0), Access::ReadWrite)
+            .unwrap();
+        let slots = b.input("slots", &[s], DType::I32).unwrap();
+        let x = b.input("x", &[s, t, h, p], f).unwrap();
+        let dt = b.input("dt", &[s, t, h], f).unwrap();
+        let a = b.input("a", &[h, 1], f).unwrap();
+        let bm = b.input("b", &[s, t, 1, n], f).unwrap();
+        let cm = b.input("c", &[s, t, 1, n], f).unwrap();
+        let rows = b.get_rows(cache, slots).unwrap();
+        let state = b.reshape(rows, &[s, h, p, n]).unwrap();
+        let (y, ns) = b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
+        let ns = b.contiguous(ns).unwrap();
+        let ns = b.reshape(ns, &[s, h * p * n]).unwrap();
+        b.store_rows(cache, ns, slots).unwrap();
+        b.output(y, "y").unwrap();
+        if expose {
+            b.output(rows, "state").unwrap();
+        }
+        b.finish()
+    }
+
+    fn ops(g: &crate::Graph) -> Vec<&'static str> {
+        let p = plan(g, PlanOptions::default());
+        p.schedule
+            .iter()
+            .map(|&i| p.graph.node(i).op.name())
+            .collect()
+    }
+
+    #[test]
+    fn the_scan_takes_the_cache_unless_the_gathered_state_is_read_elsewhere() {
+        let g = scan_step(false);
+        assert_eq!(ops(&g), ["ssm_scan"]);
+        let p = plan(&g, PlanOptions::default());
+        let scan = p.schedule[0];
+        assert!(matches!(p.graph.node(scan).op, Op::SsmScan));
+        assert_eq!(p.graph.node(scan).srcs.len(), 7);
+        assert!(p.graph.has_side_effect(scan));
+        // an output that needs the gathered rows keeps the three ops
+        assert_eq!(
+            ops(&scan_step(true)),
+            ["get_rows", "ssm_scan", "store_rows"]
+        );
+    }
 }

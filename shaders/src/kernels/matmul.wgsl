@@ -7,7 +7,8 @@
 // 7 wb0, 8 wb1 (w's batch dims, 1 = broadcast), 9 total outputs, 10 output row stride (N of the
 // whole product), 11 first output column: a weight larger than one storage binding runs as
 // several dispatches, each over a range of its rows (N = that range's rows); 13 outputs per
-// workgroup (4).
+// workgroup (4); 14, with a source 2, the offset of a residual added to the output (laid out
+// like it).
 
 const T: u32 = 32u;
 var<workgroup> red: array<f32, 128>;
@@ -50,6 +51,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         workgroupBarrier();
     }
     if (lane == 0u && o < pu(9u)) {
-        st(pu(5u) + (b * m_ + m) * pu(10u) + pu(11u) + n, red[lid.x]);
+        let at = (b * m_ + m) * pu(10u) + pu(11u) + n;
+        st(pu(5u) + at, red[lid.x] + residual(at));
     }
 }

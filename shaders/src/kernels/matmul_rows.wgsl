@@ -5,7 +5,7 @@
 // then each thread accumulates its 4 outputs.
 // Source 0: x (dense F32); source 1: w (any dtype, dense).
 // Params: as `matmul`'s, with 9 the units (batches × row blocks × N), 12 the rows of x per
-// block (2 to 8) and 13 the weight rows per tile (32): the dispatch has
+// block (2 to 8), 13 the weight rows per tile (32) and 14 a residual's offset: the dispatch has
 // batches × row blocks × ⌈N / 32⌉ workgroups.
 
 const TM: u32 = 8u;
@@ -64,7 +64,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var j = 0u; j < 4u; j++) {
             let n = ng + 8u * j;
             if (n < cols) {
-                st(pu(5u) + (b * m_ + m0 + m) * pu(10u) + pu(11u) + n0 + n, acc[j]);
+                let at = (b * m_ + m0 + m) * pu(10u) + pu(11u) + n0 + n;
+                st(pu(5u) + at, acc[j] + residual(at));
             }
         }
     }
