@@ -115,18 +115,21 @@ pub fn delta_net(
 
     let qkv = b.matmul(x, w.qkv)?;
     let z = b.matmul(x, w.z)?;
+    // β and α per value head: [S, T, Hv], or for the grouped projection the two strided
+    // halves [S, T, Hk, Hv/Hk] of each key head's group, gated before they are made dense (an
+    // elementwise op reads strided views, a reshape of one would need a copy)
     let (beta, alpha) = match w.ba {
         BetaAlpha::Separate { beta, alpha } => (b.matmul(x, beta)?, b.matmul(x, alpha)?),
         BetaAlpha::Grouped(ba) => {
             let r = hv / hk;
             let ba = b.matmul(x, ba)?;
             let ba = b.reshape(ba, &[s, t, hk, 2 * r])?;
-            (
-                split_last(b, ba, 0, r, &[s, t, hv])?,
-                split_last(b, ba, r, r, &[s, t, hv])?,
-            )
+            (b.slice(ba, 3, 0, r)?, b.slice(ba, 3, r, r)?)
         }
     };
+    let heads = beta.dims()[2..].to_vec();
+    let dt_b = b.reshape(w.dt_b, &heads)?;
+    let a = b.reshape(w.a, &heads)?;
 
     let conv_state = state.load_conv(b, p.d_conv - 1, ch)?;
     let (qkv, new_conv) = b.ssm_conv(conv_state, qkv, w.conv)?;
@@ -144,9 +147,11 @@ pub fn delta_net(
     };
 
     let beta = b.sigmoid(beta)?;
-    let g = b.add(alpha, w.dt_b)?;
+    let beta = b.reshape(beta, &[s, t, hv])?;
+    let g = b.add(alpha, dt_b)?;
     let g = b.softplus(g)?;
-    let g = b.mul(g, w.a)?;
+    let g = b.mul(g, a)?;
+    let g = b.reshape(g, &[s, t, hv])?;
 
     let form = if t > 1 {
         DeltaForm::Chunked { chunk: DELTA_CHUNK }
