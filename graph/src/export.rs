@@ -27,7 +27,7 @@ fn colour(op: &Op) -> &'static str {
         Op::Input { .. } => "#dddddd",
         Op::External { .. } => "#bcd4e6",
         Op::View | Op::Contiguous => "#eeeeee",
-        Op::MatMul | Op::MatMulId | Op::GetRows => "#f4b183",
+        Op::MatMul | Op::MatMulCat | Op::MatMulId | Op::GetRows => "#f4b183",
         Op::Attention { .. } | Op::SoftMax { .. } | Op::Rope(_) => "#a9d18e",
         Op::SsmConv | Op::SsmScan | Op::GatedDeltaNet { .. } => "#c5a3d9",
         Op::Fused(_) => "#ffe699",

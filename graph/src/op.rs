@@ -305,6 +305,10 @@ pub enum Op {
     /// dimensions broadcast against `x`'s. A third source `r` (dense, the output's shape; made
     /// by the `matmul_add` pass, never by the builder) is added: `x · wᵀ + r`.
     MatMul,
+    /// `[x [.., 1, K] F32 (one row), w_1 [N_1, K], …, w_n [N_n, K]]` → `[.., 1, N_1 + … + N_n]`:
+    /// the products of one activation row with several weights, side by side (made by the
+    /// `matmul_cat` pass for decode, never by the builder).
+    MatMulCat,
     /// `[x [T, U or 1, K], w [E, N, K], ids [T, U] I32]` → `[T, U, N]`: row `(t, u)` is
     /// `x[t, u] · w[ids[t, u]]ᵀ` (mixture-of-experts).
     MatMulId,
@@ -387,6 +391,7 @@ impl Op {
             Op::Unary(u) => u.name(),
             Op::Binary(b) => b.name(),
             Op::MatMul => "mul_mat",
+            Op::MatMulCat => "mul_mat_cat",
             Op::MatMulId => "mul_mat_id",
             Op::GetRows => "get_rows",
             Op::RmsNorm { .. } => "rms_norm",

@@ -1,7 +1,7 @@
 //! Assembles a shader: bindings, parameter readers, per-source loaders, helpers, the kernel
 //! body with its placeholders filled.
 
-use crate::quant::{byte_helpers, chunk_dot, decode_body};
+use crate::quant::{CHUNK_HELPERS, byte_helpers, chunk_dot, decode_body};
 use crate::{Home, Kernel, Spec};
 use std::fmt::Write;
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, UnaryOp};
@@ -233,12 +233,33 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             "fn residual(i: u32) -> f32 { return 0.0; }\n"
         });
     }
-    if k == Kernel::MatMul {
-        let w = spec
-            .sources
-            .get(1)
-            .ok_or_else(|| err(k, "missing the weight source"))?;
-        out.push_str(&chunk_dot(w.home, w.dtype));
+    // mat-vecs: a row dot product per weight source (one for `matmul`, one per weight for
+    // `matmul_cat`, which picks the weight by output column)
+    if matches!(k, Kernel::MatMul | Kernel::MatMulCat) {
+        let weights = if k == Kernel::MatMul {
+            1..2
+        } else {
+            1..spec.sources.len()
+        };
+        if weights.is_empty() || spec.sources.len() < weights.end {
+            return Err(err(k, "missing the weight source"));
+        }
+        out.push_str(CHUNK_HELPERS);
+        for j in weights.clone() {
+            out.push_str(&chunk_dot(j, spec.sources[j].home, spec.sources[j].dtype));
+        }
+        if k == Kernel::MatMulCat {
+            out.push_str(
+                "fn row_dot_of(j: u32, wrow: u32, xrow: u32, lane: u32) -> f32 {\n    switch j {\n",
+            );
+            for j in weights {
+                let _ = writeln!(
+                    out,
+                    "        case {j}u: {{ return row_dot{j}(wrow, xrow, lane); }}"
+                );
+            }
+            out.push_str("        default: { return 0.0; }\n    }\n}\n");
+        }
     }
     let mut body = k.source().to_string();
     match k {

@@ -27,6 +27,7 @@ pub enum Kernel {
     CopyBits,
     MatMul,
     MatMulRows,
+    MatMulCat,
     MatMulId,
     GetRows,
     SoftMax,
@@ -44,12 +45,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
         Kernel::MatMul,
         Kernel::MatMulRows,
+        Kernel::MatMulCat,
         Kernel::MatMulId,
         Kernel::GetRows,
         Kernel::SoftMax,
@@ -73,6 +75,7 @@ impl Kernel {
             Kernel::CopyBits => "copy_bits",
             Kernel::MatMul => "matmul",
             Kernel::MatMulRows => "matmul_rows",
+            Kernel::MatMulCat => "matmul_cat",
             Kernel::MatMulId => "matmul_id",
             Kernel::GetRows => "get_rows",
             Kernel::SoftMax => "softmax",
@@ -98,6 +101,7 @@ impl Kernel {
             Kernel::CopyBits => include_str!("kernels/copy_bits.wgsl"),
             Kernel::MatMul => include_str!("kernels/matmul.wgsl"),
             Kernel::MatMulRows => include_str!("kernels/matmul_rows.wgsl"),
+            Kernel::MatMulCat => include_str!("kernels/matmul_cat.wgsl"),
             Kernel::MatMulId => include_str!("kernels/matmul_id.wgsl"),
             Kernel::GetRows => include_str!("kernels/get_rows.wgsl"),
             Kernel::SoftMax => include_str!("kernels/softmax.wgsl"),

@@ -63,12 +63,15 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
     }
 }
 
-/// The weight dot product of the mat-vec kernel, a chunk at a time: `fn wdot(c, xs) -> f32` is
-/// the dot of the weight's chunk `c` (chunks of `WCH` elements, numbered from the start of the
-/// source's storage) with x, where weight element `e` meets x element `xs + e` (wrapping). A
-/// chunk is read with whole-word loads and decoded once; `WALIGN` is the alignment (in elements)
-/// a row's start and length need for the chunked path. Source 1 is the weight, source 0 x.
-pub fn chunk_dot(home: Home, dtype: DType) -> String {
+/// The weight dot products of the mat-vec kernels, for weight source `j` (`ldj`):
+/// `fn wdotj(c, xs) -> f32` is the dot of the weight's chunk `c` (chunks of `WCHj` elements,
+/// numbered from the start of the source's storage) with x (source 0), where weight element `e`
+/// meets x element `xs + e` (wrapping). A chunk is read with whole-word loads and decoded once;
+/// `WALIGNj` is the alignment (in elements) a row's start and length need for the chunked
+/// path. `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole
+/// row's dot product: by chunks when the row is aligned, element by element otherwise.
+/// [`CHUNK_HELPERS`] must be emitted once before any of them.
+pub fn chunk_dot(j: usize, home: Home, dtype: DType) -> String {
     let (ch, align, body) = match home {
         Home::External(b) => chunk_body(b, dtype),
         Home::Arena => None,
@@ -77,25 +80,40 @@ pub fn chunk_dot(home: Home, dtype: DType) -> String {
         (
             4,
             4,
-            "let e0 = c * 4u; return dot(vec4<f32>(ld1(e0), ld1(e0 + 1u), ld1(e0 + 2u), ld1(e0 + 3u)), x4(xs + e0));"
+            "let e0 = c * 4u; return dot(vec4<f32>(ldJ(e0), ldJ(e0 + 1u), ldJ(e0 + 2u), ldJ(e0 + 3u)), x4(xs + e0));"
                 .to_string(),
         )
     });
-    let mut s = String::from(CHUNK_HELPERS);
+    let body = body
+        .replace("bw(", &format!("bw{j}("))
+        .replace("ldJ(", &format!("ld{j}("));
+    let mut s = String::new();
     if let Home::External(b) = home {
         s.push_str(&format!(
-            "fn bw(o: u32) -> u32 {{ let i = o >> 2u; if ((o & 2u) == 0u) {{ return e{b}[i]; }} \
+            "fn bw{j}(o: u32) -> u32 {{ let i = o >> 2u; if ((o & 2u) == 0u) {{ return e{b}[i]; }} \
              return (e{b}[i] >> 16u) | (e{b}[i + 1u] << 16u); }}\n"
         ));
     }
     s.push_str(&format!(
-        "const WCH: u32 = {ch}u;\nconst WALIGN: u32 = {align}u;\n\
-         fn wdot(c: u32, xs: u32) -> f32 {{\n    {body}\n}}\n"
+        "const WCH{j}: u32 = {ch}u;\nconst WALIGN{j}: u32 = {align}u;\n\
+         fn wdot{j}(c: u32, xs: u32) -> f32 {{\n    {body}\n}}\n\
+         fn row_dot{j}(wrow: u32, xrow: u32, lane: u32) -> f32 {{\n\
+         \x20   let k_ = pu(2u);\n\
+         \x20   var acc = 0.0;\n\
+         \x20   if (wrow % WALIGN{j} == 0u && k_ % WALIGN{j} == 0u) {{\n\
+         \x20       for (var c = lane; c < k_ / WCH{j}; c += T) {{ acc += wdot{j}(wrow / WCH{j} + c, xrow - wrow); }}\n\
+         \x20   }} else {{\n\
+         \x20       for (var k = lane; k < k_; k += T) {{ acc += ld0(xrow + k) * ld{j}(wrow + k); }}\n\
+         \x20   }}\n\
+         \x20   return acc;\n\
+         }}\n"
     ));
     s
 }
 
-const CHUNK_HELPERS: &str = "
+/// Helpers of [`chunk_dot`]'s functions, and the lanes per output row `T`.
+pub const CHUNK_HELPERS: &str = "
+const T: u32 = 32u;
 fn x4(i: u32) -> vec4<f32> { return vec4<f32>(ld0(i), ld0(i + 1u), ld0(i + 2u), ld0(i + 3u)); }
 fn nib(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 15u), f32((w >> 8u) & 15u), f32((w >> 16u) & 15u), f32((w >> 24u) & 15u)); }
 fn bit4(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 1u), f32((w >> 8u) & 1u), f32((w >> 16u) & 1u), f32((w >> 24u) & 1u)); }

@@ -111,6 +111,20 @@ fn variants() -> Vec<Spec> {
             vec![ext(0, w), arena(DType::I32)],
         ));
     }
+    // several weights of different dtypes behind one activation row
+    v.push(Spec::new(
+        Kernel::MatMulCat,
+        vec![
+            arena(DType::F32),
+            ext(0, DType::Q4K),
+            ext(1, DType::Q6K),
+            ext(2, DType::F16),
+        ],
+    ));
+    v.push(Spec::new(
+        Kernel::MatMulCat,
+        vec![arena(DType::F32), arena(DType::F32), ext(0, DType::Q8_0)],
+    ));
     for k in [Kernel::MatMul, Kernel::MatMulRows] {
         v.push(Spec::new(k, vec![arena(DType::F32), arena(DType::F32)]));
         // with a residual added as the output is written

@@ -415,6 +415,16 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
         Op::Unary(u) => elementwise::fused(&elementwise::unary_program(*u), shape, s, f32s(out)),
         Op::Binary(b) => elementwise::fused(&elementwise::binary_program(*b), shape, s, f32s(out)),
         Op::Fused(p) => elementwise::fused(p, shape, s, f32s(out)),
+        Op::MatMulCat => {
+            // one activation row times each weight, the outputs side by side
+            let out = f32s(out);
+            let mut at = 0;
+            for w in &s[1..] {
+                let n = w.dims()[0];
+                matmul::matmul(&s[0], w, &mut out[at..at + n]);
+                at += n;
+            }
+        }
         Op::MatMul => {
             let out = f32s(out);
             matmul::matmul(&s[0], &s[1], out);

@@ -219,6 +219,24 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let groups = matmul_groups(&p);
             (kernel, p, groups)
         }
+        Op::MatMulCat => {
+            let xo = c.src(s[0]);
+            let total = node.shape().last();
+            let mut p = vec![
+                total as u32,
+                (s.len() - 1) as u32,
+                dims(0)[dims(0).len() - 1] as u32,
+                xo,
+                c.out(),
+            ];
+            let mut col = 0;
+            for &w in &s[1..] {
+                let wo = c.src(w);
+                p.extend([col as u32, wo]);
+                col += g.node(w).shape().dims()[0];
+            }
+            (Kernel::MatMulCat, p, total.div_ceil(4) as u32)
+        }
         Op::MatMulId => {
             let (xd, wd, idd) = (dims(0), dims(1), dims(2));
             let (xo, wo, io) = (c.src(s[0]), c.src(s[1]), c.src(s[2]));

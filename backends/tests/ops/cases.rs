@@ -247,6 +247,54 @@ pub fn matmul_q6_k(be: &mut dyn Backend) {
     matmul_with(be, DType::Q6K, 256, 13);
 }
 
+/// Mat-vecs of one activation row by several weights (q/k/v-like, mixed dtypes, more than one
+/// product takes) become `mul_mat_cat` products whose column views match the reference.
+pub fn matmul_cat(be: &mut dyn Backend) {
+    let mut rg = rng(37);
+    let k = 256;
+    let mut c = Case::new();
+    let (x, xn) = c.input(&mut rg, "x", &[1, k]);
+    let mut want = vec![];
+    let weights = [
+        (DType::F32, 33),
+        (DType::Q4K, 40),
+        (DType::Q6K, 24),
+        (DType::F16, 8),
+        (DType::Q8_0, 5),
+    ];
+    for (i, (dtype, n)) in weights.into_iter().enumerate() {
+        let (w, wn) = if dtype.is_quantized() {
+            c.quantized(be, &mut rg, &format!("w{i}"), &[n, k], dtype)
+        } else {
+            let v = randn(&mut rg, n * k);
+            c.external(be, &format!("w{i}"), &[n, k], dtype, &v, Access::ReadOnly)
+        };
+        let y = c.b.matmul(x, w).unwrap();
+        let mut wy = r::matmul(&seen_activations(be, dtype, &xn), &wn);
+        // a view of a product that is not the first (its offset moves with it)
+        let y = if i == 1 {
+            wy.dims = vec![5, 8];
+            c.b.reshape(y, &[5, 8]).unwrap()
+        } else {
+            y
+        };
+        c.output(y, &format!("y{i}"));
+        want.push((dtype, wy));
+    }
+    let pl = plan(c.b.graph(), weft_graph::PlanOptions::default());
+    let ops: Vec<&str> = pl
+        .schedule
+        .iter()
+        .map(|&i| pl.graph.node(i).op.name())
+        .collect();
+    // four weights in one product, the fifth on its own
+    assert_eq!(ops, ["mul_mat_cat", "mul_mat"]);
+    let out = c.run(be);
+    for (o, (dtype, w)) in out.iter().zip(&want) {
+        assert_close(&format!("mul_mat_cat {dtype}"), o, w, TOL);
+    }
+}
+
 /// A residual added to a matmul's output folds into the matmul (`matmul_add`): the fused
 /// plan has no `add` left, and every plan setting matches the reference.
 pub fn matmul_residual(be: &mut dyn Backend) {

@@ -42,6 +42,7 @@ macro_rules! all_cases {
                 matmul_q6_k,
                 matmul_activations,
                 matmul_residual,
+                matmul_cat,
                 matmul_id,
                 get_rows,
                 norms,

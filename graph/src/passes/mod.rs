@@ -1,12 +1,13 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
 //! dead-node removal → view folding → recurrent state in place → legalization → elementwise
-//! fusion → residual adds into matmuls → dead-node removal (the three fusing passes only with
-//! [`PassOptions::fuse`]).
+//! fusion → mat-vecs sharing an input into one → residual adds into matmuls → dead-node
+//! removal (the four fusing passes only with [`PassOptions::fuse`]).
 
 mod dce;
 mod fuse;
 mod legalize;
 mod matmul_add;
+mod matmul_cat;
 mod state_in_place;
 mod views;
 
@@ -14,6 +15,7 @@ pub use dce::remove_dead;
 pub use fuse::fuse_elementwise;
 pub use legalize::legalize;
 pub use matmul_add::matmul_add;
+pub use matmul_cat::matmul_cat;
 pub use state_in_place::state_in_place;
 pub use views::fold_views;
 
@@ -43,7 +45,8 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     };
     let g = legalize(&g);
     if opts.fuse {
-        remove_dead(&matmul_add(&remove_dead(&fuse_elementwise(&g))))
+        let g = remove_dead(&fuse_elementwise(&g));
+        remove_dead(&matmul_add(&matmul_cat(&g)))
     } else {
         g
     }

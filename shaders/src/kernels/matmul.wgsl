@@ -1,7 +1,7 @@
 // out[b, m, n] = Σ_k x[b, m, k] · w[wb, n, k] for decode (M = 1; `matmul_rows` takes prompts).
-// A workgroup of 128 threads computes 4 outputs, 32 threads each. Each thread takes chunks of
-// the weight row (`wdot`: WCH elements read with whole-word loads and decoded once, see
-// `quant::chunk_dot`) when the row starts and ends on a WALIGN boundary, single elements
+// A workgroup of 128 threads computes 4 outputs, T = 32 threads each. Each thread takes chunks
+// of the weight row (`row_dot1`: chunks read with whole-word loads and decoded once, see
+// `quant::chunk_dot`) when the row starts and ends on a chunk boundary, single elements
 // otherwise. Source 0: x (dense F32); source 1: w (any dtype, dense).
 // Params: 0 M, 1 N, 2 K, 3 x_off, 4 w_off, 5 out_off, 6 xb1 (inner batch dim of x),
 // 7 wb0, 8 wb1 (w's batch dims, 1 = broadcast), 9 total outputs, 10 output row stride (N of the
@@ -10,7 +10,6 @@
 // workgroup (4); 14, with a source 2, the offset of a residual added to the output (laid out
 // like it).
 
-const T: u32 = 32u;
 var<workgroup> red: array<f32, 128>;
 
 @compute @workgroup_size(128)
@@ -30,17 +29,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let wrow = pu(4u) + (wb * n_ + n) * k_;
     var acc = 0.0;
     if (o < pu(9u)) {
-        if (wrow % WALIGN == 0u && k_ % WALIGN == 0u) {
-            let c0 = wrow / WCH;
-            let xs = xrow - wrow;
-            for (var c = lane; c < k_ / WCH; c += T) {
-                acc += wdot(c0 + c, xs);
-            }
-        } else {
-            for (var k = lane; k < k_; k += T) {
-                acc += ld0(xrow + k) * ld1(wrow + k);
-            }
-        }
+        acc = row_dot1(wrow, xrow, lane);
     }
     red[lid.x] = acc;
     workgroupBarrier();
