@@ -197,12 +197,7 @@ fn matmul_with(be: &mut dyn Backend, dtype: DType, k: usize, seed: u64) {
         }
         let mut c = Case::new();
         let (x, xn) = c.input(&mut rg, "x", &xd);
-        let (w, wn) = if dtype.is_quantized() {
-            c.quantized(be, &mut rg, "w", &wd, dtype)
-        } else {
-            let v = randn(&mut rg, wd.iter().product());
-            c.external(be, "w", &wd, dtype, &v, Access::ReadOnly)
-        };
+        let (w, wn) = weight(be, &mut c, &mut rg, "w", &wd, dtype);
         let y = c.b.matmul(x, w).expect("matmul");
         c.output(y, "y");
         let out = c.run(be);
@@ -247,6 +242,37 @@ pub fn matmul_q6_k(be: &mut dyn Backend) {
     matmul_with(be, DType::Q6K, 256, 13);
 }
 
+/// A weight of `dtype` with random values (random valid blocks when quantized), and what it
+/// holds.
+fn weight(
+    be: &mut dyn Backend,
+    c: &mut Case,
+    rg: &mut rand::rngs::StdRng,
+    name: &str,
+    dims: &[usize],
+    dtype: DType,
+) -> (Tensor, Nd) {
+    if dtype.is_quantized() {
+        c.quantized(be, rg, name, dims, dtype)
+    } else {
+        let v = randn(rg, dims.iter().product());
+        c.external(be, name, dims, dtype, &v, Access::ReadOnly)
+    }
+}
+
+/// The ops a graph's plan schedules, with `fuse` on or off.
+fn scheduled(g: &weft_graph::Graph, fuse: bool) -> Vec<&'static str> {
+    let opts = weft_graph::PlanOptions {
+        passes: weft_graph::passes::PassOptions { fuse },
+        ..Default::default()
+    };
+    let pl = plan(g, opts);
+    pl.schedule
+        .iter()
+        .map(|&i| pl.graph.node(i).op.name())
+        .collect()
+}
+
 /// Mat-vecs of one activation row by several weights (q/k/v-like, mixed dtypes, more than one
 /// product takes) become `mul_mat_cat` products whose column views match the reference.
 pub fn matmul_cat(be: &mut dyn Backend) {
@@ -263,12 +289,7 @@ pub fn matmul_cat(be: &mut dyn Backend) {
         (DType::Q8_0, 5),
     ];
     for (i, (dtype, n)) in weights.into_iter().enumerate() {
-        let (w, wn) = if dtype.is_quantized() {
-            c.quantized(be, &mut rg, &format!("w{i}"), &[n, k], dtype)
-        } else {
-            let v = randn(&mut rg, n * k);
-            c.external(be, &format!("w{i}"), &[n, k], dtype, &v, Access::ReadOnly)
-        };
+        let (w, wn) = weight(be, &mut c, &mut rg, &format!("w{i}"), &[n, k], dtype);
         let y = c.b.matmul(x, w).unwrap();
         let mut wy = r::matmul(&seen_activations(be, dtype, &xn), &wn);
         // a view of a product that is not the first (its offset moves with it)
@@ -281,14 +302,8 @@ pub fn matmul_cat(be: &mut dyn Backend) {
         c.output(y, &format!("y{i}"));
         want.push((dtype, wy));
     }
-    let pl = plan(c.b.graph(), weft_graph::PlanOptions::default());
-    let ops: Vec<&str> = pl
-        .schedule
-        .iter()
-        .map(|&i| pl.graph.node(i).op.name())
-        .collect();
     // four weights in one product, the fifth on its own
-    assert_eq!(ops, ["mul_mat_cat", "mul_mat"]);
+    assert_eq!(scheduled(c.b.graph(), true), ["mul_mat_cat", "mul_mat"]);
     let out = c.run(be);
     for (o, (dtype, w)) in out.iter().zip(&want) {
         assert_close(&format!("mul_mat_cat {dtype}"), o, w, TOL);
@@ -302,23 +317,12 @@ pub fn matmul_residual(be: &mut dyn Backend) {
     for (dtype, m, n, k) in [(DType::F16, 1, 45, 64), (DType::Q4K, 19, 40, 256)] {
         let mut c = Case::new();
         let (x, xn) = c.input(&mut rg, "x", &[m, k]);
-        let (w, wn) = if dtype.is_quantized() {
-            c.quantized(be, &mut rg, "w", &[n, k], dtype)
-        } else {
-            let v = randn(&mut rg, n * k);
-            c.external(be, "w", &[n, k], dtype, &v, Access::ReadOnly)
-        };
+        let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, k], dtype);
         let (res, rn) = c.input(&mut rg, "r", &[m, n]);
         let y = c.b.matmul(x, w).unwrap();
         let y = c.b.add(y, res).unwrap();
         c.output(y, "y");
-        let pl = plan(c.b.graph(), weft_graph::PlanOptions::default());
-        let ops: Vec<&str> = pl
-            .schedule
-            .iter()
-            .map(|&i| pl.graph.node(i).op.name())
-            .collect();
-        assert_eq!(ops, ["mul_mat"], "{dtype}");
+        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"], "{dtype}");
         let out = c.run(be);
         let mut want = r::matmul(&seen_activations(be, dtype, &xn), &wn);
         want.data
@@ -800,11 +804,7 @@ fn check_state_in_place(
             ..Default::default()
         };
         let pl = plan(&g, opts);
-        let ops: Vec<&str> = pl
-            .schedule
-            .iter()
-            .map(|&i| pl.graph.node(i).op.name())
-            .collect();
+        let ops = scheduled(&g, fuse);
         assert_eq!(ops.contains(&"store_rows"), !fuse, "{op}: {ops:?}");
         assert_eq!(ops.contains(&"get_rows"), !fuse, "{op}: {ops:?}");
         be.upload(buf, 0, bytemuck::cast_slice(init)).unwrap();
