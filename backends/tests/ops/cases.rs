@@ -526,6 +526,46 @@ pub fn rope(be: &mut dyn Backend) {
     }
 }
 
+/// q and k of one token, projected together (`mul_mat_cat`) and then roped, take one rope
+/// (`rope_pair`); a view of the second rope's output moves with it. Every plan setting
+/// matches the reference.
+pub fn rope_pair(be: &mut dyn Backend) {
+    let mut rg = rng(38);
+    let (k, hq, hk, d) = (32, 4, 2, 16);
+    let mut c = Case::new();
+    let (x, xn) = c.input(&mut rg, "x", &[1, k]);
+    let (wq, wqn) = weight(be, &mut c, &mut rg, "wq", &[hq * d, k], DType::F32);
+    let (wk, wkn) = weight(be, &mut c, &mut rg, "wk", &[hk * d, k], DType::F32);
+    let pt = c.ids("pos", &[1], vec![37]);
+    let p = RopeParams {
+        n_dims: d,
+        mode: RopeMode::Neox,
+        freq_base: 10000.0,
+        freq_scale: 1.0,
+    };
+    let q = c.b.matmul(x, wq).unwrap();
+    let q = c.b.reshape(q, &[1, hq, d]).unwrap();
+    let q = c.b.rope(q, pt, p).unwrap();
+    let kk = c.b.matmul(x, wk).unwrap();
+    let kk = c.b.reshape(kk, &[1, hk, d]).unwrap();
+    let kk = c.b.rope(kk, pt, p).unwrap();
+    let kk = c.b.reshape(kk, &[1, hk * d]).unwrap();
+    c.output(q, "q");
+    c.output(kk, "k");
+    assert_eq!(scheduled(c.b.graph(), true), ["mul_mat_cat", "rope"]);
+    let out = c.run(be);
+    let rope_of = |w: &Nd, h: usize| {
+        let mut y = r::matmul(&xn, w);
+        y.dims = vec![1, h, d];
+        r::rope(&y, &[37], d, true, 10000.0, 1.0)
+    };
+    let wq = rope_of(&wqn, hq);
+    let mut wk = rope_of(&wkn, hk);
+    wk.dims = vec![1, hk * d];
+    assert_close("paired rope q", &out[0], &wq, TOL);
+    assert_close("paired rope k", &out[1], &wk, TOL);
+}
+
 pub fn attention(be: &mut dyn Backend) {
     let mut rg = rng(20);
     for (kv_dtype, causal, masked, gated) in [

@@ -48,6 +48,7 @@ macro_rules! all_cases {
                 norms,
                 softmax,
                 rope,
+                rope_pair,
                 attention,
                 concat,
                 ssm_conv,

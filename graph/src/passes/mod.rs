@@ -1,13 +1,15 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
 //! dead-node removal → view folding → recurrent state in place → legalization → elementwise
-//! fusion → mat-vecs sharing an input into one → residual adds into matmuls → dead-node
-//! removal (the four fusing passes only with [`PassOptions::fuse`]).
+//! fusion → mat-vecs sharing an input into one → ropes of adjacent heads into one → residual
+//! adds into matmuls → dead-node removal (the five fusing passes only with
+//! [`PassOptions::fuse`]).
 
 mod dce;
 mod fuse;
 mod legalize;
 mod matmul_add;
 mod matmul_cat;
+mod rope_pair;
 mod state_in_place;
 mod views;
 
@@ -16,6 +18,7 @@ pub use fuse::fuse_elementwise;
 pub use legalize::legalize;
 pub use matmul_add::matmul_add;
 pub use matmul_cat::matmul_cat;
+pub use rope_pair::rope_pair;
 pub use state_in_place::state_in_place;
 pub use views::fold_views;
 
@@ -46,7 +49,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     let g = legalize(&g);
     if opts.fuse {
         let g = remove_dead(&fuse_elementwise(&g));
-        remove_dead(&matmul_add(&matmul_cat(&g)))
+        remove_dead(&matmul_add(&rope_pair(&matmul_cat(&g))))
     } else {
         g
     }
