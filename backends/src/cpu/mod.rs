@@ -222,7 +222,7 @@ impl CpuBackend {
             if matches!(node.op, Op::StoreRows) {
                 self.store_rows(plan, &prog.arena, id)?;
             } else if g.has_side_effect(id) {
-                self.scan_in_place(plan, &mut prog.arena, id)?;
+                self.state_op_in_cache(plan, &mut prog.arena, id)?;
             } else {
                 let bytes = node.dtype.bytes_for(node.numel()).unwrap_or(0);
                 if self.scratch.len() < bytes {
@@ -281,7 +281,12 @@ impl CpuBackend {
     /// `Op::SsmScan`, `Op::SsmConv`): the
     /// cache buffer is taken out of the map for the call, so that the op can update its rows
     /// while reading the other sources.
-    fn scan_in_place(&mut self, plan: &Plan, arena: &mut AlignedBytes, id: NodeId) -> Result<()> {
+    fn state_op_in_cache(
+        &mut self,
+        plan: &Plan,
+        arena: &mut AlignedBytes,
+        id: NodeId,
+    ) -> Result<()> {
         let g = &plan.graph;
         let node = g.node(id);
         let Home::External(buf) = home(g, plan, node.srcs[0]) else {

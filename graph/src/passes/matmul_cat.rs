@@ -82,11 +82,7 @@ pub fn matmul_cat(g: &Graph) -> Graph {
             && let Some((first, col)) = member_of[n.srcs[0].index()]
         {
             let cat = cat_of[first.index()].expect("the first member comes first");
-            let mut view = n.clone();
-            view.srcs = vec![cat];
-            view.layout.offset += col;
-            let new = rw.push(view);
-            rw.alias(id, new);
+            rw.rebase_view(id, cat, col);
             continue;
         }
         let Some((first, col)) = member_of[id.index()] else {
@@ -114,18 +110,7 @@ pub fn matmul_cat(g: &Graph) -> Graph {
             cat_of[id.index()] = Some(cat);
         }
         let cat = cat_of[first.index()].expect("the first member comes first");
-        let n = g.node(id);
-        let view = rw.push(Node {
-            op: Op::View,
-            srcs: vec![cat],
-            layout: Layout {
-                offset: col,
-                ..Layout::contiguous(n.shape())
-            },
-            dtype: n.dtype,
-            name: n.name.clone(),
-        });
-        rw.alias(id, view);
+        rw.view_in(id, cat, col);
     }
     rw.finish()
 }

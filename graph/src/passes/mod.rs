@@ -98,6 +98,33 @@ impl<'a> Rewriter<'a> {
         self.map[old.index()] = Some(new);
     }
 
+    /// Old node `old` (a product merged into `base`) becomes a dense view of `base` at element
+    /// `offset`, with its own shape, dtype and name.
+    pub fn view_in(&mut self, old: NodeId, base: NodeId, offset: usize) {
+        let n = self.old.node(old);
+        let view = self.push(Node {
+            op: crate::op::Op::View,
+            srcs: vec![base],
+            layout: crate::layout::Layout {
+                offset,
+                ..crate::layout::Layout::contiguous(n.shape())
+            },
+            dtype: n.dtype,
+            name: n.name.clone(),
+        });
+        self.alias(old, view);
+    }
+
+    /// Old view `old` of a node merged into `base` at element `shift`: the same view of `base`,
+    /// its offset shifted (a view addresses its base's storage).
+    pub fn rebase_view(&mut self, old: NodeId, base: NodeId, shift: usize) {
+        let mut view = self.old.node(old).clone();
+        view.srcs = vec![base];
+        view.layout.offset += shift;
+        let new = self.push(view);
+        self.alias(old, new);
+    }
+
     pub fn finish(mut self) -> Graph {
         self.out.outputs = self
             .old

@@ -69,11 +69,7 @@ pub fn rope_pair(g: &Graph) -> Graph {
             && let Some((a, off)) = member(n.srcs[0])
             && let Some(m) = merged[a.index()]
         {
-            let mut view = n.clone();
-            view.srcs = vec![m];
-            view.layout.offset += off;
-            let new = rw.push(view);
-            rw.alias(id, new);
+            rw.rebase_view(id, m, off);
             continue;
         }
         let Some((a, off)) = member(id) else {
@@ -105,17 +101,7 @@ pub fn rope_pair(g: &Graph) -> Graph {
             merged[id.index()] = Some(m);
         }
         let m = merged[a.index()].expect("the first rope comes first");
-        let view = rw.push(Node {
-            op: Op::View,
-            srcs: vec![m],
-            layout: Layout {
-                offset: off,
-                ..Layout::contiguous(n.shape())
-            },
-            dtype: n.dtype,
-            name: n.name.clone(),
-        });
-        rw.alias(id, view);
+        rw.view_in(id, m, off);
     }
     rw.finish()
 }
