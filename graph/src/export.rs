@@ -30,17 +30,14 @@ fn colour(op: &Op) -> &'static str {
         Op::MatMul | Op::MatMulCat | Op::MatMulId | Op::GetRows => "#f4b183",
         Op::Attention { .. } | Op::SoftMax { .. } | Op::Rope(_) => "#a9d18e",
         Op::SsmConv | Op::SsmScan | Op::GatedDeltaNet { .. } => "#c5a3d9",
-        Op::Fused(_) => "#ffe699",
+        Op::Fused(_) | Op::Epilogue(_) => "#ffe699",
         Op::StoreRows => "#ff9999",
         _ => "#ffffff",
     }
 }
 
 fn detail(op: &Op) -> String {
-    match op {
-        Op::Fused(p) => p.describe(),
-        _ => op.name().to_string(),
-    }
+    op.describe()
 }
 
 /// Graphviz DOT; with a plan, scheduled nodes show their arena slot.

@@ -117,10 +117,10 @@ impl Graph {
     /// True when a node has effects beyond its value (writes a cache).
     pub fn has_side_effect(&self, id: NodeId) -> bool {
         let n = self.node(id);
-        match n.op {
-            Op::StoreRows => true,
-            Op::SsmScan | Op::GatedDeltaNet { .. } => n.srcs.len() == 7,
-            Op::SsmConv => n.srcs.len() == 4,
+        match n.op.core(n.srcs.len()) {
+            (Op::StoreRows, _) => true,
+            (Op::SsmScan | Op::GatedDeltaNet { .. }, srcs) => srcs == 7,
+            (Op::SsmConv, srcs) => srcs == 4,
             _ => false,
         }
     }

@@ -378,6 +378,19 @@ pub enum Op {
     StoreRows,
     /// Elementwise program produced by the fusion pass.
     Fused(FusedProgram),
+    /// An op whose results go through an elementwise program as they are written (made by the
+    /// `epilogue` pass, never by the builder). The first `inner_srcs` sources are the inner op's;
+    /// in the program, `Load(0)` is the inner result and `Load(k)` source `inner_srcs + k − 1`,
+    /// broadcast to the output's shape. The output has the inner op's shape.
+    Epilogue(Box<Epilogue>),
+}
+
+/// See [`Op::Epilogue`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Epilogue {
+    pub inner: Op,
+    pub inner_srcs: usize,
+    pub program: FusedProgram,
 }
 
 impl Op {
@@ -409,6 +422,25 @@ impl Op {
             Op::Reduce(ReduceOp::Argmax) => "argmax",
             Op::StoreRows => "store_rows",
             Op::Fused(_) => "fused",
+            Op::Epilogue(e) => e.inner.name(),
+        }
+    }
+
+    /// The op that does the work, and how many of the node's sources are its own: the inner op
+    /// of an [`Op::Epilogue`], else the op itself with all `n_srcs`.
+    pub fn core(&self, n_srcs: usize) -> (&Op, usize) {
+        match self {
+            Op::Epilogue(e) => (&e.inner, e.inner_srcs),
+            op => (op, n_srcs),
+        }
+    }
+
+    /// Human-readable form for dumps: the name, or a fused program, or an op and its epilogue.
+    pub fn describe(&self) -> String {
+        match self {
+            Op::Fused(p) => p.describe(),
+            Op::Epilogue(e) => format!("{} then {}", e.inner.describe(), e.program.describe()),
+            op => op.name().to_string(),
         }
     }
 

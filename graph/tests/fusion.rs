@@ -10,6 +10,7 @@ fn fused_programs(g: &Graph) -> Vec<String> {
         .iter()
         .filter_map(|n| match &n.op {
             Op::Fused(p) => Some(p.describe()),
+            Op::Epilogue(e) => Some(format!("{}: {}", e.inner.name(), e.program.describe())),
             _ => None,
         })
         .collect()
@@ -56,16 +57,17 @@ fn swiglu_sigmoid_gate_norm_weight_and_residual_fuse() {
         progs.contains(&"mul(%0, %1) where %0 = rms_norm(%0)".to_string()),
         "{progs:?}"
     );
+    // the activations run as the matmuls before them write (the up projection's, `%0` its
+    // result; the down projection's, whose result is `%0` and `x` `%1`)
     assert!(
-        progs.contains(&"mul(silu(%1), %0)".to_string()),
+        progs.contains(&"mul_mat: mul(silu(%1), %0)".to_string()),
         "{progs:?}"
     );
     assert!(
-        progs.contains(&"add(mul(%0, sigmoid(%1)), %0)".to_string()),
+        progs.contains(&"mul_mat: add(mul(%1, sigmoid(%0)), %1)".to_string()),
         "{progs:?}"
     );
-    assert!(dispatches(&g, true) < dispatches(&g, false));
-    assert_eq!((dispatches(&g, false), dispatches(&g, true)), (10, 6));
+    assert_eq!((dispatches(&g, false), dispatches(&g, true)), (10, 4));
 }
 
 #[test]

@@ -67,16 +67,13 @@ fn binary(op: BinaryOp, a: &str, b: &str) -> String {
     format!("({a} {o} {b})")
 }
 
-/// WGSL statements computing `v` from a fused program (loads of source 0 scaled by `f` when
-/// `head` is set).
-fn program_body(p: &FusedProgram, head: bool) -> String {
+/// WGSL statements computing `v` from a fused program, `load(k)` being the expression of
+/// `Load(k)`.
+fn program_body(p: &FusedProgram, load: impl Fn(u8) -> String) -> String {
     let mut s = String::new();
     for (n, ins) in p.code.iter().enumerate() {
         let e = match *ins {
-            Instr::Load(k) => {
-                let scale = if head && k == 0 { " * f" } else { "" };
-                format!("ld{k}(lda({k}u, i0, i1, i2, i3)){scale}")
-            }
+            Instr::Load(k) => load(k),
             Instr::Unary(op, a) => unary(op, &format!("r{a}")),
             Instr::Binary(op, a, b) => binary(op, &format!("r{a}"), &format!("r{b}")),
         };
@@ -84,6 +81,56 @@ fn program_body(p: &FusedProgram, head: bool) -> String {
     }
     let _ = write!(s, "let v = r{};", p.code.len().saturating_sub(1));
     s
+}
+
+/// `epi(i, v)`: the spec's epilogue applied to result `v` at output element `i`, or `v` as it is.
+fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
+    let Some(e) = &spec.epilogue else {
+        return Ok("fn epi(i: u32, v: f32) -> f32 { return v; }\n".into());
+    };
+    if !spec.kernel.applies_epilogue() {
+        return Err(err(spec.kernel, "this kernel applies no epilogue"));
+    }
+    let extra = e.program.code.iter().filter_map(|ins| match ins {
+        Instr::Load(k) if *k > 0 => Some(e.first + *k as usize - 1),
+        _ => None,
+    });
+    if let Some(bad) = extra.clone().find(|&s| s >= spec.sources.len()) {
+        return Err(err(
+            spec.kernel,
+            format!("epilogue reads source {bad} of {}", spec.sources.len()),
+        ));
+    }
+    let p = e.params;
+    let load = |k: u8| match k {
+        0 => "v".to_string(),
+        k => format!(
+            "ld{}(epa({}u, i0, i1, i2, i3))",
+            e.first + k as usize - 1,
+            k - 1
+        ),
+    };
+    let body = program_body(&e.program, load).replace("let v = ", "return ");
+    Ok(format!(
+        "fn epa(k: u32, i0: u32, i1: u32, i2: u32, i3: u32) -> u32 {{
+    let b = {}u + 5u * k;
+    return pu(b) + i0 * pu(b + 1u) + i1 * pu(b + 2u) + i2 * pu(b + 3u) + i3 * pu(b + 4u);
+}}
+fn epi(i: u32, v: f32) -> f32 {{
+    let i3 = i % pu({d3}u);
+    var r = i / pu({d3}u);
+    let i2 = r % pu({d2}u);
+    r = r / pu({d2}u);
+    let i1 = r % pu({d1}u);
+    let i0 = r / pu({d1}u);
+    {body}
+}}
+",
+        p + 4,
+        d1 = p + 1,
+        d2 = p + 2,
+        d3 = p + 3,
+    ))
 }
 
 fn err(kernel: Kernel, detail: impl Into<String>) -> ShaderError {
@@ -211,7 +258,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         _ => None,
     };
     if let Some((st, new, slots)) = words {
-        let _ = if spec.sources.len() == 7 {
+        let _ = if spec.own_sources() == 7 {
             write!(
                 out,
                 "fn state_row(s: u32) -> u32 {{ return u32(ldi6(pu({slots}u) + s)); }}\n\
@@ -227,7 +274,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     }
     // matmuls add a residual (source 2, param 14) when the matmul_add pass gave them one
     if matches!(k, Kernel::MatMul | Kernel::MatMulRows) {
-        out.push_str(if spec.sources.len() > 2 {
+        out.push_str(if spec.own_sources() > 2 {
             "fn residual(i: u32) -> f32 { return ld2(pu(14u) + i); }\n"
         } else {
             "fn residual(i: u32) -> f32 { return 0.0; }\n"
@@ -239,7 +286,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         let weights = if k == Kernel::MatMul {
             1..2
         } else {
-            1..spec.sources.len()
+            1..spec.own_sources()
         };
         if weights.is_empty() || spec.sources.len() < weights.end {
             return Err(err(k, "missing the weight source"));
@@ -261,6 +308,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             out.push_str("        default: { return 0.0; }\n    }\n}\n");
         }
     }
+    out.push_str(&epilogue(spec)?);
     let mut body = k.source().to_string();
     match k {
         Kernel::Elementwise | Kernel::FusedNorm => {
@@ -271,8 +319,13 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             if p.code.is_empty() {
                 return Err(err(k, "empty program"));
             }
+            let head = k == Kernel::FusedNorm;
+            let load = |k: u8| {
+                let scale = if head && k == 0 { " * f" } else { "" };
+                format!("ld{k}(lda({k}u, i0, i1, i2, i3)){scale}")
+            };
             body = body
-                .replace("{{BODY}}", &program_body(p, k == Kernel::FusedNorm))
+                .replace("{{BODY}}", &program_body(p, load))
                 .replace("{{NSRC}}", &spec.sources.len().to_string());
         }
         _ => {}

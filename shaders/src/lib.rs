@@ -10,7 +10,8 @@
 //! Kernels never index bindings directly: the generator emits a loader per source —
 //! `ldK(i) -> f32` for float data of any storage dtype (F32/F16/BF16 and the GGUF block
 //! quantizations, decoded per element) and `ldiK(i) -> i32` for I32 — taking an element index
-//! into the source's storage. Results are written with `st(i, v)` / `sti(i, v)`.
+//! into the source's storage. Results are written with `st(i, v)` / `sti(i, v)`; kernels that
+//! [apply epilogues](Kernel::applies_epilogue) write `epi(i, v)` for result `i`.
 
 mod codegen;
 mod quant;
@@ -93,6 +94,20 @@ impl Kernel {
         }
     }
 
+    /// True for kernels that pass each result through `epi(i, v)` as they write it (see
+    /// [`EpilogueSpec`]).
+    pub fn applies_epilogue(self) -> bool {
+        matches!(
+            self,
+            Kernel::MatMul
+                | Kernel::MatMulRows
+                | Kernel::SsmConv
+                | Kernel::SsmConvCached
+                | Kernel::SsmScan
+                | Kernel::SsmScanRows
+        )
+    }
+
     /// The kernel's WGSL body.
     pub fn source(self) -> &'static str {
         match self {
@@ -148,9 +163,29 @@ pub struct Spec {
     pub store: Option<(u32, DType)>,
     /// Number of external bindings the dispatch uses.
     pub externals: u32,
+    /// An elementwise program the kernel applies to each result it writes.
+    pub epilogue: Option<EpilogueSpec>,
+}
+
+/// How a kernel's results go through an epilogue (`epi(i, v)` in the kernel, `i` the result's
+/// element index): `Load(0)` is the result, `Load(k)` source `first + k − 1`. Parameter words
+/// from `params`: the output's dims (4, padded with leading 1s), then per extra source its
+/// element offset and 4 strides (0 where it broadcasts).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpilogueSpec {
+    pub program: FusedProgram,
+    pub first: usize,
+    pub params: u32,
 }
 
 impl Spec {
+    /// The kernel's own sources: all but an epilogue's.
+    pub fn own_sources(&self) -> usize {
+        self.epilogue
+            .as_ref()
+            .map_or(self.sources.len(), |e| e.first)
+    }
+
     pub fn new(kernel: Kernel, sources: Vec<Source>) -> Spec {
         let externals = sources
             .iter()
@@ -167,6 +202,7 @@ impl Spec {
             aliases: vec![],
             store: None,
             externals,
+            epilogue: None,
         }
     }
 }

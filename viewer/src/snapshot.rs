@@ -68,7 +68,7 @@ impl GraphView {
                     name: n.name.clone(),
                     op: n.op.name(),
                     detail: match &n.op {
-                        Op::Fused(p) => p.describe(),
+                        Op::Fused(_) | Op::Epilogue(_) => n.op.describe(),
                         _ => String::new(),
                     },
                     shape: n.shape().dims().to_vec(),
@@ -78,7 +78,7 @@ impl GraphView {
                     slot: plan.slots[id.index()].map(|s| (s.offset, s.bytes)),
                     live: plan.live[id.index()],
                     dispatch: plan.schedule.contains(&id),
-                    fused: matches!(n.op, Op::Fused(_)),
+                    fused: matches!(n.op, Op::Fused(_) | Op::Epilogue(_)),
                     time: timings.iter().find(|t| t.0 == id.0).map(|t| t.1),
                 }
             })

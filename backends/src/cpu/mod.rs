@@ -300,8 +300,9 @@ impl CpuBackend {
             .remove(&buf.0)
             .ok_or(BackendError::UnknownBuffer(buf.0))?;
         let mut y = vec![0.0f32; node.numel()];
+        let (op, inner_srcs) = node.op.core(node.srcs.len());
         let done = (|| {
-            let srcs: Vec<TensorRef> = node.srcs[1..]
+            let srcs: Vec<TensorRef> = node.srcs[1..inner_srcs]
                 .iter()
                 .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
                 .collect::<Result<_>>()?;
@@ -311,10 +312,10 @@ impl CpuBackend {
             let layout = g.node(node.srcs[0]).layout;
             let rows = &mut bytemuck::cast_slice_mut::<u8, f32>(cache.bytes_mut())
                 [layout.offset..layout.offset + layout.shape.numel()];
-            match node.op {
+            match op {
                 Op::SsmScan => ssm::ssm_scan_cached(rows, &slots, srcs, &node.name, &mut y),
                 Op::GatedDeltaNet { form } => {
-                    delta::gated_delta_net_cached(rows, &slots, srcs, form, &node.name, &mut y)
+                    delta::gated_delta_net_cached(rows, &slots, srcs, *form, &node.name, &mut y)
                 }
                 Op::SsmConv => ssm::ssm_conv_cached(rows, &slots, srcs, &node.name, &mut y),
                 _ => Err(BackendError::Device(format!(
@@ -326,6 +327,15 @@ impl CpuBackend {
         })();
         self.buffers.insert(buf.0, cache);
         done?;
+        if let Op::Epilogue(e) = &node.op {
+            let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
+                .iter()
+                .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
+                .collect::<Result<_>>()?;
+            let inner = std::mem::take(&mut y);
+            y = vec![0.0; inner.len()];
+            apply_epilogue(&e.program, node.shape(), &inner, &extra, &mut y);
+        }
         let off = plan.slots[id.index()].map_or(0, |s| s.offset);
         arena.bytes_mut()[off..off + 4 * y.len()].copy_from_slice(bytemuck::cast_slice(&y));
         Ok(())
@@ -414,8 +424,37 @@ fn tensor_ref<'a>(
 /// Computes one node into `out` (dense, the node's dtype).
 fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()> {
     let node = g.node(id);
+    let (op, inner_srcs) = node.op.core(s.len());
+    execute_op(op, node, &s[..inner_srcs], out)?;
+    if let Op::Epilogue(e) = &node.op {
+        let y = f32s(out).to_vec();
+        apply_epilogue(&e.program, node.shape(), &y, &s[inner_srcs..], f32s(out));
+    }
+    Ok(())
+}
+
+/// `out = program(y, extra…)` element by element: an epilogue over an op's result `y` (dense,
+/// `shape`), its other loads broadcast from `extra`.
+fn apply_epilogue(
+    program: &weft_graph::FusedProgram,
+    shape: weft_graph::Shape,
+    y: &[f32],
+    extra: &[TensorRef],
+    out: &mut [f32],
+) {
+    let y = TensorRef {
+        bytes: bytemuck::cast_slice(y),
+        layout: Layout::contiguous(shape),
+        dtype: DType::F32,
+    };
+    let srcs: Vec<TensorRef> = std::iter::once(y).chain(extra.iter().cloned()).collect();
+    elementwise::fused(program, shape, &srcs, out);
+}
+
+/// Computes `op` (the node's op, or its epilogue's inner op) from its sources into `out`.
+fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8]) -> Result<()> {
     let shape = node.shape();
-    match &node.op {
+    match op {
         Op::Contiguous => elementwise::contiguous(&s[0], out),
         Op::Unary(u) => elementwise::fused(&elementwise::unary_program(*u), shape, s, f32s(out)),
         Op::Binary(b) => elementwise::fused(&elementwise::binary_program(*b), shape, s, f32s(out)),
@@ -464,7 +503,7 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
         Op::GatedDeltaNet { form } => delta::gated_delta_net(s, *form, f32s(out)),
         Op::TopK { k } => rows::top_k(&s[0], *k, bytemuck::cast_slice_mut(out)),
         Op::Reduce(r) => rows::reduce(*r, &s[0], out),
-        Op::Input { .. } | Op::External { .. } | Op::View | Op::StoreRows => {
+        Op::Input { .. } | Op::External { .. } | Op::View | Op::StoreRows | Op::Epilogue(_) => {
             return Err(BackendError::Unsupported {
                 backend: "cpu",
                 op: node.op.name(),

@@ -6,7 +6,7 @@ use weft_graph::{
     BufferId, DType, DeltaForm, FusedProgram, Graph, Instr, Layout, NodeId, NormKind, Op, Plan,
     ReduceOp, RopeMode,
 };
-use weft_shaders::{Home, Kernel, Source, Spec};
+use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec};
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
 pub const MAX_PARAMS: usize = 256;
@@ -101,18 +101,24 @@ fn elementwise_params(c: &mut Ctx, srcs: &[NodeId]) -> Result<Vec<u32>> {
     let mut p = vec![shape.numel() as u32, c.out()];
     p.extend(padded4(shape.dims()));
     for &s in srcs {
-        let off = c.src(s);
-        let l: Layout = c.g.node(s).layout;
-        let b = l
-            .broadcast_to(shape)
-            .ok_or_else(|| c.fail("source does not broadcast"))?;
-        p.push(off);
-        let mut st = [0u32; 4];
-        let r = shape.rank();
-        for i in 0..r {
-            st[4 - r + i] = b.strides[i] as u32;
-        }
-        p.extend(st);
+        p.extend(broadcast_source(c, s)?);
+    }
+    Ok(p)
+}
+
+/// Registers source `s` and returns its element offset and its 4 strides broadcast to the
+/// node's shape (0 on broadcast dimensions).
+fn broadcast_source(c: &mut Ctx, s: NodeId) -> Result<[u32; 5]> {
+    let shape = c.g.node(c.node).shape();
+    let off = c.src(s);
+    let l: Layout = c.g.node(s).layout;
+    let b = l
+        .broadcast_to(shape)
+        .ok_or_else(|| c.fail("source does not broadcast"))?;
+    let mut p = [off, 0, 0, 0, 0];
+    let r = shape.rank();
+    for i in 0..r {
+        p[1 + 4 - r + i] = b.strides[i] as u32;
     }
     Ok(p)
 }
@@ -152,18 +158,20 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
         externals: vec![],
         sources: vec![],
     };
-    let s = &node.srcs;
+    // an epilogue's inner op reads the first sources; the program the rest
+    let (op, inner_srcs) = node.op.core(node.srcs.len());
+    let s = &node.srcs[..inner_srcs];
     let dims = |i: usize| g.node(s[i]).shape().dims().to_vec();
     let mut aliases = vec![];
     let mut store = None;
-    let (kernel, params, groups): (Kernel, Vec<u32>, u32) = match &node.op {
+    let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
         | Op::Fused(_)
         | Op::RmsNorm { .. }
         | Op::L2Norm { .. }
         | Op::Contiguous => {
-            let prog = program_of(&node.op);
+            let prog = program_of(op);
             let mut p = elementwise_params(&mut c, s)?;
             let n = node.numel();
             match prog.head {
@@ -550,9 +558,28 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             ];
             (Kernel::StoreRows, p, threads(total))
         }
-        Op::Input { .. } | Op::External { .. } | Op::View => {
+        Op::Input { .. } | Op::External { .. } | Op::View | Op::Epilogue(_) => {
             return Err(c.fail("not an executable node"));
         }
+    };
+    let epilogue = match &node.op {
+        Op::Epilogue(e) if kernel.applies_epilogue() => {
+            let first = c.sources.len();
+            let at = params.len() as u32;
+            params.extend(padded4(node.shape().dims()));
+            for &x in &node.srcs[inner_srcs..] {
+                params.extend(broadcast_source(&mut c, x)?);
+            }
+            Some(EpilogueSpec {
+                program: e.program.clone(),
+                first,
+                params: at,
+            })
+        }
+        Op::Epilogue(_) => {
+            return Err(c.fail(format!("kernel {} applies no epilogue", kernel.name())));
+        }
+        _ => None,
     };
     if params.len() > MAX_PARAMS {
         return Err(c.fail(format!(
@@ -564,8 +591,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     spec.aliases = aliases;
     spec.store = store;
     spec.externals = c.externals.len() as u32;
+    spec.epilogue = epilogue;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
-        spec.program = Some(program_of(&node.op));
+        spec.program = Some(program_of(op));
     }
     Ok(Lowered {
         spec,

@@ -39,7 +39,8 @@ pub fn parts(
     }
     let node = g.node(id);
     // (the weight's source index, the params holding its row count and its element offset)
-    let (src, rows_at, off_at) = match node.op {
+    let op = node.op.core(node.srcs.len()).0;
+    let (src, rows_at, off_at) = match op {
         Op::MatMul => (1, 1, 4),
         Op::GetRows => (0, 2, 4),
         _ => return Err(format!("{} reads it whole", node.op.name())),
@@ -77,7 +78,7 @@ pub fn parts(
         let bytes = (r * row_bytes).div_ceil(4) * 4;
         let mut p = low.params.clone();
         p[off_at] = 0;
-        let groups = match node.op {
+        let groups = match op {
             Op::MatMul => {
                 p[rows_at] = r as u32;
                 // units (outputs, or row blocks × N), linear in N

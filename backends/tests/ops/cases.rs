@@ -1219,3 +1219,135 @@ pub fn bad_inputs_are_errors(be: &mut dyn Backend) {
         BackendError::UnknownBuffer(_)
     ));
 }
+
+fn silu(x: f64) -> f64 {
+    x * r::sigmoid(x)
+}
+
+/// `f(a, b)` element by element, `b` broadcast to `a`'s shape.
+fn zip_broadcast(a: &Nd, b: &Nd, f: impl Fn(f64, f64) -> f64) -> Nd {
+    let mut out = a.clone();
+    for i in indices(&a.dims) {
+        out.set(&i, f(a.at(&i), b.at_broadcast(&i)));
+    }
+    out
+}
+
+/// Elementwise work right after a matmul, a conv or a scan on its cache runs as that op writes
+/// (`epilogue`): the fused plan schedules the op alone, and matches the reference. Covers the
+/// decode mat-vec and the prompt tiles, a reshaping view between op and activation, the conv
+/// with and without its cache, and both scan kernels (states of 16 and of 96).
+pub fn epilogues(be: &mut dyn Backend) {
+    let mut rg = rng(41);
+    // projection + bias + softplus (Mamba's dt), decode and prompt rows, the second read
+    // through a reshape with a broadcast operand
+    for (dtype, m, n, k) in [(DType::F16, 1, 36, 64), (DType::Q4K, 7, 40, 256)] {
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[m, k]);
+        let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, k], dtype);
+        let (bias, bn) = c.input(&mut rg, "bias", &[n / 4, 4]);
+        let y = c.b.matmul(x, w).unwrap();
+        let y = c.b.reshape(y, &[m, n / 4, 4]).unwrap();
+        let y = c.b.add(y, bias).unwrap();
+        let y = c.b.softplus(y).unwrap();
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"], "{dtype}");
+        let out = c.run(be);
+        let mut want = r::matmul(&seen_activations(be, dtype, &xn), &wn);
+        want.dims = vec![m, n / 4, 4];
+        let want = zip_broadcast(&want, &bn, |a, b| r::unary("softplus", a + b, (0.0, 0.0)));
+        assert_close(
+            &format!("mul_mat + softplus {dtype} M={m}"),
+            &out[0],
+            &want,
+            TOL,
+        );
+    }
+    // conv + bias + silu, the window given and the window in its cache
+    {
+        let (s, k, t, ch) = (2, 4, 3, 6);
+        let mut c = Case::new();
+        let (st, stn) = c.input(&mut rg, "state", &[s, k - 1, ch]);
+        let (x, xn) = c.input(&mut rg, "x", &[s, t, ch]);
+        let (w, wn) = c.input(&mut rg, "w", &[ch, k]);
+        let (bias, bn) = c.input(&mut rg, "bias", &[ch]);
+        let (y, _) = c.b.ssm_conv(st, x, w).unwrap();
+        let y = c.b.add(y, bias).unwrap();
+        let y = c.b.silu(y).unwrap();
+        c.output(y, "y");
+        assert!(!scheduled(c.b.graph(), true).contains(&"fused"));
+        let out = c.run(be);
+        let (want, _) = conv_reference(&stn, &xn, &wn);
+        let want = zip_broadcast(&want, &bn, |a, b| silu(a + b));
+        assert_close("ssm_conv + silu", &out[0], &want, TOL);
+    }
+    {
+        let (s, t, k, ch) = (2, 2, 4, 6);
+        let slots = [1, 0];
+        let mut c = Case::new();
+        let (cache, buf, init, cache_n, ids) =
+            state_cache(be, &mut c, &mut rg, 3, (k - 1) * ch, &slots);
+        let (x, xn) = c.input(&mut rg, "x", &[s, t, ch]);
+        let (w, wn) = c.input(&mut rg, "w", &[ch, k]);
+        let (bias, bn) = c.input(&mut rg, "bias", &[ch]);
+        let state = load_state(&mut c, cache, ids, &[s, k - 1, ch]);
+        let (y, ns) = c.b.ssm_conv(state, x, w).unwrap();
+        store_state(&mut c, cache, ns, ids);
+        let y = c.b.add(y, bias).unwrap();
+        let y = c.b.silu(y).unwrap();
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["ssm_conv"]);
+        let stn = gather_state(&cache_n, &slots, &[s, k - 1, ch]);
+        let (wy, ws) = conv_reference(&stn, &xn, &wn);
+        let wy = zip_broadcast(&wy, &bn, |a, b| silu(a + b));
+        let want = scatter_state(&cache_n, &slots, &ws);
+        check_state_in_place(be, c, "ssm_conv + silu", buf, &init, &wy, &want);
+    }
+    // scan on its cache + skip (y + x·D) + gate (· silu(z)), Mamba1's and a large state
+    for (h, p, n) in [(12, 1, 16), (2, 4, 96)] {
+        let (s, t) = (2, 3);
+        let slots = [2, 0];
+        let mut c = Case::new();
+        let (cache, buf, init, cache_n, ids) =
+            state_cache(be, &mut c, &mut rg, 3, h * p * n, &slots);
+        let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
+        let dtv: Vec<f32> = randn(&mut rg, s * t * h)
+            .iter()
+            .map(|v| v.abs() * 0.5 + 0.01)
+            .collect();
+        let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
+        let av: Vec<f32> = randn(&mut rg, h * n)
+            .iter()
+            .map(|v| -v.abs() - 0.1)
+            .collect();
+        let (a, an) = c.input_values("a", &[h, n], av);
+        let (bm, bn) = c.input(&mut rg, "b", &[s, t, 1, n]);
+        let (cm, cn) = c.input(&mut rg, "c", &[s, t, 1, n]);
+        let (d, dn) = c.input(&mut rg, "d", &[h, p]);
+        let (z, zn) = c.input(&mut rg, "z", &[s, t, h, p]);
+        let state = load_state(&mut c, cache, ids, &[s, h, p, n]);
+        let (y, ns) = c.b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
+        store_state(&mut c, cache, ns, ids);
+        let xd = c.b.mul(x, d).unwrap();
+        let y = c.b.add(y, xd).unwrap();
+        let zs = c.b.silu(z).unwrap();
+        let y = c.b.mul(y, zs).unwrap();
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["ssm_scan"], "N={n}");
+        let stn = gather_state(&cache_n, &slots, &[s, h, p, n]);
+        let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
+        let skip = zip_broadcast(&xn, &dn, |x, d| x * d);
+        let wy = zip_broadcast(&wy, &skip, |y, s| y + s);
+        let wy = zip_broadcast(&wy, &zn, |y, z| y * silu(z));
+        let want = scatter_state(&cache_n, &slots, &ws);
+        check_state_in_place(
+            be,
+            c,
+            &format!("ssm_scan + gate N={n}"),
+            buf,
+            &init,
+            &wy,
+            &want,
+        );
+    }
+}

@@ -165,8 +165,10 @@ impl Case {
                             .all(|(p, q)| (p - q).abs() <= 1e-6 * (1.0 + q.abs()));
                         assert!(
                             same,
-                            "output {} differs between plan settings ({opts:?})",
-                            a.name
+                            "output {} differs between plan settings ({opts:?}): {:?} vs {:?}",
+                            a.name,
+                            &x[..x.len().min(8)],
+                            &y[..y.len().min(8)]
                         );
                     }
                 }

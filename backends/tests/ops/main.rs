@@ -56,6 +56,7 @@ macro_rules! all_cases {
                 ssm_scan_mamba1,
                 ssm_scan_mamba2,
                 ssm_scan_in_place,
+                epilogues,
                 gated_delta_net_recurrent,
                 gated_delta_net_chunked,
                 gated_delta_net_in_place,

@@ -1,10 +1,11 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
 //! dead-node removal → view folding → recurrent state in place → legalization → elementwise
 //! fusion → mat-vecs sharing an input into one → ropes of adjacent heads into one → residual
-//! adds into matmuls → dead-node removal (the five fusing passes only with
-//! [`PassOptions::fuse`]).
+//! adds into matmuls → elementwise epilogues into their producers → dead-node removal (the six
+//! fusing passes only with [`PassOptions::fuse`]).
 
 mod dce;
+mod epilogue;
 mod fuse;
 mod legalize;
 mod matmul_add;
@@ -14,6 +15,7 @@ mod state_in_place;
 mod views;
 
 pub use dce::remove_dead;
+pub use epilogue::{MAX_EPILOGUE_SOURCES, epilogue};
 pub use fuse::fuse_elementwise;
 pub use legalize::legalize;
 pub use matmul_add::matmul_add;
@@ -49,7 +51,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     let g = legalize(&g);
     if opts.fuse {
         let g = remove_dead(&fuse_elementwise(&g));
-        remove_dead(&matmul_add(&rope_pair(&matmul_cat(&g))))
+        remove_dead(&epilogue(&matmul_add(&rope_pair(&matmul_cat(&g)))))
     } else {
         g
     }

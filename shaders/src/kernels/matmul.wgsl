@@ -41,6 +41,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     if (lane == 0u && o < pu(9u)) {
         let at = (b * m_ + m) * pu(10u) + pu(11u) + n;
-        st(pu(5u) + at, red[lid.x] + residual(at));
+        st(pu(5u) + at, epi(at, red[lid.x] + residual(at)));
     }
 }

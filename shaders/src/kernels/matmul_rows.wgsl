@@ -65,7 +65,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let n = ng + 8u * j;
             if (n < cols) {
                 let at = (b * m_ + m0 + m) * pu(10u) + pu(11u) + n0 + n;
-                st(pu(5u) + at, acc[j] + residual(at));
+                st(pu(5u) + at, epi(at, acc[j] + residual(at)));
             }
         }
     }

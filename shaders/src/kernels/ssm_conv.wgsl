@@ -18,5 +18,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     for (var k = 0u; k < k_; k++) {
         acc += ld0(pu(5u) + (s * pu(4u) + t + k) * c_ + c) * ld1(pu(6u) + c * k_ + k);
     }
-    st(pu(7u) + i, acc);
+    st(pu(7u) + i, epi(i, acc));
 }

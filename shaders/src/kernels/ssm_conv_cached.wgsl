@@ -28,7 +28,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var k = 0u; k < k_; k++) {
             acc += win[k] * ld2(pu(6u) + c * k_ + k);
         }
-        st(pu(7u) + at, acc);
+        st(pu(7u) + at, epi(at, acc));
         for (var k = 0u; k + 1u < k_; k++) {
             win[k] = win[k + 1u];
         }

@@ -57,7 +57,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             workgroupBarrier();
         }
         if (ok && lid.x == 0u) {
-            st(pu(13u) + (tok * h_ + h) * p_ + p, red[0]);
+            let at = (tok * h_ + h) * p_ + p;
+            st(pu(13u) + at, epi(at, red[0]));
         }
         workgroupBarrier();
     }

@@ -37,7 +37,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             state[n] = state[n] * exp(dt * a[n]) + ld4(pu(11u) + bc + n) * xd;
             y += state[n] * ld5(pu(12u) + bc + n);
         }
-        st(pu(13u) + (tok * h_ + h) * p_ + p, y);
+        let at = (tok * h_ + h) * p_ + p;
+        st(pu(13u) + at, epi(at, y));
     }
     for (var n = 0u; n < n_; n++) {
         state_put(sbase + n, state[n]);

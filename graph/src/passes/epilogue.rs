@@ -1,0 +1,199 @@
+//! An op whose result is read by one elementwise node alone, element for element (directly or
+//! through a reshaping view), runs that node's program as it writes: one dispatch instead of
+//! two. In decode this takes a conv's bias and activation, a projection's bias and softplus,
+//! and a scan's skip connection and gate.
+//!
+//! Only ops whose kernels apply epilogues carry them: matmuls, convs, and scans on their
+//! state cache (whose output is `y` alone). The merged node stands where the elementwise node
+//! was, after all of its sources.
+
+use super::Rewriter;
+use crate::dtype::DType;
+use crate::graph::{Graph, Node, NodeId};
+use crate::op::{Epilogue, FusedProgram, Instr, Op};
+
+/// Most sources an epilogue reads besides the op's result.
+pub const MAX_EPILOGUE_SOURCES: usize = 4;
+
+fn carries_epilogue(n: &Node) -> bool {
+    match n.op {
+        Op::MatMul | Op::SsmConv => true,
+        Op::SsmScan => n.srcs.len() == 7,
+        _ => false,
+    }
+}
+
+/// The program of an elementwise node without a row-normalising head.
+fn program(op: &Op) -> Option<FusedProgram> {
+    let code = match op {
+        Op::Unary(u) => vec![Instr::Load(0), Instr::Unary(*u, 0)],
+        Op::Binary(b) => vec![Instr::Load(0), Instr::Load(1), Instr::Binary(*b, 0, 1)],
+        Op::Fused(p) if p.head.is_none() => p.code.clone(),
+        _ => return None,
+    };
+    Some(FusedProgram { head: None, code })
+}
+
+/// For elementwise node `e`: the producer it can take in, the view it reads it through, and the
+/// source slot of that read.
+fn producer(
+    g: &Graph,
+    consumers: &[Vec<NodeId>],
+    is_output: &[bool],
+    e: NodeId,
+) -> Option<(NodeId, Option<NodeId>, usize)> {
+    let en = g.node(e);
+    program(&en.op)?;
+    if en.dtype != DType::F32 || en.srcs.len() > MAX_EPILOGUE_SOURCES + 1 {
+        return None;
+    }
+    en.srcs.iter().enumerate().find_map(|(slot, &s)| {
+        let sn = g.node(s);
+        let (p, view) = if sn.op.is_view() {
+            (sn.srcs[0], Some(s))
+        } else {
+            (s, None)
+        };
+        let pn = g.node(p);
+        let l = sn.layout;
+        let ok = carries_epilogue(pn)
+            && pn.dtype == DType::F32
+            && pn.numel() == en.numel()
+            && !is_output[p.index()]
+            && consumers[p.index()] == [view.unwrap_or(e)]
+            && view.is_none_or(|v| !is_output[v.index()] && consumers[v.index()] == [e])
+            // element i of the node is element i of the producer
+            && l.shape == en.shape()
+            && l.offset == 0
+            && l.is_contiguous()
+            && !cache_touched_between(g, p, e);
+        ok.then_some((p, view, slot))
+    })
+}
+
+/// True when `p` writes a cache that a node between it and `e` touches (moving `p` down to `e`
+/// would reorder them).
+fn cache_touched_between(g: &Graph, p: NodeId, e: NodeId) -> bool {
+    if !g.has_side_effect(p) {
+        return false;
+    }
+    let cache = g.storage_of(g.node(p).srcs[0]);
+    (p.0 + 1..e.0).any(|i| {
+        g.node(NodeId(i))
+            .srcs
+            .iter()
+            .any(|&s| g.storage_of(s) == cache)
+    })
+}
+
+pub fn epilogue(g: &Graph) -> Graph {
+    let consumers = g.consumers();
+    let mut is_output = vec![false; g.len()];
+    for (_, id) in &g.outputs {
+        is_output[id.index()] = true;
+    }
+    let mut taken: Vec<Option<(NodeId, usize)>> = vec![None; g.len()];
+    let mut dropped = vec![false; g.len()];
+    for id in g.ids() {
+        if let Some((p, view, slot)) = producer(g, &consumers, &is_output, id) {
+            taken[id.index()] = Some((p, slot));
+            dropped[p.index()] = true;
+            if let Some(v) = view {
+                dropped[v.index()] = true;
+            }
+        }
+    }
+    if taken.iter().all(Option::is_none) {
+        return g.clone();
+    }
+    let mut rw = Rewriter::new(g);
+    for id in g.ids() {
+        if dropped[id.index()] {
+            continue;
+        }
+        let Some((p, slot)) = taken[id.index()] else {
+            rw.copy(id);
+            continue;
+        };
+        let (en, pn) = (g.node(id), g.node(p));
+        let mut prog = program(&en.op).expect("checked by producer");
+        // the producer's result is load 0; the other sources follow in their order
+        for ins in &mut prog.code {
+            if let Instr::Load(k) = ins {
+                let k_ = *k as usize;
+                *k = match k_.cmp(&slot) {
+                    std::cmp::Ordering::Equal => 0,
+                    std::cmp::Ordering::Less => k_ as u8 + 1,
+                    std::cmp::Ordering::Greater => k_ as u8,
+                };
+            }
+        }
+        let srcs = pn
+            .srcs
+            .iter()
+            .chain(
+                en.srcs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| (i != slot).then_some(s)),
+            )
+            .map(|&s| rw.get(s))
+            .collect();
+        let new = rw.push(Node {
+            op: Op::Epilogue(Box::new(Epilogue {
+                inner: pn.op.clone(),
+                inner_srcs: pn.srcs.len(),
+                program: prog,
+            })),
+            srcs,
+            layout: en.layout,
+            dtype: DType::F32,
+            name: format!("{}+{}", pn.name, en.name),
+        });
+        rw.alias(id, new);
+    }
+    rw.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::GraphBuilder;
+    use crate::op::UnaryOp;
+
+    #[test]
+    fn a_matmul_takes_the_activation_after_it() {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[1, 8], DType::F32).unwrap();
+        let w = b.input("w", &[4, 8], DType::F32).unwrap();
+        let bias = b.input("bias", &[4], DType::F32).unwrap();
+        let y = b.matmul(x, w).unwrap();
+        let y = b.add(y, bias).unwrap();
+        let y = b.unary(UnaryOp::Softplus, y).unwrap();
+        b.output(y, "y").unwrap();
+        let g = crate::passes::optimize(&b.finish(), Default::default());
+        let epi: Vec<_> = g
+            .ids()
+            .filter(|&i| matches!(g.node(i).op, Op::Epilogue(_)))
+            .collect();
+        assert_eq!(epi.len(), 1, "{:#?}", g.nodes);
+        let n = g.node(epi[0]);
+        assert_eq!(n.srcs.len(), 3);
+        assert_eq!(g.outputs[0].1, epi[0]);
+        assert_eq!(n.op.describe(), "mul_mat then softplus(add(%0, %1))");
+    }
+
+    #[test]
+    fn a_result_read_elsewhere_keeps_its_own_node() {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[1, 8], DType::F32).unwrap();
+        let w = b.input("w", &[4, 8], DType::F32).unwrap();
+        let y = b.matmul(x, w).unwrap();
+        let s = b.unary(UnaryOp::Silu, y).unwrap();
+        let z = b.mul(s, y).unwrap();
+        b.output(z, "z").unwrap();
+        b.output(y, "y").unwrap();
+        let g = crate::passes::optimize(&b.finish(), Default::default());
+        assert!(g.ids().all(|i| !matches!(g.node(i).op, Op::Epilogue(_))));
+    }
+}
