@@ -247,9 +247,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         )
         .into_iter()
         .map(|t| t as i32)
-        .collect()
+        .collect::<Vec<i32>>()
     };
     if !args.interactive {
+        tracing::info!("prompt tokens: {:?}", encode(&args.prompt, true));
         write!(out, "{}", args.prompt)?;
         let (t, _) = generate(
             &mut s,

@@ -716,6 +716,7 @@ impl GraphBuilder {
             causal,
             masked: mask.is_some(),
             gated: gate.is_some(),
+            stores: false,
         };
         self.push_new(op, &srcs, &[t, hq, dv], DType::F32)
     }

@@ -118,7 +118,7 @@ impl Graph {
     pub fn has_side_effect(&self, id: NodeId) -> bool {
         let n = self.node(id);
         match n.op.core(n.srcs.len()) {
-            (Op::StoreRows, _) => true,
+            (Op::StoreRows | Op::Attention { stores: true, .. }, _) => true,
             (Op::SsmScan | Op::GatedDeltaNet { .. }, srcs) => srcs == 7,
             (Op::SsmConv, srcs) => srcs == 4,
             _ => false,

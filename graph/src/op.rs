@@ -333,11 +333,17 @@ pub enum Op {
     /// `[q [T, Hq, D], k [Tk, Hkv, D], v [Tk, Hkv, Dv], mask? [T, Tk], gate? [T, Hq, Dv]]` →
     /// `[T, Hq, Dv]`. `causal` lets query `i` see keys `j ≤ i + Tk − T`; `mask` is additive
     /// (`-inf` hides a key); `gate` multiplies the output by `sigmoid(gate)`.
+    ///
+    /// With `stores` (made by the `attention_store` pass for decode, never by the builder), `k`
+    /// and `v` are windows of the KV caches and three sources follow: `k_new [1, Hkv·D]`,
+    /// `v_new [1, Hkv·Dv]` and `idx [1] I32`. The op first writes the new key and value into
+    /// row `idx[0]` of the caches (in their dtype), then attends over the windows.
     Attention {
         scale: f32,
         causal: bool,
         masked: bool,
         gated: bool,
+        stores: bool,
     },
     /// `[a, b]` joined along `dim`.
     Concat {

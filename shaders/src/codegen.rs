@@ -83,6 +83,47 @@ fn program_body(p: &FusedProgram, load: impl Fn(u8) -> String) -> String {
     s
 }
 
+/// `put{n}(i, a, b)` for each word-written binding, and `rnd{n}(x)`, `x` as that binding holds
+/// it (stand-ins for the attention's two when it writes none).
+fn puts(spec: &Spec) -> Result<String, ShaderError> {
+    let mut out = String::new();
+    for (n, &(b, dtype)) in spec.puts.iter().enumerate() {
+        let body = match dtype {
+            DType::F32 => format!("e{b}[i] = bitcast<u32>(a); e{b}[i + 1u] = bitcast<u32>(b);"),
+            DType::F16 => format!("e{b}[i >> 1u] = pack2x16float(vec2<f32>(a, b));"),
+            DType::BF16 => format!(
+                "let ua = bitcast<u32>(a); let ub = bitcast<u32>(b); \
+                 let ha = ((ua + 0x7fffu + ((ua >> 16u) & 1u)) >> 16u) & 0xffffu; \
+                 let hb = ((ub + 0x7fffu + ((ub >> 16u) & 1u)) >> 16u) & 0xffffu; \
+                 e{b}[i >> 1u] = ha | (hb << 16u);"
+            ),
+            d => {
+                return Err(err(
+                    spec.kernel,
+                    format!("caches are F32, F16 or BF16, not {d}"),
+                ));
+            }
+        };
+        // a value as the binding will hold it
+        let rounded = match dtype {
+            DType::F16 => "unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x",
+            DType::BF16 => {
+                "bitcast<f32>(((bitcast<u32>(x) + 0x7fffu + ((bitcast<u32>(x) >> 16u) & 1u)) >> 16u) << 16u)"
+            }
+            _ => "x",
+        };
+        let _ = writeln!(out, "fn put{n}(i: u32, a: f32, b: f32) {{ {body} }}");
+        let _ = writeln!(out, "fn rnd{n}(x: f32) -> f32 {{ return {rounded}; }}");
+    }
+    if spec.kernel == Kernel::Attention {
+        for n in spec.puts.len()..2 {
+            let _ = writeln!(out, "fn put{n}(i: u32, a: f32, b: f32) {{ }}");
+            let _ = writeln!(out, "fn rnd{n}(x: f32) -> f32 {{ return x; }}");
+        }
+    }
+    Ok(out)
+}
+
 /// `epi(i, v)`: the spec's epilogue applied to result `v` at output element `i`, or `v` as it is.
 fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
     let Some(e) = &spec.epilogue else {
@@ -150,6 +191,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         let decl = match spec.store {
             Some((sb, DType::F32)) if sb == b => "var<storage, read_write> e{b}: array<u32>",
             Some((sb, _)) if sb == b => "var<storage, read_write> e{b}: array<atomic<u32>>",
+            _ if spec.puts.iter().any(|(pb, _)| *pb == b) => {
+                "var<storage, read_write> e{b}: array<u32>"
+            }
             _ => "var<storage, read> e{b}: array<u32>",
         };
         let _ = writeln!(
@@ -225,13 +269,14 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         let _ = writeln!(out, "fn {name}(i: u32) -> f32 {{ return ld{src}(i); }}");
     }
     // kernels that read optional sources see harmless stand-ins when those are absent
-    for name in ["ldmask", "ldgate"] {
+    for name in ["ldmask", "ldgate", "ldkn", "ldvn", "ldidx"] {
         if matches!(k, Kernel::Attention | Kernel::SoftMax)
             && !spec.aliases.iter().any(|(n, _)| *n == name)
         {
             let _ = writeln!(out, "fn {name}(i: u32) -> f32 {{ return 0.0; }}");
         }
     }
+    out.push_str(&puts(spec)?);
     if let Some((b, dtype)) = spec.store {
         let body = match dtype {
             DType::F32 => format!("e{b}[i] = bitcast<u32>(v);"),

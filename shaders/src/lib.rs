@@ -165,6 +165,10 @@ pub struct Spec {
     pub externals: u32,
     /// An elementwise program the kernel applies to each result it writes.
     pub epilogue: Option<EpilogueSpec>,
+    /// External bindings written two elements (one 32-bit word) at a time, with their dtypes:
+    /// `put{n}(i, a, b)` writes elements `i` (even) and `i + 1` of the `n`-th. Sources may read
+    /// them (the attention's KV caches).
+    pub puts: Vec<(u32, DType)>,
 }
 
 /// How a kernel's results go through an epilogue (`epi(i, v)` in the kernel, `i` the result's
@@ -179,6 +183,12 @@ pub struct EpilogueSpec {
 }
 
 impl Spec {
+    /// The external bindings the kernel writes, as a bit mask.
+    pub fn writable(&self) -> u32 {
+        let store = self.store.map_or(0, |(b, _)| 1 << b);
+        self.puts.iter().fold(store, |m, (b, _)| m | 1 << b)
+    }
+
     /// The kernel's own sources: all but an epilogue's.
     pub fn own_sources(&self) -> usize {
         self.epilogue
@@ -203,6 +213,7 @@ impl Spec {
             store: None,
             externals,
             epilogue: None,
+            puts: vec![],
         }
     }
 }

@@ -220,24 +220,21 @@ impl CpuBackend {
             let start = Instant::now();
             let node = g.node(id);
             if matches!(node.op, Op::StoreRows) {
-                self.store_rows(plan, &prog.arena, id)?;
+                let s = &node.srcs;
+                self.write_rows(plan, &prog.arena, s[0], s[1], s[2], &node.name)?;
+            } else if let Op::Attention { stores: true, .. } = node.op {
+                // the new key and value into their caches first (see `Op::Attention`)
+                let s = &node.srcs;
+                let n = s.len();
+                for (cache, new) in [(s[1], s[n - 3]), (s[2], s[n - 2])] {
+                    let cache = g.storage_of(cache);
+                    self.write_rows(plan, &prog.arena, cache, new, s[n - 1], &node.name)?;
+                }
+                self.run_node(plan, &mut prog.arena, id, &s[..n - 3])?;
             } else if g.has_side_effect(id) {
                 self.state_op_in_cache(plan, &mut prog.arena, id)?;
             } else {
-                let bytes = node.dtype.bytes_for(node.numel()).unwrap_or(0);
-                if self.scratch.len() < bytes {
-                    self.scratch = AlignedBytes::zeroed(bytes);
-                }
-                let srcs: Vec<TensorRef> = node
-                    .srcs
-                    .iter()
-                    .map(|&s| tensor_ref(&self.buffers, g, plan, &prog.arena, s))
-                    .collect::<Result<_>>()?;
-                let out = &mut self.scratch.bytes_mut()[..bytes];
-                execute(g, id, &srcs, out)?;
-                let off = plan.slots[id.index()].map_or(0, |s| s.offset);
-                prog.arena.bytes_mut()[off..off + bytes]
-                    .copy_from_slice(&self.scratch.bytes()[..bytes]);
+                self.run_node(plan, &mut prog.arena, id, &node.srcs)?;
             }
             if let Some(t) = timings.as_mut() {
                 t.push(NodeTiming {
@@ -265,6 +262,31 @@ impl CpuBackend {
                 })
             })
             .collect()
+    }
+
+    /// Computes node `id` from sources `srcs` (its own, or the first of them) into its slot.
+    fn run_node(
+        &mut self,
+        plan: &Plan,
+        arena: &mut AlignedBytes,
+        id: NodeId,
+        srcs: &[NodeId],
+    ) -> Result<()> {
+        let g = &plan.graph;
+        let node = g.node(id);
+        let bytes = node.dtype.bytes_for(node.numel()).unwrap_or(0);
+        if self.scratch.len() < bytes {
+            self.scratch = AlignedBytes::zeroed(bytes);
+        }
+        let srcs: Vec<TensorRef> = srcs
+            .iter()
+            .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
+            .collect::<Result<_>>()?;
+        let out = &mut self.scratch.bytes_mut()[..bytes];
+        execute(g, id, &srcs, out)?;
+        let off = plan.slots[id.index()].map_or(0, |s| s.offset);
+        arena.bytes_mut()[off..off + bytes].copy_from_slice(&self.scratch.bytes()[..bytes]);
+        Ok(())
     }
 
     fn tensor_ref<'a>(
@@ -341,26 +363,28 @@ impl CpuBackend {
         Ok(())
     }
 
-    fn store_rows(&mut self, plan: &Plan, arena: &AlignedBytes, id: NodeId) -> Result<()> {
+    /// `dst[idx[i]] = src[i]` for the rows of `src`, `dst` being a cache `[R, D]` (or a view of
+    /// one): `store_rows`, and the cache writes of an attention with `stores`.
+    fn write_rows(
+        &mut self,
+        plan: &Plan,
+        arena: &AlignedBytes,
+        dst: NodeId,
+        src: NodeId,
+        idx: NodeId,
+        name: &str,
+    ) -> Result<()> {
         let g = &plan.graph;
-        let node = g.node(id);
-        let src = self
-            .tensor_ref(g, plan, arena, node.srcs[1])?
-            .f32()
-            .into_owned();
-        let idx = self
-            .tensor_ref(g, plan, arena, node.srcs[2])?
-            .i32()
-            .into_owned();
-        let Home::External(buf) = home(g, plan, id) else {
+        let src = self.tensor_ref(g, plan, arena, src)?.f32().into_owned();
+        let idx = self.tensor_ref(g, plan, arena, idx)?.i32().into_owned();
+        let Home::External(buf) = home(g, plan, dst) else {
             return Err(BackendError::Device(format!(
-                "{}: destination is not a cache",
-                node.name
+                "{name}: destination is not a cache"
             )));
         };
-        let dst: Layout = g.node(node.srcs[0]).layout;
+        let dtype = g.node(dst).dtype;
+        let dst: Layout = g.node(dst).layout;
         let [rows, d] = [dst.shape.dims()[0], dst.shape.dims()[1]];
-        let dtype = node.dtype;
         let b = self
             .buffers
             .get_mut(&buf.0)
@@ -369,7 +393,7 @@ impl CpuBackend {
             if r < 0 || r as usize >= rows {
                 return Err(BackendError::IndexOutOfRange {
                     op: "store_rows",
-                    node: node.name.clone(),
+                    node: name.to_string(),
                     index: r as i64,
                     len: rows,
                 });
@@ -492,6 +516,7 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
             causal,
             masked,
             gated,
+            ..
         } => {
             let mask = masked.then(|| &s[3]);
             let gate = gated.then(|| &s[if *masked { 4 } else { 3 }]);

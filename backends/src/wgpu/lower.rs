@@ -164,6 +164,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     let dims = |i: usize| g.node(s[i]).shape().dims().to_vec();
     let mut aliases = vec![];
     let mut store = None;
+    let mut puts = vec![];
     let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
@@ -343,6 +344,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             causal,
             masked,
             gated,
+            stores,
         } => {
             let (qd, kd, vd) = (dims(0), dims(1), dims(2));
             if vd[2] > 256 {
@@ -361,7 +363,24 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 go = c.src(s[next]);
                 aliases.push(("ldgate", next));
             }
-            let p = vec![
+            // with stores, the new key and value, their row, and the caches written a word at a
+            // time (both are sources 1 and 2, views of the caches from row 0)
+            let mut store_words = [0u32; 4];
+            if *stores {
+                let n = s.len();
+                store_words[0] = 1;
+                for (j, alias) in ["ldkn", "ldvn", "ldidx"].into_iter().enumerate() {
+                    aliases.push((alias, c.sources.len()));
+                    store_words[1 + j] = c.src(s[n - 3 + j]);
+                }
+                for cache in [s[1], s[2]] {
+                    let (Home::External(b), _) = c.place(cache) else {
+                        return Err(c.fail("the KV window is not in a cache"));
+                    };
+                    puts.push((b, g.node(cache).dtype));
+                }
+            }
+            let mut p = vec![
                 qd[0] as u32,
                 qd[1] as u32,
                 qd[2] as u32,
@@ -379,6 +398,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 go,
                 c.out(),
             ];
+            p.extend(store_words);
             (Kernel::Attention, p, (qd[0] * qd[1]) as u32)
         }
         Op::Concat { dim } => {
@@ -592,6 +612,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     spec.store = store;
     spec.externals = c.externals.len() as u32;
     spec.epilogue = epilogue;
+    spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));
     }

@@ -68,7 +68,7 @@ pub struct WgpuBackend {
     programs: HashMap<u32, GpuProgram>,
     next_program: u32,
     pipelines: HashMap<String, Arc<wgpu::ComputePipeline>>,
-    layouts: HashMap<(u32, Option<u32>), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    layouts: HashMap<(u32, u32), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     errors: Arc<Mutex<Vec<String>>>,
     profiling: bool,
 }
@@ -172,47 +172,49 @@ impl WgpuBackend {
     fn layout(
         &mut self,
         externals: u32,
-        store: Option<u32>,
+        writable: u32,
     ) -> &(wgpu::BindGroupLayout, wgpu::PipelineLayout) {
         let device = &self.device;
-        self.layouts.entry((externals, store)).or_insert_with(|| {
-            let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-                binding,
-                visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                count: None,
-            };
-            let mut entries = vec![
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
+        self.layouts
+            .entry((externals, writable))
+            .or_insert_with(|| {
+                let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+                    binding,
                     visibility: wgpu::ShaderStages::COMPUTE,
                     ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
+                        ty: wgpu::BufferBindingType::Storage { read_only },
                         has_dynamic_offset: false,
-                        min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
+                        min_binding_size: None,
                     },
                     count: None,
-                },
-                storage(1, false),
-            ];
-            for b in 0..externals {
-                entries.push(storage(2 + b, store != Some(b)));
-            }
-            let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("weft"),
-                entries: &entries,
-            });
-            let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("weft"),
-                bind_group_layouts: &[Some(&bgl)],
-                immediate_size: 0,
-            });
-            (bgl, pl)
-        })
+                };
+                let mut entries = vec![
+                    wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: false,
+                            min_binding_size: wgpu::BufferSize::new(PARAM_BYTES),
+                        },
+                        count: None,
+                    },
+                    storage(1, false),
+                ];
+                for b in 0..externals {
+                    entries.push(storage(2 + b, writable & (1 << b) == 0));
+                }
+                let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some("weft"),
+                    entries: &entries,
+                });
+                let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some("weft"),
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
+                (bgl, pl)
+            })
     }
 
     fn pipeline(&mut self, low: &Lowered) -> Result<Arc<wgpu::ComputePipeline>> {
@@ -224,8 +226,10 @@ impl WgpuBackend {
         if let Some(p) = self.pipelines.get(&src) {
             return Ok(p.clone());
         }
-        let store = low.spec.store.map(|(b, _)| b);
-        let layout = self.layout(low.spec.externals, store).1.clone();
+        let layout = self
+            .layout(low.spec.externals, low.spec.writable())
+            .1
+            .clone();
         let pipeline = self.build_pipeline(name, &src, &layout)?;
         let p = Arc::new(pipeline);
         self.pipelines.insert(src, p.clone());
@@ -267,7 +271,7 @@ impl WgpuBackend {
     /// Compiles WGSL written against the standard bindings (parameters, arena, no externals)
     /// into a pipeline and discards it: how tests see a shader failure reported.
     pub fn check_wgsl(&mut self, kernel: &'static str, src: &str) -> Result<()> {
-        let layout = self.layout(0, None).1.clone();
+        let layout = self.layout(0, 0).1.clone();
         self.build_pipeline(kernel, src, &layout).map(|_| ())
     }
 
@@ -528,8 +532,10 @@ impl Backend for WgpuBackend {
             self.queue
                 .write_buffer(&params, i as u64 * stride, bytemuck::cast_slice(&words));
             let pipeline = self.pipeline(low)?;
-            let store = low.spec.store.map(|(b, _)| b);
-            let bgl = self.layout(low.spec.externals, store).0.clone();
+            let bgl = self
+                .layout(low.spec.externals, low.spec.writable())
+                .0
+                .clone();
             let mut entries = vec![
                 wgpu::BindGroupEntry {
                     binding: 0,

@@ -1351,3 +1351,169 @@ pub fn epilogues(be: &mut dyn Backend) {
         );
     }
 }
+
+/// `v` as a cache of `dtype` holds it.
+fn rounded(dtype: DType, v: f32) -> f32 {
+    match dtype {
+        DType::F16 => half::f16::from_f32(v).to_f32(),
+        DType::BF16 => half::bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+/// A decode step's attention layer — the new key and value stored into row `idx` of their
+/// caches, then attention over the caches' windows — runs as one attention that writes the
+/// caches (`attention_store`). Fused and unfused plans match the reference, and leave the same
+/// caches behind, for F32, F16 and BF16 caches, with and without an output gate.
+pub fn attention_kv_store(be: &mut dyn Backend) {
+    let mut rg = rng(43);
+    for (kv_dtype, gated) in [
+        (DType::F32, false),
+        (DType::F16, true),
+        (DType::BF16, false),
+    ] {
+        let (cells, n_kv, hq, hkv, d, dv, row) = (9, 6, 4, 2, 8, 6, 4);
+        let mut c = Case::new();
+        let (q, qn) = c.input(&mut rg, "q", &[1, hq, d]);
+        let (kn_new, knn) = c.input(&mut rg, "k_new", &[1, hkv * d]);
+        let (vn_new, vnn) = c.input(&mut rg, "v_new", &[1, hkv * dv]);
+        let kinit = randn(&mut rg, cells * hkv * d);
+        let vinit = randn(&mut rg, cells * hkv * dv);
+        let (kc, kcn) = c.external(
+            be,
+            "k",
+            &[cells, hkv * d],
+            kv_dtype,
+            &kinit,
+            Access::ReadWrite,
+        );
+        let (vc, vcn) = c.external(
+            be,
+            "v",
+            &[cells, hkv * dv],
+            kv_dtype,
+            &vinit,
+            Access::ReadWrite,
+        );
+        let idx = c.ids("idx", &[1], vec![row as i32]);
+        let mv: Vec<f32> = (0..n_kv)
+            .map(|j| {
+                if j == 1 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.1 * j as f32
+                }
+            })
+            .collect();
+        let (mask, mn) = c.input_values("mask", &[1, n_kv], mv);
+        let (gate, gn) = if gated {
+            let (g, gn) = c.input(&mut rg, "gate", &[1, hq, dv]);
+            (Some(g), Some(gn))
+        } else {
+            (None, None)
+        };
+        let kc2 = c.b.store_rows(kc, kn_new, idx).unwrap();
+        let vc2 = c.b.store_rows(vc, vn_new, idx).unwrap();
+        let ks = c.b.slice(kc2, 0, 0, n_kv).unwrap();
+        let vs = c.b.slice(vc2, 0, 0, n_kv).unwrap();
+        let ks = c.b.reshape(ks, &[n_kv, hkv, d]).unwrap();
+        let vs = c.b.reshape(vs, &[n_kv, hkv, dv]).unwrap();
+        let y =
+            c.b.attention(q, ks, vs, Some(mask), gate, 0.3, false)
+                .unwrap();
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["attention"], "{kv_dtype}");
+        let bufs = [kc, vc].map(|t| match c.b.graph().node(t.id).op {
+            weft_graph::Op::External { buffer, .. } => buffer,
+            _ => unreachable!("an external"),
+        });
+        // the reference caches after the writes, and their windows
+        let mut want_k = kcn.clone();
+        let mut want_v = vcn.clone();
+        for e in 0..hkv * d {
+            want_k.set(&[row, e], rounded(kv_dtype, knn.data[e] as f32) as f64);
+        }
+        for e in 0..hkv * dv {
+            want_v.set(&[row, e], rounded(kv_dtype, vnn.data[e] as f32) as f64);
+        }
+        let window =
+            |cache: &Nd, w: usize| Nd::new(&[n_kv, hkv, w], cache.data[..n_kv * hkv * w].to_vec());
+        let want = r::attention(
+            &qn,
+            &window(&want_k, d),
+            &window(&want_v, dv),
+            Some(&mn),
+            gn.as_ref(),
+            0.3,
+            false,
+        );
+        // each plan from the initial caches: fused (the attention writes them) and unfused
+        let (g, f32s, i32s) = c.into_parts();
+        let mut inputs: Vec<(&str, HostData)> = f32s
+            .iter()
+            .map(|(k, v)| (k.as_str(), HostData::F32(v)))
+            .collect();
+        inputs.extend(i32s.iter().map(|(k, v)| (k.as_str(), HostData::I32(v))));
+        for fuse in [true, false] {
+            for (buf, init) in [(bufs[0], &kinit), (bufs[1], &vinit)] {
+                let stored: Vec<f32> = init.iter().map(|&x| rounded(kv_dtype, x)).collect();
+                let bytes: Vec<u8> = match kv_dtype {
+                    DType::F32 => bytemuck::cast_slice(&stored).to_vec(),
+                    DType::F16 => stored
+                        .iter()
+                        .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                        .collect(),
+                    _ => stored
+                        .iter()
+                        .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                        .collect(),
+                };
+                be.upload(buf, 0, &bytes).unwrap();
+            }
+            let opts = weft_graph::PlanOptions {
+                passes: weft_graph::passes::PassOptions { fuse },
+                ..Default::default()
+            };
+            let out = run_graph(be, &g, opts, &inputs);
+            let what = format!("attention + kv store {kv_dtype} (fuse {fuse})");
+            assert_close(&what, &out[0], &want, TOL);
+            check_caches(
+                be,
+                kv_dtype,
+                [(bufs[0], &want_k), (bufs[1], &want_v)],
+                &what,
+            );
+        }
+    }
+}
+
+/// Downloads each cache and compares it with its reference exactly.
+fn check_caches(
+    be: &mut dyn Backend,
+    kv_dtype: DType,
+    caches: [(weft_graph::BufferId, &Nd); 2],
+    what: &str,
+) {
+    for (buf, want) in caches {
+        let n = want.data.len();
+        let mut bytes = vec![0u8; kv_dtype.bytes_for(n).unwrap()];
+        be.download(buf, 0, &mut bytes).unwrap();
+        let got: Vec<f32> = match kv_dtype {
+            DType::F32 => bytemuck::cast_slice(&bytes).to_vec(),
+            DType::F16 => bytemuck::cast_slice::<u8, half::f16>(&bytes)
+                .iter()
+                .map(|h| h.to_f32())
+                .collect(),
+            _ => bytemuck::cast_slice::<u8, half::bf16>(&bytes)
+                .iter()
+                .map(|h| h.to_f32())
+                .collect(),
+        };
+        let got = Output {
+            name: "cache".into(),
+            shape: weft_graph::Shape::new(&want.dims).unwrap(),
+            data: OutputData::F32(got),
+        };
+        assert_close(&format!("{what}: cache"), &got, want, 0.0);
+    }
+}

@@ -50,6 +50,7 @@ macro_rules! all_cases {
                 rope,
                 rope_pair,
                 attention,
+                attention_kv_store,
                 concat,
                 ssm_conv,
                 ssm_conv_in_place,

@@ -1,9 +1,10 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
 //! dead-node removal → view folding → recurrent state in place → legalization → elementwise
-//! fusion → mat-vecs sharing an input into one → ropes of adjacent heads into one → residual
-//! adds into matmuls → elementwise epilogues into their producers → dead-node removal (the six
-//! fusing passes only with [`PassOptions::fuse`]).
+//! fusion → mat-vecs sharing an input into one → ropes of adjacent heads into one → KV cache
+//! writes into decode attention → residual adds into matmuls → elementwise epilogues into their
+//! producers → dead-node removal (the seven fusing passes only with [`PassOptions::fuse`]).
 
+mod attention_store;
 mod dce;
 mod epilogue;
 mod fuse;
@@ -14,6 +15,7 @@ mod rope_pair;
 mod state_in_place;
 mod views;
 
+pub use attention_store::attention_store;
 pub use dce::remove_dead;
 pub use epilogue::{MAX_EPILOGUE_SOURCES, epilogue};
 pub use fuse::fuse_elementwise;
@@ -51,7 +53,8 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     let g = legalize(&g);
     if opts.fuse {
         let g = remove_dead(&fuse_elementwise(&g));
-        remove_dead(&epilogue(&matmul_add(&rope_pair(&matmul_cat(&g)))))
+        let g = attention_store(&rope_pair(&matmul_cat(&g)));
+        remove_dead(&epilogue(&matmul_add(&g)))
     } else {
         g
     }

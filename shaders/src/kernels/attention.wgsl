@@ -2,8 +2,14 @@
 // (query, head), keys in tiles of 64 with a running max (flash style). Each thread owns output
 // dims lid, lid+64, lid+128, lid+192 (Dv ≤ 256). Sources: 0 q, 1 k, 2 v, then `ldmask` and
 // `ldgate` when present.
+// With stores (decode, T = 1), k and v are windows of the KV caches from row 0, and the new
+// key and value (`ldkn`, `ldvn`) belong in row `ldidx`: key row `ldidx` is read from them
+// (rounded as the caches hold them, `rnd0`, `rnd1`), and
+// the first workgroup of each KV head writes them into the caches (`put0`, `put1`), so no
+// workgroup reads a cache row that another writes.
 // Params: 0 T, 1 Hq, 2 D, 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32 bits), 7 causal, 8 masked,
-// 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off.
+// 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off, 16 stores,
+// 17 k_new_off, 18 v_new_off, 19 idx_off.
 
 var<workgroup> sc: array<f32, 64>;
 
@@ -26,6 +32,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         limit = t + tk - pu(0u);
     }
     let qrow = pu(10u) + (t * hq + h) * d;
+    var fresh = 0xffffffffu;
+    if (pu(16u) == 1u) {
+        fresh = u32(ldidx(pu(19u)));
+        if (ok && h % (hq / hkv) == 0u) {
+            for (var e = 2u * lid.x; e < d; e += 128u) {
+                let at = pu(17u) + kh * d + e;
+                put0(pu(11u) + fresh * hkv * d + kh * d + e, ldkn(at), ldkn(at + 1u));
+            }
+            for (var e = 2u * lid.x; e < dv; e += 128u) {
+                let at = pu(18u) + kh * dv + e;
+                put1(pu(12u) + fresh * hkv * dv + kh * dv + e, ldvn(at), ldvn(at + 1u));
+            }
+        }
+    }
     var m = NEG;
     var l = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
@@ -33,10 +53,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let j = tile + lid.x;
         var s = NEG;
         if (ok && j < tk && j <= limit) {
-            let krow = pu(11u) + (j * hkv + kh) * d;
             var dot = 0.0;
-            for (var e = 0u; e < d; e++) {
-                dot += ld0(qrow + e) * ld1(krow + e);
+            if (j == fresh) {
+                let krow = pu(17u) + kh * d;
+                for (var e = 0u; e < d; e++) {
+                    dot += ld0(qrow + e) * rnd0(ldkn(krow + e));
+                }
+            } else {
+                let krow = pu(11u) + (j * hkv + kh) * d;
+                for (var e = 0u; e < d; e++) {
+                    dot += ld0(qrow + e) * ld1(krow + e);
+                }
             }
             s = dot * pf(6u);
             if (pu(8u) == 1u) {
@@ -65,11 +92,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 if (se > NEG) {
                     let p = exp(se - mn);
                     l += p;
-                    let vrow = pu(12u) + ((tile + e) * hkv + kh) * dv;
+                    let new_row = tile + e == fresh;
+                    let vrow = select(pu(12u) + ((tile + e) * hkv + kh) * dv, pu(18u) + kh * dv, new_row);
                     for (var r = 0u; r < 4u; r++) {
                         let dd = lid.x + 64u * r;
                         if (dd < dv) {
-                            acc[r] += p * ld2(vrow + dd);
+                            if (new_row) {
+                                acc[r] += p * rnd1(ldvn(vrow + dd));
+                            } else {
+                                acc[r] += p * ld2(vrow + dd);
+                            }
                         }
                     }
                 }
