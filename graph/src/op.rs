@@ -386,8 +386,10 @@ pub enum Op {
     Fused(FusedProgram),
     /// An op whose results go through an elementwise program as they are written (made by the
     /// `epilogue` pass, never by the builder). The first `inner_srcs` sources are the inner op's;
-    /// in the program, `Load(0)` is the inner result and `Load(k)` source `inner_srcs + k − 1`,
-    /// broadcast to the output's shape. The output has the inner op's shape.
+    /// in the program, `Load(0)` is the inner result and `Load(k)` source `inner_srcs + k − 1`.
+    /// Element `i` of the output (which has as many elements as the inner result) reads element
+    /// `i` of each source broadcast to its entry in `shapes` (each with the output's count: the
+    /// shape of the elementwise node the source came from).
     Epilogue(Box<Epilogue>),
 }
 
@@ -397,6 +399,7 @@ pub struct Epilogue {
     pub inner: Op,
     pub inner_srcs: usize,
     pub program: FusedProgram,
+    pub shapes: Vec<crate::layout::Shape>,
 }
 
 impl Op {

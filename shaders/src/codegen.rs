@@ -142,35 +142,27 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
             format!("epilogue reads source {bad} of {}", spec.sources.len()),
         ));
     }
-    let p = e.params;
     let load = |k: u8| match k {
         0 => "v".to_string(),
-        k => format!(
-            "ld{}(epa({}u, i0, i1, i2, i3))",
-            e.first + k as usize - 1,
-            k - 1
-        ),
+        k => format!("ld{}(epa({}u, i))", e.first + k as usize - 1, k - 1),
     };
     let body = program_body(&e.program, load).replace("let v = ", "return ");
     Ok(format!(
-        "fn epa(k: u32, i0: u32, i1: u32, i2: u32, i3: u32) -> u32 {{
-    let b = {}u + 5u * k;
-    return pu(b) + i0 * pu(b + 1u) + i1 * pu(b + 2u) + i2 * pu(b + 3u) + i3 * pu(b + 4u);
+        "fn epa(k: u32, i: u32) -> u32 {{
+    let b = {}u + 9u * k;
+    let i3 = i % pu(b + 3u);
+    var r = i / pu(b + 3u);
+    let i2 = r % pu(b + 2u);
+    r = r / pu(b + 2u);
+    let i1 = r % pu(b + 1u);
+    let i0 = r / pu(b + 1u);
+    return pu(b + 4u) + i0 * pu(b + 5u) + i1 * pu(b + 6u) + i2 * pu(b + 7u) + i3 * pu(b + 8u);
 }}
 fn epi(i: u32, v: f32) -> f32 {{
-    let i3 = i % pu({d3}u);
-    var r = i / pu({d3}u);
-    let i2 = r % pu({d2}u);
-    r = r / pu({d2}u);
-    let i1 = r % pu({d1}u);
-    let i0 = r / pu({d1}u);
     {body}
 }}
 ",
-        p + 4,
-        d1 = p + 1,
-        d2 = p + 2,
-        d3 = p + 3,
+        e.params
     ))
 }
 

@@ -173,8 +173,8 @@ pub struct Spec {
 
 /// How a kernel's results go through an epilogue (`epi(i, v)` in the kernel, `i` the result's
 /// element index): `Load(0)` is the result, `Load(k)` source `first + k − 1`. Parameter words
-/// from `params`: the output's dims (4, padded with leading 1s), then per extra source its
-/// element offset and 4 strides (0 where it broadcasts).
+/// from `params`, 9 per extra source: the dims it is read with (4, padded with leading 1s;
+/// the output's element count), its element offset and 4 strides (0 where it broadcasts).
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpilogueSpec {
     pub program: FusedProgram,

@@ -356,7 +356,7 @@ impl CpuBackend {
                 .collect::<Result<_>>()?;
             let inner = std::mem::take(&mut y);
             y = vec![0.0; inner.len()];
-            apply_epilogue(&e.program, node.shape(), &inner, &extra, &mut y);
+            apply_epilogue(e, node.shape(), &inner, &extra, &mut y)?;
         }
         let off = plan.slots[id.index()].map_or(0, |s| s.offset);
         arena.bytes_mut()[off..off + 4 * y.len()].copy_from_slice(bytemuck::cast_slice(&y));
@@ -452,27 +452,45 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
     execute_op(op, node, &s[..inner_srcs], out)?;
     if let Op::Epilogue(e) = &node.op {
         let y = f32s(out).to_vec();
-        apply_epilogue(&e.program, node.shape(), &y, &s[inner_srcs..], f32s(out));
+        apply_epilogue(e, node.shape(), &y, &s[inner_srcs..], f32s(out))?;
     }
     Ok(())
 }
 
 /// `out = program(y, extra…)` element by element: an epilogue over an op's result `y` (dense,
-/// `shape`), its other loads broadcast from `extra`.
+/// `shape`), its other loads from `extra`, each broadcast to its own shape in `e.shapes` (same
+/// element count, so element `i` of each is element `i` of the output).
 fn apply_epilogue(
-    program: &weft_graph::FusedProgram,
+    e: &weft_graph::Epilogue,
     shape: weft_graph::Shape,
     y: &[f32],
     extra: &[TensorRef],
     out: &mut [f32],
-) {
-    let y = TensorRef {
-        bytes: bytemuck::cast_slice(y),
-        layout: Layout::contiguous(shape),
-        dtype: DType::F32,
-    };
-    let srcs: Vec<TensorRef> = std::iter::once(y).chain(extra.iter().cloned()).collect();
-    elementwise::fused(program, shape, &srcs, out);
+) -> Result<()> {
+    let dense = Layout::contiguous(shape);
+    let mut vals: Vec<std::borrow::Cow<[f32]>> = vec![std::borrow::Cow::Borrowed(y)];
+    for (x, &to) in extra.iter().zip(&e.shapes) {
+        let l = x.layout.broadcast_to(to).ok_or_else(|| {
+            BackendError::Device(format!("an epilogue source does not broadcast to {to}"))
+        })?;
+        vals.push(
+            if l == Layout::contiguous(to) && to.numel() == shape.numel() {
+                x.f32()
+            } else {
+                std::borrow::Cow::Owned(x.gather_f32(l))
+            },
+        );
+    }
+    let srcs: Vec<TensorRef> = vals
+        .iter()
+        .map(|v| TensorRef {
+            bytes: bytemuck::cast_slice(v),
+            layout: dense,
+            dtype: DType::F32,
+        })
+        .collect();
+    elementwise::fused(&e.program, shape, &srcs, out);
+    Ok(())
 }
 
 /// Computes `op` (the node's op, or its epilogue's inner op) from its sources into `out`.

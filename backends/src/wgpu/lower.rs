@@ -101,15 +101,14 @@ fn elementwise_params(c: &mut Ctx, srcs: &[NodeId]) -> Result<Vec<u32>> {
     let mut p = vec![shape.numel() as u32, c.out()];
     p.extend(padded4(shape.dims()));
     for &s in srcs {
-        p.extend(broadcast_source(c, s)?);
+        p.extend(broadcast_source(c, s, shape)?);
     }
     Ok(p)
 }
 
-/// Registers source `s` and returns its element offset and its 4 strides broadcast to the
-/// node's shape (0 on broadcast dimensions).
-fn broadcast_source(c: &mut Ctx, s: NodeId) -> Result<[u32; 5]> {
-    let shape = c.g.node(c.node).shape();
+/// Registers source `s` and returns its element offset and its 4 strides broadcast to `shape`
+/// (0 on broadcast dimensions).
+fn broadcast_source(c: &mut Ctx, s: NodeId, shape: weft_graph::Shape) -> Result<[u32; 5]> {
     let off = c.src(s);
     let l: Layout = c.g.node(s).layout;
     let b = l
@@ -586,9 +585,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
         Op::Epilogue(e) if kernel.applies_epilogue() => {
             let first = c.sources.len();
             let at = params.len() as u32;
-            params.extend(padded4(node.shape().dims()));
-            for &x in &node.srcs[inner_srcs..] {
-                params.extend(broadcast_source(&mut c, x)?);
+            for (&x, &shape) in node.srcs[inner_srcs..].iter().zip(&e.shapes) {
+                params.extend(padded4(shape.dims()));
+                params.extend(broadcast_source(&mut c, x, shape)?);
             }
             Some(EpilogueSpec {
                 program: e.program.clone(),

@@ -1303,8 +1303,9 @@ pub fn epilogues(be: &mut dyn Backend) {
         let want = scatter_state(&cache_n, &slots, &ws);
         check_state_in_place(be, c, "ssm_conv + silu", buf, &init, &wy, &want);
     }
-    // scan on its cache + skip (y + x·D) + gate (· silu(z)), Mamba1's and a large state
-    for (h, p, n) in [(12, 1, 16), (2, 4, 96)] {
+    // scan on its cache + skip (y + x·D) + gate (· silu(z)), Mamba1's and a large state; the
+    // second gates through a reshape (Mamba2's), so two programs compose after the scan
+    for (h, p, n, reshaped) in [(12, 1, 16, false), (2, 4, 96, true)] {
         let (s, t) = (2, 3);
         let slots = [2, 0];
         let mut c = Case::new();
@@ -1323,13 +1324,24 @@ pub fn epilogues(be: &mut dyn Backend) {
         let (a, an) = c.input_values("a", &[h, n], av);
         let (bm, bn) = c.input(&mut rg, "b", &[s, t, 1, n]);
         let (cm, cn) = c.input(&mut rg, "c", &[s, t, 1, n]);
-        let (d, dn) = c.input(&mut rg, "d", &[h, p]);
-        let (z, zn) = c.input(&mut rg, "z", &[s, t, h, p]);
+        // (Mamba2's skip is per head, broadcast over the head's channels)
+        let (d, dn) = c.input(&mut rg, "d", &[h, if reshaped { 1 } else { p }]);
+        let zdims = if reshaped {
+            vec![s, t, h * p]
+        } else {
+            vec![s, t, h, p]
+        };
+        let (z, mut zn) = c.input(&mut rg, "z", &zdims);
         let state = load_state(&mut c, cache, ids, &[s, h, p, n]);
         let (y, ns) = c.b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
         store_state(&mut c, cache, ns, ids);
         let xd = c.b.mul(x, d).unwrap();
         let y = c.b.add(y, xd).unwrap();
+        let y = if reshaped {
+            c.b.reshape(y, &zdims).unwrap()
+        } else {
+            y
+        };
         let zs = c.b.silu(z).unwrap();
         let y = c.b.mul(y, zs).unwrap();
         c.output(y, "y");
@@ -1338,7 +1350,9 @@ pub fn epilogues(be: &mut dyn Backend) {
         let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
         let skip = zip_broadcast(&xn, &dn, |x, d| x * d);
         let wy = zip_broadcast(&wy, &skip, |y, s| y + s);
-        let wy = zip_broadcast(&wy, &zn, |y, z| y * silu(z));
+        zn.dims = wy.dims.clone();
+        let mut wy = zip_broadcast(&wy, &zn, |y, z| y * silu(z));
+        wy.dims = zdims.clone();
         let want = scatter_state(&cache_n, &slots, &ws);
         check_state_in_place(
             be,

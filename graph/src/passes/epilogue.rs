@@ -5,7 +5,8 @@
 //!
 //! Only ops whose kernels apply epilogues carry them: matmuls, convs, and scans on their
 //! state cache (whose output is `y` alone). The merged node stands where the elementwise node
-//! was, after all of its sources.
+//! was, after all of its sources. An op with an epilogue takes its own reader's program too,
+//! composed after the first (Mamba2's skip, then its gate through a reshape).
 
 use super::Rewriter;
 use crate::dtype::DType;
@@ -15,12 +16,41 @@ use crate::op::{Epilogue, FusedProgram, Instr, Op};
 /// Most sources an epilogue reads besides the op's result.
 pub const MAX_EPILOGUE_SOURCES: usize = 4;
 
-fn carries_epilogue(n: &Node) -> bool {
-    match n.op {
+/// The number of epilogue sources `n` already reads, when it can take (another) epilogue.
+fn carries_epilogue(n: &Node) -> Option<usize> {
+    let (op, own) = n.op.core(n.srcs.len());
+    let ok = match op {
         Op::MatMul | Op::SsmConv => true,
-        Op::SsmScan => n.srcs.len() == 7,
+        Op::SsmScan => own == 7,
         _ => false,
+    };
+    ok.then_some(n.srcs.len() - own)
+}
+
+/// `outer` reading the result of `inner` as its load 0: `inner`'s instructions, then `outer`'s
+/// with load 0 being `inner`'s result and loads `k ≥ 1` moved after `inner`'s `inner_extra`.
+fn compose(inner: &FusedProgram, outer: &FusedProgram, inner_extra: usize) -> FusedProgram {
+    let mut code = inner.code.clone();
+    let result = code.len() as u16 - 1;
+    let mut reg = Vec::with_capacity(outer.code.len());
+    for ins in &outer.code {
+        let r = match *ins {
+            Instr::Load(0) => {
+                reg.push(result);
+                continue;
+            }
+            Instr::Load(k) => Instr::Load(k + inner_extra as u8),
+            Instr::Unary(op, a) => Instr::Unary(op, reg[a as usize]),
+            Instr::Binary(op, a, b) => Instr::Binary(op, reg[a as usize], reg[b as usize]),
+        };
+        code.push(r);
+        reg.push(code.len() as u16 - 1);
     }
+    // (an outer program that only loads: its result is the inner one)
+    if reg.last().is_some_and(|&r| r as usize != code.len() - 1) {
+        code.push(Instr::Unary(crate::op::UnaryOp::Scale(1.0), result));
+    }
+    FusedProgram { head: None, code }
 }
 
 /// The program of an elementwise node without a row-normalising head.
@@ -44,7 +74,7 @@ fn producer(
 ) -> Option<(NodeId, Option<NodeId>, usize)> {
     let en = g.node(e);
     program(&en.op)?;
-    if en.dtype != DType::F32 || en.srcs.len() > MAX_EPILOGUE_SOURCES + 1 {
+    if en.dtype != DType::F32 {
         return None;
     }
     en.srcs.iter().enumerate().find_map(|(slot, &s)| {
@@ -57,6 +87,7 @@ fn producer(
         let pn = g.node(p);
         let l = sn.layout;
         let ok = carries_epilogue(pn)
+            .is_some_and(|had| had + en.srcs.len() - 1 <= MAX_EPILOGUE_SOURCES)
             && pn.dtype == DType::F32
             && pn.numel() == en.numel()
             && !is_output[p.index()]
@@ -87,6 +118,19 @@ fn cache_touched_between(g: &Graph, p: NodeId, e: NodeId) -> bool {
 }
 
 pub fn epilogue(g: &Graph) -> Graph {
+    // an op that took an epilogue may take its reader's next (rounds until none is left)
+    let (mut g, mut more) = once(g);
+    for _ in 0..4 {
+        if !more {
+            break;
+        }
+        (g, more) = once(&g);
+    }
+    g
+}
+
+/// One round; true when it merged something.
+fn once(g: &Graph) -> (Graph, bool) {
     let consumers = g.consumers();
     let mut is_output = vec![false; g.len()];
     for (_, id) in &g.outputs {
@@ -104,7 +148,7 @@ pub fn epilogue(g: &Graph) -> Graph {
         }
     }
     if taken.iter().all(Option::is_none) {
-        return g.clone();
+        return (g.clone(), false);
     }
     let mut rw = Rewriter::new(g);
     for id in g.ids() {
@@ -128,6 +172,17 @@ pub fn epilogue(g: &Graph) -> Graph {
                 };
             }
         }
+        // a producer with an epilogue already: this program runs after it
+        let (inner, inner_srcs, prog, mut shapes) = match &pn.op {
+            Op::Epilogue(pe) => {
+                let extra = pn.srcs.len() - pe.inner_srcs;
+                let prog = compose(&pe.program, &prog, extra);
+                (pe.inner.clone(), pe.inner_srcs, prog, pe.shapes.clone())
+            }
+            op => (op.clone(), pn.srcs.len(), prog, vec![]),
+        };
+        // this node's other sources broadcast to its shape
+        shapes.resize(shapes.len() + en.srcs.len() - 1, en.shape());
         let srcs = pn
             .srcs
             .iter()
@@ -141,9 +196,10 @@ pub fn epilogue(g: &Graph) -> Graph {
             .collect();
         let new = rw.push(Node {
             op: Op::Epilogue(Box::new(Epilogue {
-                inner: pn.op.clone(),
-                inner_srcs: pn.srcs.len(),
+                inner,
+                inner_srcs,
                 program: prog,
+                shapes,
             })),
             srcs,
             layout: en.layout,
@@ -152,7 +208,7 @@ pub fn epilogue(g: &Graph) -> Graph {
         });
         rw.alias(id, new);
     }
-    rw.finish()
+    (rw.finish(), true)
 }
 
 #[cfg(test)]
@@ -181,6 +237,29 @@ mod tests {
         assert_eq!(n.srcs.len(), 3);
         assert_eq!(g.outputs[0].1, epi[0]);
         assert_eq!(n.op.describe(), "mul_mat then softplus(add(%0, %1))");
+    }
+
+    #[test]
+    fn epilogues_compose_through_a_reshape() {
+        // y + x·d then, reshaped, · silu(z): two programs after one matmul
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[1, 8], DType::F32).unwrap();
+        let w = b.input("w", &[6, 8], DType::F32).unwrap();
+        let d = b.input("d", &[6], DType::F32).unwrap();
+        let z = b.input("z", &[2, 3], DType::F32).unwrap();
+        let y = b.matmul(x, w).unwrap();
+        let y = b.add(y, d).unwrap();
+        let y = b.reshape(y, &[2, 3]).unwrap();
+        let s = b.silu(z).unwrap();
+        let y = b.mul(y, s).unwrap();
+        b.output(y, "y").unwrap();
+        let g = crate::passes::optimize(&b.finish(), Default::default());
+        let ops: Vec<String> = g
+            .ids()
+            .filter(|&i| !g.node(i).op.is_view() && !matches!(g.node(i).op, Op::Input { .. }))
+            .map(|i| g.node(i).op.describe())
+            .collect();
+        assert_eq!(ops, ["mul_mat then mul(add(%0, %1), silu(%2))"]);
     }
 
     #[test]
