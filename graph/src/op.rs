@@ -390,6 +390,10 @@ pub enum Op {
     /// Element `i` of the output (which has as many elements as the inner result) reads element
     /// `i` of each source broadcast to its entry in `shapes` (each with the output's count: the
     /// shape of the elementwise node the source came from).
+    ///
+    /// With `pair`, the inner op is a `MatMulCat` of two weights of `N` rows each and the output
+    /// has `N` columns: `Load(0)` and `Load(1)` are the two products at column `i` (a gated
+    /// unit's gate and up), and the sources' loads start at `Load(2)`.
     Epilogue(Box<Epilogue>),
 }
 
@@ -400,6 +404,14 @@ pub struct Epilogue {
     pub inner_srcs: usize,
     pub program: FusedProgram,
     pub shapes: Vec<crate::layout::Shape>,
+    pub pair: bool,
+}
+
+impl Epilogue {
+    /// Loads before the first source's: the inner result, or the pair's two products.
+    pub fn results(&self) -> usize {
+        if self.pair { 2 } else { 1 }
+    }
 }
 
 impl Op {
@@ -448,7 +460,10 @@ impl Op {
     pub fn describe(&self) -> String {
         match self {
             Op::Fused(p) => p.describe(),
-            Op::Epilogue(e) => format!("{} then {}", e.inner.describe(), e.program.describe()),
+            Op::Epilogue(e) => {
+                let pair = if e.pair { " (two products)" } else { "" };
+                format!("{}{pair} then {}", e.inner.describe(), e.program.describe())
+            }
             op => op.name().to_string(),
         }
     }

@@ -132,8 +132,15 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
     if !spec.kernel.applies_epilogue() {
         return Err(err(spec.kernel, "this kernel applies no epilogue"));
     }
+    if e.pair != (spec.kernel == Kernel::MatMulPair) {
+        return Err(err(
+            spec.kernel,
+            "matmul_pair's epilogue, and only its, reads two results",
+        ));
+    }
+    let results = if e.pair { 2 } else { 1 };
     let extra = e.program.code.iter().filter_map(|ins| match ins {
-        Instr::Load(k) if *k > 0 => Some(e.first + *k as usize - 1),
+        Instr::Load(k) if *k as usize >= results => Some(e.first + *k as usize - results),
         _ => None,
     });
     if let Some(bad) = extra.clone().find(|&s| s >= spec.sources.len()) {
@@ -142,11 +149,16 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
             format!("epilogue reads source {bad} of {}", spec.sources.len()),
         ));
     }
-    let load = |k: u8| match k {
-        0 => "v".to_string(),
-        k => format!("ld{}(epa({}u, i))", e.first + k as usize - 1, k - 1),
+    let load = |k: u8| match k as usize {
+        k if k < results => format!("v{k}"),
+        k => format!("ld{}(epa({}u, i))", e.first + k - results, k - results),
     };
     let body = program_body(&e.program, load).replace("let v = ", "return ");
+    let head = if e.pair {
+        "fn epi2(i: u32, v0: f32, v1: f32) -> f32"
+    } else {
+        "fn epi(i: u32, v0: f32) -> f32"
+    };
     Ok(format!(
         "fn epa(k: u32, i: u32) -> u32 {{
     let b = {}u + 9u * k;
@@ -158,7 +170,7 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
     let i0 = r / pu(b + 1u);
     return pu(b + 4u) + i0 * pu(b + 5u) + i1 * pu(b + 6u) + i2 * pu(b + 7u) + i3 * pu(b + 8u);
 }}
-fn epi(i: u32, v: f32) -> f32 {{
+{head} {{
     {body}
 }}
 ",
@@ -319,11 +331,11 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     }
     // mat-vecs: a row dot product per weight source (one for `matmul`, one per weight for
     // `matmul_cat`, which picks the weight by output column)
-    if matches!(k, Kernel::MatMul | Kernel::MatMulCat) {
-        let weights = if k == Kernel::MatMul {
-            1..2
-        } else {
-            1..spec.own_sources()
+    if matches!(k, Kernel::MatMul | Kernel::MatMulCat | Kernel::MatMulPair) {
+        let weights = match k {
+            Kernel::MatMul => 1..2,
+            Kernel::MatMulPair => 1..3,
+            _ => 1..spec.own_sources(),
         };
         if weights.is_empty() || spec.sources.len() < weights.end {
             return Err(err(k, "missing the weight source"));

@@ -29,6 +29,7 @@ pub enum Kernel {
     MatMul,
     MatMulRows,
     MatMulCat,
+    MatMulPair,
     MatMulId,
     GetRows,
     SoftMax,
@@ -46,13 +47,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
         Kernel::MatMul,
         Kernel::MatMulRows,
         Kernel::MatMulCat,
+        Kernel::MatMulPair,
         Kernel::MatMulId,
         Kernel::GetRows,
         Kernel::SoftMax,
@@ -77,6 +79,7 @@ impl Kernel {
             Kernel::MatMul => "matmul",
             Kernel::MatMulRows => "matmul_rows",
             Kernel::MatMulCat => "matmul_cat",
+            Kernel::MatMulPair => "matmul_pair",
             Kernel::MatMulId => "matmul_id",
             Kernel::GetRows => "get_rows",
             Kernel::SoftMax => "softmax",
@@ -101,6 +104,7 @@ impl Kernel {
             self,
             Kernel::MatMul
                 | Kernel::MatMulRows
+                | Kernel::MatMulPair
                 | Kernel::SsmConv
                 | Kernel::SsmConvCached
                 | Kernel::SsmScan
@@ -117,6 +121,7 @@ impl Kernel {
             Kernel::MatMul => include_str!("kernels/matmul.wgsl"),
             Kernel::MatMulRows => include_str!("kernels/matmul_rows.wgsl"),
             Kernel::MatMulCat => include_str!("kernels/matmul_cat.wgsl"),
+            Kernel::MatMulPair => include_str!("kernels/matmul_pair.wgsl"),
             Kernel::MatMulId => include_str!("kernels/matmul_id.wgsl"),
             Kernel::GetRows => include_str!("kernels/get_rows.wgsl"),
             Kernel::SoftMax => include_str!("kernels/softmax.wgsl"),
@@ -180,6 +185,9 @@ pub struct EpilogueSpec {
     pub program: FusedProgram,
     pub first: usize,
     pub params: u32,
+    /// `epi2(i, v0, v1)` of two results (`Load(0)`, `Load(1)`; sources from `Load(2)`), for
+    /// `matmul_pair`.
+    pub pair: bool,
 }
 
 impl Spec {

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
-use weft_shaders::{Home, Kernel, Source, Spec, generate};
+use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec, generate};
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const WEIGHTS: [DType; 9] = [
@@ -197,6 +197,72 @@ fn variants() -> Vec<Spec> {
         v.push(s);
     }
     v.push(Spec::new(Kernel::GatedDeltaNet, vec![arena(DType::F32); 6]));
+    // epilogues: every kernel that applies one, with a source in the arena and a weight; and
+    // the pair of a gated unit
+    let prog = |results: u8| FusedProgram {
+        head: None,
+        code: vec![
+            Instr::Load(0),
+            Instr::Load(results),
+            Instr::Binary(BinaryOp::Add, 0, 1),
+            Instr::Unary(UnaryOp::Silu, 2),
+            Instr::Load(results + 1),
+            Instr::Binary(BinaryOp::Mul, 3, 4),
+        ],
+    };
+    for base in variants_applying_epilogues() {
+        let mut s = base;
+        let first = s.sources.len();
+        let b = s.externals;
+        s.sources.extend([arena(DType::F32), ext(b, DType::F32)]);
+        s.externals += 1;
+        s.epilogue = Some(EpilogueSpec {
+            program: prog(1),
+            first,
+            params: 40,
+            pair: false,
+        });
+        v.push(s);
+    }
+    for (a, b) in [(DType::F16, DType::F16), (DType::Q4K, DType::Q6K)] {
+        let mut s = Spec::new(
+            Kernel::MatMulPair,
+            vec![
+                arena(DType::F32),
+                ext(0, a),
+                ext(1, b),
+                arena(DType::F32),
+                ext(2, DType::F32),
+            ],
+        );
+        let mut pair = prog(2);
+        pair.code[0] = Instr::Load(1);
+        s.epilogue = Some(EpilogueSpec {
+            program: pair,
+            first: 3,
+            params: 20,
+            pair: true,
+        });
+        v.push(s);
+    }
+    // decode attention writing the new key and value into its caches
+    for kv in FLOATS {
+        let mut s = Spec::new(
+            Kernel::Attention,
+            vec![
+                arena(DType::F32),
+                ext(0, kv),
+                ext(1, kv),
+                arena(DType::F32),
+                arena(DType::F32),
+                arena(DType::F32),
+                arena(DType::I32),
+            ],
+        );
+        s.aliases = vec![("ldmask", 3), ("ldkn", 4), ("ldvn", 5), ("ldidx", 6)];
+        s.puts = vec![(0, kv), (1, kv)];
+        v.push(s);
+    }
     v.push(Spec::new(Kernel::TopK, vec![arena(DType::F32)]));
     v.push(Spec::new(Kernel::Reduce, vec![arena(DType::F32)]));
     for d in FLOATS {
@@ -208,6 +274,41 @@ fn variants() -> Vec<Spec> {
         s.externals = 1;
         v.push(s);
     }
+    v
+}
+
+/// One spec of each kernel that applies epilogues, without one.
+fn variants_applying_epilogues() -> Vec<Spec> {
+    let mut v = vec![
+        Spec::new(Kernel::MatMul, vec![arena(DType::F32), ext(0, DType::Q4K)]),
+        Spec::new(
+            Kernel::MatMulRows,
+            vec![arena(DType::F32), ext(0, DType::F16)],
+        ),
+        Spec::new(Kernel::SsmConv, vec![arena(DType::F32), ext(0, DType::F32)]),
+    ];
+    let mut conv = Spec::new(
+        Kernel::SsmConvCached,
+        vec![
+            ext(0, DType::F32),
+            arena(DType::F32),
+            arena(DType::F32),
+            arena(DType::I32),
+        ],
+    );
+    conv.store = Some((0, DType::F32));
+    v.push(conv);
+    for k in [Kernel::SsmScan, Kernel::SsmScanRows] {
+        let mut srcs = vec![ext(0, DType::F32)];
+        srcs.extend([arena(DType::F32); 5]);
+        srcs.push(arena(DType::I32));
+        let mut s = Spec::new(k, srcs);
+        s.store = Some((0, DType::F32));
+        v.push(s);
+    }
+    assert!(Kernel::ALL.iter().all(|k| {
+        k.applies_epilogue() == (v.iter().any(|s| s.kernel == *k) || *k == Kernel::MatMulPair)
+    }));
     v
 }
 

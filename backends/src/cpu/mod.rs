@@ -449,16 +449,17 @@ fn tensor_ref<'a>(
 fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()> {
     let node = g.node(id);
     let (op, inner_srcs) = node.op.core(s.len());
-    execute_op(op, node, &s[..inner_srcs], out)?;
-    if let Op::Epilogue(e) = &node.op {
-        let y = f32s(out).to_vec();
-        apply_epilogue(e, node.shape(), &y, &s[inner_srcs..], f32s(out))?;
-    }
-    Ok(())
+    let Op::Epilogue(e) = &node.op else {
+        return execute_op(op, node, s, out);
+    };
+    // the inner result (a pair's two products side by side), then the program over it
+    let mut y = vec![0.0f32; node.numel() * e.results()];
+    execute_op(op, node, &s[..inner_srcs], bytemuck::cast_slice_mut(&mut y))?;
+    apply_epilogue(e, node.shape(), &y, &s[inner_srcs..], f32s(out))
 }
 
 /// `out = program(y, extra…)` element by element: an epilogue over an op's result `y` (dense,
-/// `shape`), its other loads from `extra`, each broadcast to its own shape in `e.shapes` (same
+/// `shape`; for a pair, the two products one after the other), its other loads from `extra`, each broadcast to its own shape in `e.shapes` (same
 /// element count, so element `i` of each is element `i` of the output).
 fn apply_epilogue(
     e: &weft_graph::Epilogue,
@@ -468,7 +469,10 @@ fn apply_epilogue(
     out: &mut [f32],
 ) -> Result<()> {
     let dense = Layout::contiguous(shape);
-    let mut vals: Vec<std::borrow::Cow<[f32]>> = vec![std::borrow::Cow::Borrowed(y)];
+    let mut vals: Vec<std::borrow::Cow<[f32]>> = y
+        .chunks(shape.numel().max(1))
+        .map(std::borrow::Cow::Borrowed)
+        .collect();
     for (x, &to) in extra.iter().zip(&e.shapes) {
         let l = x.layout.broadcast_to(to).ok_or_else(|| {
             BackendError::Device(format!("an epilogue source does not broadcast to {to}"))

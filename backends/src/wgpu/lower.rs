@@ -243,7 +243,12 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 p.extend([col as u32, wo]);
                 col += g.node(w).shape().dims()[0];
             }
-            (Kernel::MatMulCat, p, total.div_ceil(4) as u32)
+            // a pair's epilogue meets the two products in the kernel (N columns, not 2N)
+            let kernel = match &node.op {
+                Op::Epilogue(e) if e.pair => Kernel::MatMulPair,
+                _ => Kernel::MatMulCat,
+            };
+            (kernel, p, total.div_ceil(4) as u32)
         }
         Op::MatMulId => {
             let (xd, wd, idd) = (dims(0), dims(1), dims(2));
@@ -593,6 +598,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 program: e.program.clone(),
                 first,
                 params: at,
+                pair: e.pair,
             })
         }
         Op::Epilogue(_) => {

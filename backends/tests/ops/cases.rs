@@ -1531,3 +1531,45 @@ fn check_caches(
         assert_close(&format!("{what}: cache"), &got, want, 0.0);
     }
 }
+
+/// A gated unit's gate and up mat-vecs (one `mul_mat_cat` of two weights) meet column by
+/// column in `matmul_pair`, whose epilogue is the activation: SwiGLU with mixed dtypes, and
+/// GEGLU with one more broadcast source, against the reference.
+pub fn matmul_pair(be: &mut dyn Backend) {
+    let mut rg = rng(44);
+    let k = 256;
+    for (gd, ud, n, scaled) in [
+        (DType::F16, DType::F16, 37, false),
+        (DType::Q4K, DType::Q8_0, 20, true),
+    ] {
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[1, k]);
+        let (wg, wgn) = weight(be, &mut c, &mut rg, "gate", &[n, k], gd);
+        let (wu, wun) = weight(be, &mut c, &mut rg, "up", &[n, k], ud);
+        let (sc, scn) = c.input(&mut rg, "scale", &[n]);
+        let g = c.b.matmul(x, wg).unwrap();
+        let u = c.b.matmul(x, wu).unwrap();
+        let y = if scaled {
+            let a = c.b.unary(UnaryOp::Gelu, g).unwrap();
+            let y = c.b.mul(u, a).unwrap();
+            c.b.mul(y, sc).unwrap()
+        } else {
+            let a = c.b.silu(g).unwrap();
+            c.b.mul(a, u).unwrap()
+        };
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat_cat"], "{gd} {ud}");
+        let out = c.run(be);
+        let gw = r::matmul(&seen_activations(be, gd, &xn), &wgn);
+        let uw = r::matmul(&seen_activations(be, ud, &xn), &wun);
+        let mut want = gw.clone();
+        for (i, o) in want.data.iter_mut().enumerate() {
+            *o = if scaled {
+                uw.data[i] * r::unary("gelu", gw.data[i], (0.0, 0.0)) * scn.data[i]
+            } else {
+                silu(gw.data[i]) * uw.data[i]
+            };
+        }
+        assert_close(&format!("matmul pair {gd} {ud}"), &out[0], &want, TOL);
+    }
+}

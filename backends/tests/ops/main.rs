@@ -43,6 +43,7 @@ macro_rules! all_cases {
                 matmul_activations,
                 matmul_residual,
                 matmul_cat,
+                matmul_pair,
                 matmul_id,
                 get_rows,
                 norms,

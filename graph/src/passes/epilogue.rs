@@ -19,17 +19,32 @@ pub const MAX_EPILOGUE_SOURCES: usize = 4;
 /// The number of epilogue sources `n` already reads, when it can take (another) epilogue.
 fn carries_epilogue(n: &Node) -> Option<usize> {
     let (op, own) = n.op.core(n.srcs.len());
-    let ok = match op {
-        Op::MatMul | Op::SsmConv => true,
-        Op::SsmScan => own == 7,
+    let ok = match (&n.op, op) {
+        (_, Op::MatMul | Op::SsmConv) => true,
+        (_, Op::SsmScan) => own == 7,
+        (Op::Epilogue(e), Op::MatMulCat) => e.pair,
         _ => false,
     };
     ok.then_some(n.srcs.len() - own)
 }
 
+/// What an elementwise node takes in: the producer, the views it reads it through (dropped
+/// with it), and the source slots whose loads become the producer's results (two for a pair).
+struct Take {
+    p: NodeId,
+    views: Vec<NodeId>,
+    slots: Vec<usize>,
+}
+
 /// `outer` reading the result of `inner` as its load 0: `inner`'s instructions, then `outer`'s
-/// with load 0 being `inner`'s result and loads `k ≥ 1` moved after `inner`'s `inner_extra`.
-fn compose(inner: &FusedProgram, outer: &FusedProgram, inner_extra: usize) -> FusedProgram {
+/// with load 0 being `inner`'s result and loads `k ≥ 1` moved after `inner`'s loads (its
+/// `results` and its `inner_extra` sources).
+fn compose(
+    inner: &FusedProgram,
+    outer: &FusedProgram,
+    results: usize,
+    inner_extra: usize,
+) -> FusedProgram {
     let mut code = inner.code.clone();
     let result = code.len() as u16 - 1;
     let mut reg = Vec::with_capacity(outer.code.len());
@@ -39,7 +54,7 @@ fn compose(inner: &FusedProgram, outer: &FusedProgram, inner_extra: usize) -> Fu
                 reg.push(result);
                 continue;
             }
-            Instr::Load(k) => Instr::Load(k + inner_extra as u8),
+            Instr::Load(k) => Instr::Load(k + (results - 1 + inner_extra) as u8),
             Instr::Unary(op, a) => Instr::Unary(op, reg[a as usize]),
             Instr::Binary(op, a, b) => Instr::Binary(op, reg[a as usize], reg[b as usize]),
         };
@@ -64,18 +79,15 @@ fn program(op: &Op) -> Option<FusedProgram> {
     Some(FusedProgram { head: None, code })
 }
 
-/// For elementwise node `e`: the producer it can take in, the view it reads it through, and the
-/// source slot of that read.
-fn producer(
-    g: &Graph,
-    consumers: &[Vec<NodeId>],
-    is_output: &[bool],
-    e: NodeId,
-) -> Option<(NodeId, Option<NodeId>, usize)> {
+/// For elementwise node `e`: what it can take in.
+fn producer(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], e: NodeId) -> Option<Take> {
     let en = g.node(e);
     program(&en.op)?;
     if en.dtype != DType::F32 {
         return None;
+    }
+    if let Some(t) = pair(g, consumers, is_output, e) {
+        return Some(t);
     }
     en.srcs.iter().enumerate().find_map(|(slot, &s)| {
         let sn = g.node(s);
@@ -98,7 +110,54 @@ fn producer(
             && l.offset == 0
             && l.is_contiguous()
             && !cache_touched_between(g, p, e);
-        ok.then_some((p, view, slot))
+        ok.then(|| Take {
+            p,
+            views: view.into_iter().collect(),
+            slots: vec![slot],
+        })
+    })
+}
+
+/// Both halves of a two-weight `mul_mat_cat` (gate and up, `N` columns each) read by `e`
+/// alone, column for column: the products meet in the kernel (`Epilogue::pair`).
+fn pair(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], e: NodeId) -> Option<Take> {
+    let en = g.node(e);
+    if en.srcs.len() > MAX_EPILOGUE_SOURCES + 2 {
+        return None;
+    }
+    let half = |s: NodeId| {
+        let sn = g.node(s);
+        let c = sn.srcs.first().copied()?;
+        let cn = g.node(c);
+        let ok = sn.op.is_view()
+            && matches!(cn.op, Op::MatMulCat)
+            && cn.srcs.len() == 3
+            && g.node(cn.srcs[1]).shape().dims()[0] == en.numel()
+            && g.node(cn.srcs[2]).shape().dims()[0] == en.numel()
+            && sn.layout.shape == en.shape()
+            && sn.layout.is_contiguous()
+            && consumers[s.index()] == [e]
+            && !is_output[s.index()]
+            && !is_output[c.index()];
+        ok.then_some((c, sn.layout.offset))
+    };
+    let mut found: Vec<(usize, NodeId, NodeId, usize)> = vec![];
+    for (slot, &s) in en.srcs.iter().enumerate() {
+        if let Some((c, off)) = half(s) {
+            found.push((slot, s, c, off));
+        }
+    }
+    let [a, b] = found[..] else { return None };
+    let (first, second) = if a.3 == 0 { (a, b) } else { (b, a) };
+    let mut readers = consumers[first.2.index()].clone();
+    readers.sort();
+    let mut views = vec![first.1, second.1];
+    views.sort();
+    let ok = first.2 == second.2 && first.3 == 0 && second.3 == en.numel() && readers == views;
+    ok.then(|| Take {
+        p: first.2,
+        views: vec![first.1, second.1],
+        slots: vec![first.0, second.0],
     })
 }
 
@@ -136,15 +195,15 @@ fn once(g: &Graph) -> (Graph, bool) {
     for (_, id) in &g.outputs {
         is_output[id.index()] = true;
     }
-    let mut taken: Vec<Option<(NodeId, usize)>> = vec![None; g.len()];
+    let mut taken: Vec<Option<Take>> = g.ids().map(|_| None).collect();
     let mut dropped = vec![false; g.len()];
     for id in g.ids() {
-        if let Some((p, view, slot)) = producer(g, &consumers, &is_output, id) {
-            taken[id.index()] = Some((p, slot));
-            dropped[p.index()] = true;
-            if let Some(v) = view {
+        if let Some(t) = producer(g, &consumers, &is_output, id) {
+            dropped[t.p.index()] = true;
+            for v in &t.views {
                 dropped[v.index()] = true;
             }
+            taken[id.index()] = Some(t);
         }
     }
     if taken.iter().all(Option::is_none) {
@@ -155,34 +214,39 @@ fn once(g: &Graph) -> (Graph, bool) {
         if dropped[id.index()] {
             continue;
         }
-        let Some((p, slot)) = taken[id.index()] else {
+        let Some(t) = &taken[id.index()] else {
             rw.copy(id);
             continue;
         };
-        let (en, pn) = (g.node(id), g.node(p));
+        let (en, pn) = (g.node(id), g.node(t.p));
         let mut prog = program(&en.op).expect("checked by producer");
-        // the producer's result is load 0; the other sources follow in their order
+        // the producer's results are the first loads; the other sources follow in their order
         for ins in &mut prog.code {
             if let Instr::Load(k) = ins {
                 let k_ = *k as usize;
-                *k = match k_.cmp(&slot) {
-                    std::cmp::Ordering::Equal => 0,
-                    std::cmp::Ordering::Less => k_ as u8 + 1,
-                    std::cmp::Ordering::Greater => k_ as u8,
+                *k = match t.slots.iter().position(|&s| s == k_) {
+                    Some(j) => j as u8,
+                    None => {
+                        (t.slots.len() + k_ - t.slots.iter().filter(|&&s| s < k_).count()) as u8
+                    }
                 };
             }
         }
         // a producer with an epilogue already: this program runs after it
-        let (inner, inner_srcs, prog, mut shapes) = match &pn.op {
+        let (inner, inner_srcs, prog, mut shapes, pair) = match &pn.op {
             Op::Epilogue(pe) => {
                 let extra = pn.srcs.len() - pe.inner_srcs;
-                let prog = compose(&pe.program, &prog, extra);
-                (pe.inner.clone(), pe.inner_srcs, prog, pe.shapes.clone())
+                let prog = compose(&pe.program, &prog, pe.results(), extra);
+                let shapes = pe.shapes.clone();
+                (pe.inner.clone(), pe.inner_srcs, prog, shapes, pe.pair)
             }
-            op => (op.clone(), pn.srcs.len(), prog, vec![]),
+            op => {
+                let pair = t.slots.len() == 2;
+                (op.clone(), pn.srcs.len(), prog, vec![], pair)
+            }
         };
         // this node's other sources broadcast to its shape
-        shapes.resize(shapes.len() + en.srcs.len() - 1, en.shape());
+        shapes.resize(shapes.len() + en.srcs.len() - t.slots.len(), en.shape());
         let srcs = pn
             .srcs
             .iter()
@@ -190,7 +254,7 @@ fn once(g: &Graph) -> (Graph, bool) {
                 en.srcs
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, s)| (i != slot).then_some(s)),
+                    .filter_map(|(i, s)| (!t.slots.contains(&i)).then_some(s)),
             )
             .map(|&s| rw.get(s))
             .collect();
@@ -200,6 +264,7 @@ fn once(g: &Graph) -> (Graph, bool) {
                 inner_srcs,
                 program: prog,
                 shapes,
+                pair,
             })),
             srcs,
             layout: en.layout,
