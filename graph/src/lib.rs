@@ -24,6 +24,6 @@ pub use graph::{Graph, Node, NodeId, Tensor};
 pub use layout::{Layout, Shape};
 pub use op::{
     Access, BinaryOp, BufferId, DeltaForm, Epilogue, FusedProgram, Instr, NormKind, Op, ReduceOp,
-    RopeMode, RopeParams, UnaryOp,
+    RopeMode, RopeParams, UnaryOp, XNorm,
 };
 pub use plan::{Plan, PlanOptions, Slot, plan};

@@ -394,6 +394,10 @@ pub enum Op {
     /// With `pair`, the inner op is a `MatMulCat` of two weights of `N` rows each and the output
     /// has `N` columns: `Load(0)` and `Load(1)` are the two products at column `i` (a gated
     /// unit's gate and up), and the sources' loads start at `Load(2)`.
+    ///
+    /// With `x_norm` (made by the `norm_input` pass; a mat-vec's inner op), the inner op's
+    /// activation row (source 0) is normalised first, then multiplied by the norm's weight,
+    /// which is source `inner_srcs` when there is one; the program's sources follow it.
     Epilogue(Box<Epilogue>),
 }
 
@@ -405,12 +409,41 @@ pub struct Epilogue {
     pub program: FusedProgram,
     pub shapes: Vec<crate::layout::Shape>,
     pub pair: bool,
+    pub x_norm: Option<XNorm>,
+}
+
+/// The row normalisation of a mat-vec's activation (see [`Op::Epilogue`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct XNorm {
+    pub kind: NormKind,
+    pub weighted: bool,
 }
 
 impl Epilogue {
     /// Loads before the first source's: the inner result, or the pair's two products.
     pub fn results(&self) -> usize {
         if self.pair { 2 } else { 1 }
+    }
+
+    /// Index of the program's first source among the node's (after the inner op's and a norm
+    /// weight).
+    pub fn first_source(&self) -> usize {
+        self.inner_srcs + self.x_norm.is_some_and(|n| n.weighted) as usize
+    }
+
+    /// An identity program (for an op that only gets `x_norm`).
+    pub fn identity(inner: Op, inner_srcs: usize) -> Epilogue {
+        Epilogue {
+            inner,
+            inner_srcs,
+            program: FusedProgram {
+                head: None,
+                code: vec![Instr::Load(0)],
+            },
+            shapes: vec![],
+            pair: false,
+            x_norm: None,
+        }
     }
 }
 
@@ -462,7 +495,17 @@ impl Op {
             Op::Fused(p) => p.describe(),
             Op::Epilogue(e) => {
                 let pair = if e.pair { " (two products)" } else { "" };
-                format!("{}{pair} then {}", e.inner.describe(), e.program.describe())
+                let norm = match e.x_norm.map(|n| n.kind) {
+                    Some(NormKind::Rms { .. }) => "rms_norm → ",
+                    Some(NormKind::L2 { .. }) => "l2_norm → ",
+                    None => "",
+                };
+                let then = if e.program.code == [Instr::Load(0)] {
+                    String::new()
+                } else {
+                    format!(" then {}", e.program.describe())
+                };
+                format!("{norm}{}{pair}{then}", e.inner.describe())
             }
             op => op.name().to_string(),
         }

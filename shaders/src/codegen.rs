@@ -2,9 +2,9 @@
 //! body with its placeholders filled.
 
 use crate::quant::{CHUNK_HELPERS, byte_helpers, chunk_dot, decode_body};
-use crate::{Home, Kernel, Spec};
+use crate::{Home, Kernel, Spec, XNormSpec};
 use std::fmt::Write;
-use weft_graph::{BinaryOp, DType, FusedProgram, Instr, UnaryOp};
+use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
 
 /// A spec the generator cannot turn into a shader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +81,59 @@ fn program_body(p: &FusedProgram, load: impl Fn(u8) -> String) -> String {
     }
     let _ = write!(s, "let v = r{};", p.code.len().saturating_sub(1));
     s
+}
+
+/// `ld0` for a mat-vec whose activation row is normalised in the kernel (`Spec::x_norm`), and
+/// `prologue(xrow, lid)`, which every thread calls first: the row's sum of squares over 64
+/// lanes in the order `fused_norm` sums it, so both give the same factor.
+fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
+    let Some(XNormSpec { kind, weight }) = spec.x_norm else {
+        return Ok(String::new());
+    };
+    if !matches!(
+        spec.kernel,
+        Kernel::MatMul | Kernel::MatMulCat | Kernel::MatMulPair
+    ) {
+        return Err(err(spec.kernel, "only mat-vecs normalise their row"));
+    }
+    let w = match weight {
+        Some((j, at)) if j < spec.sources.len() => format!(" * ld{j}(pu({at}u) + i - xbase_)"),
+        Some((j, _)) => return Err(err(spec.kernel, format!("norm weight source {j}"))),
+        None => String::new(),
+    };
+    let factor = match kind {
+        NormKind::Rms { eps } => format!("1.0 / sqrt(ss / f32(k_) + {})", lit(eps)),
+        NormKind::L2 { eps } => format!("1.0 / max(sqrt(ss), {})", lit(eps)),
+    };
+    Ok(format!(
+        "var<private> xs_: f32 = 1.0;
+var<private> xbase_: u32 = 0u;
+var<workgroup> nrm_: array<f32, 64>;
+fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}
+fn ld0(i: u32) -> f32 {{ return ld0raw(i) * xs_{w}; }}
+fn prologue(xrow: u32, lid: u32) {{
+    let k_ = pu(2u);
+    if (lid < 64u) {{
+        var acc = 0.0;
+        for (var j = lid; j < k_; j += 64u) {{
+            let x = ld0raw(xrow + j);
+            acc += x * x;
+        }}
+        nrm_[lid] = acc;
+    }}
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {{
+        if (lid < s) {{
+            nrm_[lid] += nrm_[lid + s];
+        }}
+        workgroupBarrier();
+    }}
+    let ss = nrm_[0];
+    xs_ = {factor};
+    xbase_ = xrow;
+}}
+"
+    ))
 }
 
 /// `put{n}(i, a, b)` for each word-written binding, and `rnd{n}(x)`, `x` as that binding holds
@@ -234,6 +287,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
                 );
                 let _ = writeln!(out, "fn ld{i}(i: u32) -> f32 {{ return f32(ldi{i}(i)); }}");
             }
+            (Home::Arena, DType::F32) if i == 0 && spec.x_norm.is_some() => {
+                out.push_str(&x_norm_loader(spec)?);
+            }
             (Home::Arena, DType::F32) => {
                 let _ = writeln!(
                     out,
@@ -328,6 +384,10 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         } else {
             "fn residual(i: u32) -> f32 { return 0.0; }\n"
         });
+    }
+    if spec.x_norm.is_none() && matches!(k, Kernel::MatMul | Kernel::MatMulCat | Kernel::MatMulPair)
+    {
+        out.push_str("fn prologue(xrow: u32, lid: u32) {}\n");
     }
     // mat-vecs: a row dot product per weight source (one for `matmul`, one per weight for
     // `matmul_cat`, which picks the weight by output column)

@@ -18,7 +18,7 @@ mod quant;
 
 pub use codegen::{ShaderError, generate};
 
-use weft_graph::{DType, FusedProgram};
+use weft_graph::{DType, FusedProgram, NormKind};
 
 /// The kernels, one per WGSL file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -104,6 +104,7 @@ impl Kernel {
             self,
             Kernel::MatMul
                 | Kernel::MatMulRows
+                | Kernel::MatMulCat
                 | Kernel::MatMulPair
                 | Kernel::SsmConv
                 | Kernel::SsmConvCached
@@ -170,10 +171,21 @@ pub struct Spec {
     pub externals: u32,
     /// An elementwise program the kernel applies to each result it writes.
     pub epilogue: Option<EpilogueSpec>,
+    /// A mat-vec's activation row (source 0) normalised in the kernel: the kernel calls
+    /// `prologue(x_off, lid)` first, and `ld0` then reads normalised values.
+    pub x_norm: Option<XNormSpec>,
     /// External bindings written two elements (one 32-bit word) at a time, with their dtypes:
     /// `put{n}(i, a, b)` writes elements `i` (even) and `i + 1` of the `n`-th. Sources may read
     /// them (the attention's KV caches).
     pub puts: Vec<(u32, DType)>,
+}
+
+/// See [`Spec::x_norm`]: the norm, and its weight's source index and the parameter word that
+/// holds the weight's element offset.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct XNormSpec {
+    pub kind: NormKind,
+    pub weight: Option<(usize, u32)>,
 }
 
 /// How a kernel's results go through an epilogue (`epi(i, v)` in the kernel, `i` the result's
@@ -197,11 +209,15 @@ impl Spec {
         self.puts.iter().fold(store, |m, (b, _)| m | 1 << b)
     }
 
-    /// The kernel's own sources: all but an epilogue's.
+    /// The kernel's own sources: all but a norm weight and an epilogue's, which follow them.
     pub fn own_sources(&self) -> usize {
-        self.epilogue
-            .as_ref()
-            .map_or(self.sources.len(), |e| e.first)
+        let weight = self.x_norm.and_then(|n| n.weight).map(|(j, _)| j);
+        let first = self.epilogue.as_ref().map(|e| e.first);
+        [Some(self.sources.len()), weight, first]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(0)
     }
 
     pub fn new(kernel: Kernel, sources: Vec<Source>) -> Spec {
@@ -221,6 +237,7 @@ impl Spec {
             store: None,
             externals,
             epilogue: None,
+            x_norm: None,
             puts: vec![],
         }
     }

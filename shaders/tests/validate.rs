@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
-use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec, generate};
+use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec, XNormSpec, generate};
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const WEIGHTS: [DType; 9] = [
@@ -245,6 +245,39 @@ fn variants() -> Vec<Spec> {
         });
         v.push(s);
     }
+    // mat-vecs normalising their row (with a norm weight, and an l2 norm without one)
+    for (k, kind, weighted) in [
+        (Kernel::MatMul, NormKind::Rms { eps: 1e-5 }, true),
+        (Kernel::MatMulCat, NormKind::L2 { eps: 1e-6 }, false),
+        (Kernel::MatMulPair, NormKind::Rms { eps: 1e-6 }, true),
+    ] {
+        let mut srcs = vec![arena(DType::F32), ext(0, DType::F16), ext(1, DType::Q4K)];
+        if k == Kernel::MatMul {
+            srcs.pop();
+        }
+        let weight = weighted.then(|| {
+            srcs.push(ext(2, DType::F32));
+            (srcs.len() - 1, 12)
+        });
+        let mut s = Spec::new(k, srcs);
+        s.x_norm = Some(XNormSpec { kind, weight });
+        if k == Kernel::MatMulPair {
+            s.epilogue = Some(EpilogueSpec {
+                program: FusedProgram {
+                    head: None,
+                    code: vec![
+                        Instr::Load(0),
+                        Instr::Load(1),
+                        Instr::Binary(BinaryOp::Mul, 0, 1),
+                    ],
+                },
+                first: s.sources.len(),
+                params: 20,
+                pair: true,
+            });
+        }
+        v.push(s);
+    }
     // decode attention writing the new key and value into its caches
     for kv in FLOATS {
         let mut s = Spec::new(
@@ -284,6 +317,10 @@ fn variants_applying_epilogues() -> Vec<Spec> {
         Spec::new(
             Kernel::MatMulRows,
             vec![arena(DType::F32), ext(0, DType::F16)],
+        ),
+        Spec::new(
+            Kernel::MatMulCat,
+            vec![arena(DType::F32), ext(0, DType::F16), ext(1, DType::Q8_0)],
         ),
         Spec::new(Kernel::SsmConv, vec![arena(DType::F32), ext(0, DType::F32)]),
     ];

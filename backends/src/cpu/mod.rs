@@ -350,7 +350,7 @@ impl CpuBackend {
         self.buffers.insert(buf.0, cache);
         done?;
         if let Op::Epilogue(e) = &node.op {
-            let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
+            let extra: Vec<TensorRef> = node.srcs[e.first_source()..]
                 .iter()
                 .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
                 .collect::<Result<_>>()?;
@@ -452,10 +452,27 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
     let Op::Epilogue(e) = &node.op else {
         return execute_op(op, node, s, out);
     };
+    // a mat-vec's row normalised first (times the norm's weight)
+    let mut inner: Vec<TensorRef> = s[..inner_srcs].to_vec();
+    let normed: Vec<f32>;
+    if let Some(n) = e.x_norm {
+        let mut x = s[0].f32().into_owned();
+        elementwise::normalize_rows(n.kind, x.len(), &mut x);
+        if n.weighted {
+            let w = s[inner_srcs].f32();
+            x.iter_mut().zip(w.iter()).for_each(|(a, b)| *a *= b);
+        }
+        normed = x;
+        inner[0] = TensorRef {
+            bytes: bytemuck::cast_slice(&normed),
+            layout: Layout::contiguous(s[0].layout.shape),
+            dtype: DType::F32,
+        };
+    }
     // the inner result (a pair's two products side by side), then the program over it
     let mut y = vec![0.0f32; node.numel() * e.results()];
-    execute_op(op, node, &s[..inner_srcs], bytemuck::cast_slice_mut(&mut y))?;
-    apply_epilogue(e, node.shape(), &y, &s[inner_srcs..], f32s(out))
+    execute_op(op, node, &inner, bytemuck::cast_slice_mut(&mut y))?;
+    apply_epilogue(e, node.shape(), &y, &s[e.first_source()..], f32s(out))
 }
 
 /// `out = program(y, extra…)` element by element: an epilogue over an op's result `y` (dense,

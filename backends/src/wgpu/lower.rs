@@ -6,7 +6,7 @@ use weft_graph::{
     BufferId, DType, DeltaForm, FusedProgram, Graph, Instr, Layout, NodeId, NormKind, Op, Plan,
     ReduceOp, RopeMode,
 };
-use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec};
+use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec, XNormSpec};
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
 pub const MAX_PARAMS: usize = 256;
@@ -586,11 +586,27 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             return Err(c.fail("not an executable node"));
         }
     };
+    // a mat-vec's row normalised in the kernel, times the norm's weight (after the op's sources)
+    let x_norm = match &node.op {
+        Op::Epilogue(e) => e.x_norm.map(|n| {
+            let weight = n.weighted.then(|| {
+                let j = c.sources.len();
+                let off = c.src(node.srcs[inner_srcs]);
+                params.push(off);
+                (j, params.len() as u32 - 1)
+            });
+            XNormSpec {
+                kind: n.kind,
+                weight,
+            }
+        }),
+        _ => None,
+    };
     let epilogue = match &node.op {
         Op::Epilogue(e) if kernel.applies_epilogue() => {
             let first = c.sources.len();
             let at = params.len() as u32;
-            for (&x, &shape) in node.srcs[inner_srcs..].iter().zip(&e.shapes) {
+            for (&x, &shape) in node.srcs[e.first_source()..].iter().zip(&e.shapes) {
                 params.extend(padded4(shape.dims()));
                 params.extend(broadcast_source(&mut c, x, shape)?);
             }
@@ -617,6 +633,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     spec.store = store;
     spec.externals = c.externals.len() as u32;
     spec.epilogue = epilogue;
+    spec.x_norm = x_norm;
     spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));

@@ -1573,3 +1573,68 @@ pub fn matmul_pair(be: &mut dyn Backend) {
         assert_close(&format!("matmul pair {gd} {ud}"), &out[0], &want, TOL);
     }
 }
+
+/// The norm before a layer's projections runs inside the mat-vecs (`norm_input`): a single
+/// projection, three sharing the row (`mul_mat_cat`), and a gated unit's pair, with an rms norm
+/// and its weight, and an l2 norm without one. Each plan is one kernel and matches the
+/// reference.
+pub fn norm_matvec(be: &mut dyn Backend) {
+    let mut rg = rng(45);
+    let k = 256;
+    for (weights, rms) in [(1, true), (3, true), (2, false)] {
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[1, k]);
+        let (nw, nwn) = c.input(&mut rg, "norm", &[k]);
+        let h = if rms {
+            let h = c.b.rms_norm(x, 1e-5).unwrap();
+            c.b.mul(h, nw).unwrap()
+        } else {
+            c.b.l2_norm(x, 1e-6).unwrap()
+        };
+        let hn = if rms {
+            let mut h = r::rms_norm(&xn, 1e-5);
+            h.data.iter_mut().zip(&nwn.data).for_each(|(a, b)| *a *= b);
+            h
+        } else {
+            r::l2_norm(&xn, 1e-6)
+        };
+        let dtypes = [DType::F16, DType::Q4K, DType::Q8_0];
+        let mut products = vec![];
+        for (i, &dtype) in dtypes[..weights].iter().enumerate() {
+            let n = 24 + 8 * i;
+            let n = if weights == 2 { 24 } else { n };
+            let (w, wn) = weight(be, &mut c, &mut rg, &format!("w{i}"), &[n, k], dtype);
+            let y = c.b.matmul(h, w).unwrap();
+            products.push((y, r::matmul(&seen_activations(be, dtype, &hn), &wn)));
+        }
+        let mut want = vec![];
+        if weights == 2 {
+            let (g, gw) = &products[0];
+            let (u, uw) = &products[1];
+            let a = c.b.silu(*g).unwrap();
+            let y = c.b.mul(a, *u).unwrap();
+            c.output(y, "y");
+            let mut w = gw.clone();
+            w.data
+                .iter_mut()
+                .zip(&uw.data)
+                .for_each(|(g, u)| *g = silu(*g) * u);
+            want.push(w);
+        } else {
+            for (i, (y, w)) in products.into_iter().enumerate() {
+                c.output(y, &format!("y{i}"));
+                want.push(w);
+            }
+        }
+        let kernel = if weights == 1 {
+            "mul_mat"
+        } else {
+            "mul_mat_cat"
+        };
+        assert_eq!(scheduled(c.b.graph(), true), [kernel], "{weights} weights");
+        let out = c.run(be);
+        for (o, w) in out.iter().zip(&want) {
+            assert_close(&format!("norm + {weights} mat-vecs: {}", o.name), o, w, TOL);
+        }
+    }
+}

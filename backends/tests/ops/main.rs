@@ -44,6 +44,7 @@ macro_rules! all_cases {
                 matmul_residual,
                 matmul_cat,
                 matmul_pair,
+                norm_matvec,
                 matmul_id,
                 get_rows,
                 norms,

@@ -265,6 +265,7 @@ fn once(g: &Graph) -> (Graph, bool) {
                 program: prog,
                 shapes,
                 pair,
+                x_norm: None,
             })),
             srcs,
             layout: en.layout,

@@ -2,7 +2,8 @@
 //! dead-node removal → view folding → recurrent state in place → legalization → elementwise
 //! fusion → mat-vecs sharing an input into one → ropes of adjacent heads into one → KV cache
 //! writes into decode attention → residual adds into matmuls → elementwise epilogues into their
-//! producers → dead-node removal (the seven fusing passes only with [`PassOptions::fuse`]).
+//! producers → row norms into the mat-vecs they feed → dead-node removal (the eight fusing
+//! passes only with [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
@@ -11,6 +12,7 @@ mod fuse;
 mod legalize;
 mod matmul_add;
 mod matmul_cat;
+mod norm_input;
 mod rope_pair;
 mod state_in_place;
 mod views;
@@ -22,6 +24,7 @@ pub use fuse::fuse_elementwise;
 pub use legalize::legalize;
 pub use matmul_add::matmul_add;
 pub use matmul_cat::matmul_cat;
+pub use norm_input::norm_input;
 pub use rope_pair::rope_pair;
 pub use state_in_place::state_in_place;
 pub use views::fold_views;
@@ -54,7 +57,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     if opts.fuse {
         let g = remove_dead(&fuse_elementwise(&g));
         let g = attention_store(&rope_pair(&matmul_cat(&g)));
-        remove_dead(&epilogue(&matmul_add(&g)))
+        remove_dead(&norm_input(&epilogue(&matmul_add(&g))))
     } else {
         g
     }

@@ -12,6 +12,7 @@ var<workgroup> red: array<f32, 128>;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let o = (wid.y * nwg.x + wid.x) * (128u / T) + lid.x / T;
     let lane = lid.x % T;
+    prologue(pu(3u), lid.x);
     var acc = 0.0;
     if (o < pu(0u)) {
         var j = 1u;
@@ -32,6 +33,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         workgroupBarrier();
     }
     if (lane == 0u && o < pu(0u)) {
-        st(pu(4u) + o, red[lid.x]);
+        st(pu(4u) + o, epi(o, red[lid.x]));
     }
 }

@@ -12,6 +12,7 @@ var<workgroup> red: array<f32, 256>;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let o = (wid.y * nwg.x + wid.x) * (128u / T) + lid.x / T;
     let lane = lid.x % T;
+    prologue(pu(3u), lid.x);
     var a = 0.0;
     var b = 0.0;
     if (o < pu(0u)) {

@@ -1,0 +1,150 @@
+//! A mat-vec whose activation row is a row norm (times its weight) read by it alone — the norm
+//! before a layer's projections — normalises the row itself (`Epilogue::x_norm`): one dispatch
+//! instead of two. The row is short (the model width), so every workgroup of the mat-vec sums
+//! its squares again rather than wait for another dispatch.
+
+use super::Rewriter;
+use crate::dtype::DType;
+use crate::graph::{Graph, Node, NodeId};
+use crate::op::{BinaryOp, Epilogue, Instr, NormKind, Op, XNorm};
+
+/// For a mat-vec node, the norm node feeding its row and what it computes.
+fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId) -> Option<XNorm> {
+    let n = g.node(id);
+    let (op, own) = n.op.core(n.srcs.len());
+    let matvec = match op {
+        Op::MatMul => own <= 3,
+        Op::MatMulCat => true,
+        _ => false,
+    };
+    if !matvec || matches!(&n.op, Op::Epilogue(e) if e.x_norm.is_some()) {
+        return None;
+    }
+    let x = n.srcs[0];
+    let xn = g.node(x);
+    let k = xn.shape().last();
+    let (kind, code) = match &xn.op {
+        Op::Fused(p) => (p.head?, &p.code[..]),
+        Op::RmsNorm { eps } => (NormKind::Rms { eps: *eps }, &[Instr::Load(0)][..]),
+        Op::L2Norm { eps } => (NormKind::L2 { eps: *eps }, &[Instr::Load(0)][..]),
+        _ => return None,
+    };
+    let weighted = match code {
+        [Instr::Load(0)] => false,
+        [
+            Instr::Load(0),
+            Instr::Load(1),
+            Instr::Binary(BinaryOp::Mul, 0, 1),
+        ]
+        | [
+            Instr::Load(0),
+            Instr::Load(1),
+            Instr::Binary(BinaryOp::Mul, 1, 0),
+        ] => {
+            let w = g.node(xn.srcs[1]);
+            if w.numel() != k || !w.layout.is_contiguous() {
+                return None;
+            }
+            true
+        }
+        _ => return None,
+    };
+    let raw = g.node(xn.srcs[0]);
+    let ok = xn.numel() == k
+        && raw.numel() == k
+        && raw.layout.is_contiguous()
+        && raw.dtype == DType::F32
+        && consumers[x.index()] == [id]
+        && !is_output[x.index()];
+    ok.then_some(XNorm { kind, weighted })
+}
+
+pub fn norm_input(g: &Graph) -> Graph {
+    let consumers = g.consumers();
+    let mut is_output = vec![false; g.len()];
+    for (_, id) in &g.outputs {
+        is_output[id.index()] = true;
+    }
+    let norms: Vec<Option<XNorm>> = g
+        .ids()
+        .map(|id| norm_row(g, &consumers, &is_output, id))
+        .collect();
+    if norms.iter().all(Option::is_none) {
+        return g.clone();
+    }
+    let mut dropped = vec![false; g.len()];
+    for id in g.ids() {
+        if norms[id.index()].is_some() {
+            dropped[g.node(id).srcs[0].index()] = true;
+        }
+    }
+    let mut rw = Rewriter::new(g);
+    for id in g.ids() {
+        if dropped[id.index()] {
+            continue;
+        }
+        let Some(norm) = norms[id.index()] else {
+            rw.copy(id);
+            continue;
+        };
+        let n = g.node(id);
+        let xn = g.node(n.srcs[0]);
+        let mut e = match &n.op {
+            Op::Epilogue(e) => (**e).clone(),
+            op => Epilogue::identity(op.clone(), n.srcs.len()),
+        };
+        // the raw row, the op's other sources, the norm's weight, the program's sources
+        let mut srcs = vec![xn.srcs[0]];
+        srcs.extend(&n.srcs[1..e.inner_srcs]);
+        if norm.weighted {
+            srcs.push(xn.srcs[1]);
+        }
+        srcs.extend(&n.srcs[e.inner_srcs..]);
+        e.x_norm = Some(norm);
+        let new = rw.push(Node {
+            op: Op::Epilogue(Box::new(e)),
+            srcs: srcs.into_iter().map(|s| rw.get(s)).collect(),
+            layout: n.layout,
+            dtype: n.dtype,
+            name: format!("{}+{}", xn.name, n.name),
+        });
+        rw.alias(id, new);
+    }
+    rw.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::GraphBuilder;
+
+    #[test]
+    fn the_norm_before_a_projection_moves_into_it() {
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[1, 8], DType::F32).unwrap();
+        let nw = b.input("norm", &[8], DType::F32).unwrap();
+        let w = b.input("w", &[4, 8], DType::F32).unwrap();
+        let h = b.rms_norm(x, 1e-5).unwrap();
+        let h = b.mul(h, nw).unwrap();
+        let y = b.matmul(h, w).unwrap();
+        b.output(y, "y").unwrap();
+        let g = b.finish();
+        assert_eq!(scheduled(&g), ["rms_norm → mul_mat"]);
+        // a prompt's rows are normalised once, by their own kernel
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[3, 8], DType::F32).unwrap();
+        let w = b.input("w", &[4, 8], DType::F32).unwrap();
+        let h = b.rms_norm(x, 1e-5).unwrap();
+        let y = b.matmul(h, w).unwrap();
+        b.output(y, "y").unwrap();
+        assert_eq!(scheduled(&b.finish()), ["rms_norm", "mul_mat"]);
+    }
+
+    fn scheduled(g: &Graph) -> Vec<String> {
+        let g = crate::passes::optimize(g, Default::default());
+        g.ids()
+            .filter(|&i| !matches!(g.node(i).op, Op::Input { .. } | Op::View))
+            .map(|i| g.node(i).op.describe())
+            .collect()
+    }
+}
