@@ -20,9 +20,20 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
     if !matvec || matches!(&n.op, Op::Epilogue(e) if e.x_norm.is_some()) {
         return None;
     }
-    let x = n.srcs[0];
+    // the norm, read directly or through a reshaping view
+    let (x, view) = match g.node(n.srcs[0]) {
+        v if v.op.is_view() => (v.srcs[0], Some(n.srcs[0])),
+        _ => (n.srcs[0], None),
+    };
     let xn = g.node(x);
     let k = xn.shape().last();
+    if let Some(v) = view {
+        let l = g.node(v).layout;
+        let dense = l.offset == 0 && l.is_contiguous() && l.shape.last() == k;
+        if !dense || consumers[v.index()] != [id] || is_output[v.index()] {
+            return None;
+        }
+    }
     let (kind, code) = match &xn.op {
         Op::Fused(p) => (p.head?, &p.code[..]),
         Op::RmsNorm { eps } => (NormKind::Rms { eps: *eps }, &[Instr::Load(0)][..]),
@@ -54,9 +65,20 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
         && raw.numel() == k
         && raw.layout.is_contiguous()
         && raw.dtype == DType::F32
-        && consumers[x.index()] == [id]
+        && consumers[x.index()] == [view.unwrap_or(id)]
         && !is_output[x.index()];
     ok.then_some(XNorm { kind, weighted })
+}
+
+/// The norm node feeding mat-vec `id` (under its view, if any) and that view.
+fn norm_node(g: &Graph, id: NodeId) -> (NodeId, Option<NodeId>) {
+    let s = g.node(id).srcs[0];
+    let sn = g.node(s);
+    if sn.op.is_view() {
+        (sn.srcs[0], Some(s))
+    } else {
+        (s, None)
+    }
 }
 
 pub fn norm_input(g: &Graph) -> Graph {
@@ -75,7 +97,11 @@ pub fn norm_input(g: &Graph) -> Graph {
     let mut dropped = vec![false; g.len()];
     for id in g.ids() {
         if norms[id.index()].is_some() {
-            dropped[g.node(id).srcs[0].index()] = true;
+            let (norm, view) = norm_node(g, id);
+            dropped[norm.index()] = true;
+            if let Some(v) = view {
+                dropped[v.index()] = true;
+            }
         }
     }
     let mut rw = Rewriter::new(g);
@@ -88,7 +114,7 @@ pub fn norm_input(g: &Graph) -> Graph {
             continue;
         };
         let n = g.node(id);
-        let xn = g.node(n.srcs[0]);
+        let xn = g.node(norm_node(g, id).0);
         let mut e = match &n.op {
             Op::Epilogue(e) => (**e).clone(),
             op => Epilogue::identity(op.clone(), n.srcs.len()),
@@ -130,6 +156,15 @@ mod tests {
         b.output(y, "y").unwrap();
         let g = b.finish();
         assert_eq!(scheduled(&g), ["rms_norm → mul_mat"]);
+        // through a reshape (a batch of one row)
+        let mut b = GraphBuilder::new();
+        let x = b.input("x", &[1, 8], DType::F32).unwrap();
+        let w = b.input("w", &[4, 8], DType::F32).unwrap();
+        let h = b.rms_norm(x, 1e-5).unwrap();
+        let h = b.reshape(h, &[1, 1, 8]).unwrap();
+        let y = b.matmul(h, w).unwrap();
+        b.output(y, "y").unwrap();
+        assert_eq!(scheduled(&b.finish()), ["rms_norm → mul_mat"]);
         // a prompt's rows are normalised once, by their own kernel
         let mut b = GraphBuilder::new();
         let x = b.input("x", &[3, 8], DType::F32).unwrap();
