@@ -202,8 +202,17 @@ pub enum DeltaForm {
 /// Row-wise normalisation that can head a fused program.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NormKind {
-    Rms { eps: f32 },
-    L2 { eps: f32 },
+    Rms {
+        eps: f32,
+    },
+    L2 {
+        eps: f32,
+    },
+    /// `x / clamp(Σx, min, max)` (a mixture's chosen weights renormalised to sum to one).
+    Sum {
+        min: f32,
+        max: f32,
+    },
 }
 
 /// One instruction of a fused elementwise program; its result is register `index`.
@@ -274,6 +283,7 @@ impl FusedProgram {
         match self.head {
             Some(NormKind::Rms { .. }) => format!("{body} where %0 = rms_norm(%0)"),
             Some(NormKind::L2 { .. }) => format!("{body} where %0 = l2_norm(%0)"),
+            Some(NormKind::Sum { .. }) => format!("{body} where %0 = sum_norm(%0)"),
             None => body,
         }
     }
@@ -498,6 +508,7 @@ impl Op {
                 let norm = match e.x_norm.map(|n| n.kind) {
                     Some(NormKind::Rms { .. }) => "rms_norm → ",
                     Some(NormKind::L2 { .. }) => "l2_norm → ",
+                    Some(NormKind::Sum { .. }) => "sum_norm → ",
                     None => "",
                 };
                 let then = if e.program.code == [Instr::Load(0)] {

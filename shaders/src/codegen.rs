@@ -104,6 +104,9 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
     let factor = match kind {
         NormKind::Rms { eps } => format!("1.0 / sqrt(ss / f32(k_) + {})", lit(eps)),
         NormKind::L2 { eps } => format!("1.0 / max(sqrt(ss), {})", lit(eps)),
+        NormKind::Sum { .. } => {
+            return Err(err(spec.kernel, "mat-vec rows are not sum-normalised"));
+        }
     };
     Ok(format!(
         "var<private> xs_: f32 = 1.0;

@@ -49,10 +49,13 @@ pub fn fused(prog: &FusedProgram, shape: Shape, srcs: &[TensorRef], out: &mut [f
 /// Normalises each row of `x` in place.
 pub fn normalize_rows(kind: NormKind, d: usize, x: &mut [f32]) {
     let each = |row: &mut [f32]| {
-        let ss: f64 = row.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let squares = || row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
         let f = match kind {
-            NormKind::Rms { eps } => 1.0 / ((ss / d as f64) as f32 + eps).sqrt(),
-            NormKind::L2 { eps } => 1.0 / (ss.sqrt() as f32).max(eps),
+            NormKind::Rms { eps } => 1.0 / ((squares() / d as f64) as f32 + eps).sqrt(),
+            NormKind::L2 { eps } => 1.0 / (squares().sqrt() as f32).max(eps),
+            NormKind::Sum { min, max } => {
+                1.0 / (row.iter().map(|&v| v as f64).sum::<f64>() as f32).clamp(min, max)
+            }
         };
         row.iter_mut().for_each(|v| *v *= f);
     };

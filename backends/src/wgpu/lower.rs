@@ -176,11 +176,12 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let n = node.numel();
             match prog.head {
                 Some(h) => {
-                    let (eps, kind) = match h {
-                        NormKind::Rms { eps } => (eps, 0),
-                        NormKind::L2 { eps } => (eps, 1),
+                    let (eps, kind, max) = match h {
+                        NormKind::Rms { eps } => (eps, 0, 0.0),
+                        NormKind::L2 { eps } => (eps, 1, 0.0),
+                        NormKind::Sum { min, max } => (min, 2, max),
                     };
-                    p.extend([f(eps), kind]);
+                    p.extend([f(eps), kind, f(max)]);
                     let rows = node.shape().rows();
                     (Kernel::FusedNorm, p, rows as u32)
                 }

@@ -1638,3 +1638,37 @@ pub fn norm_matvec(be: &mut dyn Backend) {
         }
     }
 }
+
+/// A mixture's chosen weights renormalised to sum to one (`w / clamp(sum_rows(w))`) run as one
+/// row-normalising kernel (`sum_norm`), rows whose sum the clamp raises included.
+pub fn sum_norm(be: &mut dyn Backend) {
+    let mut rg = rng(46);
+    let (rows, k) = (5, 6);
+    let mut v: Vec<f32> = randn(&mut rg, rows * k).iter().map(|x| x.abs()).collect();
+    // the last row sums below the clamp's floor
+    v[(rows - 1) * k..].iter_mut().for_each(|x| *x *= 1e-3);
+    let mut c = Case::new();
+    let (w, wn) = c.input_values("w", &[rows, k], v);
+    let s = c.b.reduce(ReduceOp::Sum, w).unwrap();
+    let s =
+        c.b.unary(
+            UnaryOp::Clamp {
+                min: 0.01,
+                max: f32::MAX,
+            },
+            s,
+        )
+        .unwrap();
+    let y = c.b.div(w, s).unwrap();
+    c.output(y, "y");
+    assert_eq!(scheduled(c.b.graph(), true), ["fused"]);
+    let out = c.run(be);
+    let mut want = wn.clone();
+    for r in 0..rows {
+        let sum: f64 = (0..k).map(|j| wn.at(&[r, j])).sum();
+        for j in 0..k {
+            want.set(&[r, j], wn.at(&[r, j]) / sum.max(0.01));
+        }
+    }
+    assert_close("sum_norm", &out[0], &want, TOL);
+}

@@ -48,6 +48,7 @@ macro_rules! all_cases {
                 matmul_id,
                 get_rows,
                 norms,
+                sum_norm,
                 softmax,
                 rope,
                 rope_pair,

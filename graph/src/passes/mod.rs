@@ -1,9 +1,10 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
-//! dead-node removal → view folding → recurrent state in place → legalization → elementwise
-//! fusion → mat-vecs sharing an input into one → ropes of adjacent heads into one → KV cache
-//! writes into decode attention → residual adds into matmuls → elementwise epilogues into their
-//! producers → row norms into the mat-vecs they feed → dead-node removal (the eight fusing
-//! passes only with [`PassOptions::fuse`]).
+//! dead-node removal → view folding → recurrent state in place → legalization → weights
+//! renormalised by their sum as one kernel → elementwise fusion → mat-vecs sharing an input
+//! into one → ropes of adjacent heads into one → KV cache writes into decode attention →
+//! residual adds into matmuls → elementwise epilogues into their producers → row norms into
+//! the mat-vecs they feed → dead-node removal (the nine fusing passes only with
+//! [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
@@ -15,6 +16,7 @@ mod matmul_cat;
 mod norm_input;
 mod rope_pair;
 mod state_in_place;
+mod sum_norm;
 mod views;
 
 pub use attention_store::attention_store;
@@ -27,6 +29,7 @@ pub use matmul_cat::matmul_cat;
 pub use norm_input::norm_input;
 pub use rope_pair::rope_pair;
 pub use state_in_place::state_in_place;
+pub use sum_norm::sum_norm;
 pub use views::fold_views;
 
 use crate::graph::{Graph, Node, NodeId};
@@ -55,7 +58,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     };
     let g = legalize(&g);
     if opts.fuse {
-        let g = remove_dead(&fuse_elementwise(&g));
+        let g = remove_dead(&fuse_elementwise(&remove_dead(&sum_norm(&g))));
         let g = attention_store(&rope_pair(&matmul_cat(&g)));
         remove_dead(&norm_input(&epilogue(&matmul_add(&g))))
     } else {

@@ -35,7 +35,7 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
         }
     }
     let (kind, code) = match &xn.op {
-        Op::Fused(p) => (p.head?, &p.code[..]),
+        Op::Fused(p) if !matches!(p.head, Some(NormKind::Sum { .. })) => (p.head?, &p.code[..]),
         Op::RmsNorm { eps } => (NormKind::Rms { eps: *eps }, &[Instr::Load(0)][..]),
         Op::L2Norm { eps } => (NormKind::L2 { eps: *eps }, &[Instr::Load(0)][..]),
         _ => return None,

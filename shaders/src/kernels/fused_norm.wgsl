@@ -1,6 +1,7 @@
 // A row normalisation (rms or l2) of source 0 followed by an elementwise program; one
 // workgroup per row. Params as `elementwise` (source 0 dense with the output's shape), then
-// at 6 + 5·n_sources: eps (f32 bits), kind (0 rms, 1 l2).
+// at 6 + 5·n_sources: eps (f32 bits; the sum's floor for kind 2), kind (0 rms, 1 l2, 2 sum:
+// x / clamp(Σx, eps, max)), max (f32 bits).
 // The generated body (placeholder BODY) computes `v`; its loads of source 0 are multiplied by the row factor `f`.
 
 var<workgroup> red: array<f32, 64>;
@@ -16,12 +17,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let d = pu(5u);
     let rows = pu(0u) / d;
     let pe = 6u + 5u * {{NSRC}}u;
+    let kind = pu(pe + 1u);
     let base = pu(6u) + row * d;
     var acc = 0.0;
     if (row < rows) {
         for (var j = lid.x; j < d; j += 64u) {
             let x = ld0(base + j);
-            acc += x * x;
+            acc += select(x * x, x, kind == 2u);
         }
     }
     red[lid.x] = acc;
@@ -38,8 +40,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let ss = red[0];
     let eps = pf(pe);
     var f = 1.0 / sqrt(ss / f32(d) + eps);
-    if (pu(pe + 1u) == 1u) {
+    if (kind == 1u) {
         f = 1.0 / max(sqrt(ss), eps);
+    } else if (kind == 2u) {
+        f = 1.0 / clamp(ss, eps, pf(pe + 2u));
     }
     for (var j = lid.x; j < d; j += 64u) {
         let i = row * d + j;
