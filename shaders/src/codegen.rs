@@ -394,9 +394,12 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     }
     // mat-vecs: a row dot product per weight source (one for `matmul`, one per weight for
     // `matmul_cat`, which picks the weight by output column)
-    if matches!(k, Kernel::MatMul | Kernel::MatMulCat | Kernel::MatMulPair) {
+    if matches!(
+        k,
+        Kernel::MatMul | Kernel::MatMulCat | Kernel::MatMulPair | Kernel::MatMulId
+    ) {
         let weights = match k {
-            Kernel::MatMul => 1..2,
+            Kernel::MatMul | Kernel::MatMulId => 1..2,
             Kernel::MatMulPair => 1..3,
             _ => 1..spec.own_sources(),
         };

@@ -106,6 +106,7 @@ impl Kernel {
                 | Kernel::MatMulRows
                 | Kernel::MatMulCat
                 | Kernel::MatMulPair
+                | Kernel::MatMulId
                 | Kernel::SsmConv
                 | Kernel::SsmConvCached
                 | Kernel::SsmScan

@@ -322,6 +322,10 @@ fn variants_applying_epilogues() -> Vec<Spec> {
             Kernel::MatMulCat,
             vec![arena(DType::F32), ext(0, DType::F16), ext(1, DType::Q8_0)],
         ),
+        Spec::new(
+            Kernel::MatMulId,
+            vec![arena(DType::F32), ext(0, DType::Q4K), arena(DType::I32)],
+        ),
         Spec::new(Kernel::SsmConv, vec![arena(DType::F32), ext(0, DType::F32)]),
     ];
     let mut conv = Spec::new(

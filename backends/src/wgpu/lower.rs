@@ -267,7 +267,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 wd[0] as u32,
                 total as u32,
             ];
-            (Kernel::MatMulId, p, total as u32)
+            (Kernel::MatMulId, p, total.div_ceil(4) as u32)
         }
         Op::GetRows => {
             let (td, idd) = (dims(0), dims(1));

@@ -371,7 +371,15 @@ pub fn matmul_id(be: &mut dyn Backend) {
             let ids: Vec<i32> = (0..t * u).map(|i| ((i * 3 + 1) % e) as i32).collect();
             let it = c.ids("ids", &[t, u], ids.clone());
             let y = c.b.matmul_id(x, w, it).expect("matmul_id");
+            // with one row per expert, each output scaled by its routing weight (an epilogue)
+            let (y, rwn) = if xu == 2 {
+                let (rw, rwn) = c.input(&mut rg, "route", &[t, u, 1]);
+                (c.b.mul(y, rw).unwrap(), Some(rwn))
+            } else {
+                (y, None)
+            };
             c.output(y, "y");
+            assert_eq!(scheduled(c.b.graph(), true), ["mul_mat_id"]);
             let out = c.run(be);
             let xn = seen_activations(be, dtype, &xn);
             let mut want = Nd::zeros(&[t, u, n]);
@@ -381,7 +389,8 @@ pub fn matmul_id(be: &mut dyn Backend) {
                 let s: f64 = (0..k)
                     .map(|kk| xn.at(&[i[0], xr, kk]) * wn.at(&[ex, i[2], kk]))
                     .sum();
-                want.set(&i, s);
+                let scale = rwn.as_ref().map_or(1.0, |r| r.at(&[i[0], i[1], 0]));
+                want.set(&i, s * scale);
             }
             assert_close(&format!("matmul_id {dtype} xu={xu}"), &out[0], &want, TOL);
         }

@@ -3,7 +3,7 @@
 //! two. In decode this takes a conv's bias and activation, a projection's bias and softplus,
 //! and a scan's skip connection and gate.
 //!
-//! Only ops whose kernels apply epilogues carry them: matmuls, convs, and scans on their
+//! Only ops whose kernels apply epilogues carry them: matmuls (experts' too), convs, and scans on their
 //! state cache (whose output is `y` alone). The merged node stands where the elementwise node
 //! was, after all of its sources. An op with an epilogue takes its own reader's program too,
 //! composed after the first (Mamba2's skip, then its gate through a reshape).
@@ -20,7 +20,7 @@ pub const MAX_EPILOGUE_SOURCES: usize = 4;
 fn carries_epilogue(n: &Node) -> Option<usize> {
     let (op, own) = n.op.core(n.srcs.len());
     let ok = match (&n.op, op) {
-        (_, Op::MatMul | Op::SsmConv) => true,
+        (_, Op::MatMul | Op::MatMulId | Op::SsmConv) => true,
         (_, Op::SsmScan) => own == 7,
         (Op::Epilogue(e), Op::MatMulCat) => e.pair,
         _ => false,

@@ -1,12 +1,15 @@
-// Mixture-of-experts product: out[t, u, n] = x[t, u or 0] · w[ids[t, u], n]; one workgroup per
-// output element. Sources: 0 x (dense F32), 1 w (any dtype), 2 ids (I32).
+// Mixture-of-experts product: out[t, u, n] = x[t, u or 0] · w[ids[t, u], n]. As `matmul`: 4
+// outputs per 128-thread workgroup, T = 32 threads each, the expert's weight row read a chunk
+// at a time (`row_dot1`); results go through `epi` (an expert's routing weight, say).
+// Sources: 0 x (dense F32), 1 w [E, N, K] (any dtype), 2 ids (I32).
 // Params: 0 U, 1 N, 2 K, 3 x_off, 4 w_off, 5 ids_off, 6 out_off, 7 XU (1 or U), 8 E, 9 total.
 
-var<workgroup> red: array<f32, 64>;
+var<workgroup> red: array<f32, 128>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = wid.y * nwg.x + wid.x;
+    let g = (wid.y * nwg.x + wid.x) * (128u / T) + lid.x / T;
+    let lane = lid.x % T;
     let n_ = pu(1u);
     let k_ = pu(2u);
     let n = g % n_;
@@ -18,19 +21,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let e = u32(clamp(ldi2(pu(5u) + tu), 0, i32(pu(8u)) - 1));
         let xrow = pu(3u) + (t * pu(7u) + select(u, 0u, pu(7u) == 1u)) * k_;
         let wrow = pu(4u) + (e * n_ + n) * k_;
-        for (var k = lid.x; k < k_; k += 64u) {
-            acc += ld0(xrow + k) * ld1(wrow + k);
-        }
+        acc = row_dot1(wrow, xrow, lane);
     }
     red[lid.x] = acc;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (lid.x < s) {
+    for (var s = T / 2u; s > 0u; s >>= 1u) {
+        if (lane < s) {
             red[lid.x] += red[lid.x + s];
         }
         workgroupBarrier();
     }
-    if (lid.x == 0u && g < pu(9u)) {
-        st(pu(6u) + g, red[0]);
+    if (lane == 0u && g < pu(9u)) {
+        st(pu(6u) + g, epi(g, red[lid.x]));
     }
 }
