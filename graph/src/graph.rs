@@ -103,6 +103,15 @@ impl Graph {
             .find(|&i| matches!(&self.node(i).op, Op::Input { name: n } if n == name))
     }
 
+    /// For every node, whether it is one of the graph's outputs.
+    pub fn output_mask(&self) -> Vec<bool> {
+        let mut m = vec![false; self.nodes.len()];
+        for (_, id) in &self.outputs {
+            m[id.index()] = true;
+        }
+        m
+    }
+
     /// Consumers of every node (each consumer listed once per source slot).
     pub fn consumers(&self) -> Vec<Vec<NodeId>> {
         let mut out = vec![Vec::new(); self.nodes.len()];

@@ -176,25 +176,10 @@ fn variants() -> Vec<Spec> {
     ));
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanRows, vec![arena(DType::F32); 6]));
-    let mut s = Spec::new(
-        Kernel::SsmConvCached,
-        vec![
-            ext(0, DType::F32),
-            arena(DType::F32),
-            arena(DType::F32),
-            arena(DType::I32),
-        ],
-    );
-    s.store = Some((0, DType::F32));
-    v.push(s);
+    v.push(conv_in_cache());
     // the state read and written in its cache, rows picked by slots
     for k in [Kernel::SsmScan, Kernel::SsmScanRows, Kernel::GatedDeltaNet] {
-        let mut srcs = vec![ext(0, DType::F32)];
-        srcs.extend([arena(DType::F32); 5]);
-        srcs.push(arena(DType::I32));
-        let mut s = Spec::new(k, srcs);
-        s.store = Some((0, DType::F32));
-        v.push(s);
+        v.push(state_in_cache(k));
     }
     v.push(Spec::new(Kernel::GatedDeltaNet, vec![arena(DType::F32); 6]));
     // epilogues: every kernel that applies one, with a source in the arena and a weight; and
@@ -310,6 +295,31 @@ fn variants() -> Vec<Spec> {
     v
 }
 
+/// The conv step on its window in a cache (binding 0, written).
+fn conv_in_cache() -> Spec {
+    let mut s = Spec::new(
+        Kernel::SsmConvCached,
+        vec![
+            ext(0, DType::F32),
+            arena(DType::F32),
+            arena(DType::F32),
+            arena(DType::I32),
+        ],
+    );
+    s.store = Some((0, DType::F32));
+    s
+}
+
+/// A scan or delta rule on its state in a cache (binding 0, written), rows picked by slots.
+fn state_in_cache(k: Kernel) -> Spec {
+    let mut srcs = vec![ext(0, DType::F32)];
+    srcs.extend([arena(DType::F32); 5]);
+    srcs.push(arena(DType::I32));
+    let mut s = Spec::new(k, srcs);
+    s.store = Some((0, DType::F32));
+    s
+}
+
 /// One spec of each kernel that applies epilogues, without one.
 fn variants_applying_epilogues() -> Vec<Spec> {
     let mut v = vec![
@@ -328,25 +338,8 @@ fn variants_applying_epilogues() -> Vec<Spec> {
         ),
         Spec::new(Kernel::SsmConv, vec![arena(DType::F32), ext(0, DType::F32)]),
     ];
-    let mut conv = Spec::new(
-        Kernel::SsmConvCached,
-        vec![
-            ext(0, DType::F32),
-            arena(DType::F32),
-            arena(DType::F32),
-            arena(DType::I32),
-        ],
-    );
-    conv.store = Some((0, DType::F32));
-    v.push(conv);
-    for k in [Kernel::SsmScan, Kernel::SsmScanRows] {
-        let mut srcs = vec![ext(0, DType::F32)];
-        srcs.extend([arena(DType::F32); 5]);
-        srcs.push(arena(DType::I32));
-        let mut s = Spec::new(k, srcs);
-        s.store = Some((0, DType::F32));
-        v.push(s);
-    }
+    v.push(conv_in_cache());
+    v.extend([Kernel::SsmScan, Kernel::SsmScanRows].map(state_in_cache));
     assert!(Kernel::ALL.iter().all(|k| {
         k.applies_epilogue() == (v.iter().any(|s| s.kernel == *k) || *k == Kernel::MatMulPair)
     }));

@@ -81,10 +81,7 @@ fn fold(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], a: NodeId) -> 
 
 pub fn attention_store(g: &Graph) -> Graph {
     let consumers = g.consumers();
-    let mut is_output = vec![false; g.len()];
-    for (_, id) in &g.outputs {
-        is_output[id.index()] = true;
-    }
+    let is_output = g.output_mask();
     let mut folds: Vec<Option<Fold>> = g.ids().map(|_| None).collect();
     let mut dropped = vec![false; g.len()];
     for id in g.ids() {

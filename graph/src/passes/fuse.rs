@@ -72,10 +72,7 @@ pub fn fuse_elementwise(g: &Graph) -> Graph {
             distinct[i] = None;
         }
     }
-    let mut is_output = vec![false; n];
-    for (_, id) in &g.outputs {
-        is_output[id.index()] = true;
-    }
+    let is_output = g.output_mask();
     let ctx = Ctx {
         g,
         distinct_consumer: distinct,

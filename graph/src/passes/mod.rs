@@ -66,6 +66,18 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     }
 }
 
+/// The ops left after [`optimize`], described, inputs and views left out (for the passes'
+/// tests).
+#[cfg(test)]
+pub(crate) fn described(g: &Graph) -> Vec<String> {
+    let g = optimize(g, PassOptions::default());
+    g.ids()
+        .map(|i| &g.node(i).op)
+        .filter(|op| !matches!(op, crate::op::Op::Input { .. } | crate::op::Op::View))
+        .map(|op| op.describe())
+        .collect()
+}
+
 /// Builds a new graph from an old one, node by node, remapping sources and outputs.
 pub(crate) struct Rewriter<'a> {
     pub old: &'a Graph,
