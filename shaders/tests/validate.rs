@@ -160,6 +160,11 @@ fn variants() -> Vec<Spec> {
             ],
         );
         s.aliases = vec![("ldmask", 3), ("ldgate", 4)];
+        v.push(s.clone());
+        // decode attention writing the new key and value into its caches
+        s.sources.extend([arena(DType::F32), arena(DType::I32)]);
+        s.aliases = vec![("ldmask", 3), ("ldkn", 4), ("ldvn", 5), ("ldidx", 6)];
+        s.puts = vec![(0, kv), (1, kv)];
         v.push(s);
         v.push(Spec::new(
             Kernel::Attention,
@@ -261,24 +266,6 @@ fn variants() -> Vec<Spec> {
                 pair: true,
             });
         }
-        v.push(s);
-    }
-    // decode attention writing the new key and value into its caches
-    for kv in FLOATS {
-        let mut s = Spec::new(
-            Kernel::Attention,
-            vec![
-                arena(DType::F32),
-                ext(0, kv),
-                ext(1, kv),
-                arena(DType::F32),
-                arena(DType::F32),
-                arena(DType::F32),
-                arena(DType::I32),
-            ],
-        );
-        s.aliases = vec![("ldmask", 3), ("ldkn", 4), ("ldvn", 5), ("ldidx", 6)];
-        s.puts = vec![(0, kv), (1, kv)];
         v.push(s);
     }
     v.push(Spec::new(Kernel::TopK, vec![arena(DType::F32)]));
