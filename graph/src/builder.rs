@@ -717,6 +717,7 @@ impl GraphBuilder {
             masked: mask.is_some(),
             gated: gate.is_some(),
             stores: false,
+            rope: None,
         };
         self.push_new(op, &srcs, &[t, hq, dv], DType::F32)
     }

@@ -348,12 +348,16 @@ pub enum Op {
     /// and `v` are windows of the KV caches and three sources follow: `k_new [1, Hkv·D]`,
     /// `v_new [1, Hkv·Dv]` and `idx [1] I32`. The op first writes the new key and value into
     /// row `idx[0]` of the caches (in their dtype), then attends over the windows.
+    ///
+    /// With `rope` as well (made by the `rope_attention` pass), a last source `pos [1] I32`
+    /// follows, and `q` and `k_new` are rotated at that position first (as [`Op::Rope`] would).
     Attention {
         scale: f32,
         causal: bool,
         masked: bool,
         gated: bool,
         stores: bool,
+        rope: Option<RopeParams>,
     },
     /// `[a, b]` joined along `dim`.
     Concat {

@@ -29,6 +29,20 @@ fn sti(i: u32, v: i32) { arena[i] = bitcast<u32>(v); }
 fn sigmoid_(x: f32) -> f32 { return 1.0 / (1.0 + exp(min(-x, 80.0))); }
 fn log1p_(u: f32) -> f32 { let v = 1.0 + u; if (v == 1.0) { return u; } return log(v) * u / (v - 1.0); }
 fn softplus_(x: f32) -> f32 { if (x > 20.0) { return x; } return log1p_(exp(x)); }
+// rotary embedding of dim d of a head whose first nd dims rotate (mode 0 normal: pairs
+// (2i, 2i+1); 1 neox: (i, i + nd/2)): the pair i, whether d is its first, and d's partner
+fn rope_slot(d: u32, nd: u32, mode: u32) -> vec3<u32> {
+    if (mode == 0u) { let first = (d % 2u) == 0u; return vec3<u32>(d / 2u, u32(first), select(d - 1u, d + 1u, first)); }
+    let half = nd / 2u; let first = d < half;
+    return vec3<u32>(select(d - half, d, first), u32(first), select(d - half, d + half, first));
+}
+// x rotated with its partner y by angle theta
+fn rope_rotate(x: f32, y: f32, first: bool, theta: f32) -> f32 {
+    let a = theta - 6.2831853 * round(theta / 6.2831853);
+    let c = cos(a); let s = sin(a);
+    if (first) { return x * c - y * s; }
+    return y * s + x * c;
+}
 ";
 
 fn lit(x: f32) -> String {
@@ -332,7 +346,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         let _ = writeln!(out, "fn {name}(i: u32) -> f32 {{ return ld{src}(i); }}");
     }
     // kernels that read optional sources see harmless stand-ins when those are absent
-    for name in ["ldmask", "ldgate", "ldkn", "ldvn", "ldidx"] {
+    for name in ["ldmask", "ldgate", "ldkn", "ldvn", "ldidx", "ldpos"] {
         if matches!(k, Kernel::Attention | Kernel::SoftMax)
             && !spec.aliases.iter().any(|(n, _)| *n == name)
         {

@@ -221,16 +221,13 @@ impl CpuBackend {
             let node = g.node(id);
             if matches!(node.op, Op::StoreRows) {
                 let s = &node.srcs;
-                self.write_rows(plan, &prog.arena, s[0], s[1], s[2], &node.name)?;
+                let src = self
+                    .tensor_ref(g, plan, &prog.arena, s[1])?
+                    .f32()
+                    .into_owned();
+                self.write_rows(plan, &prog.arena, s[0], &src, s[2], &node.name)?;
             } else if let Op::Attention { stores: true, .. } = node.op {
-                // the new key and value into their caches first (see `Op::Attention`)
-                let s = &node.srcs;
-                let n = s.len();
-                for (cache, new) in [(s[1], s[n - 3]), (s[2], s[n - 2])] {
-                    let cache = g.storage_of(cache);
-                    self.write_rows(plan, &prog.arena, cache, new, s[n - 1], &node.name)?;
-                }
-                self.run_node(plan, &mut prog.arena, id, &s[..n - 3])?;
+                self.attention_in_cache(plan, &mut prog.arena, id)?;
             } else if g.has_side_effect(id) {
                 self.state_op_in_cache(plan, &mut prog.arena, id)?;
             } else {
@@ -272,16 +269,35 @@ impl CpuBackend {
         id: NodeId,
         srcs: &[NodeId],
     ) -> Result<()> {
+        self.run_node_with(plan, arena, id, srcs, None)
+    }
+
+    /// [`Self::run_node`], source 0's values replaced by `first` (dense, its shape) if given.
+    fn run_node_with(
+        &mut self,
+        plan: &Plan,
+        arena: &mut AlignedBytes,
+        id: NodeId,
+        srcs: &[NodeId],
+        first: Option<&[f32]>,
+    ) -> Result<()> {
         let g = &plan.graph;
         let node = g.node(id);
         let bytes = node.dtype.bytes_for(node.numel()).unwrap_or(0);
         if self.scratch.len() < bytes {
             self.scratch = AlignedBytes::zeroed(bytes);
         }
-        let srcs: Vec<TensorRef> = srcs
+        let mut srcs: Vec<TensorRef> = srcs
             .iter()
             .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
             .collect::<Result<_>>()?;
+        if let (Some(v), Some(s0)) = (first, srcs.first_mut()) {
+            *s0 = TensorRef {
+                bytes: bytemuck::cast_slice(v),
+                layout: Layout::contiguous(s0.layout.shape),
+                dtype: DType::F32,
+            };
+        }
         let out = &mut self.scratch.bytes_mut()[..bytes];
         execute(g, id, &srcs, out)?;
         let off = plan.slots[id.index()].map_or(0, |s| s.offset);
@@ -363,6 +379,53 @@ impl CpuBackend {
         Ok(())
     }
 
+    /// Decode's attention with `stores` (see `Op::Attention`): q and the new key rotated when it
+    /// ropes, the new key and value written into their caches, then the attention over them.
+    fn attention_in_cache(
+        &mut self,
+        plan: &Plan,
+        arena: &mut AlignedBytes,
+        id: NodeId,
+    ) -> Result<()> {
+        let g = &plan.graph;
+        let node = g.node(id);
+        let Op::Attention { rope, .. } = node.op else {
+            unreachable!("called for attention nodes")
+        };
+        let s = &node.srcs;
+        let n = s.len() - rope.is_some() as usize;
+        let (k_new, v_new, idx) = (s[n - 3], s[n - 2], s[n - 1]);
+        let k = self.tensor_ref(g, plan, arena, k_new)?;
+        let mut k_vals = k.f32().into_owned();
+        let mut q_vals = None;
+        if let Some(p) = rope {
+            let pos = self.tensor_ref(g, plan, arena, s[n])?;
+            let q = self.tensor_ref(g, plan, arena, s[0])?;
+            let mut qv = vec![0.0; q.numel()];
+            attention::rope(&q, &pos, p, &mut qv);
+            // the new key as its heads [1, Hkv, D]
+            let d = q.dims()[2];
+            let heads = weft_graph::Shape::new(&[1, k_vals.len() / d, d]).ok_or_else(|| {
+                BackendError::Device(format!("{}: the new key is not whole heads", node.name))
+            })?;
+            let k3 = TensorRef {
+                layout: Layout {
+                    offset: k.layout.offset,
+                    ..Layout::contiguous(heads)
+                },
+                ..k
+            };
+            attention::rope(&k3, &pos, p, &mut k_vals);
+            q_vals = Some(qv);
+        }
+        let v_vals = self.tensor_ref(g, plan, arena, v_new)?.f32().into_owned();
+        for (cache, vals) in [(s[1], &k_vals), (s[2], &v_vals)] {
+            let cache = g.storage_of(cache);
+            self.write_rows(plan, arena, cache, vals, idx, &node.name)?;
+        }
+        self.run_node_with(plan, arena, id, &s[..n - 3], q_vals.as_deref())
+    }
+
     /// `dst[idx[i]] = src[i]` for the rows of `src`, `dst` being a cache `[R, D]` (or a view of
     /// one): `store_rows`, and the cache writes of an attention with `stores`.
     fn write_rows(
@@ -370,12 +433,11 @@ impl CpuBackend {
         plan: &Plan,
         arena: &AlignedBytes,
         dst: NodeId,
-        src: NodeId,
+        src: &[f32],
         idx: NodeId,
         name: &str,
     ) -> Result<()> {
         let g = &plan.graph;
-        let src = self.tensor_ref(g, plan, arena, src)?.f32().into_owned();
         let idx = self.tensor_ref(g, plan, arena, idx)?.i32().into_owned();
         let Home::External(buf) = home(g, plan, dst) else {
             return Err(BackendError::Device(format!(

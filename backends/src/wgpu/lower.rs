@@ -337,11 +337,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 po,
                 c.out(),
             ];
-            for i in 0..r.n_dims / 2 {
-                let inv = r.freq_scale as f64
-                    * (r.freq_base as f64).powf(-(2.0 * i as f64) / r.n_dims as f64);
-                p.push(f(inv as f32));
-            }
+            p.extend(rope_freqs(r));
             (Kernel::Rope, p, threads(total))
         }
         Op::Attention {
@@ -350,10 +346,14 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             masked,
             gated,
             stores,
+            rope,
         } => {
             let (qd, kd, vd) = (dims(0), dims(1), dims(2));
-            if vd[2] > 256 {
-                return Err(c.fail(format!("value heads of {} dims (at most 256)", vd[2])));
+            if vd[2] > 256 || qd[2] > 256 {
+                return Err(c.fail(format!(
+                    "heads of {} and {} dims (at most 256)",
+                    qd[2], vd[2]
+                )));
             }
             let (qo, ko, vo) = (c.src(s[0]), c.src(s[1]), c.src(s[2]));
             let mut mo = 0;
@@ -371,8 +371,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             // with stores, the new key and value, their row, and the caches written a word at a
             // time (both are sources 1 and 2, views of the caches from row 0)
             let mut store_words = [0u32; 4];
+            // (with rope, the position comes last)
+            let n = s.len() - rope.is_some() as usize;
             if *stores {
-                let n = s.len();
                 store_words[0] = 1;
                 for (j, alias) in ["ldkn", "ldvn", "ldidx"].into_iter().enumerate() {
                     aliases.push((alias, c.sources.len()));
@@ -404,6 +405,17 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 c.out(),
             ];
             p.extend(store_words);
+            // q and the new key rotated as they are loaded
+            match rope {
+                Some(r) => {
+                    aliases.push(("ldpos", c.sources.len()));
+                    let po = c.src(s[n]);
+                    let mode = (r.mode == RopeMode::Neox) as u32;
+                    p.extend([1, mode, r.n_dims as u32, po]);
+                    p.extend(rope_freqs(r));
+                }
+                None => p.extend([0; 4]),
+            }
             (Kernel::Attention, p, (qd[0] * qd[1]) as u32)
         }
         Op::Concat { dim } => {
@@ -645,6 +657,18 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
         groups,
         externals: c.externals,
     })
+}
+
+/// The inverse frequencies of a rotary embedding's pairs (f32 bits, freq_scale applied;
+/// computed in f64).
+fn rope_freqs(r: &weft_graph::RopeParams) -> Vec<u32> {
+    (0..r.n_dims / 2)
+        .map(|i| {
+            let inv = r.freq_scale as f64
+                * (r.freq_base as f64).powf(-(2.0 * i as f64) / r.n_dims as f64);
+            f(inv as f32)
+        })
+        .collect()
 }
 
 /// Workgroups of a `matmul` or `matmul_rows` dispatch from its parameters: `matmul` takes 4

@@ -1384,21 +1384,32 @@ fn rounded(dtype: DType, v: f32) -> f32 {
     }
 }
 
+/// How the attention case gets its query and new key: as given, rotated by one rope over both
+/// (q's and k's heads side by side, as after `rope_pair`), or by a rope each.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum QkRope {
+    None,
+    Merged(RopeMode),
+    Separate(RopeMode),
+}
+
 /// A decode step's attention layer — the new key and value stored into row `idx` of their
 /// caches, then attention over the caches' windows — runs as one attention that writes the
-/// caches (`attention_store`). Fused and unfused plans match the reference, and leave the same
-/// caches behind, for F32, F16 and BF16 caches, with and without an output gate.
+/// caches (`attention_store`), and that rotates q and the new key itself when a rope makes them
+/// (`rope_attention`). Fused and unfused plans match the reference, and leave the same caches
+/// behind, for F32, F16 and BF16 caches, with and without an output gate, normal and NeoX
+/// ropes over part of each head.
 pub fn attention_kv_store(be: &mut dyn Backend) {
     let mut rg = rng(43);
-    for (kv_dtype, gated) in [
-        (DType::F32, false),
-        (DType::F16, true),
-        (DType::BF16, false),
+    for (kv_dtype, gated, qk) in [
+        (DType::F32, false, QkRope::None),
+        (DType::F16, true, QkRope::Merged(RopeMode::Normal)),
+        (DType::BF16, false, QkRope::Separate(RopeMode::Neox)),
+        (DType::F32, false, QkRope::Merged(RopeMode::Neox)),
     ] {
         let (cells, n_kv, hq, hkv, d, dv, row) = (9, 6, 4, 2, 8, 6, 4);
         let mut c = Case::new();
-        let (q, qn) = c.input(&mut rg, "q", &[1, hq, d]);
-        let (kn_new, knn) = c.input(&mut rg, "k_new", &[1, hkv * d]);
+        let (q, qn, kn_new, knn) = qk_case(&mut c, &mut rg, qk, [hq, hkv, d]);
         let (vn_new, vnn) = c.input(&mut rg, "v_new", &[1, hkv * dv]);
         let kinit = randn(&mut rg, cells * hkv * d);
         let vinit = randn(&mut rg, cells * hkv * dv);
@@ -1500,21 +1511,24 @@ pub fn attention_kv_store(be: &mut dyn Backend) {
             let out = run_graph(be, &g, opts, &inputs);
             let what = format!("attention + kv store {kv_dtype} (fuse {fuse})");
             assert_close(&what, &out[0], &want, TOL);
-            check_caches(
-                be,
-                kv_dtype,
-                [(bufs[0], &want_k), (bufs[1], &want_v)],
-                &what,
-            );
+            // (a rotated key is computed, so it matches to rounding; a copied one exactly)
+            let tol = match (qk, kv_dtype) {
+                (QkRope::None, _) => 0.0,
+                (_, DType::F32) => TOL,
+                _ => 1e-3,
+            };
+            let caches = [(bufs[0], &want_k), (bufs[1], &want_v)];
+            check_caches(be, kv_dtype, caches, tol, &what);
         }
     }
 }
 
-/// Downloads each cache and compares it with its reference exactly.
+/// Downloads each cache and compares it with its reference (within `tol`).
 fn check_caches(
     be: &mut dyn Backend,
     kv_dtype: DType,
     caches: [(weft_graph::BufferId, &Nd); 2],
+    tol: f64,
     what: &str,
 ) {
     for (buf, want) in caches {
@@ -1537,7 +1551,7 @@ fn check_caches(
             shape: weft_graph::Shape::new(&want.dims).unwrap(),
             data: OutputData::F32(got),
         };
-        assert_close(&format!("{what}: cache"), &got, want, 0.0);
+        assert_close(&format!("{what}: cache"), &got, want, tol);
     }
 }
 
@@ -1680,4 +1694,53 @@ pub fn sum_norm(be: &mut dyn Backend) {
         }
     }
     assert_close("sum_norm", &out[0], &want, TOL);
+}
+
+/// The query `[1, Hq, D]` and new key `[1, Hkv·D]` of an attention case, built as `qk` says
+/// (rotating 6 of the 8 dims of each head at position 5), with the values they take.
+fn qk_case(
+    c: &mut Case,
+    rg: &mut rand::rngs::StdRng,
+    qk: QkRope,
+    [hq, hkv, d]: [usize; 3],
+) -> (Tensor, Nd, Tensor, Nd) {
+    let p = |mode| RopeParams {
+        n_dims: 6,
+        mode,
+        freq_base: 500.0,
+        freq_scale: 0.5,
+    };
+    let rotate = |x: &Nd, mode| r::rope(x, &[5], 6, mode == RopeMode::Neox, 500.0, 0.5);
+    let flat = |mut k: Nd| {
+        k.dims = vec![1, hkv * d];
+        k
+    };
+    match qk {
+        QkRope::None => {
+            let (q, qn) = c.input(rg, "q", &[1, hq, d]);
+            let (k, kn) = c.input(rg, "k_new", &[1, hkv * d]);
+            (q, qn, k, kn)
+        }
+        QkRope::Merged(mode) => {
+            let (x, xn) = c.input(rg, "qk", &[1, hq + hkv, d]);
+            let pos = c.ids("pos", &[1], vec![5]);
+            let r = c.b.rope(x, pos, p(mode)).unwrap();
+            let q = c.b.slice(r, 1, 0, hq).unwrap();
+            let k = c.b.slice(r, 1, hq, hkv).unwrap();
+            let k = c.b.reshape(k, &[1, hkv * d]).unwrap();
+            let rn = rotate(&xn, mode);
+            let qn = Nd::new(&[1, hq, d], rn.data[..hq * d].to_vec());
+            let kn = Nd::new(&[1, hkv * d], rn.data[hq * d..].to_vec());
+            (q, qn, k, kn)
+        }
+        QkRope::Separate(mode) => {
+            let (q, qn) = c.input(rg, "q", &[1, hq, d]);
+            let (k, kn) = c.input(rg, "k", &[1, hkv, d]);
+            let pos = c.ids("pos", &[1], vec![5]);
+            let q = c.b.rope(q, pos, p(mode)).unwrap();
+            let k = c.b.rope(k, pos, p(mode)).unwrap();
+            let k = c.b.reshape(k, &[1, hkv * d]).unwrap();
+            (q, rotate(&qn, mode), k, flat(rotate(&kn, mode)))
+        }
+    }
 }

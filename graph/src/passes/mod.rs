@@ -1,10 +1,10 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
 //! dead-node removal → view folding → recurrent state in place → legalization → weights
 //! renormalised by their sum as one kernel → elementwise fusion → mat-vecs sharing an input
-//! into one → ropes of adjacent heads into one → KV cache writes into decode attention →
-//! residual adds into matmuls → elementwise epilogues into their producers → row norms into
-//! the mat-vecs they feed → dead-node removal (the nine fusing passes only with
-//! [`PassOptions::fuse`]).
+//! into one → ropes of adjacent heads into one → KV cache writes, then the ropes of q and the
+//! new key, into decode attention → residual adds into matmuls → elementwise epilogues into
+//! their producers → row norms into the mat-vecs they feed → dead-node removal (the ten fusing
+//! passes only with [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
@@ -14,6 +14,7 @@ mod legalize;
 mod matmul_add;
 mod matmul_cat;
 mod norm_input;
+mod rope_attention;
 mod rope_pair;
 mod state_in_place;
 mod sum_norm;
@@ -27,6 +28,7 @@ pub use legalize::legalize;
 pub use matmul_add::matmul_add;
 pub use matmul_cat::matmul_cat;
 pub use norm_input::norm_input;
+pub use rope_attention::rope_attention;
 pub use rope_pair::rope_pair;
 pub use state_in_place::state_in_place;
 pub use sum_norm::sum_norm;
@@ -59,7 +61,9 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     let g = legalize(&g);
     if opts.fuse {
         let g = remove_dead(&fuse_elementwise(&remove_dead(&sum_norm(&g))));
-        let g = attention_store(&rope_pair(&matmul_cat(&g)));
+        // (the merging passes leave dead readers behind, which would look like readers)
+        let g = remove_dead(&attention_store(&rope_pair(&matmul_cat(&g))));
+        let g = rope_attention(&g);
         remove_dead(&norm_input(&epilogue(&matmul_add(&g))))
     } else {
         g

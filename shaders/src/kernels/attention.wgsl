@@ -7,11 +7,34 @@
 // (rounded as the caches hold them, `rnd0`, `rnd1`), and
 // the first workgroup of each KV head writes them into the caches (`put0`, `put1`), so no
 // workgroup reads a cache row that another writes.
-// Params: 0 T, 1 Hq, 2 D, 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32 bits), 7 causal, 8 masked,
-// 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off, 16 stores,
-// 17 k_new_off, 18 v_new_off, 19 idx_off.
+// With rope as well, q and the new key are rotated at position `ldpos` as they are loaded.
+// The query row (and the new key's head) sit in workgroup memory for the whole kernel.
+// Params: 0 T, 1 Hq, 2 D (at most 256), 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32 bits), 7 causal,
+// 8 masked, 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off,
+// 16 stores, 17 k_new_off, 18 v_new_off, 19 idx_off, 20 rope, 21 rope mode (0 normal, 1 neox),
+// 22 rotated dims, 23 pos_off, 24.. inverse frequencies (f32 bits).
 
 var<workgroup> sc: array<f32, 64>;
+var<workgroup> qs: array<f32, 256>;
+var<workgroup> kns: array<f32, 256>;
+
+// Dim e of a head whose values are x (at e) and y (at e's partner), rotated at `pos` when the
+// kernel ropes.
+fn rotated(x: f32, y: f32, e: u32, pos: f32) -> f32 {
+    if (pu(20u) == 0u || e >= pu(22u)) {
+        return x;
+    }
+    let r = rope_slot(e, pu(22u), pu(21u));
+    return rope_rotate(x, y, r.y == 1u, pos * pf(24u + r.x));
+}
+
+// The dim e's value pairs with when the kernel ropes (else e itself).
+fn partner(e: u32) -> u32 {
+    if (pu(20u) == 0u || e >= pu(22u)) {
+        return e;
+    }
+    return rope_slot(e, pu(22u), pu(21u)).z;
+}
 
 const NEG: f32 = -3.0e38;
 
@@ -32,13 +55,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         limit = t + tk - pu(0u);
     }
     let qrow = pu(10u) + (t * hq + h) * d;
+    let knrow = pu(17u) + kh * d;
+    let pos = ldpos(pu(23u));
+    if (ok) {
+        for (var e = lid.x; e < d; e += 64u) {
+            qs[e] = rotated(ld0(qrow + e), ld0(qrow + partner(e)), e, pos);
+            kns[e] = rotated(ldkn(knrow + e), ldkn(knrow + partner(e)), e, pos);
+        }
+    }
+    workgroupBarrier();
     var fresh = 0xffffffffu;
     if (pu(16u) == 1u) {
         fresh = u32(ldidx(pu(19u)));
         if (ok && h % (hq / hkv) == 0u) {
             for (var e = 2u * lid.x; e < d; e += 128u) {
-                let at = pu(17u) + kh * d + e;
-                put0(pu(11u) + fresh * hkv * d + kh * d + e, ldkn(at), ldkn(at + 1u));
+                put0(pu(11u) + fresh * hkv * d + kh * d + e, kns[e], kns[e + 1u]);
             }
             for (var e = 2u * lid.x; e < dv; e += 128u) {
                 let at = pu(18u) + kh * dv + e;
@@ -55,14 +86,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         if (ok && j < tk && j <= limit) {
             var dot = 0.0;
             if (j == fresh) {
-                let krow = pu(17u) + kh * d;
                 for (var e = 0u; e < d; e++) {
-                    dot += ld0(qrow + e) * rnd0(ldkn(krow + e));
+                    dot += qs[e] * rnd0(kns[e]);
                 }
             } else {
                 let krow = pu(11u) + (j * hkv + kh) * d;
                 for (var e = 0u; e < d; e++) {
-                    dot += ld0(qrow + e) * ld1(krow + e);
+                    dot += qs[e] * ld1(krow + e);
                 }
             }
             s = dot * pf(6u);

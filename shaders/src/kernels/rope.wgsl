@@ -5,8 +5,6 @@
 // 7 out_off, 8.. inverse frequencies (f32 bits, freq_scale applied; computed on the host in
 // f64).
 
-const TWO_PI: f32 = 6.2831853;
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = (wid.y * nwg.x + wid.x) * 64u + lid.x;
@@ -23,30 +21,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         st(pu(7u) + i, ld0(base + d));
         return;
     }
-    var p: u32;
-    var first: bool;
-    var partner: u32;
-    if (pu(4u) == 0u) {
-        p = d / 2u;
-        first = (d % 2u) == 0u;
-        partner = select(d - 1u, d + 1u, first);
-    } else {
-        let half = nd / 2u;
-        first = d < half;
-        p = select(d - half, d, first);
-        partner = select(d - half, d + half, first);
-    }
-    let theta = f32(ldi1(pu(6u) + t)) * pf(8u + p);
-    let a = theta - TWO_PI * round(theta / TWO_PI);
-    let c = cos(a);
-    let s = sin(a);
-    let x = ld0(base + d);
-    let y = ld0(base + partner);
-    var o: f32;
-    if (first) {
-        o = x * c - y * s;
-    } else {
-        o = y * s + x * c;
-    }
-    st(pu(7u) + i, o);
+    let r = rope_slot(d, nd, pu(4u));
+    let theta = f32(ldi1(pu(6u) + t)) * pf(8u + r.x);
+    st(pu(7u) + i, rope_rotate(ld0(base + d), ld0(base + r.z), r.y == 1u, theta));
 }
