@@ -1272,6 +1272,35 @@ pub fn epilogues(be: &mut dyn Backend) {
             TOL,
         );
     }
+    // elementwise sources of an epilogue run inside it: a gate's sigmoid, and a sum of two
+    // expert rows read through a reshape (a shared expert's down projection in a mixture)
+    {
+        let (k, n) = (64, 12);
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[1, k]);
+        let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, k], DType::F16);
+        let (r, rn) = c.input(&mut rg, "r", &[1, n]);
+        let (e, en) = c.input(&mut rg, "e", &[1, 2, n]);
+        let (gi, gn) = c.input(&mut rg, "g", &[1, 1]);
+        let e0 = c.b.slice(e, 1, 0, 1).unwrap();
+        let e1 = c.b.slice(e, 1, 1, 1).unwrap();
+        let sum = c.b.add(e0, e1).unwrap();
+        let sum = c.b.reshape(sum, &[1, n]).unwrap();
+        let gate = c.b.sigmoid(gi).unwrap();
+        let y = c.b.matmul(x, w).unwrap();
+        let y = c.b.mul(y, gate).unwrap();
+        let y = c.b.add(y, sum).unwrap();
+        let y = c.b.add(y, r).unwrap();
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"]);
+        let out = c.run(be);
+        let mut want = r::matmul(&xn, &wn);
+        let g = r::sigmoid(gn.data[0]);
+        for (j, o) in want.data.iter_mut().enumerate() {
+            *o = *o * g + en.data[j] + en.data[n + j] + rn.data[j];
+        }
+        assert_close("mul_mat + inlined sources", &out[0], &want, TOL);
+    }
     // conv + bias + silu, the window given and the window in its cache
     {
         let (s, k, t, ch) = (2, 4, 3, 6);

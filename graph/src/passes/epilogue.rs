@@ -9,12 +9,13 @@
 //! composed after the first (Mamba2's skip, then its gate through a reshape).
 
 use super::Rewriter;
+use super::epilogue_inputs::{MAX_EXTERNALS, externals};
 use crate::dtype::DType;
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{Epilogue, FusedProgram, Instr, Op};
 
 /// Most sources an epilogue reads besides the op's result.
-pub const MAX_EPILOGUE_SOURCES: usize = 4;
+pub const MAX_EPILOGUE_SOURCES: usize = 8;
 
 /// The number of epilogue sources `n` already reads, when it can take (another) epilogue.
 fn carries_epilogue(n: &Node) -> Option<usize> {
@@ -69,7 +70,7 @@ fn compose(
 }
 
 /// The program of an elementwise node without a row-normalising head.
-fn program(op: &Op) -> Option<FusedProgram> {
+pub(super) fn program(op: &Op) -> Option<FusedProgram> {
     let code = match op {
         Op::Unary(u) => vec![Instr::Load(0), Instr::Unary(*u, 0)],
         Op::Binary(b) => vec![Instr::Load(0), Instr::Load(1), Instr::Binary(*b, 0, 1)],
@@ -109,7 +110,8 @@ fn producer(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], e: NodeId)
             && l.shape == en.shape()
             && l.offset == 0
             && l.is_contiguous()
-            && !cache_touched_between(g, p, e);
+            && !cache_touched_between(g, p, e)
+            && merged_externals(g, p, e) <= MAX_EXTERNALS;
         ok.then(|| Take {
             p,
             views: view.into_iter().collect(),
@@ -153,12 +155,28 @@ fn pair(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], e: NodeId) -> 
     readers.sort();
     let mut views = vec![first.1, second.1];
     views.sort();
-    let ok = first.2 == second.2 && first.3 == 0 && second.3 == en.numel() && readers == views;
+    let ok = first.2 == second.2
+        && first.3 == 0
+        && second.3 == en.numel()
+        && readers == views
+        && merged_externals(g, first.2, e) <= MAX_EXTERNALS;
     ok.then(|| Take {
         p: first.2,
         views: vec![first.1, second.1],
         slots: vec![first.0, second.0],
     })
+}
+
+/// Distinct external buffers the merge of `p` and its reader `e` would bind.
+fn merged_externals(g: &Graph, p: NodeId, e: NodeId) -> usize {
+    let srcs: Vec<NodeId> = g
+        .node(p)
+        .srcs
+        .iter()
+        .chain(&g.node(e).srcs)
+        .copied()
+        .collect();
+    externals(g, &srcs)
 }
 
 /// True when `p` writes a cache that a node between it and `e` touches (moving `p` down to `e`
