@@ -1,9 +1,10 @@
 //! Every hot kernel on the CPU backend and, where wgpu finds an adapter, on the wgpu backend:
 //! mat-vec per weight dtype (decode's hot loop, as weight bytes/s), a prompt-sized matmul
 //! (FLOP/s), attention at decode and prefill, the short convolution, the Mamba1 and Mamba2
-//! selective scans, the gated delta rule in both forms, and the MoE expert matmul. Each
-//! iteration runs the compiled one-op graph and reads its output back, which waits for the
-//! device.
+//! selective scans, the gated delta rule in both forms, and the MoE expert matmul; then two
+//! decode steps the fusion passes turn into one kernel each (a llama FFN's norm + gate/up +
+//! SiLU, and attention with its rope and KV cache writes). Each iteration runs the compiled
+//! graph and reads its output back, which waits for the device.
 //!
 //! `cargo bench -p weft-benches --bench kernels` (a filter such as `-- wgpu/matvec` narrows it).
 
@@ -12,7 +13,7 @@ use std::hint::black_box;
 use weft_backends::{Backend, CpuBackend, HostData, WgpuBackend, WgpuOptions};
 use weft_benches::{compile, random_weight, run_once};
 use weft_graph::testing::Rng;
-use weft_graph::{DType, DeltaForm, Graph, GraphBuilder, Tensor};
+use weft_graph::{Access, DType, DeltaForm, Graph, GraphBuilder, RopeMode, RopeParams, Tensor};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// Named host inputs of one dtype.
@@ -50,10 +51,22 @@ impl Case {
     }
 
     fn weight(&mut self, be: &mut dyn Backend, dims: &[usize], dtype: DType) -> Result<Tensor> {
+        self.external(be, "w", dims, dtype, Access::ReadOnly)
+    }
+
+    /// A buffer of random values of `dtype`: a weight, or a cache the graph may write.
+    fn external(
+        &mut self,
+        be: &mut dyn Backend,
+        name: &str,
+        dims: &[usize],
+        dtype: DType,
+        access: Access,
+    ) -> Result<Tensor> {
         let cols = dims[dims.len() - 1];
         let rows = dims.iter().product::<usize>() / cols;
         let buf = random_weight(be, &mut self.rng, dtype, rows, cols)?;
-        Ok(self.b.weight("w", dims, dtype, buf)?)
+        Ok(self.b.external(name, dims, dtype, buf, access)?)
     }
 
     fn finish(self, y: Tensor) -> Result<(Graph, Named<f32>, Named<i32>)> {
@@ -270,5 +283,82 @@ fn moe(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, matvec, matmul, attention, recurrent, moe);
+fn fused_decode(c: &mut Criterion) {
+    // TinyLlama's FFN: rms norm, gate and up (5632 × 2048 f16 each), SiLU · up: one
+    // `matmul_pair` reading the norm's row itself
+    let (d, ff) = (2048, 5632);
+    let ffn: Box<Build> = Box::new(move |be: &mut dyn Backend| {
+        let mut case = Case::new(8);
+        let x = case.input("x", &[1, d], |v| v)?;
+        let nw = case.input("norm", &[d], |v| 1.0 + 0.1 * v)?;
+        let wg = case.external(be, "gate", &[ff, d], DType::F16, Access::ReadOnly)?;
+        let wu = case.external(be, "up", &[ff, d], DType::F16, Access::ReadOnly)?;
+        let h = case.b.rms_norm(x, 1e-5)?;
+        let h = case.b.mul(h, nw)?;
+        let g = case.b.matmul(h, wg)?;
+        let u = case.b.matmul(h, wu)?;
+        let g = case.b.silu(g)?;
+        let y = case.b.mul(g, u)?;
+        Ok((case, y))
+    });
+    let ffn_bytes = Throughput::Bytes(DType::F16.bytes_for(2 * ff * d).unwrap_or(0) as u64);
+    // its attention at decode: q and the new key rotated, k and v stored into f16 caches of
+    // 1024 cells, attention over all of them: one kernel
+    let (hq, hkv, hd, cells) = (32, 4, 64, 1024);
+    let attn: Box<Build> = Box::new(move |be: &mut dyn Backend| {
+        let mut case = Case::new(9);
+        let qk = case.input("qk", &[1, hq + hkv, hd], |v| v)?;
+        let v = case.input("v", &[1, hkv * hd], |v| v)?;
+        let mask = case.input("mask", &[1, cells], |_| 0.0)?;
+        let pos = case.ids("pos", &[1], vec![cells as i32 - 1])?;
+        let idx = case.ids("idx", &[1], vec![cells as i32 - 1])?;
+        let kc = case.external(be, "k", &[cells, hkv * hd], DType::F16, Access::ReadWrite)?;
+        let vc = case.external(be, "v", &[cells, hkv * hd], DType::F16, Access::ReadWrite)?;
+        let rope = RopeParams {
+            n_dims: hd,
+            mode: RopeMode::Normal,
+            freq_base: 10000.0,
+            freq_scale: 1.0,
+        };
+        let r = case.b.rope(qk, pos, rope)?;
+        let q = case.b.slice(r, 1, 0, hq)?;
+        let k = case.b.slice(r, 1, hq, hkv)?;
+        let k = case.b.reshape(k, &[1, hkv * hd])?;
+        let kc = case.b.store_rows(kc, k, idx)?;
+        let vc = case.b.store_rows(vc, v, idx)?;
+        let ks = case.b.reshape(kc, &[cells, hkv, hd])?;
+        let vs = case.b.reshape(vc, &[cells, hkv, hd])?;
+        let y = case
+            .b
+            .attention(q, ks, vs, Some(mask), None, 0.125, false)?;
+        Ok((case, y))
+    });
+    let attn_flops = Throughput::Elements((4 * cells * hq * hd) as u64);
+    suite(
+        c,
+        "fused decode",
+        &[
+            (
+                "llama FFN, norm + gate/up + SiLU (weight bytes/s)".into(),
+                ffn_bytes,
+                ffn,
+            ),
+            (
+                "llama attention + rope + KV store, 1024 cells (FLOP/s)".into(),
+                attn_flops,
+                attn,
+            ),
+        ],
+    );
+}
+
+criterion_group!(
+    benches,
+    matvec,
+    matmul,
+    attention,
+    recurrent,
+    moe,
+    fused_decode
+);
 criterion_main!(benches);
