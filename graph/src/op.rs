@@ -412,6 +412,10 @@ pub enum Op {
     /// With `x_norm` (made by the `norm_input` pass; a mat-vec's inner op), the inner op's
     /// activation row (source 0) is normalised first, then multiplied by the norm's weight,
     /// which is source `inner_srcs` when there is one; the program's sources follow it.
+    ///
+    /// With `range = (start, len)`, the program applies to output elements `start..start + len`
+    /// only (element `start + j` reads element `j` of each source); the others are the inner
+    /// result as it is.
     Epilogue(Box<Epilogue>),
 }
 
@@ -424,6 +428,7 @@ pub struct Epilogue {
     pub shapes: Vec<crate::layout::Shape>,
     pub pair: bool,
     pub x_norm: Option<XNorm>,
+    pub range: Option<(usize, usize)>,
 }
 
 /// The row normalisation of a mat-vec's activation (see [`Op::Epilogue`]).
@@ -457,6 +462,7 @@ impl Epilogue {
             shapes: vec![],
             pair: false,
             x_norm: None,
+            range: None,
         }
     }
 }
@@ -520,7 +526,11 @@ impl Op {
                 } else {
                     format!(" then {}", e.program.describe())
                 };
-                format!("{norm}{}{pair}{then}", e.inner.describe())
+                let range = match e.range {
+                    Some((a, n)) => format!(" (elements {a}..{})", a + n),
+                    None => String::new(),
+                };
+                format!("{norm}{}{pair}{then}{range}", e.inner.describe())
             }
             op => op.name().to_string(),
         }

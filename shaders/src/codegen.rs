@@ -225,9 +225,17 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
     };
     let body = program_body(&e.program, load).replace("let v = ", "return ");
     let head = if e.pair {
-        "fn epi2(i: u32, v0: f32, v1: f32) -> f32"
+        "fn epi2(i_: u32, v0: f32, v1: f32) -> f32"
     } else {
-        "fn epi(i: u32, v0: f32) -> f32"
+        "fn epi(i_: u32, v0: f32) -> f32"
+    };
+    // (outside its range a result is written as it is)
+    let index = match e.range {
+        Some((a, n)) => format!(
+            "if (i_ < {a}u || i_ >= {}u) {{ return v0; }}\n    let i = i_ - {a}u;",
+            a + n
+        ),
+        None => "let i = i_;".to_string(),
     };
     Ok(format!(
         "fn epa(k: u32, i: u32) -> u32 {{
@@ -241,6 +249,7 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
     return pu(b + 4u) + i0 * pu(b + 5u) + i1 * pu(b + 6u) + i2 * pu(b + 7u) + i3 * pu(b + 8u);
 }}
 {head} {{
+    {index}
     {body}
 }}
 ",

@@ -201,6 +201,9 @@ pub struct EpilogueSpec {
     /// `epi2(i, v0, v1)` of two results (`Load(0)`, `Load(1)`; sources from `Load(2)`), for
     /// `matmul_pair`.
     pub pair: bool,
+    /// The program applies to results `start..start + len` only (result `start + j` reads
+    /// element `j` of the sources); the rest are written as they are.
+    pub range: Option<(u32, u32)>,
 }
 
 impl Spec {

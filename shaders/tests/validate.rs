@@ -211,7 +211,13 @@ fn variants() -> Vec<Spec> {
             first,
             params: 40,
             pair: false,
+            range: None,
         });
+        v.push(s.clone());
+        // over part of the results only
+        if let Some(e) = s.epilogue.as_mut() {
+            e.range = Some((32, 16));
+        }
         v.push(s);
     }
     for (a, b) in [(DType::F16, DType::F16), (DType::Q4K, DType::Q6K)] {
@@ -232,6 +238,7 @@ fn variants() -> Vec<Spec> {
             first: 3,
             params: 20,
             pair: true,
+            range: None,
         });
         v.push(s);
     }
@@ -264,6 +271,7 @@ fn variants() -> Vec<Spec> {
                 first: s.sources.len(),
                 params: 20,
                 pair: true,
+                range: None,
             });
         }
         v.push(s);

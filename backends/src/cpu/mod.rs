@@ -531,10 +531,22 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
             dtype: DType::F32,
         };
     }
-    // the inner result (a pair's two products side by side), then the program over it
+    // the inner result (a pair's two products side by side), then the program over it (or
+    // over its range)
     let mut y = vec![0.0f32; node.numel() * e.results()];
     execute_op(op, node, &inner, bytemuck::cast_slice_mut(&mut y))?;
-    apply_epilogue(e, node.shape(), &y, &s[e.first_source()..], f32s(out))
+    let extra = &s[e.first_source()..];
+    match e.range {
+        Some((a, n)) => {
+            let out = f32s(out);
+            out.copy_from_slice(&y);
+            let part = weft_graph::Shape::new(&[n]).ok_or_else(|| {
+                BackendError::Device(format!("{}: an empty epilogue range", node.name))
+            })?;
+            apply_epilogue(e, part, &y[a..a + n], extra, &mut out[a..a + n])
+        }
+        None => apply_epilogue(e, node.shape(), &y, extra, f32s(out)),
+    }
 }
 
 /// `out = program(y, extra…)` element by element: an epilogue over an op's result `y` (dense,

@@ -628,6 +628,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 first,
                 params: at,
                 pair: e.pair,
+                range: e.range.map(|(a, n)| (a as u32, n as u32)),
             })
         }
         Op::Epilogue(_) => {

@@ -1272,6 +1272,32 @@ pub fn epilogues(be: &mut dyn Backend) {
             TOL,
         );
     }
+    // the last columns of a mat-vec (Mamba2's dt) take their bias and softplus as the mat-vec
+    // writes them, the other columns left as they are
+    {
+        let (k, n, tail) = (64, 40, 12);
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[1, k]);
+        let (bias, bn) = c.input(&mut rg, "bias", &[tail]);
+        let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, k], DType::Q8_0);
+        let y = c.b.matmul(x, w).unwrap();
+        let head = c.b.slice(y, 1, 0, n - tail).unwrap();
+        let dt = c.b.slice(y, 1, n - tail, tail).unwrap();
+        let dt = c.b.add(dt, bias).unwrap();
+        let dt = c.b.softplus(dt).unwrap();
+        c.output(head, "head");
+        c.output(dt, "dt");
+        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"]);
+        let out = c.run(be);
+        let full = r::matmul(&seen_activations(be, DType::Q8_0, &xn), &wn);
+        let want_head = Nd::new(&[1, n - tail], full.data[..n - tail].to_vec());
+        let mut want_dt = Nd::new(&[1, tail], full.data[n - tail..].to_vec());
+        for (j, o) in want_dt.data.iter_mut().enumerate() {
+            *o = r::unary("softplus", *o + bn.data[j], (0.0, 0.0));
+        }
+        assert_close("mul_mat, untouched columns", &out[0], &want_head, TOL);
+        assert_close("mul_mat + ranged softplus", &out[1], &want_dt, TOL);
+    }
     // elementwise sources of an epilogue run inside it: a gate's sigmoid, and a sum of two
     // expert rows read through a reshape (a shared expert's down projection in a mixture)
     {

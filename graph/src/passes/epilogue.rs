@@ -281,6 +281,7 @@ fn once(g: &Graph) -> (Graph, bool) {
                 shapes,
                 pair,
                 x_norm: None,
+                range: None,
             })),
             srcs,
             layout: en.layout,

@@ -3,13 +3,15 @@
 //! renormalised by their sum as one kernel → elementwise fusion → mat-vecs sharing an input
 //! into one → ropes of adjacent heads into one → KV cache writes, then the ropes of q and the
 //! new key, into decode attention → residual adds into matmuls → elementwise epilogues into
-//! their producers, and their elementwise sources into them → row norms into the mat-vecs they
-//! feed → dead-node removal (the eleven fusing passes only with [`PassOptions::fuse`]).
+//! their producers (over part of a mat-vec's output, then whole results), and their
+//! elementwise sources into them → row norms into the mat-vecs they feed → dead-node removal
+//! (the twelve fusing passes only with [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
 mod epilogue;
 mod epilogue_inputs;
+mod epilogue_range;
 mod fuse;
 mod legalize;
 mod matmul_add;
@@ -25,6 +27,7 @@ pub use attention_store::attention_store;
 pub use dce::remove_dead;
 pub use epilogue::{MAX_EPILOGUE_SOURCES, epilogue};
 pub use epilogue_inputs::{MAX_EXTERNALS, epilogue_inputs};
+pub use epilogue_range::epilogue_range;
 pub use fuse::fuse_elementwise;
 pub use legalize::legalize;
 pub use matmul_add::matmul_add;
@@ -66,7 +69,8 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
         // (the merging passes leave dead readers behind, which would look like readers)
         let g = remove_dead(&attention_store(&rope_pair(&matmul_cat(&g))));
         let g = rope_attention(&g);
-        let g = remove_dead(&epilogue(&matmul_add(&g)));
+        let g = remove_dead(&epilogue_range(&matmul_add(&g)));
+        let g = remove_dead(&epilogue(&g));
         remove_dead(&norm_input(&epilogue_inputs(&g)))
     } else {
         g
