@@ -929,7 +929,10 @@ impl GraphBuilder {
         }
         let ny = s * t * hv * dv;
         let out = self.push_new(
-            Op::GatedDeltaNet { form },
+            Op::GatedDeltaNet {
+                form,
+                qk_norm: None,
+            },
             &[state, q, k, v, g, beta],
             &[ny + s * hv * dv * dk],
             DType::F32,

@@ -384,8 +384,12 @@ pub enum Op {
     /// beta [S, T, Hv]]` → flat `[S·T·Hv·Dv + S·Hv·Dv·Dk]`: `y [S, T, Hv, Dv]` then the new
     /// state. Per head: `St = St−1·exp(g)`, `St += β (v − St k) ⊗ k`, `y = St q`.
     /// With a seventh source, slots, the state lives in its cache as for [`Op::SsmScan`].
+    ///
+    /// With `qk_norm` (made by the `delta_qk_norm` pass, never by the builder), `q` and `k` are
+    /// raw: each head row goes through its program (a row norm, then unary functions) first.
     GatedDeltaNet {
         form: DeltaForm,
+        qk_norm: Option<Box<QkNorm>>,
     },
     /// Indices (`I32`) of the `k` largest values of each row, largest first.
     TopK {
@@ -417,6 +421,14 @@ pub enum Op {
     /// only (element `start + j` reads element `j` of each source); the others are the inner
     /// result as it is.
     Epilogue(Box<Epilogue>),
+}
+
+/// The programs `q` and `k` go through inside a [`Op::GatedDeltaNet`]: each a row norm head
+/// followed by unary functions of one register.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QkNorm {
+    pub q: FusedProgram,
+    pub k: FusedProgram,
 }
 
 /// See [`Op::Epilogue`].

@@ -153,6 +153,58 @@ fn prologue(xrow: u32, lid: u32) {{
     ))
 }
 
+/// `gated_delta_net`'s `ldq`/`ldk` and `q_factor`/`k_factor`: the raw rows, or (with
+/// `Spec::qk_norm`) each head row through its program, its factor summed in `fused_norm`'s
+/// order (64 strided partial sums, then the same tree) so that both agree to the bit.
+fn qk_loaders(spec: &Spec) -> Result<String, ShaderError> {
+    let Some(progs) = &spec.qk_norm else {
+        return Ok("fn ldq(i: u32, f: f32) -> f32 { return ld1(i); }\n\
+                   fn ldk(i: u32, f: f32) -> f32 { return ld2(i); }\n\
+                   fn q_factor(base: u32, d: u32) -> f32 { return 1.0; }\n\
+                   fn k_factor(base: u32, d: u32) -> f32 { return 1.0; }\n"
+            .into());
+    };
+    let mut out = String::new();
+    for (name, src, p) in [("q", 1, &progs[0]), ("k", 2, &progs[1])] {
+        let Some(kind) = p.head else {
+            return Err(err(spec.kernel, "a q/k program without a norm head"));
+        };
+        let factor = match kind {
+            NormKind::Rms { eps } => format!("1.0 / sqrt(ss / f32(d) + {})", lit(eps)),
+            NormKind::L2 { eps } => format!("1.0 / max(sqrt(ss), {})", lit(eps)),
+            NormKind::Sum { .. } => return Err(err(spec.kernel, "q/k are not sum-normalised")),
+        };
+        let body = program_body(p, |_| "v".to_string()).replace("let v = ", "return ");
+        let _ = write!(
+            out,
+            "fn {name}n_(v: f32) -> f32 {{
+    {body}
+}}
+fn ld{name}(i: u32, f: f32) -> f32 {{ return {name}n_(ld{src}(i) * f); }}
+fn {name}_factor(base: u32, d: u32) -> f32 {{
+    var part: array<f32, 64>;
+    for (var l = 0u; l < 64u; l++) {{
+        var acc = 0.0;
+        for (var j = l; j < d; j += 64u) {{
+            let x = ld{src}(base + j);
+            acc += x * x;
+        }}
+        part[l] = acc;
+    }}
+    for (var s = 32u; s > 0u; s >>= 1u) {{
+        for (var l = 0u; l < s; l++) {{
+            part[l] += part[l + s];
+        }}
+    }}
+    let ss = part[0];
+    return {factor};
+}}
+"
+        );
+    }
+    Ok(out)
+}
+
 /// `put{n}(i, a, b)` for each word-written binding, and `rnd{n}(x)`, `x` as that binding holds
 /// it (stand-ins for the attention's two when it writes none).
 fn puts(spec: &Spec) -> Result<String, ShaderError> {
@@ -447,6 +499,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         }
     }
     out.push_str(&epilogue(spec)?);
+    if k == Kernel::GatedDeltaNet {
+        out.push_str(&qk_loaders(spec)?);
+    }
     let mut body = k.source().to_string();
     match k {
         Kernel::Elementwise | Kernel::FusedNorm => {

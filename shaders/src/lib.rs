@@ -175,6 +175,9 @@ pub struct Spec {
     /// A mat-vec's activation row (source 0) normalised in the kernel: the kernel calls
     /// `prologue(x_off, lid)` first, and `ld0` then reads normalised values.
     pub x_norm: Option<XNormSpec>,
+    /// `gated_delta_net`'s q and k row programs (a norm head, then unary functions): the kernel
+    /// reads them through `ldq(i, f)` and `ldk(i, f)` with `f` from `q_factor` / `k_factor`.
+    pub qk_norm: Option<[FusedProgram; 2]>,
     /// External bindings written two elements (one 32-bit word) at a time, with their dtypes:
     /// `put{n}(i, a, b)` writes elements `i` (even) and `i + 1` of the `n`-th. Sources may read
     /// them (the attention's KV caches).
@@ -242,6 +245,7 @@ impl Spec {
             externals,
             epilogue: None,
             x_norm: None,
+            qk_norm: None,
             puts: vec![],
         }
     }

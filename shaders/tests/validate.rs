@@ -187,6 +187,19 @@ fn variants() -> Vec<Spec> {
         v.push(state_in_cache(k));
     }
     v.push(Spec::new(Kernel::GatedDeltaNet, vec![arena(DType::F32); 6]));
+    // q and k normalised inside the delta rule (an rms norm then a scale; an l2 norm)
+    let mut s = state_in_cache(Kernel::GatedDeltaNet);
+    s.qk_norm = Some([
+        FusedProgram {
+            head: Some(NormKind::Rms { eps: 1e-6 }),
+            code: vec![Instr::Load(0), Instr::Unary(UnaryOp::Scale(0.1), 0)],
+        },
+        FusedProgram {
+            head: Some(NormKind::L2 { eps: 1e-6 }),
+            code: vec![Instr::Load(0)],
+        },
+    ]);
+    v.push(s);
     // epilogues: every kernel that applies one, with a source in the arena and a weight; and
     // the pair of a gated unit
     let prog = |results: u8| FusedProgram {

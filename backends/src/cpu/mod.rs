@@ -352,8 +352,11 @@ impl CpuBackend {
                 [layout.offset..layout.offset + layout.shape.numel()];
             match op {
                 Op::SsmScan => ssm::ssm_scan_cached(rows, &slots, srcs, &node.name, &mut y),
-                Op::GatedDeltaNet { form } => {
-                    delta::gated_delta_net_cached(rows, &slots, srcs, *form, &node.name, &mut y)
+                Op::GatedDeltaNet { form, qk_norm } => {
+                    // (q and k are sources 0 and 1 here, the cache being left out)
+                    let normed = qk_norm.as_ref().map(|n| normed_qk(n, &srcs[0], &srcs[1]));
+                    let srcs = with_qk(srcs, 0, normed.as_ref());
+                    delta::gated_delta_net_cached(rows, &slots, &srcs, *form, &node.name, &mut y)
                 }
                 Op::SsmConv => ssm::ssm_conv_cached(rows, &slots, srcs, &node.name, &mut y),
                 _ => Err(BackendError::Device(format!(
@@ -638,7 +641,10 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
         Op::Concat { dim } => elementwise::concat(&s[0], &s[1], *dim, f32s(out)),
         Op::SsmConv => ssm::ssm_conv(&s[0], &s[1], f32s(out)),
         Op::SsmScan => ssm::ssm_scan(s, f32s(out)),
-        Op::GatedDeltaNet { form } => delta::gated_delta_net(s, *form, f32s(out)),
+        Op::GatedDeltaNet { form, qk_norm } => {
+            let normed = qk_norm.as_ref().map(|n| normed_qk(n, &s[1], &s[2]));
+            delta::gated_delta_net(&with_qk(s, 1, normed.as_ref()), *form, f32s(out))
+        }
         Op::TopK { k } => rows::top_k(&s[0], *k, bytemuck::cast_slice_mut(out)),
         Op::Reduce(r) => rows::reduce(*r, &s[0], out),
         Op::Input { .. } | Op::External { .. } | Op::View | Op::StoreRows | Op::Epilogue(_) => {
@@ -651,6 +657,34 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
         }
     }
     Ok(())
+}
+
+/// The delta rule's q and k through their row programs (`Op::GatedDeltaNet::qk_norm`).
+fn normed_qk(n: &weft_graph::QkNorm, q: &TensorRef, k: &TensorRef) -> [(Vec<f32>, Layout); 2] {
+    [(&n.q, q), (&n.k, k)].map(|(p, t)| {
+        let mut out = vec![0.0; t.numel()];
+        elementwise::fused(p, t.layout.shape, std::slice::from_ref(t), &mut out);
+        (out, Layout::contiguous(t.layout.shape))
+    })
+}
+
+/// `srcs` with sources `at` and `at + 1` replaced by `normed` values, when given.
+fn with_qk<'a>(
+    srcs: &[TensorRef<'a>],
+    at: usize,
+    normed: Option<&'a [(Vec<f32>, Layout); 2]>,
+) -> Vec<TensorRef<'a>> {
+    let mut out = srcs.to_vec();
+    if let Some(n) = normed {
+        for (j, (v, layout)) in n.iter().enumerate() {
+            out[at + j] = TensorRef {
+                bytes: bytemuck::cast_slice(v),
+                layout: *layout,
+                dtype: DType::F32,
+            };
+        }
+    }
+    out
 }
 
 fn f32s(out: &mut [u8]) -> &mut [f32] {

@@ -164,6 +164,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     let mut aliases = vec![];
     let mut store = None;
     let mut puts = vec![];
+    let mut qk = None;
     let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
@@ -512,7 +513,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 (Kernel::SsmScan, p, (sn * h * pp) as u32)
             }
         }
-        Op::GatedDeltaNet { form } => {
+        Op::GatedDeltaNet { form, qk_norm } => {
+            qk = qk_norm.as_ref().map(|n| [n.q.clone(), n.k.clone()]);
             let _ = matches!(form, DeltaForm::Recurrent | DeltaForm::Chunked { .. });
             let (qd, vd) = (dims(1), dims(3));
             let [sn, hv, dv, dk] = [vd[0], vd[2], vd[3], qd[3]];
@@ -648,6 +650,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     spec.externals = c.externals.len() as u32;
     spec.epilogue = epilogue;
     spec.x_norm = x_norm;
+    spec.qk_norm = qk;
     spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));

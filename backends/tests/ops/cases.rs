@@ -907,10 +907,13 @@ pub fn ssm_scan_in_place(be: &mut dyn Backend) {
 }
 
 /// The same for the gated delta rule, in both of its forms.
+/// The third variant normalises q and k first (rms norm, q scaled too), which the
+/// `delta_qk_norm` pass moves into the delta rule itself.
 pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
-    for (form, t) in [
-        (DeltaForm::Recurrent, 1),
-        (DeltaForm::Chunked { chunk: 4 }, 6),
+    for (form, t, normed) in [
+        (DeltaForm::Recurrent, 1, false),
+        (DeltaForm::Chunked { chunk: 4 }, 6, false),
+        (DeltaForm::Recurrent, 2, true),
     ] {
         let (s, hk, hv, dk, dv) = (2, 1, 2, 8, 4);
         let slots = [0, 2];
@@ -918,14 +921,25 @@ pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
         let mut c = Case::new();
         let (cache, buf, init, cache_n, ids) =
             state_cache(be, &mut c, &mut rg, 3, hv * dv * dk, &slots);
-        let (q, qn) = c.input(&mut rg, "q", &[s, t, hk, dk]);
-        let (k, kn) = c.input(&mut rg, "k", &[s, t, hk, dk]);
+        let (mut q, mut qn) = c.input(&mut rg, "q", &[s, t, hk, dk]);
+        let (mut k, mut kn) = c.input(&mut rg, "k", &[s, t, hk, dk]);
+        if normed {
+            q = c.b.rms_norm(q, 1e-6).unwrap();
+            q = c.b.scale(q, 0.35).unwrap();
+            k = c.b.rms_norm(k, 1e-6).unwrap();
+            qn = r::rms_norm(&qn, 1e-6);
+            qn.data.iter_mut().for_each(|x| *x *= 0.35);
+            kn = r::rms_norm(&kn, 1e-6);
+        }
         let (v, vn) = c.input(&mut rg, "v", &[s, t, hv, dv]);
         let ((gt, gn), (beta, bn)) = delta_gates(&mut c, &mut rg, [s, t, hv]);
         let state = load_state(&mut c, cache, ids, &[s, hv, dv, dk]);
         let (y, ns) = c.b.gated_delta_net(state, q, k, v, gt, beta, form).unwrap();
         store_state(&mut c, cache, ns, ids);
         c.output(y, "y");
+        if normed {
+            assert_eq!(scheduled(c.b.graph(), true), ["gated_delta_net"]);
+        }
         let stn = gather_state(&cache_n, &slots, &[s, hv, dv, dk]);
         let (wy, ws) = r::gated_delta_net(&stn, &qn, &kn, &vn, &gn, &bn);
         let want = scatter_state(&cache_n, &slots, &ws);

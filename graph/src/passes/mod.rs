@@ -4,11 +4,13 @@
 //! into one → ropes of adjacent heads into one → KV cache writes, then the ropes of q and the
 //! new key, into decode attention → residual adds into matmuls → elementwise epilogues into
 //! their producers (over part of a mat-vec's output, then whole results), and their
-//! elementwise sources into them → row norms into the mat-vecs they feed → dead-node removal
-//! (the twelve fusing passes only with [`PassOptions::fuse`]).
+//! elementwise sources into them → row norms into the mat-vecs they feed, and q/k norms into
+//! the delta rule → dead-node removal (the thirteen fusing passes only with
+//! [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
+mod delta_qk_norm;
 mod epilogue;
 mod epilogue_inputs;
 mod epilogue_range;
@@ -25,6 +27,7 @@ mod views;
 
 pub use attention_store::attention_store;
 pub use dce::remove_dead;
+pub use delta_qk_norm::delta_qk_norm;
 pub use epilogue::{MAX_EPILOGUE_SOURCES, epilogue};
 pub use epilogue_inputs::{MAX_EXTERNALS, epilogue_inputs};
 pub use epilogue_range::epilogue_range;
@@ -71,7 +74,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
         let g = rope_attention(&g);
         let g = remove_dead(&epilogue_range(&matmul_add(&g)));
         let g = remove_dead(&epilogue(&g));
-        remove_dead(&norm_input(&epilogue_inputs(&g)))
+        remove_dead(&delta_qk_norm(&norm_input(&epilogue_inputs(&g))))
     } else {
         g
     }

@@ -1,0 +1,93 @@
+//! The row norms (and scales) of the gated delta rule's `q` and `k`, read by it alone, run
+//! inside it (`Op::GatedDeltaNet::qk_norm`): each thread re-sums its head's row, two dispatches
+//! fewer per layer.
+
+use super::Rewriter;
+use crate::dtype::DType;
+use crate::graph::{Graph, NodeId};
+use crate::op::{FusedProgram, Instr, NormKind, Op, QkNorm};
+
+/// The program of a norm node whose head is followed by unary functions of one register only.
+fn row_program(
+    g: &Graph,
+    consumers: &[Vec<NodeId>],
+    is_output: &[bool],
+    x: NodeId,
+    d: NodeId,
+) -> Option<FusedProgram> {
+    let xn = g.node(x);
+    let plain = |kind| FusedProgram {
+        head: Some(kind),
+        code: vec![Instr::Load(0)],
+    };
+    let p = match &xn.op {
+        Op::Fused(p) if p.head.is_some() => p.clone(),
+        Op::RmsNorm { eps } => plain(NormKind::Rms { eps: *eps }),
+        Op::L2Norm { eps } => plain(NormKind::L2 { eps: *eps }),
+        _ => return None,
+    };
+    let chain = p.code.first() == Some(&Instr::Load(0))
+        && p.code[1..]
+            .iter()
+            .enumerate()
+            .all(|(i, ins)| matches!(ins, Instr::Unary(_, a) if *a as usize == i));
+    let raw = g.node(xn.srcs[0]);
+    let ok = chain
+        && xn.srcs.len() == 1
+        && xn.dtype == DType::F32
+        && raw.shape() == xn.shape()
+        && raw.layout.is_contiguous()
+        && raw.dtype == DType::F32
+        && consumers[x.index()] == [d]
+        && !is_output[x.index()];
+    ok.then_some(p)
+}
+
+pub fn delta_qk_norm(g: &Graph) -> Graph {
+    let consumers = g.consumers();
+    let is_output = g.output_mask();
+    let mut found: Vec<Option<QkNorm>> = g.ids().map(|_| None).collect();
+    let mut dropped = vec![false; g.len()];
+    for id in g.ids() {
+        let n = g.node(id);
+        let Op::GatedDeltaNet { qk_norm: None, .. } = n.op else {
+            continue;
+        };
+        let (q, k) = (n.srcs[1], n.srcs[2]);
+        if q == k {
+            continue;
+        }
+        if let (Some(qp), Some(kp)) = (
+            row_program(g, &consumers, &is_output, q, id),
+            row_program(g, &consumers, &is_output, k, id),
+        ) {
+            dropped[q.index()] = true;
+            dropped[k.index()] = true;
+            found[id.index()] = Some(QkNorm { q: qp, k: kp });
+        }
+    }
+    if found.iter().all(Option::is_none) {
+        return g.clone();
+    }
+    let mut rw = Rewriter::new(g);
+    for id in g.ids() {
+        if dropped[id.index()] {
+            continue;
+        }
+        let Some(norms) = found[id.index()].take() else {
+            rw.copy(id);
+            continue;
+        };
+        let mut node = g.node(id).clone();
+        let raw = |s: NodeId| g.node(s).srcs[0];
+        node.srcs[1] = raw(node.srcs[1]);
+        node.srcs[2] = raw(node.srcs[2]);
+        node.srcs = node.srcs.iter().map(|&s| rw.get(s)).collect();
+        if let Op::GatedDeltaNet { qk_norm, .. } = &mut node.op {
+            *qk_norm = Some(Box::new(norms));
+        }
+        let new = rw.push(node);
+        rw.alias(id, new);
+    }
+    rw.finish()
+}
