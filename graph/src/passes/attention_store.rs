@@ -3,7 +3,7 @@
 //! part of the attention (`stores`): one dispatch instead of three. The attention reads the new
 //! row from the new key and value themselves, so it never reads a cache row it writes.
 
-use super::Rewriter;
+use super::{Rewriter, merge_into};
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
 
@@ -82,28 +82,12 @@ fn fold(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], a: NodeId) -> 
 pub fn attention_store(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let is_output = g.output_mask();
-    let mut folds: Vec<Option<Fold>> = g.ids().map(|_| None).collect();
-    let mut dropped = vec![false; g.len()];
-    for id in g.ids() {
-        if let Some(f) = fold(g, &consumers, &is_output, id) {
-            for n in f.views.iter().chain(&f.stores) {
-                dropped[n.index()] = true;
-            }
-            folds[id.index()] = Some(f);
-        }
-    }
-    if folds.iter().all(Option::is_none) {
-        return g.clone();
-    }
-    let mut rw = Rewriter::new(g);
-    for id in g.ids() {
-        if dropped[id.index()] {
-            continue;
-        }
-        let Some(f) = &folds[id.index()] else {
-            rw.copy(id);
-            continue;
-        };
+    let find = |id| {
+        let f = fold(g, &consumers, &is_output, id)?;
+        let gone = f.views.iter().chain(&f.stores).copied().collect();
+        Some((f, gone))
+    };
+    let emit = |rw: &mut Rewriter, id: NodeId, f: Fold| {
         // the windows, now views of the caches themselves
         let windows = f.views.map(|v| {
             let mut view = g.node(v).clone();
@@ -120,8 +104,7 @@ pub fn attention_store(g: &Graph) -> Graph {
         srcs.extend(node.srcs[3..].iter().map(|&s| rw.get(s)));
         srcs.extend([sk.srcs[1], sv.srcs[1], sk.srcs[2]].map(|s| rw.get(s)));
         node.srcs = srcs;
-        let new = rw.push(node);
-        rw.alias(id, new);
-    }
-    rw.finish()
+        rw.push(node)
+    };
+    merge_into(g, find, emit).unwrap_or_else(|| g.clone())
 }

@@ -2,7 +2,7 @@
 //! inside it (`Op::GatedDeltaNet::qk_norm`): each thread re-sums its head's row, two dispatches
 //! fewer per layer.
 
-use super::Rewriter;
+use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
 use crate::op::{FusedProgram, Instr, NormKind, Op, QkNorm};
@@ -46,38 +46,25 @@ fn row_program(
 pub fn delta_qk_norm(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let is_output = g.output_mask();
-    let mut found: Vec<Option<QkNorm>> = g.ids().map(|_| None).collect();
-    let mut dropped = vec![false; g.len()];
-    for id in g.ids() {
+    let find = |id| {
         let n = g.node(id);
         let Op::GatedDeltaNet { qk_norm: None, .. } = n.op else {
-            continue;
+            return None;
         };
         let (q, k) = (n.srcs[1], n.srcs[2]);
-        if q == k {
-            continue;
-        }
-        if let (Some(qp), Some(kp)) = (
-            row_program(g, &consumers, &is_output, q, id),
-            row_program(g, &consumers, &is_output, k, id),
-        ) {
-            dropped[q.index()] = true;
-            dropped[k.index()] = true;
-            found[id.index()] = Some(QkNorm { q: qp, k: kp });
-        }
-    }
-    if found.iter().all(Option::is_none) {
-        return g.clone();
-    }
-    let mut rw = Rewriter::new(g);
-    for id in g.ids() {
-        if dropped[id.index()] {
-            continue;
-        }
-        let Some(norms) = found[id.index()].take() else {
-            rw.copy(id);
-            continue;
-        };
+        let q_prog = row_program(g, &consumers, &is_output, q, id)?;
+        let k_prog = row_program(g, &consumers, &is_output, k, id)?;
+        (q != k).then(|| {
+            (
+                QkNorm {
+                    q: q_prog,
+                    k: k_prog,
+                },
+                vec![q, k],
+            )
+        })
+    };
+    let emit = |rw: &mut Rewriter, id: NodeId, norms: QkNorm| {
         let mut node = g.node(id).clone();
         let raw = |s: NodeId| g.node(s).srcs[0];
         node.srcs[1] = raw(node.srcs[1]);
@@ -86,8 +73,7 @@ pub fn delta_qk_norm(g: &Graph) -> Graph {
         if let Op::GatedDeltaNet { qk_norm, .. } = &mut node.op {
             *qk_norm = Some(Box::new(norms));
         }
-        let new = rw.push(node);
-        rw.alias(id, new);
-    }
-    rw.finish()
+        rw.push(node)
+    };
+    merge_into(g, find, emit).unwrap_or_else(|| g.clone())
 }

@@ -92,6 +92,45 @@ pub(crate) fn described(g: &Graph) -> Vec<String> {
         .collect()
 }
 
+/// The shape of the passes that merge nodes into one: `find` says, per node, what it takes in
+/// and which nodes go with it (dropped); `emit` then builds its replacement, after every node
+/// it reads. Other nodes are copied. `None` when nothing was found.
+pub(crate) fn merge_into<F>(
+    g: &Graph,
+    mut find: impl FnMut(NodeId) -> Option<(F, Vec<NodeId>)>,
+    mut emit: impl FnMut(&mut Rewriter, NodeId, F) -> NodeId,
+) -> Option<Graph> {
+    let mut found: Vec<Option<F>> = g.ids().map(|_| None).collect();
+    let mut dropped = vec![false; g.len()];
+    for id in g.ids() {
+        if let Some((f, gone)) = find(id) {
+            for n in gone {
+                dropped[n.index()] = true;
+            }
+            found[id.index()] = Some(f);
+        }
+    }
+    if found.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut rw = Rewriter::new(g);
+    for id in g.ids() {
+        if dropped[id.index()] {
+            continue;
+        }
+        match found[id.index()].take() {
+            Some(f) => {
+                let new = emit(&mut rw, id, f);
+                rw.alias(id, new);
+            }
+            None => {
+                rw.copy(id);
+            }
+        }
+    }
+    Some(rw.finish())
+}
+
 /// Builds a new graph from an old one, node by node, remapping sources and outputs.
 pub(crate) struct Rewriter<'a> {
     pub old: &'a Graph,

@@ -2,7 +2,7 @@
 //! that stores that key (`Attention::rope`, after `attention_store`): the attention rotates the
 //! query row and the new key as it loads them. One dispatch fewer per attention layer.
 
-use super::Rewriter;
+use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, Node, NodeId};
 use crate::layout::Layout;
@@ -75,28 +75,12 @@ fn fold(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], a: NodeId) -> 
 pub fn rope_attention(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let is_output = g.output_mask();
-    let mut folds: Vec<Option<Fold>> = g.ids().map(|_| None).collect();
-    let mut dropped = vec![false; g.len()];
-    for id in g.ids() {
-        if let Some(f) = fold(g, &consumers, &is_output, id) {
-            for x in f.ropes.iter().chain(&f.views) {
-                dropped[x.index()] = true;
-            }
-            folds[id.index()] = Some(f);
-        }
-    }
-    if folds.iter().all(Option::is_none) {
-        return g.clone();
-    }
-    let mut rw = Rewriter::new(g);
-    for id in g.ids() {
-        if dropped[id.index()] {
-            continue;
-        }
-        let Some(f) = &folds[id.index()] else {
-            rw.copy(id);
-            continue;
-        };
+    let find = |id| {
+        let f = fold(g, &consumers, &is_output, id)?;
+        let gone = f.ropes.iter().chain(&f.views).copied().collect();
+        Some((f, gone))
+    };
+    let emit = |rw: &mut Rewriter, id: NodeId, f: Fold| {
         let an = g.node(id);
         let n = an.srcs.len();
         // the unrotated rows: the ropes' inputs at the same offsets
@@ -136,8 +120,7 @@ pub fn rope_attention(g: &Graph) -> Graph {
             .collect();
         srcs.push(rw.get(pos));
         node.srcs = srcs;
-        let new = rw.push(node);
-        rw.alias(id, new);
-    }
-    rw.finish()
+        rw.push(node)
+    };
+    merge_into(g, find, emit).unwrap_or_else(|| g.clone())
 }
