@@ -512,6 +512,23 @@ impl Op {
         }
     }
 
+    /// The elementwise program a node computes: unary, binary and fused nodes, and row norms
+    /// as a program headed by the norm; `None` for every other op.
+    pub fn program(&self) -> Option<FusedProgram> {
+        let (head, code) = match self {
+            Op::Unary(u) => (None, vec![Instr::Load(0), Instr::Unary(*u, 0)]),
+            Op::Binary(b) => (
+                None,
+                vec![Instr::Load(0), Instr::Load(1), Instr::Binary(*b, 0, 1)],
+            ),
+            Op::Fused(p) => return Some(p.clone()),
+            Op::RmsNorm { eps } => (Some(NormKind::Rms { eps: *eps }), vec![Instr::Load(0)]),
+            Op::L2Norm { eps } => (Some(NormKind::L2 { eps: *eps }), vec![Instr::Load(0)]),
+            _ => return None,
+        };
+        Some(FusedProgram { head, code })
+    }
+
     /// The op that does the work, and how many of the node's sources are its own: the inner op
     /// of an [`Op::Epilogue`], else the op itself with all `n_srcs`.
     pub fn core(&self, n_srcs: usize) -> (&Op, usize) {

@@ -97,6 +97,16 @@ fn program_body(p: &FusedProgram, load: impl Fn(u8) -> String) -> String {
     s
 }
 
+/// The WGSL expression of a row norm's factor from the row's sum of squares `ss` over `d`
+/// values (as `fused_norm` computes it); sum-normalisation is `fused_norm`'s alone.
+fn norm_factor(spec: &Spec, kind: NormKind, d: &str) -> Result<String, ShaderError> {
+    match kind {
+        NormKind::Rms { eps } => Ok(format!("1.0 / sqrt(ss / f32({d}) + {})", lit(eps))),
+        NormKind::L2 { eps } => Ok(format!("1.0 / max(sqrt(ss), {})", lit(eps))),
+        NormKind::Sum { .. } => Err(err(spec.kernel, "only fused_norm sum-normalises rows")),
+    }
+}
+
 /// `ld0` for a mat-vec whose activation row is normalised in the kernel (`Spec::x_norm`), and
 /// `prologue(xrow, lid)`, which every thread calls first: the row's sum of squares over 64
 /// lanes in the order `fused_norm` sums it, so both give the same factor.
@@ -115,13 +125,7 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
         Some((j, _)) => return Err(err(spec.kernel, format!("norm weight source {j}"))),
         None => String::new(),
     };
-    let factor = match kind {
-        NormKind::Rms { eps } => format!("1.0 / sqrt(ss / f32(k_) + {})", lit(eps)),
-        NormKind::L2 { eps } => format!("1.0 / max(sqrt(ss), {})", lit(eps)),
-        NormKind::Sum { .. } => {
-            return Err(err(spec.kernel, "mat-vec rows are not sum-normalised"));
-        }
-    };
+    let factor = norm_factor(spec, kind, "k_")?;
     Ok(format!(
         "var<private> xs_: f32 = 1.0;
 var<private> xbase_: u32 = 0u;
@@ -169,11 +173,7 @@ fn qk_loaders(spec: &Spec) -> Result<String, ShaderError> {
         let Some(kind) = p.head else {
             return Err(err(spec.kernel, "a q/k program without a norm head"));
         };
-        let factor = match kind {
-            NormKind::Rms { eps } => format!("1.0 / sqrt(ss / f32(d) + {})", lit(eps)),
-            NormKind::L2 { eps } => format!("1.0 / max(sqrt(ss), {})", lit(eps)),
-            NormKind::Sum { .. } => return Err(err(spec.kernel, "q/k are not sum-normalised")),
-        };
+        let factor = norm_factor(spec, kind, "d")?;
         let body = program_body(p, |_| "v".to_string()).replace("let v = ", "return ");
         let _ = write!(
             out,

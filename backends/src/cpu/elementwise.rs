@@ -3,7 +3,7 @@
 use super::team;
 use super::tensor::TensorRef;
 use std::borrow::Cow;
-use weft_graph::{FusedProgram, Instr, Layout, NormKind, Shape};
+use weft_graph::{FusedProgram, Layout, NormKind, Shape};
 
 const PAR_MIN: usize = 1 << 14;
 /// Elements a fused program runs over per instruction ([`FusedProgram::eval_block`]).
@@ -64,21 +64,6 @@ pub fn normalize_rows(kind: NormKind, d: usize, x: &mut [f32]) {
         team::global().chunks_mut(x, rows * d, |_, ch| ch.chunks_mut(d).for_each(each));
     } else {
         x.chunks_mut(d).for_each(each);
-    }
-}
-
-/// One-instruction programs for plain unary and binary nodes.
-pub fn unary_program(op: weft_graph::UnaryOp) -> FusedProgram {
-    FusedProgram {
-        head: None,
-        code: vec![Instr::Load(0), Instr::Unary(op, 0)],
-    }
-}
-
-pub fn binary_program(op: weft_graph::BinaryOp) -> FusedProgram {
-    FusedProgram {
-        head: None,
-        code: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(op, 0, 1)],
     }
 }
 

@@ -553,8 +553,9 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
 }
 
 /// `out = program(y, extra…)` element by element: an epilogue over an op's result `y` (dense,
-/// `shape`; for a pair, the two products one after the other), its other loads from `extra`, each broadcast to its own shape in `e.shapes` (same
-/// element count, so element `i` of each is element `i` of the output).
+/// `shape`; for a pair, the two products one after the other), its other loads from `extra`,
+/// each broadcast to its own shape in `e.shapes` (same element count, so element `i` of each
+/// is element `i` of the output).
 fn apply_epilogue(
     e: &weft_graph::Epilogue,
     shape: weft_graph::Shape,
@@ -596,9 +597,11 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
     let shape = node.shape();
     match op {
         Op::Contiguous => elementwise::contiguous(&s[0], out),
-        Op::Unary(u) => elementwise::fused(&elementwise::unary_program(*u), shape, s, f32s(out)),
-        Op::Binary(b) => elementwise::fused(&elementwise::binary_program(*b), shape, s, f32s(out)),
         Op::Fused(p) => elementwise::fused(p, shape, s, f32s(out)),
+        Op::Unary(_) | Op::Binary(_) => {
+            let p = op.program().expect("elementwise ops have programs");
+            elementwise::fused(&p, shape, s, f32s(out))
+        }
         Op::MatMulCat => {
             // one activation row times each weight, the outputs side by side
             let out = f32s(out);

@@ -122,30 +122,12 @@ fn broadcast_source(c: &mut Ctx, s: NodeId, shape: weft_graph::Shape) -> Result<
     Ok(p)
 }
 
+/// The program an elementwise kernel runs for `op` (a copy for `contiguous`).
 fn program_of(op: &Op) -> FusedProgram {
-    match op {
-        Op::Unary(u) => FusedProgram {
-            head: None,
-            code: vec![Instr::Load(0), Instr::Unary(*u, 0)],
-        },
-        Op::Binary(b) => FusedProgram {
-            head: None,
-            code: vec![Instr::Load(0), Instr::Load(1), Instr::Binary(*b, 0, 1)],
-        },
-        Op::Fused(p) => p.clone(),
-        Op::RmsNorm { eps } => FusedProgram {
-            head: Some(NormKind::Rms { eps: *eps }),
-            code: vec![Instr::Load(0)],
-        },
-        Op::L2Norm { eps } => FusedProgram {
-            head: Some(NormKind::L2 { eps: *eps }),
-            code: vec![Instr::Load(0)],
-        },
-        _ => FusedProgram {
-            head: None,
-            code: vec![Instr::Load(0)],
-        },
-    }
+    op.program().unwrap_or(FusedProgram {
+        head: None,
+        code: vec![Instr::Load(0)],
+    })
 }
 
 pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {

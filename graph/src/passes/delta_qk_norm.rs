@@ -5,7 +5,7 @@
 use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
-use crate::op::{FusedProgram, Instr, NormKind, Op, QkNorm};
+use crate::op::{FusedProgram, Instr, Op, QkNorm};
 
 /// The program of a norm node whose head is followed by unary functions of one register only.
 fn row_program(
@@ -16,16 +16,7 @@ fn row_program(
     d: NodeId,
 ) -> Option<FusedProgram> {
     let xn = g.node(x);
-    let plain = |kind| FusedProgram {
-        head: Some(kind),
-        code: vec![Instr::Load(0)],
-    };
-    let p = match &xn.op {
-        Op::Fused(p) if p.head.is_some() => p.clone(),
-        Op::RmsNorm { eps } => plain(NormKind::Rms { eps: *eps }),
-        Op::L2Norm { eps } => plain(NormKind::L2 { eps: *eps }),
-        _ => return None,
-    };
+    let p = xn.op.program().filter(|p| p.head.is_some())?;
     let chain = p.code.first() == Some(&Instr::Load(0))
         && p.code[1..]
             .iter()

@@ -69,15 +69,24 @@ fn compose(
     FusedProgram { head: None, code }
 }
 
+/// `prog` with the loads of source slots `slots` (the producer's results, in that order) first,
+/// the other sources after them in their order.
+pub(super) fn results_first(mut prog: FusedProgram, slots: &[usize]) -> FusedProgram {
+    for ins in &mut prog.code {
+        if let Instr::Load(k) = ins {
+            let k_ = *k as usize;
+            *k = match slots.iter().position(|&s| s == k_) {
+                Some(j) => j as u8,
+                None => (slots.len() + k_ - slots.iter().filter(|&&s| s < k_).count()) as u8,
+            };
+        }
+    }
+    prog
+}
+
 /// The program of an elementwise node without a row-normalising head.
 pub(super) fn program(op: &Op) -> Option<FusedProgram> {
-    let code = match op {
-        Op::Unary(u) => vec![Instr::Load(0), Instr::Unary(*u, 0)],
-        Op::Binary(b) => vec![Instr::Load(0), Instr::Load(1), Instr::Binary(*b, 0, 1)],
-        Op::Fused(p) if p.head.is_none() => p.code.clone(),
-        _ => return None,
-    };
-    Some(FusedProgram { head: None, code })
+    op.program().filter(|p| p.head.is_none())
 }
 
 /// For elementwise node `e`: what it can take in.
@@ -234,19 +243,7 @@ fn once(g: &Graph) -> (Graph, bool) {
             continue;
         };
         let (en, pn) = (g.node(id), g.node(t.p));
-        let mut prog = program(&en.op).expect("checked by producer");
-        // the producer's results are the first loads; the other sources follow in their order
-        for ins in &mut prog.code {
-            if let Instr::Load(k) = ins {
-                let k_ = *k as usize;
-                *k = match t.slots.iter().position(|&s| s == k_) {
-                    Some(j) => j as u8,
-                    None => {
-                        (t.slots.len() + k_ - t.slots.iter().filter(|&&s| s < k_).count()) as u8
-                    }
-                };
-            }
-        }
+        let prog = results_first(program(&en.op).expect("checked by producer"), &t.slots);
         // a producer with an epilogue already: this program runs after it
         let (inner, inner_srcs, prog, mut shapes, pair) = match &pn.op {
             Op::Epilogue(pe) => {

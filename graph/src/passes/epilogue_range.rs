@@ -4,12 +4,12 @@
 //! mat-vec's other readers see other elements, untouched. Runs before `epilogue`.
 
 use super::Rewriter;
-use super::epilogue::program;
+use super::epilogue::{program, results_first};
 use super::epilogue_inputs::{MAX_EXTERNALS, externals};
 use crate::dtype::DType;
 use crate::graph::{Graph, Node, NodeId};
 use crate::layout::Layout;
-use crate::op::{Epilogue, Instr, Op};
+use crate::op::{Epilogue, Op};
 
 /// What a ranged epilogue takes: the mat-vec, the elementwise node's slot that reads it, and
 /// the first element and count of that read.
@@ -100,18 +100,8 @@ pub fn epilogue_range(g: &Graph) -> Graph {
         }
         if let Some((e, t)) = &by_p[id.index()] {
             let (pn, en) = (g.node(id), g.node(*e));
-            let mut prog = program(&en.op).expect("checked by take");
             // the mat-vec's elements are load 0; the other sources follow in their order
-            for ins in &mut prog.code {
-                if let Instr::Load(k) = ins {
-                    let k_ = *k as usize;
-                    *k = match k_.cmp(&t.slot) {
-                        std::cmp::Ordering::Equal => 0,
-                        std::cmp::Ordering::Less => k_ as u8 + 1,
-                        std::cmp::Ordering::Greater => k_ as u8,
-                    };
-                }
-            }
+            let prog = results_first(program(&en.op).expect("checked by take"), &[t.slot]);
             let others: Vec<NodeId> = en
                 .srcs
                 .iter()

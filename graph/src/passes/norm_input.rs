@@ -3,7 +3,7 @@
 //! instead of two. The row is short (the model width), so every workgroup of the mat-vec sums
 //! its squares again rather than wait for another dispatch.
 
-use super::Rewriter;
+use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, Node, NodeId};
 use crate::op::{BinaryOp, Epilogue, Instr, NormKind, Op, XNorm};
@@ -20,11 +20,7 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
     if !matvec || matches!(&n.op, Op::Epilogue(e) if e.x_norm.is_some()) {
         return None;
     }
-    // the norm, read directly or through a reshaping view
-    let (x, view) = match g.node(n.srcs[0]) {
-        v if v.op.is_view() => (v.srcs[0], Some(n.srcs[0])),
-        _ => (n.srcs[0], None),
-    };
+    let (x, view) = norm_node(g, id);
     let xn = g.node(x);
     let k = xn.shape().last();
     if let Some(v) = view {
@@ -34,13 +30,9 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
             return None;
         }
     }
-    let (kind, code) = match &xn.op {
-        Op::Fused(p) if !matches!(p.head, Some(NormKind::Sum { .. })) => (p.head?, &p.code[..]),
-        Op::RmsNorm { eps } => (NormKind::Rms { eps: *eps }, &[Instr::Load(0)][..]),
-        Op::L2Norm { eps } => (NormKind::L2 { eps: *eps }, &[Instr::Load(0)][..]),
-        _ => return None,
-    };
-    let weighted = match code {
+    let p = xn.op.program()?;
+    let kind = p.head.filter(|k| !matches!(k, NormKind::Sum { .. }))?;
+    let weighted = match p.code[..] {
         [Instr::Load(0)] => false,
         [
             Instr::Load(0),
@@ -70,7 +62,8 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
     ok.then_some(XNorm { kind, weighted })
 }
 
-/// The norm node feeding mat-vec `id` (under its view, if any) and that view.
+/// The norm node feeding mat-vec `id`, read directly or through a reshaping view, and that
+/// view.
 fn norm_node(g: &Graph, id: NodeId) -> (NodeId, Option<NodeId>) {
     let s = g.node(id).srcs[0];
     let sn = g.node(s);
@@ -84,32 +77,12 @@ fn norm_node(g: &Graph, id: NodeId) -> (NodeId, Option<NodeId>) {
 pub fn norm_input(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let is_output = g.output_mask();
-    let norms: Vec<Option<XNorm>> = g
-        .ids()
-        .map(|id| norm_row(g, &consumers, &is_output, id))
-        .collect();
-    if norms.iter().all(Option::is_none) {
-        return g.clone();
-    }
-    let mut dropped = vec![false; g.len()];
-    for id in g.ids() {
-        if norms[id.index()].is_some() {
-            let (norm, view) = norm_node(g, id);
-            dropped[norm.index()] = true;
-            if let Some(v) = view {
-                dropped[v.index()] = true;
-            }
-        }
-    }
-    let mut rw = Rewriter::new(g);
-    for id in g.ids() {
-        if dropped[id.index()] {
-            continue;
-        }
-        let Some(norm) = norms[id.index()] else {
-            rw.copy(id);
-            continue;
-        };
+    let find = |id| {
+        let norm = norm_row(g, &consumers, &is_output, id)?;
+        let (node, view) = norm_node(g, id);
+        Some((norm, [node].into_iter().chain(view).collect()))
+    };
+    let emit = |rw: &mut Rewriter, id: NodeId, norm: XNorm| {
         let n = g.node(id);
         let xn = g.node(norm_node(g, id).0);
         let mut e = match &n.op {
@@ -124,16 +97,15 @@ pub fn norm_input(g: &Graph) -> Graph {
         }
         srcs.extend(&n.srcs[e.inner_srcs..]);
         e.x_norm = Some(norm);
-        let new = rw.push(Node {
+        rw.push(Node {
             op: Op::Epilogue(Box::new(e)),
             srcs: srcs.into_iter().map(|s| rw.get(s)).collect(),
             layout: n.layout,
             dtype: n.dtype,
             name: format!("{}+{}", xn.name, n.name),
-        });
-        rw.alias(id, new);
-    }
-    rw.finish()
+        })
+    };
+    merge_into(g, find, emit).unwrap_or_else(|| g.clone())
 }
 
 #[cfg(test)]
