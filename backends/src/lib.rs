@@ -34,6 +34,50 @@ pub struct NodeTiming {
     pub time: Duration,
 }
 
+/// Where the host's time went over a backend's runs so far (totals; subtract two readings for
+/// an interval). Only backends that queue work on a device keep them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RunStats {
+    /// Runs counted.
+    pub runs: u64,
+    /// Recording command buffers before submitting them (a run whose commands were recorded
+    /// during the previous run, see [`WgpuBackend`], adds nothing here).
+    pub encode: Duration,
+    /// Recording the next run's commands while the device works on this one.
+    pub encode_ahead: Duration,
+    /// Runs whose commands were recorded ahead of time.
+    pub reused: u64,
+    /// Handing command buffers to the device queue.
+    pub submit: Duration,
+    /// Waiting for the device to finish and reading the outputs back.
+    pub wait: Duration,
+}
+
+impl RunStats {
+    /// What was counted after `earlier` (a reading of the same backend).
+    pub fn since(&self, earlier: &RunStats) -> RunStats {
+        RunStats {
+            runs: self.runs.saturating_sub(earlier.runs),
+            encode: self.encode.saturating_sub(earlier.encode),
+            encode_ahead: self.encode_ahead.saturating_sub(earlier.encode_ahead),
+            reused: self.reused.saturating_sub(earlier.reused),
+            submit: self.submit.saturating_sub(earlier.submit),
+            wait: self.wait.saturating_sub(earlier.wait),
+        }
+    }
+}
+
+impl std::ops::AddAssign for RunStats {
+    fn add_assign(&mut self, o: RunStats) {
+        self.runs += o.runs;
+        self.encode += o.encode;
+        self.encode_ahead += o.encode_ahead;
+        self.reused += o.reused;
+        self.submit += o.submit;
+        self.wait += o.wait;
+    }
+}
+
 /// An executor of planned graphs. Object safe, so a caller can hold `Box<dyn Backend>`.
 pub trait Backend: std::fmt::Debug {
     /// Human-readable name, e.g. `cpu (2 threads)`.
@@ -73,4 +117,9 @@ pub trait Backend: std::fmt::Debug {
     /// Measured memory bandwidth in bytes/s: the best of a few copies of `bytes` bytes within
     /// the device, counting what is read and what is written.
     fn copy_bandwidth(&mut self, bytes: usize) -> Result<f64>;
+
+    /// Host time spent around the device in runs so far, where the backend keeps it.
+    fn run_stats(&self) -> Option<RunStats> {
+        None
+    }
 }

@@ -4,7 +4,8 @@
 //! selective scans, the gated delta rule in both forms, and the MoE expert matmul; then two
 //! decode steps the fusion passes turn into one kernel each (a llama FFN's norm + gate/up +
 //! SiLU, and attention with its rope and KV cache writes). Each iteration runs the compiled
-//! graph and reads its output back, which waits for the device.
+//! graph and reads its output back, which waits for the device. Last, what recording a step's
+//! commands costs the host on wgpu.
 //!
 //! `cargo bench -p weft-benches --bench kernels` (a filter such as `-- wgpu/matvec` narrows it).
 
@@ -352,6 +353,37 @@ fn fused_decode(c: &mut Criterion) {
     );
 }
 
+/// The host's cost of recording a decode-sized step on wgpu: 96 layers of a small mat-vec and
+/// a residual add (each layer one dispatch after fusion, as many bindings as a real one), as
+/// dispatches recorded per second. Nothing is submitted.
+fn host(c: &mut Criterion) {
+    let Ok(mut be) = WgpuBackend::new(&WgpuOptions::default()) else {
+        return eprintln!("wgpu host benchmark skipped: no adapter");
+    };
+    let mut build = || -> Result<_> {
+        let mut case = Case::new(10);
+        let mut x = case.input("x", &[1, 64], |v| v)?;
+        for _ in 0..96 {
+            let w = case.weight(&mut be, &[64, 64], DType::F16)?;
+            let y = case.b.matmul(x, w)?;
+            x = case.b.add(y, x)?;
+        }
+        let (graph, _, _) = case.finish(x)?;
+        Ok(compile(&mut be, &graph)?)
+    };
+    let prog = match build() {
+        Ok(p) => p,
+        Err(e) => return eprintln!("wgpu host benchmark: {e}"),
+    };
+    let n = be.record(prog).expect("record");
+    let mut g = c.benchmark_group("wgpu/host");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(format!("record {n} dispatches (dispatches/s)"), |bch| {
+        bch.iter(|| black_box(be.record(prog).expect("record")))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     matvec,
@@ -359,6 +391,7 @@ criterion_group!(
     attention,
     recurrent,
     moe,
-    fused_decode
+    fused_decode,
+    host
 );
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 use std::time::Instant;
+use weft_backends::RunStats;
 use weft_graph::testing::Rng;
 use weft_models::gguf::GgufFile;
 use weft_models::{MemoryConfig, Session};
@@ -59,6 +60,8 @@ struct Test {
     n_gen: usize,
     /// Seconds per repetition.
     secs: Vec<f64>,
+    /// The backend's host times over the timed runs, where it keeps them.
+    host: Option<RunStats>,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -121,6 +124,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             n_prompt: args.n_prompt,
             n_gen: 0,
             secs: vec![],
+            host: None,
         };
         for _ in 0..args.repetitions {
             s.clear();
@@ -138,16 +142,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             n_prompt: 0,
             n_gen: args.n_gen,
             secs: vec![],
+            host: None,
         };
         for _ in 0..args.repetitions {
             s.clear();
             s.decode_last(&[(0, &toks[..1])])?; // warm-up token (and compile)
             bar.set_message(format!("tg{}", args.n_gen));
+            let before = s.run_stats();
             let start = Instant::now();
             for &tok in &toks[1..] {
                 s.decode_last(&[(0, &[tok])])?;
             }
             t.secs.push(start.elapsed().as_secs_f64());
+            if let (Some(a), Some(b)) = (before, s.run_stats()) {
+                *t.host.get_or_insert_with(RunStats::default) += b.since(&a);
+            }
             bar.inc(1);
         }
         tests.push(t);
@@ -189,6 +198,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             row["bandwidth_fraction"] = serde_json::json!(bandwidth.map(|b| bps / b));
             row["device_bandwidth_bytes_per_s"] = serde_json::json!(bandwidth);
         }
+        if let Some(h) = &t.host {
+            row["host_us_per_run"] = host_json(h, t.secs.iter().sum::<f64>());
+        }
         rows.push(row);
     }
     if args.json {
@@ -219,7 +231,42 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(b) = bandwidth {
         println!("device copy bandwidth: {:.1} GB/s", b / 1e9);
     }
+    for t in tests.iter().filter(|t| t.n_gen > 0) {
+        if let Some(h) = &t.host {
+            let j = host_json(h, t.secs.iter().sum::<f64>());
+            let us = |k: &str| j[k].as_f64().unwrap_or(0.0);
+            println!(
+                "host per generated token: recording commands {:.0} µs before submitting \
+                 ({} of {} runs had theirs recorded during the previous run) and {:.0} µs \
+                 for the next run while the device works, submitting {:.0} µs, waiting for \
+                 the device and reading back {:.0} µs, other host work {:.0} µs",
+                us("encode"),
+                h.reused,
+                h.runs,
+                us("encode_ahead"),
+                us("submit"),
+                us("wait"),
+                us("other"),
+            );
+        }
+    }
     Ok(())
+}
+
+/// Host microseconds per run: `other` is the wall time `secs` less what the backend counted
+/// (graph inputs, memory bookkeeping, reading the logits out).
+fn host_json(h: &RunStats, secs: f64) -> serde_json::Value {
+    let per = |d: std::time::Duration| 1e6 * d.as_secs_f64() / h.runs.max(1) as f64;
+    let counted = per(h.encode) + per(h.encode_ahead) + per(h.submit) + per(h.wait);
+    serde_json::json!({
+        "runs": h.runs,
+        "reused": h.reused,
+        "encode": per(h.encode),
+        "encode_ahead": per(h.encode_ahead),
+        "submit": per(h.submit),
+        "wait": per(h.wait),
+        "other": (1e6 * secs / h.runs.max(1) as f64 - counted).max(0.0),
+    })
 }
 
 /// Generation steps timed node by node by `--profile`.

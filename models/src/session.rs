@@ -105,6 +105,11 @@ impl Session {
         self.arch.n_vocab()
     }
 
+    /// Host time the backend spent around the device so far, where it keeps it.
+    pub fn run_stats(&self) -> Option<weft_backends::RunStats> {
+        self.backend.run_stats()
+    }
+
     /// Per-node timing of later runs (read them with [`Session::last_timings`]).
     pub fn set_profiling(&mut self, on: bool) {
         self.backend.set_profiling(on);

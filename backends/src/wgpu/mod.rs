@@ -2,6 +2,12 @@
 //! DX12. Weights and caches live in their own buffers; activations live in one arena buffer
 //! placed by the planner; each run writes the inputs, records every dispatch in one compute
 //! pass of one command encoder, copies the outputs to a staging buffer and submits once.
+//!
+//! Recording a step's commands costs the host about a microsecond per dispatch, which a decode
+//! step of a few hundred dispatches would add to every token. So once a run is submitted, the
+//! same program's next command buffer is recorded while the device works, and the next run
+//! of that program only writes its inputs (queued writes land before the commands of the next
+//! submission) and submits it.
 
 mod device;
 mod lower;
@@ -10,7 +16,9 @@ mod split;
 pub use device::{WgpuOptions, list_adapters};
 pub use wgpu::{AdapterInfo, DeviceType};
 
-use crate::{Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result};
+use crate::{
+    Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result, RunStats,
+};
 use lower::{Lowered, MAX_PARAMS, lower};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +63,8 @@ struct GpuProgram {
     outputs: Vec<OutputCopy>,
     staging: Option<wgpu::Buffer>,
     timings: Option<Vec<NodeTiming>>,
+    /// The next run's commands, recorded during the last run's device time.
+    ready: Option<wgpu::CommandBuffer>,
 }
 
 /// Executes plans on a GPU through wgpu.
@@ -71,6 +81,7 @@ pub struct WgpuBackend {
     layouts: HashMap<(u32, u32), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
     errors: Arc<Mutex<Vec<String>>>,
     profiling: bool,
+    stats: RunStats,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -116,6 +127,7 @@ impl WgpuBackend {
             layouts: HashMap::new(),
             errors,
             profiling: false,
+            stats: RunStats::default(),
         })
     }
 
@@ -276,6 +288,105 @@ impl WgpuBackend {
     }
 
     /// Reads `len` bytes at `offset` of a buffer (aligned internally to 4 bytes).
+    /// Records one run's commands of `program` and drops them unsubmitted; returns the number
+    /// of dispatches. For measuring what recording costs the host (`benches`).
+    pub fn record(&self, program: ProgramId) -> Result<usize> {
+        let prog = self
+            .programs
+            .get(&program.0)
+            .ok_or(BackendError::UnknownProgram(program.0))?;
+        drop(self.encode(prog)?);
+        Ok(prog.dispatches.len())
+    }
+
+    /// The commands of one run of `prog`: every dispatch in one compute pass, then the copies
+    /// of the outputs to the staging buffer.
+    fn encode(&self, prog: &GpuProgram) -> Result<wgpu::CommandBuffer> {
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("weft run"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("weft"),
+                timestamp_writes: None,
+            });
+            for d in &prog.dispatches {
+                pass.set_pipeline(&d.pipeline);
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+            }
+        }
+        self.copy_outputs(&mut enc, prog)?;
+        Ok(enc.finish())
+    }
+
+    /// Like [`Self::encode`], with one pass per dispatch bracketed by GPU timestamps, resolved
+    /// into the returned readable buffer (two `u64` per dispatch).
+    fn encode_stamped(
+        &self,
+        prog: &GpuProgram,
+    ) -> Result<(
+        wgpu::CommandBuffer,
+        (wgpu::QuerySet, wgpu::Buffer, wgpu::Buffer),
+    )> {
+        let n = prog.dispatches.len() as u32;
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("weft run (timed)"),
+            });
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("weft timings"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * n,
+        });
+        let mk = |usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("weft timings"),
+                size: 16 * n as u64,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let resolve = mk(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+        let read = mk(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+        for (i, d) in prog.dispatches.iter().enumerate() {
+            let writes = wgpu::ComputePassTimestampWrites {
+                query_set: &set,
+                beginning_of_pass_write_index: Some(2 * i as u32),
+                end_of_pass_write_index: Some(2 * i as u32 + 1),
+            };
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(writes),
+            });
+            pass.set_pipeline(&d.pipeline);
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+        }
+        enc.resolve_query_set(&set, 0..2 * n, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, 16 * n as u64);
+        self.copy_outputs(&mut enc, prog)?;
+        Ok((enc.finish(), (set, resolve, read)))
+    }
+
+    fn copy_outputs(&self, enc: &mut wgpu::CommandEncoder, prog: &GpuProgram) -> Result<()> {
+        if let Some(staging) = &prog.staging {
+            for o in &prog.outputs {
+                let src = match o.buffer {
+                    OutBuf::Arena => &prog.arena,
+                    OutBuf::External(b) => &self.buffer(b)?.buffer,
+                };
+                if o.bytes > 0 {
+                    enc.copy_buffer_to_buffer(src, o.start, staging, o.staging_at, o.bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn read_range(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
         let start = offset / 4 * 4;
         let end = align_up(offset + len, 4);
@@ -647,12 +758,20 @@ impl Backend for WgpuBackend {
                 outputs,
                 staging,
                 timings: None,
+                ready: None,
             },
         );
         Ok(ProgramId(id))
     }
 
     fn run(&mut self, program: ProgramId, inputs: &[(&str, HostData<'_>)]) -> Result<Vec<Output>> {
+        let profiling = self.profiling;
+        let ready = self
+            .programs
+            .get_mut(&program.0)
+            .ok_or(BackendError::UnknownProgram(program.0))?
+            .ready
+            .take();
         let prog = self
             .programs
             .get(&program.0)
@@ -663,82 +782,37 @@ impl Backend for WgpuBackend {
                     .write_buffer(&prog.arena, off as u64, data.bytes());
             }
         }
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("weft run"),
-            });
         let n = prog.dispatches.len() as u32;
-        let stamps = (self.profiling
+        let stamped = profiling
             && self
                 .device
                 .features()
                 .contains(wgpu::Features::TIMESTAMP_QUERY)
             && n > 0
-            && 2 * n <= wgpu::QUERY_SET_MAX_QUERIES)
-            .then(|| {
-                let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("weft timings"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count: 2 * n,
-                });
-                let mk = |usage| {
-                    self.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("weft timings"),
-                        size: 16 * n as u64,
-                        usage,
-                        mapped_at_creation: false,
-                    })
-                };
-                let resolve = mk(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
-                let read = mk(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
-                (set, resolve, read)
-            });
-        match &stamps {
-            // One pass per dispatch, each bracketed by GPU timestamps.
-            Some((set, resolve, read)) => {
-                for (i, d) in prog.dispatches.iter().enumerate() {
-                    let writes = wgpu::ComputePassTimestampWrites {
-                        query_set: set,
-                        beginning_of_pass_write_index: Some(2 * i as u32),
-                        end_of_pass_write_index: Some(2 * i as u32 + 1),
-                    };
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: Some(writes),
-                    });
-                    pass.set_pipeline(&d.pipeline);
-                    pass.set_bind_group(0, &d.bind_group, &[]);
-                    pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
-                }
-                enc.resolve_query_set(set, 0..2 * n, resolve, 0);
-                enc.copy_buffer_to_buffer(resolve, 0, read, 0, 16 * n as u64);
+            && 2 * n <= wgpu::QUERY_SET_MAX_QUERIES;
+        let t_encode = std::time::Instant::now();
+        let reused = ready.is_some() && !profiling;
+        let (commands, stamps) = match ready {
+            Some(cb) if !profiling => (cb, None),
+            _ if stamped => {
+                let (cb, stamps) = self.encode_stamped(prog)?;
+                (cb, Some(stamps))
             }
-            None => {
-                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("weft"),
-                    timestamp_writes: None,
-                });
-                for d in &prog.dispatches {
-                    pass.set_pipeline(&d.pipeline);
-                    pass.set_bind_group(0, &d.bind_group, &[]);
-                    pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
-                }
-            }
-        }
-        if let Some(staging) = &prog.staging {
-            for o in &prog.outputs {
-                let src = match o.buffer {
-                    OutBuf::Arena => &prog.arena,
-                    OutBuf::External(b) => &self.buffer(b)?.buffer,
-                };
-                if o.bytes > 0 {
-                    enc.copy_buffer_to_buffer(src, o.start, staging, o.staging_at, o.bytes);
-                }
-            }
-        }
+            _ => (self.encode(prog)?, None),
+        };
+        let encoded = t_encode.elapsed();
         let start = std::time::Instant::now();
-        self.queue.submit([enc.finish()]);
+        self.queue.submit([commands]);
+        let submitted = start.elapsed();
+        // While the device works, record the next run of this program.
+        let t_next = std::time::Instant::now();
+        let next = if profiling {
+            None
+        } else {
+            Some(self.encode(prog)?)
+        };
+        let encoded_next = t_next.elapsed();
+        let t_wait = std::time::Instant::now();
         let total = prog.outputs.last().map_or(0, |o| o.staging_at + o.bytes);
         let bytes = match &prog.staging {
             Some(s) => self.map_read(s, total)?,
@@ -753,7 +827,14 @@ impl Backend for WgpuBackend {
                 vec![]
             }
         };
+        let waited = t_wait.elapsed();
         let elapsed = start.elapsed();
+        self.stats.runs += 1;
+        self.stats.encode += encoded;
+        self.stats.encode_ahead += encoded_next;
+        self.stats.reused += reused as u64;
+        self.stats.submit += submitted;
+        self.stats.wait += waited;
         let gpu_ns: Option<Vec<u64>> = match &stamps {
             Some((_, _, read)) => {
                 let raw = self.map_read(read, 16 * n as u64)?;
@@ -774,7 +855,8 @@ impl Backend for WgpuBackend {
             .programs
             .get_mut(&program.0)
             .ok_or(BackendError::UnknownProgram(program.0))?;
-        if self.profiling {
+        prog.ready = next;
+        if profiling {
             // GPU timestamps when the adapter has them; otherwise the run's wall time spread
             // evenly over the dispatches (coarse, but the table keeps its shape).
             let per = elapsed / prog.dispatches.len().max(1) as u32;
@@ -825,6 +907,10 @@ impl Backend for WgpuBackend {
 
     fn timings(&self, program: ProgramId) -> Option<Vec<NodeTiming>> {
         self.programs.get(&program.0)?.timings.clone()
+    }
+
+    fn run_stats(&self) -> Option<RunStats> {
+        Some(self.stats)
     }
 
     fn copy_bandwidth(&mut self, bytes: usize) -> Result<f64> {
