@@ -277,6 +277,12 @@ fn cases() -> Vec<Case> {
             shared_gate: true,
             ..base
         },
+        // Softmax renormalised, then scaled (the chosen logits' softmax, times 1.5).
+        Case {
+            norm: true,
+            scale: 1.5,
+            ..base
+        },
         // Nemotron-H: sigmoid with a selection bias, renormalised, scaled, squared ReLU.
         Case {
             gating: Gating::Sigmoid,

@@ -6,7 +6,8 @@
 //! 2. Experts are chosen by the top `k` of `probs + bias` (the selection bias of DeepSeek-V3 /
 //!    Nemotron-H, `exp_probs_b`); their weights are the *unbiased* `probs` of the chosen ones.
 //! 3. Optionally the `k` weights are renormalised to sum to one (the sum clamped from below at
-//!    2⁻¹⁴, like llama.cpp), then optionally multiplied by a routed scaling factor.
+//!    2⁻¹⁴, like llama.cpp), then optionally multiplied by a routed scaling factor. Unbiased
+//!    softmax routing renormalised this way is computed as the softmax of the chosen logits.
 //! 4. Each chosen expert runs `down(silu(gate(x)) · up(x))` (SwiGLU) or `down(relu(up(x))²)`
 //!    (non-gated squared ReLU); the outputs are weighted and summed.
 //! 5. An optional shared expert (same activation) runs on every token and is added, optionally
@@ -113,37 +114,53 @@ pub fn route(
     w: &MoeWeights,
     p: &MoeParams,
 ) -> Result<(Tensor, Tensor)> {
-    let t = x.dims()[0];
     let k = p.n_expert_used;
     let logits = b.matmul(x, w.router)?;
-    let e = logits.dims()[1];
-    let probs = match p.gating {
-        Gating::Softmax => b.softmax(logits, None, 1.0)?,
-        Gating::Sigmoid => b.sigmoid(logits)?,
-    };
-    let select = match w.selection_bias {
-        Some(bias) => b.add(probs, bias)?,
-        None => probs,
-    };
-    let ids = b.top_k(select, k)?;
-    let p3 = b.reshape(probs, &[t, e, 1])?;
-    let weights = b.get_rows(p3, ids)?;
-    let mut weights = b.reshape(weights, &[t, k])?;
-    if p.norm_weights {
-        let sum = b.reduce(weft_graph::ReduceOp::Sum, weights)?;
-        let sum = b.unary(
-            UnaryOp::Clamp {
-                min: MIN_WEIGHT_SUM,
-                max: f32::MAX,
-            },
-            sum,
-        )?;
-        weights = b.div(weights, sum)?;
-    }
+    let (ids, mut weights) =
+        if p.gating == Gating::Softmax && p.norm_weights && w.selection_bias.is_none() {
+            // Renormalised softmax weights: the denominator over all experts cancels, so they
+            // are the softmax of the chosen logits, and softmax does not change which logits
+            // are largest. Three small kernels instead of four; the clamp of the sum never
+            // binds (the chosen probabilities sum to at least 1/E).
+            let ids = b.top_k(logits, k)?;
+            let chosen = chosen(b, logits, ids)?;
+            (ids, b.softmax(chosen, None, 1.0)?)
+        } else {
+            let probs = match p.gating {
+                Gating::Softmax => b.softmax(logits, None, 1.0)?,
+                Gating::Sigmoid => b.sigmoid(logits)?,
+            };
+            let select = match w.selection_bias {
+                Some(bias) => b.add(probs, bias)?,
+                None => probs,
+            };
+            let ids = b.top_k(select, k)?;
+            let mut weights = chosen(b, probs, ids)?;
+            if p.norm_weights {
+                let sum = b.reduce(weft_graph::ReduceOp::Sum, weights)?;
+                let sum = b.unary(
+                    UnaryOp::Clamp {
+                        min: MIN_WEIGHT_SUM,
+                        max: f32::MAX,
+                    },
+                    sum,
+                )?;
+                weights = b.div(weights, sum)?;
+            }
+            (ids, weights)
+        };
     if p.weights_scale != 1.0 && p.weights_scale != 0.0 {
         weights = b.scale(weights, p.weights_scale)?;
     }
     Ok((ids, weights))
+}
+
+/// The values of `v [T, E]` at the chosen experts `ids [T, k]`, as `[T, k]`.
+fn chosen(b: &mut GraphBuilder, v: Tensor, ids: Tensor) -> Result<Tensor> {
+    let [t, e] = [v.dims()[0], v.dims()[1]];
+    let v3 = b.reshape(v, &[t, e, 1])?;
+    let c = b.get_rows(v3, ids)?;
+    b.reshape(c, &[t, ids.dims()[1]])
 }
 
 /// The shared expert on `x [T, D]` → `[T, D]`.
