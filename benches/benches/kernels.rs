@@ -273,6 +273,20 @@ fn moe(c: &mut Criterion) {
         let flops = Throughput::Elements((2 * t * top * n * k) as u64);
         (format!("{dtype} {t} tokens"), flops, build)
     };
+    // the experts' gate and up of one decode token meeting in `matmul_id_pair` (SiLU · up)
+    let pair: Box<Build> = Box::new(move |be: &mut dyn Backend| {
+        let mut case = Case::new(11);
+        let x = case.input("x", &[1, 1, k], |v| v)?;
+        let wg = case.external(be, "gate", &[e, n, k], DType::Q4K, Access::ReadOnly)?;
+        let wu = case.external(be, "up", &[e, n, k], DType::Q4K, Access::ReadOnly)?;
+        let ids = case.ids("ids", &[1, top], vec![3, 6])?;
+        let g = case.b.matmul_id(x, wg, ids)?;
+        let u = case.b.matmul_id(x, wu, ids)?;
+        let g = case.b.silu(g)?;
+        let y = case.b.mul(g, u)?;
+        Ok((case, y))
+    });
+    let pair_flops = Throughput::Elements((2 * 2 * top * n * k) as u64);
     suite(
         c,
         "matmul_id 8 experts top-2 (FLOP/s)",
@@ -280,6 +294,7 @@ fn moe(c: &mut Criterion) {
             case(1, DType::Q4K),
             case(32, DType::Q4K),
             case(32, DType::F16),
+            ("Q4K gate/up pair + SiLU, 1 token".into(), pair_flops, pair),
         ],
     );
 }

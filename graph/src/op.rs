@@ -411,7 +411,9 @@ pub enum Op {
     ///
     /// With `pair`, the inner op is a `MatMulCat` of two weights of `N` rows each and the output
     /// has `N` columns: `Load(0)` and `Load(1)` are the two products at column `i` (a gated
-    /// unit's gate and up), and the sources' loads start at `Load(2)`.
+    /// unit's gate and up), and the sources' loads start at `Load(2)`. Or the inner op is a
+    /// `MatMulId` whose sources are `[x, w_a, ids, w_b]` (`inner_srcs` 4): `Load(0)` and
+    /// `Load(1)` are the products of the two weights (of one shape) for the same expert.
     ///
     /// With `x_norm` (made by the `norm_input` pass; a mat-vec's inner op), the inner op's
     /// activation row (source 0) is normalised first, then multiplied by the norm's weight,

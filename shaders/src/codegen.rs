@@ -254,10 +254,10 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
     if !spec.kernel.applies_epilogue() {
         return Err(err(spec.kernel, "this kernel applies no epilogue"));
     }
-    if e.pair != (spec.kernel == Kernel::MatMulPair) {
+    if e.pair != matches!(spec.kernel, Kernel::MatMulPair | Kernel::MatMulIdPair) {
         return Err(err(
             spec.kernel,
-            "matmul_pair's epilogue, and only its, reads two results",
+            "the pair kernels' epilogues, and only theirs, read two results",
         ));
     }
     let results = if e.pair { 2 } else { 1 };
@@ -471,18 +471,24 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     // `matmul_cat`, which picks the weight by output column)
     if matches!(
         k,
-        Kernel::MatMul | Kernel::MatMulCat | Kernel::MatMulPair | Kernel::MatMulId
+        Kernel::MatMul
+            | Kernel::MatMulCat
+            | Kernel::MatMulPair
+            | Kernel::MatMulId
+            | Kernel::MatMulIdPair
     ) {
-        let weights = match k {
-            Kernel::MatMul | Kernel::MatMulId => 1..2,
-            Kernel::MatMulPair => 1..3,
-            _ => 1..spec.own_sources(),
+        // (the experts' pair: sources x, w_a, ids, w_b)
+        let weights: Vec<usize> = match k {
+            Kernel::MatMul | Kernel::MatMulId => vec![1],
+            Kernel::MatMulPair => vec![1, 2],
+            Kernel::MatMulIdPair => vec![1, 3],
+            _ => (1..spec.own_sources()).collect(),
         };
-        if weights.is_empty() || spec.sources.len() < weights.end {
+        if weights.is_empty() || weights.iter().any(|&j| j >= spec.sources.len()) {
             return Err(err(k, "missing the weight source"));
         }
         out.push_str(CHUNK_HELPERS);
-        for j in weights.clone() {
+        for &j in &weights {
             out.push_str(&chunk_dot(j, spec.sources[j].home, spec.sources[j].dtype));
         }
         if k == Kernel::MatMulCat {

@@ -31,6 +31,7 @@ pub enum Kernel {
     MatMulCat,
     MatMulPair,
     MatMulId,
+    MatMulIdPair,
     GetRows,
     SoftMax,
     Rope,
@@ -47,7 +48,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 22] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -56,6 +57,7 @@ impl Kernel {
         Kernel::MatMulCat,
         Kernel::MatMulPair,
         Kernel::MatMulId,
+        Kernel::MatMulIdPair,
         Kernel::GetRows,
         Kernel::SoftMax,
         Kernel::Rope,
@@ -81,6 +83,7 @@ impl Kernel {
             Kernel::MatMulCat => "matmul_cat",
             Kernel::MatMulPair => "matmul_pair",
             Kernel::MatMulId => "matmul_id",
+            Kernel::MatMulIdPair => "matmul_id_pair",
             Kernel::GetRows => "get_rows",
             Kernel::SoftMax => "softmax",
             Kernel::Rope => "rope",
@@ -107,6 +110,7 @@ impl Kernel {
                 | Kernel::MatMulCat
                 | Kernel::MatMulPair
                 | Kernel::MatMulId
+                | Kernel::MatMulIdPair
                 | Kernel::SsmConv
                 | Kernel::SsmConvCached
                 | Kernel::SsmScan
@@ -125,6 +129,7 @@ impl Kernel {
             Kernel::MatMulCat => include_str!("kernels/matmul_cat.wgsl"),
             Kernel::MatMulPair => include_str!("kernels/matmul_pair.wgsl"),
             Kernel::MatMulId => include_str!("kernels/matmul_id.wgsl"),
+            Kernel::MatMulIdPair => include_str!("kernels/matmul_id_pair.wgsl"),
             Kernel::GetRows => include_str!("kernels/get_rows.wgsl"),
             Kernel::SoftMax => include_str!("kernels/softmax.wgsl"),
             Kernel::Rope => include_str!("kernels/rope.wgsl"),

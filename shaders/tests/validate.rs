@@ -255,6 +255,37 @@ fn variants() -> Vec<Spec> {
         });
         v.push(s);
     }
+    // the experts' pair: gate and up of mixed dtypes, SiLU · up times a routing weight
+    for (a, b) in [(DType::F16, DType::F16), (DType::Q4K, DType::Q8_0)] {
+        let mut s = Spec::new(
+            Kernel::MatMulIdPair,
+            vec![
+                arena(DType::F32),
+                ext(0, a),
+                arena(DType::I32),
+                ext(1, b),
+                arena(DType::F32),
+            ],
+        );
+        s.epilogue = Some(EpilogueSpec {
+            program: FusedProgram {
+                head: None,
+                code: vec![
+                    Instr::Load(0),
+                    Instr::Unary(UnaryOp::Silu, 0),
+                    Instr::Load(1),
+                    Instr::Binary(BinaryOp::Mul, 1, 2),
+                    Instr::Load(2),
+                    Instr::Binary(BinaryOp::Mul, 3, 4),
+                ],
+            },
+            first: 4,
+            params: 11,
+            pair: true,
+            range: None,
+        });
+        v.push(s);
+    }
     // mat-vecs normalising their row (with a norm weight, and an l2 norm without one)
     for (k, kind, weighted) in [
         (Kernel::MatMul, NormKind::Rms { eps: 1e-5 }, true),
@@ -349,7 +380,8 @@ fn variants_applying_epilogues() -> Vec<Spec> {
     v.push(conv_in_cache());
     v.extend([Kernel::SsmScan, Kernel::SsmScanRows].map(state_in_cache));
     assert!(Kernel::ALL.iter().all(|k| {
-        k.applies_epilogue() == (v.iter().any(|s| s.kernel == *k) || *k == Kernel::MatMulPair)
+        let pair = matches!(k, Kernel::MatMulPair | Kernel::MatMulIdPair);
+        k.applies_epilogue() == (v.iter().any(|s| s.kernel == *k) || pair)
     }));
     v
 }

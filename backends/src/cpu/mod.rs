@@ -537,7 +537,15 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
     // the inner result (a pair's two products side by side), then the program over it (or
     // over its range)
     let mut y = vec![0.0f32; node.numel() * e.results()];
-    execute_op(op, node, &inner, bytemuck::cast_slice_mut(&mut y))?;
+    if e.pair && matches!(op, Op::MatMulId) {
+        // the experts' pair: each weight's products, one after the other
+        let (a, b) = y.split_at_mut(node.numel());
+        execute_op(op, node, &inner[..3], bytemuck::cast_slice_mut(a))?;
+        let second = [inner[0], inner[3], inner[2]];
+        execute_op(op, node, &second, bytemuck::cast_slice_mut(b))?;
+    } else {
+        execute_op(op, node, &inner, bytemuck::cast_slice_mut(&mut y))?;
+    }
     let extra = &s[e.first_source()..];
     match e.range {
         Some((a, n)) => {

@@ -238,7 +238,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let (xd, wd, idd) = (dims(0), dims(1), dims(2));
             let (xo, wo, io) = (c.src(s[0]), c.src(s[1]), c.src(s[2]));
             let total = node.numel();
-            let p = vec![
+            let mut p = vec![
                 idd[1] as u32,
                 wd[1] as u32,
                 wd[2] as u32,
@@ -250,7 +250,15 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 wd[0] as u32,
                 total as u32,
             ];
-            (Kernel::MatMulId, p, total.div_ceil(4) as u32)
+            // the experts' pair: a second weight of the same shape (source 3)
+            let kernel = match &node.op {
+                Op::Epilogue(e) if e.pair => {
+                    p.push(c.src(s[3]));
+                    Kernel::MatMulIdPair
+                }
+                _ => Kernel::MatMulId,
+            };
+            (kernel, p, total.div_ceil(4) as u32)
         }
         Op::GetRows => {
             let (td, idd) = (dims(0), dims(1));

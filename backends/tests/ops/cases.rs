@@ -1666,6 +1666,57 @@ pub fn matmul_pair(be: &mut dyn Backend) {
     }
 }
 
+/// Experts' gate and up products of one activation and routing, read only by their activation,
+/// meet in one `matmul_id_pair` kernel: SwiGLU with one activation row for all experts, and
+/// GEGLU times a routing weight with one row per expert, with mixed dtypes, against the
+/// reference.
+pub fn matmul_id_pair(be: &mut dyn Backend) {
+    let mut rg = rng(46);
+    let k = 256;
+    let (t, u, e, n) = (3, 2, 5, 7);
+    for (gd, ud, xu) in [(DType::F16, DType::F16, 1), (DType::Q4K, DType::Q8_0, 2)] {
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[t, xu, k]);
+        let (wg, wgn) = weight(be, &mut c, &mut rg, "gate", &[e, n, k], gd);
+        let (wu, wun) = weight(be, &mut c, &mut rg, "up", &[e, n, k], ud);
+        let ids: Vec<i32> = (0..t * u).map(|i| ((i * 2 + 1) % e) as i32).collect();
+        let it = c.ids("ids", &[t, u], ids.clone());
+        let (rw, rwn) = c.input(&mut rg, "route", &[t, u, 1]);
+        let g = c.b.matmul_id(x, wg, it).unwrap();
+        let up = c.b.matmul_id(x, wu, it).unwrap();
+        let y = if xu == 1 {
+            let a = c.b.silu(g).unwrap();
+            c.b.mul(a, up).unwrap()
+        } else {
+            let a = c.b.unary(UnaryOp::Gelu, g).unwrap();
+            let y = c.b.mul(up, a).unwrap();
+            c.b.mul(y, rw).unwrap()
+        };
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat_id"], "{gd} {ud}");
+        let out = c.run(be);
+        let (xg, xu_) = (seen_activations(be, gd, &xn), seen_activations(be, ud, &xn));
+        let mut want = Nd::zeros(&[t, u, n]);
+        for i in indices(&[t, u, n]) {
+            let ex = ids[i[0] * u + i[1]] as usize;
+            let xr = if xu == 1 { 0 } else { i[1] };
+            let dot = |x: &Nd, w: &Nd| -> f64 {
+                (0..k)
+                    .map(|kk| x.at(&[i[0], xr, kk]) * w.at(&[ex, i[2], kk]))
+                    .sum()
+            };
+            let (gv, uv) = (dot(&xg, &wgn), dot(&xu_, &wun));
+            let v = if xu == 1 {
+                silu(gv) * uv
+            } else {
+                uv * r::unary("gelu", gv, (0.0, 0.0)) * rwn.at(&[i[0], i[1], 0])
+            };
+            want.set(&i, v);
+        }
+        assert_close(&format!("matmul_id pair {gd} {ud}"), &out[0], &want, TOL);
+    }
+}
+
 /// The norm before a layer's projections runs inside the mat-vecs (`norm_input`): a single
 /// projection, three sharing the row (`mul_mat_cat`), and a gated unit's pair, with an rms norm
 /// and its weight, and an l2 norm without one. Each plan is one kernel and matches the

@@ -46,6 +46,7 @@ macro_rules! all_cases {
                 matmul_pair,
                 norm_matvec,
                 matmul_id,
+                matmul_id_pair,
                 get_rows,
                 norms,
                 sum_norm,

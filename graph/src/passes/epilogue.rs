@@ -35,6 +35,9 @@ struct Take {
     p: NodeId,
     views: Vec<NodeId>,
     slots: Vec<usize>,
+    /// An experts' pair: the second weight, read after the producer's sources (the second
+    /// product is among `views`, dropped with them).
+    second_weight: Option<NodeId>,
 }
 
 /// `outer` reading the result of `inner` as its load 0: `inner`'s instructions, then `outer`'s
@@ -96,7 +99,9 @@ fn producer(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], e: NodeId)
     if en.dtype != DType::F32 {
         return None;
     }
-    if let Some(t) = pair(g, consumers, is_output, e) {
+    if let Some(t) =
+        pair(g, consumers, is_output, e).or_else(|| id_pair(g, consumers, is_output, e))
+    {
         return Some(t);
     }
     en.srcs.iter().enumerate().find_map(|(slot, &s)| {
@@ -125,6 +130,7 @@ fn producer(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], e: NodeId)
             p,
             views: view.into_iter().collect(),
             slots: vec![slot],
+            second_weight: None,
         })
     })
 }
@@ -173,6 +179,48 @@ fn pair(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], e: NodeId) -> 
         p: first.2,
         views: vec![first.1, second.1],
         slots: vec![first.0, second.0],
+        second_weight: None,
+    })
+}
+
+/// Two experts' products of one activation and one routing (gate and up, the same shape of
+/// weights) read by `e` alone, element for element: they meet in one kernel like a pair.
+fn id_pair(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], e: NodeId) -> Option<Take> {
+    let en = g.node(e);
+    if en.srcs.len() > MAX_EPILOGUE_SOURCES + 2 {
+        return None;
+    }
+    let product = |s: NodeId| {
+        let sn = g.node(s);
+        let ok = matches!(sn.op, Op::MatMulId)
+            && sn.dtype == DType::F32
+            && sn.layout.shape == en.shape()
+            && sn.layout.is_contiguous()
+            && sn.layout.offset == 0
+            && consumers[s.index()] == [e]
+            && !is_output[s.index()];
+        ok.then_some(s)
+    };
+    let found: Vec<(usize, NodeId)> = en
+        .srcs
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, &s)| product(s).map(|p| (slot, p)))
+        .collect();
+    let [(sa, a), (sb, b)] = found[..] else {
+        return None;
+    };
+    let (an, bn) = (g.node(a), g.node(b));
+    let ok = a != b
+        && an.srcs[0] == bn.srcs[0]
+        && an.srcs[2] == bn.srcs[2]
+        && g.node(an.srcs[1]).shape() == g.node(bn.srcs[1]).shape()
+        && externals(g, &[&an.srcs[..], &[bn.srcs[1]], &en.srcs[..]].concat()) <= MAX_EXTERNALS;
+    ok.then(|| Take {
+        p: a,
+        views: vec![b],
+        slots: vec![sa, sb],
+        second_weight: Some(bn.srcs[1]),
     })
 }
 
@@ -259,9 +307,14 @@ fn once(g: &Graph) -> (Graph, bool) {
         };
         // this node's other sources broadcast to its shape
         shapes.resize(shapes.len() + en.srcs.len() - t.slots.len(), en.shape());
+        let (inner_srcs, pair) = match t.second_weight {
+            Some(_) => (inner_srcs + 1, true),
+            None => (inner_srcs, pair),
+        };
         let srcs = pn
             .srcs
             .iter()
+            .chain(&t.second_weight)
             .chain(
                 en.srcs
                     .iter()
@@ -350,5 +403,30 @@ mod tests {
         b.output(y, "y").unwrap();
         let g = crate::passes::optimize(&b.finish(), Default::default());
         assert!(g.ids().all(|i| !matches!(g.node(i).op, Op::Epilogue(_))));
+    }
+
+    #[test]
+    fn experts_gate_and_up_pair_only_under_one_routing() {
+        for same_ids in [true, false] {
+            let mut b = GraphBuilder::new();
+            let x = b.input("x", &[2, 1, 8], DType::F32).unwrap();
+            let wg = b.input("wg", &[4, 6, 8], DType::F32).unwrap();
+            let wu = b.input("wu", &[4, 6, 8], DType::F32).unwrap();
+            let ids = b.input("ids", &[2, 2], DType::I32).unwrap();
+            let other = b.input("other", &[2, 2], DType::I32).unwrap();
+            let g = b.matmul_id(x, wg, ids).unwrap();
+            let u = b
+                .matmul_id(x, wu, if same_ids { ids } else { other })
+                .unwrap();
+            let g = b.silu(g).unwrap();
+            let y = b.mul(g, u).unwrap();
+            b.output(y, "y").unwrap();
+            let want: &[&str] = if same_ids {
+                &["mul_mat_id (two products) then mul(silu(%1), %0)"]
+            } else {
+                &["mul_mat_id", "mul_mat_id then mul(silu(%1), %0)"]
+            };
+            assert_eq!(crate::passes::described(&b.finish()), want);
+        }
     }
 }
