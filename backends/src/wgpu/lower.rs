@@ -177,16 +177,16 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let (m, k, n) = (xd[xd.len() - 2], xd[xd.len() - 1], wd[wd.len() - 2]);
             let xb = padded_batch(&xd[..xd.len() - 2]);
             let wb = padded_batch(&wd[..wd.len() - 2]);
-            // prompts: up to 8 rows of x per workgroup, each weight element decoded once for all
-            let mt = m.clamp(1, 8);
+            // prompts: up to 64 rows of x per workgroup, each weight element decoded once for all
+            let mt = m.clamp(1, 64);
             let kernel = if m == 1 {
                 Kernel::MatMul
             } else {
                 Kernel::MatMulRows
             };
             // `matmul` computes 4 outputs per workgroup; `matmul_rows` a tile of a row block
-            // by 32 weight rows
-            let per = if m == 1 { 4 } else { 32 };
+            // by 64 weight rows
+            let per = if m == 1 { 4 } else { 64 };
             let units = node.numel() / m * m.div_ceil(mt);
             let (xo, wo) = (c.src(s[0]), c.src(s[1]));
             // a residual folded in by the matmul_add pass (source 2, the output's layout)

@@ -187,10 +187,12 @@ fn matmul_with(be: &mut dyn Backend, dtype: DType, k: usize, seed: u64) {
         (vec![2, 3, k], vec![5, k]),
         (vec![2, 3, k], vec![2, 7, k]),
         (vec![2, 1, k], vec![2, 7, k]),
-        // several blocks of 8 rows of x (as GPU workgroups take them) and a ragged last one,
-        // and several tiles of 32 weight rows with a ragged last one
+        // several blocks of 64 rows of x (as GPU workgroups take them) and a ragged last
+        // one, and several tiles of 64 weight rows with a ragged last one, batched too
         (vec![2, 19, k], vec![5, k]),
         (vec![11, k], vec![45, k]),
+        (vec![131, k], vec![150, k]),
+        (vec![2, 70, k], vec![2, 67, k]),
     ] {
         if dtype.is_quantized() && wd.len() == 3 {
             continue;
