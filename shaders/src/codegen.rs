@@ -107,6 +107,61 @@ fn norm_factor(spec: &Spec, kind: NormKind, d: &str) -> Result<String, ShaderErr
     }
 }
 
+/// `group_sum(v, lid, half)`: the sum of `v` over each aligned group of `T` lanes of a
+/// 128-thread workgroup, returned to every lane of the group. Subgroup shuffles sum the first
+/// `SG` lanes (`Spec::subgroup`); workgroup memory (half `half` of the scratch, so a kernel can
+/// take two sums back to back) sums the `T / SG` partials in a tree. With `SG = T` no barrier
+/// is left. Every thread must call it (it may hold barriers).
+fn group_sum(spec: &Spec) -> Result<String, ShaderError> {
+    let sg = spec.subgroup;
+    if !sg.is_power_of_two() || sg > 128 {
+        return Err(err(spec.kernel, format!("subgroup size {sg}")));
+    }
+    let sg = sg.min(32);
+    let mut f = format!(
+        "const SG: u32 = {sg}u;
+fn group_sum(v: f32, lid: u32, half: u32) -> f32 {{
+    var s = v;
+"
+    );
+    if sg > 1 {
+        f.push_str(
+            "    for (var o = SG / 2u; o > 0u; o >>= 1u) {
+        s += subgroupShuffleXor(s, o);
+    }
+",
+        );
+    }
+    if sg < 32 {
+        f.push_str(
+            "    let parts = T / SG;
+    let base = half * 128u;
+    if (lid % SG == 0u) {
+        red_[base + lid / SG] = s;
+    }
+    workgroupBarrier();
+    for (var st = parts / 2u; st > 0u; st >>= 1u) {
+        if (lid < 128u / SG && lid % parts < st) {
+            red_[base + lid] += red_[base + lid + st];
+        }
+        workgroupBarrier();
+    }
+    s = red_[base + lid / T * parts];
+",
+        );
+        f = format!(
+            "var<workgroup> red_: array<f32, 256>;
+{f}"
+        );
+    }
+    f.push_str(
+        "    return s;
+}
+",
+    );
+    Ok(f)
+}
+
 /// `ld0` for a mat-vec whose activation row is normalised in the kernel (`Spec::x_norm`), and
 /// `prologue(xrow, lid)`, which every thread calls first: the row's sum of squares over 64
 /// lanes in the order `fused_norm` sums it, so both give the same factor.
@@ -488,6 +543,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             return Err(err(k, "missing the weight source"));
         }
         out.push_str(CHUNK_HELPERS);
+        out.push_str(&group_sum(spec)?);
         for &j in &weights {
             out.push_str(&chunk_dot(j, spec.sources[j].home, spec.sources[j].dtype));
         }

@@ -187,6 +187,9 @@ pub struct Spec {
     /// `put{n}(i, a, b)` writes elements `i` (even) and `i + 1` of the `n`-th. Sources may read
     /// them (the attention's KV caches).
     pub puts: Vec<(u32, DType)>,
+    /// Lanes the mat-vec kernels sum with subgroup shuffles before workgroup memory takes over
+    /// (`group_sum`): the adapter's smallest subgroup size, at most 32; 1 without subgroups.
+    pub subgroup: u32,
 }
 
 /// See [`Spec::x_norm`]: the norm, and its weight's source index and the parameter word that
@@ -252,6 +255,7 @@ impl Spec {
             x_norm: None,
             qk_norm: None,
             puts: vec![],
+            subgroup: 1,
         }
     }
 }

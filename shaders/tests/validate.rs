@@ -331,6 +331,26 @@ fn variants() -> Vec<Spec> {
         s.externals = 1;
         v.push(s);
     }
+    // the mat-vecs' reductions through subgroup shuffles: all 32 lanes (no workgroup memory
+    // left), 8 lanes then workgroup memory, and an adapter with wider subgroups
+    let matvecs: Vec<Spec> = v
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.kernel,
+                Kernel::MatMul
+                    | Kernel::MatMulCat
+                    | Kernel::MatMulPair
+                    | Kernel::MatMulId
+                    | Kernel::MatMulIdPair
+            )
+        })
+        .cloned()
+        .collect();
+    for (i, mut s) in matvecs.into_iter().enumerate() {
+        s.subgroup = [32, 8, 64][i % 3];
+        v.push(s);
+    }
     v
 }
 
@@ -409,7 +429,8 @@ fn every_kernel_variant_validates_with_naga() {
         naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::default()
-                | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+                | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+                | naga::valid::Capabilities::SUBGROUP,
         )
         .validate(&module)
         .unwrap_or_else(|e| {
@@ -449,4 +470,11 @@ fn bad_specs_are_errors() {
     let mut a = Spec::new(Kernel::SoftMax, vec![arena(DType::F32)]);
     a.aliases.push(("ldmask", 3));
     assert!(generate(&a).is_err());
+    let mut m = Spec::new(Kernel::MatMul, vec![arena(DType::F32), ext(0, DType::F16)]);
+    assert!(generate(&m).is_ok());
+    m.subgroup = 12;
+    assert!(
+        generate(&m).is_err(),
+        "a subgroup size that is not a power of two"
+    );
 }

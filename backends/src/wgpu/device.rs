@@ -7,11 +7,14 @@ use crate::{BackendError, Result};
 /// discrete GPU is preferred over an integrated, virtual or software one.
 ///
 /// `max_binding` lowers the largest storage binding below what the adapter offers, to see how a
-/// smaller GPU would run (weights over it are bound by row ranges).
+/// smaller GPU would run (weights over it are bound by row ranges). `no_subgroups` keeps the
+/// kernels off subgroup operations even where the adapter has them (their reductions then go
+/// through workgroup memory alone), to test that path.
 #[derive(Clone, Debug, Default)]
 pub struct WgpuOptions {
     pub adapter: Option<String>,
     pub max_binding: Option<u32>,
+    pub no_subgroups: bool,
 }
 
 const TRIED: &str = "Vulkan, Metal, DX12";
@@ -86,7 +89,11 @@ pub fn open(opts: &WgpuOptions) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Qu
             info.name
         )));
     }
-    let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+    let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+    if !opts.no_subgroups {
+        wanted |= wgpu::Features::SUBGROUP;
+    }
+    let features = adapter.features() & wanted;
     let desc = wgpu::DeviceDescriptor {
         label: Some("weft"),
         required_features: features,

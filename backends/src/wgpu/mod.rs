@@ -229,19 +229,28 @@ impl WgpuBackend {
             })
     }
 
+    /// Lanes of a subgroup the kernels may sum with shuffles: the adapter's smallest subgroup
+    /// size when the device has subgroup operations, else 1.
+    fn subgroup(&self) -> u32 {
+        if self.device.features().contains(wgpu::Features::SUBGROUP) {
+            self.info.subgroup_min_size.max(1)
+        } else {
+            1
+        }
+    }
+
     fn pipeline(&mut self, low: &Lowered) -> Result<Arc<wgpu::ComputePipeline>> {
         let name = low.spec.kernel.name();
-        let src = weft_shaders::generate(&low.spec).map_err(|e| BackendError::Shader {
+        let mut spec = low.spec.clone();
+        spec.subgroup = self.subgroup();
+        let src = weft_shaders::generate(&spec).map_err(|e| BackendError::Shader {
             kernel: name,
             message: e.to_string(),
         })?;
         if let Some(p) = self.pipelines.get(&src) {
             return Ok(p.clone());
         }
-        let layout = self
-            .layout(low.spec.externals, low.spec.writable())
-            .1
-            .clone();
+        let layout = self.layout(spec.externals, spec.writable()).1.clone();
         let pipeline = self.build_pipeline(name, &src, &layout)?;
         let p = Arc::new(pipeline);
         self.pipelines.insert(src, p.clone());

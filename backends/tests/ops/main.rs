@@ -82,8 +82,12 @@ all_cases!(
 
 /// The GPU backend on the first adapter wgpu finds (lavapipe in CI). Without one the test is
 /// skipped with a message, except under `CI`, where a missing adapter fails the test.
-fn wgpu_backend() -> Option<Box<dyn weft_backends::Backend>> {
-    match weft_backends::WgpuBackend::new(&weft_backends::WgpuOptions::default()) {
+fn wgpu_backend(no_subgroups: bool) -> Option<Box<dyn weft_backends::Backend>> {
+    let opts = weft_backends::WgpuOptions {
+        no_subgroups,
+        ..Default::default()
+    };
+    match weft_backends::WgpuBackend::new(&opts) {
         Ok(b) => Some(Box::new(b)),
         Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
             panic!("CI requires a GPU adapter for the wgpu tests: {e}")
@@ -95,4 +99,22 @@ fn wgpu_backend() -> Option<Box<dyn weft_backends::Backend>> {
     }
 }
 
-all_cases!(wgpu, super::wgpu_backend());
+all_cases!(wgpu, super::wgpu_backend(false));
+
+// The mat-vec kernels again with their reductions in workgroup memory alone (where the adapter
+// has subgroups, the cases above sum through subgroup shuffles first).
+op_suite!(
+    wgpu_without_subgroups,
+    super::wgpu_backend(true),
+    [
+        matmul_float,
+        matmul_q4_k,
+        matmul_residual,
+        matmul_cat,
+        matmul_pair,
+        norm_matvec,
+        matmul_id,
+        matmul_id_pair,
+        epilogues,
+    ]
+);

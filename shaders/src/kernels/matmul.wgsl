@@ -1,5 +1,6 @@
 // out[b, m, n] = Σ_k x[b, m, k] · w[wb, n, k] for decode (M = 1; `matmul_rows` takes prompts).
-// A workgroup of 128 threads computes 4 outputs, T = 32 threads each. Each thread takes chunks
+// A workgroup of 128 threads computes 4 outputs, T = 32 threads each (summed by the
+// generator's `group_sum`: subgroup shuffles where the adapter has them). Each thread takes chunks
 // of the weight row (`row_dot1`: chunks read with whole-word loads and decoded once, see
 // `quant::chunk_dot`) when the row starts and ends on a chunk boundary, single elements
 // otherwise. Source 0: x (dense F32); source 1: w (any dtype, dense).
@@ -9,8 +10,6 @@
 // several dispatches, each over a range of its rows (N = that range's rows); 13 outputs per
 // workgroup (4); 14, with a source 2, the offset of a residual added to the output (laid out
 // like it).
-
-var<workgroup> red: array<f32, 128>;
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -32,16 +31,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (o < pu(9u)) {
         acc = row_dot1(wrow, xrow, lane);
     }
-    red[lid.x] = acc;
-    workgroupBarrier();
-    for (var s = T / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red[lid.x] += red[lid.x + s];
-        }
-        workgroupBarrier();
-    }
+    let sum = group_sum(acc, lid.x, 0u);
     if (lane == 0u && o < pu(9u)) {
         let at = (b * m_ + m) * pu(10u) + pu(11u) + n;
-        st(pu(5u) + at, epi(at, red[lid.x] + residual(at)));
+        st(pu(5u) + at, epi(at, sum + residual(at)));
     }
 }

@@ -1,12 +1,11 @@
 // Several mat-vecs of one activation row in one dispatch, their outputs side by side:
 // out[n] = x · w_j[n − start_j] for the weight j whose columns hold n (decode's q, k and v, or
-// gate and up). 4 outputs per 128-thread workgroup, T = 32 threads each, as in `matmul`; each
-// weight is read through its own `row_dotj` (the generator's `row_dot_of` picks it).
+// gate and up). 4 outputs per 128-thread workgroup, T = 32 threads each, summed by
+// `group_sum` as in `matmul`; each weight is read through its own `row_dotj` (the generator's
+// `row_dot_of` picks it).
 // Source 0: x [K] (dense F32); sources 1..=W: the weights [N_j, K] (any dtype, dense).
 // Params: 0 total columns, 1 W, 2 K, 3 x_off, 4 out_off, then for weight j (from 1) 3 + 2j its
 // first column and 4 + 2j its element offset.
-
-var<workgroup> red: array<f32, 128>;
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -24,15 +23,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let row = o - pu(3u + 2u * j);
         acc = row_dot_of(j, pu(4u + 2u * j) + row * pu(2u), pu(3u), lane);
     }
-    red[lid.x] = acc;
-    workgroupBarrier();
-    for (var s = T / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red[lid.x] += red[lid.x + s];
-        }
-        workgroupBarrier();
-    }
+    let sum = group_sum(acc, lid.x, 0u);
     if (lane == 0u && o < pu(0u)) {
-        st(pu(4u) + o, epi(o, red[lid.x]));
+        st(pu(4u) + o, epi(o, sum));
     }
 }

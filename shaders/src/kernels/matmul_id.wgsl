@@ -1,10 +1,9 @@
 // Mixture-of-experts product: out[t, u, n] = x[t, u or 0] · w[ids[t, u], n]. As `matmul`: 4
-// outputs per 128-thread workgroup, T = 32 threads each, the expert's weight row read a chunk
-// at a time (`row_dot1`); results go through `epi` (an expert's routing weight, say).
+// outputs per 128-thread workgroup, T = 32 threads each (`group_sum`), the expert's weight
+// row read a chunk at a time (`row_dot1`); results go through `epi` (an expert's routing
+// weight, say).
 // Sources: 0 x (dense F32), 1 w [E, N, K] (any dtype), 2 ids (I32).
 // Params: 0 U, 1 N, 2 K, 3 x_off, 4 w_off, 5 ids_off, 6 out_off, 7 XU (1 or U), 8 E, 9 total.
-
-var<workgroup> red: array<f32, 128>;
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -23,15 +22,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let wrow = pu(4u) + (e * n_ + n) * k_;
         acc = row_dot1(wrow, xrow, lane);
     }
-    red[lid.x] = acc;
-    workgroupBarrier();
-    for (var s = T / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red[lid.x] += red[lid.x + s];
-        }
-        workgroupBarrier();
-    }
+    let sum = group_sum(acc, lid.x, 0u);
     if (lane == 0u && g < pu(9u)) {
-        st(pu(6u) + g, epi(g, red[lid.x]));
+        st(pu(6u) + g, epi(g, sum));
     }
 }

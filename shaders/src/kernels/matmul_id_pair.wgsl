@@ -6,8 +6,6 @@
 // Sources: 0 x (dense F32), 1 wa [E, N, K], 2 ids (I32), 3 wb [E, N, K] (any dtypes).
 // Params: as `matmul_id`'s, then 10 wb_off.
 
-var<workgroup> red: array<f32, 256>;
-
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = (wid.y * nwg.x + wid.x) * (128u / T) + lid.x / T;
@@ -27,17 +25,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         a = row_dot1(pu(4u) + row, xrow, lane);
         b = row_dot3(pu(10u) + row, xrow, lane);
     }
-    red[lid.x] = a;
-    red[128u + lid.x] = b;
-    workgroupBarrier();
-    for (var s = T / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red[lid.x] += red[lid.x + s];
-            red[128u + lid.x] += red[128u + lid.x + s];
-        }
-        workgroupBarrier();
-    }
+    let sa = group_sum(a, lid.x, 0u);
+    let sb = group_sum(b, lid.x, 1u);
     if (lane == 0u && g < pu(9u)) {
-        st(pu(6u) + g, epi2(g, red[lid.x], red[128u + lid.x]));
+        st(pu(6u) + g, epi2(g, sa, sb));
     }
 }

@@ -6,8 +6,6 @@
 // Params: as `matmul_cat`'s for two weights: 0 N, 1 2, 2 K, 3 x_off, 4 out_off, 5 0, 6 w1_off,
 // 7 N, 8 w2_off.
 
-var<workgroup> red: array<f32, 256>;
-
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let o = (wid.y * nwg.x + wid.x) * (128u / T) + lid.x / T;
@@ -19,17 +17,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         a = row_dot1(pu(6u) + o * pu(2u), pu(3u), lane);
         b = row_dot2(pu(8u) + o * pu(2u), pu(3u), lane);
     }
-    red[lid.x] = a;
-    red[128u + lid.x] = b;
-    workgroupBarrier();
-    for (var s = T / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            red[lid.x] += red[lid.x + s];
-            red[128u + lid.x] += red[128u + lid.x + s];
-        }
-        workgroupBarrier();
-    }
+    let sa = group_sum(a, lid.x, 0u);
+    let sb = group_sum(b, lid.x, 1u);
     if (lane == 0u && o < pu(0u)) {
-        st(pu(4u) + o, epi2(o, red[lid.x], red[128u + lid.x]));
+        st(pu(4u) + o, epi2(o, sa, sb));
     }
 }
