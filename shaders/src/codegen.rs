@@ -212,23 +212,26 @@ fn prologue(xrow: u32, lid: u32) {{
     ))
 }
 
-/// `gated_delta_net`'s `ldq`/`ldk` and `q_factor`/`k_factor`: the raw rows, or (with
-/// `Spec::qk_norm`) each head row through its program, its factor summed in `fused_norm`'s
-/// order (64 strided partial sums, then the same tree) so that both agree to the bit.
+/// `gated_delta_net`'s `ldq`/`ldk` and `qk_factors(q_base, k_base, d, lid)`: the raw rows, or
+/// (with `Spec::qk_norm`) each head row through its program, the factors of a token's q and k
+/// rows computed by the whole workgroup in `fused_norm`'s order (64 strided partial sums, then
+/// the same tree) so that both agree to the bit. Every thread must call `qk_factors` (it holds
+/// barriers).
 fn qk_loaders(spec: &Spec) -> Result<String, ShaderError> {
     let Some(progs) = &spec.qk_norm else {
         return Ok("fn ldq(i: u32, f: f32) -> f32 { return ld1(i); }\n\
                    fn ldk(i: u32, f: f32) -> f32 { return ld2(i); }\n\
-                   fn q_factor(base: u32, d: u32) -> f32 { return 1.0; }\n\
-                   fn k_factor(base: u32, d: u32) -> f32 { return 1.0; }\n"
+                   fn qk_factors(qb: u32, kb: u32, d: u32, lid: u32) -> vec2<f32> { \
+                   return vec2<f32>(1.0, 1.0); }\n"
             .into());
     };
     let mut out = String::new();
+    let mut factors = vec![];
     for (name, src, p) in [("q", 1, &progs[0]), ("k", 2, &progs[1])] {
         let Some(kind) = p.head else {
             return Err(err(spec.kernel, "a q/k program without a norm head"));
         };
-        let factor = norm_factor(spec, kind, "d")?;
+        factors.push(norm_factor(spec, kind, "d")?);
         let body = program_body(p, |_| "v".to_string()).replace("let v = ", "return ");
         let _ = write!(
             out,
@@ -236,27 +239,43 @@ fn qk_loaders(spec: &Spec) -> Result<String, ShaderError> {
     {body}
 }}
 fn ld{name}(i: u32, f: f32) -> f32 {{ return {name}n_(ld{src}(i) * f); }}
-fn {name}_factor(base: u32, d: u32) -> f32 {{
-    var part: array<f32, 64>;
-    for (var l = 0u; l < 64u; l++) {{
-        var acc = 0.0;
-        for (var j = l; j < d; j += 64u) {{
-            let x = ld{src}(base + j);
-            acc += x * x;
-        }}
-        part[l] = acc;
-    }}
-    for (var s = 32u; s > 0u; s >>= 1u) {{
-        for (var l = 0u; l < s; l++) {{
-            part[l] += part[l + s];
-        }}
-    }}
-    let ss = part[0];
-    return {factor};
-}}
 "
         );
     }
+    let _ = write!(
+        out,
+        "var<workgroup> nqk_: array<f32, 128>;
+fn qk_factors(qb: u32, kb: u32, d: u32, lid: u32) -> vec2<f32> {{
+    // (the previous token's readers of nqk_ are done)
+    workgroupBarrier();
+    let l = lid % 64u;
+    var acc = 0.0;
+    for (var j = l; j < d; j += 64u) {{
+        var x = 0.0;
+        if (lid < 64u) {{
+            x = ld1(qb + j);
+        }} else {{
+            x = ld2(kb + j);
+        }}
+        acc += x * x;
+    }}
+    nqk_[lid] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {{
+        if (l < s) {{
+            nqk_[lid] += nqk_[lid + s];
+        }}
+        workgroupBarrier();
+    }}
+    var ss = nqk_[0];
+    let fq = {};
+    ss = nqk_[64];
+    let fk = {};
+    return vec2<f32>(fq, fk);
+}}
+",
+        factors[0], factors[1]
+    );
     Ok(out)
 }
 
@@ -562,6 +581,8 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     }
     out.push_str(&epilogue(spec)?);
     if k == Kernel::GatedDeltaNet {
+        out.push_str("const T: u32 = 32u;\n");
+        out.push_str(&group_sum(spec)?);
         out.push_str(&qk_loaders(spec)?);
     }
     let mut body = k.source().to_string();

@@ -537,7 +537,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 y + (sn * qd[1] * hv * dv) as u32,
             ];
             p.extend(offs.get(6));
-            (Kernel::GatedDeltaNet, p, threads(sn * hv * dv))
+            // a workgroup per 4 state rows of a (sequence, value head)
+            (Kernel::GatedDeltaNet, p, (sn * hv * dv.div_ceil(4)) as u32)
         }
         Op::TopK { k } => {
             let shape = g.node(s[0]).shape();

@@ -912,12 +912,14 @@ pub fn ssm_scan_in_place(be: &mut dyn Backend) {
 /// The third variant normalises q and k first (rms norm, q scaled too), which the
 /// `delta_qk_norm` pass moves into the delta rule itself.
 pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
-    for (form, t, normed) in [
-        (DeltaForm::Recurrent, 1, false),
-        (DeltaForm::Chunked { chunk: 4 }, 6, false),
-        (DeltaForm::Recurrent, 2, true),
+    for (form, t, normed, dk) in [
+        (DeltaForm::Recurrent, 1, false, 8),
+        (DeltaForm::Chunked { chunk: 4 }, 6, false, 8),
+        (DeltaForm::Recurrent, 2, true, 8),
+        // rows normalised over more than the 64 partial sums of the norm
+        (DeltaForm::Recurrent, 2, true, 136),
     ] {
-        let (s, hk, hv, dk, dv) = (2, 1, 2, 8, 4);
+        let (s, hk, hv, dv) = (2, 1, 2, 4);
         let slots = [0, 2];
         let mut rg = rng(32);
         let mut c = Case::new();
@@ -967,9 +969,10 @@ fn delta_gates(
     )
 }
 
-fn delta_case(be: &mut dyn Backend, form: DeltaForm, t: usize, seed: u64) {
+/// The delta rule on heads of `[s, hk, hv, dk, dv]`.
+fn delta_case(be: &mut dyn Backend, form: DeltaForm, t: usize, seed: u64, dims: [usize; 5]) {
     let mut rg = rng(seed);
-    let (s, hk, hv, dk, dv) = (2, 2, 4, 8, 6);
+    let [s, hk, hv, dk, dv] = dims;
     let mut c = Case::new();
     let sv: Vec<f32> = randn(&mut rg, s * hv * dv * dk)
         .iter()
@@ -1011,14 +1014,17 @@ fn delta_case(be: &mut dyn Backend, form: DeltaForm, t: usize, seed: u64) {
     );
 }
 
+/// Small heads, then key heads wider than a GPU row's 32 lanes hold one at a time (136 dims:
+/// five per lane, the last partly) and a value head count of rows that is no multiple of 4.
 pub fn gated_delta_net_recurrent(be: &mut dyn Backend) {
-    delta_case(be, DeltaForm::Recurrent, 1, 25);
-    delta_case(be, DeltaForm::Recurrent, 9, 26);
+    delta_case(be, DeltaForm::Recurrent, 1, 25, [2, 2, 4, 8, 6]);
+    delta_case(be, DeltaForm::Recurrent, 9, 26, [2, 2, 4, 8, 6]);
+    delta_case(be, DeltaForm::Recurrent, 3, 33, [1, 1, 2, 136, 7]);
 }
 
 pub fn gated_delta_net_chunked(be: &mut dyn Backend) {
-    delta_case(be, DeltaForm::Chunked { chunk: 4 }, 11, 27);
-    delta_case(be, DeltaForm::Chunked { chunk: 64 }, 7, 28);
+    delta_case(be, DeltaForm::Chunked { chunk: 4 }, 11, 27, [2, 2, 4, 8, 6]);
+    delta_case(be, DeltaForm::Chunked { chunk: 64 }, 7, 28, [2, 2, 4, 8, 6]);
 }
 
 pub fn reductions_and_top_k(be: &mut dyn Backend) {

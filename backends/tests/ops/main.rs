@@ -101,8 +101,9 @@ fn wgpu_backend(no_subgroups: bool) -> Option<Box<dyn weft_backends::Backend>> {
 
 all_cases!(wgpu, super::wgpu_backend(false));
 
-// The mat-vec kernels again with their reductions in workgroup memory alone (where the adapter
-// has subgroups, the cases above sum through subgroup shuffles first).
+// The kernels that sum with `group_sum` (mat-vecs, the delta rule) again with their reductions
+// in workgroup memory alone (where the adapter has subgroups, the cases above sum through
+// subgroup shuffles first).
 op_suite!(
     wgpu_without_subgroups,
     super::wgpu_backend(true),
@@ -116,5 +117,7 @@ op_suite!(
         matmul_id,
         matmul_id_pair,
         epilogues,
+        gated_delta_net_recurrent,
+        gated_delta_net_in_place,
     ]
 );

@@ -1,58 +1,82 @@
-// Gated delta rule, one thread per (sequence, value head, state row r); the thread keeps its
-// row of the state [Dv, Dk] (Dk ≤ 256) and walks the tokens: row ← row·exp(g);
-// row += β (v_r − row·k) k; y_r = row·q. Both the recurrent and the chunked op forms run
-// here (they compute the same function). Sources: 0 state [S,Hv,Dv,Dk], 1 q, 2 k
-// [S,T,Hk,Dk], 3 v [S,T,Hv,Dv], 4 g, 5 beta [S,T,Hv].
+// Gated delta rule. A workgroup of 128 threads takes 4 rows r of one (sequence, value head)'s
+// state [Dv, Dk] (Dk ≤ 256), 32 lanes per row: lane l keeps elements l, l + 32, … of its row in
+// registers (reading and writing the state a row-contiguous word per lane) and walks the
+// tokens: row ← row·exp(g); row += β (v_r − row·k) k; y_r = row·q, each dot product summed over
+// the row's lanes by `group_sum`. Both the recurrent and the chunked op forms run here (they
+// compute the same function). Sources: 0 state [S,Hv,Dv,Dk], 1 q, 2 k [S,T,Hk,Dk],
+// 3 v [S,T,Hv,Dv], 4 g, 5 beta [S,T,Hv].
 // Params: 0 S, 1 T, 2 Hk, 3 Hv, 4 Dk, 5 Dv, 6 st_off, 7 q_off, 8 k_off, 9 v_off, 10 g_off,
-// 11 b_off, 12 y_off, 13 new state off.
-// q and k are read through `ldq`/`ldk`: the raw rows, or each head row normalised (the
-// generator's `q_factor`/`k_factor`) and put through its program when the op carries them.
+// 11 b_off, 12 y_off, 13 new state off. The dispatch has S·Hv·⌈Dv/4⌉ workgroups.
+// q and k are read through `ldq`/`ldk`: the raw rows, or each head row normalised (by the
+// factors `qk_factors` computes once per workgroup and token) and put through its program when
+// the op carries them.
 // With source 6, slots I32 [S] (param 14 its offset), source 0 is the state cache
 // [R, Hv·Dv·Dk]: sequence s reads and writes row slots[s] (the generator's `state_row` and
 // `state_put`).
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = (wid.y * nwg.x + wid.x) * 64u + lid.x;
+    let wg = wid.y * nwg.x + wid.x;
     let t_ = pu(1u);
     let hk = pu(2u);
     let hv = pu(3u);
     let dk = pu(4u);
     let dv = pu(5u);
-    if (i >= pu(0u) * hv * dv) {
-        return;
-    }
-    let r = i % dv;
-    let sh = i / dv;
+    let blocks = (dv + 3u) / 4u;
+    let live = wg < pu(0u) * hv * blocks;
+    let lane = lid.x % 32u;
+    let r_ = (wg % blocks) * 4u + lid.x / 32u;
+    let on = live && r_ < dv;
+    let r = min(r_, dv - 1u);
+    let sh = wg / blocks;
     let h = sh % hv;
-    let s = sh / hv;
+    let s = min(sh / hv, pu(0u) - 1u);
     let kh = h / (hv / hk);
     let base = ((state_row(s) * hv + h) * dv + r) * dk;
-    var row: array<f32, 256>;
-    for (var j = 0u; j < dk; j++) {
-        row[j] = ld0(pu(6u) + base + j);
+    var row: array<f32, 8>;
+    for (var m = 0u; m < 8u; m++) {
+        let j = lane + 32u * m;
+        row[m] = 0.0;
+        if (on && j < dk) {
+            row[m] = ld0(pu(6u) + base + j);
+        }
     }
     for (var t = 0u; t < t_; t++) {
         let tok = s * t_ + t;
         let qk = (tok * hk + kh) * dk;
-        let fq = q_factor(pu(7u) + qk, dk);
-        let fk = k_factor(pu(8u) + qk, dk);
+        let f = qk_factors(pu(7u) + qk, pu(8u) + qk, dk, lid.x);
         let decay = exp(ld4(pu(10u) + tok * hv + h));
         let beta = ld5(pu(11u) + tok * hv + h);
-        var kv = 0.0;
-        for (var j = 0u; j < dk; j++) {
-            row[j] *= decay;
-            kv += row[j] * ldk(pu(8u) + qk + j, fk);
+        var kr: array<f32, 8>;
+        var qr: array<f32, 8>;
+        var part = 0.0;
+        for (var m = 0u; m < 8u; m++) {
+            let j = lane + 32u * m;
+            kr[m] = 0.0;
+            qr[m] = 0.0;
+            if (j < dk) {
+                kr[m] = ldk(pu(8u) + qk + j, f.y);
+                qr[m] = ldq(pu(7u) + qk + j, f.x);
+            }
+            row[m] *= decay;
+            part += row[m] * kr[m];
         }
+        let kv = group_sum(part, lid.x, 0u);
         let delta = (ld3(pu(9u) + (tok * hv + h) * dv + r) - kv) * beta;
-        var y = 0.0;
-        for (var j = 0u; j < dk; j++) {
-            row[j] += delta * ldk(pu(8u) + qk + j, fk);
-            y += row[j] * ldq(pu(7u) + qk + j, fq);
+        part = 0.0;
+        for (var m = 0u; m < 8u; m++) {
+            row[m] += delta * kr[m];
+            part += row[m] * qr[m];
         }
-        st(pu(12u) + (tok * hv + h) * dv + r, y);
+        let y = group_sum(part, lid.x, 1u);
+        if (on && lane == 0u) {
+            st(pu(12u) + (tok * hv + h) * dv + r, y);
+        }
     }
-    for (var j = 0u; j < dk; j++) {
-        state_put(base + j, row[j]);
+    for (var m = 0u; m < 8u; m++) {
+        let j = lane + 32u * m;
+        if (on && j < dk) {
+            state_put(base + j, row[m]);
+        }
     }
 }
