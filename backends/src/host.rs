@@ -60,6 +60,14 @@ impl Output {
         }
     }
 
+    /// The values as f32, taken without a copy when they are f32 already.
+    pub fn into_f32(self) -> Vec<f32> {
+        match self.data {
+            OutputData::F32(v) => v,
+            OutputData::I32(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+
     /// The values as f32, borrowed; `None` for I32 outputs.
     pub fn f32(&self) -> Option<&[f32]> {
         match &self.data {

@@ -284,11 +284,14 @@ impl Session {
         }
         let mut out: Vec<Vec<f32>> = batch
             .iter()
-            .map(|(_, t)| Vec::with_capacity(t.len() * nv))
+            .map(|(_, t)| Vec::with_capacity(if last { nv } else { t.len() * nv }))
             .collect();
         if !self.memory.has_recurrent() {
             let u = split_batch(batch, false).remove(0);
             let logits = self.run_ubatch(&u, last)?;
+            if batch.len() == 1 {
+                return Ok(vec![logits]);
+            }
             let mut at = 0;
             for (i, (_, toks)) in batch.iter().enumerate() {
                 let rows = if last { 1 } else { toks.len() };
@@ -319,13 +322,18 @@ impl Session {
                     .map(|&i| batch[i].1[done[i]..done[i] + n].to_vec())
                     .collect(),
             };
-            let logits = self.run_ubatch(&u, last)?;
+            let mut logits = self.run_ubatch(&u, last)?;
             let rows = if last { 1 } else { n };
             for (k, &i) in live.iter().enumerate() {
                 if last {
                     out[i].clear(); // a later ubatch of the same sequence supersedes it
                 }
-                out[i].extend_from_slice(&logits[k * rows * nv..(k + 1) * rows * nv]);
+                if live.len() == 1 && out[i].is_empty() {
+                    // (one sequence: its logits are the whole output, moved)
+                    out[i] = std::mem::take(&mut logits);
+                } else {
+                    out[i].extend_from_slice(&logits[k * rows * nv..(k + 1) * rows * nv]);
+                }
                 done[i] += n;
                 self.memory
                     .maybe_checkpoint(self.backend.as_mut(), batch[i].0)?;
@@ -409,7 +417,7 @@ impl Session {
         self.last_key = Some(key);
         out.into_iter()
             .next()
-            .map(|o| o.to_f32())
+            .map(|o| o.into_f32())
             .ok_or_else(|| ModelError::Config("the graph has no logits".into()))
     }
 }

@@ -415,8 +415,18 @@ impl WgpuBackend {
     }
 
     fn map_read(&self, staging: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        self.map_read_with(staging, len, <[u8]>::to_vec)
+    }
+
+    /// Waits for the device, maps the first `len` bytes of `staging` and returns `f` of them.
+    fn map_read_with<T>(
+        &self,
+        staging: &wgpu::Buffer,
+        len: u64,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T> {
         if len == 0 {
-            return Ok(vec![]);
+            return Ok(f(&[]));
         }
         let slice = staging.slice(0..len);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -450,10 +460,9 @@ impl WgpuBackend {
                 self.info.name
             )));
         }
-        let data = slice
+        let data = f(&slice
             .get_mapped_range()
-            .map_err(|e| BackendError::Device(format!("reading results back: {e}")))?
-            .to_vec();
+            .map_err(|e| BackendError::Device(format!("reading results back: {e}")))?);
         staging.unmap();
         self.take_errors()?;
         Ok(data)
@@ -472,6 +481,13 @@ fn gather(bytes: &[u8], layout: Layout, dtype: DType) -> OutputData {
             layout.for_each_offset(|i, o| out[i] = v[o]);
             OutputData::I32(out)
         }
+        // (logits: read once, straight into the output)
+        DType::F32 if layout.offset == 0 && layout.is_contiguous() => OutputData::F32(
+            bytes[..4 * layout.shape.numel()]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ),
         _ => {
             let mut vals = vec![0f32; bytes.len() / dtype_bytes(dtype)];
             weft_graph::quant::dequantize(
@@ -823,8 +839,18 @@ impl Backend for WgpuBackend {
         let encoded_next = t_next.elapsed();
         let t_wait = std::time::Instant::now();
         let total = prog.outputs.last().map_or(0, |o| o.staging_at + o.bytes);
-        let bytes = match &prog.staging {
-            Some(s) => self.map_read(s, total)?,
+        // each output gathered straight from the mapped staging buffer
+        let gather_all = |bytes: &[u8]| -> Vec<OutputData> {
+            prog.outputs
+                .iter()
+                .map(|o| {
+                    let chunk = &bytes[o.staging_at as usize..(o.staging_at + o.bytes) as usize];
+                    gather(chunk, o.layout, o.dtype)
+                })
+                .collect()
+        };
+        let data = match &prog.staging {
+            Some(s) => self.map_read_with(s, total, gather_all)?,
             None => {
                 self.device
                     .poll(wgpu::PollType::Wait {
@@ -833,7 +859,7 @@ impl Backend for WgpuBackend {
                     })
                     .map_err(|e| BackendError::Device(e.to_string()))?;
                 self.take_errors()?;
-                vec![]
+                gather_all(&[])
             }
         };
         let waited = t_wait.elapsed();
@@ -890,13 +916,11 @@ impl Backend for WgpuBackend {
             .outputs
             .iter()
             .zip(&g.outputs)
-            .map(|(o, (name, _))| {
-                let chunk = &bytes[o.staging_at as usize..(o.staging_at + o.bytes) as usize];
-                Output {
-                    name: name.clone(),
-                    shape: o.layout.shape,
-                    data: gather(chunk, o.layout, o.dtype),
-                }
+            .zip(data)
+            .map(|((o, (name, _)), data)| Output {
+                name: name.clone(),
+                shape: o.layout.shape,
+                data,
             })
             .collect())
     }
