@@ -932,6 +932,7 @@ impl GraphBuilder {
             Op::GatedDeltaNet {
                 form,
                 qk_norm: None,
+                gates: None,
             },
             &[state, q, k, v, g, beta],
             &[ny + s * hv * dv * dk],

@@ -387,9 +387,14 @@ pub enum Op {
     ///
     /// With `qk_norm` (made by the `delta_qk_norm` pass, never by the builder), `q` and `k` are
     /// raw: each head row goes through its program (a row norm, then unary functions) first.
+    ///
+    /// With `gates` (made by the `delta_gates` pass), `g` and `beta` are computed as the kernel
+    /// reads them: sources 4 and 5 are the first sources of their programs (see
+    /// [`DeltaGates`]).
     GatedDeltaNet {
         form: DeltaForm,
         qk_norm: Option<Box<QkNorm>>,
+        gates: Option<Box<DeltaGates>>,
     },
     /// Indices (`I32`) of the `k` largest values of each row, largest first.
     TopK {
@@ -431,6 +436,25 @@ pub enum Op {
 pub struct QkNorm {
     pub q: FusedProgram,
     pub k: FusedProgram,
+}
+
+/// The elementwise programs that compute a [`Op::GatedDeltaNet`]'s `g` (0) and `beta` (1)
+/// from their own sources: in program `j`, `Load(0)` is the node's source `4 + j` and `Load(k)`
+/// for `k ≥ 1` the `k`-th of its `extra[j]` further sources, which follow the op's own (`g`'s
+/// first, then `beta`'s). Every source of program `j` broadcasts to `shapes[j]`, which has as
+/// many elements as `[S, T, Hv]`; element `i` of the gate is element `i` of the program.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeltaGates {
+    pub programs: [FusedProgram; 2],
+    pub extra: [usize; 2],
+    pub shapes: [crate::layout::Shape; 2],
+}
+
+impl DeltaGates {
+    /// Sources after the op's own.
+    pub fn extra_sources(&self) -> usize {
+        self.extra[0] + self.extra[1]
+    }
 }
 
 /// See [`Op::Epilogue`].
@@ -536,6 +560,9 @@ impl Op {
     pub fn core(&self, n_srcs: usize) -> (&Op, usize) {
         match self {
             Op::Epilogue(e) => (&e.inner, e.inner_srcs),
+            Op::GatedDeltaNet {
+                gates: Some(gt), ..
+            } => (self, n_srcs - gt.extra_sources()),
             op => (op, n_srcs),
         }
     }
@@ -563,6 +590,14 @@ impl Op {
                 };
                 format!("{norm}{}{pair}{then}{range}", e.inner.describe())
             }
+            Op::GatedDeltaNet {
+                gates: Some(gt), ..
+            } => format!(
+                "{} (g = {}, beta = {})",
+                self.name(),
+                gt.programs[0].describe(),
+                gt.programs[1].describe()
+            ),
             op => op.name().to_string(),
         }
     }

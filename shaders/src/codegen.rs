@@ -364,8 +364,22 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
         None => "let i = i_;".to_string(),
     };
     Ok(format!(
-        "fn epa(k: u32, i: u32) -> u32 {{
-    let b = {}u + 9u * k;
+        "{}{head} {{
+    {index}
+    {body}
+}}
+",
+        source_index("epa", e.params)
+    ))
+}
+
+/// `name(k, i)`: the element offset of element `i` of extra source `k`, from the 9 parameter
+/// words per source from `base`: the 4 dims it is read with, its offset and 4 strides (0 where
+/// it broadcasts).
+fn source_index(name: &str, base: u32) -> String {
+    format!(
+        "fn {name}(k: u32, i: u32) -> u32 {{
+    let b = {base}u + 9u * k;
     let i3 = i % pu(b + 3u);
     var r = i / pu(b + 3u);
     let i2 = r % pu(b + 2u);
@@ -374,13 +388,45 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
     let i0 = r / pu(b + 1u);
     return pu(b + 4u) + i0 * pu(b + 5u) + i1 * pu(b + 6u) + i2 * pu(b + 7u) + i3 * pu(b + 8u);
 }}
-{head} {{
-    {index}
+"
+    )
+}
+
+/// `gated_delta_net`'s `ldg(i)` and `ldb(i)`, `g` and `beta` at element offset `i` (counted
+/// from params 10 and 11): the sources as they are, or their programs (`Spec::gates`).
+fn gate_loaders(spec: &Spec) -> Result<String, ShaderError> {
+    let Some(gates) = &spec.gates else {
+        return Ok("fn ldg(i: u32) -> f32 { return ld4(i); }\n\
+                   fn ldb(i: u32) -> f32 { return ld5(i); }\n"
+            .into());
+    };
+    let mut out = String::new();
+    for (j, (name, e)) in ["g", "b"].iter().zip(gates.iter()).enumerate() {
+        let reads = e.program.code.iter().filter_map(|ins| match ins {
+            Instr::Load(k) => Some(e.first + *k as usize),
+            _ => None,
+        });
+        if let Some(bad) = reads.clone().find(|&s| s >= spec.sources.len()) {
+            return Err(err(
+                spec.kernel,
+                format!("gate reads source {bad} of {}", spec.sources.len()),
+            ));
+        }
+        let index = format!("gpa{j}");
+        let load = |k: u8| format!("ld{}({index}({k}u, i))", e.first + k as usize);
+        let body = program_body(&e.program, load).replace("let v = ", "return ");
+        let _ = write!(
+            out,
+            "{}fn ld{name}(i_: u32) -> f32 {{
+    let i = i_ - pu({}u);
     {body}
 }}
 ",
-        e.params
-    ))
+            source_index(&index, e.params),
+            10 + j
+        );
+    }
+    Ok(out)
 }
 
 fn err(kernel: Kernel, detail: impl Into<String>) -> ShaderError {
@@ -584,6 +630,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str("const T: u32 = 32u;\n");
         out.push_str(&group_sum(spec)?);
         out.push_str(&qk_loaders(spec)?);
+        out.push_str(&gate_loaders(spec)?);
+    } else if spec.gates.is_some() {
+        return Err(err(k, "only gated_delta_net computes gates"));
     }
     let mut body = k.source().to_string();
     match k {

@@ -190,6 +190,11 @@ pub struct Spec {
     /// Lanes the mat-vec kernels sum with subgroup shuffles before workgroup memory takes over
     /// (`group_sum`): the adapter's smallest subgroup size, at most 32; 1 without subgroups.
     pub subgroup: u32,
+    /// `gated_delta_net`'s `g` and `beta` computed by programs as the kernel reads them
+    /// (`ldg`, `ldb`): `Load(k)` of each reads source `first + k` at the gate's element,
+    /// indexed by the 9 parameter words of source `k` from `params` (as an epilogue's; no
+    /// results come first).
+    pub gates: Option<Box<[EpilogueSpec; 2]>>,
 }
 
 /// See [`Spec::x_norm`]: the norm, and its weight's source index and the parameter word that
@@ -224,11 +229,13 @@ impl Spec {
         self.puts.iter().fold(store, |m, (b, _)| m | 1 << b)
     }
 
-    /// The kernel's own sources: all but a norm weight and an epilogue's, which follow them.
+    /// The kernel's own sources: all but a norm weight, an epilogue's and the gates', which
+    /// follow them.
     pub fn own_sources(&self) -> usize {
         let weight = self.x_norm.and_then(|n| n.weight).map(|(j, _)| j);
         let first = self.epilogue.as_ref().map(|e| e.first);
-        [Some(self.sources.len()), weight, first]
+        let gates = self.gates.as_ref().map(|g| g[0].first);
+        [Some(self.sources.len()), weight, first, gates]
             .into_iter()
             .flatten()
             .min()
@@ -256,6 +263,7 @@ impl Spec {
             qk_norm: None,
             puts: vec![],
             subgroup: 1,
+            gates: None,
         }
     }
 }

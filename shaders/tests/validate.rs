@@ -199,6 +199,46 @@ fn variants() -> Vec<Spec> {
             code: vec![Instr::Load(0)],
         },
     ]);
+    v.push(s.clone());
+    // and its gates computed as it reads them: g = softplus(a + bias) · A (bias and A
+    // weights), beta = sigmoid(b)
+    // (each program's sources registered after the op's own: a, bias, A, then b)
+    s.sources.extend([
+        arena(DType::F32),
+        ext(1, DType::F32),
+        ext(2, DType::F32),
+        arena(DType::F32),
+    ]);
+    s.externals = 3;
+    s.gates = Some(Box::new([
+        EpilogueSpec {
+            program: FusedProgram {
+                head: None,
+                code: vec![
+                    Instr::Load(0),
+                    Instr::Load(1),
+                    Instr::Binary(BinaryOp::Add, 0, 1),
+                    Instr::Unary(UnaryOp::Softplus, 2),
+                    Instr::Load(2),
+                    Instr::Binary(BinaryOp::Mul, 3, 4),
+                ],
+            },
+            first: 7,
+            params: 15,
+            pair: false,
+            range: None,
+        },
+        EpilogueSpec {
+            program: FusedProgram {
+                head: None,
+                code: vec![Instr::Load(0), Instr::Unary(UnaryOp::Sigmoid, 0)],
+            },
+            first: 10,
+            params: 42,
+            pair: false,
+            range: None,
+        },
+    ]));
     v.push(s);
     // epilogues: every kernel that applies one, with a source in the arena and a weight; and
     // the pair of a gated unit

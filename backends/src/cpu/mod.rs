@@ -352,10 +352,20 @@ impl CpuBackend {
                 [layout.offset..layout.offset + layout.shape.numel()];
             match op {
                 Op::SsmScan => ssm::ssm_scan_cached(rows, &slots, srcs, &node.name, &mut y),
-                Op::GatedDeltaNet { form, qk_norm } => {
+                Op::GatedDeltaNet {
+                    form,
+                    qk_norm,
+                    gates,
+                } => {
                     // (q and k are sources 0 and 1 here, the cache being left out)
                     let normed = qk_norm.as_ref().map(|n| normed_qk(n, &srcs[0], &srcs[1]));
+                    let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
+                        .iter()
+                        .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
+                        .collect::<Result<_>>()?;
+                    let gated = gates.as_ref().map(|gt| computed_gates(gt, srcs, 0, &extra));
                     let srcs = with_qk(srcs, 0, normed.as_ref());
+                    let srcs = with_qk(&srcs, 3, gated.as_ref());
                     delta::gated_delta_net_cached(rows, &slots, &srcs, *form, &node.name, &mut y)
                 }
                 Op::SsmConv => ssm::ssm_conv_cached(rows, &slots, srcs, &node.name, &mut y),
@@ -652,9 +662,19 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
         Op::Concat { dim } => elementwise::concat(&s[0], &s[1], *dim, f32s(out)),
         Op::SsmConv => ssm::ssm_conv(&s[0], &s[1], f32s(out)),
         Op::SsmScan => ssm::ssm_scan(s, f32s(out)),
-        Op::GatedDeltaNet { form, qk_norm } => {
+        Op::GatedDeltaNet {
+            form,
+            qk_norm,
+            gates,
+        } => {
             let normed = qk_norm.as_ref().map(|n| normed_qk(n, &s[1], &s[2]));
-            delta::gated_delta_net(&with_qk(s, 1, normed.as_ref()), *form, f32s(out))
+            let own = s.len() - gates.as_ref().map_or(0, |gt| gt.extra_sources());
+            let gated = gates
+                .as_ref()
+                .map(|gt| computed_gates(gt, &s[..own], 1, &s[own..]));
+            let s = with_qk(&s[..own], 1, normed.as_ref());
+            let s = with_qk(&s, 4, gated.as_ref());
+            delta::gated_delta_net(&s, *form, f32s(out))
         }
         Op::TopK { k } => rows::top_k(&s[0], *k, bytemuck::cast_slice_mut(out)),
         Op::Reduce(r) => rows::reduce(*r, &s[0], out),
@@ -676,6 +696,30 @@ fn normed_qk(n: &weft_graph::QkNorm, q: &TensorRef, k: &TensorRef) -> [(Vec<f32>
         let mut out = vec![0.0; t.numel()];
         elementwise::fused(p, t.layout.shape, std::slice::from_ref(t), &mut out);
         (out, Layout::contiguous(t.layout.shape))
+    })
+}
+
+/// The delta rule's `g` and `beta` through their programs (`Op::GatedDeltaNet::gates`), laid
+/// out as `[S, T, Hv]`: `srcs` are the op's sources with `q` at `q_at` (the programs' first
+/// sources 3 and 4 after it), `extra` the programs' other sources.
+fn computed_gates(
+    gt: &weft_graph::DeltaGates,
+    srcs: &[TensorRef],
+    q_at: usize,
+    extra: &[TensorRef],
+) -> [(Vec<f32>, Layout); 2] {
+    // [S, T, Hv] from v [S, T, Hv, Dv]
+    let v = srcs[q_at + 2].layout.shape;
+    let gate_shape = weft_graph::Shape::new(&v.dims()[..3]).unwrap_or(v);
+    let (eg, eb) = extra.split_at(gt.extra[0]);
+    [(0, eg), (1, eb)].map(|(j, more)| {
+        let shape = gt.shapes[j];
+        let inputs: Vec<TensorRef> = std::iter::once(srcs[q_at + 3 + j])
+            .chain(more.iter().copied())
+            .collect();
+        let mut out = vec![0.0; shape.numel()];
+        elementwise::fused(&gt.programs[j], shape, &inputs, &mut out);
+        (out, Layout::contiguous(gate_shape))
     })
 }
 

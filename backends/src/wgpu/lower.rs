@@ -147,6 +147,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     let mut store = None;
     let mut puts = vec![];
     let mut qk = None;
+    let mut gates: Option<[EpilogueSpec; 2]> = None;
     let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
@@ -503,7 +504,11 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 (Kernel::SsmScan, p, (sn * h * pp) as u32)
             }
         }
-        Op::GatedDeltaNet { form, qk_norm } => {
+        Op::GatedDeltaNet {
+            form,
+            qk_norm,
+            gates: gate_programs,
+        } => {
             qk = qk_norm.as_ref().map(|n| [n.q.clone(), n.k.clone()]);
             let _ = matches!(form, DeltaForm::Recurrent | DeltaForm::Chunked { .. });
             let (qd, vd) = (dims(1), dims(3));
@@ -537,6 +542,30 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 y + (sn * qd[1] * hv * dv) as u32,
             ];
             p.extend(offs.get(6));
+            // the gates' programs: every source of each indexed like an epilogue's
+            if let Some(gt) = gate_programs {
+                let mut extra = node.srcs[inner_srcs..].iter();
+                let mut specs = vec![];
+                for j in 0..2 {
+                    let first = c.sources.len();
+                    let at = p.len() as u32;
+                    let srcs: Vec<NodeId> = std::iter::once(s[4 + j])
+                        .chain(extra.by_ref().take(gt.extra[j]).copied())
+                        .collect();
+                    for x in srcs {
+                        p.extend(padded4(gt.shapes[j].dims()));
+                        p.extend(broadcast_source(&mut c, x, gt.shapes[j])?);
+                    }
+                    specs.push(EpilogueSpec {
+                        program: gt.programs[j].clone(),
+                        first,
+                        params: at,
+                        pair: false,
+                        range: None,
+                    });
+                }
+                gates = specs.try_into().ok();
+            }
             // a workgroup per 4 state rows of a (sequence, value head)
             (Kernel::GatedDeltaNet, p, (sn * hv * dv.div_ceil(4)) as u32)
         }
@@ -642,6 +671,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     spec.epilogue = epilogue;
     spec.x_norm = x_norm;
     spec.qk_norm = qk;
+    spec.gates = gates.map(Box::new);
     spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));

@@ -951,6 +951,63 @@ pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
     }
 }
 
+/// Qwen3-Next's gates computed inside the delta rule (`delta_gates`): `g = softplus(a + bias) ·
+/// A` read through a reshape from per-group heads, `beta = sigmoid(b)`, on a state in a cache
+/// and on a plain one; one kernel each, against the reference.
+pub fn gated_delta_net_gates(be: &mut dyn Backend) {
+    for in_cache in [false, true] {
+        let (s, t, hk, hv, dk, dv) = (2, 3, 2, 4, 8, 4);
+        let slots = [2, 0];
+        let mut rg = rng(47);
+        let mut c = Case::new();
+        let (q, qn) = c.input(&mut rg, "q", &[s, t, hk, dk]);
+        let (k, kn) = c.input(&mut rg, "k", &[s, t, hk, dk]);
+        let (v, vn) = c.input(&mut rg, "v", &[s, t, hv, dv]);
+        let (a, an) = c.input(&mut rg, "a", &[s, t, hk, hv / hk]);
+        let (bias, biasn) = c.input(&mut rg, "dt_bias", &[hk, hv / hk]);
+        let av: Vec<f32> = randn(&mut rg, hv).iter().map(|x| -x.abs()).collect();
+        let (aneg, anegn) = c.input_values("A", &[hk, hv / hk], av);
+        let (b, bn) = c.input(&mut rg, "b", &[s, t, hv]);
+        let gx = c.b.add(a, bias).unwrap();
+        let gx = c.b.softplus(gx).unwrap();
+        let gx = c.b.mul(gx, aneg).unwrap();
+        let gt = c.b.reshape(gx, &[s, t, hv]).unwrap();
+        let beta = c.b.sigmoid(b).unwrap();
+        let mut gn = Nd::zeros(&[s, t, hv]);
+        let mut betan = Nd::zeros(&[s, t, hv]);
+        for i in indices(&[s, t, hv]) {
+            let (grp, j) = (i[2] / (hv / hk), i[2] % (hv / hk));
+            let x = an.at(&[i[0], i[1], grp, j]) + biasn.at(&[grp, j]);
+            gn.set(&i, (1.0 + x.exp()).ln() * anegn.at(&[grp, j]));
+            betan.set(&i, 1.0 / (1.0 + (-bn.at(&i)).exp()));
+        }
+        let form = DeltaForm::Recurrent;
+        if in_cache {
+            let (cache, buf, init, cache_n, ids) =
+                state_cache(be, &mut c, &mut rg, 3, hv * dv * dk, &slots);
+            let state = load_state(&mut c, cache, ids, &[s, hv, dv, dk]);
+            let (y, ns) = c.b.gated_delta_net(state, q, k, v, gt, beta, form).unwrap();
+            store_state(&mut c, cache, ns, ids);
+            c.output(y, "y");
+            assert_eq!(scheduled(c.b.graph(), true), ["gated_delta_net"]);
+            let stn = gather_state(&cache_n, &slots, &[s, hv, dv, dk]);
+            let (wy, ws) = r::gated_delta_net(&stn, &qn, &kn, &vn, &gn, &betan);
+            let want = scatter_state(&cache_n, &slots, &ws);
+            check_state_in_place(be, c, "gated_delta_net gates", buf, &init, &wy, &want);
+        } else {
+            let (st, stn) = c.input(&mut rg, "state", &[s, hv, dv, dk]);
+            let (y, ns) = c.b.gated_delta_net(st, q, k, v, gt, beta, form).unwrap();
+            c.output(y, "y");
+            c.output(ns, "state");
+            assert_eq!(scheduled(c.b.graph(), true), ["gated_delta_net"]);
+            let out = c.run(be);
+            let (wy, ws) = r::gated_delta_net(&stn, &qn, &kn, &vn, &gn, &betan);
+            assert_close("gated_delta_net gates y", &out[0], &wy, TOL);
+            assert_close("gated_delta_net gates state", &out[1], &ws, TOL);
+        }
+    }
+}
+
 /// The delta rule's per-token gates: log-decays `g ≤ 0` and write strengths `beta ≥ 0`, both
 /// `[S, T, Hv]`.
 fn delta_gates(

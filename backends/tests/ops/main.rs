@@ -65,6 +65,7 @@ macro_rules! all_cases {
                 gated_delta_net_recurrent,
                 gated_delta_net_chunked,
                 gated_delta_net_in_place,
+                gated_delta_net_gates,
                 reductions_and_top_k,
                 store_rows,
                 random_graphs,

@@ -1,6 +1,6 @@
 //! The row norms (and scales) of the gated delta rule's `q` and `k`, read by it alone, run
-//! inside it (`Op::GatedDeltaNet::qk_norm`): each thread re-sums its head's row, two dispatches
-//! fewer per layer.
+//! inside it (`Op::GatedDeltaNet::qk_norm`): its workgroups sum each head row once per token,
+//! two dispatches fewer per layer.
 
 use super::{Rewriter, merge_into};
 use crate::dtype::DType;

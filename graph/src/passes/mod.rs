@@ -10,6 +10,7 @@
 
 mod attention_store;
 mod dce;
+mod delta_gates;
 mod delta_qk_norm;
 mod epilogue;
 mod epilogue_inputs;
@@ -27,6 +28,7 @@ mod views;
 
 pub use attention_store::attention_store;
 pub use dce::remove_dead;
+pub use delta_gates::delta_gates;
 pub use delta_qk_norm::delta_qk_norm;
 pub use epilogue::{MAX_EPILOGUE_SOURCES, epilogue};
 pub use epilogue_inputs::{MAX_EXTERNALS, epilogue_inputs};
@@ -74,7 +76,9 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
         let g = rope_attention(&g);
         let g = remove_dead(&epilogue_range(&matmul_add(&g)));
         let g = remove_dead(&epilogue(&g));
-        remove_dead(&delta_qk_norm(&norm_input(&epilogue_inputs(&g))))
+        remove_dead(&delta_gates(&delta_qk_norm(&norm_input(&epilogue_inputs(
+            &g,
+        )))))
     } else {
         g
     }

@@ -9,7 +9,8 @@
 // 11 b_off, 12 y_off, 13 new state off. The dispatch has S·Hv·⌈Dv/4⌉ workgroups.
 // q and k are read through `ldq`/`ldk`: the raw rows, or each head row normalised (by the
 // factors `qk_factors` computes once per workgroup and token) and put through its program when
-// the op carries them.
+// the op carries them; g and beta through `ldg`/`ldb`: sources 4 and 5, or the gates' programs
+// computed at each read (`Spec::gates`).
 // With source 6, slots I32 [S] (param 14 its offset), source 0 is the state cache
 // [R, Hv·Dv·Dk]: sequence s reads and writes row slots[s] (the generator's `state_row` and
 // `state_put`).
@@ -45,8 +46,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let tok = s * t_ + t;
         let qk = (tok * hk + kh) * dk;
         let f = qk_factors(pu(7u) + qk, pu(8u) + qk, dk, lid.x);
-        let decay = exp(ld4(pu(10u) + tok * hv + h));
-        let beta = ld5(pu(11u) + tok * hv + h);
+        let decay = exp(ldg(pu(10u) + tok * hv + h));
+        let beta = ldb(pu(11u) + tok * hv + h);
         var kr: array<f32, 8>;
         var qr: array<f32, 8>;
         var part = 0.0;
