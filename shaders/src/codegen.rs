@@ -171,7 +171,11 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
     };
     if !matches!(
         spec.kernel,
-        Kernel::MatMul | Kernel::MatMulCat | Kernel::MatMulPair
+        Kernel::MatMul
+            | Kernel::MatMulCat
+            | Kernel::MatMulPair
+            | Kernel::MatMulId
+            | Kernel::MatMulIdPair
     ) {
         return Err(err(spec.kernel, "only mat-vecs normalise their row"));
     }
@@ -583,7 +587,15 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             "fn residual(i: u32) -> f32 { return 0.0; }\n"
         });
     }
-    if spec.x_norm.is_none() && matches!(k, Kernel::MatMul | Kernel::MatMulCat | Kernel::MatMulPair)
+    if spec.x_norm.is_none()
+        && matches!(
+            k,
+            Kernel::MatMul
+                | Kernel::MatMulCat
+                | Kernel::MatMulPair
+                | Kernel::MatMulId
+                | Kernel::MatMulIdPair
+        )
     {
         out.push_str("fn prologue(xrow: u32, lid: u32) {}\n");
     }

@@ -1847,6 +1847,57 @@ pub fn norm_matvec(be: &mut dyn Backend) {
     }
 }
 
+/// The norm before a mixture feeds its router and its experts' gate and up (through a
+/// reshape): each of the two kernels normalises the row itself, no norm kernel is left, and both
+/// match the reference.
+pub fn norm_moe(be: &mut dyn Backend) {
+    let mut rg = rng(48);
+    let (k, e, n, top) = (256, 4, 12, 2);
+    let mut c = Case::new();
+    let (x, xn) = c.input(&mut rg, "x", &[1, k]);
+    let (nw, nwn) = c.input(&mut rg, "norm", &[k]);
+    let h = c.b.rms_norm(x, 1e-5).unwrap();
+    let h = c.b.mul(h, nw).unwrap();
+    let mut hn = r::rms_norm(&xn, 1e-5);
+    hn.data.iter_mut().zip(&nwn.data).for_each(|(a, b)| *a *= b);
+    let (wr, wrn) = weight(be, &mut c, &mut rg, "router", &[e, k], DType::F16);
+    let (wg, wgn) = weight(be, &mut c, &mut rg, "gate", &[e, n, k], DType::Q4K);
+    let (wu, wun) = weight(be, &mut c, &mut rg, "up", &[e, n, k], DType::Q8_0);
+    let ids = vec![3, 1];
+    let it = c.ids("ids", &[1, top], ids.clone());
+    let logits = c.b.matmul(h, wr).unwrap();
+    let h3 = c.b.reshape(h, &[1, 1, k]).unwrap();
+    let g = c.b.matmul_id(h3, wg, it).unwrap();
+    let u = c.b.matmul_id(h3, wu, it).unwrap();
+    let g = c.b.silu(g).unwrap();
+    let y = c.b.mul(g, u).unwrap();
+    c.output(logits, "logits");
+    c.output(y, "y");
+    assert_eq!(
+        scheduled(c.b.graph(), true),
+        ["mul_mat", "mul_mat_id"],
+        "the norm runs inside both"
+    );
+    let out = c.run(be);
+    let want_logits = r::matmul(&seen_activations(be, DType::F16, &hn), &wrn);
+    let (hg, hu) = (
+        seen_activations(be, DType::Q4K, &hn),
+        seen_activations(be, DType::Q8_0, &hn),
+    );
+    let mut want = Nd::zeros(&[1, top, n]);
+    for i in indices(&[1, top, n]) {
+        let ex = ids[i[1]] as usize;
+        let dot = |x: &Nd, w: &Nd| -> f64 {
+            (0..k)
+                .map(|kk| x.at(&[0, kk]) * w.at(&[ex, i[2], kk]))
+                .sum()
+        };
+        want.set(&i, silu(dot(&hg, &wgn)) * dot(&hu, &wun));
+    }
+    assert_close("norm + router", &out[0], &want_logits, TOL);
+    assert_close("norm + experts' pair", &out[1], &want, TOL);
+}
+
 /// A mixture's chosen weights renormalised to sum to one (`w / clamp(sum_rows(w))`) run as one
 /// row-normalising kernel (`sum_norm`), rows whose sum the clamp raises included.
 pub fn sum_norm(be: &mut dyn Backend) {

@@ -6,29 +6,54 @@
 use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, Node, NodeId};
+use crate::layout::Layout;
 use crate::op::{BinaryOp, Epilogue, Instr, NormKind, Op, XNorm};
 
-/// For a mat-vec node, the norm node feeding its row and what it computes.
-fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId) -> Option<XNorm> {
-    let n = g.node(id);
+/// True for a mat-vec that can normalise its row (experts' products included: with the
+/// norm over one row, every expert reads that row).
+fn normalises_row(n: &Node) -> bool {
     let (op, own) = n.op.core(n.srcs.len());
     let matvec = match op {
         Op::MatMul => own <= 3,
-        Op::MatMulCat => true,
+        Op::MatMulCat | Op::MatMulId => true,
         _ => false,
     };
-    if !matvec || matches!(&n.op, Op::Epilogue(e) if e.x_norm.is_some()) {
+    matvec && !matches!(&n.op, Op::Epilogue(e) if e.x_norm.is_some())
+}
+
+/// True when `r` reads norm `x` as a mat-vec that can normalise its row: as its row (source
+/// 0), directly or through a dense reshaping view that nothing else reads.
+fn reads_row(
+    g: &Graph,
+    consumers: &[Vec<NodeId>],
+    is_output: &[bool],
+    x: NodeId,
+    r: NodeId,
+) -> bool {
+    let k = g.node(x).shape().last();
+    let rn = g.node(r);
+    if rn.op.is_view() {
+        let l = rn.layout;
+        let dense = l.offset == 0 && l.is_contiguous() && l.shape.last() == k;
+        return dense
+            && !is_output[r.index()]
+            && consumers[r.index()].len() == 1
+            && reads_row(g, consumers, is_output, r, consumers[r.index()][0]);
+    }
+    normalises_row(rn) && rn.srcs[0] == x && !rn.srcs[1..].contains(&x)
+}
+
+/// For a mat-vec node, the norm node feeding its row and what it computes. The norm may feed
+/// several mat-vecs (a mixture's router and its experts): each normalises the row itself.
+fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId) -> Option<XNorm> {
+    if !normalises_row(g.node(id)) {
         return None;
     }
     let (x, view) = norm_node(g, id);
     let xn = g.node(x);
     let k = xn.shape().last();
-    if let Some(v) = view {
-        let l = g.node(v).layout;
-        let dense = l.offset == 0 && l.is_contiguous() && l.shape.last() == k;
-        if !dense || consumers[v.index()] != [id] || is_output[v.index()] {
-            return None;
-        }
+    if !reads_row(g, consumers, is_output, x, view.unwrap_or(id)) {
+        return None;
     }
     let p = xn.op.program()?;
     let kind = p.head.filter(|k| !matches!(k, NormKind::Sum { .. }))?;
@@ -57,7 +82,9 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
         && raw.numel() == k
         && raw.layout.is_contiguous()
         && raw.dtype == DType::F32
-        && consumers[x.index()] == [view.unwrap_or(id)]
+        && consumers[x.index()]
+            .iter()
+            .all(|&r| reads_row(g, consumers, is_output, x, r))
         && !is_output[x.index()];
     ok.then_some(XNorm { kind, weighted })
 }
@@ -89,17 +116,38 @@ pub fn norm_input(g: &Graph) -> Graph {
             Op::Epilogue(e) => (**e).clone(),
             op => Epilogue::identity(op.clone(), n.srcs.len()),
         };
-        // the raw row, the op's other sources, the norm's weight, the program's sources
-        let mut srcs = vec![xn.srcs[0]];
+        // the raw row (with the shape the op read the norm in), the op's other sources, the
+        // norm's weight, the program's sources
+        let raw = xn.srcs[0];
+        let row = match norm_node(g, id).1 {
+            Some(v) => {
+                let rl = g.node(raw).layout;
+                rw.push(Node {
+                    op: Op::View,
+                    srcs: vec![rw.get(raw)],
+                    layout: Layout {
+                        offset: rl.offset,
+                        ..Layout::contiguous(g.node(v).shape())
+                    },
+                    dtype: DType::F32,
+                    name: format!("{}.row", xn.name),
+                })
+            }
+            None => rw.get(raw),
+        };
+        let mut srcs = vec![];
         srcs.extend(&n.srcs[1..e.inner_srcs]);
         if norm.weighted {
             srcs.push(xn.srcs[1]);
         }
         srcs.extend(&n.srcs[e.inner_srcs..]);
         e.x_norm = Some(norm);
+        let srcs = std::iter::once(row)
+            .chain(srcs.into_iter().map(|s| rw.get(s)))
+            .collect();
         rw.push(Node {
             op: Op::Epilogue(Box::new(e)),
-            srcs: srcs.into_iter().map(|s| rw.get(s)).collect(),
+            srcs,
             layout: n.layout,
             dtype: n.dtype,
             name: format!("{}+{}", xn.name, n.name),

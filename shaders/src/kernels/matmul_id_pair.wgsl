@@ -10,6 +10,8 @@
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = (wid.y * nwg.x + wid.x) * (128u / T) + lid.x / T;
     let lane = lid.x % T;
+    // (with a norm over its one activation row, every workgroup sums the row first)
+    prologue(pu(3u), lid.x);
     let n_ = pu(1u);
     let k_ = pu(2u);
     let n = g % n_;
