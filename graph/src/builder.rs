@@ -623,6 +623,7 @@ impl GraphBuilder {
         let op = Op::SoftMax {
             scale,
             masked: mask.is_some(),
+            gathered: false,
         };
         self.push_new(op, &srcs, x.dims(), DType::F32)
     }

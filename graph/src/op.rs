@@ -334,9 +334,14 @@ pub enum Op {
     },
     /// `softmax(x * scale + mask)` over the innermost dimension; `[x, mask?]`, the mask
     /// broadcasting to `x`.
+    ///
+    /// With `gathered` (made by the `softmax_gather` pass, never by the builder), the sources
+    /// are `[table [R, E, 1], ids [R, D] I32]` and `x[r, j] = table[r, ids[r, j], 0]`: the
+    /// softmax of the values `get_rows` would pick (a mixture's chosen logits), without a mask.
     SoftMax {
         scale: f32,
         masked: bool,
+        gathered: bool,
     },
     /// `[x [T, H, D], pos [T] I32]` → rotated `x`.
     Rope(RopeParams),

@@ -144,6 +144,10 @@ fn variants() -> Vec<Spec> {
         }
         v.push(s);
     }
+    // the softmax of values gathered through indices
+    let mut s = Spec::new(Kernel::SoftMax, vec![arena(DType::F32), arena(DType::I32)]);
+    s.aliases.push(("ldidx", 1));
+    v.push(s);
     v.push(Spec::new(
         Kernel::Rope,
         vec![arena(DType::F32), arena(DType::I32)],

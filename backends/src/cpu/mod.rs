@@ -644,7 +644,20 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
         Op::GetRows => matmul::get_rows(&s[0], &s[1], &node.name, f32s(out))?,
         Op::RmsNorm { eps } => norm(weft_graph::NormKind::Rms { eps: *eps }, &s[0], f32s(out)),
         Op::L2Norm { eps } => norm(weft_graph::NormKind::L2 { eps: *eps }, &s[0], f32s(out)),
-        Op::SoftMax { scale, masked } => {
+        Op::SoftMax {
+            scale,
+            gathered: true,
+            ..
+        } => {
+            let x = rows::gathered(&s[0], &s[1], &node.name)?;
+            let x = TensorRef {
+                bytes: bytemuck::cast_slice(&x),
+                layout: Layout::contiguous(shape),
+                dtype: DType::F32,
+            };
+            rows::softmax(&x, None, *scale, f32s(out))
+        }
+        Op::SoftMax { scale, masked, .. } => {
             rows::softmax(&s[0], masked.then(|| &s[1]), *scale, f32s(out))
         }
         Op::Rope(p) => attention::rope(&s[0], &s[1], *p, f32s(out)),

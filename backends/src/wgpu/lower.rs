@@ -278,7 +278,11 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             ];
             (Kernel::GetRows, p, threads(total))
         }
-        Op::SoftMax { scale, masked } => {
+        Op::SoftMax {
+            scale,
+            masked,
+            gathered,
+        } => {
             let shape = node.shape();
             let xo = c.src(s[0]);
             let mut p = vec![
@@ -309,6 +313,15 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             }
             let d = padded4(shape.dims());
             p.extend([d[0], d[1], d[2]]);
+            // chosen values read through their indices: the table's row and element strides,
+            // the indices' offset
+            if *gathered {
+                let tl = g.node(s[0]).layout;
+                p.extend([1, tl.strides[0] as u32, tl.strides[1] as u32, c.src(s[1])]);
+                aliases.push(("ldidx", 1));
+            } else {
+                p.extend([0; 4]);
+            }
             (Kernel::SoftMax, p, shape.rows() as u32)
         }
         Op::Rope(r) => {

@@ -1898,6 +1898,64 @@ pub fn norm_moe(be: &mut dyn Backend) {
     assert_close("norm + experts' pair", &out[1], &want, TOL);
 }
 
+/// The softmax of a mixture's chosen logits reads them through the chosen indices itself
+/// (`softmax_gather`): the logits of three rows as a plain tensor, and of one row (decode) as
+/// columns of a wider one (the router concatenated with other projections: the table starts
+/// at an offset), scaled, against the reference.
+pub fn softmax_gather(be: &mut dyn Backend) {
+    let mut rg = rng(49);
+    let (e, k) = (6, 2);
+    for wide in [false, true] {
+        let rows = if wide { 1 } else { 3 };
+        let mut c = Case::new();
+        let (x, xn) = c.input(&mut rg, "x", &[rows, e + 4]);
+        let logits = if wide {
+            c.b.slice(x, 1, 3, e).unwrap()
+        } else {
+            c.b.slice(x, 1, 0, e).unwrap()
+        };
+        let logits = c.b.contiguous(logits).unwrap();
+        let ids = [5, 1, 0, 3, 2, 4][..rows * k].to_vec();
+        let it = c.ids("ids", &[rows, k], ids.clone());
+        let l3 = if wide {
+            let x3 = c.b.reshape(x, &[rows, e + 4, 1]).unwrap();
+            c.b.slice(x3, 1, 3, e).unwrap()
+        } else {
+            c.b.reshape(logits, &[rows, e, 1]).unwrap()
+        };
+        let chosen = c.b.get_rows(l3, it).unwrap();
+        let chosen = c.b.reshape(chosen, &[rows, k]).unwrap();
+        let w = c.b.softmax(chosen, None, 0.7).unwrap();
+        c.output(w, "w");
+        let kernels = scheduled(c.b.graph(), true);
+        let want_kernels: &[&str] = if wide {
+            &["soft_max"]
+        } else {
+            &["contiguous", "soft_max"]
+        };
+        assert_eq!(kernels, want_kernels);
+        let out = c.run(be);
+        let off = if wide { 3 } else { 0 };
+        let mut want = Nd::zeros(&[rows, k]);
+        for r in 0..rows {
+            let v: Vec<f64> = (0..k)
+                .map(|j| 0.7 * xn.at(&[r, off + ids[r * k + j] as usize]))
+                .collect();
+            let m = v.iter().copied().fold(f64::MIN, f64::max);
+            let sum: f64 = v.iter().map(|x| (x - m).exp()).sum();
+            for j in 0..k {
+                want.set(&[r, j], (v[j] - m).exp() / sum);
+            }
+        }
+        assert_close(
+            &format!("softmax of chosen values (wide {wide})"),
+            &out[0],
+            &want,
+            TOL,
+        );
+    }
+}
+
 /// A mixture's chosen weights renormalised to sum to one (`w / clamp(sum_rows(w))`) run as one
 /// row-normalising kernel (`sum_norm`), rows whose sum the clamp raises included.
 pub fn sum_norm(be: &mut dyn Backend) {

@@ -52,6 +52,7 @@ macro_rules! all_cases {
                 norms,
                 sum_norm,
                 softmax,
+                softmax_gather,
                 rope,
                 rope_pair,
                 attention,

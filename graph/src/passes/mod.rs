@@ -22,6 +22,7 @@ mod matmul_cat;
 mod norm_input;
 mod rope_attention;
 mod rope_pair;
+mod softmax_gather;
 mod state_in_place;
 mod sum_norm;
 mod views;
@@ -40,6 +41,7 @@ pub use matmul_cat::matmul_cat;
 pub use norm_input::norm_input;
 pub use rope_attention::rope_attention;
 pub use rope_pair::rope_pair;
+pub use softmax_gather::softmax_gather;
 pub use state_in_place::state_in_place;
 pub use sum_norm::sum_norm;
 pub use views::fold_views;
@@ -71,6 +73,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
     let g = legalize(&g);
     if opts.fuse {
         let g = remove_dead(&fuse_elementwise(&remove_dead(&sum_norm(&g))));
+        let g = remove_dead(&softmax_gather(&g));
         // (the merging passes leave dead readers behind, which would look like readers)
         let g = remove_dead(&attention_store(&rope_pair(&matmul_cat(&g))));
         let g = rope_attention(&g);

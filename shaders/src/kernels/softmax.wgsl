@@ -1,11 +1,17 @@
 // softmax(x · scale + mask) per row; one workgroup per row. Sources: 0 x (dense), 1 mask
 // (broadcast strides). A row that is entirely -inf becomes zeros.
 // Params: 0 rows, 1 D, 2 x_off, 3 out_off, 4 scale (f32 bits), 5 masked, 6 mask_off,
-// 7..11 mask strides s0..s3, 11..14 x dims d0..d2 (d3 = D).
+// 7..11 mask strides s0..s3, 11..14 x dims d0..d2 (d3 = D), 14 gathered: then source 0 is a
+// table [R, E, 1] (15 its row stride, 16 its element stride), source 1 indices [R, D]
+// (`ldidx`, 17 their offset), and x[r, j] = table[r, ids[r, j]].
 
 var<workgroup> red: array<f32, 64>;
 
 fn val(row: u32, j: u32) -> f32 {
+    if (pu(14u) == 1u) {
+        let c = u32(ldidx(pu(17u) + row * pu(1u) + j));
+        return ld0(pu(2u) + row * pu(15u) + c * pu(16u)) * pf(4u);
+    }
     var v = ld0(pu(2u) + row * pu(1u) + j) * pf(4u);
     if (pu(5u) == 1u) {
         let i2 = row % pu(13u);
