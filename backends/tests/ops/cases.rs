@@ -479,6 +479,36 @@ pub fn norms(be: &mut dyn Backend) {
     );
 }
 
+/// Row norms read strided rows in place (a head's half of an interleaved projection, as
+/// Qwen3.5's gated attention splits q from its gate): no copy is scheduled before them.
+pub fn norms_strided(be: &mut dyn Backend) {
+    let mut rg = rng(50);
+    let (t, h, d) = (3, 4, 40);
+    let mut c = Case::new();
+    let (x, xn) = c.input(&mut rg, "x", &[t, h, 2 * d]);
+    let (w, wn) = c.input(&mut rg, "w", &[d]);
+    let q = c.b.slice(x, 2, d, d).unwrap();
+    let rn = c.b.rms_norm(q, 1e-6).unwrap();
+    let rw = c.b.mul(rn, w).unwrap();
+    let l2 = c.b.l2_norm(q, 1e-6).unwrap();
+    c.output(rw, "rms");
+    c.output(l2, "l2");
+    let kernels = scheduled(c.b.graph(), true);
+    assert!(!kernels.contains(&"contiguous"), "{kernels:?}");
+    let out = c.run(be);
+    let mut qn = Nd::zeros(&[t, h, d]);
+    for i in indices(&[t, h, d]) {
+        qn.set(&i, xn.at(&[i[0], i[1], d + i[2]]));
+    }
+    let rms = r::rms_norm(&qn, 1e-6);
+    let mut rmsw = rms.clone();
+    for i in indices(&[t, h, d]) {
+        rmsw.set(&i, rms.at(&i) * wn.at(&[i[2]]));
+    }
+    assert_close("strided rms_norm*w", &out[0], &rmsw, TOL);
+    assert_close("strided l2_norm", &out[1], &r::l2_norm(&qn, 1e-6), TOL);
+}
+
 pub fn softmax(be: &mut dyn Backend) {
     let mut rg = rng(18);
     let mut c = Case::new();

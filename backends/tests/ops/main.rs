@@ -50,6 +50,7 @@ macro_rules! all_cases {
                 matmul_id_pair,
                 get_rows,
                 norms,
+                norms_strided,
                 sum_norm,
                 softmax,
                 softmax_gather,

@@ -10,8 +10,14 @@ use crate::op::Op;
 /// True when the op reads source `slot` through any strided layout.
 fn accepts_strided(op: &Op, slot: usize) -> bool {
     match op {
-        Op::View | Op::Contiguous | Op::Unary(_) | Op::Binary(_) => true,
-        Op::Fused(p) => !(p.head.is_some() && slot == 0),
+        // (row norms read their rows through the source's strides too)
+        Op::View
+        | Op::Contiguous
+        | Op::Unary(_)
+        | Op::Binary(_)
+        | Op::Fused(_)
+        | Op::RmsNorm { .. }
+        | Op::L2Norm { .. } => true,
         // The destination of a cache write only needs dense rows (checked when built).
         Op::StoreRows => slot == 0,
         _ => false,

@@ -10,7 +10,7 @@
 use super::{Architecture, HParams, embed, head};
 use crate::blocks::attention::{AttentionParams, KvSource};
 use crate::blocks::delta_net::{BetaAlpha, DeltaNetParams, DeltaNetWeights, HeadOrder, delta_net};
-use crate::blocks::{rms_norm_weighted, split_last};
+use crate::blocks::rms_norm_weighted;
 use crate::error::{ModelError, Result};
 use crate::memory::LayerMemory;
 use crate::step::Step;
@@ -145,11 +145,10 @@ pub(crate) fn attention_layer(
     let (h, hkv, d) = (p.n_head, p.n_head_kv, p.head_dim);
     let qf = b.matmul(x, wq)?;
     let (mut q, gate) = if gated {
+        // (strided views of each head's halves: the q norm reads its rows in place; whatever
+        // needs them dense gets a copy from legalization)
         let qf = b.reshape(qf, &[t, h, 2 * d])?;
-        (
-            split_last(b, qf, 0, d, &[t, h, d])?,
-            Some(split_last(b, qf, d, d, &[t, h, d])?),
-        )
+        (b.slice(qf, 2, 0, d)?, Some(b.slice(qf, 2, d, d)?))
     } else {
         (b.reshape(qf, &[t, h, d])?, None)
     };

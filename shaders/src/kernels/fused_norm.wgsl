@@ -1,5 +1,6 @@
 // A row normalisation (rms or l2) of source 0 followed by an elementwise program; one
-// workgroup per row. Params as `elementwise` (source 0 dense with the output's shape), then
+// workgroup per row. Params as `elementwise` (source 0 with the output's shape, dense or
+// strided), then
 // at 6 + 5·n_sources: eps (f32 bits; the sum's floor for kind 2), kind (0 rms, 1 l2, 2 sum:
 // x / clamp(Σx, eps, max)), max (f32 bits).
 // The generated body (placeholder BODY) computes `v`; its loads of source 0 are multiplied by the row factor `f`.
@@ -18,11 +19,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let rows = pu(0u) / d;
     let pe = 6u + 5u * {{NSRC}}u;
     let kind = pu(pe + 1u);
-    let base = pu(6u) + row * d;
+    // (source 0 may be strided: its row read through its own strides)
+    let r2 = row % pu(4u);
+    let r1 = (row / pu(4u)) % pu(3u);
+    let r0 = row / pu(4u) / pu(3u);
     var acc = 0.0;
     if (row < rows) {
         for (var j = lid.x; j < d; j += 64u) {
-            let x = ld0(base + j);
+            let x = ld0(lda(0u, r0, r1, r2, j));
             acc += select(x * x, x, kind == 2u);
         }
     }
