@@ -369,9 +369,17 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 aliases.push(("ldmask", next));
                 next += 1;
             }
+            // (the gate may be strided: its strides follow the rope words)
+            let mut gate_strides = [0u32; 3];
             if *gated {
                 go = c.src(s[next]);
                 aliases.push(("ldgate", next));
+                let gl = g.node(s[next]).layout;
+                gate_strides = [
+                    gl.strides[0] as u32,
+                    gl.strides[1] as u32,
+                    gl.strides[2] as u32,
+                ];
             }
             // with stores, the new key and value, their row, and the caches written a word at a
             // time (both are sources 1 and 2, views of the caches from row 0)
@@ -421,6 +429,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 }
                 None => p.extend([0; 4]),
             }
+            p.extend(gate_strides);
             (Kernel::Attention, p, (qd[0] * qd[1]) as u32)
         }
         Op::Concat { dim } => {

@@ -636,8 +636,14 @@ pub fn attention(be: &mut dyn Backend) {
         } else {
             (None, None)
         };
+        // (the gate is each head's second half of a wider tensor, read strided in place)
         let (gate, gn) = if gated {
-            let (g, gn) = c.input(&mut rg, "gate", &[t, hq, dv]);
+            let (g2, g2n) = c.input(&mut rg, "gate", &[t, hq, 2 * dv]);
+            let g = c.b.slice(g2, 2, dv, dv).unwrap();
+            let mut gn = Nd::zeros(&[t, hq, dv]);
+            for i in indices(&[t, hq, dv]) {
+                gn.set(&i, g2n.at(&[i[0], i[1], dv + i[2]]));
+            }
             (Some(g), Some(gn))
         } else {
             (None, None)
@@ -645,6 +651,7 @@ pub fn attention(be: &mut dyn Backend) {
         let y =
             c.b.attention(q, k, v, mask, gate, 0.35, causal)
                 .expect("attention");
+        assert!(!scheduled(c.b.graph(), true).contains(&"contiguous"));
         c.output(y, "y");
         let out = c.run(be);
         let want = r::attention(&qn, &kn, &vn, mn.as_ref(), gn.as_ref(), 0.35, causal);

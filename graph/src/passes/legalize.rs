@@ -20,6 +20,12 @@ fn accepts_strided(op: &Op, slot: usize) -> bool {
         | Op::L2Norm { .. } => true,
         // The destination of a cache write only needs dense rows (checked when built).
         Op::StoreRows => slot == 0,
+        // attention reads its output gate through the gate's strides
+        Op::Attention {
+            gated: true,
+            masked,
+            ..
+        } => slot == 3 + *masked as usize,
         _ => false,
     }
 }

@@ -12,7 +12,8 @@
 // Params: 0 T, 1 Hq, 2 D (at most 256), 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32 bits), 7 causal,
 // 8 masked, 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off,
 // 16 stores, 17 k_new_off, 18 v_new_off, 19 idx_off, 20 rope, 21 rope mode (0 normal, 1 neox),
-// 22 rotated dims, 23 pos_off, 24.. inverse frequencies (f32 bits).
+// 22 rotated dims, 23 pos_off, 24.. inverse frequencies (f32 bits, 22/2 of them with rope),
+// then the gate's three strides (it may be a strided view).
 
 var<workgroup> sc: array<f32, 64>;
 var<workgroup> qs: array<f32, 256>;
@@ -152,7 +153,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
             let oi = (t * hq + h) * dv + dd;
             if (pu(9u) == 1u) {
-                o = o / (1.0 + exp(-ldgate(pu(14u) + oi)));
+                // (the gate through its own strides, which follow the rope's frequencies)
+                let gs = 24u + select(0u, pu(22u) / 2u, pu(20u) == 1u);
+                let gi = t * pu(gs) + h * pu(gs + 1u) + dd * pu(gs + 2u);
+                o = o / (1.0 + exp(-ldgate(pu(14u) + gi)));
             }
             st(pu(15u) + oi, o);
         }
