@@ -231,9 +231,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(b) = bandwidth {
         println!("device copy bandwidth: {:.1} GB/s", b / 1e9);
     }
-    for t in tests.iter().filter(|t| t.n_gen > 0) {
+    for (t, r) in tests.iter().zip(&rows).filter(|(t, _)| t.n_gen > 0) {
         if let Some(h) = &t.host {
-            let j = host_json(h, t.secs.iter().sum::<f64>());
+            let j = &r["host_us_per_run"];
             let us = |k: &str| j[k].as_f64().unwrap_or(0.0);
             println!(
                 "host per generated token: recording commands {:.0} µs before submitting \

@@ -2,7 +2,7 @@
 //! body with its placeholders filled.
 
 use crate::quant::{CHUNK_HELPERS, byte_helpers, chunk_dot, decode_body};
-use crate::{Home, Kernel, Spec, XNormSpec};
+use crate::{EpilogueSpec, Home, Kernel, Spec, XNormSpec};
 use std::fmt::Write;
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
 
@@ -169,14 +169,7 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
     let Some(XNormSpec { kind, weight }) = spec.x_norm else {
         return Ok(String::new());
     };
-    if !matches!(
-        spec.kernel,
-        Kernel::MatMul
-            | Kernel::MatMulCat
-            | Kernel::MatMulPair
-            | Kernel::MatMulId
-            | Kernel::MatMulIdPair
-    ) {
+    if !spec.kernel.is_matvec() {
         return Err(err(spec.kernel, "only mat-vecs normalise their row"));
     }
     let w = match weight {
@@ -339,21 +332,7 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
         ));
     }
     let results = if e.pair { 2 } else { 1 };
-    let extra = e.program.code.iter().filter_map(|ins| match ins {
-        Instr::Load(k) if *k as usize >= results => Some(e.first + *k as usize - results),
-        _ => None,
-    });
-    if let Some(bad) = extra.clone().find(|&s| s >= spec.sources.len()) {
-        return Err(err(
-            spec.kernel,
-            format!("epilogue reads source {bad} of {}", spec.sources.len()),
-        ));
-    }
-    let load = |k: u8| match k as usize {
-        k if k < results => format!("v{k}"),
-        k => format!("ld{}(epa({}u, i))", e.first + k - results, k - results),
-    };
-    let body = program_body(&e.program, load).replace("let v = ", "return ");
+    let body = indexed_program(spec, e, results, "epa", "epilogue")?;
     let head = if e.pair {
         "fn epi2(i_: u32, v0: f32, v1: f32) -> f32"
     } else {
@@ -375,6 +354,33 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
 ",
         source_index("epa", e.params)
     ))
+}
+
+/// The body (`return …`) of `e.program` at element `i`: its first `results` loads are the
+/// values `v0`, `v1`, and each other load reads source `first + k` through `index(k, i)` (see
+/// [`source_index`]). An error names `what` when it reads a source the spec lacks.
+fn indexed_program(
+    spec: &Spec,
+    e: &EpilogueSpec,
+    results: usize,
+    index: &str,
+    what: &str,
+) -> Result<String, ShaderError> {
+    let reads = e.program.code.iter().filter_map(|ins| match ins {
+        Instr::Load(k) if *k as usize >= results => Some(e.first + *k as usize - results),
+        _ => None,
+    });
+    if let Some(bad) = reads.clone().find(|&s| s >= spec.sources.len()) {
+        return Err(err(
+            spec.kernel,
+            format!("{what} reads source {bad} of {}", spec.sources.len()),
+        ));
+    }
+    let load = |k: u8| match k as usize {
+        k if k < results => format!("v{k}"),
+        k => format!("ld{}({index}({}u, i))", e.first + k - results, k - results),
+    };
+    Ok(program_body(&e.program, load).replace("let v = ", "return "))
 }
 
 /// `name(k, i)`: the element offset of element `i` of extra source `k`, from the 9 parameter
@@ -406,19 +412,8 @@ fn gate_loaders(spec: &Spec) -> Result<String, ShaderError> {
     };
     let mut out = String::new();
     for (j, (name, e)) in ["g", "b"].iter().zip(gates.iter()).enumerate() {
-        let reads = e.program.code.iter().filter_map(|ins| match ins {
-            Instr::Load(k) => Some(e.first + *k as usize),
-            _ => None,
-        });
-        if let Some(bad) = reads.clone().find(|&s| s >= spec.sources.len()) {
-            return Err(err(
-                spec.kernel,
-                format!("gate reads source {bad} of {}", spec.sources.len()),
-            ));
-        }
         let index = format!("gpa{j}");
-        let load = |k: u8| format!("ld{}({index}({k}u, i))", e.first + k as usize);
-        let body = program_body(&e.program, load).replace("let v = ", "return ");
+        let body = indexed_program(spec, e, 0, &index, "gate")?;
         let _ = write!(
             out,
             "{}fn ld{name}(i_: u32) -> f32 {{
@@ -587,28 +582,12 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             "fn residual(i: u32) -> f32 { return 0.0; }\n"
         });
     }
-    if spec.x_norm.is_none()
-        && matches!(
-            k,
-            Kernel::MatMul
-                | Kernel::MatMulCat
-                | Kernel::MatMulPair
-                | Kernel::MatMulId
-                | Kernel::MatMulIdPair
-        )
-    {
+    if spec.x_norm.is_none() && k.is_matvec() {
         out.push_str("fn prologue(xrow: u32, lid: u32) {}\n");
     }
     // mat-vecs: a row dot product per weight source (one for `matmul`, one per weight for
     // `matmul_cat`, which picks the weight by output column)
-    if matches!(
-        k,
-        Kernel::MatMul
-            | Kernel::MatMulCat
-            | Kernel::MatMulPair
-            | Kernel::MatMulId
-            | Kernel::MatMulIdPair
-    ) {
+    if k.is_matvec() {
         // (the experts' pair: sources x, w_a, ids, w_b)
         let weights: Vec<usize> = match k {
             Kernel::MatMul | Kernel::MatMulId => vec![1],

@@ -100,6 +100,20 @@ impl Kernel {
         }
     }
 
+    /// True for the decode mat-vecs: a row of weights per output, read a chunk at a time
+    /// (`row_dot{j}`), partial sums met by `group_sum`, the activation row normalisable in the
+    /// kernel (`prologue`).
+    pub fn is_matvec(self) -> bool {
+        matches!(
+            self,
+            Kernel::MatMul
+                | Kernel::MatMulCat
+                | Kernel::MatMulPair
+                | Kernel::MatMulId
+                | Kernel::MatMulIdPair
+        )
+    }
+
     /// True for kernels that pass each result through `epi(i, v)` as they write it (see
     /// [`EpilogueSpec`]).
     pub fn applies_epilogue(self) -> bool {
@@ -181,7 +195,7 @@ pub struct Spec {
     /// `prologue(x_off, lid)` first, and `ld0` then reads normalised values.
     pub x_norm: Option<XNormSpec>,
     /// `gated_delta_net`'s q and k row programs (a norm head, then unary functions): the kernel
-    /// reads them through `ldq(i, f)` and `ldk(i, f)` with `f` from `q_factor` / `k_factor`.
+    /// reads them through `ldq(i, f)` and `ldk(i, f)` with the factors from `qk_factors`.
     pub qk_norm: Option<[FusedProgram; 2]>,
     /// External bindings written two elements (one 32-bit word) at a time, with their dtypes:
     /// `put{n}(i, a, b)` writes elements `i` (even) and `i + 1` of the `n`-th. Sources may read

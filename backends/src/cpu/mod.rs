@@ -357,13 +357,12 @@ impl CpuBackend {
                     qk_norm,
                     gates,
                 } => {
-                    // (q and k are sources 0 and 1 here, the cache being left out)
-                    let normed = qk_norm.as_ref().map(|n| normed_qk(n, &srcs[0], &srcs[1]));
+                    // (q is source 0 here, the cache being left out)
                     let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
                         .iter()
                         .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
                         .collect::<Result<_>>()?;
-                    let gated = gates.as_ref().map(|gt| computed_gates(gt, srcs, 0, &extra));
+                    let [normed, gated] = delta_inputs(qk_norm, gates, srcs, 0, &extra);
                     let srcs = with_qk(srcs, 0, normed.as_ref());
                     let srcs = with_qk(&srcs, 3, gated.as_ref());
                     delta::gated_delta_net_cached(rows, &slots, &srcs, *form, &node.name, &mut y)
@@ -649,7 +648,9 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
             gathered: true,
             ..
         } => {
-            let x = rows::gathered(&s[0], &s[1], &node.name)?;
+            // the values get_rows would pick, then their softmax
+            let mut x = vec![0.0; shape.numel()];
+            matmul::get_rows(&s[0], &s[1], &node.name, &mut x)?;
             let x = TensorRef {
                 bytes: bytemuck::cast_slice(&x),
                 layout: Layout::contiguous(shape),
@@ -680,11 +681,8 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
             qk_norm,
             gates,
         } => {
-            let normed = qk_norm.as_ref().map(|n| normed_qk(n, &s[1], &s[2]));
             let own = s.len() - gates.as_ref().map_or(0, |gt| gt.extra_sources());
-            let gated = gates
-                .as_ref()
-                .map(|gt| computed_gates(gt, &s[..own], 1, &s[own..]));
+            let [normed, gated] = delta_inputs(qk_norm, gates, &s[..own], 1, &s[own..]);
             let s = with_qk(&s[..own], 1, normed.as_ref());
             let s = with_qk(&s, 4, gated.as_ref());
             delta::gated_delta_net(&s, *form, f32s(out))
@@ -703,8 +701,31 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
     Ok(())
 }
 
+/// Two dense tensors put over two adjacent sources (see [`with_qk`]).
+type SourcePair = [(Vec<f32>, Layout); 2];
+
+/// What the delta rule reads in place of its own sources, when the op carries programs for
+/// them: q and k through their norms, and g and beta computed from theirs. `srcs` are the
+/// op's sources with `q` at `q_at`; `extra`, the gate programs' other sources.
+fn delta_inputs(
+    qk_norm: &Option<Box<weft_graph::QkNorm>>,
+    gates: &Option<Box<weft_graph::DeltaGates>>,
+    srcs: &[TensorRef],
+    q_at: usize,
+    extra: &[TensorRef],
+) -> [Option<SourcePair>; 2] {
+    [
+        qk_norm
+            .as_ref()
+            .map(|n| normed_qk(n, &srcs[q_at], &srcs[q_at + 1])),
+        gates
+            .as_ref()
+            .map(|gt| computed_gates(gt, srcs, q_at, extra)),
+    ]
+}
+
 /// The delta rule's q and k through their row programs (`Op::GatedDeltaNet::qk_norm`).
-fn normed_qk(n: &weft_graph::QkNorm, q: &TensorRef, k: &TensorRef) -> [(Vec<f32>, Layout); 2] {
+fn normed_qk(n: &weft_graph::QkNorm, q: &TensorRef, k: &TensorRef) -> SourcePair {
     [(&n.q, q), (&n.k, k)].map(|(p, t)| {
         let mut out = vec![0.0; t.numel()];
         elementwise::fused(p, t.layout.shape, std::slice::from_ref(t), &mut out);
@@ -720,7 +741,7 @@ fn computed_gates(
     srcs: &[TensorRef],
     q_at: usize,
     extra: &[TensorRef],
-) -> [(Vec<f32>, Layout); 2] {
+) -> SourcePair {
     // [S, T, Hv] from v [S, T, Hv, Dv]
     let v = srcs[q_at + 2].layout.shape;
     let gate_shape = weft_graph::Shape::new(&v.dims()[..3]).unwrap_or(v);
@@ -740,7 +761,7 @@ fn computed_gates(
 fn with_qk<'a>(
     srcs: &[TensorRef<'a>],
     at: usize,
-    normed: Option<&'a [(Vec<f32>, Layout); 2]>,
+    normed: Option<&'a SourcePair>,
 ) -> Vec<TensorRef<'a>> {
     let mut out = srcs.to_vec();
     if let Some(n) = normed {

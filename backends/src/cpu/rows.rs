@@ -1,7 +1,6 @@
 //! Row-wise ops: softmax, reductions, top-k.
 
 use super::tensor::TensorRef;
-use crate::{BackendError, Result};
 use weft_graph::ReduceOp;
 
 /// `softmax(x * scale + mask)` per row; a row with every entry `-inf` becomes zeros.
@@ -22,25 +21,6 @@ pub fn softmax(x: &TensorRef, mask: Option<&TensorRef>, scale: f32, out: &mut [f
         }
         softmax_in_place(row);
     }
-}
-
-/// `x[r, j] = table[r, ids[r, j], 0]` for `table [R, E, 1]` and `ids [R, D]`, dense `[R, D]`
-/// (what `get_rows` picks; see `Op::SoftMax::gathered`).
-pub fn gathered(table: &TensorRef, ids: &TensorRef, name: &str) -> Result<Vec<f32>> {
-    let [rows, e] = [table.layout.shape.dims()[0], table.layout.shape.dims()[1]];
-    let idv = ids.i32();
-    let d = idv.len() / rows.max(1);
-    let t = table.f32();
-    let mut out = Vec::with_capacity(idv.len());
-    for (i, &c) in idv.iter().enumerate() {
-        if c < 0 || c as usize >= e {
-            return Err(BackendError::Device(format!(
-                "{name}: index {c} outside the {e} rows of the table"
-            )));
-        }
-        out.push(t[(i / d) * e + c as usize]);
-    }
-    Ok(out)
 }
 
 pub fn softmax_in_place(row: &mut [f32]) {

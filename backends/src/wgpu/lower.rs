@@ -566,25 +566,14 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             p.extend(offs.get(6));
             // the gates' programs: every source of each indexed like an epilogue's
             if let Some(gt) = gate_programs {
-                let mut extra = node.srcs[inner_srcs..].iter();
+                let mut extra = node.srcs[inner_srcs..].iter().copied();
                 let mut specs = vec![];
                 for j in 0..2 {
-                    let first = c.sources.len();
-                    let at = p.len() as u32;
-                    let srcs: Vec<NodeId> = std::iter::once(s[4 + j])
-                        .chain(extra.by_ref().take(gt.extra[j]).copied())
+                    let srcs: Vec<(NodeId, weft_graph::Shape)> = std::iter::once(s[4 + j])
+                        .chain(extra.by_ref().take(gt.extra[j]))
+                        .map(|x| (x, gt.shapes[j]))
                         .collect();
-                    for x in srcs {
-                        p.extend(padded4(gt.shapes[j].dims()));
-                        p.extend(broadcast_source(&mut c, x, gt.shapes[j])?);
-                    }
-                    specs.push(EpilogueSpec {
-                        program: gt.programs[j].clone(),
-                        first,
-                        params: at,
-                        pair: false,
-                        range: None,
-                    });
+                    specs.push(program_sources(&mut c, &mut p, &gt.programs[j], srcs)?);
                 }
                 gates = specs.try_into().ok();
             }
@@ -661,19 +650,16 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     };
     let epilogue = match &node.op {
         Op::Epilogue(e) if kernel.applies_epilogue() => {
-            let first = c.sources.len();
-            let at = params.len() as u32;
-            for (&x, &shape) in node.srcs[e.first_source()..].iter().zip(&e.shapes) {
-                params.extend(padded4(shape.dims()));
-                params.extend(broadcast_source(&mut c, x, shape)?);
-            }
-            Some(EpilogueSpec {
-                program: e.program.clone(),
-                first,
-                params: at,
-                pair: e.pair,
-                range: e.range.map(|(a, n)| (a as u32, n as u32)),
-            })
+            let srcs = node.srcs[e.first_source()..].iter().copied();
+            let mut spec = program_sources(
+                &mut c,
+                &mut params,
+                &e.program,
+                srcs.zip(e.shapes.iter().copied()),
+            )?;
+            spec.pair = e.pair;
+            spec.range = e.range.map(|(a, n)| (a as u32, n as u32));
+            Some(spec)
         }
         Op::Epilogue(_) => {
             return Err(c.fail(format!("kernel {} applies no epilogue", kernel.name())));
@@ -706,6 +692,30 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     })
 }
 
+/// A program whose loads read `srcs`, each broadcast to its shape: the sources registered
+/// after the kernel's own, and 9 parameter words each (the dims it is read with, its offset
+/// and strides) appended to `params`. The spec applies to all results, reading no pair.
+fn program_sources(
+    c: &mut Ctx,
+    params: &mut Vec<u32>,
+    program: &FusedProgram,
+    srcs: impl IntoIterator<Item = (NodeId, weft_graph::Shape)>,
+) -> Result<EpilogueSpec> {
+    let first = c.sources.len();
+    let at = params.len() as u32;
+    for (x, shape) in srcs {
+        params.extend(padded4(shape.dims()));
+        params.extend(broadcast_source(c, x, shape)?);
+    }
+    Ok(EpilogueSpec {
+        program: program.clone(),
+        first,
+        params: at,
+        pair: false,
+        range: None,
+    })
+}
+
 /// The inverse frequencies of a rotary embedding's pairs (f32 bits, freq_scale applied;
 /// computed in f64).
 fn rope_freqs(r: &weft_graph::RopeParams) -> Vec<u32> {
@@ -719,7 +729,7 @@ fn rope_freqs(r: &weft_graph::RopeParams) -> Vec<u32> {
 }
 
 /// Workgroups of a `matmul` or `matmul_rows` dispatch from its parameters: `matmul` takes 4
-/// outputs each (param 13) of the `units` (param 9); `matmul_rows` a tile of 32 weight rows
+/// outputs each (param 13) of the `units` (param 9); `matmul_rows` a tile of 64 weight rows
 /// (param 13) of each of the `units / N` row blocks.
 pub fn matmul_groups(p: &[u32]) -> u32 {
     let (n, units, rows_per_block, per) = (p[1].max(1), p[9], p[12], p[13].max(1));

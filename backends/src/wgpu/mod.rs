@@ -296,7 +296,6 @@ impl WgpuBackend {
         self.build_pipeline(kernel, src, &layout).map(|_| ())
     }
 
-    /// Reads `len` bytes at `offset` of a buffer (aligned internally to 4 bytes).
     /// Records one run's commands of `program` and drops them unsubmitted; returns the number
     /// of dispatches. For measuring what recording costs the host (`benches`).
     pub fn record(&self, program: ProgramId) -> Result<usize> {
@@ -396,6 +395,7 @@ impl WgpuBackend {
         Ok(())
     }
 
+    /// Reads `len` bytes at `offset` of a buffer (aligned internally to 4 bytes).
     fn read_range(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
         let start = offset / 4 * 4;
         let end = align_up(offset + len, 4);
@@ -791,12 +791,14 @@ impl Backend for WgpuBackend {
 
     fn run(&mut self, program: ProgramId, inputs: &[(&str, HostData<'_>)]) -> Result<Vec<Output>> {
         let profiling = self.profiling;
+        // (a profiled run records its own timed commands)
         let ready = self
             .programs
             .get_mut(&program.0)
             .ok_or(BackendError::UnknownProgram(program.0))?
             .ready
-            .take();
+            .take()
+            .filter(|_| !profiling);
         let prog = self
             .programs
             .get(&program.0)
@@ -816,14 +818,14 @@ impl Backend for WgpuBackend {
             && n > 0
             && 2 * n <= wgpu::QUERY_SET_MAX_QUERIES;
         let t_encode = std::time::Instant::now();
-        let reused = ready.is_some() && !profiling;
+        let reused = ready.is_some();
         let (commands, stamps) = match ready {
-            Some(cb) if !profiling => (cb, None),
-            _ if stamped => {
+            Some(cb) => (cb, None),
+            None if stamped => {
                 let (cb, stamps) = self.encode_stamped(prog)?;
                 (cb, Some(stamps))
             }
-            _ => (self.encode(prog)?, None),
+            None => (self.encode(prog)?, None),
         };
         let encoded = t_encode.elapsed();
         let start = std::time::Instant::now();
@@ -831,11 +833,7 @@ impl Backend for WgpuBackend {
         let submitted = start.elapsed();
         // While the device works, record the next run of this program.
         let t_next = std::time::Instant::now();
-        let next = if profiling {
-            None
-        } else {
-            Some(self.encode(prog)?)
-        };
+        let next = (!profiling).then(|| self.encode(prog)).transpose()?;
         let encoded_next = t_next.elapsed();
         let t_wait = std::time::Instant::now();
         let total = prog.outputs.last().map_or(0, |o| o.staging_at + o.bytes);

@@ -253,14 +253,7 @@ fn cache_touched_between(g: &Graph, p: NodeId, e: NodeId) -> bool {
 
 pub fn epilogue(g: &Graph) -> Graph {
     // an op that took an epilogue may take its reader's next (rounds until none is left)
-    let (mut g, mut more) = once(g);
-    for _ in 0..4 {
-        if !more {
-            break;
-        }
-        (g, more) = once(&g);
-    }
-    g
+    super::rounds(g, 5, once)
 }
 
 /// One round; true when it merged something.

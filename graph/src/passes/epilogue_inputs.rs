@@ -183,14 +183,7 @@ fn once(g: &Graph) -> (Graph, bool) {
 
 /// Inlines epilogue sources until none is left to inline.
 pub fn epilogue_inputs(g: &Graph) -> Graph {
-    let (mut g, mut more) = once(g);
-    for _ in 0..8 {
-        if !more {
-            break;
-        }
-        (g, more) = once(&g);
-    }
-    g
+    super::rounds(g, 9, once)
 }
 
 #[cfg(test)]

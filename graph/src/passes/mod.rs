@@ -1,12 +1,12 @@
 //! Graph passes. Each takes a graph and returns a new one; [`optimize`] runs them in order:
 //! dead-node removal → view folding → recurrent state in place → legalization → weights
-//! renormalised by their sum as one kernel → elementwise fusion → mat-vecs sharing an input
-//! into one → ropes of adjacent heads into one → KV cache writes, then the ropes of q and the
-//! new key, into decode attention → residual adds into matmuls → elementwise epilogues into
-//! their producers (over part of a mat-vec's output, then whole results), and their
-//! elementwise sources into them → row norms into the mat-vecs they feed, and q/k norms into
-//! the delta rule → dead-node removal (the thirteen fusing passes only with
-//! [`PassOptions::fuse`]).
+//! renormalised by their sum as one kernel → elementwise fusion → the softmax of values
+//! picked by `get_rows` into one → mat-vecs sharing an input into one → ropes of adjacent heads
+//! into one → KV cache writes, then the ropes of q and the new key, into decode attention →
+//! residual adds into matmuls → elementwise epilogues into their producers (over part of a
+//! mat-vec's output, then whole results), and their elementwise sources into them → row norms
+//! into the mat-vecs they feed, and q/k norms and gates into the delta rule → dead-node
+//! removal (the fifteen fusing passes only with [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
@@ -97,6 +97,19 @@ pub(crate) fn described(g: &Graph) -> Vec<String> {
         .filter(|op| !matches!(op, crate::op::Op::Input { .. } | crate::op::Op::View))
         .map(|op| op.describe())
         .collect()
+}
+
+/// Runs `once` (which says whether it changed anything) until it changes nothing, at most
+/// `max` times.
+pub(crate) fn rounds(g: &Graph, max: usize, once: impl Fn(&Graph) -> (Graph, bool)) -> Graph {
+    let (mut g, mut more) = once(g);
+    for _ in 1..max {
+        if !more {
+            break;
+        }
+        (g, more) = once(&g);
+    }
+    g
 }
 
 /// The shape of the passes that merge nodes into one: `find` says, per node, what it takes in

@@ -49,12 +49,9 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
     if !normalises_row(g.node(id)) {
         return None;
     }
-    let (x, view) = norm_node(g, id);
+    let x = norm_node(g, id).0;
     let xn = g.node(x);
     let k = xn.shape().last();
-    if !reads_row(g, consumers, is_output, x, view.unwrap_or(id)) {
-        return None;
-    }
     let p = xn.op.program()?;
     let kind = p.head.filter(|k| !matches!(k, NormKind::Sum { .. }))?;
     let weighted = match p.code[..] {
@@ -111,7 +108,8 @@ pub fn norm_input(g: &Graph) -> Graph {
     };
     let emit = |rw: &mut Rewriter, id: NodeId, norm: XNorm| {
         let n = g.node(id);
-        let xn = g.node(norm_node(g, id).0);
+        let (x, view) = norm_node(g, id);
+        let xn = g.node(x);
         let mut e = match &n.op {
             Op::Epilogue(e) => (**e).clone(),
             op => Epilogue::identity(op.clone(), n.srcs.len()),
@@ -119,7 +117,7 @@ pub fn norm_input(g: &Graph) -> Graph {
         // the raw row (with the shape the op read the norm in), the op's other sources, the
         // norm's weight, the program's sources
         let raw = xn.srcs[0];
-        let row = match norm_node(g, id).1 {
+        let row = match view {
             Some(v) => {
                 let rl = g.node(raw).layout;
                 rw.push(Node {
@@ -135,8 +133,7 @@ pub fn norm_input(g: &Graph) -> Graph {
             }
             None => rw.get(raw),
         };
-        let mut srcs = vec![];
-        srcs.extend(&n.srcs[1..e.inner_srcs]);
+        let mut srcs = n.srcs[1..e.inner_srcs].to_vec();
         if norm.weighted {
             srcs.push(xn.srcs[1]);
         }
