@@ -332,3 +332,33 @@ fn wgpu_decode_last_is_the_last_row_of_decode() {
         last_rows(arch, &common::wgpu);
     }
 }
+
+/// A prompt long enough for the GPU to scan Mamba1's states in chunks side by side gives, row
+/// for row, the logits of the same prompt decoded a few tokens at a time (whose scans walk the
+/// tokens one by one) and those of the CPU.
+fn long_prompt(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
+    let Some(be) = make() else { return };
+    let prompt: Vec<i32> = (0..45).map(|i| (i * 37 + 11) % 300).collect();
+    // then a few tokens more, which start from the state the prompt left
+    let run = |s: &mut Session, pieces: &[&[i32]]| -> Vec<f32> {
+        let mut out = vec![];
+        for p in pieces {
+            out.extend(s.decode(&[(0, p)]).unwrap().remove(0));
+        }
+        out.extend(s.decode(&[(0, &A[..])]).unwrap().remove(0));
+        out
+    };
+    let all = run(&mut session(arch, be), &[&prompt]);
+    let short: Vec<&[i32]> = prompt.chunks(5).collect();
+    let cut = run(&mut session(arch, make().unwrap()), &short);
+    close(&all, &cut, &format!("{arch}: whole prompt against pieces"));
+    let want = run(&mut session(arch, Box::new(CpuBackend::new())), &[&prompt]);
+    close(&all, &want, &format!("{arch}: against the CPU"));
+}
+
+#[test]
+fn wgpu_long_prompts_decode_like_short_pieces() {
+    for arch in ["mamba", "jamba"] {
+        long_prompt(arch, &common::wgpu);
+    }
+}

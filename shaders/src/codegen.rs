@@ -555,7 +555,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     // the op has slots (source 6), else the output after `y` (parameter words per kernel: the
     // state's offset, the new state's, the slots')
     let words = match k {
-        Kernel::SsmScan | Kernel::SsmScanRows => Some((7, 14, 15)),
+        Kernel::SsmScan | Kernel::SsmScanRows | Kernel::SsmScanChunks => Some((7, 14, 15)),
         Kernel::GatedDeltaNet => Some((6, 13, 14)),
         _ => None,
     };

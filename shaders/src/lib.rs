@@ -41,6 +41,7 @@ pub enum Kernel {
     SsmConvCached,
     SsmScan,
     SsmScanRows,
+    SsmScanChunks,
     GatedDeltaNet,
     TopK,
     Reduce,
@@ -48,7 +49,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 22] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -67,6 +68,7 @@ impl Kernel {
         Kernel::SsmConvCached,
         Kernel::SsmScan,
         Kernel::SsmScanRows,
+        Kernel::SsmScanChunks,
         Kernel::GatedDeltaNet,
         Kernel::TopK,
         Kernel::Reduce,
@@ -93,6 +95,7 @@ impl Kernel {
             Kernel::SsmConvCached => "ssm_conv_cached",
             Kernel::SsmScan => "ssm_scan",
             Kernel::SsmScanRows => "ssm_scan_rows",
+            Kernel::SsmScanChunks => "ssm_scan_chunks",
             Kernel::GatedDeltaNet => "gated_delta_net",
             Kernel::TopK => "top_k",
             Kernel::Reduce => "reduce",
@@ -129,6 +132,7 @@ impl Kernel {
                 | Kernel::SsmConvCached
                 | Kernel::SsmScan
                 | Kernel::SsmScanRows
+                | Kernel::SsmScanChunks
         )
     }
 
@@ -153,6 +157,7 @@ impl Kernel {
             Kernel::SsmConvCached => include_str!("kernels/ssm_conv_cached.wgsl"),
             Kernel::SsmScan => include_str!("kernels/ssm_scan.wgsl"),
             Kernel::SsmScanRows => include_str!("kernels/ssm_scan_rows.wgsl"),
+            Kernel::SsmScanChunks => include_str!("kernels/ssm_scan_chunks.wgsl"),
             Kernel::GatedDeltaNet => include_str!("kernels/gated_delta_net.wgsl"),
             Kernel::TopK => include_str!("kernels/top_k.wgsl"),
             Kernel::Reduce => include_str!("kernels/reduce.wgsl"),

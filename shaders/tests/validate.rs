@@ -185,9 +185,15 @@ fn variants() -> Vec<Spec> {
     ));
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanRows, vec![arena(DType::F32); 6]));
+    v.push(Spec::new(Kernel::SsmScanChunks, vec![arena(DType::F32); 6]));
     v.push(conv_in_cache());
     // the state read and written in its cache, rows picked by slots
-    for k in [Kernel::SsmScan, Kernel::SsmScanRows, Kernel::GatedDeltaNet] {
+    for k in [
+        Kernel::SsmScan,
+        Kernel::SsmScanRows,
+        Kernel::SsmScanChunks,
+        Kernel::GatedDeltaNet,
+    ] {
         v.push(state_in_cache(k));
     }
     v.push(Spec::new(Kernel::GatedDeltaNet, vec![arena(DType::F32); 6]));
@@ -442,7 +448,7 @@ fn variants_applying_epilogues() -> Vec<Spec> {
         Spec::new(Kernel::SsmConv, vec![arena(DType::F32), ext(0, DType::F32)]),
     ];
     v.push(conv_in_cache());
-    v.extend([Kernel::SsmScan, Kernel::SsmScanRows].map(state_in_cache));
+    v.extend([Kernel::SsmScan, Kernel::SsmScanRows, Kernel::SsmScanChunks].map(state_in_cache));
     assert!(Kernel::ALL.iter().all(|k| {
         let pair = matches!(k, Kernel::MatMulPair | Kernel::MatMulIdPair);
         k.applies_epilogue() == (v.iter().any(|s| s.kernel == *k) || pair)

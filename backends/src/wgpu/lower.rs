@@ -11,6 +11,10 @@ use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec, XNormSpec};
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
 pub const MAX_PARAMS: usize = 256;
 
+/// Prompts of at least this many tokens run Mamba1's scan in chunks (`ssm_scan_chunks`): 16
+/// chunks of at least two tokens each.
+pub const SCAN_CHUNKS_FROM: usize = 32;
+
 /// One dispatch, before pipelines and bind groups exist.
 #[derive(Debug)]
 pub struct Lowered {
@@ -519,9 +523,13 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 y + (sn * xd[1] * h * pp) as u32,
             ];
             p.extend(offs.get(6));
-            // small states (Mamba1) in one thread's registers; larger ones over a workgroup
-            if n <= 32 {
-                (Kernel::SsmScanRows, p, threads(sn * h * pp))
+            // small states (Mamba1) in one thread's registers, a long prompt's tokens in
+            // chunks scanned side by side; larger states over a workgroup
+            let rows = sn * h * pp;
+            if n <= 16 && xd[1] >= SCAN_CHUNKS_FROM {
+                (Kernel::SsmScanChunks, p, rows.div_ceil(8) as u32)
+            } else if n <= 32 {
+                (Kernel::SsmScanRows, p, threads(rows))
             } else {
                 (Kernel::SsmScan, p, (sn * h * pp) as u32)
             }

@@ -796,6 +796,11 @@ fn ssm_scan_case(
 
 pub fn ssm_scan_mamba1(be: &mut dyn Backend) {
     ssm_scan_case(be, 2, 5, 12, 1, 16, 1, true, 23);
+    // prompts long enough that the GPU scans them in 16 chunks side by side: a length the
+    // chunks split unevenly, over rows that leave part of a workgroup idle; and a length that
+    // leaves the last chunks empty, with 8 states
+    ssm_scan_case(be, 2, 77, 13, 1, 16, 1, true, 36);
+    ssm_scan_case(be, 1, 33, 5, 2, 8, 1, false, 37);
 }
 
 pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
@@ -920,9 +925,17 @@ fn check_state_in_place(
 /// state back — fused into a scan that works on the cache rows in place equals the three ops
 /// run one by one, and both equal the reference.
 pub fn ssm_scan_in_place(be: &mut dyn Backend) {
-    let (s, t, h, p, n) = (2, 3, 4, 2, 16);
+    // (a prompt of 47 tokens runs in chunks on the GPU, each reading the state before the last
+    // chunk writes it)
+    for t in [3, 47] {
+        ssm_scan_in_place_case(be, t);
+    }
+}
+
+fn ssm_scan_in_place_case(be: &mut dyn Backend, t: usize) {
+    let (s, h, p, n) = (2, 4, 2, 16);
     let slots = [3, 1];
-    let mut rg = rng(31);
+    let mut rg = rng(31 + t as u64);
     let mut c = Case::new();
     let (cache, buf, init, cache_n, ids) = state_cache(be, &mut c, &mut rg, 5, h * p * n, &slots);
     let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
@@ -1485,8 +1498,13 @@ pub fn epilogues(be: &mut dyn Backend) {
     }
     // scan on its cache + skip (y + x·D) + gate (· silu(z)), Mamba1's and a large state; the
     // second gates through a reshape (Mamba2's), so two programs compose after the scan
-    for (h, p, n, reshaped) in [(12, 1, 16, false), (2, 4, 96, true)] {
-        let (s, t) = (2, 3);
+    // (and Mamba1's over a prompt long enough to run in chunks on the GPU)
+    for (h, p, n, reshaped, t) in [
+        (12, 1, 16, false, 3),
+        (12, 1, 16, false, 47),
+        (2, 4, 96, true, 3),
+    ] {
+        let s = 2;
         let slots = [2, 0];
         let mut c = Case::new();
         let (cache, buf, init, cache_n, ids) =
@@ -1537,7 +1555,7 @@ pub fn epilogues(be: &mut dyn Backend) {
         check_state_in_place(
             be,
             c,
-            &format!("ssm_scan + gate N={n}"),
+            &format!("ssm_scan + gate N={n} T={t}"),
             buf,
             &init,
             &wy,
