@@ -867,7 +867,7 @@ impl GraphBuilder {
         }
         let ny = s * t * h * p;
         let out = self.push_new(
-            Op::SsmScan,
+            Op::SsmScan { dt_proj: None },
             &[state, x, dt, a, b, c],
             &[ny + s * h * p * n],
             DType::F32,

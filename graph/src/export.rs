@@ -29,7 +29,7 @@ fn colour(op: &Op) -> &'static str {
         Op::View | Op::Contiguous => "#eeeeee",
         Op::MatMul | Op::MatMulCat | Op::MatMulId | Op::GetRows => "#f4b183",
         Op::Attention { .. } | Op::SoftMax { .. } | Op::Rope(_) => "#a9d18e",
-        Op::SsmConv | Op::SsmScan | Op::GatedDeltaNet { .. } => "#c5a3d9",
+        Op::SsmConv | Op::SsmScan { .. } | Op::GatedDeltaNet { .. } => "#c5a3d9",
         Op::Fused(_) | Op::Epilogue(_) => "#ffe699",
         Op::StoreRows => "#ff9999",
         _ => "#ffffff",

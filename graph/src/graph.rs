@@ -128,7 +128,7 @@ impl Graph {
         let n = self.node(id);
         match n.op.core(n.srcs.len()) {
             (Op::StoreRows | Op::Attention { stores: true, .. }, _) => true,
-            (Op::SsmScan | Op::GatedDeltaNet { .. }, srcs) => srcs == 7,
+            (Op::SsmScan { .. } | Op::GatedDeltaNet { .. }, srcs) => srcs == 7,
             (Op::SsmConv, srcs) => srcs == 4,
             _ => false,
         }

@@ -384,7 +384,12 @@ pub enum Op {
     /// builder), `state` is instead the layer's state cache `[R, H·P·N]`: sequence `s` starts
     /// from row `slots[s]`, its new state is written back into that row, and the output is
     /// `y [S, T, H, P]` alone.
-    SsmScan,
+    ///
+    /// With `dt_proj` (made by the `scan_dt` pass, never by the builder), `dt` is computed as
+    /// the scan reads it, from a projection (see [`ScanDt`]).
+    SsmScan {
+        dt_proj: Option<Box<ScanDt>>,
+    },
     /// `[state [S, Hv, Dv, Dk], q [S, T, Hk, Dk], k [S, T, Hk, Dk], v [S, T, Hv, Dv], g [S, T, Hv],
     /// beta [S, T, Hv]]` → flat `[S·T·Hv·Dv + S·Hv·Dv·Dk]`: `y [S, T, Hv, Dv]` then the new
     /// state. Per head: `St = St−1·exp(g)`, `St += β (v − St k) ⊗ k`, `y = St q`.
@@ -462,6 +467,33 @@ impl DeltaGates {
     }
 }
 
+/// The projection a Mamba1 [`Op::SsmScan`] computes its `dt` from: source 2 is the
+/// projection's activation `x [S, T, K]` (read through its strides), the weight `w [H, K]`
+/// follows the op's own sources, then the program's other sources. `dt = program(x·wᵀ)`: in
+/// the program, `Load(0)` is the product and `Load(k)` reads the `k`-th further source, broadcast
+/// to `shapes[k − 1]` (each with as many elements as `[S, T, H]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanDt {
+    pub program: FusedProgram,
+    pub shapes: Vec<crate::layout::Shape>,
+}
+
+impl ScanDt {
+    /// Sources after the op's own: the weight and the program's.
+    pub fn extra_sources(&self) -> usize {
+        1 + self.shapes.len()
+    }
+
+    /// `mul_mat`, then its program unless that is the identity.
+    pub fn describe(&self) -> String {
+        if self.program.code == [Instr::Load(0)] {
+            "mul_mat".into()
+        } else {
+            format!("mul_mat then {}", self.program.describe())
+        }
+    }
+}
+
 /// See [`Op::Epilogue`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Epilogue {
@@ -531,7 +563,7 @@ impl Op {
             Op::Attention { .. } => "attention",
             Op::Concat { .. } => "concat",
             Op::SsmConv => "ssm_conv",
-            Op::SsmScan => "ssm_scan",
+            Op::SsmScan { .. } => "ssm_scan",
             Op::GatedDeltaNet { .. } => "gated_delta_net",
             Op::TopK { .. } => "top_k",
             Op::Reduce(ReduceOp::Sum) => "sum_rows",
@@ -561,13 +593,16 @@ impl Op {
     }
 
     /// The op that does the work, and how many of the node's sources are its own: the inner op
-    /// of an [`Op::Epilogue`], else the op itself with all `n_srcs`.
+    /// of an [`Op::Epilogue`], else the op itself with all `n_srcs`, less the sources of the
+    /// programs it computes inputs with (`GatedDeltaNet::gates`, `SsmScan::dt_proj`), which
+    /// follow its own.
     pub fn core(&self, n_srcs: usize) -> (&Op, usize) {
         match self {
-            Op::Epilogue(e) => (&e.inner, e.inner_srcs),
+            Op::Epilogue(e) => e.inner.core(e.inner_srcs),
             Op::GatedDeltaNet {
                 gates: Some(gt), ..
             } => (self, n_srcs - gt.extra_sources()),
+            Op::SsmScan { dt_proj: Some(d) } => (self, n_srcs - d.extra_sources()),
             op => (op, n_srcs),
         }
     }
@@ -594,6 +629,9 @@ impl Op {
                     None => String::new(),
                 };
                 format!("{norm}{}{pair}{then}{range}", e.inner.describe())
+            }
+            Op::SsmScan { dt_proj: Some(d) } => {
+                format!("{} (dt = {})", self.name(), d.describe())
             }
             Op::GatedDeltaNet {
                 gates: Some(gt), ..

@@ -428,6 +428,37 @@ fn gate_loaders(spec: &Spec) -> Result<String, ShaderError> {
     Ok(out)
 }
 
+/// The scans' `ldt(tok, h)`, `dt` of token `tok` (`s·T + t`) and head `h`: source 2 as it is,
+/// or its projection's dot product through the program (`Spec::scan_dt`).
+fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
+    let Some(d) = &spec.scan_dt else {
+        return Ok(
+            "fn ldt(tok: u32, h: u32) -> f32 { return ld2(pu(9u) + tok * pu(2u) + h); }\n".into(),
+        );
+    };
+    let body = indexed_program(spec, &d.program, 1, "dta", "dt's program")?;
+    let (w, p) = (d.weight, d.params);
+    Ok(format!(
+        "{}fn ldt(tok: u32, h: u32) -> f32 {{
+    let k_ = pu({}u);
+    let xb = pu(9u) + (tok / pu(1u)) * pu({}u) + (tok % pu(1u)) * pu({}u);
+    let wb = pu({p}u) + h * k_;
+    var v0 = 0.0;
+    for (var r = 0u; r < k_; r++) {{
+        v0 += ld2(xb + r * pu({}u)) * ld{w}(wb + r);
+    }}
+    let i = tok * pu(2u) + h;
+    {body}
+}}
+",
+        source_index("dta", d.program.params),
+        p + 1,
+        p + 2,
+        p + 3,
+        p + 4,
+    ))
+}
+
 fn err(kernel: Kernel, detail: impl Into<String>) -> ShaderError {
     ShaderError {
         kernel: kernel.name(),
@@ -624,6 +655,14 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str(&gate_loaders(spec)?);
     } else if spec.gates.is_some() {
         return Err(err(k, "only gated_delta_net computes gates"));
+    }
+    if matches!(
+        k,
+        Kernel::SsmScan | Kernel::SsmScanRows | Kernel::SsmScanChunks
+    ) {
+        out.push_str(&dt_loader(spec)?);
+    } else if spec.scan_dt.is_some() {
+        return Err(err(k, "only the scans compute dt"));
     }
     let mut body = k.source().to_string();
     match k {

@@ -214,6 +214,20 @@ pub struct Spec {
     /// indexed by the 9 parameter words of source `k` from `params` (as an epilogue's; no
     /// results come first).
     pub gates: Option<Box<[EpilogueSpec; 2]>>,
+    /// A scan's `dt` computed from its projection as the kernel reads it (`ldt(tok, h)`).
+    pub scan_dt: Option<Box<ScanDtSpec>>,
+}
+
+/// See [`Spec::scan_dt`]. Source 2 is the projection's activation `[S, T, K]` (its offset in
+/// parameter 9), source `weight` its weight `[H, K]` (rows of `K` contiguous elements; its
+/// offset in parameter `params`), then 4 more words: `K` and the activation's strides over
+/// S, T and K. `dt` at `(tok, h)` is the program at element `tok·H + h`, `Load(0)` the dot
+/// product, its sources read as an epilogue's (`first`, and 9 words each from its `params`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanDtSpec {
+    pub weight: usize,
+    pub params: u32,
+    pub program: EpilogueSpec,
 }
 
 /// See [`Spec::x_norm`]: the norm, and its weight's source index and the parameter word that
@@ -254,7 +268,8 @@ impl Spec {
         let weight = self.x_norm.and_then(|n| n.weight).map(|(j, _)| j);
         let first = self.epilogue.as_ref().map(|e| e.first);
         let gates = self.gates.as_ref().map(|g| g[0].first);
-        [Some(self.sources.len()), weight, first, gates]
+        let dt = self.scan_dt.as_ref().map(|d| d.weight);
+        [Some(self.sources.len()), weight, first, gates, dt]
             .into_iter()
             .flatten()
             .min()
@@ -283,6 +298,7 @@ impl Spec {
             puts: vec![],
             subgroup: 1,
             gates: None,
+            scan_dt: None,
         }
     }
 }

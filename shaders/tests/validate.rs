@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
-use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec, XNormSpec, generate};
+use weft_shaders::{EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, generate};
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const WEIGHTS: [DType; 9] = [
@@ -250,6 +250,52 @@ fn variants() -> Vec<Spec> {
         },
     ]));
     v.push(s);
+    // Mamba1's dt computed in the scan from its projection (F16 and Q8_0 weights), in its
+    // cache, with an epilogue after it
+    for (k, w) in [
+        (Kernel::SsmScanRows, DType::F16),
+        (Kernel::SsmScanChunks, DType::Q8_0),
+        (Kernel::SsmScan, DType::F16),
+    ] {
+        let mut s = state_in_cache(k);
+        s.sources
+            .extend([ext(1, w), ext(2, DType::F32), arena(DType::F32)]);
+        s.externals = 3;
+        s.scan_dt = Some(Box::new(ScanDtSpec {
+            weight: 7,
+            params: 16,
+            program: EpilogueSpec {
+                program: FusedProgram {
+                    head: None,
+                    code: vec![
+                        Instr::Load(0),
+                        Instr::Load(1),
+                        Instr::Binary(BinaryOp::Add, 0, 1),
+                        Instr::Unary(UnaryOp::Softplus, 2),
+                    ],
+                },
+                first: 8,
+                params: 21,
+                pair: false,
+                range: None,
+            },
+        }));
+        s.epilogue = Some(EpilogueSpec {
+            program: FusedProgram {
+                head: None,
+                code: vec![
+                    Instr::Load(0),
+                    Instr::Load(1),
+                    Instr::Binary(BinaryOp::Mul, 0, 1),
+                ],
+            },
+            first: 9,
+            params: 30,
+            pair: false,
+            range: None,
+        });
+        v.push(s);
+    }
     // epilogues: every kernel that applies one, with a source in the arena and a weight; and
     // the pair of a gated unit
     let prog = |results: u8| FusedProgram {

@@ -351,7 +351,16 @@ impl CpuBackend {
             let rows = &mut bytemuck::cast_slice_mut::<u8, f32>(cache.bytes_mut())
                 [layout.offset..layout.offset + layout.shape.numel()];
             match op {
-                Op::SsmScan => ssm::ssm_scan_cached(rows, &slots, srcs, &node.name, &mut y),
+                Op::SsmScan { dt_proj } => {
+                    // (x is source 0 here, the cache being left out)
+                    let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
+                        .iter()
+                        .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
+                        .collect::<Result<_>>()?;
+                    let dt = scan_dt(dt_proj, srcs, 0, &extra)?;
+                    let srcs = with_source(srcs, 1, dt.as_ref());
+                    ssm::ssm_scan_cached(rows, &slots, &srcs, &node.name, &mut y)
+                }
                 Op::GatedDeltaNet {
                     form,
                     qk_norm,
@@ -522,10 +531,12 @@ fn tensor_ref<'a>(
 /// Computes one node into `out` (dense, the node's dtype).
 fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()> {
     let node = g.node(id);
-    let (op, inner_srcs) = node.op.core(s.len());
+    let (op, _) = node.op.core(s.len());
     let Op::Epilogue(e) = &node.op else {
         return execute_op(op, node, s, out);
     };
+    // (the inner op's sources include those of the programs it computes inputs with)
+    let inner_srcs = e.inner_srcs;
     // a mat-vec's row normalised first (times the norm's weight)
     let mut inner: Vec<TensorRef> = s[..inner_srcs].to_vec();
     let normed: Vec<f32>;
@@ -580,12 +591,24 @@ fn apply_epilogue(
     extra: &[TensorRef],
     out: &mut [f32],
 ) -> Result<()> {
+    apply_program(&e.program, &e.shapes, shape, y, extra, out)
+}
+
+/// `out = program(y, extra…)` as [`apply_epilogue`], for a program and its sources' shapes.
+fn apply_program(
+    program: &weft_graph::FusedProgram,
+    shapes: &[weft_graph::Shape],
+    shape: weft_graph::Shape,
+    y: &[f32],
+    extra: &[TensorRef],
+    out: &mut [f32],
+) -> Result<()> {
     let dense = Layout::contiguous(shape);
     let mut vals: Vec<std::borrow::Cow<[f32]>> = y
         .chunks(shape.numel().max(1))
         .map(std::borrow::Cow::Borrowed)
         .collect();
-    for (x, &to) in extra.iter().zip(&e.shapes) {
+    for (x, &to) in extra.iter().zip(shapes) {
         let l = x.layout.broadcast_to(to).ok_or_else(|| {
             BackendError::Device(format!("an epilogue source does not broadcast to {to}"))
         })?;
@@ -605,8 +628,40 @@ fn apply_epilogue(
             dtype: DType::F32,
         })
         .collect();
-    elementwise::fused(&e.program, shape, &srcs, out);
+    elementwise::fused(program, shape, &srcs, out);
     Ok(())
+}
+
+/// A Mamba1 scan's `dt` from its projection (`Op::SsmScan::dt_proj`), as `[S, T, H]`: the
+/// activation (source `x_at + 1` of `srcs`, the op's own sources with `x` at `x_at`) times the
+/// weight (`extra[0]`), through the program with its other sources.
+fn scan_dt(
+    dt_proj: &Option<Box<weft_graph::ScanDt>>,
+    srcs: &[TensorRef],
+    x_at: usize,
+    extra: &[TensorRef],
+) -> Result<Option<(Vec<f32>, Layout)>> {
+    let Some(d) = dt_proj else {
+        return Ok(None);
+    };
+    let (x, w) = (&srcs[x_at + 1], &extra[0]);
+    let dims = [x.dims()[0], x.dims()[1], w.dims()[0]];
+    let shape = weft_graph::Shape::new(&dims)
+        .ok_or_else(|| BackendError::Device(format!("a scan's dt of shape {dims:?}")))?;
+    let mut product = vec![0.0; shape.numel()];
+    matmul::matmul(x, w, &mut product);
+    let mut dt = vec![0.0; shape.numel()];
+    apply_program(&d.program, &d.shapes, shape, &product, &extra[1..], &mut dt)?;
+    Ok(Some((dt, Layout::contiguous(shape))))
+}
+
+/// `srcs` with source `at` replaced by `value`, when given.
+fn with_source<'a>(
+    srcs: &[TensorRef<'a>],
+    at: usize,
+    value: Option<&'a (Vec<f32>, Layout)>,
+) -> Vec<TensorRef<'a>> {
+    with_values(srcs, at, value.map(std::slice::from_ref))
 }
 
 /// Computes `op` (the node's op, or its epilogue's inner op) from its sources into `out`.
@@ -675,7 +730,11 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
         }
         Op::Concat { dim } => elementwise::concat(&s[0], &s[1], *dim, f32s(out)),
         Op::SsmConv => ssm::ssm_conv(&s[0], &s[1], f32s(out)),
-        Op::SsmScan => ssm::ssm_scan(s, f32s(out)),
+        Op::SsmScan { dt_proj } => {
+            let own = s.len() - dt_proj.as_ref().map_or(0, |d| d.extra_sources());
+            let dt = scan_dt(dt_proj, &s[..own], 1, &s[own..])?;
+            ssm::ssm_scan(&with_source(&s[..own], 2, dt.as_ref()), f32s(out))
+        }
         Op::GatedDeltaNet {
             form,
             qk_norm,
@@ -763,8 +822,17 @@ fn with_qk<'a>(
     at: usize,
     normed: Option<&'a SourcePair>,
 ) -> Vec<TensorRef<'a>> {
+    with_values(srcs, at, normed.map(|n| &n[..]))
+}
+
+/// `srcs` with the sources from `at` on replaced by `values`, when given.
+fn with_values<'a>(
+    srcs: &[TensorRef<'a>],
+    at: usize,
+    values: Option<&'a [(Vec<f32>, Layout)]>,
+) -> Vec<TensorRef<'a>> {
     let mut out = srcs.to_vec();
-    if let Some(n) = normed {
+    if let Some(n) = values {
         for (j, (v, layout)) in n.iter().enumerate() {
             out[at + j] = TensorRef {
                 bytes: bytemuck::cast_slice(v),

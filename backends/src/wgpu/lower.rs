@@ -6,7 +6,7 @@ use weft_graph::{
     BufferId, DType, DeltaForm, FusedProgram, Graph, Instr, Layout, NodeId, NormKind, Op, Plan,
     ReduceOp, RopeMode,
 };
-use weft_shaders::{EpilogueSpec, Home, Kernel, Source, Spec, XNormSpec};
+use weft_shaders::{EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec};
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
 pub const MAX_PARAMS: usize = 256;
@@ -152,6 +152,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     let mut puts = vec![];
     let mut qk = None;
     let mut gates: Option<[EpilogueSpec; 2]> = None;
+    let mut scan_dt = None;
     let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
@@ -490,7 +491,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             ];
             (Kernel::SsmConv, p, threads(total))
         }
-        Op::SsmScan => {
+        Op::SsmScan { dt_proj } => {
             let (xd, ad, bd) = (dims(1), dims(3), dims(4));
             let [sn, h, pp, n] = [xd[0], xd[2], xd[3], bd[3]];
             if n > 256 {
@@ -523,6 +524,31 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 y + (sn * xd[1] * h * pp) as u32,
             ];
             p.extend(offs.get(6));
+            // dt from its projection: the weight, then its program's sources
+            if let Some(d) = dt_proj {
+                let w = node.srcs[s.len()];
+                let (wn, xl) = (g.node(w), g.node(s[2]).layout);
+                if !wn.layout.is_contiguous() || xl.shape.dims().len() != 3 {
+                    return Err(c.fail("dt's projection: a weight not in rows, or x not [S, T, K]"));
+                }
+                let weight = c.sources.len();
+                let at = p.len() as u32;
+                p.push(c.src(w));
+                p.push(wn.shape().last() as u32);
+                p.extend(xl.strides[..3].iter().map(|&st| st as u32));
+                let more = node.srcs[s.len() + 1..s.len() + d.extra_sources()].iter();
+                let program = program_sources(
+                    &mut c,
+                    &mut p,
+                    &d.program,
+                    more.copied().zip(d.shapes.iter().copied()),
+                )?;
+                scan_dt = Some(Box::new(ScanDtSpec {
+                    weight,
+                    params: at,
+                    program,
+                }));
+            }
             // small states (Mamba1) in one thread's registers, a long prompt's tokens in
             // chunks scanned side by side; larger states over a workgroup
             let rows = sn * h * pp;
@@ -645,7 +671,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
         Op::Epilogue(e) => e.x_norm.map(|n| {
             let weight = n.weighted.then(|| {
                 let j = c.sources.len();
-                let off = c.src(node.srcs[inner_srcs]);
+                let off = c.src(node.srcs[e.inner_srcs]);
                 params.push(off);
                 (j, params.len() as u32 - 1)
             });
@@ -688,6 +714,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     spec.x_norm = x_norm;
     spec.qk_norm = qk;
     spec.gates = gates.map(Box::new);
+    spec.scan_dt = scan_dt;
     spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));

@@ -1564,6 +1564,72 @@ pub fn epilogues(be: &mut dyn Backend) {
     }
 }
 
+/// Mamba1's step with `dt = softplus(x_dbl[.., :K]·Wᵀ + bias)` computed by the scan as it reads
+/// it (`scan_dt`), the scan on its cache with its skip and gate: one dispatch for a decode step.
+/// F16 and Q8_0 weights; one sequence of one token, and two of two (still computed in the scan,
+/// whose B and C are then copied out of `x_dbl` first).
+pub fn ssm_scan_dt(be: &mut dyn Backend) {
+    let mut rg = rng(61);
+    for (s, t, k, dtype) in [(1, 1, 12, DType::F16), (2, 2, 32, DType::Q8_0)] {
+        let (h, n, row) = (24, 16, k + 32);
+        let slots = [2, 0];
+        let mut c = Case::new();
+        let (cache, buf, init, cache_n, ids) =
+            state_cache(be, &mut c, &mut rg, 3, h * n, &slots[..s]);
+        let (x, xn) = c.input(&mut rg, "x", &[s, t, h, 1]);
+        let (xdbl, xdn) = c.input(&mut rg, "x_dbl", &[s, t, row]);
+        let (w, wn) = weight(be, &mut c, &mut rg, "dt_w", &[h, k], dtype);
+        let (bias, biasn) = c.input(&mut rg, "dt_b", &[h]);
+        let av: Vec<f32> = randn(&mut rg, h * n)
+            .iter()
+            .map(|v| -v.abs() - 0.1)
+            .collect();
+        let (a, an) = c.input_values("a", &[h, n], av);
+        let (d, dn) = c.input(&mut rg, "d", &[h, 1]);
+        let (z, zn) = c.input(&mut rg, "z", &[s, t, h, 1]);
+        let xr = c.b.slice(xdbl, 2, 0, k).unwrap();
+        let dt = c.b.matmul(xr, w).unwrap();
+        let dt = c.b.add(dt, bias).unwrap();
+        let dt = c.b.softplus(dt).unwrap();
+        let strides = [t * row, row, n, 1];
+        let bm = c.b.view(xdbl, &[s, t, 1, n], &strides, k).unwrap();
+        let cm = c.b.view(xdbl, &[s, t, 1, n], &strides, k + n).unwrap();
+        let state = load_state(&mut c, cache, ids, &[s, h, 1, n]);
+        let (y, ns) = c.b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
+        store_state(&mut c, cache, ns, ids);
+        let xd = c.b.mul(x, d).unwrap();
+        let y = c.b.add(y, xd).unwrap();
+        let zs = c.b.silu(z).unwrap();
+        let y = c.b.mul(y, zs).unwrap();
+        c.output(y, "y");
+        let ops = scheduled(c.b.graph(), true);
+        assert!(!ops.contains(&"mul_mat"), "{ops:?}");
+        if s == 1 {
+            assert_eq!(ops, ["ssm_scan"]);
+        }
+        // the reference, from x_dbl's columns
+        let part = |at: usize, len: usize, dims: &[usize]| {
+            let v = (0..s * t)
+                .flat_map(|r| xdn.data[r * row + at..r * row + at + len].to_vec())
+                .collect();
+            Nd::new(dims, v)
+        };
+        let xrn = seen_activations(be, dtype, &part(0, k, &[s, t, k]));
+        let dtn = zip_broadcast(&r::matmul(&xrn, &wn), &biasn, |p, b| {
+            r::unary("softplus", p + b, (0.0, 0.0))
+        });
+        let (bn, cn) = (part(k, n, &[s, t, 1, n]), part(k + n, n, &[s, t, 1, n]));
+        let stn = gather_state(&cache_n, &slots[..s], &[s, h, 1, n]);
+        let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
+        let skip = zip_broadcast(&xn, &dn, |x, d| x * d);
+        let wy = zip_broadcast(&wy, &skip, |y, s| y + s);
+        let wy = zip_broadcast(&wy, &zn, |y, z| y * silu(z));
+        let want = scatter_state(&cache_n, &slots[..s], &ws);
+        let what = format!("ssm_scan + dt {dtype:?} S={s} T={t}");
+        check_state_in_place(be, c, &what, buf, &init, &wy, &want);
+    }
+}
+
 /// `v` as a cache of `dtype` holds it.
 fn rounded(dtype: DType, v: f32) -> f32 {
     match dtype {

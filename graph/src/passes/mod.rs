@@ -5,8 +5,9 @@
 //! into one → KV cache writes, then the ropes of q and the new key, into decode attention →
 //! residual adds into matmuls → elementwise epilogues into their producers (over part of a
 //! mat-vec's output, then whole results), and their elementwise sources into them → row norms
-//! into the mat-vecs they feed, and q/k norms and gates into the delta rule → dead-node
-//! removal (the fifteen fusing passes only with [`PassOptions::fuse`]).
+//! into the mat-vecs they feed, Mamba1's dt projection into its scan, and q/k norms and gates
+//! into the delta rule → dead-node removal (the sixteen fusing passes only with
+//! [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
@@ -22,6 +23,7 @@ mod matmul_cat;
 mod norm_input;
 mod rope_attention;
 mod rope_pair;
+mod scan_dt;
 mod softmax_gather;
 mod state_in_place;
 mod sum_norm;
@@ -41,6 +43,7 @@ pub use matmul_cat::matmul_cat;
 pub use norm_input::norm_input;
 pub use rope_attention::rope_attention;
 pub use rope_pair::rope_pair;
+pub use scan_dt::{MAX_SCAN_DT_TOKENS, scan_dt};
 pub use softmax_gather::softmax_gather;
 pub use state_in_place::state_in_place;
 pub use sum_norm::sum_norm;
@@ -79,9 +82,8 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
         let g = rope_attention(&g);
         let g = remove_dead(&epilogue_range(&matmul_add(&g)));
         let g = remove_dead(&epilogue(&g));
-        remove_dead(&delta_gates(&delta_qk_norm(&norm_input(&epilogue_inputs(
-            &g,
-        )))))
+        let g = norm_input(&epilogue_inputs(&g));
+        remove_dead(&delta_gates(&delta_qk_norm(&scan_dt(&g))))
     } else {
         g
     }

@@ -34,7 +34,7 @@ fn dense(shape: &[usize], offset: usize) -> Option<Layout> {
 /// for other ops.
 fn y_source(op: &Op) -> Option<usize> {
     match op {
-        Op::SsmScan => Some(1),
+        Op::SsmScan { .. } => Some(1),
         Op::GatedDeltaNet { .. } => Some(3),
         _ => None,
     }
@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(ops(&g), ["ssm_scan"]);
         let p = plan(&g, PlanOptions::default());
         let scan = p.schedule[0];
-        assert!(matches!(p.graph.node(scan).op, Op::SsmScan));
+        assert!(matches!(p.graph.node(scan).op, Op::SsmScan { .. }));
         assert_eq!(p.graph.node(scan).srcs.len(), 7);
         assert!(p.graph.has_side_effect(scan));
         // an output that needs the gathered rows keeps the three ops

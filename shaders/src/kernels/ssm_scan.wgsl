@@ -6,6 +6,8 @@
 // 9 dt_off, 10 a_off, 11 b_off, 12 c_off, 13 y_off, 14 new state off.
 // With source 6, slots I32 [S] (param 15 its offset), source 0 is the state cache [R, H·P·N]:
 // sequence s reads and writes row slots[s] (the generator's `state_row` and `state_put`).
+// dt is read through `ldt(tok, h)`: source 2 as it is, or computed from its projection
+// (`Spec::scan_dt`).
 
 var<workgroup> red: array<f32, 64>;
 
@@ -37,7 +39,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let tok = s * t_ + t;
         var part = 0.0;
         if (ok) {
-            let dt = ld2(pu(9u) + tok * h_ + h);
+            let dt = ldt(tok, h);
             let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
             let bc = (tok * g_ + grp) * n_;
             for (var r = 0u; r < 4u; r++) {

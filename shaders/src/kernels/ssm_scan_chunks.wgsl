@@ -44,7 +44,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         for (var t = t0; t < t1; t++) {
             let tok = s * t_ + t;
-            let dt = ld2(pu(9u) + tok * h_ + h);
+            let dt = ldt(tok, h);
             let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
             let bc = (tok * g_ + grp) * n_;
             for (var n = 0u; n < n_; n++) {
@@ -78,7 +78,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (ok) {
         for (var t = t0; t < t1; t++) {
             let tok = s * t_ + t;
-            let dt = ld2(pu(9u) + tok * h_ + h);
+            let dt = ldt(tok, h);
             let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
             let bc = (tok * g_ + grp) * n_;
             var y = 0.0;

@@ -29,7 +29,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     for (var t = 0u; t < t_; t++) {
         let tok = s * t_ + t;
-        let dt = ld2(pu(9u) + tok * h_ + h);
+        let dt = ldt(tok, h);
         let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
         let bc = (tok * g_ + grp) * n_;
         var y = 0.0;

@@ -1,0 +1,179 @@
+//! Mamba1's `dt = softplus(x·W_dtᵀ + bias)`, a mat-vec over the first `dt_rank` columns of the
+//! x projection read by the scan alone, is computed by the scan as it reads `dt`
+//! (`Op::SsmScan::dt_proj`): each channel's thread takes its `dt_rank`-long dot product. One
+//! dispatch fewer per Mamba1 layer in decode steps; prompts keep the matmul, whose tiles
+//! share the weights across tokens.
+
+use super::epilogue_inputs::{MAX_EXTERNALS, externals};
+use super::{Rewriter, merge_into};
+use crate::dtype::DType;
+use crate::graph::{Graph, NodeId};
+use crate::op::{Epilogue, FusedProgram, Instr, Op, ScanDt};
+
+/// Most tokens per sequence for which the scan computes `dt` itself (each channel's thread
+/// would otherwise repeat a matmul row's work per token).
+pub const MAX_SCAN_DT_TOKENS: usize = 2;
+
+/// The projection scan `n` reads as its `dt`: the matmul node, its activation and weight, its
+/// program and that program's sources with their shapes.
+struct Proj {
+    x: NodeId,
+    w: NodeId,
+    program: FusedProgram,
+    srcs: Vec<NodeId>,
+    shapes: Vec<crate::layout::Shape>,
+}
+
+fn projection(
+    g: &Graph,
+    consumers: &[Vec<NodeId>],
+    is_output: &[bool],
+    id: NodeId,
+) -> Option<Proj> {
+    let n = g.node(id);
+    let (Op::SsmScan { dt_proj: None }, own) = n.op.core(n.srcs.len()) else {
+        return None;
+    };
+    let x = g.node(n.srcs[1]);
+    if own < 6 || x.shape().dims()[1] > MAX_SCAN_DT_TOKENS {
+        return None;
+    }
+    let dt = n.srcs[2];
+    let d = g.node(dt);
+    if d.dtype != DType::F32 || is_output[dt.index()] || consumers[dt.index()] != [id] {
+        return None;
+    }
+    let (program, shapes) = match &d.op {
+        Op::MatMul if d.srcs.len() == 2 => (
+            FusedProgram {
+                head: None,
+                code: vec![Instr::Load(0)],
+            },
+            vec![],
+        ),
+        Op::Epilogue(e)
+            if matches!(e.inner, Op::MatMul)
+                && e.inner_srcs == 2
+                && !e.pair
+                && e.x_norm.is_none()
+                && e.range.is_none() =>
+        {
+            (e.program.clone(), e.shapes.clone())
+        }
+        _ => return None,
+    };
+    // the activation a row per token [S, T, K], a weight row per channel [H, K]
+    let (xs, ws) = (g.node(d.srcs[0]).shape(), g.node(d.srcs[1]).shape());
+    let [s, t, h] = [0, 1, 2].map(|i| x.shape().dims()[i]);
+    if xs.dims().len() != 3
+        || xs.dims()[..2] != [s, t]
+        || ws.dims() != [h, xs.dims()[2]]
+        || d.numel() != s * t * h
+    {
+        return None;
+    }
+    Some(Proj {
+        x: d.srcs[0],
+        w: d.srcs[1],
+        program,
+        srcs: d.srcs[2..].to_vec(),
+        shapes,
+    })
+}
+
+pub fn scan_dt(g: &Graph) -> Graph {
+    let consumers = g.consumers();
+    let is_output = g.output_mask();
+    let find = |id: NodeId| {
+        let p = projection(g, &consumers, &is_output, id)?;
+        let n = g.node(id);
+        let all: Vec<NodeId> = n
+            .srcs
+            .iter()
+            .chain([&p.w])
+            .chain(&p.srcs)
+            .copied()
+            .collect();
+        if externals(g, &all) > MAX_EXTERNALS {
+            return None;
+        }
+        Some((p, vec![n.srcs[2]]))
+    };
+    let emit = |rw: &mut Rewriter, id: NodeId, p: Proj| {
+        let mut node = g.node(id).clone();
+        let own = node.op.core(node.srcs.len()).1;
+        let dt = ScanDt {
+            program: p.program,
+            shapes: p.shapes,
+        };
+        // the op's own sources (dt's replaced by the activation), the projection's, then an
+        // epilogue's
+        let mut srcs = node.srcs[..own].to_vec();
+        srcs[2] = p.x;
+        srcs.push(p.w);
+        srcs.extend(&p.srcs);
+        srcs.extend(&node.srcs[own..]);
+        node.srcs = srcs.iter().map(|&s| rw.get(s)).collect();
+        let scan = Op::SsmScan {
+            dt_proj: Some(Box::new(dt)),
+        };
+        node.op = match node.op {
+            Op::Epilogue(e) => Op::Epilogue(Box::new(Epilogue {
+                inner: scan,
+                inner_srcs: own + 1 + p.srcs.len(),
+                ..*e
+            })),
+            _ => scan,
+        };
+        rw.push(node)
+    };
+    merge_into(g, find, emit).unwrap_or_else(|| g.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::builder::GraphBuilder;
+    use crate::dtype::DType;
+
+    /// Mamba1's scan over `t` tokens with `dt = softplus(x_dbl[.., :k]·Wᵀ + bias)`.
+    fn mamba1_scan(t: usize) -> Vec<String> {
+        let mut b = GraphBuilder::new();
+        let (s, h, n, k) = (1, 8, 4, 3);
+        let st = b.input("state", &[s, h, 1, n], DType::F32).unwrap();
+        let x = b.input("x", &[s, t, h, 1], DType::F32).unwrap();
+        let xdbl = b.input("x_dbl", &[s, t, k + 2 * n], DType::F32).unwrap();
+        let w = b.input("dt_w", &[h, k], DType::F32).unwrap();
+        let bias = b.input("dt_b", &[h], DType::F32).unwrap();
+        let a = b.input("a", &[h, n], DType::F32).unwrap();
+        let row = k + 2 * n;
+        let xr = b.slice(xdbl, 2, 0, k).unwrap();
+        let bc = |b: &mut GraphBuilder, at| {
+            b.view(xdbl, &[s, t, 1, n], &[t * row, row, n, 1], at)
+                .unwrap()
+        };
+        let (bm, cm) = (bc(&mut b, k), bc(&mut b, k + n));
+        let dt = b.matmul(xr, w).unwrap();
+        let dt = b.add(dt, bias).unwrap();
+        let dt = b.softplus(dt).unwrap();
+        let (y, ns) = b.ssm_scan(st, x, dt, a, bm, cm).unwrap();
+        b.output(y, "y").unwrap();
+        b.output(ns, "state").unwrap();
+        crate::passes::described(&b.finish())
+    }
+
+    #[test]
+    fn decode_steps_compute_dt_in_the_scan() {
+        assert_eq!(
+            mamba1_scan(1),
+            ["ssm_scan (dt = mul_mat then softplus(add(%0, %1)))"]
+        );
+    }
+
+    #[test]
+    fn prompts_keep_the_matmul() {
+        // (legalization copies the strided views for the prompt's kernels)
+        let ops = mamba1_scan(3);
+        assert!(ops.contains(&"mul_mat then softplus(add(%0, %1))".to_string()));
+        assert_eq!(ops.last().map(String::as_str), Some("ssm_scan"));
+    }
+}
