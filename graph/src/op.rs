@@ -469,27 +469,36 @@ impl DeltaGates {
 
 /// The projection a Mamba1 [`Op::SsmScan`] computes its `dt` from: source 2 is the
 /// projection's activation `x [S, T, K]` (read through its strides), the weight `w [H, K]`
-/// follows the op's own sources, then the program's other sources. `dt = program(x·wᵀ)`: in
-/// the program, `Load(0)` is the product and `Load(k)` reads the `k`-th further source, broadcast
-/// to `shapes[k − 1]` (each with as many elements as `[S, T, H]`).
+/// follows the op's own sources, then the norm's weight (with a weighted `x_norm`), then the
+/// program's other sources. `dt = program(x·wᵀ)`, each row of `x` normalised first (and
+/// multiplied by the norm's weight) with `x_norm` (Jamba's dt norm): in the program, `Load(0)`
+/// is the product and `Load(k)` reads the `k`-th further source, broadcast to `shapes[k − 1]`
+/// (each with as many elements as `[S, T, H]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScanDt {
     pub program: FusedProgram,
     pub shapes: Vec<crate::layout::Shape>,
+    pub x_norm: Option<XNorm>,
 }
 
 impl ScanDt {
-    /// Sources after the op's own: the weight and the program's.
+    /// Sources after the op's own: the weight, the norm's and the program's.
     pub fn extra_sources(&self) -> usize {
-        1 + self.shapes.len()
+        1 + self.x_norm.is_some_and(|n| n.weighted) as usize + self.shapes.len()
     }
 
-    /// `mul_mat`, then its program unless that is the identity.
+    /// `mul_mat`, after its row norm and before its program when it has them.
     pub fn describe(&self) -> String {
+        let norm = match self.x_norm.map(|n| n.kind) {
+            Some(NormKind::Rms { .. }) => "rms_norm → ",
+            Some(NormKind::L2 { .. }) => "l2_norm → ",
+            Some(NormKind::Sum { .. }) => "sum_norm → ",
+            None => "",
+        };
         if self.program.code == [Instr::Load(0)] {
-            "mul_mat".into()
+            format!("{norm}mul_mat")
         } else {
-            format!("mul_mat then {}", self.program.describe())
+            format!("{norm}mul_mat then {}", self.program.describe())
         }
     }
 }

@@ -438,14 +438,39 @@ fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
     };
     let body = indexed_program(spec, &d.program, 1, "dta", "dt's program")?;
     let (w, p) = (d.weight, d.params);
+    let sx = format!("pu({}u)", p + 4);
+    // the activation row's norm factor (and the norm's weight per element)
+    let (norm, scale) = match d.x_norm {
+        None => (String::new(), String::new()),
+        Some(XNormSpec { kind, weight }) => {
+            let w = match weight {
+                Some((j, at)) if j < spec.sources.len() => format!(" * ld{j}(pu({at}u) + r)"),
+                Some((j, _)) => return Err(err(spec.kernel, format!("norm weight source {j}"))),
+                None => String::new(),
+            };
+            let f = norm_factor(spec, kind, "k_")?;
+            (
+                format!(
+                    "var ss = 0.0;
+    for (var r = 0u; r < k_; r++) {{
+        let x = ld2(xb + r * {sx});
+        ss += x * x;
+    }}
+    let f = {f};
+    "
+                ),
+                format!(" * f{w}"),
+            )
+        }
+    };
     Ok(format!(
         "{}fn ldt(tok: u32, h: u32) -> f32 {{
     let k_ = pu({}u);
     let xb = pu(9u) + (tok / pu(1u)) * pu({}u) + (tok % pu(1u)) * pu({}u);
     let wb = pu({p}u) + h * k_;
-    var v0 = 0.0;
+    {norm}var v0 = 0.0;
     for (var r = 0u; r < k_; r++) {{
-        v0 += ld2(xb + r * pu({}u)) * ld{w}(wb + r);
+        v0 += ld2(xb + r * {sx}){scale} * ld{w}(wb + r);
     }}
     let i = tok * pu(2u) + h;
     {body}
@@ -455,7 +480,6 @@ fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
         p + 1,
         p + 2,
         p + 3,
-        p + 4,
     ))
 }
 

@@ -223,11 +223,14 @@ pub struct Spec {
 /// offset in parameter `params`), then 4 more words: `K` and the activation's strides over
 /// S, T and K. `dt` at `(tok, h)` is the program at element `tok·H + h`, `Load(0)` the dot
 /// product, its sources read as an epilogue's (`first`, and 9 words each from its `params`).
+/// With `x_norm`, each activation row is normalised first (times the norm's weight, a source
+/// and the parameter word of its offset, as a mat-vec's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScanDtSpec {
     pub weight: usize,
     pub params: u32,
     pub program: EpilogueSpec,
+    pub x_norm: Option<XNormSpec>,
 }
 
 /// See [`Spec::x_norm`]: the norm, and its weight's source index and the parameter word that

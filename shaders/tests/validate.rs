@@ -250,20 +250,29 @@ fn variants() -> Vec<Spec> {
         },
     ]));
     v.push(s);
-    // Mamba1's dt computed in the scan from its projection (F16 and Q8_0 weights), in its
-    // cache, with an epilogue after it
-    for (k, w) in [
-        (Kernel::SsmScanRows, DType::F16),
-        (Kernel::SsmScanChunks, DType::Q8_0),
-        (Kernel::SsmScan, DType::F16),
+    // Mamba1's dt computed in the scan from its projection (F16 and Q8_0 weights; its rows
+    // normalised first, Jamba's), in its cache, with an epilogue after it
+    for (k, w, norm) in [
+        (Kernel::SsmScanRows, DType::F16, false),
+        (Kernel::SsmScanRows, DType::Q8_0, true),
+        (Kernel::SsmScanChunks, DType::Q8_0, false),
+        (Kernel::SsmScan, DType::F16, true),
     ] {
         let mut s = state_in_cache(k);
-        s.sources
-            .extend([ext(1, w), ext(2, DType::F32), arena(DType::F32)]);
+        s.sources.push(ext(1, w));
+        if norm {
+            s.sources.push(arena(DType::F32));
+        }
+        s.sources.extend([ext(2, DType::F32), arena(DType::F32)]);
         s.externals = 3;
+        let (n, nu) = (norm as usize, norm as u32);
         s.scan_dt = Some(Box::new(ScanDtSpec {
             weight: 7,
             params: 16,
+            x_norm: norm.then_some(XNormSpec {
+                kind: NormKind::Rms { eps: 1e-6 },
+                weight: Some((8, 21)),
+            }),
             program: EpilogueSpec {
                 program: FusedProgram {
                     head: None,
@@ -274,8 +283,8 @@ fn variants() -> Vec<Spec> {
                         Instr::Unary(UnaryOp::Softplus, 2),
                     ],
                 },
-                first: 8,
-                params: 21,
+                first: 8 + n,
+                params: 21 + nu,
                 pair: false,
                 range: None,
             },
@@ -289,8 +298,8 @@ fn variants() -> Vec<Spec> {
                     Instr::Binary(BinaryOp::Mul, 0, 1),
                 ],
             },
-            first: 9,
-            params: 30,
+            first: 9 + n,
+            params: 30 + nu,
             pair: false,
             range: None,
         });

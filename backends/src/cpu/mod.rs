@@ -541,13 +541,7 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
     let mut inner: Vec<TensorRef> = s[..inner_srcs].to_vec();
     let normed: Vec<f32>;
     if let Some(n) = e.x_norm {
-        let mut x = s[0].f32().into_owned();
-        elementwise::normalize_rows(n.kind, x.len(), &mut x);
-        if n.weighted {
-            let w = s[inner_srcs].f32();
-            x.iter_mut().zip(w.iter()).for_each(|(a, b)| *a *= b);
-        }
-        normed = x;
+        normed = normed_rows(n, &s[0], n.weighted.then(|| &s[inner_srcs]));
         inner[0] = TensorRef {
             bytes: bytemuck::cast_slice(&normed),
             layout: Layout::contiguous(s[0].layout.shape),
@@ -644,15 +638,40 @@ fn scan_dt(
     let Some(d) = dt_proj else {
         return Ok(None);
     };
-    let (x, w) = (&srcs[x_at + 1], &extra[0]);
+    let (mut x, w) = (srcs[x_at + 1], &extra[0]);
     let dims = [x.dims()[0], x.dims()[1], w.dims()[0]];
     let shape = weft_graph::Shape::new(&dims)
         .ok_or_else(|| BackendError::Device(format!("a scan's dt of shape {dims:?}")))?;
+    // the activation's rows normalised first (times the norm's weight)
+    let weighted = d.x_norm.is_some_and(|n| n.weighted);
+    let normed: Vec<f32>;
+    if let Some(n) = d.x_norm {
+        normed = normed_rows(n, &x, weighted.then(|| &extra[1]));
+        x = TensorRef {
+            bytes: bytemuck::cast_slice(&normed),
+            layout: Layout::contiguous(x.layout.shape),
+            dtype: DType::F32,
+        };
+    }
     let mut product = vec![0.0; shape.numel()];
-    matmul::matmul(x, w, &mut product);
+    matmul::matmul(&x, w, &mut product);
     let mut dt = vec![0.0; shape.numel()];
-    apply_program(&d.program, &d.shapes, shape, &product, &extra[1..], &mut dt)?;
+    let more = &extra[1 + weighted as usize..];
+    apply_program(&d.program, &d.shapes, shape, &product, more, &mut dt)?;
     Ok(Some((dt, Layout::contiguous(shape))))
+}
+
+/// The rows of `x` (dense) normalised, times the norm's `weight` when it has one.
+fn normed_rows(n: weft_graph::XNorm, x: &TensorRef, weight: Option<&TensorRef>) -> Vec<f32> {
+    let mut v = x.f32().into_owned();
+    let d = x.layout.shape.last();
+    elementwise::normalize_rows(n.kind, d, &mut v);
+    if let Some(w) = weight {
+        let w = w.f32();
+        v.chunks_mut(d)
+            .for_each(|row| row.iter_mut().zip(w.iter()).for_each(|(a, b)| *a *= b));
+    }
+    v
 }
 
 /// `srcs` with source `at` replaced by `value`, when given.

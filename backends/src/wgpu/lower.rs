@@ -536,7 +536,21 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 p.push(c.src(w));
                 p.push(wn.shape().last() as u32);
                 p.extend(xl.strides[..3].iter().map(|&st| st as u32));
-                let more = node.srcs[s.len() + 1..s.len() + d.extra_sources()].iter();
+                // the activation's rows normalised first, times the norm's weight
+                let mut first = s.len() + 1;
+                let x_norm = d.x_norm.map(|n| {
+                    let weight = n.weighted.then(|| {
+                        let j = c.sources.len();
+                        p.push(c.src(node.srcs[first]));
+                        first += 1;
+                        (j, p.len() as u32 - 1)
+                    });
+                    XNormSpec {
+                        kind: n.kind,
+                        weight,
+                    }
+                });
+                let more = node.srcs[first..s.len() + d.extra_sources()].iter();
                 let program = program_sources(
                     &mut c,
                     &mut p,
@@ -547,6 +561,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                     weight,
                     params: at,
                     program,
+                    x_norm,
                 }));
             }
             // small states (Mamba1) in one thread's registers, a long prompt's tokens in

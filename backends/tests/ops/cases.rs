@@ -1567,10 +1567,15 @@ pub fn epilogues(be: &mut dyn Backend) {
 /// Mamba1's step with `dt = softplus(x_dbl[.., :K]·Wᵀ + bias)` computed by the scan as it reads
 /// it (`scan_dt`), the scan on its cache with its skip and gate: one dispatch for a decode step.
 /// F16 and Q8_0 weights; one sequence of one token, and two of two (still computed in the scan,
-/// whose B and C are then copied out of `x_dbl` first).
+/// whose B and C are then copied out of `x_dbl` first); and Jamba's, whose dt columns are
+/// normalised (times a weight) first.
 pub fn ssm_scan_dt(be: &mut dyn Backend) {
     let mut rg = rng(61);
-    for (s, t, k, dtype) in [(1, 1, 12, DType::F16), (2, 2, 32, DType::Q8_0)] {
+    for (s, t, k, dtype, norm) in [
+        (1, 1, 12, DType::F16, false),
+        (2, 2, 32, DType::Q8_0, false),
+        (1, 1, 16, DType::F16, true),
+    ] {
         let (h, n, row) = (24, 16, k + 32);
         let slots = [2, 0];
         let mut c = Case::new();
@@ -1587,7 +1592,12 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
         let (a, an) = c.input_values("a", &[h, n], av);
         let (d, dn) = c.input(&mut rg, "d", &[h, 1]);
         let (z, zn) = c.input(&mut rg, "z", &[s, t, h, 1]);
-        let xr = c.b.slice(xdbl, 2, 0, k).unwrap();
+        let (nw, nwn) = c.input(&mut rg, "dt_norm", &[k]);
+        let mut xr = c.b.slice(xdbl, 2, 0, k).unwrap();
+        if norm {
+            xr = c.b.rms_norm(xr, 1e-6).unwrap();
+            xr = c.b.mul(xr, nw).unwrap();
+        }
         let dt = c.b.matmul(xr, w).unwrap();
         let dt = c.b.add(dt, bias).unwrap();
         let dt = c.b.softplus(dt).unwrap();
@@ -1614,7 +1624,11 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
                 .collect();
             Nd::new(dims, v)
         };
-        let xrn = seen_activations(be, dtype, &part(0, k, &[s, t, k]));
+        let mut xrn = part(0, k, &[s, t, k]);
+        if norm {
+            xrn = zip_broadcast(&r::rms_norm(&xrn, 1e-6), &nwn, |x, w| x * w);
+        }
+        let xrn = seen_activations(be, dtype, &xrn);
         let dtn = zip_broadcast(&r::matmul(&xrn, &wn), &biasn, |p, b| {
             r::unary("softplus", p + b, (0.0, 0.0))
         });
@@ -1625,7 +1639,7 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
         let wy = zip_broadcast(&wy, &skip, |y, s| y + s);
         let wy = zip_broadcast(&wy, &zn, |y, z| y * silu(z));
         let want = scatter_state(&cache_n, &slots[..s], &ws);
-        let what = format!("ssm_scan + dt {dtype:?} S={s} T={t}");
+        let what = format!("ssm_scan + dt {dtype:?} S={s} T={t} norm {norm}");
         check_state_in_place(be, c, &what, buf, &init, &wy, &want);
     }
 }

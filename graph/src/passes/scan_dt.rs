@@ -1,6 +1,7 @@
 //! Mamba1's `dt = softplus(x·W_dtᵀ + bias)`, a mat-vec over the first `dt_rank` columns of the
 //! x projection read by the scan alone, is computed by the scan as it reads `dt`
-//! (`Op::SsmScan::dt_proj`): each channel's thread takes its `dt_rank`-long dot product. One
+//! (`Op::SsmScan::dt_proj`): each channel's thread takes its `dt_rank`-long dot product (after
+//! the row's norm, when `norm_input` gave the mat-vec one: Jamba's dt norm). One
 //! dispatch fewer per Mamba1 layer in decode steps; prompts keep the matmul, whose tiles
 //! share the weights across tokens.
 
@@ -8,20 +9,19 @@ use super::epilogue_inputs::{MAX_EXTERNALS, externals};
 use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
-use crate::op::{Epilogue, FusedProgram, Instr, Op, ScanDt};
+use crate::op::{Epilogue, FusedProgram, Instr, NormKind, Op, ScanDt};
 
 /// Most tokens per sequence for which the scan computes `dt` itself (each channel's thread
 /// would otherwise repeat a matmul row's work per token).
 pub const MAX_SCAN_DT_TOKENS: usize = 2;
 
-/// The projection scan `n` reads as its `dt`: the matmul node, its activation and weight, its
-/// program and that program's sources with their shapes.
+/// The projection scan `n` reads as its `dt`: its activation and weight, what it computes with
+/// them, and its further sources (a norm's weight, then the program's).
 struct Proj {
     x: NodeId,
     w: NodeId,
-    program: FusedProgram,
+    dt: ScanDt,
     srcs: Vec<NodeId>,
-    shapes: Vec<crate::layout::Shape>,
 }
 
 fn projection(
@@ -43,22 +43,27 @@ fn projection(
     if d.dtype != DType::F32 || is_output[dt.index()] || consumers[dt.index()] != [id] {
         return None;
     }
-    let (program, shapes) = match &d.op {
-        Op::MatMul if d.srcs.len() == 2 => (
-            FusedProgram {
+    let dt = match &d.op {
+        Op::MatMul if d.srcs.len() == 2 => ScanDt {
+            program: FusedProgram {
                 head: None,
                 code: vec![Instr::Load(0)],
             },
-            vec![],
-        ),
+            shapes: vec![],
+            x_norm: None,
+        },
         Op::Epilogue(e)
             if matches!(e.inner, Op::MatMul)
                 && e.inner_srcs == 2
                 && !e.pair
-                && e.x_norm.is_none()
-                && e.range.is_none() =>
+                && e.range.is_none()
+                && !matches!(e.x_norm.map(|n| n.kind), Some(NormKind::Sum { .. })) =>
         {
-            (e.program.clone(), e.shapes.clone())
+            ScanDt {
+                program: e.program.clone(),
+                shapes: e.shapes.clone(),
+                x_norm: e.x_norm,
+            }
         }
         _ => return None,
     };
@@ -75,9 +80,8 @@ fn projection(
     Some(Proj {
         x: d.srcs[0],
         w: d.srcs[1],
-        program,
+        dt,
         srcs: d.srcs[2..].to_vec(),
-        shapes,
     })
 }
 
@@ -102,10 +106,6 @@ pub fn scan_dt(g: &Graph) -> Graph {
     let emit = |rw: &mut Rewriter, id: NodeId, p: Proj| {
         let mut node = g.node(id).clone();
         let own = node.op.core(node.srcs.len()).1;
-        let dt = ScanDt {
-            program: p.program,
-            shapes: p.shapes,
-        };
         // the op's own sources (dt's replaced by the activation), the projection's, then an
         // epilogue's
         let mut srcs = node.srcs[..own].to_vec();
@@ -115,7 +115,7 @@ pub fn scan_dt(g: &Graph) -> Graph {
         srcs.extend(&node.srcs[own..]);
         node.srcs = srcs.iter().map(|&s| rw.get(s)).collect();
         let scan = Op::SsmScan {
-            dt_proj: Some(Box::new(dt)),
+            dt_proj: Some(Box::new(p.dt)),
         };
         node.op = match node.op {
             Op::Epilogue(e) => Op::Epilogue(Box::new(Epilogue {
@@ -135,8 +135,9 @@ mod tests {
     use crate::builder::GraphBuilder;
     use crate::dtype::DType;
 
-    /// Mamba1's scan over `t` tokens with `dt = softplus(x_dbl[.., :k]·Wᵀ + bias)`.
-    fn mamba1_scan(t: usize) -> Vec<String> {
+    /// Mamba1's scan over `t` tokens with `dt = softplus(x_dbl[.., :k]·Wᵀ + bias)`, the
+    /// columns normalised first with `norm` (Jamba's).
+    fn mamba1_scan(t: usize, norm: bool) -> Vec<String> {
         let mut b = GraphBuilder::new();
         let (s, h, n, k) = (1, 8, 4, 3);
         let st = b.input("state", &[s, h, 1, n], DType::F32).unwrap();
@@ -146,7 +147,12 @@ mod tests {
         let bias = b.input("dt_b", &[h], DType::F32).unwrap();
         let a = b.input("a", &[h, n], DType::F32).unwrap();
         let row = k + 2 * n;
-        let xr = b.slice(xdbl, 2, 0, k).unwrap();
+        let mut xr = b.slice(xdbl, 2, 0, k).unwrap();
+        if norm {
+            let nw = b.input("dt_norm", &[k], DType::F32).unwrap();
+            xr = b.rms_norm(xr, 1e-6).unwrap();
+            xr = b.mul(xr, nw).unwrap();
+        }
         let bc = |b: &mut GraphBuilder, at| {
             b.view(xdbl, &[s, t, 1, n], &[t * row, row, n, 1], at)
                 .unwrap()
@@ -164,15 +170,19 @@ mod tests {
     #[test]
     fn decode_steps_compute_dt_in_the_scan() {
         assert_eq!(
-            mamba1_scan(1),
+            mamba1_scan(1, false),
             ["ssm_scan (dt = mul_mat then softplus(add(%0, %1)))"]
+        );
+        assert_eq!(
+            mamba1_scan(1, true),
+            ["ssm_scan (dt = rms_norm → mul_mat then softplus(add(%0, %1)))"]
         );
     }
 
     #[test]
     fn prompts_keep_the_matmul() {
         // (legalization copies the strided views for the prompt's kernels)
-        let ops = mamba1_scan(3);
+        let ops = mamba1_scan(3, false);
         assert!(ops.contains(&"mul_mat then softplus(add(%0, %1))".to_string()));
         assert_eq!(ops.last().map(String::as_str), Some("ssm_scan"));
     }
