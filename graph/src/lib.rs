@@ -24,6 +24,6 @@ pub use graph::{Graph, Node, NodeId, Tensor};
 pub use layout::{Layout, Shape};
 pub use op::{
     Access, BinaryOp, BufferId, DeltaForm, DeltaGates, Epilogue, FusedProgram, Instr, NormKind, Op,
-    QkNorm, ReduceOp, RopeMode, RopeParams, ScanDt, UnaryOp, XNorm,
+    QkNorm, ReduceOp, RopeMode, RopeParams, ScanDt, UnaryOp, XNorm, XProgram,
 };
 pub use plan::{Plan, PlanOptions, Slot, plan};

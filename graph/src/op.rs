@@ -433,6 +433,9 @@ pub enum Op {
     /// With `x_norm` (made by the `norm_input` pass; a mat-vec's inner op), the inner op's
     /// activation row (source 0) is normalised first, then multiplied by the norm's weight,
     /// which is source `inner_srcs` when there is one; the program's sources follow it.
+    /// With `x_prog` instead (made by the `matvec_input` pass), the row is computed by an
+    /// elementwise program as the mat-vec reads it (see [`XProgram`]), whose sources after the
+    /// first follow the inner op's; the epilogue program's sources follow them.
     ///
     /// With `range = (start, len)`, the program applies to output elements `start..start + len`
     /// only (element `start + j` reads element `j` of each source); the others are the inner
@@ -512,7 +515,21 @@ pub struct Epilogue {
     pub shapes: Vec<crate::layout::Shape>,
     pub pair: bool,
     pub x_norm: Option<XNorm>,
+    pub x_prog: Option<XProgram>,
     pub range: Option<(usize, usize)>,
+}
+
+/// The elementwise program a mat-vec computes its activation row with as it reads it (see
+/// [`Op::Epilogue`]): source 0 is the program's first source (dense, viewed with the row's
+/// shape), `Load(k)` for `k ≥ 1` reads the `k`-th source after the inner op's, broadcast to
+/// `shapes[k − 1]`. Element `i` of the row is element `i` of the program, whose own shape is
+/// `shape`: with a norm head, source 0 is normalised over rows of `shape`'s last dimension (a
+/// gated group norm's heads).
+#[derive(Clone, Debug, PartialEq)]
+pub struct XProgram {
+    pub program: FusedProgram,
+    pub shape: crate::layout::Shape,
+    pub shapes: Vec<crate::layout::Shape>,
 }
 
 /// The row normalisation of a mat-vec's activation (see [`Op::Epilogue`]).
@@ -528,10 +545,12 @@ impl Epilogue {
         if self.pair { 2 } else { 1 }
     }
 
-    /// Index of the program's first source among the node's (after the inner op's and a norm
-    /// weight).
+    /// Index of the program's first source among the node's (after the inner op's, and a norm
+    /// weight or the activation program's sources).
     pub fn first_source(&self) -> usize {
-        self.inner_srcs + self.x_norm.is_some_and(|n| n.weighted) as usize
+        self.inner_srcs
+            + self.x_norm.is_some_and(|n| n.weighted) as usize
+            + self.x_prog.as_ref().map_or(0, |x| x.shapes.len())
     }
 
     /// An identity program (for an op that only gets `x_norm`).
@@ -546,6 +565,7 @@ impl Epilogue {
             shapes: vec![],
             pair: false,
             x_norm: None,
+            x_prog: None,
             range: None,
         }
     }
@@ -622,11 +642,12 @@ impl Op {
             Op::Fused(p) => p.describe(),
             Op::Epilogue(e) => {
                 let pair = if e.pair { " (two products)" } else { "" };
-                let norm = match e.x_norm.map(|n| n.kind) {
-                    Some(NormKind::Rms { .. }) => "rms_norm → ",
-                    Some(NormKind::L2 { .. }) => "l2_norm → ",
-                    Some(NormKind::Sum { .. }) => "sum_norm → ",
-                    None => "",
+                let norm = match (e.x_norm.map(|n| n.kind), &e.x_prog) {
+                    (Some(NormKind::Rms { .. }), _) => "rms_norm → ".to_string(),
+                    (Some(NormKind::L2 { .. }), _) => "l2_norm → ".to_string(),
+                    (Some(NormKind::Sum { .. }), _) => "sum_norm → ".to_string(),
+                    (None, Some(x)) => format!("{} → ", x.program.describe()),
+                    (None, None) => String::new(),
                 };
                 let then = if e.program.code == [Instr::Load(0)] {
                     String::new()

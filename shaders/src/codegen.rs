@@ -209,6 +209,54 @@ fn prologue(xrow: u32, lid: u32) {{
     ))
 }
 
+/// `ld0` for a `matmul` whose activation row is computed by a program (`Spec::x_prog`), and
+/// `prologue(xrow, lid)`, which every thread calls first: with a norm head, the factor of each
+/// group of the row (summed by a thread per group, at most 64 groups).
+fn x_prog_loader(spec: &Spec) -> Result<String, ShaderError> {
+    let Some(xp) = &spec.x_prog else {
+        return Ok(String::new());
+    };
+    let body = indexed_program(spec, &xp.program, 1, "xpa", "the row's program")?;
+    let row = xp.row;
+    let (scale, factors) = match xp.program.program.head {
+        None => (String::new(), String::new()),
+        Some(kind) => {
+            let f = norm_factor(spec, kind, "d")?;
+            (
+                format!(" * xf_[(i_ - xbase_) / pu({row}u)]"),
+                format!(
+                    "let d = pu({row}u);
+    if (lid < pu(2u) / d) {{
+        var ss = 0.0;
+        for (var j = 0u; j < d; j++) {{
+            let x = ld0raw(xrow + lid * d + j);
+            ss += x * x;
+        }}
+        xf_[lid] = {f};
+    }}
+    workgroupBarrier();"
+                ),
+            )
+        }
+    };
+    Ok(format!(
+        "var<private> xbase_: u32 = 0u;
+var<workgroup> xf_: array<f32, 64>;
+fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}
+{}fn ld0(i_: u32) -> f32 {{
+    let v0 = ld0raw(i_){scale};
+    let i = i_ - pu(3u);
+    {body}
+}}
+fn prologue(xrow: u32, lid: u32) {{
+    xbase_ = xrow;
+    {factors}
+}}
+",
+        source_index("xpa", xp.program.params)
+    ))
+}
+
 /// `gated_delta_net`'s `ldq`/`ldk` and `qk_factors(q_base, k_base, d, lid)`: the raw rows, or
 /// (with `Spec::qk_norm`) each head row through its program, the factors of a token's q and k
 /// rows computed by the whole workgroup in `fused_norm`'s order (64 strided partial sums, then
@@ -542,6 +590,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             (Home::Arena, DType::F32) if i == 0 && spec.x_norm.is_some() => {
                 out.push_str(&x_norm_loader(spec)?);
             }
+            (Home::Arena, DType::F32) if i == 0 && spec.x_prog.is_some() => {
+                out.push_str(&x_prog_loader(spec)?);
+            }
             (Home::Arena, DType::F32) => {
                 let _ = writeln!(
                     out,
@@ -637,8 +688,11 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             "fn residual(i: u32) -> f32 { return 0.0; }\n"
         });
     }
-    if spec.x_norm.is_none() && k.is_matvec() {
+    if spec.x_norm.is_none() && spec.x_prog.is_none() && k.is_matvec() {
         out.push_str("fn prologue(xrow: u32, lid: u32) {}\n");
+    }
+    if spec.x_prog.is_some() && (k != Kernel::MatMul || spec.sources[0].home != Home::Arena) {
+        return Err(err(k, "only matmul computes its row (read from the arena)"));
     }
     // mat-vecs: a row dot product per weight source (one for `matmul`, one per weight for
     // `matmul_cat`, which picks the weight by output column)

@@ -216,6 +216,19 @@ pub struct Spec {
     pub gates: Option<Box<[EpilogueSpec; 2]>>,
     /// A scan's `dt` computed from its projection as the kernel reads it (`ldt(tok, h)`).
     pub scan_dt: Option<Box<ScanDtSpec>>,
+    /// A `matmul` (decode) whose activation row is computed by a program as it reads it
+    /// (`ld0`, after `prologue` has taken the norm factors of the program's head).
+    pub x_prog: Option<Box<XProgSpec>>,
+}
+
+/// See [`Spec::x_prog`]. `Load(0)` is source 0 at the element read (times its norm group's
+/// factor with a head: groups of the length in parameter `row`), `Load(k)` source
+/// `first + k − 1`, indexed as an epilogue's (9 words each from `params`) at the element's
+/// index in the row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct XProgSpec {
+    pub program: EpilogueSpec,
+    pub row: u32,
 }
 
 /// See [`Spec::scan_dt`]. Source 2 is the projection's activation `[S, T, K]` (its offset in
@@ -272,7 +285,8 @@ impl Spec {
         let first = self.epilogue.as_ref().map(|e| e.first);
         let gates = self.gates.as_ref().map(|g| g[0].first);
         let dt = self.scan_dt.as_ref().map(|d| d.weight);
-        [Some(self.sources.len()), weight, first, gates, dt]
+        let x = self.x_prog.as_ref().map(|x| x.program.first);
+        [Some(self.sources.len()), weight, first, gates, dt, x]
             .into_iter()
             .flatten()
             .min()
@@ -302,6 +316,7 @@ impl Spec {
             subgroup: 1,
             gates: None,
             scan_dt: None,
+            x_prog: None,
         }
     }
 }

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
-use weft_shaders::{EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, generate};
+use weft_shaders::{
+    EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec, generate,
+};
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const WEIGHTS: [DType; 9] = [
@@ -250,6 +252,49 @@ fn variants() -> Vec<Spec> {
         },
     ]));
     v.push(s);
+    // a decode matmul computing its row: a gated group norm (F16 weight), a gated unit (Q4_K)
+    for (w, head) in [(DType::F16, true), (DType::Q4K, false)] {
+        let mut s = Spec::new(
+            Kernel::MatMul,
+            vec![
+                arena(DType::F32),
+                ext(0, w),
+                arena(DType::F32),
+                arena(DType::F32),
+            ],
+        );
+        let code = if head {
+            vec![
+                Instr::Load(0),
+                Instr::Load(1),
+                Instr::Binary(BinaryOp::Mul, 0, 1),
+                Instr::Load(2),
+                Instr::Unary(UnaryOp::Silu, 3),
+                Instr::Binary(BinaryOp::Mul, 2, 4),
+            ]
+        } else {
+            vec![
+                Instr::Load(1),
+                Instr::Unary(UnaryOp::Silu, 0),
+                Instr::Load(0),
+                Instr::Binary(BinaryOp::Mul, 1, 2),
+            ]
+        };
+        s.x_prog = Some(Box::new(XProgSpec {
+            program: EpilogueSpec {
+                program: FusedProgram {
+                    head: head.then_some(NormKind::Rms { eps: 1e-6 }),
+                    code,
+                },
+                first: 2,
+                params: 15,
+                pair: false,
+                range: None,
+            },
+            row: 14,
+        }));
+        v.push(s);
+    }
     // Mamba1's dt computed in the scan from its projection (F16 and Q8_0 weights; its rows
     // normalised first, Jamba's), in its cache, with an epilogue after it
     for (k, w, norm) in [

@@ -548,6 +548,19 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
             dtype: DType::F32,
         };
     }
+    // or computed by its program
+    let computed: Vec<f32>;
+    if let Some(xp) = &e.x_prog {
+        let more = &s[inner_srcs..inner_srcs + xp.shapes.len()];
+        let mut v = vec![0.0; s[0].numel()];
+        apply_program(&xp.program, &xp.shapes, xp.shape, &s[0].f32(), more, &mut v)?;
+        computed = v;
+        inner[0] = TensorRef {
+            bytes: bytemuck::cast_slice(&computed),
+            layout: Layout::contiguous(s[0].layout.shape),
+            dtype: DType::F32,
+        };
+    }
     // the inner result (a pair's two products side by side), then the program over it (or
     // over its range)
     let mut y = vec![0.0f32; node.numel() * e.results()];

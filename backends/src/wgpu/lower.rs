@@ -2,11 +2,12 @@
 //! reads (layouts documented at the top of each WGSL file) and the number of workgroups.
 
 use crate::{BackendError, Result};
+use weft_graph::passes::MAX_X_GROUPS;
 use weft_graph::{
     BufferId, DType, DeltaForm, FusedProgram, Graph, Instr, Layout, NodeId, NormKind, Op, Plan,
     ReduceOp, RopeMode,
 };
-use weft_shaders::{EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec};
+use weft_shaders::{EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec};
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
 pub const MAX_PARAMS: usize = 256;
@@ -697,6 +698,32 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
         }),
         _ => None,
     };
+    // or computed by a program (its sources after the op's, before the epilogue's)
+    let x_prog = match &node.op {
+        Op::Epilogue(e) => match &e.x_prog {
+            Some(xp) => {
+                let (d, k) = (xp.shape.last(), g.node(node.srcs[0]).shape().last());
+                if kernel != Kernel::MatMul || k % d != 0 || k / d > MAX_X_GROUPS {
+                    return Err(c.fail(format!(
+                        "{} computing its row of {k} in norm groups of {d}",
+                        kernel.name()
+                    )));
+                }
+                let row = params.len() as u32;
+                params.push(d as u32);
+                let more = node.srcs[e.inner_srcs..e.inner_srcs + xp.shapes.len()].iter();
+                let program = program_sources(
+                    &mut c,
+                    &mut params,
+                    &xp.program,
+                    more.copied().zip(xp.shapes.iter().copied()),
+                )?;
+                Some(Box::new(XProgSpec { program, row }))
+            }
+            None => None,
+        },
+        _ => None,
+    };
     let epilogue = match &node.op {
         Op::Epilogue(e) if kernel.applies_epilogue() => {
             let srcs = node.srcs[e.first_source()..].iter().copied();
@@ -730,6 +757,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     spec.qk_norm = qk;
     spec.gates = gates.map(Box::new);
     spec.scan_dt = scan_dt;
+    spec.x_prog = x_prog;
     spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));

@@ -1644,6 +1644,70 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
     }
 }
 
+/// A mat-vec whose row is an elementwise program read by it alone computes the row as it reads
+/// it (`matvec_input`): a gated group norm (each head's `rms_norm(o)·w·silu(z)`, Qwen3-Next's)
+/// before a projection with a residual, and a gated unit's `silu(gate)·up` (a shared expert's)
+/// before its down projection. F16 and Q8_0 weights.
+pub fn matvec_input(be: &mut dyn Backend) {
+    let mut rg = rng(67);
+    for dtype in [DType::F16, DType::Q8_0] {
+        // the gated group norm: 4 heads of 32
+        let (heads, d, n) = (4, 32, 24);
+        let mut c = Case::new();
+        let (o, on) = c.input(&mut rg, "o", &[1, 1, heads, d]);
+        let (z, zn) = c.input(&mut rg, "z", &[1, 1, heads, d]);
+        let (nw, nwn) = c.input(&mut rg, "norm", &[d]);
+        let (res, resn) = c.input(&mut rg, "res", &[1, n]);
+        let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, heads * d], dtype);
+        let h = c.b.rms_norm(o, 1e-6).unwrap();
+        let h = c.b.mul(h, nw).unwrap();
+        let zs = c.b.silu(z).unwrap();
+        let h = c.b.mul(h, zs).unwrap();
+        let h = c.b.reshape(h, &[1, heads * d]).unwrap();
+        let y = c.b.matmul(h, w).unwrap();
+        let y = c.b.add(y, res).unwrap();
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"]);
+        let hn = zip_broadcast(&r::rms_norm(&on, 1e-6), &nwn, |x, w| x * w);
+        let mut hn = zip_broadcast(&hn, &zn, |x, z| x * silu(z));
+        hn.dims = vec![1, heads * d];
+        let want = r::matmul(&seen_activations(be, dtype, &hn), &wn);
+        let want = zip_broadcast(&want, &resn, |y, r| y + r);
+        let out = c.run(be);
+        assert_close(
+            &format!("gated norm → mul_mat {dtype:?}"),
+            &out[0],
+            &want,
+            TOL,
+        );
+
+        // the gated unit: gate and up side by side in one row
+        let (k, n) = (64, 16);
+        let mut c = Case::new();
+        let (gu, gun) = c.input(&mut rg, "gate_up", &[1, 2 * k]);
+        let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, k], dtype);
+        let gate = c.b.slice(gu, 1, 0, k).unwrap();
+        let up = c.b.slice(gu, 1, k, k).unwrap();
+        let a = c.b.silu(gate).unwrap();
+        let h = c.b.mul(a, up).unwrap();
+        let y = c.b.matmul(h, w).unwrap();
+        c.output(y, "y");
+        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"]);
+        let hn: Vec<f64> = (0..k)
+            .map(|i| silu(gun.data[i]) * gun.data[k + i])
+            .collect();
+        let hn = Nd::new(&[1, k], hn);
+        let want = r::matmul(&seen_activations(be, dtype, &hn), &wn);
+        let out = c.run(be);
+        assert_close(
+            &format!("silu(gate)·up → mul_mat {dtype:?}"),
+            &out[0],
+            &want,
+            TOL,
+        );
+    }
+}
+
 /// `v` as a cache of `dtype` holds it.
 fn rounded(dtype: DType, v: f32) -> f32 {
     match dtype {

@@ -324,6 +324,7 @@ fn once(g: &Graph) -> (Graph, bool) {
                 shapes,
                 pair,
                 x_norm: None,
+                x_prog: None,
                 range: None,
             })),
             srcs,

@@ -119,6 +119,7 @@ pub fn epilogue_range(g: &Graph) -> Graph {
                     shapes: vec![en.shape(); others.len()],
                     pair: false,
                     x_norm: None,
+                    x_prog: None,
                     range: Some((t.start, t.len)),
                 })),
                 srcs,

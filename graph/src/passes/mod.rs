@@ -5,9 +5,9 @@
 //! into one → KV cache writes, then the ropes of q and the new key, into decode attention →
 //! residual adds into matmuls → elementwise epilogues into their producers (over part of a
 //! mat-vec's output, then whole results), and their elementwise sources into them → row norms
-//! into the mat-vecs they feed, Mamba1's dt projection into its scan, and q/k norms and gates
-//! into the delta rule → dead-node removal (the sixteen fusing passes only with
-//! [`PassOptions::fuse`]).
+//! into the mat-vecs they feed, other elementwise programs into the mat-vecs that read them
+//! alone, Mamba1's dt projection into its scan, and q/k norms and gates into the delta rule →
+//! dead-node removal (the seventeen fusing passes only with [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
@@ -20,6 +20,7 @@ mod fuse;
 mod legalize;
 mod matmul_add;
 mod matmul_cat;
+mod matvec_input;
 mod norm_input;
 mod rope_attention;
 mod rope_pair;
@@ -40,6 +41,7 @@ pub use fuse::fuse_elementwise;
 pub use legalize::legalize;
 pub use matmul_add::matmul_add;
 pub use matmul_cat::matmul_cat;
+pub use matvec_input::{MAX_X_GROUPS, MAX_X_SOURCES, matvec_input};
 pub use norm_input::norm_input;
 pub use rope_attention::rope_attention;
 pub use rope_pair::rope_pair;
@@ -82,7 +84,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
         let g = rope_attention(&g);
         let g = remove_dead(&epilogue_range(&matmul_add(&g)));
         let g = remove_dead(&epilogue(&g));
-        let g = norm_input(&epilogue_inputs(&g));
+        let g = matvec_input(&norm_input(&epilogue_inputs(&g)));
         remove_dead(&delta_gates(&delta_qk_norm(&scan_dt(&g))))
     } else {
         g

@@ -18,7 +18,7 @@ fn normalises_row(n: &Node) -> bool {
         Op::MatMulCat | Op::MatMulId => true,
         _ => false,
     };
-    matvec && !matches!(&n.op, Op::Epilogue(e) if e.x_norm.is_some())
+    matvec && !matches!(&n.op, Op::Epilogue(e) if e.x_norm.is_some() || e.x_prog.is_some())
 }
 
 /// True when `r` reads norm `x` as a mat-vec that can normalise its row: as its row (source

@@ -57,6 +57,7 @@ fn projection(
                 && e.inner_srcs == 2
                 && !e.pair
                 && e.range.is_none()
+                && e.x_prog.is_none()
                 && !matches!(e.x_norm.map(|n| n.kind), Some(NormKind::Sum { .. })) =>
         {
             ScanDt {
