@@ -333,7 +333,7 @@ fn wgpu_decode_last_is_the_last_row_of_decode() {
     }
 }
 
-/// A prompt long enough for the GPU to scan Mamba1's states in chunks side by side gives, row
+/// A prompt long enough for the GPU to scan the SSM states in chunks side by side gives, row
 /// for row, the logits of the same prompt decoded a few tokens at a time (whose scans walk the
 /// tokens one by one) and those of the CPU.
 fn long_prompt(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
@@ -358,7 +358,8 @@ fn long_prompt(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
 
 #[test]
 fn wgpu_long_prompts_decode_like_short_pieces() {
-    for arch in ["mamba", "jamba"] {
+    // (Mamba2's fixtures have 16 states too: the same kernel, over heads and B/C groups)
+    for arch in ["mamba", "jamba", "mamba2", "nemotron_h"] {
         long_prompt(arch, &common::wgpu);
     }
 }

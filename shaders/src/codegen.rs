@@ -661,7 +661,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     // the op has slots (source 6), else the output after `y` (parameter words per kernel: the
     // state's offset, the new state's, the slots')
     let words = match k {
-        Kernel::SsmScan | Kernel::SsmScanRows | Kernel::SsmScanChunks => Some((7, 14, 15)),
+        k if k.is_scan() => Some((7, 14, 15)),
         Kernel::GatedDeltaNet => Some((6, 13, 14)),
         _ => None,
     };
@@ -734,10 +734,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     } else if spec.gates.is_some() {
         return Err(err(k, "only gated_delta_net computes gates"));
     }
-    if matches!(
-        k,
-        Kernel::SsmScan | Kernel::SsmScanRows | Kernel::SsmScanChunks
-    ) {
+    if k.is_scan() {
         out.push_str(&dt_loader(spec)?);
     } else if spec.scan_dt.is_some() {
         return Err(err(k, "only the scans compute dt"));

@@ -42,6 +42,7 @@ pub enum Kernel {
     SsmScan,
     SsmScanRows,
     SsmScanChunks,
+    SsmScanChunksWide,
     GatedDeltaNet,
     TopK,
     Reduce,
@@ -49,7 +50,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -69,6 +70,7 @@ impl Kernel {
         Kernel::SsmScan,
         Kernel::SsmScanRows,
         Kernel::SsmScanChunks,
+        Kernel::SsmScanChunksWide,
         Kernel::GatedDeltaNet,
         Kernel::TopK,
         Kernel::Reduce,
@@ -96,6 +98,7 @@ impl Kernel {
             Kernel::SsmScan => "ssm_scan",
             Kernel::SsmScanRows => "ssm_scan_rows",
             Kernel::SsmScanChunks => "ssm_scan_chunks",
+            Kernel::SsmScanChunksWide => "ssm_scan_chunks_wide",
             Kernel::GatedDeltaNet => "gated_delta_net",
             Kernel::TopK => "top_k",
             Kernel::Reduce => "reduce",
@@ -117,6 +120,17 @@ impl Kernel {
         )
     }
 
+    /// True for the selective scan's kernels (one parameter layout, `ldt` for dt).
+    pub fn is_scan(self) -> bool {
+        matches!(
+            self,
+            Kernel::SsmScan
+                | Kernel::SsmScanRows
+                | Kernel::SsmScanChunks
+                | Kernel::SsmScanChunksWide
+        )
+    }
+
     /// True for kernels that pass each result through `epi(i, v)` as they write it (see
     /// [`EpilogueSpec`]).
     pub fn applies_epilogue(self) -> bool {
@@ -133,6 +147,7 @@ impl Kernel {
                 | Kernel::SsmScan
                 | Kernel::SsmScanRows
                 | Kernel::SsmScanChunks
+                | Kernel::SsmScanChunksWide
         )
     }
 
@@ -158,6 +173,7 @@ impl Kernel {
             Kernel::SsmScan => include_str!("kernels/ssm_scan.wgsl"),
             Kernel::SsmScanRows => include_str!("kernels/ssm_scan_rows.wgsl"),
             Kernel::SsmScanChunks => include_str!("kernels/ssm_scan_chunks.wgsl"),
+            Kernel::SsmScanChunksWide => include_str!("kernels/ssm_scan_chunks_wide.wgsl"),
             Kernel::GatedDeltaNet => include_str!("kernels/gated_delta_net.wgsl"),
             Kernel::TopK => include_str!("kernels/top_k.wgsl"),
             Kernel::Reduce => include_str!("kernels/reduce.wgsl"),

@@ -188,12 +188,17 @@ fn variants() -> Vec<Spec> {
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanRows, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanChunks, vec![arena(DType::F32); 6]));
+    v.push(Spec::new(
+        Kernel::SsmScanChunksWide,
+        vec![arena(DType::F32); 6],
+    ));
     v.push(conv_in_cache());
     // the state read and written in its cache, rows picked by slots
     for k in [
         Kernel::SsmScan,
         Kernel::SsmScanRows,
         Kernel::SsmScanChunks,
+        Kernel::SsmScanChunksWide,
         Kernel::GatedDeltaNet,
     ] {
         v.push(state_in_cache(k));
@@ -301,6 +306,7 @@ fn variants() -> Vec<Spec> {
         (Kernel::SsmScanRows, DType::F16, false),
         (Kernel::SsmScanRows, DType::Q8_0, true),
         (Kernel::SsmScanChunks, DType::Q8_0, false),
+        (Kernel::SsmScanChunksWide, DType::F16, false),
         (Kernel::SsmScan, DType::F16, true),
     ] {
         let mut s = state_in_cache(k);
@@ -548,7 +554,15 @@ fn variants_applying_epilogues() -> Vec<Spec> {
         Spec::new(Kernel::SsmConv, vec![arena(DType::F32), ext(0, DType::F32)]),
     ];
     v.push(conv_in_cache());
-    v.extend([Kernel::SsmScan, Kernel::SsmScanRows, Kernel::SsmScanChunks].map(state_in_cache));
+    v.extend(
+        [
+            Kernel::SsmScan,
+            Kernel::SsmScanRows,
+            Kernel::SsmScanChunks,
+            Kernel::SsmScanChunksWide,
+        ]
+        .map(state_in_cache),
+    );
     assert!(Kernel::ALL.iter().all(|k| {
         let pair = matches!(k, Kernel::MatMulPair | Kernel::MatMulIdPair);
         k.applies_epilogue() == (v.iter().any(|s| s.kernel == *k) || pair)

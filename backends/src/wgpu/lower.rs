@@ -12,8 +12,8 @@ use weft_shaders::{EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSp
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
 pub const MAX_PARAMS: usize = 256;
 
-/// Prompts of at least this many tokens run Mamba1's scan in chunks (`ssm_scan_chunks`): 16
-/// chunks of at least two tokens each.
+/// Prompts of at least this many tokens run the selective scan in 16 chunks of at least two
+/// tokens each (`ssm_scan_chunks` for Mamba1's states, `ssm_scan_chunks_wide` for Mamba2's).
 pub const SCAN_CHUNKS_FROM: usize = 32;
 
 /// One dispatch, before pipelines and bind groups exist.
@@ -568,8 +568,11 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             // small states (Mamba1) in one thread's registers, a long prompt's tokens in
             // chunks scanned side by side; larger states over a workgroup
             let rows = sn * h * pp;
-            if n <= 16 && xd[1] >= SCAN_CHUNKS_FROM {
+            let long = xd[1] >= SCAN_CHUNKS_FROM;
+            if n <= 16 && long {
                 (Kernel::SsmScanChunks, p, rows.div_ceil(8) as u32)
+            } else if n > 32 && n <= 128 && long {
+                (Kernel::SsmScanChunksWide, p, rows as u32)
             } else if n <= 32 {
                 (Kernel::SsmScanRows, p, threads(rows))
             } else {

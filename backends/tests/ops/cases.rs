@@ -808,6 +808,12 @@ pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     // states over 32 (the GPU spreads them over a workgroup instead of one thread)
     ssm_scan_case(be, 2, 3, 2, 4, 96, 1, false, 34);
     ssm_scan_case(be, 1, 2, 3, 1, 40, 1, true, 35);
+    // prompts long enough that the GPU scans them in 16 chunks side by side (states up to
+    // 128): uneven chunks over grouped B and C, empty last chunks with states that leave lanes
+    // idle, and the largest state
+    ssm_scan_case(be, 2, 77, 4, 3, 64, 2, false, 38);
+    ssm_scan_case(be, 1, 33, 2, 3, 40, 1, true, 39);
+    ssm_scan_case(be, 1, 40, 2, 2, 128, 1, false, 40);
 }
 
 /// A cache of `rows` rows of `d` random values for a state kept in place, its buffer and
@@ -1503,6 +1509,7 @@ pub fn epilogues(be: &mut dyn Backend) {
         (12, 1, 16, false, 3),
         (12, 1, 16, false, 47),
         (2, 4, 96, true, 3),
+        (2, 4, 96, true, 47),
     ] {
         let s = 2;
         let slots = [2, 0];

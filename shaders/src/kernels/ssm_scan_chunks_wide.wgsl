@@ -1,0 +1,129 @@
+// Selective scan of a long prompt for wide states (32 < N ≤ 128, Mamba2's): one workgroup of
+// 256 threads per (sequence, head, p) splits the tokens into 16 chunks scanned side by side,
+// 16 lanes per chunk, lane l holding states n = l, l + 16, … (at most 8) in registers. Each
+// chunk is scanned twice, as in `ssm_scan_chunks`:
+// 1. from a zero state, keeping the chunk's end state and Σ dt (the chunk decays a state by
+//    exp(A·Σ dt)), with no reduction;
+// 2. from the state before the chunk (the row's initial state carried through the earlier
+//    chunks' ends and decays), summing y = Σ_n state·C over the chunk's 16 lanes per token.
+// Per token: state = state·exp(dt·A) + dt·B·x.
+// Sources, parameters and the form with slots: as `ssm_scan`'s.
+
+const LANES: u32 = 16u;
+const CHUNKS: u32 = 16u;
+
+// per chunk: its end state from zero (128 floats) and its Σ dt
+var<workgroup> ends: array<f32, 2048>;
+var<workgroup> spans: array<f32, 16>;
+var<workgroup> red: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = wid.y * nwg.x + wid.x;
+    let lane = lid.x % LANES;
+    let c = lid.x / LANES;
+    let t_ = pu(1u);
+    let h_ = pu(2u);
+    let p_ = pu(3u);
+    let n_ = pu(4u);
+    let g_ = pu(5u);
+    let ok = g < pu(0u) * h_ * p_;
+    let p = g % p_;
+    let sh = g / p_;
+    let h = sh % h_;
+    let s = sh / h_;
+    let grp = h / (h_ / g_);
+    let len = (t_ + CHUNKS - 1u) / CHUNKS;
+    let t0 = min(c * len, t_);
+    let t1 = min(t0 + len, t_);
+    var state: array<f32, 8>;
+    var a: array<f32, 8>;
+    var span = 0.0;
+    if (ok) {
+        for (var r = 0u; r < 8u; r++) {
+            let n = lane + LANES * r;
+            if (n < n_) {
+                a[r] = ld3(pu(10u) + select(h, h * n_ + n, pu(6u) == 1u));
+            }
+        }
+        for (var t = t0; t < t1; t++) {
+            let tok = s * t_ + t;
+            let dt = ldt(tok, h);
+            let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
+            let bc = (tok * g_ + grp) * n_;
+            for (var r = 0u; r < 8u; r++) {
+                let n = lane + LANES * r;
+                if (n < n_) {
+                    state[r] = state[r] * exp(dt * a[r]) + ld4(pu(11u) + bc + n) * xd;
+                }
+            }
+            span += dt;
+        }
+    }
+    for (var r = 0u; r < 8u; r++) {
+        ends[c * 128u + lane + LANES * r] = state[r];
+    }
+    if (lane == 0u) {
+        spans[c] = span;
+    }
+    workgroupBarrier();
+    let sbase = ((state_row(s) * h_ + h) * p_ + p) * n_;
+    if (ok) {
+        for (var r = 0u; r < 8u; r++) {
+            let n = lane + LANES * r;
+            if (n < n_) {
+                state[r] = ld0(pu(7u) + sbase + n);
+            }
+        }
+        for (var k = 0u; k < c; k++) {
+            for (var r = 0u; r < 8u; r++) {
+                let n = lane + LANES * r;
+                if (n < n_) {
+                    state[r] = state[r] * exp(spans[k] * a[r]) + ends[k * 128u + n];
+                }
+            }
+        }
+    }
+    // every thread has read the initial state before the last chunk writes the new one over
+    // it (in place, the two are one cache row)
+    workgroupBarrier();
+    for (var i = 0u; i < len; i++) {
+        let t = t0 + i;
+        let live = ok && t < t1;
+        let tok = s * t_ + t;
+        var part = 0.0;
+        if (live) {
+            let dt = ldt(tok, h);
+            let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
+            let bc = (tok * g_ + grp) * n_;
+            for (var r = 0u; r < 8u; r++) {
+                let n = lane + LANES * r;
+                if (n < n_) {
+                    state[r] = state[r] * exp(dt * a[r]) + ld4(pu(11u) + bc + n) * xd;
+                    part += state[r] * ld5(pu(12u) + bc + n);
+                }
+            }
+        }
+        red[lid.x] = part;
+        workgroupBarrier();
+        for (var w = LANES / 2u; w > 0u; w >>= 1u) {
+            if (lane < w) {
+                red[lid.x] += red[lid.x + w];
+            }
+            workgroupBarrier();
+        }
+        if (live && lane == 0u) {
+            let o = (tok * h_ + h) * p_ + p;
+            st(pu(13u) + o, epi(o, red[lid.x]));
+        }
+        workgroupBarrier();
+    }
+    if (ok && c == CHUNKS - 1u) {
+        for (var r = 0u; r < 8u; r++) {
+            let n = lane + LANES * r;
+            if (n < n_) {
+                state_put(sbase + n, state[r]);
+            }
+        }
+    }
+}
