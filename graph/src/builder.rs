@@ -867,7 +867,10 @@ impl GraphBuilder {
         }
         let ny = s * t * h * p;
         let out = self.push_new(
-            Op::SsmScan { dt_proj: None },
+            Op::SsmScan {
+                dt_proj: None,
+                bc_norm: None,
+            },
             &[state, x, dt, a, b, c],
             &[ny + s * h * p * n],
             DType::F32,

@@ -23,7 +23,7 @@ pub use error::{GraphError, Result};
 pub use graph::{Graph, Node, NodeId, Tensor};
 pub use layout::{Layout, Shape};
 pub use op::{
-    Access, BinaryOp, BufferId, DeltaForm, DeltaGates, Epilogue, FusedProgram, Instr, NormKind, Op,
-    QkNorm, ReduceOp, RopeMode, RopeParams, ScanDt, UnaryOp, XNorm, XProgram,
+    Access, BcNorm, BinaryOp, BufferId, DeltaForm, DeltaGates, Epilogue, FusedProgram, Instr,
+    NormKind, Op, QkNorm, ReduceOp, RopeMode, RopeParams, ScanDt, UnaryOp, XNorm, XProgram,
 };
 pub use plan::{Plan, PlanOptions, Slot, plan};

@@ -386,9 +386,12 @@ pub enum Op {
     /// `y [S, T, H, P]` alone.
     ///
     /// With `dt_proj` (made by the `scan_dt` pass, never by the builder), `dt` is computed as
-    /// the scan reads it, from a projection (see [`ScanDt`]).
+    /// the scan reads it, from a projection (see [`ScanDt`]). With `bc_norm` (made by the
+    /// `scan_bc_norm` pass), `b` and `c` are raw and each row of `N` is normalised as the scan
+    /// reads it (see [`BcNorm`]).
     SsmScan {
         dt_proj: Option<Box<ScanDt>>,
+        bc_norm: Option<BcNorm>,
     },
     /// `[state [S, Hv, Dv, Dk], q [S, T, Hk, Dk], k [S, T, Hk, Dk], v [S, T, Hv, Dv], g [S, T, Hv],
     /// beta [S, T, Hv]]` → flat `[S·T·Hv·Dv + S·Hv·Dv·Dk]`: `y [S, T, Hv, Dv]` then the new
@@ -503,6 +506,21 @@ impl ScanDt {
         } else {
             format!("{norm}mul_mat then {}", self.program.describe())
         }
+    }
+}
+
+/// The row norm a [`Op::SsmScan`] applies to its `b` and `c` rows (Jamba's), each times its
+/// weight `[N]` when `weighted`: the weights follow the op's own sources and its projection's
+/// (`b`'s first).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BcNorm {
+    pub kind: NormKind,
+    pub weighted: [bool; 2],
+}
+
+impl BcNorm {
+    pub fn extra_sources(&self) -> usize {
+        self.weighted.iter().filter(|&&w| w).count()
     }
 }
 
@@ -631,7 +649,12 @@ impl Op {
             Op::GatedDeltaNet {
                 gates: Some(gt), ..
             } => (self, n_srcs - gt.extra_sources()),
-            Op::SsmScan { dt_proj: Some(d) } => (self, n_srcs - d.extra_sources()),
+            Op::SsmScan { dt_proj, bc_norm } => (
+                self,
+                n_srcs
+                    - dt_proj.as_ref().map_or(0, |d| d.extra_sources())
+                    - bc_norm.map_or(0, |b| b.extra_sources()),
+            ),
             op => (op, n_srcs),
         }
     }
@@ -660,8 +683,20 @@ impl Op {
                 };
                 format!("{norm}{}{pair}{then}{range}", e.inner.describe())
             }
-            Op::SsmScan { dt_proj: Some(d) } => {
-                format!("{} (dt = {})", self.name(), d.describe())
+            Op::SsmScan { dt_proj, bc_norm } if dt_proj.is_some() || bc_norm.is_some() => {
+                let mut parts = vec![];
+                if let Some(d) = dt_proj {
+                    parts.push(format!("dt = {}", d.describe()));
+                }
+                if let Some(b) = bc_norm {
+                    let norm = match b.kind {
+                        NormKind::Rms { .. } => "rms_norm",
+                        NormKind::L2 { .. } => "l2_norm",
+                        NormKind::Sum { .. } => "sum_norm",
+                    };
+                    parts.push(format!("b, c through {norm}"));
+                }
+                format!("{} ({})", self.name(), parts.join(", "))
             }
             Op::GatedDeltaNet {
                 gates: Some(gt), ..

@@ -2,7 +2,7 @@
 //! body with its placeholders filled.
 
 use crate::quant::{CHUNK_HELPERS, byte_helpers, chunk_dot, decode_body};
-use crate::{EpilogueSpec, Home, Kernel, Spec, XNormSpec};
+use crate::{BcNormSpec, EpilogueSpec, Home, Kernel, Spec, XNormSpec};
 use std::fmt::Write;
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
 
@@ -531,6 +531,51 @@ fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
     ))
 }
 
+/// The scans' `bc_norms(bc)`, the norm factors of B's and C's rows at element `bc` (1 without
+/// `Spec::bc_norm`), and `ldbn(i, f)`, `ldcn(i, f)`: element `i` (counted from params 11 and
+/// 12) times its factor and its norm's weight.
+fn bc_loaders(spec: &Spec) -> Result<String, ShaderError> {
+    let Some(BcNormSpec { kind, weights }) = spec.bc_norm else {
+        return Ok(
+            "fn bc_norms(bc: u32) -> vec2<f32> { return vec2<f32>(1.0, 1.0); }
+fn ldbn(i: u32, f: f32) -> f32 { return ld4(pu(11u) + i); }
+fn ldcn(i: u32, f: f32) -> f32 { return ld5(pu(12u) + i); }
+"
+            .into(),
+        );
+    };
+    let factor = norm_factor(spec, kind, "pu(4u)")?;
+    let mut out = format!(
+        "fn bc_factor(ss: f32) -> f32 {{ return {factor}; }}
+fn bc_norms(bc: u32) -> vec2<f32> {{
+    var sb = 0.0;
+    var sc = 0.0;
+    for (var n = 0u; n < pu(4u); n++) {{
+        let b = ld4(pu(11u) + bc + n);
+        let c = ld5(pu(12u) + bc + n);
+        sb += b * b;
+        sc += c * c;
+    }}
+    return vec2<f32>(bc_factor(sb), bc_factor(sc));
+}}
+"
+    );
+    for (j, (name, w)) in ["ldbn", "ldcn"].iter().zip(weights).enumerate() {
+        let weight = match w {
+            Some((s, at)) if s < spec.sources.len() => format!(" * ld{s}(pu({at}u) + i % pu(4u))"),
+            Some((s, _)) => return Err(err(spec.kernel, format!("norm weight source {s}"))),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "fn {name}(i: u32, f: f32) -> f32 {{ return ld{}(pu({}u) + i) * f{weight}; }}",
+            4 + j,
+            11 + j
+        );
+    }
+    Ok(out)
+}
+
 fn err(kernel: Kernel, detail: impl Into<String>) -> ShaderError {
     ShaderError {
         kernel: kernel.name(),
@@ -736,8 +781,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     }
     if k.is_scan() {
         out.push_str(&dt_loader(spec)?);
-    } else if spec.scan_dt.is_some() {
-        return Err(err(k, "only the scans compute dt"));
+        out.push_str(&bc_loaders(spec)?);
+    } else if spec.scan_dt.is_some() || spec.bc_norm.is_some() {
+        return Err(err(k, "only the scans compute dt, or normalise B and C"));
     }
     let mut body = k.source().to_string();
     match k {

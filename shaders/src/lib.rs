@@ -232,9 +232,20 @@ pub struct Spec {
     pub gates: Option<Box<[EpilogueSpec; 2]>>,
     /// A scan's `dt` computed from its projection as the kernel reads it (`ldt(tok, h)`).
     pub scan_dt: Option<Box<ScanDtSpec>>,
+    /// A scan's B and C rows normalised as the kernel reads them (`ldbn`, `ldcn` with the
+    /// factors from `bc_norms`).
+    pub bc_norm: Option<BcNormSpec>,
     /// A `matmul` (decode) whose activation row is computed by a program as it reads it
     /// (`ld0`, after `prologue` has taken the norm factors of the program's head).
     pub x_prog: Option<Box<XProgSpec>>,
+}
+
+/// See [`Spec::bc_norm`]: the norm, and each weight's source and the parameter word of its
+/// offset (B's, then C's).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BcNormSpec {
+    pub kind: NormKind,
+    pub weights: [Option<(usize, u32)>; 2],
 }
 
 /// See [`Spec::x_prog`]. `Load(0)` is source 0 at the element read (times its norm group's
@@ -302,7 +313,10 @@ impl Spec {
         let gates = self.gates.as_ref().map(|g| g[0].first);
         let dt = self.scan_dt.as_ref().map(|d| d.weight);
         let x = self.x_prog.as_ref().map(|x| x.program.first);
-        [Some(self.sources.len()), weight, first, gates, dt, x]
+        let bc = self
+            .bc_norm
+            .and_then(|b| b.weights.into_iter().flatten().map(|(j, _)| j).min());
+        [Some(self.sources.len()), weight, first, gates, dt, x, bc]
             .into_iter()
             .flatten()
             .min()
@@ -333,6 +347,7 @@ impl Spec {
             gates: None,
             scan_dt: None,
             x_prog: None,
+            bc_norm: None,
         }
     }
 }

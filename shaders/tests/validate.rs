@@ -5,7 +5,8 @@
 
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
 use weft_shaders::{
-    EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec, generate,
+    BcNormSpec, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec,
+    generate,
 };
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -317,6 +318,12 @@ fn variants() -> Vec<Spec> {
         s.sources.extend([ext(2, DType::F32), arena(DType::F32)]);
         s.externals = 3;
         let (n, nu) = (norm as usize, norm as u32);
+        // (and with the dt norm, B's and C's: their weights' parameter words, after the
+        // epilogue's, reusing the dt norm's weight as a source)
+        s.bc_norm = norm.then_some(BcNormSpec {
+            kind: NormKind::Rms { eps: 1e-6 },
+            weights: [Some((8, 45)), Some((8, 46))],
+        });
         s.scan_dt = Some(Box::new(ScanDtSpec {
             weight: 7,
             params: 16,

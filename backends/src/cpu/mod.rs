@@ -351,14 +351,17 @@ impl CpuBackend {
             let rows = &mut bytemuck::cast_slice_mut::<u8, f32>(cache.bytes_mut())
                 [layout.offset..layout.offset + layout.shape.numel()];
             match op {
-                Op::SsmScan { dt_proj } => {
+                Op::SsmScan { dt_proj, bc_norm } => {
                     // (x is source 0 here, the cache being left out)
                     let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
                         .iter()
                         .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
                         .collect::<Result<_>>()?;
                     let dt = scan_dt(dt_proj, srcs, 0, &extra)?;
+                    let more = dt_proj.as_ref().map_or(0, |d| d.extra_sources());
+                    let bc = scan_bc(bc_norm, srcs, 3, &extra[more..]);
                     let srcs = with_source(srcs, 1, dt.as_ref());
+                    let srcs = with_qk(&srcs, 3, bc.as_ref());
                     ssm::ssm_scan_cached(rows, &slots, &srcs, &node.name, &mut y)
                 }
                 Op::GatedDeltaNet {
@@ -687,6 +690,30 @@ fn normed_rows(n: weft_graph::XNorm, x: &TensorRef, weight: Option<&TensorRef>) 
     v
 }
 
+/// A scan's `b` and `c` rows normalised, each times its weight (`Op::SsmScan::bc_norm`):
+/// `srcs` the op's own sources with `b` at `b_at`, `weights` from the norms' weights on.
+fn scan_bc(
+    bc_norm: &Option<weft_graph::BcNorm>,
+    srcs: &[TensorRef],
+    b_at: usize,
+    weights: &[TensorRef],
+) -> Option<SourcePair> {
+    let b = (*bc_norm)?;
+    let mut w = weights.iter();
+    Some([0, 1].map(|j| {
+        let weight = if b.weighted[j] { w.next() } else { None };
+        let n = weft_graph::XNorm {
+            kind: b.kind,
+            weighted: b.weighted[j],
+        };
+        let x = &srcs[b_at + j];
+        (
+            normed_rows(n, x, weight),
+            Layout::contiguous(x.layout.shape),
+        )
+    }))
+}
+
 /// `srcs` with source `at` replaced by `value`, when given.
 fn with_source<'a>(
     srcs: &[TensorRef<'a>],
@@ -762,10 +789,13 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
         }
         Op::Concat { dim } => elementwise::concat(&s[0], &s[1], *dim, f32s(out)),
         Op::SsmConv => ssm::ssm_conv(&s[0], &s[1], f32s(out)),
-        Op::SsmScan { dt_proj } => {
-            let own = s.len() - dt_proj.as_ref().map_or(0, |d| d.extra_sources());
+        Op::SsmScan { dt_proj, bc_norm } => {
+            let own = op.core(s.len()).1;
             let dt = scan_dt(dt_proj, &s[..own], 1, &s[own..])?;
-            ssm::ssm_scan(&with_source(&s[..own], 2, dt.as_ref()), f32s(out))
+            let more = own + dt_proj.as_ref().map_or(0, |d| d.extra_sources());
+            let bc = scan_bc(bc_norm, &s[..own], 4, &s[more..]);
+            let srcs = with_source(&s[..own], 2, dt.as_ref());
+            ssm::ssm_scan(&with_qk(&srcs, 4, bc.as_ref()), f32s(out))
         }
         Op::GatedDeltaNet {
             form,

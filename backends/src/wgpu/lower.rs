@@ -7,7 +7,9 @@ use weft_graph::{
     BufferId, DType, DeltaForm, FusedProgram, Graph, Instr, Layout, NodeId, NormKind, Op, Plan,
     ReduceOp, RopeMode,
 };
-use weft_shaders::{EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec};
+use weft_shaders::{
+    BcNormSpec, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec,
+};
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
 pub const MAX_PARAMS: usize = 256;
@@ -154,6 +156,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     let mut qk = None;
     let mut gates: Option<[EpilogueSpec; 2]> = None;
     let mut scan_dt = None;
+    let mut bc = None;
     let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
@@ -492,7 +495,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             ];
             (Kernel::SsmConv, p, threads(total))
         }
-        Op::SsmScan { dt_proj } => {
+        Op::SsmScan { dt_proj, bc_norm } => {
             let (xd, ad, bd) = (dims(1), dims(3), dims(4));
             let [sn, h, pp, n] = [xd[0], xd[2], xd[3], bd[3]];
             if n > 256 {
@@ -564,6 +567,22 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                     program,
                     x_norm,
                 }));
+            }
+            // B's and C's norms: their weights after the projection's sources
+            if let Some(b) = bc_norm {
+                let mut at = s.len() + dt_proj.as_ref().map_or(0, |d| d.extra_sources());
+                let mut weights = [None; 2];
+                for (j, w) in weights.iter_mut().enumerate() {
+                    if b.weighted[j] {
+                        *w = Some((c.sources.len(), p.len() as u32));
+                        p.push(c.src(node.srcs[at]));
+                        at += 1;
+                    }
+                }
+                bc = Some(BcNormSpec {
+                    kind: b.kind,
+                    weights,
+                });
             }
             // small states (Mamba1) in one thread's registers, a long prompt's tokens in
             // chunks scanned side by side; larger states over a workgroup
@@ -761,6 +780,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     spec.gates = gates.map(Box::new);
     spec.scan_dt = scan_dt;
     spec.x_prog = x_prog;
+    spec.bc_norm = bc;
     spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));

@@ -1574,8 +1574,9 @@ pub fn epilogues(be: &mut dyn Backend) {
 /// Mamba1's step with `dt = softplus(x_dbl[.., :K]·Wᵀ + bias)` computed by the scan as it reads
 /// it (`scan_dt`), the scan on its cache with its skip and gate: one dispatch for a decode step.
 /// F16 and Q8_0 weights; one sequence of one token, and two of two (still computed in the scan,
-/// whose B and C are then copied out of `x_dbl` first); and Jamba's, whose dt columns are
-/// normalised (times a weight) first.
+/// whose B and C are then copied out of `x_dbl` first); and Jamba's, whose dt columns, B and C
+/// are normalised (each times a weight) first, the scan normalising B and C as it reads them
+/// (`scan_bc_norm`).
 pub fn ssm_scan_dt(be: &mut dyn Backend) {
     let mut rg = rng(61);
     for (s, t, k, dtype, norm) in [
@@ -1609,8 +1610,16 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
         let dt = c.b.add(dt, bias).unwrap();
         let dt = c.b.softplus(dt).unwrap();
         let strides = [t * row, row, n, 1];
-        let bm = c.b.view(xdbl, &[s, t, 1, n], &strides, k).unwrap();
-        let cm = c.b.view(xdbl, &[s, t, 1, n], &strides, k + n).unwrap();
+        let mut bm = c.b.view(xdbl, &[s, t, 1, n], &strides, k).unwrap();
+        let mut cm = c.b.view(xdbl, &[s, t, 1, n], &strides, k + n).unwrap();
+        let (bw, bwn) = c.input(&mut rg, "b_norm", &[n]);
+        let (cw, cwn) = c.input(&mut rg, "c_norm", &[n]);
+        if norm {
+            for (x, w) in [(&mut bm, bw), (&mut cm, cw)] {
+                *x = c.b.rms_norm(*x, 1e-6).unwrap();
+                *x = c.b.mul(*x, w).unwrap();
+            }
+        }
         let state = load_state(&mut c, cache, ids, &[s, h, 1, n]);
         let (y, ns) = c.b.ssm_scan(state, x, dt, a, bm, cm).unwrap();
         store_state(&mut c, cache, ns, ids);
@@ -1639,7 +1648,11 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
         let dtn = zip_broadcast(&r::matmul(&xrn, &wn), &biasn, |p, b| {
             r::unary("softplus", p + b, (0.0, 0.0))
         });
-        let (bn, cn) = (part(k, n, &[s, t, 1, n]), part(k + n, n, &[s, t, 1, n]));
+        let (mut bn, mut cn) = (part(k, n, &[s, t, 1, n]), part(k + n, n, &[s, t, 1, n]));
+        if norm {
+            bn = zip_broadcast(&r::rms_norm(&bn, 1e-6), &bwn, |x, w| x * w);
+            cn = zip_broadcast(&r::rms_norm(&cn, 1e-6), &cwn, |x, w| x * w);
+        }
         let stn = gather_state(&cache_n, &slots[..s], &[s, h, 1, n]);
         let (wy, ws) = r::ssm_scan(&stn, &xn, &dtn, &an, &bn, &cn);
         let skip = zip_broadcast(&xn, &dn, |x, d| x * d);

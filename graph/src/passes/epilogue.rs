@@ -22,7 +22,13 @@ fn carries_epilogue(n: &Node) -> Option<usize> {
     let (op, own) = n.op.core(n.srcs.len());
     let ok = match (&n.op, op) {
         (_, Op::MatMul | Op::MatMulId | Op::SsmConv) => true,
-        (_, Op::SsmScan { dt_proj: None }) => own == 7,
+        (
+            _,
+            Op::SsmScan {
+                dt_proj: None,
+                bc_norm: None,
+            },
+        ) => own == 7,
         (Op::Epilogue(e), Op::MatMulCat) => e.pair,
         _ => false,
     };

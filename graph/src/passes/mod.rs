@@ -6,8 +6,9 @@
 //! residual adds into matmuls → elementwise epilogues into their producers (over part of a
 //! mat-vec's output, then whole results), and their elementwise sources into them → row norms
 //! into the mat-vecs they feed, other elementwise programs into the mat-vecs that read them
-//! alone, Mamba1's dt projection into its scan, and q/k norms and gates into the delta rule →
-//! dead-node removal (the seventeen fusing passes only with [`PassOptions::fuse`]).
+//! alone, Mamba1's dt projection and Jamba's B/C norms into the scan, and q/k norms and gates
+//! into the delta rule → dead-node removal (the eighteen fusing passes only with
+//! [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
@@ -24,6 +25,7 @@ mod matvec_input;
 mod norm_input;
 mod rope_attention;
 mod rope_pair;
+mod scan_bc_norm;
 mod scan_dt;
 mod softmax_gather;
 mod state_in_place;
@@ -45,6 +47,7 @@ pub use matvec_input::{MAX_X_GROUPS, MAX_X_SOURCES, matvec_input};
 pub use norm_input::norm_input;
 pub use rope_attention::rope_attention;
 pub use rope_pair::rope_pair;
+pub use scan_bc_norm::scan_bc_norm;
 pub use scan_dt::{MAX_SCAN_DT_TOKENS, scan_dt};
 pub use softmax_gather::softmax_gather;
 pub use state_in_place::state_in_place;
@@ -85,7 +88,8 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
         let g = remove_dead(&epilogue_range(&matmul_add(&g)));
         let g = remove_dead(&epilogue(&g));
         let g = matvec_input(&norm_input(&epilogue_inputs(&g)));
-        remove_dead(&delta_gates(&delta_qk_norm(&scan_dt(&g))))
+        let g = scan_bc_norm(&scan_dt(&g));
+        remove_dead(&delta_gates(&delta_qk_norm(&g)))
     } else {
         g
     }

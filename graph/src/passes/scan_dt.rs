@@ -31,7 +31,14 @@ fn projection(
     id: NodeId,
 ) -> Option<Proj> {
     let n = g.node(id);
-    let (Op::SsmScan { dt_proj: None }, own) = n.op.core(n.srcs.len()) else {
+    let (
+        Op::SsmScan {
+            dt_proj: None,
+            bc_norm: None,
+        },
+        own,
+    ) = n.op.core(n.srcs.len())
+    else {
         return None;
     };
     let x = g.node(n.srcs[1]);
@@ -117,6 +124,7 @@ pub fn scan_dt(g: &Graph) -> Graph {
         node.srcs = srcs.iter().map(|&s| rw.get(s)).collect();
         let scan = Op::SsmScan {
             dt_proj: Some(Box::new(p.dt)),
+            bc_norm: None,
         };
         node.op = match node.op {
             Op::Epilogue(e) => Op::Epilogue(Box::new(Epilogue {
@@ -137,7 +145,7 @@ mod tests {
     use crate::dtype::DType;
 
     /// Mamba1's scan over `t` tokens with `dt = softplus(x_dbl[.., :k]·Wᵀ + bias)`, the
-    /// columns normalised first with `norm` (Jamba's).
+    /// columns normalised first with `norm` (Jamba's, which normalises B and C too).
     fn mamba1_scan(t: usize, norm: bool) -> Vec<String> {
         let mut b = GraphBuilder::new();
         let (s, h, n, k) = (1, 8, 4, 3);
@@ -158,7 +166,14 @@ mod tests {
             b.view(xdbl, &[s, t, 1, n], &[t * row, row, n, 1], at)
                 .unwrap()
         };
-        let (bm, cm) = (bc(&mut b, k), bc(&mut b, k + n));
+        let (mut bm, mut cm) = (bc(&mut b, k), bc(&mut b, k + n));
+        if norm {
+            for (x, name) in [(&mut bm, "b_norm"), (&mut cm, "c_norm")] {
+                let w = b.input(name, &[n], DType::F32).unwrap();
+                *x = b.rms_norm(*x, 1e-6).unwrap();
+                *x = b.mul(*x, w).unwrap();
+            }
+        }
         let dt = b.matmul(xr, w).unwrap();
         let dt = b.add(dt, bias).unwrap();
         let dt = b.softplus(dt).unwrap();
@@ -176,7 +191,9 @@ mod tests {
         );
         assert_eq!(
             mamba1_scan(1, true),
-            ["ssm_scan (dt = rms_norm → mul_mat then softplus(add(%0, %1)))"]
+            [
+                "ssm_scan (dt = rms_norm → mul_mat then softplus(add(%0, %1)), b, c through rms_norm)"
+            ]
         );
     }
 

@@ -7,7 +7,8 @@
 // With source 6, slots I32 [S] (param 15 its offset), source 0 is the state cache [R, H·P·N]:
 // sequence s reads and writes row slots[s] (the generator's `state_row` and `state_put`).
 // dt is read through `ldt(tok, h)`: source 2 as it is, or computed from its projection
-// (`Spec::scan_dt`).
+// (`Spec::scan_dt`); B and C through `ldbn`/`ldcn` with the factors `bc_norms` gives a token's
+// rows: the sources as they are, or each row normalised (`Spec::bc_norm`).
 
 var<workgroup> red: array<f32, 64>;
 
@@ -42,11 +43,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let dt = ldt(tok, h);
             let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
             let bc = (tok * g_ + grp) * n_;
+            let f = bc_norms(bc);
             for (var r = 0u; r < 4u; r++) {
                 let n = lid.x + 64u * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(dt * a[r]) + ld4(pu(11u) + bc + n) * xd;
-                    part += state[r] * ld5(pu(12u) + bc + n);
+                    state[r] = state[r] * exp(dt * a[r]) + ldbn(bc + n, f.x) * xd;
+                    part += state[r] * ldcn(bc + n, f.y);
                 }
             }
         }

@@ -51,10 +51,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let dt = ldt(tok, h);
             let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
             let bc = (tok * g_ + grp) * n_;
+            let f = bc_norms(bc);
             for (var r = 0u; r < 8u; r++) {
                 let n = lane + LANES * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(dt * a[r]) + ld4(pu(11u) + bc + n) * xd;
+                    state[r] = state[r] * exp(dt * a[r]) + ldbn(bc + n, f.x) * xd;
                 }
             }
             span += dt;
@@ -96,11 +97,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let dt = ldt(tok, h);
             let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
             let bc = (tok * g_ + grp) * n_;
+            let f = bc_norms(bc);
             for (var r = 0u; r < 8u; r++) {
                 let n = lane + LANES * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(dt * a[r]) + ld4(pu(11u) + bc + n) * xd;
-                    part += state[r] * ld5(pu(12u) + bc + n);
+                    state[r] = state[r] * exp(dt * a[r]) + ldbn(bc + n, f.x) * xd;
+                    part += state[r] * ldcn(bc + n, f.y);
                 }
             }
         }

@@ -32,10 +32,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let dt = ldt(tok, h);
         let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
         let bc = (tok * g_ + grp) * n_;
+        let f = bc_norms(bc);
         var y = 0.0;
         for (var n = 0u; n < n_; n++) {
-            state[n] = state[n] * exp(dt * a[n]) + ld4(pu(11u) + bc + n) * xd;
-            y += state[n] * ld5(pu(12u) + bc + n);
+            state[n] = state[n] * exp(dt * a[n]) + ldbn(bc + n, f.x) * xd;
+            y += state[n] * ldcn(bc + n, f.y);
         }
         let at = (tok * h_ + h) * p_ + p;
         st(pu(13u) + at, epi(at, y));
