@@ -4,11 +4,11 @@
 //! (`Epilogue::x_prog`): one dispatch instead of two. (A norm over the whole row, with at
 //! most a weight, is `norm_input`'s.)
 
+use super::norm_input::{computing_row, row_node};
 use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, Node, NodeId};
-use crate::layout::Layout;
-use crate::op::{Epilogue, NormKind, Op, XProgram};
+use crate::op::{NormKind, Op, XProgram};
 
 /// Most sources the row's program may read.
 pub const MAX_X_SOURCES: usize = 4;
@@ -31,18 +31,6 @@ fn takes_program(g: &Graph, n: &Node) -> bool {
     own <= 3 && free && x.numel() == x.last()
 }
 
-/// The program node feeding mat-vec `id`'s row, read directly or through a dense reshaping
-/// view, and that view.
-fn program_node(g: &Graph, id: NodeId) -> (NodeId, Option<NodeId>) {
-    let s = g.node(id).srcs[0];
-    let sn = g.node(s);
-    if sn.op.is_view() {
-        (sn.srcs[0], Some(s))
-    } else {
-        (s, None)
-    }
-}
-
 fn row_program(
     g: &Graph,
     consumers: &[Vec<NodeId>],
@@ -53,7 +41,7 @@ fn row_program(
     if !takes_program(g, n) {
         return None;
     }
-    let (p, view) = program_node(g, id);
+    let (p, view) = row_node(g, id);
     let pn = g.node(p);
     let program = pn.op.program()?;
     let raw = g.node(pn.srcs[0]);
@@ -91,47 +79,12 @@ pub fn matvec_input(g: &Graph) -> Graph {
     let is_output = g.output_mask();
     let find = |id| {
         let xp = row_program(g, &consumers, &is_output, id)?;
-        let (p, view) = program_node(g, id);
+        let (p, view) = row_node(g, id);
         Some((xp, [p].into_iter().chain(view).collect()))
     };
     let emit = |rw: &mut Rewriter, id: NodeId, xp: XProgram| {
-        let n = g.node(id);
-        let (p, _) = program_node(g, id);
-        let pn = g.node(p);
-        let mut e = match &n.op {
-            Op::Epilogue(e) => (**e).clone(),
-            op => Epilogue::identity(op.clone(), n.srcs.len()),
-        };
-        // the program's first source viewed as the row, the op's other sources, the program's
-        // other sources, the epilogue's
-        let raw = pn.srcs[0];
-        let row = rw.push(Node {
-            op: Op::View,
-            srcs: vec![rw.get(raw)],
-            layout: Layout {
-                offset: g.node(raw).layout.offset,
-                ..Layout::contiguous(g.node(n.srcs[0]).shape())
-            },
-            dtype: DType::F32,
-            name: format!("{}.row", pn.name),
-        });
-        let srcs: Vec<NodeId> = std::iter::once(row)
-            .chain(
-                n.srcs[1..e.inner_srcs]
-                    .iter()
-                    .chain(&pn.srcs[1..])
-                    .chain(&n.srcs[e.inner_srcs..])
-                    .map(|&s| rw.get(s)),
-            )
-            .collect();
-        e.x_prog = Some(xp);
-        rw.push(Node {
-            op: Op::Epilogue(Box::new(e)),
-            srcs,
-            layout: n.layout,
-            dtype: n.dtype,
-            name: format!("{}+{}", pn.name, n.name),
-        })
+        let pn = g.node(row_node(g, id).0);
+        computing_row(rw, g, id, &pn.srcs[1..], |e| e.x_prog = Some(xp))
     };
     merge_into(g, find, emit).unwrap_or_else(|| g.clone())
 }

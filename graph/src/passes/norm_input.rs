@@ -43,19 +43,14 @@ fn reads_row(
     normalises_row(rn) && rn.srcs[0] == x && !rn.srcs[1..].contains(&x)
 }
 
-/// For a mat-vec node, the norm node feeding its row and what it computes. The norm may feed
-/// several mat-vecs (a mixture's router and its experts): each normalises the row itself.
-fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId) -> Option<XNorm> {
-    if !normalises_row(g.node(id)) {
-        return None;
-    }
-    let x = norm_node(g, id).0;
+/// What norm node `x` computes, when it is a row norm (rms or l2) times at most a weight of
+/// one row's length: the norm, and the weight.
+pub(super) fn weighted_norm(g: &Graph, x: NodeId) -> Option<(NormKind, Option<NodeId>)> {
     let xn = g.node(x);
-    let k = xn.shape().last();
     let p = xn.op.program()?;
     let kind = p.head.filter(|k| !matches!(k, NormKind::Sum { .. }))?;
-    let weighted = match p.code[..] {
-        [Instr::Load(0)] => false,
+    let weight = match p.code[..] {
+        [Instr::Load(0)] => None,
         [
             Instr::Load(0),
             Instr::Load(1),
@@ -67,13 +62,27 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
             Instr::Binary(BinaryOp::Mul, 1, 0),
         ] => {
             let w = g.node(xn.srcs[1]);
-            if w.numel() != k || !w.layout.is_contiguous() {
+            if w.numel() != xn.shape().last() || !w.layout.is_contiguous() {
                 return None;
             }
-            true
+            Some(xn.srcs[1])
         }
         _ => return None,
     };
+    Some((kind, weight))
+}
+
+/// For a mat-vec node, the norm node feeding its row and what it computes. The norm may feed
+/// several mat-vecs (a mixture's router and its experts): each normalises the row itself.
+fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId) -> Option<XNorm> {
+    if !normalises_row(g.node(id)) {
+        return None;
+    }
+    let x = row_node(g, id).0;
+    let xn = g.node(x);
+    let k = xn.shape().last();
+    let (kind, weight) = weighted_norm(g, x)?;
+    let weighted = weight.is_some();
     let raw = g.node(xn.srcs[0]);
     let ok = xn.numel() == k
         && raw.numel() == k
@@ -86,9 +95,9 @@ fn norm_row(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId
     ok.then_some(XNorm { kind, weighted })
 }
 
-/// The norm node feeding mat-vec `id`, read directly or through a reshaping view, and that
-/// view.
-fn norm_node(g: &Graph, id: NodeId) -> (NodeId, Option<NodeId>) {
+/// The node computing mat-vec `id`'s row (a norm, a program), read directly or through a
+/// reshaping view, and that view.
+pub(super) fn row_node(g: &Graph, id: NodeId) -> (NodeId, Option<NodeId>) {
     let s = g.node(id).srcs[0];
     let sn = g.node(s);
     if sn.op.is_view() {
@@ -98,57 +107,71 @@ fn norm_node(g: &Graph, id: NodeId) -> (NodeId, Option<NodeId>) {
     }
 }
 
+/// Mat-vec `id` as an epilogue that computes its row itself (`set` says how) from the first
+/// source of the node computing it: that source viewed with the shape the op read the row in,
+/// the op's other sources, `more` (the computation's other sources), the epilogue's sources.
+pub(super) fn computing_row(
+    rw: &mut Rewriter,
+    g: &Graph,
+    id: NodeId,
+    more: &[NodeId],
+    set: impl FnOnce(&mut Epilogue),
+) -> NodeId {
+    let n = g.node(id);
+    let (x, view) = row_node(g, id);
+    let xn = g.node(x);
+    let mut e = match &n.op {
+        Op::Epilogue(e) => (**e).clone(),
+        op => Epilogue::identity(op.clone(), n.srcs.len()),
+    };
+    let raw = xn.srcs[0];
+    let shape = g.node(n.srcs[0]).shape();
+    let row = if view.is_some() || g.node(raw).shape() != shape {
+        rw.push(Node {
+            op: Op::View,
+            srcs: vec![rw.get(raw)],
+            layout: Layout {
+                offset: g.node(raw).layout.offset,
+                ..Layout::contiguous(shape)
+            },
+            dtype: DType::F32,
+            name: format!("{}.row", xn.name),
+        })
+    } else {
+        rw.get(raw)
+    };
+    let srcs = std::iter::once(row)
+        .chain(
+            n.srcs[1..e.inner_srcs]
+                .iter()
+                .chain(more)
+                .chain(&n.srcs[e.inner_srcs..])
+                .map(|&s| rw.get(s)),
+        )
+        .collect();
+    set(&mut e);
+    rw.push(Node {
+        op: Op::Epilogue(Box::new(e)),
+        srcs,
+        layout: n.layout,
+        dtype: n.dtype,
+        name: format!("{}+{}", xn.name, n.name),
+    })
+}
+
 pub fn norm_input(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let is_output = g.output_mask();
     let find = |id| {
         let norm = norm_row(g, &consumers, &is_output, id)?;
-        let (node, view) = norm_node(g, id);
+        let (node, view) = row_node(g, id);
         Some((norm, [node].into_iter().chain(view).collect()))
     };
     let emit = |rw: &mut Rewriter, id: NodeId, norm: XNorm| {
-        let n = g.node(id);
-        let (x, view) = norm_node(g, id);
-        let xn = g.node(x);
-        let mut e = match &n.op {
-            Op::Epilogue(e) => (**e).clone(),
-            op => Epilogue::identity(op.clone(), n.srcs.len()),
-        };
-        // the raw row (with the shape the op read the norm in), the op's other sources, the
-        // norm's weight, the program's sources
-        let raw = xn.srcs[0];
-        let row = match view {
-            Some(v) => {
-                let rl = g.node(raw).layout;
-                rw.push(Node {
-                    op: Op::View,
-                    srcs: vec![rw.get(raw)],
-                    layout: Layout {
-                        offset: rl.offset,
-                        ..Layout::contiguous(g.node(v).shape())
-                    },
-                    dtype: DType::F32,
-                    name: format!("{}.row", xn.name),
-                })
-            }
-            None => rw.get(raw),
-        };
-        let mut srcs = n.srcs[1..e.inner_srcs].to_vec();
-        if norm.weighted {
-            srcs.push(xn.srcs[1]);
-        }
-        srcs.extend(&n.srcs[e.inner_srcs..]);
-        e.x_norm = Some(norm);
-        let srcs = std::iter::once(row)
-            .chain(srcs.into_iter().map(|s| rw.get(s)))
-            .collect();
-        rw.push(Node {
-            op: Op::Epilogue(Box::new(e)),
-            srcs,
-            layout: n.layout,
-            dtype: n.dtype,
-            name: format!("{}+{}", xn.name, n.name),
-        })
+        // (the norm's weight before the epilogue's sources)
+        let xn = g.node(row_node(g, id).0);
+        let weight = &xn.srcs[1..1 + norm.weighted as usize];
+        computing_row(rw, g, id, weight, |e| e.x_norm = Some(norm))
     };
     merge_into(g, find, emit).unwrap_or_else(|| g.clone())
 }

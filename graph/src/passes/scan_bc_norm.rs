@@ -3,10 +3,12 @@
 //! (`Op::SsmScan::bc_norm`), two dispatches fewer per Mamba layer of a decode step. (In a
 //! prompt the raw rows are strided views of the x projection, which the scans do not read.)
 
+use super::norm_input::weighted_norm;
+use super::scan_dt::rewrite_scan;
 use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
-use crate::op::{BcNorm, BinaryOp, Epilogue, Instr, NormKind, Op};
+use crate::op::{BcNorm, NormKind, Op};
 
 /// A norm node `x` the scan `scan` alone reads as its `b` or `c`: its kind, its raw rows and
 /// its weight.
@@ -18,29 +20,7 @@ fn row_norm(
     scan: NodeId,
 ) -> Option<(NormKind, NodeId, Option<NodeId>)> {
     let xn = g.node(x);
-    let p = xn.op.program()?;
-    let kind = p.head.filter(|k| !matches!(k, NormKind::Sum { .. }))?;
-    let n = xn.shape().last();
-    let weight = match p.code[..] {
-        [Instr::Load(0)] => None,
-        [
-            Instr::Load(0),
-            Instr::Load(1),
-            Instr::Binary(BinaryOp::Mul, 0, 1),
-        ]
-        | [
-            Instr::Load(0),
-            Instr::Load(1),
-            Instr::Binary(BinaryOp::Mul, 1, 0),
-        ] => {
-            let w = g.node(xn.srcs[1]);
-            if w.numel() != n || !w.layout.is_contiguous() || w.dtype != DType::F32 {
-                return None;
-            }
-            Some(xn.srcs[1])
-        }
-        _ => return None,
-    };
+    let (kind, weight) = weighted_norm(g, x)?;
     let raw = g.node(xn.srcs[0]);
     let ok = xn.dtype == DType::F32
         && raw.dtype == DType::F32
@@ -83,34 +63,14 @@ pub fn scan_bc_norm(g: &Graph) -> Graph {
         Some((found, vec![n.srcs[4], n.srcs[5]]))
     };
     let emit = |rw: &mut Rewriter, id: NodeId, (norm, raw, weights): Found| {
-        let mut node = g.node(id).clone();
-        // the weights after the op's own sources and its projection's, before an epilogue's
-        let (at, dt_proj) = match &node.op {
-            Op::Epilogue(e) => (e.inner_srcs, &e.inner),
-            op => (node.srcs.len(), op),
-        };
-        let Op::SsmScan { dt_proj, .. } = dt_proj else {
-            unreachable!("found on scans");
-        };
-        let scan = Op::SsmScan {
-            dt_proj: dt_proj.clone(),
-            bc_norm: Some(norm),
-        };
-        let mut srcs = node.srcs[..at].to_vec();
-        srcs[4] = raw[0];
-        srcs[5] = raw[1];
-        srcs.extend(&weights);
-        srcs.extend(&node.srcs[at..]);
-        node.srcs = srcs.iter().map(|&s| rw.get(s)).collect();
-        node.op = match node.op {
-            Op::Epilogue(e) => Op::Epilogue(Box::new(Epilogue {
-                inner: scan,
-                inner_srcs: at + weights.len(),
-                ..*e
-            })),
-            _ => scan,
-        };
-        rw.push(node)
+        // raw B and C; the weights after the op's own sources and its projection's
+        rewrite_scan(rw, g, id, &weights, |op, srcs| {
+            srcs[4] = raw[0];
+            srcs[5] = raw[1];
+            if let Op::SsmScan { bc_norm, .. } = op {
+                *bc_norm = Some(norm);
+            }
+        })
     };
     merge_into(g, find, emit).unwrap_or_else(|| g.clone())
 }

@@ -9,7 +9,7 @@ use super::epilogue_inputs::{MAX_EXTERNALS, externals};
 use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
-use crate::op::{Epilogue, FusedProgram, Instr, NormKind, Op, ScanDt};
+use crate::op::{FusedProgram, Instr, NormKind, Op, ScanDt};
 
 /// Most tokens per sequence for which the scan computes `dt` itself (each channel's thread
 /// would otherwise repeat a matmul row's work per token).
@@ -93,6 +93,36 @@ fn projection(
     })
 }
 
+/// Scan `id` rewritten: `edit` changes its op (the scan, inside an epilogue or not) and its
+/// sources so far (its own and those its op's programs already read), and `more` go in after
+/// them, before an epilogue's.
+pub(super) fn rewrite_scan(
+    rw: &mut Rewriter,
+    g: &Graph,
+    id: NodeId,
+    more: &[NodeId],
+    edit: impl FnOnce(&mut Op, &mut [NodeId]),
+) -> NodeId {
+    let mut node = g.node(id).clone();
+    let at = match &node.op {
+        Op::Epilogue(e) => e.inner_srcs,
+        _ => node.srcs.len(),
+    };
+    let mut srcs = node.srcs[..at].to_vec();
+    let scan = match &mut node.op {
+        Op::Epilogue(e) => {
+            e.inner_srcs += more.len();
+            &mut e.inner
+        }
+        op => op,
+    };
+    edit(scan, &mut srcs);
+    srcs.extend(more);
+    srcs.extend(&node.srcs[at..]);
+    node.srcs = srcs.iter().map(|&s| rw.get(s)).collect();
+    rw.push(node)
+}
+
 pub fn scan_dt(g: &Graph) -> Graph {
     let consumers = g.consumers();
     let is_output = g.output_mask();
@@ -112,29 +142,15 @@ pub fn scan_dt(g: &Graph) -> Graph {
         Some((p, vec![n.srcs[2]]))
     };
     let emit = |rw: &mut Rewriter, id: NodeId, p: Proj| {
-        let mut node = g.node(id).clone();
-        let own = node.op.core(node.srcs.len()).1;
-        // the op's own sources (dt's replaced by the activation), the projection's, then an
-        // epilogue's
-        let mut srcs = node.srcs[..own].to_vec();
-        srcs[2] = p.x;
-        srcs.push(p.w);
-        srcs.extend(&p.srcs);
-        srcs.extend(&node.srcs[own..]);
-        node.srcs = srcs.iter().map(|&s| rw.get(s)).collect();
-        let scan = Op::SsmScan {
-            dt_proj: Some(Box::new(p.dt)),
-            bc_norm: None,
-        };
-        node.op = match node.op {
-            Op::Epilogue(e) => Op::Epilogue(Box::new(Epilogue {
-                inner: scan,
-                inner_srcs: own + 1 + p.srcs.len(),
-                ..*e
-            })),
-            _ => scan,
-        };
-        rw.push(node)
+        // dt's source replaced by the activation; the weight and the program's sources after
+        let more: Vec<NodeId> = std::iter::once(p.w).chain(p.srcs).collect();
+        rewrite_scan(rw, g, id, &more, |op, srcs| {
+            srcs[2] = p.x;
+            *op = Op::SsmScan {
+                dt_proj: Some(Box::new(p.dt)),
+                bc_norm: None,
+            };
+        })
     };
     merge_into(g, find, emit).unwrap_or_else(|| g.clone())
 }
