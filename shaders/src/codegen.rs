@@ -531,6 +531,25 @@ fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
     ))
 }
 
+/// What every scan kernel reads a row (sequence, head, p) and a token with (parameters as
+/// `ssm_scan` documents them): the row's indices and B/C group, where its state starts, where
+/// its output at token `tok` goes, and that token's dt, dt·x, B/C offset and B/C norm factors.
+const SCAN_HELPERS: &str = "struct ScanRow { s: u32, h: u32, p: u32, grp: u32 }
+fn scan_row(i: u32) -> ScanRow {
+    let sh = i / pu(3u);
+    let h = sh % pu(2u);
+    return ScanRow(sh / pu(2u), h, i % pu(3u), h / (pu(2u) / pu(5u)));
+}
+fn state_base(r: ScanRow) -> u32 { return ((state_row(r.s) * pu(2u) + r.h) * pu(3u) + r.p) * pu(4u); }
+fn scan_out(tok: u32, r: ScanRow) -> u32 { return (tok * pu(2u) + r.h) * pu(3u) + r.p; }
+struct ScanTok { dt: f32, xd: f32, bc: u32, f: vec2<f32> }
+fn scan_tok(tok: u32, r: ScanRow) -> ScanTok {
+    let dt = ldt(tok, r.h);
+    let bc = (tok * pu(5u) + r.grp) * pu(4u);
+    return ScanTok(dt, ld1(pu(8u) + scan_out(tok, r)) * dt, bc, bc_norms(bc));
+}
+";
+
 /// The scans' `bc_norms(bc)`, the norm factors of B's and C's rows at element `bc` (1 without
 /// `Spec::bc_norm`), and `ldbn(i, f)`, `ldcn(i, f)`: element `i` (counted from params 11 and
 /// 12) times its factor and its norm's weight.
@@ -780,6 +799,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         return Err(err(k, "only gated_delta_net computes gates"));
     }
     if k.is_scan() {
+        out.push_str(SCAN_HELPERS);
         out.push_str(&dt_loader(spec)?);
         out.push_str(&bc_loaders(spec)?);
     } else if spec.scan_dt.is_some() || spec.bc_norm.is_some() {

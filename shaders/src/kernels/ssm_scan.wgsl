@@ -8,7 +8,9 @@
 // sequence s reads and writes row slots[s] (the generator's `state_row` and `state_put`).
 // dt is read through `ldt(tok, h)`: source 2 as it is, or computed from its projection
 // (`Spec::scan_dt`); B and C through `ldbn`/`ldcn` with the factors `bc_norms` gives a token's
-// rows: the sources as they are, or each row normalised (`Spec::bc_norm`).
+// rows: the sources as they are, or each row normalised (`Spec::bc_norm`). All four scan
+// kernels take a row's indices, a token's inputs and their offsets from the generator's
+// `scan_row`, `scan_tok`, `state_base` and `scan_out`.
 
 var<workgroup> red: array<f32, 64>;
 
@@ -19,14 +21,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h_ = pu(2u);
     let p_ = pu(3u);
     let n_ = pu(4u);
-    let g_ = pu(5u);
     let ok = g < pu(0u) * h_ * p_;
-    let p = g % p_;
-    let sh = g / p_;
-    let h = sh % h_;
-    let s = sh / h_;
-    let grp = h / (h_ / g_);
-    let sbase = ((state_row(s) * h_ + h) * p_ + p) * n_;
+    let row = scan_row(g);
+    let h = row.h;
+    let s = row.s;
+    let sbase = state_base(row);
     var state = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     var a = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     for (var r = 0u; r < 4u; r++) {
@@ -40,15 +39,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let tok = s * t_ + t;
         var part = 0.0;
         if (ok) {
-            let dt = ldt(tok, h);
-            let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
-            let bc = (tok * g_ + grp) * n_;
-            let f = bc_norms(bc);
+            let k = scan_tok(tok, row);
             for (var r = 0u; r < 4u; r++) {
                 let n = lid.x + 64u * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(dt * a[r]) + ldbn(bc + n, f.x) * xd;
-                    part += state[r] * ldcn(bc + n, f.y);
+                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.bc + n, k.f.x) * k.xd;
+                    part += state[r] * ldcn(k.bc + n, k.f.y);
                 }
             }
         }
@@ -61,7 +57,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             workgroupBarrier();
         }
         if (ok && lid.x == 0u) {
-            let at = (tok * h_ + h) * p_ + p;
+            let at = scan_out(tok, row);
             st(pu(13u) + at, epi(at, red[0]));
         }
         workgroupBarrier();

@@ -25,13 +25,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h_ = pu(2u);
     let p_ = pu(3u);
     let n_ = pu(4u);
-    let g_ = pu(5u);
     let ok = i < pu(0u) * h_ * p_;
-    let p = i % p_;
-    let sh = i / p_;
-    let h = sh % h_;
-    let s = sh / h_;
-    let grp = h / (h_ / g_);
+    let row = scan_row(i);
+    let h = row.h;
+    let s = row.s;
     let len = (t_ + CHUNKS - 1u) / CHUNKS;
     let t0 = min(c * len, t_);
     let t1 = min(t0 + len, t_);
@@ -44,14 +41,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         for (var t = t0; t < t1; t++) {
             let tok = s * t_ + t;
-            let dt = ldt(tok, h);
-            let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
-            let bc = (tok * g_ + grp) * n_;
-            let f = bc_norms(bc);
+            let k = scan_tok(tok, row);
             for (var n = 0u; n < n_; n++) {
-                state[n] = state[n] * exp(dt * a[n]) + ldbn(bc + n, f.x) * xd;
+                state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.bc + n, k.f.x) * k.xd;
             }
-            span += dt;
+            span += k.dt;
         }
     }
     let at = (c * ROWS + j) * 16u;
@@ -60,7 +54,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     spans[c * ROWS + j] = span;
     workgroupBarrier();
-    let sbase = ((state_row(s) * h_ + h) * p_ + p) * n_;
+    let sbase = state_base(row);
     if (ok) {
         for (var n = 0u; n < n_; n++) {
             state[n] = ld0(pu(7u) + sbase + n);
@@ -79,16 +73,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (ok) {
         for (var t = t0; t < t1; t++) {
             let tok = s * t_ + t;
-            let dt = ldt(tok, h);
-            let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
-            let bc = (tok * g_ + grp) * n_;
-            let f = bc_norms(bc);
+            let k = scan_tok(tok, row);
             var y = 0.0;
             for (var n = 0u; n < n_; n++) {
-                state[n] = state[n] * exp(dt * a[n]) + ldbn(bc + n, f.x) * xd;
-                y += state[n] * ldcn(bc + n, f.y);
+                state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.bc + n, k.f.x) * k.xd;
+                y += state[n] * ldcn(k.bc + n, k.f.y);
             }
-            let o = (tok * h_ + h) * p_ + p;
+            let o = scan_out(tok, row);
             st(pu(13u) + o, epi(o, y));
         }
         if (c == CHUNKS - 1u) {

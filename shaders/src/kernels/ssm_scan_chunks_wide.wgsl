@@ -26,13 +26,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h_ = pu(2u);
     let p_ = pu(3u);
     let n_ = pu(4u);
-    let g_ = pu(5u);
     let ok = g < pu(0u) * h_ * p_;
-    let p = g % p_;
-    let sh = g / p_;
-    let h = sh % h_;
-    let s = sh / h_;
-    let grp = h / (h_ / g_);
+    let row = scan_row(g);
+    let h = row.h;
+    let s = row.s;
     let len = (t_ + CHUNKS - 1u) / CHUNKS;
     let t0 = min(c * len, t_);
     let t1 = min(t0 + len, t_);
@@ -48,17 +45,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         for (var t = t0; t < t1; t++) {
             let tok = s * t_ + t;
-            let dt = ldt(tok, h);
-            let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
-            let bc = (tok * g_ + grp) * n_;
-            let f = bc_norms(bc);
+            let k = scan_tok(tok, row);
             for (var r = 0u; r < 8u; r++) {
                 let n = lane + LANES * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(dt * a[r]) + ldbn(bc + n, f.x) * xd;
+                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.bc + n, k.f.x) * k.xd;
                 }
             }
-            span += dt;
+            span += k.dt;
         }
     }
     for (var r = 0u; r < 8u; r++) {
@@ -68,7 +62,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         spans[c] = span;
     }
     workgroupBarrier();
-    let sbase = ((state_row(s) * h_ + h) * p_ + p) * n_;
+    let sbase = state_base(row);
     if (ok) {
         for (var r = 0u; r < 8u; r++) {
             let n = lane + LANES * r;
@@ -94,15 +88,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let tok = s * t_ + t;
         var part = 0.0;
         if (live) {
-            let dt = ldt(tok, h);
-            let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
-            let bc = (tok * g_ + grp) * n_;
-            let f = bc_norms(bc);
+            let k = scan_tok(tok, row);
             for (var r = 0u; r < 8u; r++) {
                 let n = lane + LANES * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(dt * a[r]) + ldbn(bc + n, f.x) * xd;
-                    part += state[r] * ldcn(bc + n, f.y);
+                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.bc + n, k.f.x) * k.xd;
+                    part += state[r] * ldcn(k.bc + n, k.f.y);
                 }
             }
         }
@@ -115,7 +106,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             workgroupBarrier();
         }
         if (live && lane == 0u) {
-            let o = (tok * h_ + h) * p_ + p;
+            let o = scan_out(tok, row);
             st(pu(13u) + o, epi(o, red[lid.x]));
         }
         workgroupBarrier();

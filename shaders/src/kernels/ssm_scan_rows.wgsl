@@ -11,16 +11,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h_ = pu(2u);
     let p_ = pu(3u);
     let n_ = pu(4u);
-    let g_ = pu(5u);
     if (i >= pu(0u) * h_ * p_) {
         return;
     }
-    let p = i % p_;
-    let sh = i / p_;
-    let h = sh % h_;
-    let s = sh / h_;
-    let grp = h / (h_ / g_);
-    let sbase = ((state_row(s) * h_ + h) * p_ + p) * n_;
+    let row = scan_row(i);
+    let h = row.h;
+    let s = row.s;
+    let sbase = state_base(row);
     var state: array<f32, 32>;
     var a: array<f32, 32>;
     for (var n = 0u; n < n_; n++) {
@@ -29,16 +26,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     for (var t = 0u; t < t_; t++) {
         let tok = s * t_ + t;
-        let dt = ldt(tok, h);
-        let xd = ld1(pu(8u) + (tok * h_ + h) * p_ + p) * dt;
-        let bc = (tok * g_ + grp) * n_;
-        let f = bc_norms(bc);
+        let k = scan_tok(tok, row);
         var y = 0.0;
         for (var n = 0u; n < n_; n++) {
-            state[n] = state[n] * exp(dt * a[n]) + ldbn(bc + n, f.x) * xd;
-            y += state[n] * ldcn(bc + n, f.y);
+            state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.bc + n, k.f.x) * k.xd;
+            y += state[n] * ldcn(k.bc + n, k.f.y);
         }
-        let at = (tok * h_ + h) * p_ + p;
+        let at = scan_out(tok, row);
         st(pu(13u) + at, epi(at, y));
     }
     for (var n = 0u; n < n_; n++) {
