@@ -534,6 +534,9 @@ fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
 /// What every scan kernel reads a row (sequence, head, p) and a token with (parameters as
 /// `ssm_scan` documents them): the row's indices and B/C group, where its state starts, where
 /// its output at token `tok` goes, and that token's dt, dt·x, B/C offset and B/C norm factors.
+/// x, B and C are read through their strides (4 words each from parameter 16); `ScanTok`'s `b`
+/// and `c` are the element offsets of the token's B and C rows, read by `ldbn(b, n, f)` and
+/// `ldcn(c, n, f)`.
 const SCAN_HELPERS: &str = "struct ScanRow { s: u32, h: u32, p: u32, grp: u32 }
 fn scan_row(i: u32) -> ScanRow {
     let sh = i / pu(3u);
@@ -542,23 +545,29 @@ fn scan_row(i: u32) -> ScanRow {
 }
 fn state_base(r: ScanRow) -> u32 { return ((state_row(r.s) * pu(2u) + r.h) * pu(3u) + r.p) * pu(4u); }
 fn scan_out(tok: u32, r: ScanRow) -> u32 { return (tok * pu(2u) + r.h) * pu(3u) + r.p; }
-struct ScanTok { dt: f32, xd: f32, bc: u32, f: vec2<f32> }
+fn strided(at: u32, a: u32, b: u32, c: u32, d: u32) -> u32 {
+    return a * pu(at) + b * pu(at + 1u) + c * pu(at + 2u) + d * pu(at + 3u);
+}
+struct ScanTok { dt: f32, xd: f32, b: u32, c: u32, f: vec2<f32> }
 fn scan_tok(tok: u32, r: ScanRow) -> ScanTok {
+    let s = tok / pu(1u);
+    let t = tok % pu(1u);
     let dt = ldt(tok, r.h);
-    let bc = (tok * pu(5u) + r.grp) * pu(4u);
-    return ScanTok(dt, ld1(pu(8u) + scan_out(tok, r)) * dt, bc, bc_norms(bc));
+    let b = pu(11u) + strided(20u, s, t, r.grp, 0u);
+    let c = pu(12u) + strided(24u, s, t, r.grp, 0u);
+    return ScanTok(dt, ld1(pu(8u) + strided(16u, s, t, r.h, r.p)) * dt, b, c, bc_norms(b, c));
 }
 ";
 
-/// The scans' `bc_norms(bc)`, the norm factors of B's and C's rows at element `bc` (1 without
-/// `Spec::bc_norm`), and `ldbn(i, f)`, `ldcn(i, f)`: element `i` (counted from params 11 and
-/// 12) times its factor and its norm's weight.
+/// The scans' `bc_norms(b, c)`, the norm factors of the B and C rows at element offsets `b` and
+/// `c` (1 without `Spec::bc_norm`), and `ldbn(b, n, f)`, `ldcn(c, n, f)`: element `n` of such a
+/// row (through the last stride) times its factor and its norm's weight.
 fn bc_loaders(spec: &Spec) -> Result<String, ShaderError> {
     let Some(BcNormSpec { kind, weights }) = spec.bc_norm else {
         return Ok(
-            "fn bc_norms(bc: u32) -> vec2<f32> { return vec2<f32>(1.0, 1.0); }
-fn ldbn(i: u32, f: f32) -> f32 { return ld4(pu(11u) + i); }
-fn ldcn(i: u32, f: f32) -> f32 { return ld5(pu(12u) + i); }
+            "fn bc_norms(b: u32, c: u32) -> vec2<f32> { return vec2<f32>(1.0, 1.0); }
+fn ldbn(b: u32, n: u32, f: f32) -> f32 { return ld4(b + n * pu(23u)); }
+fn ldcn(c: u32, n: u32, f: f32) -> f32 { return ld5(c + n * pu(27u)); }
 "
             .into(),
         );
@@ -566,14 +575,14 @@ fn ldcn(i: u32, f: f32) -> f32 { return ld5(pu(12u) + i); }
     let factor = norm_factor(spec, kind, "pu(4u)")?;
     let mut out = format!(
         "fn bc_factor(ss: f32) -> f32 {{ return {factor}; }}
-fn bc_norms(bc: u32) -> vec2<f32> {{
+fn bc_norms(b: u32, c: u32) -> vec2<f32> {{
     var sb = 0.0;
     var sc = 0.0;
     for (var n = 0u; n < pu(4u); n++) {{
-        let b = ld4(pu(11u) + bc + n);
-        let c = ld5(pu(12u) + bc + n);
-        sb += b * b;
-        sc += c * c;
+        let vb = ld4(b + n * pu(23u));
+        let vc = ld5(c + n * pu(27u));
+        sb += vb * vb;
+        sc += vc * vc;
     }}
     return vec2<f32>(bc_factor(sb), bc_factor(sc));
 }}
@@ -581,15 +590,15 @@ fn bc_norms(bc: u32) -> vec2<f32> {{
     );
     for (j, (name, w)) in ["ldbn", "ldcn"].iter().zip(weights).enumerate() {
         let weight = match w {
-            Some((s, at)) if s < spec.sources.len() => format!(" * ld{s}(pu({at}u) + i % pu(4u))"),
+            Some((s, at)) if s < spec.sources.len() => format!(" * ld{s}(pu({at}u) + n)"),
             Some((s, _)) => return Err(err(spec.kernel, format!("norm weight source {s}"))),
             None => String::new(),
         };
         let _ = writeln!(
             out,
-            "fn {name}(i: u32, f: f32) -> f32 {{ return ld{}(pu({}u) + i) * f{weight}; }}",
+            "fn {name}(row: u32, n: u32, f: f32) -> f32 {{ return ld{}(row + n * pu({}u)) * f{weight}; }}",
             4 + j,
-            11 + j
+            23 + 4 * j
         );
     }
     Ok(out)

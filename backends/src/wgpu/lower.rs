@@ -526,8 +526,13 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 offs[5],
                 y,
                 y + (sn * xd[1] * h * pp) as u32,
+                offs.get(6).copied().unwrap_or(0),
             ];
-            p.extend(offs.get(6));
+            // x, B and C read through their strides (views of a projection's columns)
+            for i in [1, 4, 5] {
+                let l = g.node(s[i]).layout;
+                p.extend(l.strides[..4].iter().map(|&st| st as u32));
+            }
             // dt from its projection: the weight, then its program's sources
             if let Some(d) = dt_proj {
                 let w = node.srcs[s.len()];

@@ -66,6 +66,7 @@ macro_rules! all_cases {
                 ssm_scan_mamba2,
                 ssm_scan_in_place,
                 ssm_scan_dt,
+                ssm_scan_strided,
                 epilogues,
                 gated_delta_net_recurrent,
                 gated_delta_net_chunked,

@@ -20,6 +20,8 @@ fn accepts_strided(op: &Op, slot: usize) -> bool {
         | Op::L2Norm { .. } => true,
         // The destination of a cache write only needs dense rows (checked when built).
         Op::StoreRows => slot == 0,
+        // the selective scan reads x, B and C through their strides
+        Op::SsmScan { .. } => matches!(slot, 1 | 4 | 5),
         // attention reads its output gate through the gate's strides
         Op::Attention {
             gated: true,

@@ -1,7 +1,7 @@
 //! Jamba normalises the rows of its scan's `B` and `C` (an rms norm over the `N` states, times
 //! a weight) in nodes the scan alone reads: the scan normalises them as it reads them
-//! (`Op::SsmScan::bc_norm`), two dispatches fewer per Mamba layer of a decode step. (In a
-//! prompt the raw rows are strided views of the x projection, which the scans do not read.)
+//! (`Op::SsmScan::bc_norm`), two dispatches fewer per Mamba layer. (The raw rows are strided
+//! views of the x projection, which the scans read through their strides.)
 
 use super::norm_input::weighted_norm;
 use super::scan_dt::rewrite_scan;
@@ -25,7 +25,6 @@ fn row_norm(
     let ok = xn.dtype == DType::F32
         && raw.dtype == DType::F32
         && raw.numel() == xn.numel()
-        && raw.layout.is_contiguous()
         && !is_output[x.index()]
         && consumers[x.index()] == [scan];
     ok.then_some((kind, xn.srcs[0], weight))

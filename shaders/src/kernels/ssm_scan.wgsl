@@ -3,8 +3,9 @@
 // state = state·exp(dt·A) + dt·B·x, y = Σ_n state·C (reduced across the workgroup).
 // Sources: 0 state [S,H,P,N], 1 x [S,T,H,P], 2 dt [S,T,H], 3 A [H, N or 1], 4 B [S,T,G,N],
 // 5 C [S,T,G,N]. Params: 0 S, 1 T, 2 H, 3 P, 4 N, 5 G, 6 A per state, 7 st_off, 8 x_off,
-// 9 dt_off, 10 a_off, 11 b_off, 12 c_off, 13 y_off, 14 new state off.
-// With source 6, slots I32 [S] (param 15 its offset), source 0 is the state cache [R, H·P·N]:
+// 9 dt_off, 10 a_off, 11 b_off, 12 c_off, 13 y_off, 14 new state off, 15 slots' offset (0
+// without), then x's, B's and C's 4 strides each (16.., 20.., 24..: they may be strided views).
+// With source 6, slots I32 [S], source 0 is the state cache [R, H·P·N]:
 // sequence s reads and writes row slots[s] (the generator's `state_row` and `state_put`).
 // dt is read through `ldt(tok, h)`: source 2 as it is, or computed from its projection
 // (`Spec::scan_dt`); B and C through `ldbn`/`ldcn` with the factors `bc_norms` gives a token's
@@ -43,8 +44,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             for (var r = 0u; r < 4u; r++) {
                 let n = lid.x + 64u * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.bc + n, k.f.x) * k.xd;
-                    part += state[r] * ldcn(k.bc + n, k.f.y);
+                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.b, n, k.f.x) * k.xd;
+                    part += state[r] * ldcn(k.c, n, k.f.y);
                 }
             }
         }

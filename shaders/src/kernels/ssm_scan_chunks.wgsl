@@ -43,7 +43,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let tok = s * t_ + t;
             let k = scan_tok(tok, row);
             for (var n = 0u; n < n_; n++) {
-                state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.bc + n, k.f.x) * k.xd;
+                state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.b, n, k.f.x) * k.xd;
             }
             span += k.dt;
         }
@@ -76,8 +76,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let k = scan_tok(tok, row);
             var y = 0.0;
             for (var n = 0u; n < n_; n++) {
-                state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.bc + n, k.f.x) * k.xd;
-                y += state[n] * ldcn(k.bc + n, k.f.y);
+                state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.b, n, k.f.x) * k.xd;
+                y += state[n] * ldcn(k.c, n, k.f.y);
             }
             let o = scan_out(tok, row);
             st(pu(13u) + o, epi(o, y));

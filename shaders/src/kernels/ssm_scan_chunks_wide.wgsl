@@ -49,7 +49,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             for (var r = 0u; r < 8u; r++) {
                 let n = lane + LANES * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.bc + n, k.f.x) * k.xd;
+                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.b, n, k.f.x) * k.xd;
                 }
             }
             span += k.dt;
@@ -92,8 +92,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             for (var r = 0u; r < 8u; r++) {
                 let n = lane + LANES * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.bc + n, k.f.x) * k.xd;
-                    part += state[r] * ldcn(k.bc + n, k.f.y);
+                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.b, n, k.f.x) * k.xd;
+                    part += state[r] * ldcn(k.c, n, k.f.y);
                 }
             }
         }

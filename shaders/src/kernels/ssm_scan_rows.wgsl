@@ -29,8 +29,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let k = scan_tok(tok, row);
         var y = 0.0;
         for (var n = 0u; n < n_; n++) {
-            state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.bc + n, k.f.x) * k.xd;
-            y += state[n] * ldcn(k.bc + n, k.f.y);
+            state[n] = state[n] * exp(k.dt * a[n]) + ldbn(k.b, n, k.f.x) * k.xd;
+            y += state[n] * ldcn(k.c, n, k.f.y);
         }
         let at = scan_out(tok, row);
         st(pu(13u) + at, epi(at, y));
