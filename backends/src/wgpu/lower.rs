@@ -465,7 +465,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             }
             let offs: Vec<u32> = (0..4).map(|i| c.src(s[i])).collect();
             let total = xd[0] * xd[2];
-            let p = vec![
+            let mut p = vec![
                 total as u32,
                 xd[1] as u32,
                 xd[2] as u32,
@@ -476,6 +476,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 c.out(),
                 offs[3],
             ];
+            // x may be a strided view (a projection's columns)
+            let xl = g.node(s[1]).layout;
+            p.extend(xl.strides[..3].iter().map(|&st| st as u32));
             (Kernel::SsmConvCached, p, threads(total))
         }
         Op::SsmConv => {

@@ -719,9 +719,17 @@ fn conv_reference(stn: &Nd, xn: &Nd, wn: &Nd) -> (Nd, Nd) {
 }
 
 /// The conv step with its window kept in the cache, for one and two sequences, fewer and more
-/// new tokens than the window holds.
+/// new tokens than the window holds; the last two read x as the first columns of a wider row
+/// (a projection's), through its strides.
 pub fn ssm_conv_in_place(be: &mut dyn Backend) {
-    for (s, t) in [(1, 1), (1, 5), (2, 2), (2, 5)] {
+    for (s, t, strided) in [
+        (1, 1, false),
+        (1, 5, false),
+        (2, 2, false),
+        (2, 5, false),
+        (1, 5, true),
+        (2, 3, true),
+    ] {
         let (k, ch) = (4, 6);
         let slots = [2, 0];
         let slots = &slots[..s];
@@ -729,12 +737,23 @@ pub fn ssm_conv_in_place(be: &mut dyn Backend) {
         let mut c = Case::new();
         let (cache, buf, init, cache_n, ids) =
             state_cache(be, &mut c, &mut rg, 3, (k - 1) * ch, slots);
-        let (x, xn) = c.input(&mut rg, "x", &[s, t, ch]);
+        let (x, xn) = if strided {
+            let (xz, xzn) = c.input(&mut rg, "xz", &[s, t, 2 * ch]);
+            let x = c.b.slice(xz, 2, 0, ch).unwrap();
+            let v = (0..s * t)
+                .flat_map(|r| xzn.data[r * 2 * ch..r * 2 * ch + ch].to_vec())
+                .collect();
+            (x, Nd::new(&[s, t, ch], v))
+        } else {
+            c.input(&mut rg, "x", &[s, t, ch])
+        };
         let (w, wn) = c.input(&mut rg, "w", &[ch, k]);
         let state = load_state(&mut c, cache, ids, &[s, k - 1, ch]);
         let (y, ns) = c.b.ssm_conv(state, x, w).unwrap();
         store_state(&mut c, cache, ns, ids);
         c.output(y, "y");
+        let ops = scheduled(c.b.graph(), true);
+        assert!(!ops.contains(&"contiguous"), "{ops:?}");
         let stn = gather_state(&cache_n, slots, &[s, k - 1, ch]);
         let (wy, ws) = conv_reference(&stn, &xn, &wn);
         let want = scatter_state(&cache_n, slots, &ws);

@@ -8,7 +8,7 @@ use crate::layout::Layout;
 use crate::op::Op;
 
 /// True when the op reads source `slot` through any strided layout.
-fn accepts_strided(op: &Op, slot: usize) -> bool {
+fn accepts_strided(op: &Op, slot: usize, n_srcs: usize) -> bool {
     match op {
         // (row norms read their rows through the source's strides too)
         Op::View
@@ -20,8 +20,9 @@ fn accepts_strided(op: &Op, slot: usize) -> bool {
         | Op::L2Norm { .. } => true,
         // The destination of a cache write only needs dense rows (checked when built).
         Op::StoreRows => slot == 0,
-        // the selective scan reads x, B and C through their strides
+        // the selective scan reads x, B and C through their strides, the conv on its cache x
         Op::SsmScan { .. } => matches!(slot, 1 | 4 | 5),
+        Op::SsmConv => slot == 1 && n_srcs == 4,
         // attention reads its output gate through the gate's strides
         Op::Attention {
             gated: true,
@@ -39,7 +40,7 @@ pub fn legalize(g: &Graph) -> Graph {
         let mut node = n.clone();
         for (slot, &s) in n.srcs.iter().enumerate() {
             let src = g.node(s);
-            let ok = src.layout.is_contiguous() || accepts_strided(&n.op, slot);
+            let ok = src.layout.is_contiguous() || accepts_strided(&n.op, slot, n.srcs.len());
             node.srcs[slot] = if ok || src.dtype.is_quantized() {
                 rw.get(s)
             } else {

@@ -1,9 +1,10 @@
 // The conv step on windows kept in their cache: one thread per (sequence, channel) slides the
 // channel's window over the new tokens, y[s, t, c] = Σ_k window[t + k] · w[c, k], and writes
 // the window's last K−1 values back into the cache row. Sources: 0 cache [R, (K−1)·C] (also
-// the destination), 1 x [S, T, C] (dense), 2 w [C, K], 3 slots I32 [S].
+// the destination), 1 x [S, T, C] (read through its strides: a projection's columns), 2 w [C, K],
+// 3 slots I32 [S].
 // Params: 0 S·C, 1 T, 2 C, 3 K (at most 8), 4 cache_off, 5 x_off, 6 w_off, 7 out_off,
-// 8 slots_off.
+// 8 slots_off, 9..11 x's strides.
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -23,7 +24,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     for (var t = 0u; t < t_; t++) {
         let at = (s * t_ + t) * c_ + c;
-        win[k_ - 1u] = ld1(pu(5u) + at);
+        win[k_ - 1u] = ld1(pu(5u) + s * pu(9u) + t * pu(10u) + c * pu(11u));
         var acc = 0.0;
         for (var k = 0u; k < k_; k++) {
             acc += win[k] * ld2(pu(6u) + c * k_ + k);
