@@ -201,7 +201,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let (xo, wo) = (c.src(s[0]), c.src(s[1]));
             // a residual folded in by the matmul_add pass (source 2, the output's layout)
             let residual = s.get(2).map(|&r| c.src(r));
-            let mut p = vec![
+            let p = vec![
                 m as u32,
                 n as u32,
                 k as u32,
@@ -216,8 +216,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 0,
                 mt as u32,
                 per as u32,
+                residual.unwrap_or(0),
+                row_stride(g.node(s[0]).layout).unwrap_or(k) as u32,
             ];
-            p.extend(residual);
             let groups = matmul_groups(&p);
             (kernel, p, groups)
         }
@@ -835,6 +836,12 @@ fn rope_freqs(r: &weft_graph::RopeParams) -> Vec<u32> {
             f(inv as f32)
         })
         .collect()
+}
+
+/// The stride between the rows of `l` when its rows are contiguous and evenly spaced (a dense
+/// tensor, or the first columns of a wider one), else `None`.
+pub fn row_stride(l: Layout) -> Option<usize> {
+    weft_graph::passes::row_stride(l)
 }
 
 /// Workgroups of a `matmul` or `matmul_rows` dispatch from its parameters: `matmul` takes 4

@@ -42,6 +42,7 @@ macro_rules! all_cases {
                 matmul_q6_k,
                 matmul_activations,
                 matmul_residual,
+                matmul_strided,
                 matmul_cat,
                 matmul_pair,
                 norm_matvec,

@@ -8,7 +8,7 @@ use crate::layout::Layout;
 use crate::op::Op;
 
 /// True when the op reads source `slot` through any strided layout.
-fn accepts_strided(op: &Op, slot: usize, n_srcs: usize) -> bool {
+fn accepts_strided(op: &Op, slot: usize, n_srcs: usize, layout: Layout) -> bool {
     match op {
         // (row norms read their rows through the source's strides too)
         Op::View
@@ -20,9 +20,11 @@ fn accepts_strided(op: &Op, slot: usize, n_srcs: usize) -> bool {
         | Op::L2Norm { .. } => true,
         // The destination of a cache write only needs dense rows (checked when built).
         Op::StoreRows => slot == 0,
-        // the selective scan reads x, B and C through their strides, the conv on its cache x
+        // the selective scan reads x, B and C through their strides, the conv on its cache x,
+        // a matmul rows of x at any even spacing
         Op::SsmScan { .. } => matches!(slot, 1 | 4 | 5),
         Op::SsmConv => slot == 1 && n_srcs == 4,
+        Op::MatMul => slot == 0 && row_stride(layout).is_some(),
         // attention reads its output gate through the gate's strides
         Op::Attention {
             gated: true,
@@ -33,6 +35,33 @@ fn accepts_strided(op: &Op, slot: usize, n_srcs: usize) -> bool {
     }
 }
 
+/// The stride between the rows of `l` when each row (its last dimension) is contiguous and the
+/// rows are evenly spaced over all its outer dimensions, else `None`.
+pub fn row_stride(l: Layout) -> Option<usize> {
+    let dims = l.shape.dims();
+    let r = dims.len();
+    if r == 0 || (dims[r - 1] > 1 && l.strides[r - 1] != 1) {
+        return None;
+    }
+    if r == 1 {
+        return Some(dims[0]);
+    }
+    let lda = l.strides[r - 2];
+    // each outer dimension steps over the rows of those inside it (sizes of 1 step nowhere)
+    let mut rows = dims[r - 2];
+    for i in (0..r - 2).rev() {
+        if dims[i] > 1 && l.strides[i] != rows * lda {
+            return None;
+        }
+        rows *= dims[i];
+    }
+    Some(if dims[r - 2] > 1 || rows > 1 {
+        lda
+    } else {
+        dims[r - 1]
+    })
+}
+
 pub fn legalize(g: &Graph) -> Graph {
     let mut rw = Rewriter::new(g);
     for id in g.ids() {
@@ -40,7 +69,8 @@ pub fn legalize(g: &Graph) -> Graph {
         let mut node = n.clone();
         for (slot, &s) in n.srcs.iter().enumerate() {
             let src = g.node(s);
-            let ok = src.layout.is_contiguous() || accepts_strided(&n.op, slot, n.srcs.len());
+            let ok = src.layout.is_contiguous()
+                || accepts_strided(&n.op, slot, n.srcs.len(), src.layout);
             node.srcs[slot] = if ok || src.dtype.is_quantized() {
                 rw.get(s)
             } else {
@@ -61,4 +91,32 @@ pub fn legalize(g: &Graph) -> Graph {
         rw.alias(id, new);
     }
     rw.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_stride;
+    use crate::layout::{Layout, MAX_RANK, Shape};
+
+    fn layout(dims: &[usize], strides: &[usize]) -> Layout {
+        let mut st = [0; MAX_RANK];
+        st[..strides.len()].copy_from_slice(strides);
+        Layout {
+            shape: Shape::new(dims).unwrap(),
+            strides: st,
+            offset: 3,
+        }
+    }
+
+    #[test]
+    fn rows_evenly_spaced_have_a_row_stride() {
+        // dense, the first columns of wider rows, one row (any strides)
+        assert_eq!(row_stride(layout(&[2, 3, 4], &[12, 4, 1])), Some(4));
+        assert_eq!(row_stride(layout(&[2, 3, 4], &[24, 8, 1])), Some(8));
+        assert_eq!(row_stride(layout(&[1, 1, 4], &[99, 7, 1])), Some(4));
+        // a gap between batches, columns not contiguous, transposed
+        assert_eq!(row_stride(layout(&[2, 3, 4], &[30, 8, 1])), None);
+        assert_eq!(row_stride(layout(&[3, 4], &[8, 2])), None);
+        assert_eq!(row_stride(layout(&[3, 4], &[1, 3])), None);
+    }
 }

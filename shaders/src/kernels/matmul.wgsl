@@ -9,7 +9,7 @@
 // whole product), 11 first output column: a weight larger than one storage binding runs as
 // several dispatches, each over a range of its rows (N = that range's rows); 13 outputs per
 // workgroup (4); 14, with a source 2, the offset of a residual added to the output (laid out
-// like it).
+// like it); 15 x's row stride (its rows may be a projection's columns).
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -25,7 +25,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let b0 = b / pu(6u);
     let b1 = b % pu(6u);
     let wb = select(b0, 0u, pu(7u) == 1u) * pu(8u) + select(b1, 0u, pu(8u) == 1u);
-    let xrow = pu(3u) + (b * m_ + m) * k_;
+    let xrow = pu(3u) + (b * m_ + m) * pu(15u);
     let wrow = pu(4u) + (wb * n_ + n) * k_;
     var acc = 0.0;
     if (o < pu(9u)) {

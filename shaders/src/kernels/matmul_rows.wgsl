@@ -4,10 +4,10 @@
 // weight element read and decoded once for all the tile's rows of x, each activation once for
 // its 64 weight rows), then each thread accumulates a 4 × 4 block of outputs from registers
 // (rows ty + 16i, weight rows tx + 16j), 8 workgroup loads for 16 multiply-adds.
-// Source 0: x (dense F32); source 1: w (any dtype, dense).
+// Source 0: x (F32, rows of K at a uniform stride); source 1: w (any dtype, dense).
 // Params: as `matmul`'s, with 9 the units (batches × row blocks × N), 12 the rows of x per
-// block (2 to 64), 13 the weight rows per tile (64) and 14 a residual's offset: the dispatch
-// has batches × row blocks × ⌈N / 64⌉ workgroups.
+// block (2 to 64), 13 the weight rows per tile (64), 14 a residual's offset and 15 x's row
+// stride: the dispatch has batches × row blocks × ⌈N / 64⌉ workgroups.
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
@@ -33,7 +33,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let b0 = b / pu(6u);
     let b1 = b % pu(6u);
     let wb = select(b0, 0u, pu(7u) == 1u) * pu(8u) + select(b1, 0u, pu(8u) == 1u);
-    let xbase = pu(3u) + (b * m_ + m0) * k_;
+    let xbase = pu(3u) + (b * m_ + m0) * pu(15u);
     let wbase = pu(4u) + (wb * n_ + n0) * k_;
     let rows = select(0u, min(mt, m_ - m0), live);
     let cols = select(0u, min(TN, n_ - n0), live);
@@ -49,7 +49,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let r = e / TK;
             let kk = e % TK;
             let k = k0 + kk;
-            xs[e] = select(0.0, ld0(xbase + r * k_ + k), r < rows && k < k_);
+            xs[e] = select(0.0, ld0(xbase + r * pu(15u) + k), r < rows && k < k_);
             ws[r * WS + kk] = select(0.0, ld1(wbase + r * k_ + k), r < cols && k < k_);
         }
         workgroupBarrier();
