@@ -643,8 +643,11 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 offs[5],
                 y,
                 y + (sn * qd[1] * hv * dv) as u32,
+                offs.get(6).copied().unwrap_or(0),
             ];
-            p.extend(offs.get(6));
+            // v may be a strided view (a projection's columns)
+            let vl = g.node(s[3]).layout;
+            p.extend(vl.strides[..4].iter().map(|&st| st as u32));
             // the gates' programs: every source of each indexed like an epilogue's
             if let Some(gt) = gate_programs {
                 let mut extra = node.srcs[inner_srcs..].iter().copied();

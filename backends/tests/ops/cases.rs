@@ -1109,7 +1109,20 @@ pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
             qn.data.iter_mut().for_each(|x| *x *= 0.35);
             kn = r::rms_norm(&kn, 1e-6);
         }
-        let (v, vn) = c.input(&mut rg, "v", &[s, t, hv, dv]);
+        // (the normed cases read v as the first columns of wider rows, through its strides)
+        let (v, vn) = if normed {
+            let row = hv * dv + 3;
+            let (vw, vwn) = c.input(&mut rg, "vw", &[s, t, row]);
+            let v =
+                c.b.view(vw, &[s, t, hv, dv], &[t * row, row, dv, 1], 0)
+                    .unwrap();
+            let vals = (0..s * t)
+                .flat_map(|i| vwn.data[i * row..i * row + hv * dv].to_vec())
+                .collect();
+            (v, Nd::new(&[s, t, hv, dv], vals))
+        } else {
+            c.input(&mut rg, "v", &[s, t, hv, dv])
+        };
         let ((gt, gn), (beta, bn)) = delta_gates(&mut c, &mut rg, [s, t, hv]);
         let state = load_state(&mut c, cache, ids, &[s, hv, dv, dk]);
         let (y, ns) = c.b.gated_delta_net(state, q, k, v, gt, beta, form).unwrap();

@@ -25,6 +25,8 @@ fn accepts_strided(op: &Op, slot: usize, n_srcs: usize, layout: Layout) -> bool 
         Op::SsmScan { .. } => matches!(slot, 1 | 4 | 5),
         Op::SsmConv => slot == 1 && n_srcs == 4,
         Op::MatMul => slot == 0 && row_stride(layout).is_some(),
+        // the delta rule reads v through its strides
+        Op::GatedDeltaNet { .. } => slot == 3,
         // attention reads its output gate through the gate's strides
         Op::Attention {
             gated: true,

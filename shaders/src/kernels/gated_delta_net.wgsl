@@ -6,12 +6,13 @@
 // compute the same function). Sources: 0 state [S,Hv,Dv,Dk], 1 q, 2 k [S,T,Hk,Dk],
 // 3 v [S,T,Hv,Dv], 4 g, 5 beta [S,T,Hv].
 // Params: 0 S, 1 T, 2 Hk, 3 Hv, 4 Dk, 5 Dv, 6 st_off, 7 q_off, 8 k_off, 9 v_off, 10 g_off,
-// 11 b_off, 12 y_off, 13 new state off. The dispatch has S·Hv·⌈Dv/4⌉ workgroups.
+// 11 b_off, 12 y_off, 13 new state off, 14 slots' offset (0 without), 15..18 v's strides (v
+// may be a strided view). The dispatch has S·Hv·⌈Dv/4⌉ workgroups.
 // q and k are read through `ldq`/`ldk`: the raw rows, or each head row normalised (by the
 // factors `qk_factors` computes once per workgroup and token) and put through its program when
 // the op carries them; g and beta through `ldg`/`ldb`: sources 4 and 5, or the gates' programs
 // computed at each read (`Spec::gates`).
-// With source 6, slots I32 [S] (param 14 its offset), source 0 is the state cache
+// With source 6, slots I32 [S], source 0 is the state cache
 // [R, Hv·Dv·Dk]: sequence s reads and writes row slots[s] (the generator's `state_row` and
 // `state_put`).
 
@@ -63,7 +64,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             part += row[m] * kr[m];
         }
         let kv = group_sum(part, lid.x, 0u);
-        let delta = (ld3(pu(9u) + (tok * hv + h) * dv + r) - kv) * beta;
+        let vat = s * pu(15u) + t * pu(16u) + h * pu(17u) + r * pu(18u);
+        let delta = (ld3(pu(9u) + vat) - kv) * beta;
         part = 0.0;
         for (var m = 0u; m < 8u; m++) {
             row[m] += delta * kr[m];
