@@ -113,6 +113,34 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The stride between the rows of the layout when each row (its last dimension) is
+    /// contiguous and the rows are evenly spaced over all its outer dimensions (a dense tensor,
+    /// or the first columns of a wider one), else `None`.
+    pub fn row_stride(&self) -> Option<usize> {
+        let dims = self.shape.dims();
+        let r = dims.len();
+        if r == 0 || (dims[r - 1] > 1 && self.strides[r - 1] != 1) {
+            return None;
+        }
+        if r == 1 {
+            return Some(dims[0]);
+        }
+        let lda = self.strides[r - 2];
+        // each outer dimension steps over the rows of those inside it (sizes of 1 step nowhere)
+        let mut rows = dims[r - 2];
+        for i in (0..r - 2).rev() {
+            if dims[i] > 1 && self.strides[i] != rows * lda {
+                return None;
+            }
+            rows *= dims[i];
+        }
+        Some(if dims[r - 2] > 1 || rows > 1 {
+            lda
+        } else {
+            dims[r - 1]
+        })
+    }
+
     pub fn contiguous(shape: Shape) -> Layout {
         Layout {
             shape,
@@ -218,6 +246,29 @@ mod tests {
 
     fn s(d: &[usize]) -> Shape {
         Shape::new(d).expect("valid shape")
+    }
+
+    fn strided(dims: &[usize], strides: &[usize]) -> Layout {
+        let mut st = [0; MAX_RANK];
+        st[..strides.len()].copy_from_slice(strides);
+        Layout {
+            shape: s(dims),
+            strides: st,
+            offset: 3,
+        }
+    }
+
+    #[test]
+    fn rows_evenly_spaced_have_a_row_stride() {
+        let rs = |d: &[usize], st: &[usize]| strided(d, st).row_stride();
+        // dense, the first columns of wider rows, one row (any strides)
+        assert_eq!(rs(&[2, 3, 4], &[12, 4, 1]), Some(4));
+        assert_eq!(rs(&[2, 3, 4], &[24, 8, 1]), Some(8));
+        assert_eq!(rs(&[1, 1, 4], &[99, 7, 1]), Some(4));
+        // a gap between batches, columns not contiguous, transposed
+        assert_eq!(rs(&[2, 3, 4], &[30, 8, 1]), None);
+        assert_eq!(rs(&[3, 4], &[8, 2]), None);
+        assert_eq!(rs(&[3, 4], &[1, 3]), None);
     }
 
     #[test]

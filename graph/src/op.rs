@@ -215,6 +215,17 @@ pub enum NormKind {
     },
 }
 
+impl NormKind {
+    /// The norm's op name, for dumps.
+    pub fn name(self) -> &'static str {
+        match self {
+            NormKind::Rms { .. } => "rms_norm",
+            NormKind::L2 { .. } => "l2_norm",
+            NormKind::Sum { .. } => "sum_norm",
+        }
+    }
+}
+
 /// One instruction of a fused elementwise program; its result is register `index`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Instr {
@@ -233,6 +244,19 @@ pub struct FusedProgram {
 }
 
 impl FusedProgram {
+    /// The program that passes source 0 through.
+    pub fn identity() -> FusedProgram {
+        FusedProgram {
+            head: None,
+            code: vec![Instr::Load(0)],
+        }
+    }
+
+    /// True for [`FusedProgram::identity`].
+    pub fn is_identity(&self) -> bool {
+        self.head.is_none() && self.code == [Instr::Load(0)]
+    }
+
     /// Evaluates the program for `out.len()` consecutive elements at once, one instruction over
     /// all of them before the next (so an instruction's dispatch is paid once per block);
     /// `load(n, into)` fills `into` with source `n`'s values. `regs` is scratch space.
@@ -281,9 +305,7 @@ impl FusedProgram {
         }
         let body = names.pop().unwrap_or_default();
         match self.head {
-            Some(NormKind::Rms { .. }) => format!("{body} where %0 = rms_norm(%0)"),
-            Some(NormKind::L2 { .. }) => format!("{body} where %0 = l2_norm(%0)"),
-            Some(NormKind::Sum { .. }) => format!("{body} where %0 = sum_norm(%0)"),
+            Some(k) => format!("{body} where %0 = {}(%0)", k.name()),
             None => body,
         }
     }
@@ -495,13 +517,10 @@ impl ScanDt {
 
     /// `mul_mat`, after its row norm and before its program when it has them.
     pub fn describe(&self) -> String {
-        let norm = match self.x_norm.map(|n| n.kind) {
-            Some(NormKind::Rms { .. }) => "rms_norm → ",
-            Some(NormKind::L2 { .. }) => "l2_norm → ",
-            Some(NormKind::Sum { .. }) => "sum_norm → ",
-            None => "",
-        };
-        if self.program.code == [Instr::Load(0)] {
+        let norm = self
+            .x_norm
+            .map_or(String::new(), |n| format!("{} → ", n.kind.name()));
+        if self.program.is_identity() {
             format!("{norm}mul_mat")
         } else {
             format!("{norm}mul_mat then {}", self.program.describe())
@@ -576,10 +595,7 @@ impl Epilogue {
         Epilogue {
             inner,
             inner_srcs,
-            program: FusedProgram {
-                head: None,
-                code: vec![Instr::Load(0)],
-            },
+            program: FusedProgram::identity(),
             shapes: vec![],
             pair: false,
             x_norm: None,
@@ -665,14 +681,12 @@ impl Op {
             Op::Fused(p) => p.describe(),
             Op::Epilogue(e) => {
                 let pair = if e.pair { " (two products)" } else { "" };
-                let norm = match (e.x_norm.map(|n| n.kind), &e.x_prog) {
-                    (Some(NormKind::Rms { .. }), _) => "rms_norm → ".to_string(),
-                    (Some(NormKind::L2 { .. }), _) => "l2_norm → ".to_string(),
-                    (Some(NormKind::Sum { .. }), _) => "sum_norm → ".to_string(),
+                let norm = match (e.x_norm, &e.x_prog) {
+                    (Some(n), _) => format!("{} → ", n.kind.name()),
                     (None, Some(x)) => format!("{} → ", x.program.describe()),
                     (None, None) => String::new(),
                 };
-                let then = if e.program.code == [Instr::Load(0)] {
+                let then = if e.program.is_identity() {
                     String::new()
                 } else {
                     format!(" then {}", e.program.describe())
@@ -689,12 +703,7 @@ impl Op {
                     parts.push(format!("dt = {}", d.describe()));
                 }
                 if let Some(b) = bc_norm {
-                    let norm = match b.kind {
-                        NormKind::Rms { .. } => "rms_norm",
-                        NormKind::L2 { .. } => "l2_norm",
-                        NormKind::Sum { .. } => "sum_norm",
-                    };
-                    parts.push(format!("b, c through {norm}"));
+                    parts.push(format!("b, c through {}", b.kind.name()));
                 }
                 format!("{} ({})", self.name(), parts.join(", "))
             }

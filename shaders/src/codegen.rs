@@ -107,6 +107,20 @@ fn norm_factor(spec: &Spec, kind: NormKind, d: &str) -> Result<String, ShaderErr
     }
 }
 
+/// ` * ldJ(offset + element)`, the factor a norm's weight (source `J`, its offset in parameter
+/// word `at`) puts on the normalised value at `element`; empty without a weight.
+fn norm_weight(
+    spec: &Spec,
+    weight: Option<(usize, u32)>,
+    element: &str,
+) -> Result<String, ShaderError> {
+    match weight {
+        Some((j, at)) if j < spec.sources.len() => Ok(format!(" * ld{j}(pu({at}u) + {element})")),
+        Some((j, _)) => Err(err(spec.kernel, format!("norm weight source {j}"))),
+        None => Ok(String::new()),
+    }
+}
+
 /// `group_sum(v, lid, half)`: the sum of `v` over each aligned group of `T` lanes of a
 /// 128-thread workgroup, returned to every lane of the group. Subgroup shuffles sum the first
 /// `SG` lanes (`Spec::subgroup`); workgroup memory (half `half` of the scratch, so a kernel can
@@ -172,11 +186,7 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
     if !spec.kernel.is_matvec() {
         return Err(err(spec.kernel, "only mat-vecs normalise their row"));
     }
-    let w = match weight {
-        Some((j, at)) if j < spec.sources.len() => format!(" * ld{j}(pu({at}u) + i - xbase_)"),
-        Some((j, _)) => return Err(err(spec.kernel, format!("norm weight source {j}"))),
-        None => String::new(),
-    };
+    let w = norm_weight(spec, weight, "i - xbase_")?;
     let factor = norm_factor(spec, kind, "k_")?;
     Ok(format!(
         "var<private> xs_: f32 = 1.0;
@@ -491,11 +501,7 @@ fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
     let (norm, scale) = match d.x_norm {
         None => (String::new(), String::new()),
         Some(XNormSpec { kind, weight }) => {
-            let w = match weight {
-                Some((j, at)) if j < spec.sources.len() => format!(" * ld{j}(pu({at}u) + r)"),
-                Some((j, _)) => return Err(err(spec.kernel, format!("norm weight source {j}"))),
-                None => String::new(),
-            };
+            let w = norm_weight(spec, weight, "r")?;
             let f = norm_factor(spec, kind, "k_")?;
             (
                 format!(
@@ -589,11 +595,7 @@ fn bc_norms(b: u32, c: u32) -> vec2<f32> {{
 "
     );
     for (j, (name, w)) in ["ldbn", "ldcn"].iter().zip(weights).enumerate() {
-        let weight = match w {
-            Some((s, at)) if s < spec.sources.len() => format!(" * ld{s}(pu({at}u) + n)"),
-            Some((s, _)) => return Err(err(spec.kernel, format!("norm weight source {s}"))),
-            None => String::new(),
-        };
+        let weight = norm_weight(spec, w, "n")?;
         let _ = writeln!(
             out,
             "fn {name}(row: u32, n: u32, f: f32) -> f32 {{ return ld{}(row + n * pu({}u)) * f{weight}; }}",

@@ -292,11 +292,7 @@ impl CpuBackend {
             .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
             .collect::<Result<_>>()?;
         if let (Some(v), Some(s0)) = (first, srcs.first_mut()) {
-            *s0 = TensorRef {
-                bytes: bytemuck::cast_slice(v),
-                layout: Layout::contiguous(s0.layout.shape),
-                dtype: DType::F32,
-            };
+            *s0 = TensorRef::dense(v, s0.layout.shape);
         }
         let out = &mut self.scratch.bytes_mut()[..bytes];
         execute(g, id, &srcs, out)?;
@@ -544,12 +540,8 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
     let mut inner: Vec<TensorRef> = s[..inner_srcs].to_vec();
     let normed: Vec<f32>;
     if let Some(n) = e.x_norm {
-        normed = normed_rows(n, &s[0], n.weighted.then(|| &s[inner_srcs]));
-        inner[0] = TensorRef {
-            bytes: bytemuck::cast_slice(&normed),
-            layout: Layout::contiguous(s[0].layout.shape),
-            dtype: DType::F32,
-        };
+        normed = normed_rows(n.kind, &s[0], n.weighted.then(|| &s[inner_srcs]));
+        inner[0] = TensorRef::dense(&normed, s[0].layout.shape);
     }
     // or computed by its program
     let computed: Vec<f32>;
@@ -558,11 +550,7 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
         let mut v = vec![0.0; s[0].numel()];
         apply_program(&xp.program, &xp.shapes, xp.shape, &s[0].f32(), more, &mut v)?;
         computed = v;
-        inner[0] = TensorRef {
-            bytes: bytemuck::cast_slice(&computed),
-            layout: Layout::contiguous(s[0].layout.shape),
-            dtype: DType::F32,
-        };
+        inner[0] = TensorRef::dense(&computed, s[0].layout.shape);
     }
     // the inner result (a pair's two products side by side), then the program over it (or
     // over its range)
@@ -613,7 +601,6 @@ fn apply_program(
     extra: &[TensorRef],
     out: &mut [f32],
 ) -> Result<()> {
-    let dense = Layout::contiguous(shape);
     let mut vals: Vec<std::borrow::Cow<[f32]>> = y
         .chunks(shape.numel().max(1))
         .map(std::borrow::Cow::Borrowed)
@@ -630,14 +617,7 @@ fn apply_program(
             },
         );
     }
-    let srcs: Vec<TensorRef> = vals
-        .iter()
-        .map(|v| TensorRef {
-            bytes: bytemuck::cast_slice(v),
-            layout: dense,
-            dtype: DType::F32,
-        })
-        .collect();
+    let srcs: Vec<TensorRef> = vals.iter().map(|v| TensorRef::dense(v, shape)).collect();
     elementwise::fused(program, shape, &srcs, out);
     Ok(())
 }
@@ -662,12 +642,8 @@ fn scan_dt(
     let weighted = d.x_norm.is_some_and(|n| n.weighted);
     let normed: Vec<f32>;
     if let Some(n) = d.x_norm {
-        normed = normed_rows(n, &x, weighted.then(|| &extra[1]));
-        x = TensorRef {
-            bytes: bytemuck::cast_slice(&normed),
-            layout: Layout::contiguous(x.layout.shape),
-            dtype: DType::F32,
-        };
+        normed = normed_rows(n.kind, &x, weighted.then(|| &extra[1]));
+        x = TensorRef::dense(&normed, x.layout.shape);
     }
     let mut product = vec![0.0; shape.numel()];
     matmul::matmul(&x, w, &mut product);
@@ -678,10 +654,10 @@ fn scan_dt(
 }
 
 /// The rows of `x` (dense) normalised, times the norm's `weight` when it has one.
-fn normed_rows(n: weft_graph::XNorm, x: &TensorRef, weight: Option<&TensorRef>) -> Vec<f32> {
+fn normed_rows(kind: weft_graph::NormKind, x: &TensorRef, weight: Option<&TensorRef>) -> Vec<f32> {
     let mut v = x.f32().into_owned();
     let d = x.layout.shape.last();
-    elementwise::normalize_rows(n.kind, d, &mut v);
+    elementwise::normalize_rows(kind, d, &mut v);
     if let Some(w) = weight {
         let w = w.f32();
         v.chunks_mut(d)
@@ -702,13 +678,9 @@ fn scan_bc(
     let mut w = weights.iter();
     Some([0, 1].map(|j| {
         let weight = if b.weighted[j] { w.next() } else { None };
-        let n = weft_graph::XNorm {
-            kind: b.kind,
-            weighted: b.weighted[j],
-        };
         let x = &srcs[b_at + j];
         (
-            normed_rows(n, x, weight),
+            normed_rows(b.kind, x, weight),
             Layout::contiguous(x.layout.shape),
         )
     }))
@@ -765,11 +737,7 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
             // the values get_rows would pick, then their softmax
             let mut x = vec![0.0; shape.numel()];
             matmul::get_rows(&s[0], &s[1], &node.name, &mut x)?;
-            let x = TensorRef {
-                bytes: bytemuck::cast_slice(&x),
-                layout: Layout::contiguous(shape),
-                dtype: DType::F32,
-            };
+            let x = TensorRef::dense(&x, shape);
             rows::softmax(&x, None, *scale, f32s(out))
         }
         Op::SoftMax { scale, masked, .. } => {

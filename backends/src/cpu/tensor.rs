@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use weft_graph::quant::dequantize;
-use weft_graph::{DType, Layout};
+use weft_graph::{DType, Layout, Shape};
 
 /// A source operand: the whole storage buffer it lives in plus how to read it.
 #[derive(Clone, Copy, Debug)]
@@ -13,6 +13,15 @@ pub struct TensorRef<'a> {
 }
 
 impl<'a> TensorRef<'a> {
+    /// Dense F32 `values` of `shape`.
+    pub fn dense(values: &'a [f32], shape: Shape) -> TensorRef<'a> {
+        TensorRef {
+            bytes: bytemuck::cast_slice(values),
+            layout: Layout::contiguous(shape),
+            dtype: DType::F32,
+        }
+    }
+
     pub fn dims(&self) -> &[usize] {
         self.layout.shape.dims()
     }

@@ -4,8 +4,8 @@
 use crate::{BackendError, Result};
 use weft_graph::passes::MAX_X_GROUPS;
 use weft_graph::{
-    BufferId, DType, DeltaForm, FusedProgram, Graph, Instr, Layout, NodeId, NormKind, Op, Plan,
-    ReduceOp, RopeMode,
+    BufferId, DType, DeltaForm, FusedProgram, Graph, Layout, NodeId, NormKind, Op, Plan, ReduceOp,
+    RopeMode,
 };
 use weft_shaders::{
     BcNormSpec, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec,
@@ -79,6 +79,14 @@ impl Ctx<'_> {
         base + n.layout.offset as u32
     }
 
+    /// Registers source `id` and appends its element offset to `params`: the source's index and
+    /// the parameter word that holds the offset.
+    fn src_word(&mut self, id: NodeId, params: &mut Vec<u32>) -> (usize, u32) {
+        let j = self.sources.len();
+        params.push(self.src(id));
+        (j, params.len() as u32 - 1)
+    }
+
     fn out(&self) -> u32 {
         self.plan.slots[self.node.index()].map_or(0, |s| s.offset / 4) as u32
     }
@@ -86,6 +94,11 @@ impl Ctx<'_> {
 
 fn f(x: f32) -> u32 {
     x.to_bits()
+}
+
+/// The first `n` strides of `l`, as parameter words.
+fn strides(l: Layout, n: usize) -> impl Iterator<Item = u32> {
+    l.strides.into_iter().take(n).map(|st| st as u32)
 }
 
 fn padded4(dims: &[usize]) -> [u32; 4] {
@@ -131,10 +144,7 @@ fn broadcast_source(c: &mut Ctx, s: NodeId, shape: weft_graph::Shape) -> Result<
 
 /// The program an elementwise kernel runs for `op` (a copy for `contiguous`).
 fn program_of(op: &Op) -> FusedProgram {
-    op.program().unwrap_or(FusedProgram {
-        head: None,
-        code: vec![Instr::Load(0)],
-    })
+    op.program().unwrap_or_else(FusedProgram::identity)
 }
 
 pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
@@ -217,7 +227,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 mt as u32,
                 per as u32,
                 residual.unwrap_or(0),
-                row_stride(g.node(s[0]).layout).unwrap_or(k) as u32,
+                g.node(s[0]).layout.row_stride().unwrap_or(k) as u32,
             ];
             let groups = matmul_groups(&p);
             (kernel, p, groups)
@@ -380,16 +390,11 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 next += 1;
             }
             // (the gate may be strided: its strides follow the rope words)
-            let mut gate_strides = [0u32; 3];
+            let mut gate_strides = vec![0u32; 3];
             if *gated {
                 go = c.src(s[next]);
                 aliases.push(("ldgate", next));
-                let gl = g.node(s[next]).layout;
-                gate_strides = [
-                    gl.strides[0] as u32,
-                    gl.strides[1] as u32,
-                    gl.strides[2] as u32,
-                ];
+                gate_strides = strides(g.node(s[next]).layout, 3).collect();
             }
             // with stores, the new key and value, their row, and the caches written a word at a
             // time (both are sources 1 and 2, views of the caches from row 0)
@@ -478,8 +483,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 offs[3],
             ];
             // x may be a strided view (a projection's columns)
-            let xl = g.node(s[1]).layout;
-            p.extend(xl.strides[..3].iter().map(|&st| st as u32));
+            p.extend(strides(g.node(s[1]).layout, 3));
             (Kernel::SsmConvCached, p, threads(total))
         }
         Op::SsmConv => {
@@ -534,8 +538,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             ];
             // x, B and C read through their strides (views of a projection's columns)
             for i in [1, 4, 5] {
-                let l = g.node(s[i]).layout;
-                p.extend(l.strides[..4].iter().map(|&st| st as u32));
+                p.extend(strides(g.node(s[i]).layout, 4));
             }
             // dt from its projection: the weight, then its program's sources
             if let Some(d) = dt_proj {
@@ -544,19 +547,15 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 if !wn.layout.is_contiguous() || xl.shape.dims().len() != 3 {
                     return Err(c.fail("dt's projection: a weight not in rows, or x not [S, T, K]"));
                 }
-                let weight = c.sources.len();
-                let at = p.len() as u32;
-                p.push(c.src(w));
+                let (weight, at) = c.src_word(w, &mut p);
                 p.push(wn.shape().last() as u32);
-                p.extend(xl.strides[..3].iter().map(|&st| st as u32));
+                p.extend(strides(xl, 3));
                 // the activation's rows normalised first, times the norm's weight
                 let mut first = s.len() + 1;
                 let x_norm = d.x_norm.map(|n| {
                     let weight = n.weighted.then(|| {
-                        let j = c.sources.len();
-                        p.push(c.src(node.srcs[first]));
                         first += 1;
-                        (j, p.len() as u32 - 1)
+                        c.src_word(node.srcs[first - 1], &mut p)
                     });
                     XNormSpec {
                         kind: n.kind,
@@ -583,8 +582,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 let mut weights = [None; 2];
                 for (j, w) in weights.iter_mut().enumerate() {
                     if b.weighted[j] {
-                        *w = Some((c.sources.len(), p.len() as u32));
-                        p.push(c.src(node.srcs[at]));
+                        *w = Some(c.src_word(node.srcs[at], &mut p));
                         at += 1;
                     }
                 }
@@ -646,8 +644,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
                 offs.get(6).copied().unwrap_or(0),
             ];
             // v may be a strided view (a projection's columns)
-            let vl = g.node(s[3]).layout;
-            p.extend(vl.strides[..4].iter().map(|&st| st as u32));
+            p.extend(strides(g.node(s[3]).layout, 4));
             // the gates' programs: every source of each indexed like an epilogue's
             if let Some(gt) = gate_programs {
                 let mut extra = node.srcs[inner_srcs..].iter().copied();
@@ -719,12 +716,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     // a mat-vec's row normalised in the kernel, times the norm's weight (after the op's sources)
     let x_norm = match &node.op {
         Op::Epilogue(e) => e.x_norm.map(|n| {
-            let weight = n.weighted.then(|| {
-                let j = c.sources.len();
-                let off = c.src(node.srcs[e.inner_srcs]);
-                params.push(off);
-                (j, params.len() as u32 - 1)
-            });
+            let weight = n
+                .weighted
+                .then(|| c.src_word(node.srcs[e.inner_srcs], &mut params));
             XNormSpec {
                 kind: n.kind,
                 weight,
@@ -839,12 +833,6 @@ fn rope_freqs(r: &weft_graph::RopeParams) -> Vec<u32> {
             f(inv as f32)
         })
         .collect()
-}
-
-/// The stride between the rows of `l` when its rows are contiguous and evenly spaced (a dense
-/// tensor, or the first columns of a wider one), else `None`.
-pub fn row_stride(l: Layout) -> Option<usize> {
-    weft_graph::passes::row_stride(l)
 }
 
 /// Workgroups of a `matmul` or `matmul_rows` dispatch from its parameters: `matmul` takes 4

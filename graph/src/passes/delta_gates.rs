@@ -9,7 +9,7 @@ use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
 use crate::layout::Shape;
-use crate::op::{DeltaGates, FusedProgram, Instr, Op};
+use crate::op::{DeltaGates, FusedProgram, Op};
 
 /// Most sources one gate's program may read.
 const MAX_GATE_SOURCES: usize = 4;
@@ -26,10 +26,7 @@ struct Gate {
 fn gate(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], x: NodeId, d: NodeId) -> Gate {
     let xn = g.node(x);
     let as_is = Gate {
-        program: FusedProgram {
-            head: None,
-            code: vec![Instr::Load(0)],
-        },
+        program: FusedProgram::identity(),
         srcs: vec![x],
         shape: xn.shape(),
         gone: vec![],

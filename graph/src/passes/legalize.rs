@@ -24,7 +24,7 @@ fn accepts_strided(op: &Op, slot: usize, n_srcs: usize, layout: Layout) -> bool 
         // a matmul rows of x at any even spacing
         Op::SsmScan { .. } => matches!(slot, 1 | 4 | 5),
         Op::SsmConv => slot == 1 && n_srcs == 4,
-        Op::MatMul => slot == 0 && row_stride(layout).is_some(),
+        Op::MatMul => slot == 0 && layout.row_stride().is_some(),
         // the delta rule reads v through its strides
         Op::GatedDeltaNet { .. } => slot == 3,
         // attention reads its output gate through the gate's strides
@@ -35,33 +35,6 @@ fn accepts_strided(op: &Op, slot: usize, n_srcs: usize, layout: Layout) -> bool 
         } => slot == 3 + *masked as usize,
         _ => false,
     }
-}
-
-/// The stride between the rows of `l` when each row (its last dimension) is contiguous and the
-/// rows are evenly spaced over all its outer dimensions, else `None`.
-pub fn row_stride(l: Layout) -> Option<usize> {
-    let dims = l.shape.dims();
-    let r = dims.len();
-    if r == 0 || (dims[r - 1] > 1 && l.strides[r - 1] != 1) {
-        return None;
-    }
-    if r == 1 {
-        return Some(dims[0]);
-    }
-    let lda = l.strides[r - 2];
-    // each outer dimension steps over the rows of those inside it (sizes of 1 step nowhere)
-    let mut rows = dims[r - 2];
-    for i in (0..r - 2).rev() {
-        if dims[i] > 1 && l.strides[i] != rows * lda {
-            return None;
-        }
-        rows *= dims[i];
-    }
-    Some(if dims[r - 2] > 1 || rows > 1 {
-        lda
-    } else {
-        dims[r - 1]
-    })
 }
 
 pub fn legalize(g: &Graph) -> Graph {
@@ -93,32 +66,4 @@ pub fn legalize(g: &Graph) -> Graph {
         rw.alias(id, new);
     }
     rw.finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::row_stride;
-    use crate::layout::{Layout, MAX_RANK, Shape};
-
-    fn layout(dims: &[usize], strides: &[usize]) -> Layout {
-        let mut st = [0; MAX_RANK];
-        st[..strides.len()].copy_from_slice(strides);
-        Layout {
-            shape: Shape::new(dims).unwrap(),
-            strides: st,
-            offset: 3,
-        }
-    }
-
-    #[test]
-    fn rows_evenly_spaced_have_a_row_stride() {
-        // dense, the first columns of wider rows, one row (any strides)
-        assert_eq!(row_stride(layout(&[2, 3, 4], &[12, 4, 1])), Some(4));
-        assert_eq!(row_stride(layout(&[2, 3, 4], &[24, 8, 1])), Some(8));
-        assert_eq!(row_stride(layout(&[1, 1, 4], &[99, 7, 1])), Some(4));
-        // a gap between batches, columns not contiguous, transposed
-        assert_eq!(row_stride(layout(&[2, 3, 4], &[30, 8, 1])), None);
-        assert_eq!(row_stride(layout(&[3, 4], &[8, 2])), None);
-        assert_eq!(row_stride(layout(&[3, 4], &[1, 3])), None);
-    }
 }

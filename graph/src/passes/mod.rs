@@ -40,7 +40,7 @@ pub use epilogue::{MAX_EPILOGUE_SOURCES, epilogue};
 pub use epilogue_inputs::{MAX_EXTERNALS, epilogue_inputs};
 pub use epilogue_range::epilogue_range;
 pub use fuse::fuse_elementwise;
-pub use legalize::{legalize, row_stride};
+pub use legalize::legalize;
 pub use matmul_add::matmul_add;
 pub use matmul_cat::matmul_cat;
 pub use matvec_input::{MAX_X_GROUPS, MAX_X_SOURCES, matvec_input};

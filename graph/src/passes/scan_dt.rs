@@ -9,7 +9,7 @@ use super::epilogue_inputs::{MAX_EXTERNALS, externals};
 use super::{Rewriter, merge_into};
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
-use crate::op::{FusedProgram, Instr, NormKind, Op, ScanDt};
+use crate::op::{FusedProgram, NormKind, Op, ScanDt};
 
 /// Most tokens per sequence for which the scan computes `dt` itself (each channel's thread
 /// would otherwise repeat a matmul row's work per token).
@@ -52,10 +52,7 @@ fn projection(
     }
     let dt = match &d.op {
         Op::MatMul if d.srcs.len() == 2 => ScanDt {
-            program: FusedProgram {
-                head: None,
-                code: vec![Instr::Load(0)],
-            },
+            program: FusedProgram::identity(),
             shapes: vec![],
             x_norm: None,
         },
