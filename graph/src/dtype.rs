@@ -16,6 +16,8 @@ pub enum DType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q4K,
     Q5K,
     Q6K,
@@ -23,7 +25,7 @@ pub enum DType {
 
 impl DType {
     /// Every dtype, in declaration order.
-    pub const ALL: [DType; 10] = [
+    pub const ALL: [DType; 12] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -31,6 +33,8 @@ impl DType {
         DType::Q8_0,
         DType::Q4_0,
         DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
         DType::Q4K,
         DType::Q5K,
         DType::Q6K,
@@ -40,7 +44,7 @@ impl DType {
     pub const fn block_elems(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 | DType::I32 => 1,
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => 32,
             DType::Q4K | DType::Q5K | DType::Q6K => 256,
         }
     }
@@ -53,6 +57,8 @@ impl DType {
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
+            DType::Q5_0 => 22,
+            DType::Q5_1 => 24,
             DType::Q4K => 144,
             DType::Q5K => 176,
             DType::Q6K => 210,
@@ -88,6 +94,8 @@ impl DType {
             DType::Q8_0 => "Q8_0",
             DType::Q4_0 => "Q4_0",
             DType::Q4_1 => "Q4_1",
+            DType::Q5_0 => "Q5_0",
+            DType::Q5_1 => "Q5_1",
             DType::Q4K => "Q4_K",
             DType::Q5K => "Q5_K",
             DType::Q6K => "Q6_K",
@@ -110,6 +118,8 @@ mod tests {
         // Sizes from the GGUF specification: d (f16) + payload per block.
         assert_eq!(DType::Q8_0.bytes_for(64), Some(68));
         assert_eq!(DType::Q4_0.bytes_for(32), Some(18));
+        assert_eq!(DType::Q5_0.bytes_for(64), Some(44));
+        assert_eq!(DType::Q5_1.bytes_for(32), Some(24));
         assert_eq!(DType::Q4K.bytes_for(512), Some(288));
         assert_eq!(DType::Q6K.bytes_for(256), Some(210));
         assert_eq!(DType::Q5K.bytes_for(100), None);

@@ -5,6 +5,9 @@
 //! - `Q8_0`: `d: f16, qs: [i8; 32]` → `d·q`
 //! - `Q4_0`: `d: f16, qs: [u8; 16]` → low nibbles are elements 0..16, high 16..32, `d·(q−8)`
 //! - `Q4_1`: `d: f16, m: f16, qs: [u8; 16]` → `d·q + m`
+//! - `Q5_0`: `d: f16, qh: u32, qs: [u8; 16]`: as Q4_0 with bit `j` of `qh` the fifth bit of
+//!   element `j`, `d·(q−16)`
+//! - `Q5_1`: `d: f16, m: f16, qh: u32, qs: [u8; 16]` → `d·q + m`, the fifth bits as in Q5_0
 //! - `Q4_K`: `d, dmin: f16, scales: [u8; 12], qs: [u8; 128]`: 8 sub-blocks of 32 with 6-bit
 //!   scales and mins → `(d·sc)·q − dmin·m`
 //! - `Q5_K`: `d, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]`: as Q4_K plus a fifth
@@ -52,6 +55,33 @@ fn q4_1(b: &[u8], y: &mut [f32]) {
         let q = b[4 + j];
         y[j] = (q & 0xF) as f32 * d + m;
         y[j + 16] = (q >> 4) as f32 * d + m;
+    }
+}
+
+/// The 5-bit values of a Q5_0/Q5_1 block whose `qh` starts at byte `h` (its 16 nibble bytes
+/// follow): element `j` in `0..16` takes the low nibble of byte `j`, `j + 16` the high one.
+pub fn q5_values(b: &[u8], h: usize) -> [u8; 32] {
+    let qh = u32::from_le_bytes([b[h], b[h + 1], b[h + 2], b[h + 3]]);
+    let mut q = [0u8; 32];
+    for j in 0..16 {
+        let byte = b[h + 4 + j];
+        q[j] = (byte & 0xF) | (((qh >> j) & 1) << 4) as u8;
+        q[j + 16] = (byte >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
+    }
+    q
+}
+
+fn q5_0(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for (o, q) in y.iter_mut().zip(q5_values(b, 2)) {
+        *o = (q as i32 - 16) as f32 * d;
+    }
+}
+
+fn q5_1(b: &[u8], y: &mut [f32]) {
+    let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+    for (o, q) in y.iter_mut().zip(q5_values(b, 4)) {
+        *o = q as f32 * d + m;
     }
 }
 
@@ -148,6 +178,8 @@ pub fn dequantize(dtype: DType, bytes: &[u8], out: &mut [f32]) -> bool {
                 DType::Q8_0 => q8_0,
                 DType::Q4_0 => q4_0,
                 DType::Q4_1 => q4_1,
+                DType::Q5_0 => q5_0,
+                DType::Q5_1 => q5_1,
                 DType::Q4K => q4_k,
                 DType::Q5K => q5_k,
                 _ => q6_k,
@@ -186,6 +218,25 @@ mod tests {
         let mut y = [0.0; 32];
         assert!(dequantize(DType::Q4_0, &b, &mut y));
         assert_eq!((y[0], y[16], y[1]), (-14.0, 14.0, -16.0));
+    }
+
+    #[test]
+    fn q5_high_bits() {
+        // qh bit j is element j's fifth bit: element 0 = 0x10 | 1, element 17 = 0x10 | 0xF.
+        let mut b = vec![0u8; 22];
+        b[..2].copy_from_slice(&f16::from_f32(1.0).to_le_bytes());
+        b[2..6].copy_from_slice(&(1u32 | 1 << 17).to_le_bytes());
+        b[6] = 0x01;
+        b[7] = 0xF0;
+        let mut y = [0.0; 32];
+        assert!(dequantize(DType::Q5_0, &b, &mut y));
+        assert_eq!((y[0], y[16], y[17], y[1]), (1.0, -16.0, 15.0, -16.0));
+        let mut b1 = vec![0u8; 24];
+        b1[..2].copy_from_slice(&f16::from_f32(2.0).to_le_bytes());
+        b1[2..4].copy_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        b1[4..24].copy_from_slice(&b[2..22]);
+        assert!(dequantize(DType::Q5_1, &b1, &mut y));
+        assert_eq!((y[0], y[16], y[17], y[1]), (33.0, -1.0, 61.0, -1.0));
     }
 
     #[test]

@@ -102,8 +102,8 @@ pub fn random_blocks(rng: &mut Rng, dtype: DType, blocks: usize) -> Vec<u8> {
     let bb = dtype.block_bytes();
     let mut out: Vec<u8> = (0..blocks * bb).map(|_| rng.next_u64() as u8).collect();
     let scale_at: &[usize] = match dtype {
-        DType::Q8_0 | DType::Q4_0 => &[0],
-        DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
         DType::Q6K => &[208],
         _ => &[],
     };

@@ -133,6 +133,14 @@ fn dequantization_matches_the_reference_bit_for_bit() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    let want: BTreeSet<DType> = [DType::Q8_0, DType::Q4_0, DType::Q4K, DType::Q6K].into();
+    let want: BTreeSet<DType> = [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q4K,
+        DType::Q6K,
+    ]
+    .into();
     assert_eq!(types, want, "types covered");
 }

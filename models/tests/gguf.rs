@@ -559,7 +559,7 @@ fn quantized_fixtures_list_their_types() {
     assert_eq!(dtype("output.weight"), DType::Q6K);
     assert_eq!(dtype("blk.1.ffn_down.weight"), DType::Q6K);
     assert_eq!(dtype("output_norm.weight"), DType::F32);
-    for q in ["q8_0", "q4_0", "q4_k_m", "q6_k"] {
+    for q in ["q8_0", "q4_0", "q5_0", "q5_1", "q4_k_m", "q6_k"] {
         for arch in ["llama_w256", "mamba_w256"] {
             let f = GgufFile::open(fixture(&format!("{arch}/{arch}-{q}.gguf"))).unwrap();
             assert_eq!(f.get_u32("general.quantization_version").unwrap(), 2);

@@ -364,10 +364,10 @@ fn single_field_corruptions_name_what_is_wrong() {
         matches!(e.kind(), K::UnknownTensorType { type_id: 99, .. }),
         "{e}"
     );
-    let e = corrupt(&full, emb.3, &6u32.to_le_bytes(), &[]);
+    let e = corrupt(&full, emb.3, &11u32.to_le_bytes(), &[]);
     assert_eq!(
         e.to_string(),
-        "bad.gguf: tensor \"token_embd.weight\" has type Q5_0, which weft does not support"
+        "bad.gguf: tensor \"token_embd.weight\" has type Q3_K, which weft does not support"
     );
     for id in [9u32, 10, 15, 16, 23, 24, 28, 29, 34, 39] {
         let e = corrupt(

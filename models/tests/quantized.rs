@@ -1,4 +1,4 @@
-//! Quantized models (`llama_w256`, `mamba_w256` at Q8_0, Q4_0, Q4_K_M, Q6_K): weft's logits must
+//! Quantized models (`llama_w256`, `mamba_w256` at Q8_0, Q4_0, Q5_0, Q5_1, Q4_K_M, Q6_K): weft's logits must
 //! be no further from the transformers f32 reference than 1.25 × llama.cpp's on the same file
 //! (the fixture README's rule). Checked on the prompt in one pass and on two sequences decoded
 //! together, on every backend.
@@ -69,7 +69,7 @@ fn check(model: &str, q: &str, backend: Box<dyn Backend>) {
 
 fn all(make: &dyn Fn() -> Option<Box<dyn Backend>>) {
     for model in ["llama_w256", "mamba_w256"] {
-        for q in ["q8_0", "q4_0", "q4_k_m", "q6_k"] {
+        for q in ["q8_0", "q4_0", "q5_0", "q5_1", "q4_k_m", "q6_k"] {
             if let Some(be) = make() {
                 check(model, q, be);
             }

@@ -38,6 +38,23 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
             "let j = i % 32u; let base = (i / 32u) * 20u; let byte = b{b}_u8(base + 4u + j % 16u); \
              let q = select(byte >> 4u, byte & 15u, j < 16u); return f32(q) * b{b}_f16(base) + b{b}_f16(base + 2u);"
         ),
+        DType::Q5_0 | DType::Q5_1 => {
+            let (bytes, qh, value) = if dtype == DType::Q5_0 {
+                (22, 2, format!("b{b}_f16(base) * f32(i32(q) - 16)"))
+            } else {
+                (
+                    24,
+                    4,
+                    format!("f32(q) * b{b}_f16(base) + b{b}_f16(base + 2u)"),
+                )
+            };
+            format!(
+                "let j = i % 32u; let base = (i / 32u) * {bytes}u; let byte = b{b}_u8(base + {qs}u + j % 16u); \
+                 let h = (b{b}_u8(base + {qh}u + j / 8u) >> (j % 8u)) & 1u; \
+                 let q = select(byte >> 4u, byte & 15u, j < 16u) | (h << 4u); return {value};",
+                qs = qh + 4
+            )
+        }
         DType::Q4K => format!(
             "let j = i % 256u; let base = (i / 256u) * 144u; let c = j / 64u; let l = j % 64u; \
              let sm = b{b}_sm(base + 4u, 2u * c + l / 32u); let byte = b{b}_u8(base + 16u + c * 32u + l % 32u); \
@@ -116,6 +133,7 @@ pub const CHUNK_HELPERS: &str = "
 const T: u32 = 32u;
 fn x4(i: u32) -> vec4<f32> { return vec4<f32>(ld0(i), ld0(i + 1u), ld0(i + 2u), ld0(i + 3u)); }
 fn nib(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 15u), f32((w >> 8u) & 15u), f32((w >> 16u) & 15u), f32((w >> 24u) & 15u)); }
+fn hb4(h: u32) -> vec4<f32> { return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u)); }
 fn bit4(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 1u), f32((w >> 8u) & 1u), f32((w >> 16u) & 1u), f32((w >> 24u) & 1u)); }
 fn i8x4(w: u32) -> vec4<f32> { return vec4<f32>(f32(bitcast<i32>(w << 24u) >> 24u), f32(bitcast<i32>(w << 16u) >> 24u), f32(bitcast<i32>(w << 8u) >> 24u), f32(bitcast<i32>(w) >> 24u)); }
 fn q6x4(lo: u32, hi: u32) -> vec4<f32> { return nib(lo) + 16.0 * vec4<f32>(f32(hi & 3u), f32((hi >> 8u) & 3u), f32((hi >> 16u) & 3u), f32((hi >> 24u) & 3u)) - 32.0; }
@@ -165,6 +183,27 @@ fn chunk_body(b: u32, dtype: DType) -> Option<(u32, u32, String)> {
                  return {f16}(o) * a + {f16}(o + 2u) * sx;"
             ),
         ),
+        DType::Q5_0 | DType::Q5_1 => {
+            let (bytes, qh, offset, total) = if dtype == DType::Q5_0 {
+                (22, 2, " - 16.0", format!("{f16}(o) * a"))
+            } else {
+                (24, 4, "", format!("{f16}(o) * a + {f16}(o + 2u) * sx"))
+            };
+            (
+                32,
+                32,
+                format!(
+                    "let o = c * {bytes}u; let x0 = xs + c * 32u; let h = bw(o + {qh}u); var a = 0.0; var sx = 0.0; \
+                     for (var j = 0u; j < 4u; j++) {{ let w = bw(o + {qs}u + 4u * j); \
+                     let xl = x4(x0 + 4u * j); let xh = x4(x0 + 16u + 4u * j); \
+                     a += dot(nib(w) + 16.0 * hb4(h >> (4u * j)){offset}, xl) \
+                     + dot(nib(w >> 4u) + 16.0 * hb4(h >> (16u + 4u * j)){offset}, xh); \
+                     sx += dot(xl + xh, vec4<f32>(1.0)); }} \
+                     return {total};",
+                    qs = qh + 4
+                ),
+            )
+        }
         DType::Q4K | DType::Q5K => {
             let (bytes, qs) = if dtype == DType::Q4K {
                 (144, 16)

@@ -10,13 +10,15 @@ use weft_shaders::{
 };
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-const WEIGHTS: [DType; 9] = [
+const WEIGHTS: [DType; 11] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
     DType::Q4K,
     DType::Q5K,
     DType::Q6K,

@@ -13,11 +13,10 @@ const TOL: f64 = 1e-5;
 /// The activations a quantized matmul on `be` really multiplies: the CPU backend rounds them to
 /// 8 bits per weight block (as llama.cpp's CPU backend does), GPU kernels read them as floats.
 fn seen_activations(be: &dyn Backend, dtype: DType, x: &Nd) -> Nd {
-    let block = match dtype {
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => 32,
-        DType::Q4K | DType::Q5K | DType::Q6K => 256,
-        _ => return x.clone(),
-    };
+    let block = dtype.block_elems();
+    if block == 1 {
+        return x.clone();
+    }
     if be.name().starts_with("cpu") {
         r::round_activations(x, block)
     } else {
@@ -234,6 +233,12 @@ pub fn matmul_q4_0(be: &mut dyn Backend) {
 pub fn matmul_q4_1(be: &mut dyn Backend) {
     matmul_with(be, DType::Q4_1, 64, 10);
 }
+pub fn matmul_q5_0(be: &mut dyn Backend) {
+    matmul_with(be, DType::Q5_0, 96, 14);
+}
+pub fn matmul_q5_1(be: &mut dyn Backend) {
+    matmul_with(be, DType::Q5_1, 64, 15);
+}
 pub fn matmul_q4_k(be: &mut dyn Backend) {
     matmul_with(be, DType::Q4K, 512, 11);
 }
@@ -436,7 +441,15 @@ pub fn matmul_id(be: &mut dyn Backend) {
 
 pub fn get_rows(be: &mut dyn Backend) {
     let mut rg = rng(16);
-    for dtype in [DType::F32, DType::F16, DType::Q8_0, DType::Q4_1, DType::Q6K] {
+    for dtype in [
+        DType::F32,
+        DType::F16,
+        DType::Q8_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q6K,
+    ] {
         let d = if dtype.is_quantized() {
             dtype.block_elems() * 2
         } else {

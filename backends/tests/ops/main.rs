@@ -37,6 +37,8 @@ macro_rules! all_cases {
                 matmul_q8_0,
                 matmul_q4_0,
                 matmul_q4_1,
+                matmul_q5_0,
+                matmul_q5_1,
                 matmul_q4_k,
                 matmul_q5_k,
                 matmul_q6_k,

@@ -19,8 +19,8 @@ pub(crate) fn ggml_type(id: u32) -> Option<GgmlType> {
         1 => S(DType::F16),
         2 => S(DType::Q4_0),
         3 => S(DType::Q4_1),
-        6 => U("Q5_0"),
-        7 => U("Q5_1"),
+        6 => S(DType::Q5_0),
+        7 => S(DType::Q5_1),
         8 => S(DType::Q8_0),
         9 => U("Q8_1"),
         10 => U("Q2_K"),
@@ -58,6 +58,8 @@ pub const fn ggml_type_id(dtype: DType) -> u32 {
         DType::F16 => 1,
         DType::Q4_0 => 2,
         DType::Q4_1 => 3,
+        DType::Q5_0 => 6,
+        DType::Q5_1 => 7,
         DType::Q8_0 => 8,
         DType::Q4K => 12,
         DType::Q5K => 13,
@@ -76,7 +78,7 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(ggml_type(ggml_type_id(d)), Some(GgmlType::Supported(d)));
         }
-        assert_eq!(ggml_type(6), Some(GgmlType::Unsupported("Q5_0")));
+        assert_eq!(ggml_type(11), Some(GgmlType::Unsupported("Q3_K")));
         assert_eq!(ggml_type(4), None);
         assert_eq!(ggml_type(99), None);
     }

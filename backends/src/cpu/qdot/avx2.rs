@@ -22,6 +22,8 @@ pub fn kernel(dtype: DType) -> Option<Kernel> {
         DType::Q8_0 => Kernel::B32(q8_0, Some(q8_0_x4)),
         DType::Q4_0 => Kernel::B32(q4_0, Some(q4_0_x4)),
         DType::Q4_1 => Kernel::B32(q4_1, Some(q4_1_x4)),
+        DType::Q5_0 => Kernel::B32(q5_0, Some(q5_0_x4)),
+        DType::Q5_1 => Kernel::B32(q5_1, Some(q5_1_x4)),
         DType::Q4K => Kernel::K(q4_k),
         DType::Q5K => Kernel::K(q5_k),
         DType::Q6K => Kernel::K(q6_k),
@@ -44,9 +46,13 @@ safe_entries! {
     q8_0 => q8_0_avx2(&[Q8Block]) -> f32;
     q4_0 => q4_0_avx2(&[Q8Block]) -> f32;
     q4_1 => q4_1_avx2(&[Q8Block]) -> f32;
+    q5_0 => q5_0_avx2(&[Q8Block]) -> f32;
+    q5_1 => q5_1_avx2(&[Q8Block]) -> f32;
     q8_0_x4 => q8_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q4_0_x4 => q4_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q4_1_x4 => q4_1_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q5_0_x4 => q5_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q5_1_x4 => q5_1_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q4_k => q4_k_avx2(&[Q8KBlock]) -> f32;
     q5_k => q5_k_avx2(&[Q8KBlock]) -> f32;
     q6_k => q6_k_avx2(&[Q8KBlock]) -> f32;
@@ -81,6 +87,40 @@ fn nibbles(b: &[u8]) -> __m256i {
     let v = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
     let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
     _mm256_and_si256(both, _mm256_set1_epi8(0xF))
+}
+
+/// The 32 bits of the little-endian word at `b` as 32 bytes: byte `j` is 0xFF where bit `j` is
+/// set, 0 elsewhere (a Q5_0/Q5_1 block's fifth bits, in element order).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bit_bytes(b: &[u8]) -> __m256i {
+    let word = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
+    // byte j of the shuffled word holds the word's byte j / 8; the mask picks bit j % 8 of it
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(word as i32),
+        _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
+}
+
+/// A Q5_0 block's 32 values `q − 16` as i8: the nibble, with 0xF0 (−16) where the fifth bit
+/// is clear.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_values(b: &[u8]) -> __m256i {
+    let high = _mm256_andnot_si256(bit_bytes(&b[2..]), _mm256_set1_epi8(0xF0u8 as i8));
+    _mm256_or_si256(nibbles(&b[6..]), high)
+}
+
+/// A Q5_1 block's 32 unsigned values.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_values(b: &[u8]) -> __m256i {
+    let high = _mm256_and_si256(bit_bytes(&b[4..]), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles(&b[8..]), high)
 }
 
 /// Σ of u8 × i8 products in 8 i32 lanes.
@@ -181,6 +221,20 @@ fn q4_1_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
     })
 }
 
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
+    sum_blocks32(w, a, 22, false, |b, y| {
+        dot_i8_i8(q5_0_values(b), load32_i8(&y.qs))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
+    sum_blocks32(w, a, 24, true, |b, y| {
+        dot_u8_i8(q5_1_values(b), load32_i8(&y.qs))
+    })
+}
+
 /// [`sum_blocks32`] for four activation rows at once (prompt processing): each weight block is
 /// decoded once, by `decode`, into the unsigned operand of `maddubs` and the sign source that
 /// `signed` formats move onto the activations.
@@ -243,6 +297,21 @@ fn q4_0_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
 fn q4_1_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
     sum_blocks32_x4(w, a, 20, false, |b| {
         (nibbles(&b[4..]), _mm256_setzero_si256())
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+    sum_blocks32_x4(w, a, 22, true, |b| {
+        let q = q5_0_values(b);
+        (_mm256_sign_epi8(q, q), q)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+    sum_blocks32_x4(w, a, 24, false, |b| {
+        (q5_1_values(b), _mm256_setzero_si256())
     })
 }
 

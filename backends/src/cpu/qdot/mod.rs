@@ -2,8 +2,9 @@
 //! computes them: each activation row is rounded once per matmul to blocks of 8-bit integers with
 //! one f32 scale, and each weight block meets its activation block as an integer sum, scaled once.
 //!
-//! - 32-element weight blocks (`Q8_0`, `Q4_0`, `Q4_1`) meet [`Q8Block`]s, which also carry
-//!   `d·Σq` for the offset terms of `Q4_0` (`q − 8`) and `Q4_1` (`+ m`).
+//! - 32-element weight blocks (`Q8_0`, `Q4_0`, `Q4_1`, `Q5_0`, `Q5_1`) meet [`Q8Block`]s, which
+//!   also carry `d·Σq` for the offset terms of `Q4_0` (`q − 8`), `Q5_0` (`q − 16`) and `Q4_1`,
+//!   `Q5_1` (`+ m`).
 //! - K-quant super-blocks (`Q4_K`, `Q5_K`, `Q6_K`) meet [`Q8KBlock`]s of 256, whose sums per 16
 //!   elements pay for the mins and the `q − 32` offset.
 //!
@@ -89,7 +90,7 @@ impl Acts {
             return None;
         }
         match dtype {
-            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 => {
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
                 let blocks = x
                     .chunks_exact(QK)
                     .map(|c| {
@@ -214,8 +215,8 @@ mod tests {
             .map(|_| (lcg(seed) * 128.0 + 128.0) as u8)
             .collect();
         let scale_at: &[usize] = match dtype {
-            DType::Q8_0 | DType::Q4_0 => &[0],
-            DType::Q4_1 | DType::Q4K | DType::Q5K => &[0, 2],
+            DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
+            DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
             _ => &[208],
         };
         for b in w.chunks_exact_mut(bb) {

@@ -2,7 +2,7 @@
 
 use super::{Kernel, Q8Block, Q8KBlock};
 use weft_graph::DType;
-use weft_graph::quant::scale_min_k4;
+use weft_graph::quant::{q5_values, scale_min_k4};
 
 pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
@@ -13,6 +13,8 @@ pub fn kernel(dtype: DType) -> Option<Kernel> {
         DType::Q8_0 => Kernel::B32(q8_0, None),
         DType::Q4_0 => Kernel::B32(q4_0, None),
         DType::Q4_1 => Kernel::B32(q4_1, None),
+        DType::Q5_0 => Kernel::B32(q5_0, None),
+        DType::Q5_1 => Kernel::B32(q5_1, None),
         DType::Q4K => Kernel::K(q4_k),
         DType::Q5K => Kernel::K(q5_k),
         DType::Q6K => Kernel::K(q6_k),
@@ -52,6 +54,31 @@ fn q4_1(w: &[u8], a: &[Q8Block]) -> f32 {
     for (b, y) in w.chunks_exact(20).zip(a) {
         let s = nibble_dot(&b[4..20], &y.qs);
         acc += f16_at(b, 0) * y.d * s as f32 + f16_at(b, 2) * y.s;
+    }
+    acc
+}
+
+/// `Σ q·y` of a Q5_0/Q5_1 block whose `qh` starts at byte `h`.
+fn q5_dot(b: &[u8], h: usize, y: &[i8; 32]) -> i32 {
+    q5_values(b, h)
+        .iter()
+        .zip(y)
+        .map(|(&q, &v)| q as i32 * v as i32)
+        .sum()
+}
+
+fn q5_0(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, y) in w.chunks_exact(22).zip(a) {
+        acc += f16_at(b, 0) * (y.d * q5_dot(b, 2, &y.qs) as f32 - 16.0 * y.s);
+    }
+    acc
+}
+
+fn q5_1(w: &[u8], a: &[Q8Block]) -> f32 {
+    let mut acc = 0.0f32;
+    for (b, y) in w.chunks_exact(24).zip(a) {
+        acc += f16_at(b, 0) * y.d * q5_dot(b, 4, &y.qs) as f32 + f16_at(b, 2) * y.s;
     }
     acc
 }
