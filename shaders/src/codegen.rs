@@ -2,7 +2,7 @@
 //! body with its placeholders filled.
 
 use crate::quant::{CHUNK_HELPERS, byte_helpers, chunk_dot, decode_body};
-use crate::{BcNormSpec, EpilogueSpec, Home, Kernel, Spec, XNormSpec};
+use crate::{BcNormSpec, EpilogueSpec, Home, Kernel, Spec, TopKSpec, XNormSpec};
 use std::fmt::Write;
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
 
@@ -179,6 +179,45 @@ fn group_sum(v: f32, lid: u32, half: u32) -> f32 {{
 /// `ld0` for a mat-vec whose activation row is normalised in the kernel (`Spec::x_norm`), and
 /// `prologue(xrow, lid)`, which every thread calls first: the row's sum of squares over 64
 /// lanes in the order `fused_norm` sums it, so both give the same factor.
+/// `ldi{src}` (and `ld{src}`) of a [`TopKSpec`]: the `j + 1`-th largest logit's index, found
+/// by `j + 1` passes over the row, each taking the largest value after the last one taken in
+/// (value, index) order.
+fn top_k_loader(t: &TopKSpec) -> String {
+    let TopKSpec {
+        src,
+        k,
+        row,
+        stride,
+        off,
+    } = *t;
+    format!(
+        "fn ldf{src}(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}
+fn ldi{src}(i: u32) -> i32 {{
+    let r = i - pu({off}u);
+    let base = pu({off}u) + (r / {k}u) * {stride}u;
+    var lv = 0.0;
+    var li = 0u;
+    for (var kk = 0u; kk <= r % {k}u; kk++) {{
+        var bv = 0.0;
+        var bi = {row}u;
+        for (var c = 0u; c < {row}u; c++) {{
+            let v = ldf{src}(base + c);
+            let after_last = kk == 0u || v < lv || (v == lv && c > li);
+            if (after_last && (bi == {row}u || v > bv)) {{
+                bv = v;
+                bi = c;
+            }}
+        }}
+        lv = bv;
+        li = bi;
+    }}
+    return i32(li);
+}}
+fn ld{src}(i: u32) -> f32 {{ return f32(ldi{src}(i)); }}
+"
+    )
+}
+
 fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
     let Some(XNormSpec { kind, weight }) = spec.x_norm else {
         return Ok(String::new());
@@ -654,6 +693,16 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         }
     }
     for (i, s) in spec.sources.iter().enumerate() {
+        if let Some(t) = spec.top_k.filter(|t| t.src == i) {
+            if (s.home, s.dtype) != (Home::Arena, DType::F32) || t.k == 0 || t.k > t.row {
+                return Err(err(
+                    k,
+                    format!("top {} ids of rows of {} {}", t.k, t.row, s.dtype),
+                ));
+            }
+            out.push_str(&top_k_loader(&t));
+            continue;
+        }
         match (s.home, s.dtype) {
             (Home::Arena, DType::I32) => {
                 let _ = writeln!(

@@ -238,6 +238,21 @@ pub struct Spec {
     /// A `matmul` (decode) whose activation row is computed by a program as it reads it
     /// (`ld0`, after `prologue` has taken the norm factors of the program's head).
     pub x_prog: Option<Box<XProgSpec>>,
+    /// Ids (`ldi{src}`) chosen in the kernel as the top k of rows of logits (see [`TopKSpec`]).
+    pub top_k: Option<TopKSpec>,
+}
+
+/// See [`Spec::top_k`]: source `src` holds F32 logits, rows of `row` contiguous elements
+/// `stride` apart, from the offset in parameter word `off`; id `j` of row `r` (element
+/// `r·k + j` of the ids, counted from the same offset) is the index of the row's `j + 1`-th
+/// largest logit, the lower index first on ties (as the `top_k` kernel chooses).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TopKSpec {
+    pub src: usize,
+    pub k: u32,
+    pub row: u32,
+    pub stride: u32,
+    pub off: u32,
 }
 
 /// See [`Spec::bc_norm`]: the norm, and each weight's source and the parameter word of its
@@ -348,6 +363,7 @@ impl Spec {
             scan_dt: None,
             x_prog: None,
             bc_norm: None,
+            top_k: None,
         }
     }
 }

@@ -5,8 +5,8 @@
 
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
 use weft_shaders::{
-    BcNormSpec, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec,
-    generate,
+    BcNormSpec, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, TopKSpec, XNormSpec,
+    XProgSpec, generate,
 };
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -115,6 +115,28 @@ fn variants() -> Vec<Spec> {
             Kernel::GetRows,
             vec![ext(0, w), arena(DType::I32)],
         ));
+    }
+    // ids chosen in the kernel from rows of logits
+    for (kernel, src, off) in [
+        (Kernel::MatMulId, 2, 5),
+        (Kernel::GetRows, 1, 5),
+        (Kernel::SoftMax, 1, 17),
+    ] {
+        let mut sources = vec![arena(DType::F32), ext(0, DType::Q4K), arena(DType::F32)];
+        sources.truncate(src + 1);
+        sources[src] = arena(DType::F32);
+        let mut s = Spec::new(kernel, sources);
+        s.top_k = Some(TopKSpec {
+            src,
+            k: 4,
+            row: 32,
+            stride: 40,
+            off,
+        });
+        if kernel == Kernel::SoftMax {
+            s.aliases = vec![("ldidx", 1)];
+        }
+        v.push(s);
     }
     // several weights of different dtypes behind one activation row
     v.push(Spec::new(

@@ -698,6 +698,36 @@ fn with_source<'a>(
 /// Computes `op` (the node's op, or its epilogue's inner op) from its sources into `out`.
 fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8]) -> Result<()> {
     let shape = node.shape();
+    // ids chosen here: the top k of each row of logits (`Op::ids_source`)
+    let chosen: Vec<i32>;
+    let with_ids: Vec<TensorRef>;
+    let s = match op.ids_source(shape) {
+        Some((at, k)) if s[at].dtype == DType::F32 => {
+            let logits = &s[at];
+            let mut dims = logits.dims().to_vec();
+            let last = dims.len() - 1;
+            dims[last] = k;
+            let ids_shape = weft_graph::Shape::new(&dims)
+                .ok_or_else(|| BackendError::Device(format!("{}: no ids to choose", node.name)))?;
+            let mut ids = vec![0i32; ids_shape.numel()];
+            rows::top_k(logits, k, &mut ids);
+            chosen = ids;
+            with_ids = s
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match i == at {
+                    true => TensorRef {
+                        bytes: bytemuck::cast_slice(&chosen),
+                        layout: Layout::contiguous(ids_shape),
+                        dtype: DType::I32,
+                    },
+                    false => *t,
+                })
+                .collect();
+            &with_ids[..]
+        }
+        _ => s,
+    };
     match op {
         Op::Contiguous => elementwise::contiguous(&s[0], out),
         Op::Fused(p) => elementwise::fused(p, shape, s, f32s(out)),

@@ -8,7 +8,8 @@ use weft_graph::{
     RopeMode,
 };
 use weft_shaders::{
-    BcNormSpec, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, XNormSpec, XProgSpec,
+    BcNormSpec, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, TopKSpec, XNormSpec,
+    XProgSpec,
 };
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
@@ -256,11 +257,11 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             (kernel, p, total.div_ceil(4) as u32)
         }
         Op::MatMulId => {
-            let (xd, wd, idd) = (dims(0), dims(1), dims(2));
+            let (xd, wd) = (dims(0), dims(1));
             let (xo, wo, io) = (c.src(s[0]), c.src(s[1]), c.src(s[2]));
             let total = node.numel();
             let mut p = vec![
-                idd[1] as u32,
+                node.shape().dims()[1] as u32,
                 wd[1] as u32,
                 wd[2] as u32,
                 xo,
@@ -282,14 +283,15 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             (kernel, p, total.div_ceil(4) as u32)
         }
         Op::GetRows => {
-            let (td, idd) = (dims(0), dims(1));
+            let td = dims(0);
             let (to, io) = (c.src(s[0]), c.src(s[1]));
             let total = node.numel();
+            let nd = node.shape().dims().to_vec();
             let p = vec![
                 total as u32,
                 td[td.len() - 1] as u32,
                 td[td.len() - 2] as u32,
-                idd[idd.len() - 1] as u32,
+                nd[nd.len() - 2] as u32,
                 to,
                 io,
                 c.out(),
@@ -776,7 +778,28 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             params.len()
         )));
     }
+    // ids chosen in the kernel from rows of logits (`Op::ids_source`): the source's index and
+    // its offset's parameter word, per kernel
+    let top_k = match op.ids_source(node.shape()) {
+        Some((at, k)) if g.node(s[at]).dtype == DType::F32 => {
+            let l = g.node(s[at]);
+            let off = match kernel {
+                Kernel::MatMulId | Kernel::MatMulIdPair | Kernel::GetRows => 5,
+                Kernel::SoftMax => 17,
+                _ => return Err(c.fail("ids chosen from logits in another kernel")),
+            };
+            Some(TopKSpec {
+                src: at,
+                k: k as u32,
+                row: l.shape().last() as u32,
+                stride: l.layout.strides[0] as u32,
+                off,
+            })
+        }
+        _ => None,
+    };
     let mut spec = Spec::new(kernel, c.sources);
+    spec.top_k = top_k;
     spec.aliases = aliases;
     spec.store = store;
     spec.externals = c.externals.len() as u32;

@@ -2405,3 +2405,110 @@ fn qk_case(
         }
     }
 }
+
+/// A mixture's choice made by the ops that read it (`top_k_inline`): the experts' gated pair
+/// and their down product, rows picked from a table, and the softmax of the chosen logits each
+/// select the top k of every logits row themselves (ties to the lower index), from dense rows
+/// and from a column view of wider ones. No top_k kernel runs.
+pub fn top_k_inline(be: &mut dyn Backend) {
+    let mut rg = rng(53);
+    let (t, e, k, kk, n) = (3, 6, 2, 32, 5);
+    for wide in [false, true] {
+        let cols = if wide { e + 4 } else { e };
+        let off = if wide { 3 } else { 0 };
+        // rows with ties: row 0 ties its two largest, row 1 its second and third
+        let mut v = randn(&mut rg, t * cols);
+        let tied = [
+            [0.1, 2.5, -0.3, 0.7, 2.5, -1.0],
+            [3.0, -0.5, 1.5, 0.2, -2.0, 1.5],
+        ];
+        for (r, row) in tied.iter().enumerate() {
+            v[r * cols + off..r * cols + off + e].copy_from_slice(row);
+        }
+        let mut c = Case::new();
+        let (z, zn) = c.input_values("z", &[t, cols], v);
+        let logits = c.b.slice(z, 1, off, e).unwrap();
+        let ids = c.b.top_k(logits, k).unwrap();
+        let (x, xn) = c.input(&mut rg, "x", &[t, 1, kk]);
+        let (wg, wgn) = weight(be, &mut c, &mut rg, "gate", &[e, n, kk], DType::F32);
+        let (wu, wun) = weight(be, &mut c, &mut rg, "up", &[e, n, kk], DType::F16);
+        let (wd, wdn) = weight(be, &mut c, &mut rg, "down", &[e, 4, n], DType::F32);
+        let g = c.b.matmul_id(x, wg, ids).unwrap();
+        let up = c.b.matmul_id(x, wu, ids).unwrap();
+        let a = c.b.silu(g).unwrap();
+        let h = c.b.mul(a, up).unwrap();
+        let y = c.b.matmul_id(h, wd, ids).unwrap();
+        let (tab, tabn) = c.input(&mut rg, "table", &[t, e, 3]);
+        let rows = c.b.get_rows(tab, ids).unwrap();
+        let z3 = c.b.reshape(z, &[t, cols, 1]).unwrap();
+        let l3 = c.b.slice(z3, 1, off, e).unwrap();
+        let chosen = c.b.get_rows(l3, ids).unwrap();
+        let chosen = c.b.reshape(chosen, &[t, k]).unwrap();
+        let w = c.b.softmax(chosen, None, 1.0).unwrap();
+        c.output(y, "y");
+        c.output(rows, "rows");
+        c.output(w, "w");
+        let kernels = scheduled(c.b.graph(), true);
+        assert!(!kernels.contains(&"top_k"), "wide={wide}: {kernels:?}");
+        let out = c.run(be);
+        // the reference choice: largest first, the lower index first on ties
+        let choice: Vec<Vec<usize>> = (0..t)
+            .map(|r| {
+                let mut i: Vec<usize> = (0..e).collect();
+                i.sort_by(|&a, &b| zn.at(&[r, off + b]).total_cmp(&zn.at(&[r, off + a])));
+                i.truncate(k);
+                i
+            })
+            .collect();
+        assert_eq!((choice[0][0], choice[0][1], choice[1][1]), (1, 4, 2));
+        let mut hw = Nd::zeros(&[t, k, n]);
+        for i in indices(&[t, k, n]) {
+            let ex = choice[i[0]][i[1]];
+            let dot = |w: &Nd| -> f64 {
+                (0..kk)
+                    .map(|j| xn.at(&[i[0], 0, j]) * w.at(&[ex, i[2], j]))
+                    .sum()
+            };
+            hw.set(&i, silu(dot(&wgn)) * dot(&wun));
+        }
+        let mut want_y = Nd::zeros(&[t, k, 4]);
+        for i in indices(&[t, k, 4]) {
+            let ex = choice[i[0]][i[1]];
+            let s: f64 = (0..n)
+                .map(|j| hw.at(&[i[0], i[1], j]) * wdn.at(&[ex, i[2], j]))
+                .sum();
+            want_y.set(&i, s);
+        }
+        assert_close(
+            &format!("top_k_inline y wide={wide}"),
+            &out[0],
+            &want_y,
+            TOL,
+        );
+        let mut want_rows = Nd::zeros(&[t, k, 3]);
+        for i in indices(&[t, k, 3]) {
+            want_rows.set(&i, tabn.at(&[i[0], choice[i[0]][i[1]], i[2]]));
+        }
+        assert_close(
+            &format!("top_k_inline rows wide={wide}"),
+            &out[1],
+            &want_rows,
+            TOL,
+        );
+        let mut want_w = Nd::zeros(&[t, k]);
+        for r in 0..t {
+            let v: Vec<f64> = choice[r].iter().map(|&j| zn.at(&[r, off + j])).collect();
+            let m = v.iter().copied().fold(f64::MIN, f64::max);
+            let sum: f64 = v.iter().map(|x| (x - m).exp()).sum();
+            for (j, x) in v.iter().enumerate() {
+                want_w.set(&[r, j], (x - m).exp() / sum);
+            }
+        }
+        assert_close(
+            &format!("top_k_inline w wide={wide}"),
+            &out[2],
+            &want_w,
+            TOL,
+        );
+    }
+}

@@ -58,6 +58,7 @@ macro_rules! all_cases {
                 sum_norm,
                 softmax,
                 softmax_gather,
+                top_k_inline,
                 rope,
                 rope_pair,
                 attention,

@@ -7,8 +7,8 @@
 //! mat-vec's output, then whole results), and their elementwise sources into them → row norms
 //! into the mat-vecs they feed, other elementwise programs into the mat-vecs that read them
 //! alone, Mamba1's dt projection and Jamba's B/C norms into the scan, and q/k norms and gates
-//! into the delta rule → dead-node removal (the eighteen fusing passes only with
-//! [`PassOptions::fuse`]).
+//! into the delta rule → a mixture's top-k choice into the ops that read it → dead-node
+//! removal (the nineteen fusing passes only with [`PassOptions::fuse`]).
 
 mod attention_store;
 mod dce;
@@ -30,6 +30,7 @@ mod scan_dt;
 mod softmax_gather;
 mod state_in_place;
 mod sum_norm;
+mod top_k_inline;
 mod views;
 
 pub use attention_store::attention_store;
@@ -52,6 +53,7 @@ pub use scan_dt::{MAX_SCAN_DT_TOKENS, scan_dt};
 pub use softmax_gather::softmax_gather;
 pub use state_in_place::state_in_place;
 pub use sum_norm::sum_norm;
+pub use top_k_inline::{MAX_TOP_K_ROW, top_k_inline};
 pub use views::fold_views;
 
 use crate::graph::{Graph, Node, NodeId};
@@ -89,7 +91,7 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
         let g = remove_dead(&epilogue(&g));
         let g = matvec_input(&norm_input(&epilogue_inputs(&g)));
         let g = scan_bc_norm(&scan_dt(&g));
-        remove_dead(&delta_gates(&delta_qk_norm(&g)))
+        remove_dead(&top_k_inline(&delta_gates(&delta_qk_norm(&g))))
     } else {
         g
     }
