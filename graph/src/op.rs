@@ -655,24 +655,32 @@ impl Op {
         Some(FusedProgram { head, code })
     }
 
+    /// The source of the ids an op picks rows or experts by (`MatMulId`, `GetRows`, a gathered
+    /// `SoftMax`), and how many ids each row of that source stands for, for an op whose result
+    /// has `numel` elements and whose own sources have `shapes`. When that source is F32 rather
+    /// than I32 (made by the `top_k_inline` pass, never by the builder), it holds rows of
+    /// logits and the ids are each row's `top_k` (largest first, the lower index first on ties).
+    pub fn ids_source(
+        &self,
+        numel: usize,
+        shapes: &[crate::layout::Shape],
+    ) -> Option<(usize, usize)> {
+        let rows = |s: &crate::layout::Shape| (s.numel() / s.last()).max(1);
+        let (at, per_id) = match self {
+            // [T, U, N] from ids [T, U] and w [E, N, K]
+            Op::MatMulId => (2, shapes.get(1)?.dims().get(1).copied()?),
+            // [B?, n, D] from a table [B?, R, D] and ids [B?, n]
+            Op::GetRows => (1, shapes.first()?.last()),
+            Op::SoftMax { gathered: true, .. } => (1, 1),
+            _ => return None,
+        };
+        Some((at, numel / (rows(shapes.get(at)?) * per_id).max(1)))
+    }
+
     /// The op that does the work, and how many of the node's sources are its own: the inner op
     /// of an [`Op::Epilogue`], else the op itself with all `n_srcs`, less the sources of the
     /// programs it computes inputs with (`GatedDeltaNet::gates`, `SsmScan::dt_proj`), which
     /// follow its own.
-    /// The source of the ids an op picks rows or experts by (`MatMulId`, `GetRows`, a gathered
-    /// `SoftMax`), and how many ids a row of them holds, for a node of `shape`. When that
-    /// source is F32 rather than I32 (made by the `top_k_inline` pass, never by the builder),
-    /// it holds rows of logits and the ids are each row's `top_k` (largest first, the lower
-    /// index first on ties).
-    pub fn ids_source(&self, shape: crate::layout::Shape) -> Option<(usize, usize)> {
-        match self {
-            Op::MatMulId => Some((2, shape.dims()[1])),
-            Op::GetRows => Some((1, shape.dims()[shape.rank() - 2])),
-            Op::SoftMax { gathered: true, .. } => Some((1, shape.last())),
-            _ => None,
-        }
-    }
-
     pub fn core(&self, n_srcs: usize) -> (&Op, usize) {
         match self {
             Op::Epilogue(e) => e.inner.core(e.inner_srcs),

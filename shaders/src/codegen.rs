@@ -176,9 +176,6 @@ fn group_sum(v: f32, lid: u32, half: u32) -> f32 {{
     Ok(f)
 }
 
-/// `ld0` for a mat-vec whose activation row is normalised in the kernel (`Spec::x_norm`), and
-/// `prologue(xrow, lid)`, which every thread calls first: the row's sum of squares over 64
-/// lanes in the order `fused_norm` sums it, so both give the same factor.
 /// `ldi{src}` (and `ld{src}`) of a [`TopKSpec`]: the `j + 1`-th largest logit's index, found
 /// by `j + 1` passes over the row, each taking the largest value after the last one taken in
 /// (value, index) order.
@@ -218,6 +215,9 @@ fn ld{src}(i: u32) -> f32 {{ return f32(ldi{src}(i)); }}
     )
 }
 
+/// `ld0` for a mat-vec whose activation row is normalised in the kernel (`Spec::x_norm`), and
+/// `prologue(xrow, lid)`, which every thread calls first: the row's sum of squares over 64
+/// lanes in the order `fused_norm` sums it, so both give the same factor.
 fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
     let Some(XNormSpec { kind, weight }) = spec.x_norm else {
         return Ok(String::new());

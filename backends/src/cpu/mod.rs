@@ -701,7 +701,8 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
     // ids chosen here: the top k of each row of logits (`Op::ids_source`)
     let chosen: Vec<i32>;
     let with_ids: Vec<TensorRef>;
-    let s = match op.ids_source(shape) {
+    let shapes: Vec<_> = s.iter().map(|t| t.layout.shape).collect();
+    let s = match op.ids_source(node.numel(), &shapes) {
         Some((at, k)) if s[at].dtype == DType::F32 => {
             let logits = &s[at];
             let mut dims = logits.dims().to_vec();

@@ -161,6 +161,10 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     let (op, inner_srcs) = node.op.core(node.srcs.len());
     let s = &node.srcs[..inner_srcs];
     let dims = |i: usize| g.node(s[i]).shape().dims().to_vec();
+    // ids per row of an ids source (I32 ids, or logits whose top k the kernel chooses)
+    let shapes: Vec<_> = s.iter().map(|&i| g.node(i).shape()).collect();
+    let ids_source = op.ids_source(node.numel(), &shapes);
+    let per_row = ids_source.map_or(0, |(_, k)| k as u32);
     let mut aliases = vec![];
     let mut store = None;
     let mut puts = vec![];
@@ -261,7 +265,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let (xo, wo, io) = (c.src(s[0]), c.src(s[1]), c.src(s[2]));
             let total = node.numel();
             let mut p = vec![
-                node.shape().dims()[1] as u32,
+                per_row,
                 wd[1] as u32,
                 wd[2] as u32,
                 xo,
@@ -286,12 +290,11 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             let td = dims(0);
             let (to, io) = (c.src(s[0]), c.src(s[1]));
             let total = node.numel();
-            let nd = node.shape().dims().to_vec();
             let p = vec![
                 total as u32,
                 td[td.len() - 1] as u32,
                 td[td.len() - 2] as u32,
-                nd[nd.len() - 2] as u32,
+                per_row,
                 to,
                 io,
                 c.out(),
@@ -780,7 +783,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     }
     // ids chosen in the kernel from rows of logits (`Op::ids_source`): the source's index and
     // its offset's parameter word, per kernel
-    let top_k = match op.ids_source(node.shape()) {
+    let top_k = match ids_source {
         Some((at, k)) if g.node(s[at]).dtype == DType::F32 => {
             let l = g.node(s[at]);
             let off = match kernel {

@@ -2407,9 +2407,10 @@ fn qk_case(
 }
 
 /// A mixture's choice made by the ops that read it (`top_k_inline`): the experts' gated pair
-/// and their down product, rows picked from a table, and the softmax of the chosen logits each
-/// select the top k of every logits row themselves (ties to the lower index), from dense rows
-/// and from a column view of wider ones. No top_k kernel runs.
+/// and their down product (its SiLU through a flattening reshape, an epilogue of another
+/// shape), rows picked from a table, and the softmax of the chosen logits each select the top k
+/// of every logits row themselves (ties to the lower index), from whole rows and from columns
+/// of wider ones (copied dense by `legalize` first). No top_k kernel runs.
 pub fn top_k_inline(be: &mut dyn Backend) {
     let mut rg = rng(53);
     let (t, e, k, kk, n) = (3, 6, 2, 32, 5);
@@ -2445,6 +2446,8 @@ pub fn top_k_inline(be: &mut dyn Backend) {
         let chosen = c.b.get_rows(l3, ids).unwrap();
         let chosen = c.b.reshape(chosen, &[t, k]).unwrap();
         let w = c.b.softmax(chosen, None, 1.0).unwrap();
+        let flat = c.b.reshape(y, &[t * k * 4]).unwrap();
+        let y = c.b.silu(flat).unwrap();
         c.output(y, "y");
         c.output(rows, "rows");
         c.output(w, "w");
@@ -2471,13 +2474,13 @@ pub fn top_k_inline(be: &mut dyn Backend) {
             };
             hw.set(&i, silu(dot(&wgn)) * dot(&wun));
         }
-        let mut want_y = Nd::zeros(&[t, k, 4]);
+        let mut want_y = Nd::zeros(&[t * k * 4]);
         for i in indices(&[t, k, 4]) {
             let ex = choice[i[0]][i[1]];
             let s: f64 = (0..n)
                 .map(|j| hw.at(&[i[0], i[1], j]) * wdn.at(&[ex, i[2], j]))
                 .sum();
-            want_y.set(&i, s);
+            want_y.set(&[(i[0] * k + i[1]) * 4 + i[2]], silu(s));
         }
         assert_close(
             &format!("top_k_inline y wide={wide}"),

@@ -53,7 +53,7 @@ pub use scan_dt::{MAX_SCAN_DT_TOKENS, scan_dt};
 pub use softmax_gather::softmax_gather;
 pub use state_in_place::state_in_place;
 pub use sum_norm::sum_norm;
-pub use top_k_inline::{MAX_TOP_K_ROW, top_k_inline};
+pub use top_k_inline::{MAX_TOP_K_WORK, top_k_inline};
 pub use views::fold_views;
 
 use crate::graph::{Graph, Node, NodeId};

@@ -9,28 +9,34 @@ use crate::dtype::DType;
 use crate::graph::{Graph, NodeId};
 use crate::op::Op;
 
-/// The longest logits row the readers select from (each reader walks it k times).
-pub const MAX_TOP_K_ROW: usize = 256;
+/// The most work the readers' selection may take, `k · E` values read per chosen id (each of
+/// the readers' threads walks the row up to k times): small mixtures (8 to 64 experts, a few
+/// chosen) qualify; for wide ones (hundreds of experts) the top_k dispatch is cheaper.
+pub const MAX_TOP_K_WORK: usize = 512;
 
 /// Whether top_k node `id` can go: its logits are F32 rows of contiguous elements, and every
 /// reader takes the ids as the ids of its choice (once).
 fn inlinable(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeId) -> bool {
     let n = g.node(id);
-    if !matches!(n.op, Op::TopK { .. }) || is_output[id.index()] {
+    let Op::TopK { k } = n.op else { return false };
+    if is_output[id.index()] {
         return false;
     }
     let l = g.node(n.srcs[0]);
     let readers = &consumers[id.index()];
+    // (the logits live in the arena: the readers' loaders read them there)
+    let in_arena = !matches!(g.node(g.storage_of(n.srcs[0])).op, Op::External { .. });
     l.dtype == DType::F32
+        && in_arena
         && l.shape().rank() == 2
         && l.layout.strides[1] == 1
-        && l.shape().last() <= MAX_TOP_K_ROW
-        && !matches!(l.op, Op::External { .. })
+        && k * l.shape().last() <= MAX_TOP_K_WORK
         && !readers.is_empty()
         && readers.iter().all(|&r| {
             let rn = g.node(r);
-            let (core, _) = rn.op.core(rn.srcs.len());
-            let at = core.ids_source(rn.shape()).map(|(at, _)| at);
+            let (core, own) = rn.op.core(rn.srcs.len());
+            let shapes: Vec<_> = rn.srcs[..own].iter().map(|&s| g.node(s).shape()).collect();
+            let at = core.ids_source(rn.numel(), &shapes).map(|(at, _)| at);
             at.is_some_and(|at| rn.srcs[at] == id)
                 && rn.srcs.iter().filter(|&&s| s == id).count() == 1
         })
