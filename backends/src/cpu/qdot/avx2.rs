@@ -5,7 +5,6 @@
 use super::{Kernel, Q8Block, Q8KBlock};
 use std::arch::x86_64::*;
 use weft_graph::DType;
-use weft_graph::quant::scale_min_k4;
 
 /// Whether this CPU runs the kernels of this file (AVX2, FMA and F16C).
 fn supported() -> bool {
@@ -315,23 +314,35 @@ fn q5_1_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
     })
 }
 
-/// `Σ_j min_j · Σy(sub-block j)` of a Q4_K/Q5_K super-block, and its 8 scales.
-fn k_mins(b: &[u8], y: &Q8KBlock) -> (i32, [i16; 8]) {
-    let mut sc = [0i16; 8];
-    let mut summ = 0i32;
-    for (j, s) in sc.iter_mut().enumerate() {
-        let (scale, m) = scale_min_k4(j, &b[4..16]);
-        *s = scale as i16;
-        summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+/// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block's
+/// packed `scales` (bytes 4..16 of the block), unpacked with word operations: sub-blocks 0..4
+/// keep their low 6 bits, 4..8 join a nibble with the top 2 bits of an earlier byte.
+fn k_scales(b: &[u8]) -> [u8; 16] {
+    let w = |i: usize| u32::from_le_bytes([b[4 + i], b[5 + i], b[6 + i], b[7 + i]]);
+    let (w0, w1, w2) = (w(0), w(4), w(8));
+    let (low6, nib, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    let sc = [w0 & low6, (w2 & nib) | (((w0 >> 6) & top2) << 4)];
+    let mn = [w1 & low6, ((w2 >> 4) & nib) | (((w1 >> 6) & top2) << 4)];
+    let mut out = [0u8; 16];
+    for (o, v) in out.chunks_exact_mut(4).zip([sc[0], sc[1], mn[0], mn[1]]) {
+        o.copy_from_slice(&v.to_le_bytes());
     }
-    (summ, sc)
+    out
 }
 
-/// The Q4_K/Q5_K body: `high(c)` gives the fifth bits (as 16s) of sub-block pair `c`.
+/// Adds one Q4_K/Q5_K super-block to the accumulators: `d·Σ scale·Σq·y` to `acc` and
+/// `dmin·Σ min·Σy` to `mins`; `high(c)` gives the fifth bits (as 16s) of sub-block pair `c`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k4_block(b: &[u8], qs: &[u8], y: &Q8KBlock, high: impl Fn(usize) -> (__m256i, __m256i)) -> f32 {
+fn k4_block(
+    b: &[u8],
+    qs: &[u8],
+    y: &Q8KBlock,
+    acc: &mut __m256,
+    mins: &mut __m256,
+    high: impl Fn(usize) -> (__m256i, __m256i),
+) {
     prefetch(b);
-    let (summ, sc) = k_mins(b, y);
+    let sm = k_scales(b);
     let mut sumi = _mm256_setzero_si256();
     let mask = _mm256_set1_epi8(0xF);
     for c in 0..4 {
@@ -341,29 +352,39 @@ fn k4_block(b: &[u8], qs: &[u8], y: &Q8KBlock, high: impl Fn(usize) -> (__m256i,
         let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), mask), h_hi);
         let p_lo = _mm256_maddubs_epi16(lo, load32_i8(&y.qs[c * 64..]));
         let p_hi = _mm256_maddubs_epi16(hi, load32_i8(&y.qs[c * 64 + 32..]));
-        let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * c]));
-        let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * c + 1]));
+        let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sm[2 * c] as i16));
+        let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sm[2 * c + 1] as i16));
         sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
     }
+    // Σ_j min_j · (bsums[2j] + bsums[2j + 1]): each min twice, against the pair's sums
+    let m = u64::from_le_bytes(sm[8..16].try_into().unwrap_or_default());
+    let pairs = _mm_shuffle_epi8(
+        _mm_cvtsi64_si128(m as i64),
+        _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0),
+    );
+    // SAFETY: `bsums` is 16 i16s, 32 readable bytes.
+    let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+    let msum = _mm256_madd_epi16(_mm256_cvtepu8_epi16(pairs), bsums);
     let d = f16_at(b, 0) * y.d;
     let dmin = f16_at(b, 2) * y.d;
-    d * hsum(_mm256_cvtepi32_ps(sumi)) - dmin * summ as f32
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+    *mins = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), *mins);
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
     let zero = _mm256_setzero_si256();
-    let mut acc = 0.0f32;
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (b, y) in w.chunks_exact(144).zip(a) {
-        acc += k4_block(b, &b[16..], y, |_| (zero, zero));
+        k4_block(b, &b[16..], y, &mut acc, &mut mins, |_| (zero, zero));
     }
-    acc
+    hsum(_mm256_sub_ps(acc, mins))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q5_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
     let sixteen = _mm256_set1_epi8(16);
-    let mut acc = 0.0f32;
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (b, y) in w.chunks_exact(176).zip(a) {
         let qh = load32(&b[16..]);
         let bit = |j: usize| {
@@ -371,15 +392,17 @@ fn q5_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
             let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
             _mm256_and_si256(set, sixteen)
         };
-        acc += k4_block(b, &b[48..], y, |c| (bit(2 * c), bit(2 * c + 1)));
+        k4_block(b, &b[48..], y, &mut acc, &mut mins, |c| {
+            (bit(2 * c), bit(2 * c + 1))
+        });
     }
-    acc
+    hsum(_mm256_sub_ps(acc, mins))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = 0.0f32;
+    let mut acc = _mm256_setzero_ps();
     for (b, y) in w.chunks_exact(210).zip(a) {
         prefetch(b);
         let sc = |g: usize| b[192 + g] as i8 as i16;
@@ -414,11 +437,19 @@ fn q6_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
             }
         }
-        let offset: i32 = (0..16).map(|g| sc(g) as i32 * y.bsums[g] as i32).sum();
-        let total = hsum(_mm256_cvtepi32_ps(sumi)) - 32.0 * offset as f32;
-        acc += f16_at(b, 208) * y.d * total;
+        // the q − 32 offset: 32 · Σ_g scale_g · Σy(group g), in the same lanes
+        // SAFETY: 16 scale bytes at 192..208 and the 16 i16 `bsums` are readable.
+        let (scales, bsums) = unsafe {
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast())),
+                _mm256_loadu_si256(y.bsums.as_ptr().cast()),
+            )
+        };
+        let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales, bsums), 5);
+        let total = _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, offset));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 208) * y.d), total, acc);
     }
-    acc
+    hsum(acc)
 }
 
 /// `w · x` for a row of f16 weights `w` (little-endian bytes), converted 8 at a time by F16C,
@@ -455,4 +486,26 @@ fn f16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
         tail += f16_at(w, 2 * j) * x[j];
     }
     hsum(_mm256_add_ps(acc0, acc1)) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::k_scales;
+    use weft_graph::quant::scale_min_k4;
+
+    #[test]
+    fn word_unpacked_scales_equal_the_reference() {
+        let mut seed = 11u32;
+        for _ in 0..200 {
+            let mut b = [0u8; 16];
+            for x in b.iter_mut() {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *x = (seed >> 24) as u8;
+            }
+            let sm = k_scales(&b);
+            for j in 0..8 {
+                assert_eq!((sm[j], sm[8 + j]), scale_min_k4(j, &b[4..16]), "{b:?} {j}");
+            }
+        }
+    }
 }
