@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Packs what a GPU machine without a Rust toolchain needs for scripts/device-check.sh into
 # .device/bundle.tar.xz: the release `weft` binary and the wgpu test binaries (stripped), and
-# llama.cpp's model converter from the llama-cpp-python source package (for the models at
-# real shapes). Keep .device out of git (`echo /.device/ >> .git/info/exclude`) and carry it.
+# llama.cpp's model converter and a self-contained llama-quantize (AVX2, no shared libraries)
+# from the llama-cpp-python source package (for the models at real shapes and their quantized
+# copies). Keep .device out of git (`echo /.device/ >> .git/info/exclude`) and carry it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="$(mktemp -d)"
@@ -27,5 +28,14 @@ if [ ! -d "$lcpp" ]; then
 fi
 mkdir -p "$stage/llama.cpp"
 cp -r "$lcpp/convert_hf_to_gguf.py" "$lcpp/conversion" "$lcpp/gguf-py" "$stage/llama.cpp/"
+quantize="$lcpp/build-static/bin/llama-quantize"
+if [ ! -x "$quantize" ]; then
+    cmake -S "$lcpp" -B "$lcpp/build-static" -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
+        -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
+        -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release \
+        -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" > /dev/null
+    cmake --build "$lcpp/build-static" -j "$(nproc)" --target llama-quantize > /dev/null
+fi
+strip -o "$stage/bin/llama-quantize" "$quantize"
 tar -cJf .device/bundle.tar.xz -C "$stage" .
 ls -la .device/bundle.tar.xz

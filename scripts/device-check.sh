@@ -6,7 +6,9 @@
 #         transformers), made once, then `weft bench --backend wgpu` on each
 # usage: scripts/device-check.sh STEP [MODEL…]   (STEP: ops, perf or all; MODEL as for
 # scripts/perf.sh, default all six). Logs and JSON go to $OUT (default device-out/); bench
-# arguments come from $BENCH_ARGS (default "-p 512 -n 128 -r 3").
+# arguments come from $BENCH_ARGS (default "-p 512 -n 128 -r 3"). With $QUANTS (say
+# "Q8_0 Q4_K_M") perf also quantizes each model with the bundle's llama-quantize and measures
+# those files after the f16 one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 step="${1:-all}"
@@ -39,11 +41,21 @@ if [ "$step" = perf ] || [ "$step" = all ]; then
             python3 benches/perf/make_perf_models.py "$work/models" "${missing[@]}" 2>&1 |
             grep -v "Writing model shards" | tee -a "$out/models.log"
     fi
+    files=()
     for n in "${names[@]}"; do
+        files+=("$n-f16")
+        for q in ${QUANTS:-}; do
+            [ -f "$work/models/$n-$q.gguf" ] ||
+                "$work/bin/llama-quantize" "$work/models/$n-f16.gguf" "$work/models/$n-$q.gguf" "$q" \
+                    > "$out/$n-$q.quantize.log" 2>&1 || status=1
+            files+=("$n-$q")
+        done
+    done
+    for n in "${files[@]}"; do
         # shellcheck disable=SC2086
-        "$work/bin/weft" bench -m "$work/models/$n-f16.gguf" --backend wgpu \
+        "$work/bin/weft" bench -m "$work/models/$n.gguf" --backend wgpu \
             ${BENCH_ARGS:--p 512 -n 128 -r 3} --json > "$out/$n.json" 2> "$out/$n.err" || status=1
-        "$work/bin/weft" bench -m "$work/models/$n-f16.gguf" --backend wgpu -p 64 -n 0 -r 1 \
+        "$work/bin/weft" bench -m "$work/models/$n.gguf" --backend wgpu -p 64 -n 0 -r 1 \
             --profile 2>&1 | grep -v "^|---" > "$out/$n.profile" || status=1
         python3 -c '
 import json, sys
