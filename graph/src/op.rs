@@ -657,24 +657,25 @@ impl Op {
 
     /// The source of the ids an op picks rows or experts by (`MatMulId`, `GetRows`, a gathered
     /// `SoftMax`), and how many ids each row of that source stands for, for an op whose result
-    /// has `numel` elements and whose own sources have `shapes`. When that source is F32 rather
+    /// has `numel` elements and whose own source `i` has shape `shape(i)`. When that source is F32 rather
     /// than I32 (made by the `top_k_inline` pass, never by the builder), it holds rows of
     /// logits and the ids are each row's `top_k` (largest first, the lower index first on ties).
     pub fn ids_source(
         &self,
         numel: usize,
-        shapes: &[crate::layout::Shape],
+        shape: impl Fn(usize) -> Option<crate::layout::Shape>,
     ) -> Option<(usize, usize)> {
-        let rows = |s: &crate::layout::Shape| (s.numel() / s.last()).max(1);
         let (at, per_id) = match self {
             // [T, U, N] from ids [T, U] and w [E, N, K]
-            Op::MatMulId => (2, shapes.get(1)?.dims().get(1).copied()?),
+            Op::MatMulId => (2, shape(1)?.dims().get(1).copied()?),
             // [B?, n, D] from a table [B?, R, D] and ids [B?, n]
-            Op::GetRows => (1, shapes.first()?.last()),
+            Op::GetRows => (1, shape(0)?.last()),
             Op::SoftMax { gathered: true, .. } => (1, 1),
             _ => return None,
         };
-        Some((at, numel / (rows(shapes.get(at)?) * per_id).max(1)))
+        let ids = shape(at)?;
+        let rows = (ids.numel() / ids.last()).max(1);
+        Some((at, numel / (rows * per_id).max(1)))
     }
 
     /// The op that does the work, and how many of the node's sources are its own: the inner op

@@ -701,8 +701,7 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
     // ids chosen here: the top k of each row of logits (`Op::ids_source`)
     let chosen: Vec<i32>;
     let with_ids: Vec<TensorRef>;
-    let shapes: Vec<_> = s.iter().map(|t| t.layout.shape).collect();
-    let s = match op.ids_source(node.numel(), &shapes) {
+    let s = match op.ids_source(node.numel(), |i| s.get(i).map(|t| t.layout.shape)) {
         Some((at, k)) if s[at].dtype == DType::F32 => {
             let logits = &s[at];
             let mut dims = logits.dims().to_vec();
@@ -713,18 +712,13 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
             let mut ids = vec![0i32; ids_shape.numel()];
             rows::top_k(logits, k, &mut ids);
             chosen = ids;
-            with_ids = s
-                .iter()
-                .enumerate()
-                .map(|(i, t)| match i == at {
-                    true => TensorRef {
-                        bytes: bytemuck::cast_slice(&chosen),
-                        layout: Layout::contiguous(ids_shape),
-                        dtype: DType::I32,
-                    },
-                    false => *t,
-                })
-                .collect();
+            let mut srcs = s.to_vec();
+            srcs[at] = TensorRef {
+                bytes: bytemuck::cast_slice(&chosen),
+                layout: Layout::contiguous(ids_shape),
+                dtype: DType::I32,
+            };
+            with_ids = srcs;
             &with_ids[..]
         }
         _ => s,

@@ -162,8 +162,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     let s = &node.srcs[..inner_srcs];
     let dims = |i: usize| g.node(s[i]).shape().dims().to_vec();
     // ids per row of an ids source (I32 ids, or logits whose top k the kernel chooses)
-    let shapes: Vec<_> = s.iter().map(|&i| g.node(i).shape()).collect();
-    let ids_source = op.ids_source(node.numel(), &shapes);
+    let ids_source = op.ids_source(node.numel(), |i| s.get(i).map(|&n| g.node(n).shape()));
     let per_row = ids_source.map_or(0, |(_, k)| k as u32);
     let mut aliases = vec![];
     let mut store = None;

@@ -825,6 +825,17 @@ pub fn ssm_conv(be: &mut dyn Backend) {
     assert_close("ssm_conv state", &out[1], &ns, 0.0);
 }
 
+/// A scan's step sizes `dt` (positive, as softplus leaves them), an input of `dims`.
+fn scan_dt(c: &mut Case, rg: &mut rand::rngs::StdRng, dims: &[usize]) -> (Tensor, Nd) {
+    let v = randn(rg, dims.iter().product());
+    c.input_values("dt", dims, v.iter().map(|v| v.abs() * 0.5 + 0.01).collect())
+}
+
+/// A scan's decay rates `A` (negative, as `−exp(A_log)` leaves them), an input of `dims`.
+fn scan_a(c: &mut Case, rg: &mut rand::rngs::StdRng, dims: &[usize]) -> (Tensor, Nd) {
+    let v = randn(rg, dims.iter().product());
+    c.input_values("a", dims, v.iter().map(|v| -v.abs() - 0.1).collect())
+}
 fn ssm_scan_case(
     be: &mut dyn Backend,
     s: usize,
@@ -840,16 +851,8 @@ fn ssm_scan_case(
     let mut c = Case::new();
     let (st, stn) = c.input(&mut rg, "state", &[s, h, p, n]);
     let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
-    let dtv: Vec<f32> = randn(&mut rg, s * t * h)
-        .iter()
-        .map(|v| v.abs() * 0.5 + 0.01)
-        .collect();
-    let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
-    let av: Vec<f32> = randn(&mut rg, h * if a_per_state { n } else { 1 })
-        .iter()
-        .map(|v| -v.abs() - 0.1)
-        .collect();
-    let (a, an) = c.input_values("a", &[h, if a_per_state { n } else { 1 }], av);
+    let (dt, dtn) = scan_dt(&mut c, &mut rg, &[s, t, h]);
+    let (a, an) = scan_a(&mut c, &mut rg, &[h, if a_per_state { n } else { 1 }]);
     let (b, bn) = c.input(&mut rg, "b", &[s, t, g, n]);
     let (cc, cn) = c.input(&mut rg, "c", &[s, t, g, n]);
     let (y, ns) = c.b.ssm_scan(st, x, dt, a, b, cc).expect("ssm_scan");
@@ -899,13 +902,8 @@ pub fn ssm_scan_strided(be: &mut dyn Backend) {
         let mut c = Case::new();
         let (st, stn) = c.input(&mut rg, "state", &[s, h, p, n]);
         let (xbc, xbcn) = c.input(&mut rg, "xbc", &[s, t, row]);
-        let dtv: Vec<f32> = randn(&mut rg, s * t * h)
-            .iter()
-            .map(|v| v.abs() * 0.5 + 0.01)
-            .collect();
-        let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
-        let av: Vec<f32> = randn(&mut rg, h).iter().map(|v| -v.abs() - 0.1).collect();
-        let (a, an) = c.input_values("a", &[h, 1], av);
+        let (dt, dtn) = scan_dt(&mut c, &mut rg, &[s, t, h]);
+        let (a, an) = scan_a(&mut c, &mut rg, &[h, 1]);
         let x =
             c.b.view(xbc, &[s, t, h, p], &[t * row, row, p, 1], 0)
                 .unwrap();
@@ -1076,13 +1074,8 @@ fn ssm_scan_in_place_case(be: &mut dyn Backend, t: usize) {
     let mut c = Case::new();
     let (cache, buf, init, cache_n, ids) = state_cache(be, &mut c, &mut rg, 5, h * p * n, &slots);
     let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
-    let dtv: Vec<f32> = randn(&mut rg, s * t * h)
-        .iter()
-        .map(|v| v.abs() * 0.5 + 0.01)
-        .collect();
-    let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
-    let av: Vec<f32> = randn(&mut rg, h).iter().map(|v| -v.abs() - 0.1).collect();
-    let (a, an) = c.input_values("a", &[h, 1], av);
+    let (dt, dtn) = scan_dt(&mut c, &mut rg, &[s, t, h]);
+    let (a, an) = scan_a(&mut c, &mut rg, &[h, 1]);
     let (bm, bn) = c.input(&mut rg, "b", &[s, t, 1, n]);
     let (cm, cn) = c.input(&mut rg, "c", &[s, t, 1, n]);
     let state = load_state(&mut c, cache, ids, &[s, h, p, n]);
@@ -1661,16 +1654,8 @@ pub fn epilogues(be: &mut dyn Backend) {
         let (cache, buf, init, cache_n, ids) =
             state_cache(be, &mut c, &mut rg, 3, h * p * n, &slots);
         let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
-        let dtv: Vec<f32> = randn(&mut rg, s * t * h)
-            .iter()
-            .map(|v| v.abs() * 0.5 + 0.01)
-            .collect();
-        let (dt, dtn) = c.input_values("dt", &[s, t, h], dtv);
-        let av: Vec<f32> = randn(&mut rg, h * n)
-            .iter()
-            .map(|v| -v.abs() - 0.1)
-            .collect();
-        let (a, an) = c.input_values("a", &[h, n], av);
+        let (dt, dtn) = scan_dt(&mut c, &mut rg, &[s, t, h]);
+        let (a, an) = scan_a(&mut c, &mut rg, &[h, n]);
         let (bm, bn) = c.input(&mut rg, "b", &[s, t, 1, n]);
         let (cm, cn) = c.input(&mut rg, "c", &[s, t, 1, n]);
         // (Mamba2's skip is per head, broadcast over the head's channels)
@@ -1737,11 +1722,7 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
         let (xdbl, xdn) = c.input(&mut rg, "x_dbl", &[s, t, row]);
         let (w, wn) = weight(be, &mut c, &mut rg, "dt_w", &[h, k], dtype);
         let (bias, biasn) = c.input(&mut rg, "dt_b", &[h]);
-        let av: Vec<f32> = randn(&mut rg, h * n)
-            .iter()
-            .map(|v| -v.abs() - 0.1)
-            .collect();
-        let (a, an) = c.input_values("a", &[h, n], av);
+        let (a, an) = scan_a(&mut c, &mut rg, &[h, n]);
         let (d, dn) = c.input(&mut rg, "d", &[h, 1]);
         let (z, zn) = c.input(&mut rg, "z", &[s, t, h, 1]);
         let (nw, nwn) = c.input(&mut rg, "dt_norm", &[k]);

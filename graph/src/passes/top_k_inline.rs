@@ -35,8 +35,8 @@ fn inlinable(g: &Graph, consumers: &[Vec<NodeId>], is_output: &[bool], id: NodeI
         && readers.iter().all(|&r| {
             let rn = g.node(r);
             let (core, own) = rn.op.core(rn.srcs.len());
-            let shapes: Vec<_> = rn.srcs[..own].iter().map(|&s| g.node(s).shape()).collect();
-            let at = core.ids_source(rn.numel(), &shapes).map(|(at, _)| at);
+            let shape = |i: usize| rn.srcs[..own].get(i).map(|&s| g.node(s).shape());
+            let at = core.ids_source(rn.numel(), shape).map(|(at, _)| at);
             at.is_some_and(|at| rn.srcs[at] == id)
                 && rn.srcs.iter().filter(|&&s| s == id).count() == 1
         })
