@@ -333,9 +333,9 @@ fn wgpu_decode_last_is_the_last_row_of_decode() {
     }
 }
 
-/// A prompt long enough for the GPU to scan the SSM states in chunks side by side gives, row
-/// for row, the logits of the same prompt decoded a few tokens at a time (whose scans walk the
-/// tokens one by one) and those of the CPU.
+/// A prompt long enough for the GPU to scan the SSM states in chunks side by side (and to run
+/// the delta rule in chunks) gives, row for row, the logits of the same prompt decoded a few
+/// tokens at a time (whose scans walk the tokens one by one) and those of the CPU.
 fn long_prompt(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
     let Some(be) = make() else { return };
     let prompt: Vec<i32> = (0..45).map(|i| (i * 37 + 11) % 300).collect();
@@ -359,7 +359,14 @@ fn long_prompt(arch: &str, make: &dyn Fn() -> Option<Box<dyn Backend>>) {
 #[test]
 fn wgpu_long_prompts_decode_like_short_pieces() {
     // (Mamba2's fixtures have 16 states too: the same kernel, over heads and B/C groups)
-    for arch in ["mamba", "jamba", "mamba2", "nemotron_h"] {
+    for arch in [
+        "mamba",
+        "jamba",
+        "mamba2",
+        "nemotron_h",
+        "qwen3_next",
+        "qwen3_5",
+    ] {
         long_prompt(arch, &common::wgpu);
     }
 }

@@ -786,7 +786,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     // state's offset, the new state's, the slots')
     let words = match k {
         k if k.is_scan() => Some((7, 14, 15)),
-        Kernel::GatedDeltaNet => Some((6, 13, 14)),
+        k if k.is_delta() => Some((6, 13, 14)),
         _ => None,
     };
     if let Some((st, new, slots)) = words {
@@ -853,8 +853,18 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     if k == Kernel::GatedDeltaNet {
         out.push_str("const T: u32 = 32u;\n");
         out.push_str(&group_sum(spec)?);
+    }
+    if k.is_delta() {
         out.push_str(&qk_loaders(spec)?);
         out.push_str(&gate_loaders(spec)?);
+        if k != Kernel::GatedDeltaNet {
+            let _ = write!(
+                out,
+                "const C: u32 = {}u;\n\
+                 fn ldws(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}\n",
+                crate::DELTA_CHUNK
+            );
+        }
     } else if spec.gates.is_some() {
         return Err(err(k, "only gated_delta_net computes gates"));
     }

@@ -44,13 +44,15 @@ pub enum Kernel {
     SsmScanChunks,
     SsmScanChunksWide,
     GatedDeltaNet,
+    GatedDeltaPrep,
+    GatedDeltaChunks,
     TopK,
     Reduce,
     StoreRows,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 24] = [
+    pub const ALL: [Kernel; 26] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -72,6 +74,8 @@ impl Kernel {
         Kernel::SsmScanChunks,
         Kernel::SsmScanChunksWide,
         Kernel::GatedDeltaNet,
+        Kernel::GatedDeltaPrep,
+        Kernel::GatedDeltaChunks,
         Kernel::TopK,
         Kernel::Reduce,
         Kernel::StoreRows,
@@ -100,6 +104,8 @@ impl Kernel {
             Kernel::SsmScanChunks => "ssm_scan_chunks",
             Kernel::SsmScanChunksWide => "ssm_scan_chunks_wide",
             Kernel::GatedDeltaNet => "gated_delta_net",
+            Kernel::GatedDeltaPrep => "gated_delta_prep",
+            Kernel::GatedDeltaChunks => "gated_delta_chunks",
             Kernel::TopK => "top_k",
             Kernel::Reduce => "reduce",
             Kernel::StoreRows => "store_rows",
@@ -128,6 +134,15 @@ impl Kernel {
                 | Kernel::SsmScanRows
                 | Kernel::SsmScanChunks
                 | Kernel::SsmScanChunksWide
+        )
+    }
+
+    /// True for the delta rule's kernels: the token loop (`gated_delta_net`) and the two passes
+    /// of its chunked form for long prompts (one parameter layout, the same loaders).
+    pub fn is_delta(self) -> bool {
+        matches!(
+            self,
+            Kernel::GatedDeltaNet | Kernel::GatedDeltaPrep | Kernel::GatedDeltaChunks
         )
     }
 
@@ -175,11 +190,23 @@ impl Kernel {
             Kernel::SsmScanChunks => include_str!("kernels/ssm_scan_chunks.wgsl"),
             Kernel::SsmScanChunksWide => include_str!("kernels/ssm_scan_chunks_wide.wgsl"),
             Kernel::GatedDeltaNet => include_str!("kernels/gated_delta_net.wgsl"),
+            Kernel::GatedDeltaPrep => include_str!("kernels/gated_delta_prep.wgsl"),
+            Kernel::GatedDeltaChunks => include_str!("kernels/gated_delta_chunks.wgsl"),
             Kernel::TopK => include_str!("kernels/top_k.wgsl"),
             Kernel::Reduce => include_str!("kernels/reduce.wgsl"),
             Kernel::StoreRows => include_str!("kernels/store_rows.wgsl"),
         }
     }
+}
+
+/// Tokens per chunk of the delta rule's chunked kernels (`gated_delta_prep`,
+/// `gated_delta_chunks`).
+pub const DELTA_CHUNK: u32 = 32;
+
+/// Words of the delta rule's workspace per chunk of one (sequence, value head): U, W, q, k and
+/// P of the chunk, and its decay (see `gated_delta_prep.wgsl`).
+pub fn delta_chunk_words(dk: u32, dv: u32) -> u32 {
+    DELTA_CHUNK * (dv + 3 * dk + DELTA_CHUNK) + 1
 }
 
 /// Where a source's storage is bound.

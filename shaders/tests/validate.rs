@@ -224,64 +224,16 @@ fn variants() -> Vec<Spec> {
         Kernel::SsmScanRows,
         Kernel::SsmScanChunks,
         Kernel::SsmScanChunksWide,
-        Kernel::GatedDeltaNet,
     ] {
         v.push(state_in_cache(k));
     }
-    v.push(Spec::new(Kernel::GatedDeltaNet, vec![arena(DType::F32); 6]));
-    // q and k normalised inside the delta rule (an rms norm then a scale; an l2 norm)
-    let mut s = state_in_cache(Kernel::GatedDeltaNet);
-    s.qk_norm = Some([
-        FusedProgram {
-            head: Some(NormKind::Rms { eps: 1e-6 }),
-            code: vec![Instr::Load(0), Instr::Unary(UnaryOp::Scale(0.1), 0)],
-        },
-        FusedProgram {
-            head: Some(NormKind::L2 { eps: 1e-6 }),
-            code: vec![Instr::Load(0)],
-        },
-    ]);
-    v.push(s.clone());
-    // and its gates computed as it reads them: g = softplus(a + bias) · A (bias and A
-    // weights), beta = sigmoid(b)
-    // (each program's sources registered after the op's own: a, bias, A, then b)
-    s.sources.extend([
-        arena(DType::F32),
-        ext(1, DType::F32),
-        ext(2, DType::F32),
-        arena(DType::F32),
-    ]);
-    s.externals = 3;
-    s.gates = Some(Box::new([
-        EpilogueSpec {
-            program: FusedProgram {
-                head: None,
-                code: vec![
-                    Instr::Load(0),
-                    Instr::Load(1),
-                    Instr::Binary(BinaryOp::Add, 0, 1),
-                    Instr::Unary(UnaryOp::Softplus, 2),
-                    Instr::Load(2),
-                    Instr::Binary(BinaryOp::Mul, 3, 4),
-                ],
-            },
-            first: 7,
-            params: 15,
-            pair: false,
-            range: None,
-        },
-        EpilogueSpec {
-            program: FusedProgram {
-                head: None,
-                code: vec![Instr::Load(0), Instr::Unary(UnaryOp::Sigmoid, 0)],
-            },
-            first: 10,
-            params: 42,
-            pair: false,
-            range: None,
-        },
-    ]));
-    v.push(s);
+    for k in [
+        Kernel::GatedDeltaNet,
+        Kernel::GatedDeltaPrep,
+        Kernel::GatedDeltaChunks,
+    ] {
+        v.extend(delta_variants(k));
+    }
     // a decode matmul computing its row: a gated group norm (F16 weight), a gated unit (Q4_K)
     for (w, head) in [(DType::F16, true), (DType::Q4K, false)] {
         let mut s = Spec::new(
@@ -557,6 +509,66 @@ fn conv_in_cache() -> Spec {
 }
 
 /// A scan or delta rule on its state in a cache (binding 0, written), rows picked by slots.
+/// The delta rule's kernel `k`: its state as an input and in a cache, with q and k normalised
+/// inside it, and with its gates computed as it reads them.
+fn delta_variants(k: Kernel) -> Vec<Spec> {
+    let mut v = vec![state_in_cache(k), Spec::new(k, vec![arena(DType::F32); 6])];
+    // q and k normalised inside the delta rule (an rms norm then a scale; an l2 norm)
+    let mut s = state_in_cache(k);
+    s.qk_norm = Some([
+        FusedProgram {
+            head: Some(NormKind::Rms { eps: 1e-6 }),
+            code: vec![Instr::Load(0), Instr::Unary(UnaryOp::Scale(0.1), 0)],
+        },
+        FusedProgram {
+            head: Some(NormKind::L2 { eps: 1e-6 }),
+            code: vec![Instr::Load(0)],
+        },
+    ]);
+    v.push(s.clone());
+    // and its gates computed as it reads them: g = softplus(a + bias) · A (bias and A
+    // weights), beta = sigmoid(b)
+    // (each program's sources registered after the op's own: a, bias, A, then b)
+    s.sources.extend([
+        arena(DType::F32),
+        ext(1, DType::F32),
+        ext(2, DType::F32),
+        arena(DType::F32),
+    ]);
+    s.externals = 3;
+    s.gates = Some(Box::new([
+        EpilogueSpec {
+            program: FusedProgram {
+                head: None,
+                code: vec![
+                    Instr::Load(0),
+                    Instr::Load(1),
+                    Instr::Binary(BinaryOp::Add, 0, 1),
+                    Instr::Unary(UnaryOp::Softplus, 2),
+                    Instr::Load(2),
+                    Instr::Binary(BinaryOp::Mul, 3, 4),
+                ],
+            },
+            first: 7,
+            params: 15,
+            pair: false,
+            range: None,
+        },
+        EpilogueSpec {
+            program: FusedProgram {
+                head: None,
+                code: vec![Instr::Load(0), Instr::Unary(UnaryOp::Sigmoid, 0)],
+            },
+            first: 10,
+            params: 42,
+            pair: false,
+            range: None,
+        },
+    ]));
+    v.push(s);
+    v
+}
+
 fn state_in_cache(k: Kernel) -> Spec {
     let mut srcs = vec![ext(0, DType::F32)];
     srcs.extend([arena(DType::F32); 5]);

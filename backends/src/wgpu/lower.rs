@@ -8,8 +8,8 @@ use weft_graph::{
     RopeMode,
 };
 use weft_shaders::{
-    BcNormSpec, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, TopKSpec, XNormSpec,
-    XProgSpec,
+    BcNormSpec, DELTA_CHUNK, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, TopKSpec,
+    XNormSpec, XProgSpec, delta_chunk_words,
 };
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
@@ -19,6 +19,10 @@ pub const MAX_PARAMS: usize = 256;
 /// tokens each (`ssm_scan_chunks` for Mamba1's states, `ssm_scan_chunks_wide` for Mamba2's).
 pub const SCAN_CHUNKS_FROM: usize = 32;
 
+/// Prompts of at least this many tokens run the delta rule in chunks (`gated_delta_prep`, then
+/// `gated_delta_chunks`) instead of walking the tokens one at a time.
+pub const DELTA_CHUNKS_FROM: usize = 32;
+
 /// One dispatch, before pipelines and bind groups exist.
 #[derive(Debug)]
 pub struct Lowered {
@@ -27,6 +31,15 @@ pub struct Lowered {
     pub groups: u32,
     /// External buffers bound at `@binding(2 + i)`.
     pub externals: Vec<BufferId>,
+    /// Bytes of workspace the dispatch uses past the plan's arena (from [`workspace_at`]).
+    pub workspace: u64,
+}
+
+/// Byte offset in the arena buffer of the workspace that dispatches share (each uses it only
+/// while it runs): past the plan's tensors.
+pub fn workspace_at(plan: &Plan) -> u64 {
+    plan.arena_bytes
+        .next_multiple_of(weft_graph::plan::ARENA_ALIGN) as u64
 }
 
 struct Ctx<'a> {
@@ -148,7 +161,9 @@ fn program_of(op: &Op) -> FusedProgram {
     op.program().unwrap_or_else(FusedProgram::identity)
 }
 
-pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
+/// The dispatches of node `id`: one, or for a long prompt's delta rule the two passes of its
+/// chunked form.
+pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Vec<Lowered>> {
     let node = g.node(id);
     let mut c = Ctx {
         g,
@@ -171,6 +186,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     let mut gates: Option<[EpilogueSpec; 2]> = None;
     let mut scan_dt = None;
     let mut bc = None;
+    // the delta rule in chunks: (workgroups of its two passes, workspace bytes)
+    let mut delta_chunks = None;
     let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
@@ -615,7 +632,6 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             gates: gate_programs,
         } => {
             qk = qk_norm.as_ref().map(|n| [n.q.clone(), n.k.clone()]);
-            let _ = matches!(form, DeltaForm::Recurrent | DeltaForm::Chunked { .. });
             let (qd, vd) = (dims(1), dims(3));
             let [sn, hv, dv, dk] = [vd[0], vd[2], vd[3], qd[3]];
             if dk > 256 {
@@ -649,6 +665,20 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
             ];
             // v may be a strided view (a projection's columns)
             p.extend(strides(g.node(s[3]).layout, 4));
+            // both forms compute the same function: a long prompt runs in chunks of the
+            // kernels' own size, anything shorter walks its tokens
+            let t = qd[1];
+            let nc = t.div_ceil(DELTA_CHUNK as usize);
+            let words = delta_chunk_words(dk as u32, dv as u32);
+            p.extend([(workspace_at(plan) / 4) as u32, nc as u32, words]);
+            if matches!(form, DeltaForm::Chunked { .. }) && t >= DELTA_CHUNKS_FROM {
+                let bytes = (sn * hv * nc) as u64 * words as u64 * 4;
+                delta_chunks = Some((
+                    (sn * hv * nc) as u32,
+                    (sn * hv * dv.div_ceil(4)) as u32,
+                    bytes,
+                ));
+            }
             // the gates' programs: every source of each indexed like an epilogue's
             if let Some(gt) = gate_programs {
                 let mut extra = node.srcs[inner_srcs..].iter().copied();
@@ -816,12 +846,29 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Lowered> {
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));
     }
-    Ok(Lowered {
-        spec,
-        params,
+    let Some((prep, chunks, workspace)) = delta_chunks else {
+        return Ok(vec![Lowered {
+            spec,
+            params,
+            groups,
+            externals: c.externals,
+            workspace: 0,
+        }]);
+    };
+    let pass = |kernel, groups| Lowered {
+        spec: Spec {
+            kernel,
+            ..spec.clone()
+        },
+        params: params.clone(),
         groups,
-        externals: c.externals,
-    })
+        externals: c.externals.clone(),
+        workspace,
+    };
+    Ok(vec![
+        pass(Kernel::GatedDeltaPrep, prep),
+        pass(Kernel::GatedDeltaChunks, chunks),
+    ])
 }
 
 /// A program whose loads read `srcs`, each broadcast to its shape: the sources registered

@@ -602,7 +602,18 @@ impl Backend for WgpuBackend {
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
-        let arena_bytes = align_up(plan.arena_bytes.max(4) as u64, 4);
+        let lowered: Vec<(NodeId, Lowered)> = plan
+            .schedule
+            .iter()
+            .map(|&id| lower(g, plan, id).map(|l| l.into_iter().map(move |l| (id, l))))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        // the plan's tensors, then the workspace the largest user needs
+        let workspace = lowered.iter().map(|(_, l)| l.workspace).max().unwrap_or(0);
+        let arena_bytes =
+            align_up(plan.arena_bytes.max(4) as u64, 4).max(lower::workspace_at(plan) + workspace);
         self.check_binding("the activation arena", arena_bytes)?;
         let arena = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("weft arena"),
@@ -612,11 +623,6 @@ impl Backend for WgpuBackend {
                 | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
-        let lowered: Vec<(NodeId, Lowered)> = plan
-            .schedule
-            .iter()
-            .map(|&id| lower(g, plan, id).map(|l| (id, l)))
-            .collect::<Result<_>>()?;
         // Each node's dispatches: one, or one per row range of a weight too large to bind.
         let max = self.limits.max_storage_buffer_binding_size;
         let align = self.limits.min_storage_buffer_offset_alignment as u64;

@@ -1098,6 +1098,9 @@ pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
         (DeltaForm::Recurrent, 2, true, 8),
         // rows normalised over more than the 64 partial sums of the norm
         (DeltaForm::Recurrent, 2, true, 136),
+        // long enough for the GPU's chunks
+        (DeltaForm::Chunked { chunk: 64 }, 33, false, 8),
+        (DeltaForm::Chunked { chunk: 64 }, 40, true, 136),
     ] {
         let (s, hk, hv, dv) = (2, 1, 2, 4);
         let slots = [0, 2];
@@ -1148,8 +1151,9 @@ pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
 /// A` read through a reshape from per-group heads, `beta = sigmoid(b)`, on a state in a cache
 /// and on a plain one; one kernel each, against the reference.
 pub fn gated_delta_net_gates(be: &mut dyn Backend) {
-    for in_cache in [false, true] {
-        let (s, t, hk, hv, dk, dv) = (2, 3, 2, 4, 8, 4);
+    // (a prompt long enough for the GPU's chunks last)
+    for (in_cache, t) in [(false, 3), (true, 3), (false, 36), (true, 36)] {
+        let (s, hk, hv, dk, dv) = (2, 2, 4, 8, 4);
         let slots = [2, 0];
         let mut rg = rng(47);
         let mut c = Case::new();
@@ -1174,7 +1178,11 @@ pub fn gated_delta_net_gates(be: &mut dyn Backend) {
             gn.set(&i, (1.0 + x.exp()).ln() * anegn.at(&[grp, j]));
             betan.set(&i, 1.0 / (1.0 + (-bn.at(&i)).exp()));
         }
-        let form = DeltaForm::Recurrent;
+        let form = if t < 32 {
+            DeltaForm::Recurrent
+        } else {
+            DeltaForm::Chunked { chunk: 64 }
+        };
         if in_cache {
             let (cache, buf, init, cache_n, ids) =
                 state_cache(be, &mut c, &mut rg, 3, hv * dv * dk, &slots);
@@ -1272,9 +1280,26 @@ pub fn gated_delta_net_recurrent(be: &mut dyn Backend) {
     delta_case(be, DeltaForm::Recurrent, 3, 33, [1, 1, 2, 136, 7]);
 }
 
+/// Short prompts (a token loop on the GPU), then prompts long enough for the GPU's chunked
+/// kernels: two chunks of 32 and part of a third, and wide keys over three chunks with the last
+/// one partial.
 pub fn gated_delta_net_chunked(be: &mut dyn Backend) {
     delta_case(be, DeltaForm::Chunked { chunk: 4 }, 11, 27, [2, 2, 4, 8, 6]);
     delta_case(be, DeltaForm::Chunked { chunk: 64 }, 7, 28, [2, 2, 4, 8, 6]);
+    delta_case(
+        be,
+        DeltaForm::Chunked { chunk: 64 },
+        75,
+        34,
+        [2, 2, 4, 8, 6],
+    );
+    delta_case(
+        be,
+        DeltaForm::Chunked { chunk: 64 },
+        70,
+        35,
+        [1, 1, 2, 136, 7],
+    );
 }
 
 pub fn reductions_and_top_k(be: &mut dyn Backend) {
