@@ -247,9 +247,9 @@ fn recurrent(c: &mut Criterion) {
             delta(DeltaForm::Recurrent),
         ),
         (
-            "gated_delta_net chunked 64".into(),
+            "gated_delta_net chunked".into(),
             tokens,
-            delta(DeltaForm::Chunked { chunk: 64 }),
+            delta(DeltaForm::Chunked),
         ),
     ];
     suite(c, "recurrent 64 tokens (tokens/s)", &cases);

@@ -928,9 +928,6 @@ impl GraphBuilder {
                 ),
             );
         }
-        if let DeltaForm::Chunked { chunk: 0 } = form {
-            return arg_err(OP, "chunk size must be at least 1");
-        }
         let ny = s * t * hv * dv;
         let out = self.push_new(
             Op::GatedDeltaNet {

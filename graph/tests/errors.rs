@@ -124,13 +124,6 @@ fn recurrent_ops_check_every_operand() {
     );
     assert_eq!(
         op_of(
-            b.gated_delta_net(s, q, q, v, g, g, DeltaForm::Chunked { chunk: 0 })
-                .unwrap_err()
-        ),
-        "gated_delta_net"
-    );
-    assert_eq!(
-        op_of(
             b.gated_delta_net(s, q, q, q, g, g, DeltaForm::Recurrent)
                 .unwrap_err()
         ),

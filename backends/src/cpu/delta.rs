@@ -1,15 +1,16 @@
-//! The gated delta rule (Qwen3-Next's linear attention), in its recurrent form (one token at a
-//! time) and its chunked form (intra-chunk work as small matrix products, the state carried
-//! across chunks). Both compute the same function.
+//! The gated delta rule (Qwen3-Next's linear attention). Per sequence and value head, with
+//! state `S [Dv, Dk]`: `S ← S·exp(g)`, `S ← S + β (v − S k) kᵀ`, `y = S q`.
 //!
-//! Per sequence and value head, with state `S [Dv, Dk]`:
-//! `S ← S·exp(g)`, `S ← S + β (v − S k) kᵀ`, `y = S q`.
+//! Both of the op's forms walk the tokens here: each state row's update depends on that row
+//! alone, so a row is two vectorized passes per token. On two AVX2 cores that is twice as fast
+//! as the chunked form (intra-chunk matrix products, the state carried across chunks) it
+//! replaced for prompts (`cargo bench -p weft-benches --bench kernels -- cpu/recurrent`, 16
+//! heads × 128 × 128, 64 tokens: 2.4 ms against 4.8 ms with the same vectorized dot products).
 
 use super::state::slot_rows;
 use super::team;
 use super::tensor::TensorRef;
 use crate::Result;
-use weft_graph::DeltaForm;
 
 struct Operands<'a> {
     q: &'a [f32],
@@ -41,8 +42,7 @@ impl Operands<'_> {
 }
 
 fn recurrent(o: &Operands, s: usize, h: usize, state: &mut [f32], y: &mut [f32]) {
-    let (dk, dv) = (o.dk, o.dv);
-    let mut delta = vec![0.0f32; dv];
+    let dk = o.dk;
     for ti in 0..o.t {
         let (q, k, v) = (
             &o.q[o.qk(o.q, s, ti, h)],
@@ -51,135 +51,73 @@ fn recurrent(o: &Operands, s: usize, h: usize, state: &mut [f32], y: &mut [f32])
         );
         let i = o.scalar(s, ti, h);
         let (decay, beta) = (o.g[i].exp(), o.beta[i]);
-        for r in 0..dv {
-            let row = &mut state[r * dk..(r + 1) * dk];
-            let mut kv = 0.0;
-            for j in 0..dk {
-                row[j] *= decay;
-                kv += row[j] * k[j];
-            }
-            delta[r] = (v[r] - kv) * beta;
-        }
-        for r in 0..dv {
-            let row = &mut state[r * dk..(r + 1) * dk];
-            let mut acc = 0.0;
-            for j in 0..dk {
-                row[j] += delta[r] * k[j];
-                acc += row[j] * q[j];
-            }
-            y[ti * dv + r] = acc;
+        // each state row's update depends on that row alone
+        for (r, row) in state.chunks_exact_mut(dk).enumerate() {
+            y[ti * o.dv + r] = delta_row(row, (k, q), decay, v[r], beta);
         }
     }
 }
 
-/// Chunked form. Within a chunk of `c` tokens with cumulative log-decays `G`:
-/// `A = −tril₋₁((β k)·kᵀ ⊙ e^{G_i − G_j})`, solved as `T = (I − A)⁻¹` by forward substitution;
-/// `U = T (β v)`, `W = T (β k e^{G})`; then with the state `S` carried in:
-/// `v' = U − W Sᵀ`, `y = (q e^{G}) Sᵀ + tril₀(q kᵀ ⊙ e^{G_i − G_j}) v'`,
-/// `S ← S e^{G_c} + v'ᵀ (k e^{G_c − G})`.
-fn chunked(o: &Operands, chunk: usize, s: usize, h: usize, state: &mut [f32], y: &mut [f32]) {
-    let (dk, dv) = (o.dk, o.dv);
-    let mut t0 = 0;
-    while t0 < o.t {
-        let c = chunk.min(o.t - t0);
-        let tok = |i: usize| t0 + i;
-        let mut gc = vec![0.0f32; c];
-        let mut acc = 0.0;
-        for i in 0..c {
-            acc += o.g[o.scalar(s, tok(i), h)];
-            gc[i] = acc;
-        }
-        let beta: Vec<f32> = (0..c).map(|i| o.beta[o.scalar(s, tok(i), h)]).collect();
-        let k = |i: usize| &o.k[o.qk(o.k, s, tok(i), h)];
-        let q = |i: usize| &o.q[o.qk(o.q, s, tok(i), h)];
-        let v = |i: usize| &o.v[o.vrow(s, tok(i), h)];
-        let dotk = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-        // T = (I + L)^-1 with L[i][j] = β_i (k_i·k_j) e^{G_i−G_j} for j < i.
-        let mut tm = vec![0.0f32; c * c];
-        for i in 0..c {
-            for j in 0..i {
-                let l = beta[i] * dotk(k(i), k(j)) * (gc[i] - gc[j]).exp();
-                // row i of T = e_i − Σ_{j<i} L[i][j] · row j of T
-                for m in 0..=j {
-                    tm[i * c + m] -= l * tm[j * c + m];
-                }
-            }
-            tm[i * c + i] = 1.0;
-        }
-        // U = T (β v) [c, dv]; W = T (β k e^{G}) [c, dk]
-        let mut u = vec![0.0f32; c * dv];
-        let mut w = vec![0.0f32; c * dk];
-        for i in 0..c {
-            for m in 0..=i {
-                let f = tm[i * c + m] * beta[m];
-                if f == 0.0 {
-                    continue;
-                }
-                let eg = gc[m].exp();
-                u[i * dv..(i + 1) * dv]
-                    .iter_mut()
-                    .zip(v(m))
-                    .for_each(|(a, &b)| *a += f * b);
-                w[i * dk..(i + 1) * dk]
-                    .iter_mut()
-                    .zip(k(m))
-                    .for_each(|(a, &b)| *a += f * eg * b);
-            }
-        }
-        // v' = U − W Sᵀ  (S is [dv, dk])
-        let mut vp = u;
-        for i in 0..c {
-            let wi = &w[i * dk..(i + 1) * dk];
-            for r in 0..dv {
-                vp[i * dv + r] -= dotk(wi, &state[r * dk..(r + 1) * dk]);
-            }
-        }
-        // y_i = e^{G_i} S q_i + Σ_{j≤i} (q_i·k_j) e^{G_i−G_j} v'_j
-        for i in 0..c {
-            let qi = q(i);
-            let eg = gc[i].exp();
-            let yi = &mut y[tok(i) * dv..(tok(i) + 1) * dv];
-            for r in 0..dv {
-                yi[r] = eg * dotk(qi, &state[r * dk..(r + 1) * dk]);
-            }
-            for j in 0..=i {
-                let a = dotk(qi, k(j)) * (gc[i] - gc[j]).exp();
-                yi.iter_mut()
-                    .zip(&vp[j * dv..(j + 1) * dv])
-                    .for_each(|(y, &b)| *y += a * b);
-            }
-        }
-        // S ← S e^{G_c} + Σ_j v'_j (k_j e^{G_c − G_j})ᵀ
-        let gl = gc[c - 1];
-        let el = gl.exp();
-        state.iter_mut().for_each(|x| *x *= el);
-        for j in 0..c {
-            let f = (gl - gc[j]).exp();
-            let kj = k(j);
-            for r in 0..dv {
-                let a = vp[j * dv + r] * f;
-                state[r * dk..(r + 1) * dk]
-                    .iter_mut()
-                    .zip(kj)
-                    .for_each(|(x, &b)| *x += a * b);
-            }
-        }
-        t0 += c;
+/// One token of one state row: `row ← row·decay`, `row += β (v − row·k) k`; returns `row·q`.
+#[inline]
+fn delta_row(row: &mut [f32], (k, q): (&[f32], &[f32]), decay: f32, v: f32, beta: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA, checked above.
+        return unsafe { delta_row_avx2(row, k, q, decay, v, beta) };
     }
+    delta_row_body(row, k, q, decay, v, beta)
 }
 
-pub fn gated_delta_net(srcs: &[TensorRef], form: DeltaForm, out: &mut [f32]) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn delta_row_avx2(row: &mut [f32], k: &[f32], q: &[f32], decay: f32, v: f32, beta: f32) -> f32 {
+    delta_row_body(row, k, q, decay, v, beta)
+}
+
+/// Eight partial sums per dot product, so that the loops vectorize.
+#[inline(always)]
+fn delta_row_body(row: &mut [f32], k: &[f32], q: &[f32], decay: f32, v: f32, beta: f32) -> f32 {
+    let n8 = row.len() / 8 * 8;
+    let mut acc = [0.0f32; 8];
+    for (x, kk) in row[..n8].chunks_exact_mut(8).zip(k.chunks_exact(8)) {
+        for i in 0..8 {
+            x[i] *= decay;
+            acc[i] += x[i] * kk[i];
+        }
+    }
+    let mut kv = acc.iter().sum::<f32>();
+    for j in n8..row.len() {
+        row[j] *= decay;
+        kv += row[j] * k[j];
+    }
+    let d = (v - kv) * beta;
+    let mut acc = [0.0f32; 8];
+    for ((x, kk), qq) in row[..n8]
+        .chunks_exact_mut(8)
+        .zip(k.chunks_exact(8))
+        .zip(q.chunks_exact(8))
+    {
+        for i in 0..8 {
+            x[i] += d * kk[i];
+            acc[i] += x[i] * qq[i];
+        }
+    }
+    let mut y = acc.iter().sum::<f32>();
+    for j in n8..row.len() {
+        row[j] += d * k[j];
+        y += row[j] * q[j];
+    }
+    y
+}
+
+pub fn gated_delta_net(srcs: &[TensorRef], out: &mut [f32]) {
     let v = &srcs[3];
     let ny = v.dims().iter().product::<usize>();
     let (ys, states) = out.split_at_mut(ny);
     states.copy_from_slice(&srcs[0].f32());
     let per = states.len() / v.dims()[0].max(1);
-    delta(
-        states.chunks_mut(per.max(1)).collect(),
-        &srcs[1..6],
-        form,
-        ys,
-    );
+    delta(states.chunks_mut(per.max(1)).collect(), &srcs[1..6], ys);
 }
 
 /// The delta rule on state rows that live in a cache `[R, Hv·Dv·Dk]` (`Op::GatedDeltaNet`
@@ -188,7 +126,6 @@ pub fn gated_delta_net_cached(
     cache: &mut [f32],
     slots: &[i32],
     srcs: &[TensorRef],
-    form: DeltaForm,
     node: &str,
     ys: &mut [f32],
 ) -> Result<()> {
@@ -197,7 +134,6 @@ pub fn gated_delta_net_cached(
     delta(
         slot_rows(cache, per, slots, "gated_delta_net", node)?,
         srcs,
-        form,
         ys,
     );
     Ok(())
@@ -205,7 +141,7 @@ pub fn gated_delta_net_cached(
 
 /// Runs the rule over `[q, k, v, g, beta]` with each sequence's state `[Hv, Dv, Dk]` in
 /// `states[s]`, updated in place; writes `y`.
-fn delta(states: Vec<&mut [f32]>, srcs: &[TensorRef], form: DeltaForm, ys: &mut [f32]) {
+fn delta(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
     let vals: Vec<_> = srcs.iter().map(|t| t.f32()).collect();
     let (q, v) = (&srcs[0], &srcs[2]);
     let [t, hk, dk] = [q.dims()[1], q.dims()[2], q.dims()[3]];
@@ -232,10 +168,7 @@ fn delta(states: Vec<&mut [f32]>, srcs: &[TensorRef], form: DeltaForm, ys: &mut 
     team::global().chunks_mut(&mut items, 1, |_, item| {
         let (si, hi, state, y) = &mut item[0];
         y.resize(t * dv, 0.0);
-        match form {
-            DeltaForm::Recurrent => recurrent(&o, *si, *hi, state, y),
-            DeltaForm::Chunked { chunk } => chunked(&o, chunk, *si, *hi, state, y),
-        }
+        recurrent(&o, *si, *hi, state, y);
     });
     for (si, hi, _, y) in &items {
         for ti in 0..t {

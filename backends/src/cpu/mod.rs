@@ -360,11 +360,7 @@ impl CpuBackend {
                     let srcs = with_qk(&srcs, 3, bc.as_ref());
                     ssm::ssm_scan_cached(rows, &slots, &srcs, &node.name, &mut y)
                 }
-                Op::GatedDeltaNet {
-                    form,
-                    qk_norm,
-                    gates,
-                } => {
+                Op::GatedDeltaNet { qk_norm, gates, .. } => {
                     // (q is source 0 here, the cache being left out)
                     let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
                         .iter()
@@ -373,7 +369,7 @@ impl CpuBackend {
                     let [normed, gated] = delta_inputs(qk_norm, gates, srcs, 0, &extra);
                     let srcs = with_qk(srcs, 0, normed.as_ref());
                     let srcs = with_qk(&srcs, 3, gated.as_ref());
-                    delta::gated_delta_net_cached(rows, &slots, &srcs, *form, &node.name, &mut y)
+                    delta::gated_delta_net_cached(rows, &slots, &srcs, &node.name, &mut y)
                 }
                 Op::SsmConv => ssm::ssm_conv_cached(rows, &slots, srcs, &node.name, &mut y),
                 _ => Err(BackendError::Device(format!(
@@ -790,16 +786,12 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
             let srcs = with_source(&s[..own], 2, dt.as_ref());
             ssm::ssm_scan(&with_qk(&srcs, 4, bc.as_ref()), f32s(out))
         }
-        Op::GatedDeltaNet {
-            form,
-            qk_norm,
-            gates,
-        } => {
+        Op::GatedDeltaNet { qk_norm, gates, .. } => {
             let own = s.len() - gates.as_ref().map_or(0, |gt| gt.extra_sources());
             let [normed, gated] = delta_inputs(qk_norm, gates, &s[..own], 1, &s[own..]);
             let s = with_qk(&s[..own], 1, normed.as_ref());
             let s = with_qk(&s, 4, gated.as_ref());
-            delta::gated_delta_net(&s, *form, f32s(out))
+            delta::gated_delta_net(&s, f32s(out))
         }
         Op::TopK { k } => rows::top_k(&s[0], *k, bytemuck::cast_slice_mut(out)),
         Op::Reduce(r) => rows::reduce(*r, &s[0], out),

@@ -162,8 +162,8 @@ fn program_of(op: &Op) -> FusedProgram {
 }
 
 /// The dispatches of node `id`: one, or for a long prompt's delta rule the two passes of its
-/// chunked form.
-pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Vec<Lowered>> {
+/// chunked form (unless `chunks` is false).
+pub fn lower(g: &Graph, plan: &Plan, id: NodeId, chunks: bool) -> Result<Vec<Lowered>> {
     let node = g.node(id);
     let mut c = Ctx {
         g,
@@ -671,7 +671,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId) -> Result<Vec<Lowered>> {
             let nc = t.div_ceil(DELTA_CHUNK as usize);
             let words = delta_chunk_words(dk as u32, dv as u32);
             p.extend([(workspace_at(plan) / 4) as u32, nc as u32, words]);
-            if matches!(form, DeltaForm::Chunked { .. }) && t >= DELTA_CHUNKS_FROM {
+            if chunks && *form == DeltaForm::Chunked && t >= DELTA_CHUNKS_FROM {
                 let bytes = (sn * hv * nc) as u64 * words as u64 * 4;
                 delta_chunks = Some((
                     (sn * hv * nc) as u32,

@@ -602,18 +602,29 @@ impl Backend for WgpuBackend {
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
-        let lowered: Vec<(NodeId, Lowered)> = plan
-            .schedule
-            .iter()
-            .map(|&id| lower(g, plan, id).map(|l| l.into_iter().map(move |l| (id, l))))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+        let lower_all = |chunks: bool| -> Result<Vec<(NodeId, Lowered)>> {
+            Ok(plan
+                .schedule
+                .iter()
+                .map(|&id| lower(g, plan, id, chunks).map(|l| l.into_iter().map(move |l| (id, l))))
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect())
+        };
         // the plan's tensors, then the workspace the largest user needs
-        let workspace = lowered.iter().map(|(_, l)| l.workspace).max().unwrap_or(0);
-        let arena_bytes =
-            align_up(plan.arena_bytes.max(4) as u64, 4).max(lower::workspace_at(plan) + workspace);
+        let tensors = align_up(plan.arena_bytes.max(4) as u64, 4);
+        let arena_size = |lowered: &[(NodeId, Lowered)]| {
+            let workspace = lowered.iter().map(|(_, l)| l.workspace).max().unwrap_or(0);
+            tensors.max(lower::workspace_at(plan) + workspace)
+        };
+        let mut lowered = lower_all(true)?;
+        let mut arena_bytes = arena_size(&lowered);
+        // a prompt whose delta-rule chunks would not fit one binding walks its tokens instead
+        if arena_bytes > self.limits.max_storage_buffer_binding_size {
+            lowered = lower_all(false)?;
+            arena_bytes = arena_size(&lowered);
+        }
         self.check_binding("the activation arena", arena_bytes)?;
         let arena = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("weft arena"),

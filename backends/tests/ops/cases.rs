@@ -1094,13 +1094,13 @@ fn ssm_scan_in_place_case(be: &mut dyn Backend, t: usize) {
 pub fn gated_delta_net_in_place(be: &mut dyn Backend) {
     for (form, t, normed, dk) in [
         (DeltaForm::Recurrent, 1, false, 8),
-        (DeltaForm::Chunked { chunk: 4 }, 6, false, 8),
+        (DeltaForm::Chunked, 6, false, 8),
         (DeltaForm::Recurrent, 2, true, 8),
         // rows normalised over more than the 64 partial sums of the norm
         (DeltaForm::Recurrent, 2, true, 136),
         // long enough for the GPU's chunks
-        (DeltaForm::Chunked { chunk: 64 }, 33, false, 8),
-        (DeltaForm::Chunked { chunk: 64 }, 40, true, 136),
+        (DeltaForm::Chunked, 33, false, 8),
+        (DeltaForm::Chunked, 40, true, 136),
     ] {
         let (s, hk, hv, dv) = (2, 1, 2, 4);
         let slots = [0, 2];
@@ -1181,7 +1181,7 @@ pub fn gated_delta_net_gates(be: &mut dyn Backend) {
         let form = if t < 32 {
             DeltaForm::Recurrent
         } else {
-            DeltaForm::Chunked { chunk: 64 }
+            DeltaForm::Chunked
         };
         if in_cache {
             let (cache, buf, init, cache_n, ids) =
@@ -1281,25 +1281,15 @@ pub fn gated_delta_net_recurrent(be: &mut dyn Backend) {
 }
 
 /// Short prompts (a token loop on the GPU), then prompts long enough for the GPU's chunked
-/// kernels: two chunks of 32 and part of a third, and wide keys over three chunks with the last
-/// one partial.
+/// kernels: exactly one chunk of 32; two chunks and part of a third; wide keys over three
+/// chunks with the last one partial; the widest keys (256) over two whole chunks.
 pub fn gated_delta_net_chunked(be: &mut dyn Backend) {
-    delta_case(be, DeltaForm::Chunked { chunk: 4 }, 11, 27, [2, 2, 4, 8, 6]);
-    delta_case(be, DeltaForm::Chunked { chunk: 64 }, 7, 28, [2, 2, 4, 8, 6]);
-    delta_case(
-        be,
-        DeltaForm::Chunked { chunk: 64 },
-        75,
-        34,
-        [2, 2, 4, 8, 6],
-    );
-    delta_case(
-        be,
-        DeltaForm::Chunked { chunk: 64 },
-        70,
-        35,
-        [1, 1, 2, 136, 7],
-    );
+    delta_case(be, DeltaForm::Chunked, 11, 27, [2, 2, 4, 8, 6]);
+    delta_case(be, DeltaForm::Chunked, 7, 28, [2, 2, 4, 8, 6]);
+    delta_case(be, DeltaForm::Chunked, 32, 36, [2, 2, 4, 8, 6]);
+    delta_case(be, DeltaForm::Chunked, 64, 37, [1, 1, 2, 256, 5]);
+    delta_case(be, DeltaForm::Chunked, 75, 34, [2, 2, 4, 8, 6]);
+    delta_case(be, DeltaForm::Chunked, 70, 35, [1, 1, 2, 136, 7]);
 }
 
 pub fn reductions_and_top_k(be: &mut dyn Backend) {

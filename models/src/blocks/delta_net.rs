@@ -17,9 +17,6 @@ use super::recurrent::RecurrentState;
 use super::split_last;
 use weft_graph::{DeltaForm, GraphBuilder, Result, Tensor};
 
-/// Tokens per chunk of the chunked delta rule used for prompts.
-pub const DELTA_CHUNK: usize = 64;
-
 /// Which key head a value head reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadOrder {
@@ -154,7 +151,7 @@ pub fn delta_net(
     let g = b.reshape(g, &[s, t, hv])?;
 
     let form = if t > 1 {
-        DeltaForm::Chunked { chunk: DELTA_CHUNK }
+        DeltaForm::Chunked
     } else {
         DeltaForm::Recurrent
     };
