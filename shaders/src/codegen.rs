@@ -45,6 +45,17 @@ fn rope_rotate(x: f32, y: f32, first: bool, theta: f32) -> f32 {
 }
 ";
 
+/// The top-k selection order, shared by the `top_k` kernel and the ids chosen in other kernels
+/// (`Spec::top_k`): a pass over a row takes the largest value after the last one taken (`lv` at
+/// `li`, unless `first`): smaller, or equal at a higher index; so the largest come first, the
+/// lower index first on ties. `bi == none` while the pass has no best yet.
+const TOP_K_ORDER: &str = "
+fn top_k_takes(v: f32, j: u32, first: bool, lv: f32, li: u32, bv: f32, bi: u32, none: u32) -> bool {
+    let after_last = first || v < lv || (v == lv && j > li);
+    return after_last && (bi == none || v > bv);
+}
+";
+
 fn lit(x: f32) -> String {
     format!("bitcast<f32>({:#010x}u)", x.to_bits())
 }
@@ -199,8 +210,7 @@ fn ldi{src}(i: u32) -> i32 {{
         var bi = {row}u;
         for (var c = 0u; c < {row}u; c++) {{
             let v = ldf{src}(base + c);
-            let after_last = kk == 0u || v < lv || (v == lv && c > li);
-            if (after_last && (bi == {row}u || v > bv)) {{
+            if (top_k_takes(v, c, kk == 0u, lv, li, bv, bi, {row}u)) {{
                 bv = v;
                 bi = c;
             }}
@@ -675,6 +685,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         );
     }
     out.push_str(HELPERS);
+    if k == Kernel::TopK || spec.top_k.is_some() {
+        out.push_str(TOP_K_ORDER);
+    }
     // byte helpers for external bindings read through quantized or f16 decoders
     let mut helped = vec![];
     for s in &spec.sources {

@@ -1,5 +1,5 @@
 // Indices of the k largest values of each row, largest first, lower index first on ties; one
-// thread per row, k selection passes. Source 0: x (dense). Output I32.
+// thread per row, k selection passes (`top_k_takes`, shared with the ids other kernels choose). Source 0: x (dense). Output I32.
 // Params: 0 rows, 1 D, 2 k, 3 x_off, 4 out_off.
 
 @compute @workgroup_size(64)
@@ -17,8 +17,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         var bi = d;
         for (var j = 0u; j < d; j++) {
             let v = ld0(base + j);
-            let after_last = kk == 0u || v < lv || (v == lv && j > li);
-            if (after_last && (bi == d || v > bv)) {
+            if (top_k_takes(v, j, kk == 0u, lv, li, bv, bi, d)) {
                 bv = v;
                 bi = j;
             }
