@@ -1,10 +1,10 @@
 //! Matrix products with weights of any dtype (quantized ones meet 8-bit activations in integer
 //! dot products, others are decoded row by row), expert products and row gathers.
 
-use super::qdot::{Acts, Kernel, f16_kernel};
+use super::qdot::{Acts, F16Dot, Kernel, f16_kernel};
 use super::team;
 use super::tensor::TensorRef;
-use super::tile::rows_times;
+use super::tile::{f16_rows_times, rows_times};
 use crate::{BackendError, Result};
 use weft_graph::DType;
 
@@ -49,50 +49,63 @@ pub(super) fn axpy_body(o: &mut [f32], p: f32, v: &[f32]) {
     o.iter_mut().zip(v).for_each(|(a, &b)| *a += p * b);
 }
 
-/// `outᵀ[n][m] = x[m] · w_row(n)` for `n` in `rows`, `x` dense `[M, K]`; returns `[M, N]`.
-fn product(
-    x: &[f32],
-    m: usize,
-    w: &TensorRef,
-    rows: impl Fn(usize) -> usize + Sync,
-    n: usize,
-    out: &mut [f32],
-) {
-    let k = w.row_len();
-    let team = team::global();
-    let quantized = Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k));
-    let f16 = if w.dtype == DType::F16 {
-        f16_kernel()
-    } else {
-        None
-    };
-    // Each chunk takes a few weight rows and meets them with every activation row: `t` is
-    // `[N, M]` (the output itself when M = 1).
-    let mut rows_per_chunk = (n / (8 * team.threads())).clamp(4, 64);
-    if m >= 4 && quantized.is_none() {
-        rows_per_chunk -= rows_per_chunk % 3; // whole register tiles (see `tile`)
+/// How a weight meets a block of activation rows: their 8-bit forms and the weight's integer
+/// dot product (quantized weights), else the f16 dot product straight from the weight's bytes
+/// where the CPU converts f16 in hardware, else decoded rows.
+struct Meet {
+    quantized: Option<(Kernel, Acts)>,
+    f16: Option<F16Dot>,
+}
+
+impl Meet {
+    fn new(w: &TensorRef, x: &[f32], k: usize) -> Meet {
+        Meet {
+            quantized: Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k)),
+            f16: if w.dtype == DType::F16 {
+                f16_kernel()
+            } else {
+                None
+            },
+        }
     }
-    let mut transposed = (m > 1).then(|| vec![0.0f32; n * m]);
-    let t = transposed.as_deref_mut().unwrap_or(&mut *out);
-    team.chunks_mut(t, rows_per_chunk * m, |c, chunk| {
-        let first = c * rows_per_chunk;
-        match (&quantized, f16) {
+
+    /// Weight rows per chunk of work: at least `parts` chunks over `n` rows, whole register
+    /// tiles (see `tile`) where decoded rows meet four or more activation rows.
+    fn rows_per_chunk(&self, n: usize, parts: usize, m: usize) -> usize {
+        let mut r = (n / parts.max(1)).clamp(4, 64);
+        if m >= 4 && self.quantized.is_none() {
+            r -= r % 3;
+        }
+        r
+    }
+
+    /// `out[jj·m + i] = x_i · w_row(row0 + jj)` for the `out.len() / m` rows from `row0`.
+    fn rows(&self, w: &TensorRef, row0: usize, x: &[f32], m: usize, out: &mut [f32]) {
+        let k = w.row_len();
+        match (&self.quantized, self.f16) {
             (Some((kern, acts)), _) => {
-                for (jj, col) in chunk.chunks_mut(m).enumerate() {
-                    kern.dot_rows(w.row_bytes(rows(first + jj)), acts, col);
+                for (jj, col) in out.chunks_mut(m).enumerate() {
+                    kern.dot_rows(w.row_bytes(row0 + jj), acts, col);
                 }
             }
-            // prompts: the chunk's rows decoded once, then register tiles
-            (None, _) if m >= 4 => {
-                let mut buf = vec![0.0f32; chunk.len() / m * k];
+            // prompts: f16 rows converted as the register tiles load them
+            (None, Some(_)) if m >= 4 && f16_rows_times(|jj| w.row_bytes(row0 + jj), x, k, out) => {
+            }
+            // other dtypes: the rows decoded once, then register tiles
+            (None, _) if m >= 4 => DECODED.with_borrow_mut(|buf| {
+                let need = out.len() / m * k;
+                if buf.len() < need {
+                    buf.resize(need, 0.0);
+                }
+                let buf = &mut buf[..need];
                 for (jj, row) in buf.chunks_exact_mut(k).enumerate() {
-                    w.row_into(rows(first + jj), row);
+                    w.row_into(row0 + jj, row);
                 }
-                rows_times(&buf, x, k, chunk);
-            }
+                rows_times(buf, x, k, out);
+            }),
             (None, Some(f16)) => {
-                for (jj, col) in chunk.chunks_mut(m).enumerate() {
-                    let wrow = w.row_bytes(rows(first + jj));
+                for (jj, col) in out.chunks_mut(m).enumerate() {
+                    let wrow = w.row_bytes(row0 + jj);
                     for (i, o) in col.iter_mut().enumerate() {
                         *o = f16(wrow, &x[i * k..(i + 1) * k]);
                     }
@@ -100,14 +113,33 @@ fn product(
             }
             (None, None) => {
                 let mut buf = vec![0.0f32; k];
-                for (jj, col) in chunk.chunks_mut(m).enumerate() {
-                    w.row_into(rows(first + jj), &mut buf);
+                for (jj, col) in out.chunks_mut(m).enumerate() {
+                    w.row_into(row0 + jj, &mut buf);
                     for (i, o) in col.iter_mut().enumerate() {
                         *o = dot(&x[i * k..(i + 1) * k], &buf);
                     }
                 }
             }
         }
+    }
+}
+
+thread_local! {
+    /// Each worker's decoded weight rows, kept between chunks.
+    static DECODED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `out[m][j] = x[m] · w_row(row0 + j)` for `j < n`, `x` dense `[M, K]`.
+fn product(x: &[f32], m: usize, w: &TensorRef, row0: usize, n: usize, out: &mut [f32]) {
+    let team = team::global();
+    let meet = Meet::new(w, x, w.row_len());
+    // Each chunk takes a few weight rows and meets them with every activation row: `t` is
+    // `[N, M]` (the output itself when M = 1).
+    let rows_per_chunk = meet.rows_per_chunk(n, 8 * team.threads(), m);
+    let mut transposed = (m > 1).then(|| vec![0.0f32; n * m]);
+    let t = transposed.as_deref_mut().unwrap_or(&mut *out);
+    team.chunks_mut(t, rows_per_chunk * m, |c, chunk| {
+        meet.rows(w, row0 + c * rows_per_chunk, x, m, chunk);
     });
     if let Some(t) = transposed {
         transpose_into(&t, m, n, out);
@@ -154,7 +186,7 @@ pub fn matmul(x: &TensorRef, w: &TensorRef, out: &mut [f32]) {
         }
         let xs = &xv[b * m * k..(b + 1) * m * k];
         let os = &mut out[b * m * n..(b + 1) * m * n];
-        product(xs, m, w, |j| wi * n + j, n, os);
+        product(xs, m, w, wi * n, n, os);
     }
 }
 
@@ -180,30 +212,62 @@ pub fn matmul_id(
 ) -> Result<()> {
     let xv = x.f32();
     let idv = ids.i32();
-    let [t, u] = [ids.dims()[0], ids.dims()[1]];
+    let u = ids.dims()[1];
     let xu = x.dims()[1];
     let [e, n, k] = [w.dims()[0], w.dims()[1], w.dims()[2]];
     let mut per_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
     for (r, &id) in idv.iter().enumerate() {
         per_expert[check_index("mul_mat_id", node, id, e)?].push(r);
     }
-    for (ex, rows) in per_expert.iter().enumerate() {
-        if rows.is_empty() {
-            continue;
-        }
-        let mut xs = Vec::with_capacity(rows.len() * k);
-        for &r in rows {
-            let (ti, ui) = (r / u, r % u);
-            let xr = ti * xu + if xu == 1 { 0 } else { ui };
-            xs.extend_from_slice(&xv[xr * k..(xr + 1) * k]);
-        }
-        let mut o = vec![0.0; rows.len() * n];
-        product(&xs, rows.len(), w, |j| ex * n + j, n, &mut o);
-        for (i, &r) in rows.iter().enumerate() {
-            out[r * n..(r + 1) * n].copy_from_slice(&o[i * n..(i + 1) * n]);
+    // the experts in use, each with its activation rows gathered
+    let used: Vec<(usize, &[usize], Vec<f32>)> = per_expert
+        .iter()
+        .enumerate()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(ex, rows)| {
+            let mut xs = Vec::with_capacity(rows.len() * k);
+            for &r in rows {
+                let (ti, ui) = (r / u, r % u);
+                let xr = ti * xu + if xu == 1 { 0 } else { ui };
+                xs.extend_from_slice(&xv[xr * k..(xr + 1) * k]);
+            }
+            (ex, rows.as_slice(), xs)
+        })
+        .collect();
+    let meets: Vec<Meet> = used.iter().map(|(_, _, xs)| Meet::new(w, xs, k)).collect();
+    // Every expert's weight rows in chunks, all handed to the team at once (one dispatch for
+    // the layer's experts, not one per expert): each chunk writes its rows' products with the
+    // expert's activation rows, `[rows, M_e]`, into its part of `t`.
+    let team = team::global();
+    let parts = (8 * team.threads()).div_ceil(used.len().max(1));
+    let mut t = vec![0.0f32; used.iter().map(|(_, rows, _)| rows.len() * n).sum()];
+    let mut items: Vec<(usize, usize, &mut [f32])> = vec![];
+    let mut rest = t.as_mut_slice();
+    for (ui, (_, rows, _)) in used.iter().enumerate() {
+        let m = rows.len();
+        let (mine, next) = rest.split_at_mut(n * m);
+        rest = next;
+        let per = meets[ui].rows_per_chunk(n, parts, m);
+        for (c, chunk) in mine.chunks_mut(per * m).enumerate() {
+            items.push((ui, c * per, chunk));
         }
     }
-    let _ = t;
+    team.chunks_mut(&mut items, 1, |_, item| {
+        let (ui, j0, chunk) = &mut item[0];
+        let (ex, rows, xs) = &used[*ui];
+        meets[*ui].rows(w, ex * n + *j0, xs, rows.len(), chunk);
+    });
+    let mut at = 0;
+    for (_, rows, _) in &used {
+        let m = rows.len();
+        for (i, &r) in rows.iter().enumerate() {
+            let o = &mut out[r * n..(r + 1) * n];
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = t[at + j * m + i];
+            }
+        }
+        at += n * m;
+    }
     Ok(())
 }
 

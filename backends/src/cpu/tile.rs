@@ -21,6 +21,29 @@ pub fn rows_times(w: &[f32], x: &[f32], k: usize, out: &mut [f32]) {
     }
 }
 
+/// `out[j·m + i] = w_j · x_i` for f16 weight rows `w_j = row(j)` (`k` little-endian f16 each,
+/// `out.len() / m` of them), converted as they are loaded rather than decoded to f32 rows
+/// first: no pass over the weights before the products, and the weights stream from memory
+/// while the tiles compute. False, with nothing written, on CPUs without AVX2, FMA and F16C.
+pub fn f16_rows_times<'a>(
+    row: impl Fn(usize) -> &'a [u8],
+    x: &[f32],
+    k: usize,
+    out: &mut [f32],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+    {
+        // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
+        unsafe { avx2::f16_tiles(&row, x, k, out) };
+        return true;
+    }
+    let _ = (row, x, k, out);
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::dot;
@@ -57,6 +80,71 @@ mod avx2 {
             }
         }
         whole
+    }
+
+    /// See [`super::f16_rows_times`]: rows of `w` in groups of three, activation rows in groups
+    /// of four, the rest one dot product at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn f16_tiles<'a>(row: &impl Fn(usize) -> &'a [u8], x: &[f32], k: usize, out: &mut [f32]) {
+        let m = x.len() / k;
+        let rows = out.len() / m;
+        let xr = |i: usize| &x[i * k..(i + 1) * k];
+        let mut j = 0;
+        while j < rows {
+            let n = (rows - j).min(3);
+            // (a short group repeats its last row; its results are not kept)
+            let ws = [row(j), row(j + (n > 1) as usize), row(j + n - 1)];
+            let mut i = 0;
+            while i < m {
+                let mi = (m - i).min(4);
+                let xs = [
+                    xr(i),
+                    xr(i + (mi > 1) as usize),
+                    xr(i + 2.min(mi - 1)),
+                    xr(i + mi - 1),
+                ];
+                let t = f16_tile(ws, xs, k);
+                for (jj, tr) in t.iter().enumerate().take(n) {
+                    out[(j + jj) * m + i..(j + jj) * m + i + mi].copy_from_slice(&tr[..mi]);
+                }
+                i += mi;
+            }
+            j += n;
+        }
+    }
+
+    /// The 3 × 4 dot products of f16 rows `w` (at least `2k` bytes each) and f32 rows `x`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn f16_tile(w: [&[u8]; 3], x: [&[f32]; 4], k: usize) -> [[f32; 4]; 3] {
+        assert!(w.iter().all(|r| r.len() >= 2 * k) && x.iter().all(|r| r.len() >= k));
+        let mut acc = [[_mm256_setzero_ps(); 4]; 3];
+        let mut c = 0;
+        while c + 8 <= k {
+            // SAFETY: c + 8 ≤ k: 16 bytes from byte 2c of each w row and 8 floats from c of
+            // each x row are inside them (asserted above).
+            unsafe {
+                let wv = w.map(|r| _mm256_cvtph_ps(_mm_loadu_si128(r.as_ptr().add(2 * c).cast())));
+                for i in 0..4 {
+                    let xv = _mm256_loadu_ps(x[i].as_ptr().add(c));
+                    for j in 0..3 {
+                        acc[j][i] = _mm256_fmadd_ps(wv[j], xv, acc[j][i]);
+                    }
+                }
+            }
+            c += 8;
+        }
+        let mut out = [[0.0f32; 4]; 3];
+        for j in 0..3 {
+            for i in 0..4 {
+                let mut s = hsum(acc[j][i]);
+                for cc in c..k {
+                    let h = half::f16::from_le_bytes([w[j][2 * cc], w[j][2 * cc + 1]]);
+                    s += h.to_f32() * x[i][cc];
+                }
+                out[j][i] = s;
+            }
+        }
+        out
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -103,6 +191,32 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_tiles_equal_plain_dots() {
+        // 7 weight rows (two tiles and one left), 6 activation rows (a tile and two), k = 45
+        let k = 45;
+        let w: Vec<half::f16> = (0..7 * k)
+            .map(|i| half::f16::from_f32(((i * 37 % 101) as f32 - 50.0) / 50.0))
+            .collect();
+        let x: Vec<f32> = (0..6 * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
+        let bytes: &[u8] = bytemuck::cast_slice(&w);
+        let mut out = vec![0.0; 7 * 6];
+        if !f16_rows_times(|j| &bytes[j * 2 * k..(j + 1) * 2 * k], &x, k, &mut out) {
+            return; // (no F16C: the caller decodes rows instead)
+        }
+        for j in 0..7 {
+            for i in 0..6 {
+                let want: f64 = (0..k)
+                    .map(|c| w[j * k + c].to_f64() * x[i * k + c] as f64)
+                    .sum();
+                let got = out[j * 6 + i] as f64;
+                assert!((got - want).abs() < 1e-4, "w{j}·x{i}: {got} vs {want}");
+            }
+        }
+    }
 
     #[test]
     fn tiles_equal_plain_dots() {

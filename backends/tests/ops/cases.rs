@@ -399,9 +399,16 @@ pub fn matmul_activations(be: &mut dyn Backend) {
 
 pub fn matmul_id(be: &mut dyn Backend) {
     let mut rg = rng(15);
-    for (dtype, k) in [(DType::F32, 24), (DType::Q8_0, 64), (DType::Q4K, 256)] {
+    // (f16 with 4 or 5 rows per expert: the CPU's register tiles; 40 columns, a partial
+    // vector at the end)
+    for (dtype, k, t) in [
+        (DType::F32, 24, 5),
+        (DType::F16, 40, 9),
+        (DType::Q8_0, 64, 5),
+        (DType::Q4K, 256, 5),
+    ] {
         for xu in [1usize, 2] {
-            let (t, u, e, n) = (5, 2, 4, 6);
+            let (u, e, n) = (2, 4, 6);
             let mut c = Case::new();
             let (x, xn) = c.input(&mut rg, "x", &[t, xu, k]);
             let (w, wn) = if dtype.is_quantized() {
