@@ -219,6 +219,24 @@ impl Layout {
         })
     }
 
+    /// Calls `f(row, offset)` for each row (innermost dimension) in row-major order: its index
+    /// and the storage offset of its first element (the rest follow `strides()`'s last).
+    pub fn for_each_row(&self, mut f: impl FnMut(usize, usize)) {
+        let p = self.shape.padded();
+        let r = self.shape.rank();
+        let mut st = [0; MAX_RANK];
+        st[MAX_RANK - r..].copy_from_slice(self.strides());
+        let mut row = 0;
+        for a in 0..p[0] {
+            for b in 0..p[1] {
+                for c in 0..p[2] {
+                    f(row, self.offset + a * st[0] + b * st[1] + c * st[2]);
+                    row += 1;
+                }
+            }
+        }
+    }
+
     /// Calls `f(linear_index, element_offset)` for every element in row-major order.
     pub fn for_each_offset(&self, mut f: impl FnMut(usize, usize)) {
         let p = self.shape.padded();
@@ -256,6 +274,21 @@ mod tests {
             strides: st,
             offset: 3,
         }
+    }
+
+    #[test]
+    fn rows_start_where_their_first_elements_are() {
+        // a [2, 3, 4] view with padded rows (stride 10) and planes (stride 40)
+        let l = strided(&[2, 3, 4], &[40, 10, 1]);
+        let mut firsts = vec![];
+        l.for_each_offset(|i, o| {
+            if i % 4 == 0 {
+                firsts.push(o);
+            }
+        });
+        let mut rows = vec![];
+        l.for_each_row(|r, o| rows.push((r, o)));
+        assert_eq!(rows, firsts.into_iter().enumerate().collect::<Vec<_>>());
     }
 
     #[test]

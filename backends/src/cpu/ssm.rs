@@ -44,14 +44,32 @@ pub fn ssm_conv_cached(
 }
 
 /// `y[t, c] = Σ_k window[t + k, c] · w[c, k]` over one sequence's window `[K−1+T, C]`.
+/// Each output row sums its `K` window rows times the weights' columns, channels innermost so
+/// that the loop vectorizes (the weights transposed to `[K, C]` first for a prompt).
 fn conv_window(window: &[f32], w: &[f32], t: usize, c: usize, k: usize, y: &mut [f32]) {
-    for ti in 0..t {
-        for ci in 0..c {
+    if t == 1 {
+        for (ci, yc) in y[..c].iter_mut().enumerate() {
             let mut acc = 0.0;
             for ki in 0..k {
-                acc += window[(ti + ki) * c + ci] * w[ci * k + ki];
+                acc += window[ki * c + ci] * w[ci * k + ki];
             }
-            y[ti * c + ci] = acc;
+            *yc = acc;
+        }
+        return;
+    }
+    let mut wt = vec![0.0f32; k * c];
+    for (ci, wc) in w.chunks_exact(k).enumerate() {
+        for (ki, &v) in wc.iter().enumerate() {
+            wt[ki * c + ci] = v;
+        }
+    }
+    for (ti, yr) in y.chunks_exact_mut(c).take(t).enumerate() {
+        yr.fill(0.0);
+        for (ki, wr) in wt.chunks_exact(c).enumerate() {
+            let xr = &window[(ti + ki) * c..(ti + ki + 1) * c];
+            for ((yv, &x), &wv) in yr.iter_mut().zip(xr).zip(wr) {
+                *yv += x * wv;
+            }
         }
     }
 }

@@ -45,6 +45,12 @@ impl<'a> TensorRef<'a> {
         let mut out = vec![0.0; layout.shape.numel()];
         let b = self.bytes;
         match self.dtype {
+            // rows of contiguous elements (a projection's columns) copied a row at a time
+            DType::F32 if layout.strides().last() == Some(&1) => {
+                let v: &[f32] = bytemuck::cast_slice(b);
+                let d = layout.shape.last();
+                layout.for_each_row(|r, o| out[r * d..(r + 1) * d].copy_from_slice(&v[o..o + d]));
+            }
             DType::F32 => {
                 let v: &[f32] = bytemuck::cast_slice(b);
                 layout.for_each_offset(|i, o| out[i] = v[o]);
