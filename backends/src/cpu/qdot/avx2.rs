@@ -23,9 +23,9 @@ pub fn kernel(dtype: DType) -> Option<Kernel> {
         DType::Q4_1 => Kernel::B32(q4_1, Some(q4_1_x4)),
         DType::Q5_0 => Kernel::B32(q5_0, Some(q5_0_x4)),
         DType::Q5_1 => Kernel::B32(q5_1, Some(q5_1_x4)),
-        DType::Q4K => Kernel::K(q4_k),
-        DType::Q5K => Kernel::K(q5_k),
-        DType::Q6K => Kernel::K(q6_k),
+        DType::Q4K => Kernel::K(q4_k, Some(q4_k_x4)),
+        DType::Q5K => Kernel::K(q5_k, Some(q5_k_x4)),
+        DType::Q6K => Kernel::K(q6_k, Some(q6_k_x4)),
         _ => return None,
     })
 }
@@ -55,6 +55,9 @@ safe_entries! {
     q4_k => q4_k_avx2(&[Q8KBlock]) -> f32;
     q5_k => q5_k_avx2(&[Q8KBlock]) -> f32;
     q6_k => q6_k_avx2(&[Q8KBlock]) -> f32;
+    q4_k_x4 => q4_k_x4_avx2([&[Q8KBlock]; 4]) -> [f32; 4];
+    q5_k_x4 => q5_k_x4_avx2([&[Q8KBlock]; 4]) -> [f32; 4];
+    q6_k_x4 => q6_k_x4_avx2([&[Q8KBlock]; 4]) -> [f32; 4];
 }
 
 /// The f16 at byte `i` of `b`, converted by F16C.
@@ -330,83 +333,136 @@ fn k_scales(b: &[u8]) -> [u8; 16] {
     out
 }
 
-/// Adds one Q4_K/Q5_K super-block to the accumulators: `d·Σ scale·Σq·y` to `acc` and
-/// `dmin·Σ min·Σy` to `mins`; `high(c)` gives the fifth bits (as 16s) of sub-block pair `c`.
+/// Adds one Q4_K/Q5_K super-block to the accumulators of `R` activation rows, decoding its
+/// values once: `d·Σ scale·Σq·y` to `acc[r]` and `dmin·Σ min·Σy` to `mins[r]`. With `FIFTH`
+/// (Q5_K), bit `j` of `qh`'s bytes is the fifth bit of the values of sub-block `j`. Each row's
+/// sums are those of a one-row call.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k4_block(
+fn k4_block<const R: usize, const FIFTH: bool>(
     b: &[u8],
     qs: &[u8],
-    y: &Q8KBlock,
-    acc: &mut __m256,
-    mins: &mut __m256,
-    high: impl Fn(usize) -> (__m256i, __m256i),
+    qh: __m256i,
+    y: [&Q8KBlock; R],
+    acc: &mut [__m256; R],
+    mins: &mut [__m256; R],
 ) {
     prefetch(b);
     let sm = k_scales(b);
-    let mut sumi = _mm256_setzero_si256();
+    let mut sumi = [_mm256_setzero_si256(); R];
     let mask = _mm256_set1_epi8(0xF);
+    let bit = |j: usize| {
+        if !FIFTH {
+            return _mm256_setzero_si256();
+        }
+        let m = _mm256_set1_epi8(1 << j);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
+        _mm256_and_si256(set, _mm256_set1_epi8(16))
+    };
     for c in 0..4 {
         let q = load32(&qs[c * 32..]);
-        let (h_lo, h_hi) = high(c);
+        let (h_lo, h_hi) = (bit(2 * c), bit(2 * c + 1));
         let lo = _mm256_or_si256(_mm256_and_si256(q, mask), h_lo);
         let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), mask), h_hi);
-        let p_lo = _mm256_maddubs_epi16(lo, load32_i8(&y.qs[c * 64..]));
-        let p_hi = _mm256_maddubs_epi16(hi, load32_i8(&y.qs[c * 64 + 32..]));
-        let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sm[2 * c] as i16));
-        let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sm[2 * c + 1] as i16));
-        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+        let (s_lo, s_hi) = (
+            _mm256_set1_epi16(sm[2 * c] as i16),
+            _mm256_set1_epi16(sm[2 * c + 1] as i16),
+        );
+        for r in 0..R {
+            let p_lo = _mm256_maddubs_epi16(lo, load32_i8(&y[r].qs[c * 64..]));
+            let p_hi = _mm256_maddubs_epi16(hi, load32_i8(&y[r].qs[c * 64 + 32..]));
+            let p_lo = _mm256_madd_epi16(p_lo, s_lo);
+            let p_hi = _mm256_madd_epi16(p_hi, s_hi);
+            sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p_lo, p_hi));
+        }
     }
     // Σ_j min_j · (bsums[2j] + bsums[2j + 1]): each min twice, against the pair's sums
     let m = u64::from_le_bytes(sm[8..16].try_into().unwrap_or_default());
-    let pairs = _mm_shuffle_epi8(
+    let pairs = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
         _mm_cvtsi64_si128(m as i64),
         _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0),
-    );
-    // SAFETY: `bsums` is 16 i16s, 32 readable bytes.
-    let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-    let msum = _mm256_madd_epi16(_mm256_cvtepu8_epi16(pairs), bsums);
-    let d = f16_at(b, 0) * y.d;
-    let dmin = f16_at(b, 2) * y.d;
-    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
-    *mins = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(msum), *mins);
+    ));
+    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    for r in 0..R {
+        // SAFETY: `bsums` is 16 i16s, 32 readable bytes.
+        let bsums = unsafe { _mm256_loadu_si256(y[r].bsums.as_ptr().cast()) };
+        let msum = _mm256_madd_epi16(pairs, bsums);
+        acc[r] = _mm256_fmadd_ps(
+            _mm256_set1_ps(d * y[r].d),
+            _mm256_cvtepi32_ps(sumi[r]),
+            acc[r],
+        );
+        mins[r] = _mm256_fmadd_ps(
+            _mm256_set1_ps(dmin * y[r].d),
+            _mm256_cvtepi32_ps(msum),
+            mins[r],
+        );
+    }
+}
+
+/// A Q4_K row (144-byte super-blocks, values from byte 16) or with `FIFTH` a Q5_K row (176
+/// bytes, fifth bits from byte 16, values from 48) against `R` activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k4_rows<const R: usize, const FIFTH: bool>(w: &[u8], a: [&[Q8KBlock]; R]) -> [f32; R] {
+    let (bytes, qs_at) = if FIFTH { (176, 48) } else { (144, 16) };
+    let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
+    let nb = w.len() / bytes;
+    let a = a.map(|r| &r[..nb]);
+    for bi in 0..nb {
+        let b = &w[bi * bytes..(bi + 1) * bytes];
+        let y = a.map(|r| &r[bi]);
+        let qh = if FIFTH {
+            load32(&b[16..])
+        } else {
+            _mm256_setzero_si256()
+        };
+        k4_block::<R, FIFTH>(b, &b[qs_at..], qh, y, &mut acc, &mut mins);
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = hsum(_mm256_sub_ps(acc[r], mins[r]));
+    }
+    out
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
-    let zero = _mm256_setzero_si256();
-    let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (b, y) in w.chunks_exact(144).zip(a) {
-        k4_block(b, &b[16..], y, &mut acc, &mut mins, |_| (zero, zero));
-    }
-    hsum(_mm256_sub_ps(acc, mins))
+    k4_rows::<1, false>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_x4_avx2(w: &[u8], a: [&[Q8KBlock]; 4]) -> [f32; 4] {
+    k4_rows::<4, false>(w, a)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q5_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
-    let sixteen = _mm256_set1_epi8(16);
-    let (mut acc, mut mins) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (b, y) in w.chunks_exact(176).zip(a) {
-        let qh = load32(&b[16..]);
-        let bit = |j: usize| {
-            let m = _mm256_set1_epi8(1 << j);
-            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
-            _mm256_and_si256(set, sixteen)
-        };
-        k4_block(b, &b[48..], y, &mut acc, &mut mins, |c| {
-            (bit(2 * c), bit(2 * c + 1))
-        });
-    }
-    hsum(_mm256_sub_ps(acc, mins))
+    k4_rows::<1, true>(w, [a])[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_k_x4_avx2(w: &[u8], a: [&[Q8KBlock]; 4]) -> [f32; 4] {
+    k4_rows::<4, true>(w, a)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    q6_k_rows(w, [a])[0]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_x4_avx2(w: &[u8], a: [&[Q8KBlock]; 4]) -> [f32; 4] {
+    q6_k_rows(w, a)
+}
+
+/// A Q6_K row against `R` activation rows, each super-block's values decoded once.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_rows<const R: usize>(w: &[u8], a: [&[Q8KBlock]; R]) -> [f32; R] {
     let m4 = _mm256_set1_epi8(0xF);
-    let mut acc = _mm256_setzero_ps();
-    for (b, y) in w.chunks_exact(210).zip(a) {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (bi, b) in w.chunks_exact(210).enumerate() {
         prefetch(b);
         let sc = |g: usize| b[192 + g] as i8 as i16;
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = [_mm256_setzero_si256(); R];
         for n in 0..2 {
             let ql0 = load32(&b[n * 64..]);
             let ql1 = load32(&b[n * 64 + 32..]);
@@ -432,24 +488,31 @@ fn q6_k_avx2(w: &[u8], a: &[Q8KBlock]) -> f32 {
             for (t, qt) in q.iter().enumerate() {
                 let e = n * 128 + t * 32;
                 let g = e / 16;
-                let p = _mm256_maddubs_epi16(*qt, load32_i8(&y.qs[e..]));
                 let scales = _mm256_set_m128i(_mm_set1_epi16(sc(g + 1)), _mm_set1_epi16(sc(g)));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales));
+                for r in 0..R {
+                    let p = _mm256_maddubs_epi16(*qt, load32_i8(&a[r][bi].qs[e..]));
+                    sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, scales));
+                }
             }
         }
         // the q − 32 offset: 32 · Σ_g scale_g · Σy(group g), in the same lanes
-        // SAFETY: 16 scale bytes at 192..208 and the 16 i16 `bsums` are readable.
-        let (scales, bsums) = unsafe {
-            (
-                _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast())),
-                _mm256_loadu_si256(y.bsums.as_ptr().cast()),
-            )
-        };
-        let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales, bsums), 5);
-        let total = _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi, offset));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 208) * y.d), total, acc);
+        // SAFETY: 16 scale bytes at 192..208 are readable.
+        let scales = unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast())) };
+        let d = f16_at(b, 208);
+        for r in 0..R {
+            let y = &a[r][bi];
+            // SAFETY: the 16 i16 `bsums` are readable.
+            let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+            let offset = _mm256_slli_epi32(_mm256_madd_epi16(scales, bsums), 5);
+            let total = _mm256_cvtepi32_ps(_mm256_sub_epi32(sumi[r], offset));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), total, acc[r]);
+        }
     }
-    hsum(acc)
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = hsum(acc[r]);
+    }
+    out
 }
 
 /// `w · x` for a row of f16 weights `w` (little-endian bytes), converted 8 at a time by F16C,

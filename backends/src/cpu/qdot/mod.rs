@@ -148,11 +148,14 @@ pub fn f16_kernel() -> Option<F16Dot> {
 pub enum Kernel {
     /// One activation row, and optionally four at once (for prompts).
     B32(fn(&[u8], &[Q8Block]) -> f32, Option<Rows4>),
-    K(fn(&[u8], &[Q8KBlock]) -> f32),
+    K(fn(&[u8], &[Q8KBlock]) -> f32, Option<RowsK4>),
 }
 
 /// A weight row's dot products with four activation rows.
 pub type Rows4 = fn(&[u8], [&[Q8Block]; 4]) -> [f32; 4];
+
+/// [`Rows4`] for the K-quants.
+pub type RowsK4 = fn(&[u8], [&[Q8KBlock]; 4]) -> [f32; 4];
 
 impl Kernel {
     /// The fastest kernel this machine runs for `dtype` (`None` for float dtypes).
@@ -170,7 +173,7 @@ impl Kernel {
             (Kernel::B32(f, _), Acts::B32 { per_row, blocks }) => {
                 f(wrow, &blocks[i * per_row..(i + 1) * per_row])
             }
-            (Kernel::K(f), Acts::K { per_row, blocks }) => {
+            (Kernel::K(f, _), Acts::K { per_row, blocks }) => {
                 f(wrow, &blocks[i * per_row..(i + 1) * per_row])
             }
             _ => unreachable!("kernel and activations come from the same weight dtype"),
@@ -180,18 +183,33 @@ impl Kernel {
     /// `w_row · x_row(i)` for every activation row, into `out` (one value per row).
     pub fn dot_rows(&self, wrow: &[u8], acts: &Acts, out: &mut [f32]) {
         let mut i = 0;
-        if let (Kernel::B32(_, Some(f4)), Acts::B32 { per_row, blocks }) = (self, acts) {
-            let row = |r: usize| &blocks[r * per_row..(r + 1) * per_row];
-            while i + 4 <= out.len() {
-                let v = f4(wrow, [row(i), row(i + 1), row(i + 2), row(i + 3)]);
-                out[i..i + 4].copy_from_slice(&v);
-                i += 4;
+        match (self, acts) {
+            (Kernel::B32(_, Some(f4)), Acts::B32 { per_row, blocks }) => {
+                i = by_fours(out, |r| {
+                    f4(wrow, r.map(|r| &blocks[r * per_row..(r + 1) * per_row]))
+                });
             }
+            (Kernel::K(_, Some(f4)), Acts::K { per_row, blocks }) => {
+                i = by_fours(out, |r| {
+                    f4(wrow, r.map(|r| &blocks[r * per_row..(r + 1) * per_row]))
+                });
+            }
+            _ => {}
         }
         for (r, o) in out.iter_mut().enumerate().skip(i) {
             *o = self.dot(wrow, acts, r);
         }
     }
+}
+
+/// Fills `out` four values at a time from `f(rows)` while four are left; returns how many.
+fn by_fours(out: &mut [f32], f: impl Fn([usize; 4]) -> [f32; 4]) -> usize {
+    let mut i = 0;
+    while i + 4 <= out.len() {
+        out[i..i + 4].copy_from_slice(&f([i, i + 1, i + 2, i + 3]));
+        i += 4;
+    }
+    i
 }
 
 #[cfg(test)]
@@ -257,13 +275,27 @@ mod tests {
                 assert!(dequantize(dtype, &w, &mut wf));
                 let want: f64 = wf.iter().zip(&xr).map(|(a, b)| *a as f64 * b).sum();
                 let norm: f64 = wf.iter().zip(&xr).map(|(a, b)| (*a as f64 * b).abs()).sum();
+                // five different activation rows (four at once, then one), each equal to
+                // its own one-row dot product
                 let mut rows = [0.0f32; 5];
-                let five: Vec<f32> = x.iter().cycle().take(5 * k).copied().collect();
+                let five: Vec<f32> = (0..5 * k).map(|_| lcg(&mut seed)).collect();
                 let acts5 = Acts::quantize(dtype, &five, k).expect("quantized dtype");
-                Kernel::for_dtype(dtype)
-                    .expect("kernel")
-                    .dot_rows(&w, &acts5, &mut rows);
-                for r in rows {
+                let kern = Kernel::for_dtype(dtype).expect("kernel");
+                kern.dot_rows(&w, &acts5, &mut rows);
+                for (r, got) in rows.iter().enumerate() {
+                    let one = kern.dot(&w, &acts5, r);
+                    let xr = &five[r * k..(r + 1) * k];
+                    let norm: f32 = wf.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
+                    assert!(
+                        (got - one).abs() <= 1e-5 * norm,
+                        "{dtype} row {r}: {got} vs {one}"
+                    );
+                }
+                let mut same = [0.0f32; 5];
+                let copies: Vec<f32> = x.iter().cycle().take(5 * k).copied().collect();
+                let copies = Acts::quantize(dtype, &copies, k).expect("quantized dtype");
+                kern.dot_rows(&w, &copies, &mut same);
+                for r in same {
                     assert!(
                         (r as f64 - want).abs() <= 1e-5 * norm.max(1e-6),
                         "{dtype} rows"

@@ -15,9 +15,9 @@ pub fn kernel(dtype: DType) -> Option<Kernel> {
         DType::Q4_1 => Kernel::B32(q4_1, None),
         DType::Q5_0 => Kernel::B32(q5_0, None),
         DType::Q5_1 => Kernel::B32(q5_1, None),
-        DType::Q4K => Kernel::K(q4_k),
-        DType::Q5K => Kernel::K(q5_k),
-        DType::Q6K => Kernel::K(q6_k),
+        DType::Q4K => Kernel::K(q4_k, None),
+        DType::Q5K => Kernel::K(q5_k, None),
+        DType::Q6K => Kernel::K(q6_k, None),
         _ => return None,
     })
 }
