@@ -1,22 +1,22 @@
-//! Prompt products of f32 weight rows with activation rows in register tiles: three weight
-//! rows meet four activation rows per pass over `k`, so each load feeds four or three
-//! multiply-adds instead of one.
+//! Prompt products of weight rows (f32, or f16 converted as they are loaded) with activation
+//! rows in register tiles: three weight rows meet four activation rows per pass over `k`, so
+//! each load feeds four or three multiply-adds instead of one.
 
 use super::matmul::dot;
 
 /// `out[j·m + i] = w_j · x_i` for the rows `w_j` of `w` and `x_i` of `x`, each `k` long
 /// (`m` = rows of `x`).
 pub fn rows_times(w: &[f32], x: &[f32], k: usize, out: &mut [f32]) {
-    let (rows, m) = (w.len() / k, x.len() / k);
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, checked above.
-        done = unsafe { avx2::tiles(w, x, k, out) };
+    if avx2::supported() {
+        // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
+        unsafe { avx2::tiles(&|j: usize| &w[j * k..(j + 1) * k], x, k, out) };
+        return;
     }
-    for j in done..rows {
-        for i in 0..m {
-            out[j * m + i] = dot(&w[j * k..(j + 1) * k], &x[i * k..(i + 1) * k]);
+    let m = x.len() / k;
+    for (j, col) in out.chunks_mut(m).enumerate() {
+        for (i, o) in col.iter_mut().enumerate() {
+            *o = dot(&w[j * k..(j + 1) * k], &x[i * k..(i + 1) * k]);
         }
     }
 }
@@ -32,12 +32,9 @@ pub fn f16_rows_times<'a>(
     out: &mut [f32],
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
-    {
+    if avx2::supported() {
         // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
-        unsafe { avx2::f16_tiles(&row, x, k, out) };
+        unsafe { avx2::tiles(&|j: usize| avx2::F16Row(row(j)), x, k, out) };
         return true;
     }
     let _ = (row, x, k, out);
@@ -46,84 +43,107 @@ pub fn f16_rows_times<'a>(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::dot;
     use std::arch::x86_64::*;
+
+    pub fn supported() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
 
     /// Activation rows per cache block.
     const XB: usize = 32;
 
-    /// The rows of `w` in whole groups of three (returns how many), all rows of `x`.
-    #[target_feature(enable = "avx2,fma")]
-    pub fn tiles(w: &[f32], x: &[f32], k: usize, out: &mut [f32]) -> usize {
-        let (rows, m) = (w.len() / k, x.len() / k);
-        let whole = rows - rows % 3;
-        let wr = |j: usize| &w[j * k..(j + 1) * k];
-        let xr = |i: usize| &x[i * k..(i + 1) * k];
-        // activation rows in blocks that stay in cache while every weight row meets them
-        for i0 in (0..m).step_by(XB) {
-            let i1 = (i0 + XB).min(m);
-            for j in (0..whole).step_by(3) {
-                let ws = [wr(j), wr(j + 1), wr(j + 2)];
-                let mut i = i0;
-                while i + 4 <= i1 {
-                    let t = tile(ws, [xr(i), xr(i + 1), xr(i + 2), xr(i + 3)], k);
-                    for (jj, row) in t.iter().enumerate() {
-                        out[(j + jj) * m + i..(j + jj) * m + i + 4].copy_from_slice(row);
-                    }
-                    i += 4;
-                }
-                for i in i..i1 {
-                    for (jj, wj) in ws.iter().enumerate() {
-                        out[(j + jj) * m + i] = dot(wj, xr(i));
-                    }
-                }
-            }
-        }
-        whole
+    /// A weight row as the tiles read it: eight elements at a time, widened to f32.
+    pub trait Weights: Copy {
+        /// Elements `c..c + 8`; the caller checks that they exist (`elems`).
+        ///
+        /// # Safety
+        /// `c + 8 ≤ self.elems()`, and the CPU has AVX2 and F16C.
+        unsafe fn load8(self, c: usize) -> __m256;
+        fn at(self, c: usize) -> f32;
+        fn elems(self) -> usize;
     }
 
-    /// See [`super::f16_rows_times`]: rows of `w` in groups of three, activation rows in groups
-    /// of four, the rest one dot product at a time.
+    impl Weights for &[f32] {
+        #[inline(always)]
+        unsafe fn load8(self, c: usize) -> __m256 {
+            // SAFETY: c + 8 ≤ the row's length (the caller's contract).
+            unsafe { _mm256_loadu_ps(self.as_ptr().add(c)) }
+        }
+        fn at(self, c: usize) -> f32 {
+            self[c]
+        }
+        fn elems(self) -> usize {
+            self.len()
+        }
+    }
+
+    /// A row of little-endian f16 weights.
+    #[derive(Clone, Copy)]
+    pub struct F16Row<'a>(pub &'a [u8]);
+
+    impl Weights for F16Row<'_> {
+        #[inline(always)]
+        unsafe fn load8(self, c: usize) -> __m256 {
+            // SAFETY: c + 8 ≤ the row's elements, so its 16 bytes from byte 2c exist (the
+            // caller's contract), and the CPU has F16C.
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(self.0.as_ptr().add(2 * c).cast())) }
+        }
+        fn at(self, c: usize) -> f32 {
+            half::f16::from_le_bytes([self.0[2 * c], self.0[2 * c + 1]]).to_f32()
+        }
+        fn elems(self) -> usize {
+            self.0.len() / 2
+        }
+    }
+
+    /// `out[j·m + i] = row(j) · x_i` for the `out.len() / m` weight rows: rows in groups of
+    /// three against activation rows in groups of four, blocks of `XB` activation rows staying
+    /// in cache while every weight row meets them. (A short group repeats its last row; those
+    /// results are not kept.)
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn f16_tiles<'a>(row: &impl Fn(usize) -> &'a [u8], x: &[f32], k: usize, out: &mut [f32]) {
+    pub fn tiles<W: Weights>(row: &impl Fn(usize) -> W, x: &[f32], k: usize, out: &mut [f32]) {
         let m = x.len() / k;
         let rows = out.len() / m;
         let xr = |i: usize| &x[i * k..(i + 1) * k];
-        let mut j = 0;
-        while j < rows {
-            let n = (rows - j).min(3);
-            // (a short group repeats its last row; its results are not kept)
-            let ws = [row(j), row(j + (n > 1) as usize), row(j + n - 1)];
-            let mut i = 0;
-            while i < m {
-                let mi = (m - i).min(4);
-                let xs = [
-                    xr(i),
-                    xr(i + (mi > 1) as usize),
-                    xr(i + 2.min(mi - 1)),
-                    xr(i + mi - 1),
-                ];
-                let t = f16_tile(ws, xs, k);
-                for (jj, tr) in t.iter().enumerate().take(n) {
-                    out[(j + jj) * m + i..(j + jj) * m + i + mi].copy_from_slice(&tr[..mi]);
+        for i0 in (0..m).step_by(XB) {
+            let i1 = (i0 + XB).min(m);
+            let mut j = 0;
+            while j < rows {
+                let n = (rows - j).min(3);
+                let ws = [row(j), row(j + (n > 1) as usize), row(j + n - 1)];
+                let mut i = i0;
+                while i < i1 {
+                    let mi = (i1 - i).min(4);
+                    let xs = [
+                        xr(i),
+                        xr(i + (mi > 1) as usize),
+                        xr(i + 2.min(mi - 1)),
+                        xr(i + mi - 1),
+                    ];
+                    let t = tile(ws, xs, k);
+                    for (jj, tr) in t.iter().enumerate().take(n) {
+                        out[(j + jj) * m + i..(j + jj) * m + i + mi].copy_from_slice(&tr[..mi]);
+                    }
+                    i += mi;
                 }
-                i += mi;
+                j += n;
             }
-            j += n;
         }
     }
 
-    /// The 3 × 4 dot products of f16 rows `w` (at least `2k` bytes each) and f32 rows `x`.
+    /// The 3 × 4 dot products of weight rows `w` and activation rows `x` (each at least `k`
+    /// long): each load feeds four or three multiply-adds instead of one.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn f16_tile(w: [&[u8]; 3], x: [&[f32]; 4], k: usize) -> [[f32; 4]; 3] {
-        assert!(w.iter().all(|r| r.len() >= 2 * k) && x.iter().all(|r| r.len() >= k));
+    fn tile<W: Weights>(w: [W; 3], x: [&[f32]; 4], k: usize) -> [[f32; 4]; 3] {
+        assert!(w.iter().all(|r| r.elems() >= k) && x.iter().all(|r| r.len() >= k));
         let mut acc = [[_mm256_setzero_ps(); 4]; 3];
         let mut c = 0;
         while c + 8 <= k {
-            // SAFETY: c + 8 ≤ k: 16 bytes from byte 2c of each w row and 8 floats from c of
-            // each x row are inside them (asserted above).
+            // SAFETY: c + 8 ≤ k ≤ the length of every row (asserted above).
             unsafe {
-                let wv = w.map(|r| _mm256_cvtph_ps(_mm_loadu_si128(r.as_ptr().add(2 * c).cast())));
+                let wv = w.map(|r| r.load8(c));
                 for i in 0..4 {
                     let xv = _mm256_loadu_ps(x[i].as_ptr().add(c));
                     for j in 0..3 {
@@ -138,8 +158,7 @@ mod avx2 {
             for i in 0..4 {
                 let mut s = hsum(acc[j][i]);
                 for cc in c..k {
-                    let h = half::f16::from_le_bytes([w[j][2 * cc], w[j][2 * cc + 1]]);
-                    s += h.to_f32() * x[i][cc];
+                    s += w[j].at(cc) * x[i][cc];
                 }
                 out[j][i] = s;
             }
@@ -153,38 +172,6 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
-    }
-
-    /// The 3 × 4 dot products of `w` and `x` rows (each at least `k` long).
-    #[target_feature(enable = "avx2,fma")]
-    fn tile(w: [&[f32]; 3], x: [&[f32]; 4], k: usize) -> [[f32; 4]; 3] {
-        assert!(w.iter().all(|r| r.len() >= k) && x.iter().all(|r| r.len() >= k));
-        let mut acc = [[_mm256_setzero_ps(); 4]; 3];
-        let mut c = 0;
-        while c + 8 <= k {
-            // SAFETY: c + 8 ≤ k ≤ the length of every row (asserted above).
-            unsafe {
-                let wv = w.map(|r| _mm256_loadu_ps(r.as_ptr().add(c)));
-                for i in 0..4 {
-                    let xv = _mm256_loadu_ps(x[i].as_ptr().add(c));
-                    for j in 0..3 {
-                        acc[j][i] = _mm256_fmadd_ps(wv[j], xv, acc[j][i]);
-                    }
-                }
-            }
-            c += 8;
-        }
-        let mut out = [[0.0f32; 4]; 3];
-        for j in 0..3 {
-            for i in 0..4 {
-                let mut s = hsum(acc[j][i]);
-                for cc in c..k {
-                    s += w[j][cc] * x[i][cc];
-                }
-                out[j][i] = s;
-            }
-        }
-        out
     }
 }
 
