@@ -47,6 +47,9 @@ pub fn ssm_conv_cached(
 /// Each output row sums its `K` window rows times the weights' columns, channels innermost so
 /// that the loop vectorizes (the weights transposed to `[K, C]` first for a prompt).
 fn conv_window(window: &[f32], w: &[f32], t: usize, c: usize, k: usize, y: &mut [f32]) {
+    if c == 0 {
+        return;
+    }
     if t == 1 {
         for (ci, yc) in y[..c].iter_mut().enumerate() {
             let mut acc = 0.0;

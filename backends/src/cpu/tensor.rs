@@ -46,7 +46,7 @@ impl<'a> TensorRef<'a> {
         let b = self.bytes;
         match self.dtype {
             // rows of contiguous elements (a projection's columns) copied a row at a time
-            DType::F32 if layout.strides().last() == Some(&1) => {
+            DType::F32 if layout.strides().last() == Some(&1) && layout.shape.last() > 0 => {
                 let v: &[f32] = bytemuck::cast_slice(b);
                 let d = layout.shape.last();
                 layout.for_each_row(|r, o| out[r * d..(r + 1) * d].copy_from_slice(&v[o..o + d]));
