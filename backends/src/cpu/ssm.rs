@@ -147,13 +147,20 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
                     da.fill(math::exp(d * arow[0]));
                 }
             }
-            // each state row stays in cache over all the tokens
+            // each state row stays in cache over all the tokens (Mamba2's decay is one number
+            // per token, Mamba1's one per state)
             for (pi, row) in state.chunks_exact_mut(n).enumerate() {
                 for ti in 0..t {
                     let xd = xv[((si * t + ti) * h + hi) * p + pi] * dts(ti);
                     let bo = ((si * t + ti) * g + gi) * n;
                     let bc = (&bv[bo..bo + n], &cv[bo..bo + n]);
-                    y[(j * t + ti) * p + pi] = step_row(row, &decay[ti * n..(ti + 1) * n], bc, xd);
+                    let da = &decay[ti * n..(ti + 1) * n];
+                    let d = if a_cols == n {
+                        Decay::PerState(da)
+                    } else {
+                        Decay::One(da[0])
+                    };
+                    y[(j * t + ti) * p + pi] = step_row(row, d, bc, xd);
                 }
             }
         }
@@ -168,9 +175,16 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
     }
 }
 
+/// A token's decay of a state row: one factor per state (Mamba1) or one for the row (Mamba2).
+#[derive(Clone, Copy)]
+enum Decay<'a> {
+    PerState(&'a [f32]),
+    One(f32),
+}
+
 /// One token of one state row: `s = s·decay + b·xd`, returns `s · c`.
 #[inline]
-fn step_row(row: &mut [f32], decay: &[f32], (b, c): (&[f32], &[f32]), xd: f32) -> f32 {
+fn step_row(row: &mut [f32], decay: Decay, (b, c): (&[f32], &[f32]), xd: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA, checked above.
@@ -181,31 +195,53 @@ fn step_row(row: &mut [f32], decay: &[f32], (b, c): (&[f32], &[f32]), xd: f32) -
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn step_row_avx2(row: &mut [f32], decay: &[f32], b: &[f32], c: &[f32], xd: f32) -> f32 {
+fn step_row_avx2(row: &mut [f32], decay: Decay, b: &[f32], c: &[f32], xd: f32) -> f32 {
     step_row_body(row, decay, b, c, xd)
 }
 
-/// Eight partial sums, so that the loop vectorizes.
+/// Eight partial sums, so that the loop vectorizes (a row's single decay kept in a register).
 #[inline(always)]
-fn step_row_body(row: &mut [f32], decay: &[f32], b: &[f32], c: &[f32], xd: f32) -> f32 {
+fn step_row_body(row: &mut [f32], decay: Decay, b: &[f32], c: &[f32], xd: f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let n8 = row.len() / 8 * 8;
     let (rh, rt) = row.split_at_mut(n8);
-    for (((s, d), b), c) in rh
-        .chunks_exact_mut(8)
-        .zip(decay.chunks_exact(8))
-        .zip(b.chunks_exact(8))
-        .zip(c.chunks_exact(8))
-    {
-        for i in 0..8 {
-            s[i] = s[i] * d[i] + b[i] * xd;
-            acc[i] += s[i] * c[i];
+    let mut sum = 0.0;
+    match decay {
+        Decay::PerState(decay) => {
+            for (((s, d), b), c) in rh
+                .chunks_exact_mut(8)
+                .zip(decay.chunks_exact(8))
+                .zip(b.chunks_exact(8))
+                .zip(c.chunks_exact(8))
+            {
+                for i in 0..8 {
+                    s[i] = s[i] * d[i] + b[i] * xd;
+                    acc[i] += s[i] * c[i];
+                }
+            }
+            sum += acc.iter().sum::<f32>();
+            for (i, s) in rt.iter_mut().enumerate() {
+                *s = *s * decay[n8 + i] + b[n8 + i] * xd;
+                sum += *s * c[n8 + i];
+            }
         }
-    }
-    let mut sum = acc.iter().sum::<f32>();
-    for (i, s) in rt.iter_mut().enumerate() {
-        *s = *s * decay[n8 + i] + b[n8 + i] * xd;
-        sum += *s * c[n8 + i];
+        Decay::One(d) => {
+            for ((s, b), c) in rh
+                .chunks_exact_mut(8)
+                .zip(b.chunks_exact(8))
+                .zip(c.chunks_exact(8))
+            {
+                for i in 0..8 {
+                    s[i] = s[i] * d + b[i] * xd;
+                    acc[i] += s[i] * c[i];
+                }
+            }
+            sum += acc.iter().sum::<f32>();
+            for (i, s) in rt.iter_mut().enumerate() {
+                *s = *s * d + b[n8 + i] * xd;
+                sum += *s * c[n8 + i];
+            }
+        }
     }
     sum
 }
