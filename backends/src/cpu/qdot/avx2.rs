@@ -2,11 +2,11 @@
 //! pairs to i16) and one `madd` (to i32, times the sub-block scale for the K-quants). Chosen at
 //! run time when the CPU has AVX2, FMA and F16C.
 
-use super::{Kernel, Q8Block, Q8KBlock};
+use super::{Kernel, Q8Block, Q8KBlock, Rows4};
 use std::arch::x86_64::*;
 use weft_graph::DType;
 
-/// Whether this CPU runs the kernels of this file (AVX2, FMA and F16C).
+/// Whether this CPU runs the kernels of this file (AVX2, FMA and F16C; AVX-VNNI where it has it).
 fn supported() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
@@ -14,15 +14,22 @@ fn supported() -> bool {
 }
 
 pub fn kernel(dtype: DType) -> Option<Kernel> {
-    if !supported() {
+    kernel_with(dtype, is_x86_feature_detected!("avxvnni"))
+}
+
+/// [`kernel`], with the four-row products of the 32-block formats in AVX-VNNI or not (tests
+/// run both where the CPU has it).
+pub fn kernel_with(dtype: DType, vnni: bool) -> Option<Kernel> {
+    if !supported() || (vnni && !is_x86_feature_detected!("avxvnni")) {
         return None;
     }
+    let pick = |plain: Rows4, fast: Rows4| Some(if vnni { fast } else { plain });
     Some(match dtype {
-        DType::Q8_0 => Kernel::B32(q8_0, Some(q8_0_x4)),
-        DType::Q4_0 => Kernel::B32(q4_0, Some(q4_0_x4)),
-        DType::Q4_1 => Kernel::B32(q4_1, Some(q4_1_x4)),
-        DType::Q5_0 => Kernel::B32(q5_0, Some(q5_0_x4)),
-        DType::Q5_1 => Kernel::B32(q5_1, Some(q5_1_x4)),
+        DType::Q8_0 => Kernel::B32(q8_0, pick(q8_0_x4, q8_0_x4_vnni)),
+        DType::Q4_0 => Kernel::B32(q4_0, pick(q4_0_x4, q4_0_x4_vnni)),
+        DType::Q4_1 => Kernel::B32(q4_1, pick(q4_1_x4, q4_1_x4_vnni)),
+        DType::Q5_0 => Kernel::B32(q5_0, pick(q5_0_x4, q5_0_x4_vnni)),
+        DType::Q5_1 => Kernel::B32(q5_1, pick(q5_1_x4, q5_1_x4_vnni)),
         DType::Q4K => Kernel::K(q4_k, Some(q4_k_x4)),
         DType::Q5K => Kernel::K(q5_k, Some(q5_k_x4)),
         DType::Q6K => Kernel::K(q6_k, Some(q6_k_x4)),
@@ -35,7 +42,8 @@ pub fn kernel(dtype: DType) -> Option<Kernel> {
 macro_rules! safe_entries {
     ($($name:ident => $inner:ident($a:ty) -> $ret:ty;)*) => {$(
         fn $name(w: &[u8], a: $a) -> $ret {
-            // SAFETY: `kernel` or `f16_kernel` checked AVX2, FMA and F16C.
+            // SAFETY: `kernel_with` or `f16_kernel` checked AVX2, FMA and F16C (and AVX-VNNI
+            // before handing out a `_vnni` kernel).
             unsafe { $inner(w, a) }
         }
     )*};
@@ -52,6 +60,11 @@ safe_entries! {
     q4_1_x4 => q4_1_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q5_0_x4 => q5_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q5_1_x4 => q5_1_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q8_0_x4_vnni => q8_0_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q4_0_x4_vnni => q4_0_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q4_1_x4_vnni => q4_1_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q5_0_x4_vnni => q5_0_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
+    q5_1_x4_vnni => q5_1_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q4_k => q4_k_avx2(&[Q8KBlock]) -> f32;
     q5_k => q5_k_avx2(&[Q8KBlock]) -> f32;
     q6_k => q6_k_avx2(&[Q8KBlock]) -> f32;
@@ -238,83 +251,96 @@ fn q5_1_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
 }
 
 /// [`sum_blocks32`] for four activation rows at once (prompt processing): each weight block is
-/// decoded once, by `decode`, into the unsigned operand of `maddubs` and the sign source that
-/// `signed` formats move onto the activations.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn sum_blocks32_x4(
+/// decoded once, by `decode`, into the unsigned operand of the u8 × i8 product `dot` and the
+/// sign source that `signed` formats move onto the activations. Inlined into entry points
+/// compiled for AVX2 (with `dot_u8_i8`) or AVX-VNNI as well (one `vpdpbusd` for the product).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (and whatever `dot` and `decode` use).
+#[inline(always)]
+unsafe fn sum_blocks32_x4(
     w: &[u8],
     a: [&[Q8Block]; 4],
     block: usize,
     signed: bool,
     decode: impl Fn(&[u8]) -> (__m256i, __m256i),
+    dot: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> [f32; 4] {
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut m = [_mm_setzero_ps(); 4];
-    for (bi, b) in w.chunks_exact(block).enumerate() {
-        prefetch(b);
-        let bits = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
-        let ws = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
-        let (u, sign) = decode(b);
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut m = [_mm_setzero_ps(); 4];
+        for (bi, b) in w.chunks_exact(block).enumerate() {
+            prefetch(b);
+            let bits = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
+            let ws = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+            let (u, sign) = decode(b);
+            for r in 0..4 {
+                let y = &a[r][bi];
+                let act = load32_i8(&y.qs);
+                let act = if signed {
+                    _mm256_sign_epi8(act, sign)
+                } else {
+                    act
+                };
+                let p = _mm256_cvtepi32_ps(dot(u, act));
+                let s = _mm_mul_ps(ws, _mm_set_ps(0.0, 0.0, y.s, y.d));
+                acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, acc[r]);
+                m[r] = _mm_add_ps(m[r], s);
+            }
+        }
+        let mut out = [0.0f32; 4];
         for r in 0..4 {
-            let y = &a[r][bi];
-            let act = load32_i8(&y.qs);
-            let act = if signed {
-                _mm256_sign_epi8(act, sign)
-            } else {
-                act
-            };
-            let p = _mm256_cvtepi32_ps(dot_u8_i8(u, act));
-            let s = _mm_mul_ps(ws, _mm_set_ps(0.0, 0.0, y.s, y.d));
-            acc[r] = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, acc[r]);
-            m[r] = _mm_add_ps(m[r], s);
+            out[r] = hsum(acc[r]);
+            if !signed {
+                out[r] += _mm_cvtss_f32(_mm_movehdup_ps(m[r]));
+            }
         }
+        out
     }
-    let mut out = [0.0f32; 4];
-    for r in 0..4 {
-        out[r] = hsum(acc[r]);
-        if !signed {
-            out[r] += _mm_cvtss_f32(_mm_movehdup_ps(m[r]));
-        }
-    }
-    out
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-    sum_blocks32_x4(w, a, 34, true, |b| {
+/// `Σ u·s` of u8 × i8 bytes in 8 i32 lanes with AVX-VNNI's `vpdpbusd` (no i16 step).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+}
+
+/// The four-row kernel of each 32-block format, for AVX2 and for AVX-VNNI: its block bytes,
+/// whether its values are signed, and how a block decodes.
+macro_rules! x4_kernels {
+    ($($avx2:ident, $vnni:ident: $block:expr, $signed:expr, |$b:ident| $decode:expr;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+            // SAFETY: the features it needs are enabled here.
+            unsafe { sum_blocks32_x4(w, a, $block, $signed, |$b| $decode, |u, s| dot_u8_i8(u, s)) }
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        fn $vnni(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+            // SAFETY: the features it needs are enabled here.
+            unsafe {
+                sum_blocks32_x4(w, a, $block, $signed, |$b| $decode, |u, s| dot_u8_i8_vnni(u, s))
+            }
+        }
+    )*};
+}
+
+x4_kernels! {
+    q8_0_x4_avx2, q8_0_x4_vnni_avx2: 34, true, |b| {
         let q = load32(&b[2..]);
         (_mm256_sign_epi8(q, q), q)
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-    sum_blocks32_x4(w, a, 18, true, |b| {
+    };
+    q4_0_x4_avx2, q4_0_x4_vnni_avx2: 18, true, |b| {
         let q = _mm256_sub_epi8(nibbles(&b[2..]), _mm256_set1_epi8(8));
         (_mm256_sign_epi8(q, q), q)
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-    sum_blocks32_x4(w, a, 20, false, |b| {
-        (nibbles(&b[4..]), _mm256_setzero_si256())
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-    sum_blocks32_x4(w, a, 22, true, |b| {
+    };
+    q4_1_x4_avx2, q4_1_x4_vnni_avx2: 20, false, |b| (nibbles(&b[4..]), _mm256_setzero_si256());
+    q5_0_x4_avx2, q5_0_x4_vnni_avx2: 22, true, |b| {
         let q = q5_0_values(b);
         (_mm256_sign_epi8(q, q), q)
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q5_1_x4_avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-    sum_blocks32_x4(w, a, 24, false, |b| {
-        (q5_1_values(b), _mm256_setzero_si256())
-    })
+    };
+    q5_1_x4_avx2, q5_1_x4_vnni_avx2: 24, false, |b| (q5_1_values(b), _mm256_setzero_si256());
 }
 
 /// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block's

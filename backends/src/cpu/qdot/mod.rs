@@ -280,16 +280,26 @@ mod tests {
                 let mut rows = [0.0f32; 5];
                 let five: Vec<f32> = (0..5 * k).map(|_| lcg(&mut seed)).collect();
                 let acts5 = Acts::quantize(dtype, &five, k).expect("quantized dtype");
+                // (the four-row products with and without AVX-VNNI where the CPU has it)
+                #[cfg(target_arch = "x86_64")]
+                let variants = [
+                    avx2::kernel_with(dtype, false),
+                    avx2::kernel_with(dtype, true),
+                ];
+                #[cfg(not(target_arch = "x86_64"))]
+                let variants: [Option<Kernel>; 0] = [];
                 let kern = Kernel::for_dtype(dtype).expect("kernel");
-                kern.dot_rows(&w, &acts5, &mut rows);
-                for (r, got) in rows.iter().enumerate() {
-                    let one = kern.dot(&w, &acts5, r);
-                    let xr = &five[r * k..(r + 1) * k];
-                    let norm: f32 = wf.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
-                    assert!(
-                        (got - one).abs() <= 1e-5 * norm,
-                        "{dtype} row {r}: {got} vs {one}"
-                    );
+                for kern in variants.into_iter().flatten().chain([kern]) {
+                    kern.dot_rows(&w, &acts5, &mut rows);
+                    for (r, got) in rows.iter().enumerate() {
+                        let one = kern.dot(&w, &acts5, r);
+                        let xr = &five[r * k..(r + 1) * k];
+                        let norm: f32 = wf.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
+                        assert!(
+                            (got - one).abs() <= 1e-5 * norm,
+                            "{dtype} {kern:?} row {r}: {got} vs {one}"
+                        );
+                    }
                 }
                 let mut same = [0.0f32; 5];
                 let copies: Vec<f32> = x.iter().cycle().take(5 * k).copied().collect();
