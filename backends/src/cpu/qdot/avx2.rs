@@ -13,23 +13,29 @@ fn supported() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// A one-row product of a 32-block format.
+type Row = fn(&[u8], &[Q8Block]) -> f32;
+
 pub fn kernel(dtype: DType) -> Option<Kernel> {
     kernel_with(dtype, is_x86_feature_detected!("avxvnni"))
 }
 
-/// [`kernel`], with the four-row products of the 32-block formats in AVX-VNNI or not (tests
-/// run both where the CPU has it).
+/// [`kernel`], with the products of the 32-block formats in AVX-VNNI or not (tests run both
+/// where the CPU has it).
 pub fn kernel_with(dtype: DType, vnni: bool) -> Option<Kernel> {
     if !supported() || (vnni && !is_x86_feature_detected!("avxvnni")) {
         return None;
     }
-    let pick = |plain: Rows4, fast: Rows4| Some(if vnni { fast } else { plain });
+    let b32 = |plain: (Row, Rows4), fast: (Row, Rows4)| {
+        let (one, four) = if vnni { fast } else { plain };
+        Kernel::B32(one, Some(four))
+    };
     Some(match dtype {
-        DType::Q8_0 => Kernel::B32(q8_0, pick(q8_0_x4, q8_0_x4_vnni)),
-        DType::Q4_0 => Kernel::B32(q4_0, pick(q4_0_x4, q4_0_x4_vnni)),
-        DType::Q4_1 => Kernel::B32(q4_1, pick(q4_1_x4, q4_1_x4_vnni)),
-        DType::Q5_0 => Kernel::B32(q5_0, pick(q5_0_x4, q5_0_x4_vnni)),
-        DType::Q5_1 => Kernel::B32(q5_1, pick(q5_1_x4, q5_1_x4_vnni)),
+        DType::Q8_0 => b32((q8_0, q8_0_x4), (q8_0_vnni, q8_0_x4_vnni)),
+        DType::Q4_0 => b32((q4_0, q4_0_x4), (q4_0_vnni, q4_0_x4_vnni)),
+        DType::Q4_1 => b32((q4_1, q4_1_x4), (q4_1_vnni, q4_1_x4_vnni)),
+        DType::Q5_0 => b32((q5_0, q5_0_x4), (q5_0_vnni, q5_0_x4_vnni)),
+        DType::Q5_1 => b32((q5_1, q5_1_x4), (q5_1_vnni, q5_1_x4_vnni)),
         DType::Q4K => Kernel::K(q4_k, Some(q4_k_x4)),
         DType::Q5K => Kernel::K(q5_k, Some(q5_k_x4)),
         DType::Q6K => Kernel::K(q6_k, Some(q6_k_x4)),
@@ -55,6 +61,11 @@ safe_entries! {
     q4_1 => q4_1_avx2(&[Q8Block]) -> f32;
     q5_0 => q5_0_avx2(&[Q8Block]) -> f32;
     q5_1 => q5_1_avx2(&[Q8Block]) -> f32;
+    q8_0_vnni => q8_0_vnni_avx2(&[Q8Block]) -> f32;
+    q4_0_vnni => q4_0_vnni_avx2(&[Q8Block]) -> f32;
+    q4_1_vnni => q4_1_vnni_avx2(&[Q8Block]) -> f32;
+    q5_0_vnni => q5_0_vnni_avx2(&[Q8Block]) -> f32;
+    q5_1_vnni => q5_1_vnni_avx2(&[Q8Block]) -> f32;
     q8_0_x4 => q8_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q4_0_x4 => q4_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q4_1_x4 => q4_1_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
@@ -144,12 +155,6 @@ fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
 }
 
-/// Σ of i8 × i8 products in 8 i32 lanes (the sign moves onto the second operand).
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
-    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -177,77 +182,62 @@ fn block_scales(b: &[u8], y: &Q8Block) -> __m128 {
     _mm_mul_ps(w, _mm_set_ps(0.0, 0.0, y.s, y.d))
 }
 
-/// `Σ_blocks d_w·d_y·Σq·y (+ m_w·s_y when `mins`)`, with `q` giving a block's i32 partial sums;
-/// two accumulators so consecutive blocks do not wait on one FMA chain.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn sum_blocks32(
+/// `Σ_blocks d_w·d_y·Σq·y (+ m_w·s_y for unsigned formats, which have mins)`, each block
+/// decoded by `decode` as in [`sum_blocks32_x4`] and its products summed by `dot`; two
+/// accumulators so consecutive blocks do not wait on one FMA chain.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (and whatever `dot` and `decode` use).
+#[inline(always)]
+unsafe fn sum_blocks32(
     w: &[u8],
     a: &[Q8Block],
     block: usize,
-    mins: bool,
-    q: impl Fn(&[u8], &Q8Block) -> __m256i,
+    signed: bool,
+    decode: impl Fn(&[u8]) -> (__m256i, __m256i),
+    dot: impl Fn(__m256i, __m256i) -> __m256i,
 ) -> f32 {
-    let (mut acc0, mut acc1, mut m) = (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm_setzero_ps());
-    let pairs = w.chunks_exact(2 * block).zip(a.chunks_exact(2));
-    for (bb, ys) in pairs {
-        prefetch(bb);
-        let (b0, b1) = bb.split_at(block);
-        let (s0, s1) = (block_scales(b0, &ys[0]), block_scales(b1, &ys[1]));
-        let p0 = _mm256_cvtepi32_ps(q(b0, &ys[0]));
-        let p1 = _mm256_cvtepi32_ps(q(b1, &ys[1]));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), p0, acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), p1, acc1);
-        m = _mm_add_ps(m, _mm_add_ps(s0, s1));
+    // SAFETY: the caller's contract.
+    unsafe {
+        let q = |b: &[u8], y: &Q8Block| {
+            let (u, sign) = decode(b);
+            let act = load32_i8(&y.qs);
+            dot(
+                u,
+                if signed {
+                    _mm256_sign_epi8(act, sign)
+                } else {
+                    act
+                },
+            )
+        };
+        let (mut acc0, mut acc1, mut m) =
+            (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm_setzero_ps());
+        let pairs = w.chunks_exact(2 * block).zip(a.chunks_exact(2));
+        for (bb, ys) in pairs {
+            prefetch(bb);
+            let (b0, b1) = bb.split_at(block);
+            let (s0, s1) = (block_scales(b0, &ys[0]), block_scales(b1, &ys[1]));
+            let p0 = _mm256_cvtepi32_ps(q(b0, &ys[0]));
+            let p1 = _mm256_cvtepi32_ps(q(b1, &ys[1]));
+            acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), p0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), p1, acc1);
+            m = _mm_add_ps(m, _mm_add_ps(s0, s1));
+        }
+        let done = a.len().min(w.len() / block) / 2 * 2;
+        if let (Some(b), Some(y)) = (w.get(done * block..(done + 1) * block), a.get(done)) {
+            let s = block_scales(b, y);
+            let p = _mm256_cvtepi32_ps(q(b, y));
+            acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, acc0);
+            m = _mm_add_ps(m, s);
+        }
+        let total = hsum(_mm256_add_ps(acc0, acc1));
+        if signed {
+            total
+        } else {
+            total + _mm_cvtss_f32(_mm_movehdup_ps(m))
+        }
     }
-    let done = a.len().min(w.len() / block) / 2 * 2;
-    if let (Some(b), Some(y)) = (w.get(done * block..(done + 1) * block), a.get(done)) {
-        let s = block_scales(b, y);
-        let p = _mm256_cvtepi32_ps(q(b, y));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s), p, acc0);
-        m = _mm_add_ps(m, s);
-    }
-    let total = hsum(_mm256_add_ps(acc0, acc1));
-    if mins {
-        total + _mm_cvtss_f32(_mm_movehdup_ps(m))
-    } else {
-        total
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
-    sum_blocks32(w, a, 34, false, |b, y| {
-        dot_i8_i8(load32(&b[2..]), load32_i8(&y.qs))
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
-    sum_blocks32(w, a, 18, false, |b, y| {
-        let q = _mm256_sub_epi8(nibbles(&b[2..]), _mm256_set1_epi8(8));
-        dot_i8_i8(q, load32_i8(&y.qs))
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
-    sum_blocks32(w, a, 20, true, |b, y| {
-        dot_u8_i8(nibbles(&b[4..]), load32_i8(&y.qs))
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
-    sum_blocks32(w, a, 22, false, |b, y| {
-        dot_i8_i8(q5_0_values(b), load32_i8(&y.qs))
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q5_1_avx2(w: &[u8], a: &[Q8Block]) -> f32 {
-    sum_blocks32(w, a, 24, true, |b, y| {
-        dot_u8_i8(q5_1_values(b), load32_i8(&y.qs))
-    })
 }
 
 /// [`sum_blocks32`] for four activation rows at once (prompt processing): each weight block is
@@ -306,10 +296,24 @@ fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
 }
 
-/// The four-row kernel of each 32-block format, for AVX2 and for AVX-VNNI: its block bytes,
-/// whether its values are signed, and how a block decodes.
-macro_rules! x4_kernels {
-    ($($avx2:ident, $vnni:ident: $block:expr, $signed:expr, |$b:ident| $decode:expr;)*) => {$(
+/// The one- and four-row kernels of each 32-block format, for AVX2 and for AVX-VNNI: its block
+/// bytes, whether its values are signed, and how a block decodes.
+macro_rules! b32_kernels {
+    ($($one:ident, $one_vnni:ident, $avx2:ident, $vnni:ident: $block:expr, $signed:expr, |$b:ident| $decode:expr;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        fn $one(w: &[u8], a: &[Q8Block]) -> f32 {
+            // SAFETY: the features it needs are enabled here.
+            unsafe { sum_blocks32(w, a, $block, $signed, |$b| $decode, |u, s| dot_u8_i8(u, s)) }
+        }
+
+        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+        fn $one_vnni(w: &[u8], a: &[Q8Block]) -> f32 {
+            // SAFETY: the features it needs are enabled here.
+            unsafe {
+                sum_blocks32(w, a, $block, $signed, |$b| $decode, |u, s| dot_u8_i8_vnni(u, s))
+            }
+        }
+
         #[target_feature(enable = "avx2,fma,f16c")]
         fn $avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
             // SAFETY: the features it needs are enabled here.
@@ -326,21 +330,21 @@ macro_rules! x4_kernels {
     )*};
 }
 
-x4_kernels! {
-    q8_0_x4_avx2, q8_0_x4_vnni_avx2: 34, true, |b| {
+b32_kernels! {
+    q8_0_avx2, q8_0_vnni_avx2, q8_0_x4_avx2, q8_0_x4_vnni_avx2: 34, true, |b| {
         let q = load32(&b[2..]);
         (_mm256_sign_epi8(q, q), q)
     };
-    q4_0_x4_avx2, q4_0_x4_vnni_avx2: 18, true, |b| {
+    q4_0_avx2, q4_0_vnni_avx2, q4_0_x4_avx2, q4_0_x4_vnni_avx2: 18, true, |b| {
         let q = _mm256_sub_epi8(nibbles(&b[2..]), _mm256_set1_epi8(8));
         (_mm256_sign_epi8(q, q), q)
     };
-    q4_1_x4_avx2, q4_1_x4_vnni_avx2: 20, false, |b| (nibbles(&b[4..]), _mm256_setzero_si256());
-    q5_0_x4_avx2, q5_0_x4_vnni_avx2: 22, true, |b| {
+    q4_1_avx2, q4_1_vnni_avx2, q4_1_x4_avx2, q4_1_x4_vnni_avx2: 20, false, |b| (nibbles(&b[4..]), _mm256_setzero_si256());
+    q5_0_avx2, q5_0_vnni_avx2, q5_0_x4_avx2, q5_0_x4_vnni_avx2: 22, true, |b| {
         let q = q5_0_values(b);
         (_mm256_sign_epi8(q, q), q)
     };
-    q5_1_x4_avx2, q5_1_x4_vnni_avx2: 24, false, |b| (q5_1_values(b), _mm256_setzero_si256());
+    q5_1_avx2, q5_1_vnni_avx2, q5_1_x4_avx2, q5_1_x4_vnni_avx2: 24, false, |b| (q5_1_values(b), _mm256_setzero_si256());
 }
 
 /// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block's
