@@ -239,22 +239,13 @@ impl Layout {
 
     /// Calls `f(linear_index, element_offset)` for every element in row-major order.
     pub fn for_each_offset(&self, mut f: impl FnMut(usize, usize)) {
-        let p = self.shape.padded();
-        let r = self.shape.rank();
-        let mut st = [0; MAX_RANK];
-        st[MAX_RANK - r..].copy_from_slice(self.strides());
-        let mut lin = 0;
-        for a in 0..p[0] {
-            for b in 0..p[1] {
-                for c in 0..p[2] {
-                    let base = self.offset + a * st[0] + b * st[1] + c * st[2];
-                    for d in 0..p[3] {
-                        f(lin, base + d * st[3]);
-                        lin += 1;
-                    }
-                }
+        let d = self.shape.last();
+        let step = self.strides().last().copied().unwrap_or(1);
+        self.for_each_row(|row, base| {
+            for j in 0..d {
+                f(row * d + j, base + j * step);
             }
-        }
+        });
     }
 }
 
