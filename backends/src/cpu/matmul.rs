@@ -58,7 +58,8 @@ struct Meet {
 }
 
 impl Meet {
-    fn new(w: &TensorRef, x: &[f32], k: usize) -> Meet {
+    fn new(w: &TensorRef, x: &[f32]) -> Meet {
+        let k = w.row_len();
         Meet {
             quantized: Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k)),
             f16: if w.dtype == DType::F16 {
@@ -132,7 +133,7 @@ thread_local! {
 /// `out[m][j] = x[m] · w_row(row0 + j)` for `j < n`, `x` dense `[M, K]`.
 fn product(x: &[f32], m: usize, w: &TensorRef, row0: usize, n: usize, out: &mut [f32]) {
     let team = team::global();
-    let meet = Meet::new(w, x, w.row_len());
+    let meet = Meet::new(w, x);
     // Each chunk takes a few weight rows and meets them with every activation row: `t` is
     // `[N, M]` (the output itself when M = 1).
     let rows_per_chunk = meet.rows_per_chunk(n, 8 * team.threads(), m);
@@ -234,7 +235,7 @@ pub fn matmul_id(
             (ex, rows.as_slice(), xs)
         })
         .collect();
-    let meets: Vec<Meet> = used.iter().map(|(_, _, xs)| Meet::new(w, xs, k)).collect();
+    let meets: Vec<Meet> = used.iter().map(|(_, _, xs)| Meet::new(w, xs)).collect();
     // Every expert's weight rows in chunks, all handed to the team at once (one dispatch for
     // the layer's experts, not one per expert): each chunk writes its rows' products with the
     // expert's activation rows, `[rows, M_e]`, into its part of `t`.

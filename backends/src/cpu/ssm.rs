@@ -129,33 +129,31 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
         let (si, h0) = (*si, *h0);
         let nh = state.len() / per;
         y.resize(nh * t * p, 0.0);
-        let mut decay = vec![0.0f32; t * n];
+        // exp(dt·A) per token: one per state (Mamba1's A is one per state), or one for the
+        // head (Mamba2's)
+        let dn = if a_cols == n { n } else { 1 };
+        let mut decay = vec![0.0f32; t * dn];
         for j in 0..nh {
             let hi = h0 + j;
             let gi = hi / heads_per_group;
             let state = &mut state[j * per..(j + 1) * per];
             let arow = &av[hi * a_cols..(hi + 1) * a_cols];
             let dts = |ti: usize| dtv[(si * t + ti) * h + hi];
-            // exp(dt·A) once per token, not once per state row (Mamba2's A is one per head)
-            for (ti, da) in decay.chunks_exact_mut(n).enumerate() {
+            // once per token, not once per state row
+            for (ti, da) in decay.chunks_exact_mut(dn).enumerate() {
                 let d = dts(ti);
-                if a_cols == n {
-                    for (da, &av) in da.iter_mut().zip(arow) {
-                        *da = math::exp(d * av);
-                    }
-                } else {
-                    da.fill(math::exp(d * arow[0]));
+                for (da, &av) in da.iter_mut().zip(arow) {
+                    *da = math::exp(d * av);
                 }
             }
-            // each state row stays in cache over all the tokens (Mamba2's decay is one number
-            // per token, Mamba1's one per state)
+            // each state row stays in cache over all the tokens
             for (pi, row) in state.chunks_exact_mut(n).enumerate() {
                 for ti in 0..t {
                     let xd = xv[((si * t + ti) * h + hi) * p + pi] * dts(ti);
                     let bo = ((si * t + ti) * g + gi) * n;
                     let bc = (&bv[bo..bo + n], &cv[bo..bo + n]);
-                    let da = &decay[ti * n..(ti + 1) * n];
-                    let d = if a_cols == n {
+                    let da = &decay[ti * dn..(ti + 1) * dn];
+                    let d = if dn == n {
                         Decay::PerState(da)
                     } else {
                         Decay::One(da[0])
