@@ -1,6 +1,8 @@
 //! Matrix products with weights of any dtype (quantized ones meet 8-bit activations in integer
 //! dot products, others are decoded row by row), expert products and row gathers.
 
+#[cfg(target_arch = "x86_64")]
+use super::qdot::gemm::Gemm;
 use super::qdot::{Acts, F16Dot, Kernel, f16_kernel};
 use super::team;
 use super::tensor::TensorRef;
@@ -54,14 +56,29 @@ pub(super) fn axpy_body(o: &mut [f32], p: f32, v: &[f32]) {
 /// where the CPU converts f16 in hardware, else decoded rows.
 struct Meet {
     quantized: Option<(Kernel, Acts)>,
+    /// Quantized weights meeting [`GEMM_FROM`] or more activation rows, where the CPU has the
+    /// integer tiles.
+    #[cfg(target_arch = "x86_64")]
+    gemm: Option<Gemm>,
     f16: Option<F16Dot>,
 }
+
+/// Activation rows from which quantized weights meet them in integer tiles: each chunk's rows
+/// are unpacked once, which fewer rows would not repay.
+#[cfg(target_arch = "x86_64")]
+const GEMM_FROM: usize = 8;
 
 impl Meet {
     fn new(w: &TensorRef, x: &[f32]) -> Meet {
         let k = w.row_len();
+        let quantized = Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k));
         Meet {
-            quantized: Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k)),
+            #[cfg(target_arch = "x86_64")]
+            gemm: quantized
+                .as_ref()
+                .filter(|_| x.len() >= GEMM_FROM * k)
+                .and_then(|(_, acts)| Gemm::new(w.dtype, acts, k)),
+            quantized,
             f16: if w.dtype == DType::F16 {
                 f16_kernel()
             } else {
@@ -77,12 +94,21 @@ impl Meet {
         if m >= 4 && self.quantized.is_none() {
             r -= r % 3;
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.gemm.is_some() {
+            r -= r % 4;
+        }
         r
     }
 
     /// `out[jj·m + i] = x_i · w_row(row0 + jj)` for the `out.len() / m` rows from `row0`.
     fn rows(&self, w: &TensorRef, row0: usize, x: &[f32], m: usize, out: &mut [f32]) {
         let k = w.row_len();
+        #[cfg(target_arch = "x86_64")]
+        if let Some(gemm) = &self.gemm {
+            gemm.rows(|jj| w.row_bytes(row0 + jj), out);
+            return;
+        }
         match (&self.quantized, self.f16) {
             (Some((kern, acts)), _) => {
                 for (jj, col) in out.chunks_mut(m).enumerate() {

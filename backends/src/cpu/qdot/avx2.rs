@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use weft_graph::DType;
 
 /// Whether this CPU runs the kernels of this file (AVX2, FMA and F16C; AVX-VNNI where it has it).
-fn supported() -> bool {
+pub(super) fn supported() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
@@ -86,13 +86,13 @@ safe_entries! {
 
 /// The f16 at byte `i` of `b`, converted by F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     let bits = u16::from_le_bytes([b[i], b[i + 1]]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load32(b: &[u8]) -> __m256i {
+pub(super) fn load32(b: &[u8]) -> __m256i {
     assert!(b.len() >= 32);
     // SAFETY: 32 readable bytes, checked above; loadu has no alignment requirement.
     unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
@@ -107,7 +107,7 @@ fn load32_i8(b: &[i8]) -> __m256i {
 
 /// 16 bytes of nibbles as 32 bytes: low nibbles first, then high ones.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibbles(b: &[u8]) -> __m256i {
+pub(super) fn nibbles(b: &[u8]) -> __m256i {
     assert!(b.len() >= 16);
     // SAFETY: 16 readable bytes, checked above.
     let v = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
@@ -118,7 +118,7 @@ fn nibbles(b: &[u8]) -> __m256i {
 /// The 32 bits of the little-endian word at `b` as 32 bytes: byte `j` is 0xFF where bit `j` is
 /// set, 0 elsewhere (a Q5_0/Q5_1 block's fifth bits, in element order).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bit_bytes(b: &[u8]) -> __m256i {
+pub(super) fn bit_bytes(b: &[u8]) -> __m256i {
     let word = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
     // byte j of the shuffled word holds the word's byte j / 8; the mask picks bit j % 8 of it
     let spread = _mm256_shuffle_epi8(
@@ -144,7 +144,7 @@ fn q5_0_values(b: &[u8]) -> __m256i {
 
 /// A Q5_1 block's 32 unsigned values.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_1_values(b: &[u8]) -> __m256i {
+pub(super) fn q5_1_values(b: &[u8]) -> __m256i {
     let high = _mm256_and_si256(bit_bytes(&b[4..]), _mm256_set1_epi8(0x10));
     _mm256_or_si256(nibbles(&b[8..]), high)
 }
@@ -350,7 +350,7 @@ b32_kernels! {
 /// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block's
 /// packed `scales` (bytes 4..16 of the block), unpacked with word operations: sub-blocks 0..4
 /// keep their low 6 bits, 4..8 join a nibble with the top 2 bits of an earlier byte.
-fn k_scales(b: &[u8]) -> [u8; 16] {
+pub(super) fn k_scales(b: &[u8]) -> [u8; 16] {
     let w = |i: usize| u32::from_le_bytes([b[4 + i], b[5 + i], b[6 + i], b[7 + i]]);
     let (w0, w1, w2) = (w(0), w(4), w(8));
     let (low6, nib, top2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);

@@ -13,7 +13,11 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod unpack;
 
 use weft_graph::DType;
 
@@ -226,7 +230,7 @@ mod tests {
 
     /// Random weight blocks: random bytes with sane f16 scales in the places each layout keeps
     /// them.
-    fn random_row(dtype: DType, k: usize, seed: &mut u64) -> Vec<u8> {
+    pub(super) fn random_row(dtype: DType, k: usize, seed: &mut u64) -> Vec<u8> {
         let nb = k / dtype.block_elems();
         let bb = dtype.block_bytes();
         let mut w: Vec<u8> = (0..nb * bb)

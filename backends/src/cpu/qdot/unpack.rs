@@ -1,0 +1,274 @@
+//! Quantized weight rows unpacked for the integer tiles of [`super::gemm`]: every format's
+//! element `e` is `α·u + β`, with `u` an unsigned byte, `α` shared by the four elements of a
+//! 32-bit lane (one value per lane, repeated across its block or sub-block) and `β` by 16
+//! elements. Signed formats move their values up to unsigned ones (`Q8_0`: `q + 128`, `β =
+//! −128·d`); offsets and mins become `β`. A row is unpacked once per chunk of a prompt's matmul
+//! and then meets every activation row, so the unpacking is paid once per many products.
+
+use super::avx2::{bit_bytes, f16_at, k_scales, load32, nibbles, q5_1_values};
+use std::arch::x86_64::*;
+use weft_graph::DType;
+
+/// A weight row unpacked: `u` (`k` bytes), `alpha` (`k / 4`), `beta` (`k / 16`).
+pub struct RowMut<'a> {
+    pub u: &'a mut [u8],
+    pub alpha: &'a mut [f32],
+    pub beta: &'a mut [f32],
+}
+
+/// Unpacks one weight row (its block bytes) into `out`, whose `u` is the row's length.
+pub type Unpack = fn(&[u8], RowMut);
+
+/// The unpacking of `dtype`'s rows (the caller has checked AVX2, FMA and F16C).
+pub fn for_dtype(dtype: DType) -> Option<Unpack> {
+    Some(match dtype {
+        DType::Q8_0 => q8_0,
+        DType::Q4_0 => q4_0,
+        DType::Q4_1 => q4_1,
+        DType::Q5_0 => q5_0,
+        DType::Q5_1 => q5_1,
+        DType::Q4K => q4_k,
+        DType::Q5K => q5_k,
+        DType::Q6K => q6_k,
+        _ => return None,
+    })
+}
+
+macro_rules! entries {
+    ($($name:ident => $inner:ident;)*) => {$(
+        fn $name(w: &[u8], out: RowMut) {
+            // SAFETY: `gemm` hands out these entries only where it detected AVX2, FMA and
+            // F16C (with AVX-512).
+            unsafe { $inner(w, out) }
+        }
+    )*};
+}
+
+entries! {
+    q8_0 => q8_0_avx2;
+    q4_0 => q4_0_avx2;
+    q4_1 => q4_1_avx2;
+    q5_0 => q5_0_avx2;
+    q5_1 => q5_1_avx2;
+    q4_k => q4_k_avx2;
+    q5_k => q5_k_avx2;
+    q6_k => q6_k_avx2;
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store32(u: &mut [u8], v: __m256i) {
+    assert!(u.len() >= 32);
+    // SAFETY: 32 writable bytes, checked above.
+    unsafe { _mm256_storeu_si256(u.as_mut_ptr().cast(), v) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fill8(a: &mut [f32], v: f32) {
+    assert!(a.len() >= 8);
+    // SAFETY: 8 writable floats, checked above.
+    unsafe { _mm256_storeu_ps(a.as_mut_ptr(), _mm256_set1_ps(v)) }
+}
+
+/// A 32-element-block format: each `block`-byte block's 32 unsigned values from `values` and
+/// its `(α, β)` from `scale`.
+#[inline(always)]
+unsafe fn b32(
+    w: &[u8],
+    out: RowMut,
+    block: usize,
+    values: impl Fn(&[u8]) -> __m256i,
+    scale: impl Fn(&[u8]) -> (f32, f32),
+) {
+    let blocks = w.chunks_exact(block).take(out.u.len() / 32);
+    for (bi, b) in blocks.enumerate() {
+        // SAFETY: the caller's contract (the features `values` needs)
+        unsafe {
+            store32(&mut out.u[32 * bi..], values(b));
+            let (a, beta) = scale(b);
+            fill8(&mut out.alpha[8 * bi..], a);
+            out.beta[2 * bi] = beta;
+            out.beta[2 * bi + 1] = beta;
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_avx2(w: &[u8], out: RowMut) {
+    let flip = _mm256_set1_epi8(0x80u8 as i8);
+    // SAFETY: the features it needs are enabled here.
+    unsafe {
+        b32(
+            w,
+            out,
+            34,
+            |b| _mm256_xor_si256(load32(&b[2..]), flip),
+            |b| {
+                let d = f16_at(b, 0);
+                (d, -128.0 * d)
+            },
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_avx2(w: &[u8], out: RowMut) {
+    // SAFETY: the features it needs are enabled here.
+    unsafe {
+        b32(
+            w,
+            out,
+            18,
+            |b| nibbles(&b[2..]),
+            |b| {
+                let d = f16_at(b, 0);
+                (d, -8.0 * d)
+            },
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_avx2(w: &[u8], out: RowMut) {
+    // SAFETY: the features it needs are enabled here.
+    unsafe {
+        b32(
+            w,
+            out,
+            20,
+            |b| nibbles(&b[4..]),
+            |b| (f16_at(b, 0), f16_at(b, 2)),
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_avx2(w: &[u8], out: RowMut) {
+    let fifth = _mm256_set1_epi8(0x10);
+    // SAFETY: the features it needs are enabled here.
+    unsafe {
+        b32(
+            w,
+            out,
+            22,
+            |b| {
+                _mm256_or_si256(
+                    nibbles(&b[6..]),
+                    _mm256_and_si256(bit_bytes(&b[2..]), fifth),
+                )
+            },
+            |b| {
+                let d = f16_at(b, 0);
+                (d, -16.0 * d)
+            },
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_avx2(w: &[u8], out: RowMut) {
+    // SAFETY: the features it needs are enabled here.
+    unsafe {
+        b32(
+            w,
+            out,
+            24,
+            |b| q5_1_values(b),
+            |b| (f16_at(b, 0), f16_at(b, 2)),
+        )
+    }
+}
+
+/// Q4_K (144-byte super-blocks, values from byte 16) or with `FIFTH` Q5_K (176 bytes, fifth
+/// bits from byte 16, values from 48): `α = d·scale_j` and `β = −dmin·min_j` per sub-block
+/// `j` of 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k4<const FIFTH: bool>(w: &[u8], out: RowMut) {
+    let (bytes, qs_at) = if FIFTH { (176, 48) } else { (144, 16) };
+    let mask = _mm256_set1_epi8(0xF);
+    for (bi, b) in w.chunks_exact(bytes).take(out.u.len() / 256).enumerate() {
+        let sm = k_scales(b);
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        let qh = if FIFTH {
+            load32(&b[16..])
+        } else {
+            _mm256_setzero_si256()
+        };
+        let bit = |j: usize| {
+            if !FIFTH {
+                return _mm256_setzero_si256();
+            }
+            let m = _mm256_set1_epi8(1 << j);
+            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
+            _mm256_and_si256(set, _mm256_set1_epi8(16))
+        };
+        for c in 0..4 {
+            let q = load32(&b[qs_at + 32 * c..]);
+            let lo = _mm256_or_si256(_mm256_and_si256(q, mask), bit(2 * c));
+            let hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(q, 4), mask),
+                bit(2 * c + 1),
+            );
+            let e = 256 * bi + 64 * c;
+            store32(&mut out.u[e..], lo);
+            store32(&mut out.u[e + 32..], hi);
+        }
+        for j in 0..8 {
+            let sub = 8 * bi + j;
+            fill8(&mut out.alpha[8 * sub..], d * sm[j] as f32);
+            let beta = -dmin * sm[8 + j] as f32;
+            out.beta[2 * sub] = beta;
+            out.beta[2 * sub + 1] = beta;
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_avx2(w: &[u8], out: RowMut) {
+    k4::<false>(w, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_k_avx2(w: &[u8], out: RowMut) {
+    k4::<true>(w, out)
+}
+
+/// Q6_K: unsigned 6-bit values, `α = d·scale_g` and `β = −32·α` per group `g` of 16.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_avx2(w: &[u8], out: RowMut) {
+    let m4 = _mm256_set1_epi8(0xF);
+    for (bi, b) in w.chunks_exact(210).take(out.u.len() / 256).enumerate() {
+        for n in 0..2 {
+            let ql0 = load32(&b[n * 64..]);
+            let ql1 = load32(&b[n * 64 + 32..]);
+            let qh = load32(&b[128 + n * 32..]);
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
+                ),
+            ];
+            for (t, qt) in q.into_iter().enumerate() {
+                store32(&mut out.u[256 * bi + n * 128 + t * 32..], qt);
+            }
+        }
+        let d = f16_at(b, 208);
+        for g in 0..16 {
+            let a = d * (b[192 + g] as i8) as f32;
+            let at = 16 * bi + g;
+            out.alpha[4 * at..4 * at + 4].fill(a);
+            out.beta[at] = -32.0 * a;
+        }
+    }
+}
