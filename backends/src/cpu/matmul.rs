@@ -173,15 +173,15 @@ fn product(x: &[f32], m: usize, w: &TensorRef, row0: usize, n: usize, out: &mut 
     }
 }
 
-/// `out[i][j] = t[j][i]` for `t` of `n` rows by `m`, in tiles that stay in cache.
+/// `out[i][j] = t[j][i]` for `t` of `n` rows by `m`: blocks of rows of `t`, each written to
+/// consecutive places of every row of `out` while the block stays in cache.
 fn transpose_into(t: &[f32], m: usize, n: usize, out: &mut [f32]) {
     const TILE: usize = 32;
-    for j0 in (0..n).step_by(TILE) {
-        for i0 in (0..m).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(n) {
-                for i in i0..(i0 + TILE).min(m) {
-                    out[i * n + j] = t[j * m + i];
-                }
+    for (b, tb) in t.chunks(TILE * m).enumerate() {
+        let j0 = b * TILE;
+        for (i, row) in out.chunks_exact_mut(n).enumerate().take(m) {
+            for (o, tr) in row[j0..].iter_mut().zip(tb.chunks_exact(m)) {
+                *o = tr[i];
             }
         }
     }

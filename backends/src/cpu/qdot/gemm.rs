@@ -1,12 +1,15 @@
-//! Prompt matmuls of quantized weights in integer register tiles, with AVX-512 VNNI: four
-//! weight rows, unpacked once ([`super::unpack`]), meet four activation rows 64 elements at a
-//! time, each pair in one `vpdpbusd` (u8 × i8, four products summed per 32-bit lane), then
-//! scaled in f32 by the lanes' `α·d`. The weights' offsets and mins (`β`) meet the activations'
-//! sums per 16 elements once per row pair. The activations are the same 8-bit rows as
-//! [`Acts`]' (same blocks, same rounding), so the sums equal the one-row kernels' up to the
-//! order of f32 additions.
+//! Prompt matmuls of quantized weights in integer register tiles, with AVX-512 VNNI: weight
+//! rows, unpacked four at a time ([`super::unpack`]), meet activation rows 64 elements at a
+//! time. The 32-element-block formats meet them in 4 × 3 tiles, each pair in one `vpdpbusd`
+//! (u8 × i8, four products summed per 32-bit lane), scaled in f32 by the lanes' `α·d`. The
+//! K-quants meet them in 4 × 2 tiles that stay in integers through a super-block: `vpmaddubsw`
+//! (u8 × i8 pairs to i16), then `vpdpwssd` with the sub-blocks' integer scales, and one f32
+//! multiply-add per pair and 256 elements. The weights' offsets and mins (`β`) meet the
+//! activations' sums per 16 elements once per row pair. The activations are the same 8-bit
+//! rows as [`Acts`]' (same blocks, same rounding), so the sums equal the one-row kernels' up
+//! to the order of f32 additions.
 
-use super::unpack::{self, RowMut, Unpack};
+use super::unpack::{self, Form, RowMut, Unpack};
 use super::{Acts, QK, QKK};
 use std::arch::x86_64::*;
 use weft_graph::DType;
@@ -81,18 +84,31 @@ struct ActRow<'a> {
     s: &'a [f32],
 }
 
+/// An unpacked weight row (see [`RowMut`]).
 #[derive(Clone, Copy)]
 struct WeightRow<'a> {
     u: &'a [u8],
-    alpha: &'a [f32],
+    scale: &'a [u8],
+    d: &'a [f32],
     beta: &'a [f32],
+}
+
+impl<'a> WeightRow<'a> {
+    fn alpha(&self) -> &'a [f32] {
+        bytemuck::cast_slice(self.scale)
+    }
+
+    fn scales(&self) -> &'a [i16] {
+        bytemuck::cast_slice(self.scale)
+    }
 }
 
 /// Four weight rows unpacked, kept per worker between chunks.
 #[derive(Default)]
 struct Unpacked {
     u: Vec<Line>,
-    alpha: Vec<Line>,
+    scale: Vec<Line>,
+    d: Vec<f32>,
     beta: Vec<f32>,
 }
 
@@ -100,29 +116,31 @@ impl Unpacked {
     /// Room for four rows of `k` (a multiple of 64).
     fn fit(&mut self, k: usize) {
         self.u.resize(4 * k / 64, Line([0; 64]));
-        self.alpha.resize(4 * k / 64, Line([0; 64]));
+        self.scale.resize(4 * k / 64, Line([0; 64]));
+        self.d.resize(4 * k.div_ceil(256), 0.0);
         self.beta.resize(k / 4, 0.0);
     }
 
     fn row_mut(&mut self, j: usize, k: usize) -> RowMut<'_> {
+        let nd = k.div_ceil(256);
         RowMut {
             u: &mut bytemuck::cast_slice_mut(&mut self.u)[j * k..(j + 1) * k],
-            alpha: &mut bytemuck::cast_slice_mut(&mut self.alpha)[j * k / 4..(j + 1) * k / 4],
+            scale: &mut bytemuck::cast_slice_mut(&mut self.scale)[j * k..(j + 1) * k],
+            d: &mut self.d[j * nd..(j + 1) * nd],
             beta: &mut self.beta[j * k / 16..(j + 1) * k / 16],
         }
     }
 
     fn row(&self, j: usize, k: usize) -> WeightRow<'_> {
+        let nd = k.div_ceil(256);
         WeightRow {
             u: &bytemuck::cast_slice(&self.u)[j * k..(j + 1) * k],
-            alpha: &bytemuck::cast_slice(&self.alpha)[j * k / 4..(j + 1) * k / 4],
+            scale: &bytemuck::cast_slice(&self.scale)[j * k..(j + 1) * k],
+            d: &self.d[j * nd..(j + 1) * nd],
             beta: &self.beta[j * k / 16..(j + 1) * k / 16],
         }
     }
 }
-
-/// Activation rows per tile.
-const RA: usize = 3;
 
 thread_local! {
     static UNPACKED: std::cell::RefCell<Unpacked> = std::cell::RefCell::default();
@@ -132,6 +150,7 @@ thread_local! {
 #[derive(Debug)]
 pub struct Gemm {
     unpack: Unpack,
+    form: Form,
     acts: LaneActs,
 }
 
@@ -142,8 +161,13 @@ impl Gemm {
         if !supported() || k == 0 || !k.is_multiple_of(64) {
             return None;
         }
+        let (unpack, form) = unpack::for_dtype(dtype)?;
+        if form == Form::Int && !k.is_multiple_of(256) {
+            return None;
+        }
         Some(Gemm {
-            unpack: unpack::for_dtype(dtype)?,
+            unpack,
+            form,
             acts: LaneActs::new(acts, k),
         })
     }
@@ -151,6 +175,20 @@ impl Gemm {
     /// `out[jj·m + i] = row(jj) · x_i` for the `out.len() / m` weight rows (`m` activation
     /// rows): rows unpacked four at a time, each four meeting every activation row.
     pub fn rows<'a>(&self, row: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
+        match self.form {
+            // SAFETY (both): `new` checked AVX-512 F, BW and VNNI.
+            Form::Float => self.rows_in(row, out, |w, x, k| unsafe { float_tile::<4, 3>(w, x, k) }),
+            Form::Int => self.rows_in(row, out, |w, x, k| unsafe { int_tile::<4, 2>(w, x, k) }),
+        }
+    }
+
+    /// [`Gemm::rows`] in tiles of `RA` activation rows by `tile`, four weight rows at a time.
+    fn rows_in<'a, const RA: usize>(
+        &self,
+        row: impl Fn(usize) -> &'a [u8],
+        out: &mut [f32],
+        tile: impl Fn([WeightRow; 4], [ActRow; RA], usize) -> [[f32; RA]; 4],
+    ) {
         let (k, m) = (self.acts.k, self.acts.rows());
         let n = out.len() / m;
         UNPACKED.with_borrow_mut(|buf| {
@@ -164,11 +202,13 @@ impl Gemm {
                 for i0 in (0..m).step_by(RA) {
                     let ni = (m - i0).min(RA);
                     let xs = std::array::from_fn(|ii: usize| self.acts.row(i0 + ii.min(ni - 1)));
-                    // SAFETY: `new` checked AVX-512 F, BW and VNNI.
-                    let t = unsafe { tile::<4, RA>(ws, xs, k) };
+                    let t = tile(ws, xs, k);
                     for (jj, tr) in t.iter().enumerate().take(nj) {
                         let o = (j0 + jj) * m + i0;
-                        out[o..o + ni].copy_from_slice(&tr[..ni]);
+                        // (a loop: a copy of two or three values is not worth a call)
+                        for (d, v) in out[o..o + ni].iter_mut().zip(tr) {
+                            *d = *v;
+                        }
                     }
                 }
             }
@@ -176,10 +216,10 @@ impl Gemm {
     }
 }
 
-/// The `RW × RA` products of weight rows `w` and activation rows `x`, `k` (a multiple of 64)
-/// long.
+/// The `RW × RA` products of [`Form::Float`] weight rows `w` and activation rows `x`, `k` (a
+/// multiple of 64) long.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn tile<const RW: usize, const RA: usize>(
+fn float_tile<const RW: usize, const RA: usize>(
     w: [WeightRow; RW],
     x: [ActRow; RA],
     k: usize,
@@ -187,7 +227,7 @@ fn tile<const RW: usize, const RA: usize>(
     assert!(k.is_multiple_of(64));
     assert!(
         w.iter()
-            .all(|r| r.u.len() >= k && r.alpha.len() >= k / 4 && r.beta.len() >= k / 16)
+            .all(|r| r.u.len() >= k && r.scale.len() >= k && r.beta.len() >= k / 16)
     );
     assert!(
         x.iter()
@@ -195,6 +235,7 @@ fn tile<const RW: usize, const RA: usize>(
     );
     // lane l of 16 takes the scale of its group of 16 elements, l / 4
     let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let alpha_rows = w.map(|r| r.alpha());
     let mut acc = [[_mm512_setzero_ps(); RA]; RW];
     for c in 0..k / 64 {
         // SAFETY: every row holds at least `k` elements, so chunk `c` and its scales exist
@@ -205,7 +246,7 @@ fn tile<const RW: usize, const RA: usize>(
             let mut alpha = [_mm512_setzero_ps(); RW];
             for j in 0..RW {
                 u[j] = _mm512_loadu_si512(w[j].u.as_ptr().add(64 * c).cast());
-                alpha[j] = _mm512_loadu_ps(w[j].alpha.as_ptr().add(16 * c));
+                alpha[j] = _mm512_loadu_ps(alpha_rows[j].as_ptr().add(16 * c));
             }
             for i in 0..RA {
                 let q = _mm512_loadu_si512(x[i].q.as_ptr().add(64 * c).cast());
@@ -219,8 +260,76 @@ fn tile<const RW: usize, const RA: usize>(
             }
         }
     }
-    // Σ β·s per 16 elements, 16 groups at a time
+    add_offsets(&w, &x, k, &mut acc);
+    sums(&acc)
+}
+
+/// The `RW × RA` products of [`Form::Int`] weight rows `w` and activation rows `x`, `k` (a
+/// multiple of 256) long: each pair's super-block sums in i32, `Σ scale · Σ u·q` (u8 × i8 pairs
+/// to i16, then i16 × i16 with the scales), then `d_w·d_x` times that in f32.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn int_tile<const RW: usize, const RA: usize>(
+    w: [WeightRow; RW],
+    x: [ActRow; RA],
+    k: usize,
+) -> [[f32; RA]; RW] {
+    assert!(k.is_multiple_of(256));
+    let blocks = k / 256;
+    assert!(w.iter().all(|r| {
+        r.u.len() >= k && r.scale.len() >= k && r.d.len() >= blocks && r.beta.len() >= k / 16
+    }));
+    assert!(
+        x.iter()
+            .all(|r| r.q.len() >= k && r.d.len() >= k / 16 && r.s.len() >= k / 16)
+    );
+    let mut acc = [[_mm512_setzero_ps(); RA]; RW];
+    let mut sum = [[_mm512_setzero_si512(); RA]; RW];
+    for c in 0..k / 64 {
+        // SAFETY: every row holds at least `k` elements and their scales (asserted
+        // above); unaligned loads.
+        unsafe {
+            let mut u = [_mm512_setzero_si512(); RW];
+            let mut sc = [_mm512_setzero_si512(); RW];
+            for j in 0..RW {
+                u[j] = _mm512_loadu_si512(w[j].u.as_ptr().add(64 * c).cast());
+                sc[j] = _mm512_loadu_si512(w[j].scales().as_ptr().add(32 * c).cast());
+            }
+            for i in 0..RA {
+                let q = _mm512_loadu_si512(x[i].q.as_ptr().add(64 * c).cast());
+                for j in 0..RW {
+                    let pairs = _mm512_maddubs_epi16(u[j], q);
+                    sum[j][i] = _mm512_dpwssd_epi32(sum[j][i], pairs, sc[j]);
+                }
+            }
+        }
+        if c % 4 == 3 {
+            let b = c / 4;
+            for i in 0..RA {
+                // the activations' one scale per super-block
+                let dx = x[i].d[16 * b];
+                for j in 0..RW {
+                    let scale = _mm512_set1_ps(w[j].d[b] * dx);
+                    acc[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[j][i]), scale, acc[j][i]);
+                    sum[j][i] = _mm512_setzero_si512();
+                }
+            }
+        }
+    }
+    add_offsets(&w, &x, k, &mut acc);
+    sums(&acc)
+}
+
+/// Adds each pair's `Σ β·s` over its groups of 16 elements to its accumulator, 16 groups at a
+/// time.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn add_offsets<const RW: usize, const RA: usize>(
+    w: &[WeightRow; RW],
+    x: &[ActRow; RA],
+    k: usize,
+    acc: &mut [[__m512; RA]; RW],
+) {
     let groups = k / 16;
+    assert!(w.iter().all(|r| r.beta.len() >= groups) && x.iter().all(|r| r.s.len() >= groups));
     for g in (0..groups).step_by(16) {
         let mask: __mmask16 = if groups - g >= 16 {
             0xFFFF
@@ -241,6 +350,11 @@ fn tile<const RW: usize, const RA: usize>(
             }
         }
     }
+}
+
+/// Each accumulator's lanes summed.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn sums<const RW: usize, const RA: usize>(acc: &[[__m512; RA]; RW]) -> [[f32; RA]; RW] {
     let mut out = [[0.0f32; RA]; RW];
     for j in 0..RW {
         for i in 0..RA {
@@ -276,10 +390,15 @@ mod tests {
             assert!(weft_graph::quant::dequantize(dtype, &w, &mut want));
             let mut buf = Unpacked::default();
             buf.fit(k);
-            unpack::for_dtype(dtype).expect("unpacking")(&w, buf.row_mut(0, k));
+            let (unpack, form) = unpack::for_dtype(dtype).expect("unpacking");
+            unpack(&w, buf.row_mut(0, k));
             let r = buf.row(0, k);
             for e in 0..k {
-                let got = r.alpha[e / 4] * r.u[e] as f32 + r.beta[e / 16];
+                let alpha = match form {
+                    Form::Float => r.alpha()[e / 4],
+                    Form::Int => r.d[e / 256] * r.scales()[e / 2] as f32,
+                };
+                let got = alpha * r.u[e] as f32 + r.beta[e / 16];
                 let tol = 1e-6 * (want[e].abs() + r.beta[e / 16].abs() + 1e-3);
                 assert!(
                     (got - want[e]).abs() <= tol,

@@ -1,35 +1,59 @@
 //! Quantized weight rows unpacked for the integer tiles of [`super::gemm`]: every format's
-//! element `e` is `α·u + β`, with `u` an unsigned byte, `α` shared by the four elements of a
-//! 32-bit lane (one value per lane, repeated across its block or sub-block) and `β` by 16
-//! elements. Signed formats move their values up to unsigned ones (`Q8_0`: `q + 128`, `β =
-//! −128·d`); offsets and mins become `β`. A row is unpacked once per chunk of a prompt's matmul
-//! and then meets every activation row, so the unpacking is paid once per many products.
+//! element `e` is `α·u + β`, with `u` an unsigned byte and `β` shared by 16 elements. Signed
+//! formats move their values up to unsigned ones (`Q8_0`: `q + 128`, `β = −128·d`); offsets
+//! and mins become `β`. The 32-element-block formats keep `α` in f32, one value per 32-bit
+//! lane (four elements; [`Form::Float`]); the K-quants keep it as the super-block's `d` times
+//! an integer scale, one i16 per two elements ([`Form::Int`]), so their products add up in
+//! integers across a super-block. A row is unpacked once per chunk of a prompt's matmul and
+//! then meets every activation row, so the unpacking is paid once per many products.
 
 use super::avx2::{bit_bytes, f16_at, k_scales, load32, nibbles, q5_1_values};
 use std::arch::x86_64::*;
 use weft_graph::DType;
 
-/// A weight row unpacked: `u` (`k` bytes), `alpha` (`k / 4`), `beta` (`k / 16`).
+/// A weight row unpacked: `u` (`k` bytes); `scale`, `k` bytes holding `α` as `k / 4` f32
+/// ([`Form::Float`]) or the integer scales as `k / 2` i16 ([`Form::Int`]); `d`, each
+/// super-block's scale (`k / 256`, [`Form::Int`] only); `beta` (`k / 16`).
 pub struct RowMut<'a> {
     pub u: &'a mut [u8],
-    pub alpha: &'a mut [f32],
+    pub scale: &'a mut [u8],
+    pub d: &'a mut [f32],
     pub beta: &'a mut [f32],
+}
+
+impl RowMut<'_> {
+    fn alpha(&mut self) -> &mut [f32] {
+        bytemuck::cast_slice_mut(self.scale)
+    }
+
+    fn scales(&mut self) -> &mut [i16] {
+        bytemuck::cast_slice_mut(self.scale)
+    }
+}
+
+/// How an unpacked row keeps `α`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// f32 per four elements.
+    Float,
+    /// The super-block's `d` times an i16 per two elements.
+    Int,
 }
 
 /// Unpacks one weight row (its block bytes) into `out`, whose `u` is the row's length.
 pub type Unpack = fn(&[u8], RowMut);
 
 /// The unpacking of `dtype`'s rows (the caller has checked AVX2, FMA and F16C).
-pub fn for_dtype(dtype: DType) -> Option<Unpack> {
+pub fn for_dtype(dtype: DType) -> Option<(Unpack, Form)> {
     Some(match dtype {
-        DType::Q8_0 => q8_0,
-        DType::Q4_0 => q4_0,
-        DType::Q4_1 => q4_1,
-        DType::Q5_0 => q5_0,
-        DType::Q5_1 => q5_1,
-        DType::Q4K => q4_k,
-        DType::Q5K => q5_k,
-        DType::Q6K => q6_k,
+        DType::Q8_0 => (q8_0, Form::Float),
+        DType::Q4_0 => (q4_0, Form::Float),
+        DType::Q4_1 => (q4_1, Form::Float),
+        DType::Q5_0 => (q5_0, Form::Float),
+        DType::Q5_1 => (q5_1, Form::Float),
+        DType::Q4K => (q4_k, Form::Int),
+        DType::Q5K => (q5_k, Form::Int),
+        DType::Q6K => (q6_k, Form::Int),
         _ => return None,
     })
 }
@@ -74,7 +98,7 @@ fn fill8(a: &mut [f32], v: f32) {
 #[inline(always)]
 unsafe fn b32(
     w: &[u8],
-    out: RowMut,
+    mut out: RowMut,
     block: usize,
     values: impl Fn(&[u8]) -> __m256i,
     scale: impl Fn(&[u8]) -> (f32, f32),
@@ -85,7 +109,7 @@ unsafe fn b32(
         unsafe {
             store32(&mut out.u[32 * bi..], values(b));
             let (a, beta) = scale(b);
-            fill8(&mut out.alpha[8 * bi..], a);
+            fill8(&mut out.alpha()[8 * bi..], a);
             out.beta[2 * bi] = beta;
             out.beta[2 * bi + 1] = beta;
         }
@@ -182,7 +206,7 @@ fn q5_1_avx2(w: &[u8], out: RowMut) {
 /// bits from byte 16, values from 48): `α = d·scale_j` and `β = −dmin·min_j` per sub-block
 /// `j` of 32.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k4<const FIFTH: bool>(w: &[u8], out: RowMut) {
+fn k4<const FIFTH: bool>(w: &[u8], mut out: RowMut) {
     let (bytes, qs_at) = if FIFTH { (176, 48) } else { (144, 16) };
     let mask = _mm256_set1_epi8(0xF);
     for (bi, b) in w.chunks_exact(bytes).take(out.u.len() / 256).enumerate() {
@@ -212,9 +236,10 @@ fn k4<const FIFTH: bool>(w: &[u8], out: RowMut) {
             store32(&mut out.u[e..], lo);
             store32(&mut out.u[e + 32..], hi);
         }
+        out.d[bi] = d;
         for j in 0..8 {
             let sub = 8 * bi + j;
-            fill8(&mut out.alpha[8 * sub..], d * sm[j] as f32);
+            out.scales()[16 * sub..16 * sub + 16].fill(sm[j] as i16);
             let beta = -dmin * sm[8 + j] as f32;
             out.beta[2 * sub] = beta;
             out.beta[2 * sub + 1] = beta;
@@ -234,7 +259,7 @@ fn q5_k_avx2(w: &[u8], out: RowMut) {
 
 /// Q6_K: unsigned 6-bit values, `α = d·scale_g` and `β = −32·α` per group `g` of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_avx2(w: &[u8], out: RowMut) {
+fn q6_k_avx2(w: &[u8], mut out: RowMut) {
     let m4 = _mm256_set1_epi8(0xF);
     for (bi, b) in w.chunks_exact(210).take(out.u.len() / 256).enumerate() {
         for n in 0..2 {
@@ -264,11 +289,12 @@ fn q6_k_avx2(w: &[u8], out: RowMut) {
             }
         }
         let d = f16_at(b, 208);
+        out.d[bi] = d;
         for g in 0..16 {
-            let a = d * (b[192 + g] as i8) as f32;
+            let sc = b[192 + g] as i8;
             let at = 16 * bi + g;
-            out.alpha[4 * at..4 * at + 4].fill(a);
-            out.beta[at] = -32.0 * a;
+            out.scales()[8 * at..8 * at + 8].fill(sc as i16);
+            out.beta[at] = -32.0 * d * sc as f32;
         }
     }
 }
