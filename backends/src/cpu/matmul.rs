@@ -6,7 +6,7 @@ use super::qdot::gemm::Gemm;
 use super::qdot::{Acts, F16Dot, Kernel, f16_kernel};
 use super::team;
 use super::tensor::TensorRef;
-use super::tile::{f16_rows_times, rows_times};
+use super::tile::{f16_rows_times, rows_times, weight_rows_per_tile};
 use crate::{BackendError, Result};
 use weft_graph::DType;
 
@@ -92,7 +92,7 @@ impl Meet {
     fn rows_per_chunk(&self, n: usize, parts: usize, m: usize) -> usize {
         let mut r = (n / parts.max(1)).clamp(4, 64);
         if m >= 4 && self.quantized.is_none() {
-            r -= r % 3;
+            r -= r % weight_rows_per_tile();
         }
         #[cfg(target_arch = "x86_64")]
         if self.gemm.is_some() {
