@@ -86,60 +86,214 @@ pub fn attention(
         causal,
     };
     #[cfg(target_arch = "x86_64")]
-    let avx2 = std::arch::is_x86_feature_detected!("avx2");
+    let avx2 =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     team::global().chunks_mut(out, ops.dims[5], |row, o| {
-        let mut scores = vec![0.0f32; ops.dims[3]];
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the CPU has AVX2, checked above.
-            return unsafe { row_avx2(&ops, row, o, &mut scores) };
-        }
-        row_body(&ops, row, o, &mut scores)
+        SCORES.with_borrow_mut(|scores| {
+            scores.resize(ops.dims[3], 0.0);
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU has AVX2 and FMA, checked above.
+                return unsafe { row_avx2(&ops, row, o, scores) };
+            }
+            row_body(&ops, row, o, scores, Plain)
+        })
     });
 }
 
-/// [`row_body`] compiled for AVX2, its dot products and sums inlined (the same arithmetic).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn row_avx2(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
-    row_body(ops, row, o, scores)
+thread_local! {
+    /// Each worker's scores of one query row, kept between rows.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Output row `row` (query token × head).
+/// [`row_body`] compiled for AVX2 and FMA, with the [`Avx2`] inner loops (fused multiply-adds,
+/// so the last bits differ from [`Plain`]'s).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn row_avx2(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
+    row_body(ops, row, o, scores, Avx2)
+}
+
+/// The two inner loops of an attention row, portable or in AVX2 and FMA.
+trait RowKernels {
+    /// `[a · b_r]` for four rows `b_r` (each at least as long as `a`).
+    fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4];
+    /// `Σ_j p_j · v[at(j)..at(j) + 32]` over the nonzero `p_j`, each column in key order.
+    fn sum32(&self, p: &[f32], v: &[f32], at: impl Fn(usize) -> usize) -> [f32; 32];
+}
+
+struct Plain;
+
+impl RowKernels for Plain {
+    #[inline(always)]
+    fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+        b.map(|r| dot_body(a, &r[..a.len()]))
+    }
+
+    #[inline(always)]
+    fn sum32(&self, p: &[f32], v: &[f32], at: impl Fn(usize) -> usize) -> [f32; 32] {
+        let mut acc = [0.0f32; 32];
+        for (j, &pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+            let vr = &v[at(j)..at(j) + 32];
+            for i in 0..32 {
+                acc[i] += pj * vr[i];
+            }
+        }
+        acc
+    }
+}
+
+/// [`RowKernels`] for CPUs with AVX2 and FMA: made only inside `row_avx2`, which runs only
+/// where the CPU has them.
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl RowKernels for Avx2 {
+    #[inline(always)]
+    fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: an `Avx2` exists only where the CPU has AVX2 and FMA.
+        unsafe { dot4_avx2(a, b) }
+    }
+
+    #[inline(always)]
+    fn sum32(&self, p: &[f32], v: &[f32], at: impl Fn(usize) -> usize) -> [f32; 32] {
+        use std::arch::x86_64::*;
+        // SAFETY: as `dot4`; every row read is sliced first, so its 32 floats exist.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (j, &pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                let vr = &v[at(j)..at(j) + 32];
+                let pv = _mm256_set1_ps(pj);
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr.as_ptr().add(8 * i)), *a);
+                }
+            }
+            let mut out = [0.0f32; 32];
+            for (i, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *a);
+            }
+            out
+        }
+    }
+}
+
+/// Four dot products with AVX2 and FMA: eight independent sums (two per row), so consecutive
+/// multiply-adds do not wait on each other, then the four rows' lanes summed together.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (inlined into code compiled for them).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn row_body(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
+unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    assert!(b.iter().all(|r| r.len() >= n));
+    let mut out = [0.0f32; 4];
+    let mut c = 0;
+    // SAFETY: the caller's contract; every load lies within `a` and the rows (c + 16, or
+    // c + 8, ≤ n ≤ their lengths, asserted above).
+    unsafe {
+        let (mut even, mut odd) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+        while c + 16 <= n {
+            let x0 = _mm256_loadu_ps(a.as_ptr().add(c));
+            let x1 = _mm256_loadu_ps(a.as_ptr().add(c + 8));
+            for r in 0..4 {
+                even[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(b[r].as_ptr().add(c)), even[r]);
+                odd[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(b[r].as_ptr().add(c + 8)), odd[r]);
+            }
+            c += 16;
+        }
+        if c + 8 <= n {
+            let x = _mm256_loadu_ps(a.as_ptr().add(c));
+            for r in 0..4 {
+                even[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b[r].as_ptr().add(c)), even[r]);
+            }
+            c += 8;
+        }
+        let mut v = [_mm256_setzero_ps(); 4];
+        for r in 0..4 {
+            v[r] = _mm256_add_ps(even[r], odd[r]);
+        }
+        // [Σ0 Σ1 Σ2 Σ3] from the four rows' eight lanes
+        let s = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        _mm_storeu_ps(out.as_mut_ptr(), s);
+    }
+    for (o, r) in out.iter_mut().zip(b) {
+        *o += a[c..].iter().zip(&r[c..n]).map(|(x, y)| x * y).sum::<f32>();
+    }
+    out
+}
+
+/// Output row `row` (query token × head): scores for the keys it may see (causality, and the
+/// first and last keys the mask lets through, bound them; keys outside cost nothing), four
+/// keys at a time, their softmax, then `Σ p_j·v_j`.
+#[inline(always)]
+fn row_body(
+    ops: &Operands,
+    row: usize,
+    o: &mut [f32],
+    scores: &mut [f32],
+    kernels: impl RowKernels,
+) {
     let [t, hq, d, tk, hkv, dv] = ops.dims;
     let (ti, hi) = (row / hq, row % hq);
     let kh = hi / (hq / hkv);
     let qr = &ops.q[row * d..(row + 1) * d];
-    let limit = if ops.causal { ti + tk - t } else { tk - 1 };
-    for j in 0..tk {
-        let m = ops.mask.map_or(0.0, |m| m[ti * tk + j]);
-        // keys the mask or causality hides cost no dot product
-        scores[j] = if j > limit || m == f32::NEG_INFINITY {
-            f32::NEG_INFINITY
+    let seen = if ops.causal {
+        (ti + tk + 1).saturating_sub(t).min(tk)
+    } else {
+        tk
+    };
+    // the keys from the first to the last the mask lets through (a prompt's causal mask ends
+    // each row early; a batch's mask hides the other sequences' keys on either side)
+    let mask = ops.mask.map(|m| &m[ti * tk..ti * tk + seen]);
+    let visible = |m: &&f32| **m != f32::NEG_INFINITY;
+    let (lo, hi) = match mask {
+        Some(m) => match m.iter().position(|v| visible(&v)) {
+            Some(lo) => (
+                lo,
+                seen - m.iter().rev().position(|v| visible(&v)).unwrap_or(0),
+            ),
+            None => (0, 0),
+        },
+        None => (0, seen),
+    };
+    let scores = &mut scores[..hi - lo];
+    let key = |j: usize| &ops.k[((lo + j) * hkv + kh) * d..((lo + j) * hkv + kh + 1) * d];
+    let mask_at = |j: usize| mask.map_or(0.0, |m| m[lo + j]);
+    // (a hidden key's score is -inf whatever its dot product, even one that overflowed)
+    let score = |dot: f32, m: f32| {
+        if m == f32::NEG_INFINITY {
+            m
         } else {
-            dot_body(qr, &ops.k[(j * hkv + kh) * d..(j * hkv + kh + 1) * d]) * ops.scale + m
-        };
+            dot * ops.scale + m
+        }
+    };
+    let n = hi - lo;
+    let mut j = 0;
+    while j + 4 <= n {
+        let s = kernels.dot4(qr, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
+        for (jj, (o, v)) in scores[j..j + 4].iter_mut().zip(s).enumerate() {
+            *o = score(v, mask_at(j + jj));
+        }
+        j += 4;
+    }
+    for j in j..n {
+        scores[j] = score(dot_body(qr, key(j)), mask_at(j));
     }
     softmax_in_place(scores);
     // Σ_j p_j·v_j, 32 output columns at a time so their sums stay in registers across keys
     // (each column still adds its terms in key order).
     for (c, oc) in o.chunks_mut(32).enumerate() {
-        let v_at = |j: usize| &ops.v[(j * hkv + kh) * dv + c * 32..];
+        let at = |j: usize| ((lo + j) * hkv + kh) * dv + c * 32;
         if oc.len() == 32 {
-            let mut acc = [0.0f32; 32];
-            for (j, &p) in scores.iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                let vr = &v_at(j)[..32];
-                for i in 0..32 {
-                    acc[i] += p * vr[i];
-                }
-            }
-            oc.copy_from_slice(&acc);
+            oc.copy_from_slice(&kernels.sum32(scores, ops.v, at));
         } else {
             oc.fill(0.0);
             for (j, &p) in scores.iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                axpy_body(oc, p, &v_at(j)[..oc.len()]);
+                axpy_body(oc, p, &ops.v[at(j)..at(j) + oc.len()]);
             }
         }
     }
