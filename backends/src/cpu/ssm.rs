@@ -129,45 +129,48 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
         let (si, h0) = (*si, *h0);
         let nh = state.len() / per;
         y.resize(nh * t * p, 0.0);
-        // exp(dt·A) per token: one per state (Mamba1's A is one per state), or one for the
-        // head (Mamba2's)
-        let dn = if a_cols == n { n } else { 1 };
-        let mut decay = vec![0.0f32; t * dn];
+        let mut scratch = Scratch::default();
         for j in 0..nh {
             let hi = h0 + j;
             let gi = hi / heads_per_group;
             let state = &mut state[j * per..(j + 1) * per];
-            let arow = &av[hi * a_cols..(hi + 1) * a_cols];
-            let dts = |ti: usize| dtv[(si * t + ti) * h + hi];
-            // once per token, not once per state row
-            for (ti, da) in decay.chunks_exact_mut(dn).enumerate() {
-                let d = dts(ti);
-                for (da, &av) in da.iter_mut().zip(arow) {
-                    *da = math::exp(d * av);
-                }
-            }
-            // each state row stays in cache over all the tokens
-            for (pi, row) in state.chunks_exact_mut(n).enumerate() {
-                for ti in 0..t {
-                    let xd = xv[((si * t + ti) * h + hi) * p + pi] * dts(ti);
-                    let bo = ((si * t + ti) * g + gi) * n;
-                    let bc = (&bv[bo..bo + n], &cv[bo..bo + n]);
-                    let da = &decay[ti * dn..(ti + 1) * dn];
-                    let d = if dn == n {
-                        Decay::PerState(da)
-                    } else {
-                        Decay::One(da[0])
-                    };
-                    y[(j * t + ti) * p + pi] = step_row(row, d, bc, xd);
-                }
-            }
+            let head = Head {
+                n,
+                t,
+                a: &av[hi * a_cols..(hi + 1) * a_cols],
+                dt: &dtv,
+                dt_at: si * t * h + hi,
+                dt_step: h,
+                b: &bv,
+                c: &cv,
+                bc_at: (si * t * g + gi) * n,
+                bc_step: g * n,
+                x: &xv,
+                x_at: (si * t * h + hi) * p,
+                x_step: h * p,
+            };
+            walk(
+                &head,
+                state,
+                &mut y[j * t * p..(j + 1) * t * p],
+                &mut scratch,
+            );
         }
     });
+    // each token's y rows of a block's heads lie side by side in `ys`: gathered from the
+    // block's [head, token, p] one destination run at a time (Mamba1's rows are one value
+    // each, so a copy per head and token would be a call per value)
     for (si, h0, _, y) in &blocks {
-        for (j, rows) in y.chunks_exact(t * p).enumerate() {
-            for ti in 0..t {
-                let o = ((si * t + ti) * h + h0 + j) * p;
-                ys[o..o + p].copy_from_slice(&rows[ti * p..(ti + 1) * p]);
+        let nh = y.len() / (t * p).max(1);
+        for ti in 0..t {
+            let o = ((si * t + ti) * h + h0) * p;
+            for (j, dst) in ys[o..o + nh * p].chunks_exact_mut(p).enumerate() {
+                let src = &y[(j * t + ti) * p..(j * t + ti + 1) * p];
+                if p == 1 {
+                    dst[0] = src[0];
+                } else {
+                    dst.copy_from_slice(src);
+                }
             }
         }
     }
@@ -180,21 +183,219 @@ enum Decay<'a> {
     One(f32),
 }
 
-/// One token of one state row: `s = s·decay + b·xd`, returns `s · c`.
-#[inline]
-fn step_row(row: &mut [f32], decay: Decay, (b, c): (&[f32], &[f32]), xd: f32) -> f32 {
+/// One head's inputs for [`walk`]: `a` is its A row (one value, Mamba2's, or one per state,
+/// Mamba1's); token `ti`'s dt is at `dt_at + ti·dt_step`, its B and C rows start at `bc_at +
+/// ti·bc_step`, its x row at `x_at + ti·x_step`.
+struct Head<'a> {
+    n: usize,
+    t: usize,
+    a: &'a [f32],
+    dt: &'a [f32],
+    dt_at: usize,
+    dt_step: usize,
+    b: &'a [f32],
+    c: &'a [f32],
+    bc_at: usize,
+    bc_step: usize,
+    x: &'a [f32],
+    x_at: usize,
+    x_step: usize,
+}
+
+/// A worker's buffers for [`walk`], kept across heads: `exp(dt·A)` per token (`[T, len(A)]`)
+/// and dt per token.
+#[derive(Default)]
+struct Scratch {
+    decay: Vec<f32>,
+    dts: Vec<f32>,
+}
+
+/// One head's state rows `[P, N]` through its tokens, `y [T, P]` written: each state row stays
+/// in cache over all the tokens. The CPU features are checked once per head, not per row and
+/// token.
+fn walk(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA, checked above.
-        return unsafe { step_row_avx2(row, decay, b, c, xd) };
+        return unsafe { walk_avx2(head, state, y, scratch) };
     }
-    step_row_body(row, decay, b, c, xd)
+    walk_body(head, state, y, scratch, false)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn step_row_avx2(row: &mut [f32], decay: Decay, b: &[f32], c: &[f32], xd: f32) -> f32 {
-    step_row_body(row, decay, b, c, xd)
+fn walk_avx2(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratch) {
+    walk_body(head, state, y, scratch, true)
+}
+
+/// [`walk`]'s loops, after the decays `exp(dt·A)` of every token (once per token, not per state
+/// row). With AVX2 and FMA (`fma`, which the caller then has): one decay per token (Mamba2)
+/// takes four state rows through a token together, sharing its B and C loads
+/// ([`rows4_avx2`]); one per state (Mamba1) keeps a row of up to 32 states in registers
+/// through all the tokens ([`row_tokens_avx2`]). Otherwise a row at a time.
+#[inline(always)]
+fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratch, fma: bool) {
+    let (n, t) = (head.n, head.t);
+    let p = state.len() / n.max(1);
+    let dn = head.a.len();
+    scratch.dts.clear();
+    scratch
+        .dts
+        .extend((0..t).map(|ti| head.dt[head.dt_at + ti * head.dt_step]));
+    scratch.decay.resize(t * dn, 0.0);
+    for (da, &d) in scratch.decay.chunks_exact_mut(dn).zip(&scratch.dts) {
+        for (da, &av) in da.iter_mut().zip(head.a) {
+            *da = math::exp(d * av);
+        }
+    }
+    let (decays, dts) = (&scratch.decay, &scratch.dts);
+    let bc = |ti: usize| {
+        let o = head.bc_at + ti * head.bc_step;
+        (&head.b[o..o + n], &head.c[o..o + n])
+    };
+    let xd = |ti: usize, pi: usize| head.x[head.x_at + ti * head.x_step + pi] * dts[ti];
+    let per_state = dn == n && n != 1;
+    let decay = |ti: usize| {
+        let da = &decays[ti * dn..(ti + 1) * dn];
+        if per_state {
+            Decay::PerState(da)
+        } else {
+            Decay::One(da[0])
+        }
+    };
+    let mut p0 = 0;
+    #[cfg(target_arch = "x86_64")]
+    if fma && !per_state {
+        while p0 + 4 <= p {
+            let rows = &mut state[p0 * n..(p0 + 4) * n];
+            for ti in 0..t {
+                let xs = [0, 1, 2, 3].map(|r| xd(ti, p0 + r));
+                // SAFETY: `fma` is set only by `walk_avx2`, compiled for AVX2 and FMA.
+                let ys = unsafe { rows4_avx2(rows, decays[ti], bc(ti), xs) };
+                y[ti * p + p0..ti * p + p0 + 4].copy_from_slice(&ys);
+            }
+            p0 += 4;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if fma && per_state && n.is_multiple_of(8) && n <= 32 {
+        for (pi, row) in state.chunks_exact_mut(n).enumerate() {
+            let put = |ti: usize, v: f32| y[ti * p + pi] = v;
+            let inputs = |ti: usize| (&decays[ti * n..(ti + 1) * n], bc(ti), xd(ti, pi));
+            // SAFETY: as above.
+            unsafe {
+                match n / 8 {
+                    1 => row_tokens_avx2::<1>(row, t, inputs, put),
+                    2 => row_tokens_avx2::<2>(row, t, inputs, put),
+                    3 => row_tokens_avx2::<3>(row, t, inputs, put),
+                    _ => row_tokens_avx2::<4>(row, t, inputs, put),
+                }
+            }
+        }
+        return;
+    }
+    let _ = fma;
+    for (pi, row) in state.chunks_exact_mut(n).enumerate().skip(p0) {
+        for ti in 0..t {
+            let (b, c) = bc(ti);
+            y[ti * p + pi] = step_row_body(row, decay(ti), b, c, xd(ti, pi));
+        }
+    }
+}
+
+/// One state row of `8·K` states with a decay per state, through `t` tokens in registers:
+/// `inputs(ti)` gives the token's decays, B and C rows and `x·dt`, `put(ti, s · c)` takes its
+/// output.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (inlined into code compiled for them).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn row_tokens_avx2<'a, const K: usize>(
+    row: &mut [f32],
+    t: usize,
+    inputs: impl Fn(usize) -> (&'a [f32], (&'a [f32], &'a [f32]), f32),
+    mut put: impl FnMut(usize, f32),
+) {
+    use std::arch::x86_64::*;
+    assert!(row.len() >= 8 * K);
+    // SAFETY: the caller's contract; every load and store lies within `row` and the token's
+    // rows, each checked to hold `8·K` values.
+    unsafe {
+        let mut s = [_mm256_setzero_ps(); K];
+        for (k, sk) in s.iter_mut().enumerate() {
+            *sk = _mm256_loadu_ps(row.as_ptr().add(8 * k));
+        }
+        for ti in 0..t {
+            let (da, (b, c), xd) = inputs(ti);
+            assert!(da.len() >= 8 * K && b.len() >= 8 * K && c.len() >= 8 * K);
+            let xv = _mm256_set1_ps(xd);
+            let mut acc = _mm256_setzero_ps();
+            for (k, sk) in s.iter_mut().enumerate() {
+                let bx = _mm256_mul_ps(_mm256_loadu_ps(b.as_ptr().add(8 * k)), xv);
+                *sk = _mm256_fmadd_ps(*sk, _mm256_loadu_ps(da.as_ptr().add(8 * k)), bx);
+                acc = _mm256_fmadd_ps(*sk, _mm256_loadu_ps(c.as_ptr().add(8 * k)), acc);
+            }
+            let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            let h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            put(ti, _mm_cvtss_f32(h));
+        }
+        for (k, sk) in s.iter().enumerate() {
+            _mm256_storeu_ps(row.as_mut_ptr().add(8 * k), *sk);
+        }
+    }
+}
+
+/// One token of four state rows (`rows`, `[4, N]`) with one decay `d`: `s = s·d + b·xd_r`,
+/// returns each row's `s · c`. B and C are loaded once for the four rows, whose sums are four
+/// independent chains.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (inlined into code compiled for them).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rows4_avx2(rows: &mut [f32], d: f32, (b, c): (&[f32], &[f32]), xd: [f32; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = rows.len() / 4;
+    assert!(b.len() >= n && c.len() >= n);
+    let n8 = n / 8 * 8;
+    let mut out = [0.0f32; 4];
+    // SAFETY: the caller's contract; every access lies in `rows` (4·n), `b` and `c` (n each,
+    // asserted above), k + 8 ≤ n8 ≤ n.
+    unsafe {
+        let dv = _mm256_set1_ps(d);
+        let mut xv = [_mm256_setzero_ps(); 4];
+        for r in 0..4 {
+            xv[r] = _mm256_set1_ps(xd[r]);
+        }
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let base = rows.as_mut_ptr();
+        for k in (0..n8).step_by(8) {
+            let bb = _mm256_loadu_ps(b.as_ptr().add(k));
+            let cc = _mm256_loadu_ps(c.as_ptr().add(k));
+            for r in 0..4 {
+                let at = base.add(r * n + k);
+                let s = _mm256_fmadd_ps(_mm256_loadu_ps(at), dv, _mm256_mul_ps(bb, xv[r]));
+                _mm256_storeu_ps(at, s);
+                acc[r] = _mm256_fmadd_ps(s, cc, acc[r]);
+            }
+        }
+        let s = _mm256_hadd_ps(
+            _mm256_hadd_ps(acc[0], acc[1]),
+            _mm256_hadd_ps(acc[2], acc[3]),
+        );
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        _mm_storeu_ps(out.as_mut_ptr(), s);
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        for k in n8..n {
+            let s = &mut rows[r * n + k];
+            *s = *s * d + b[k] * xd[r];
+            *o += *s * c[k];
+        }
+    }
+    out
 }
 
 /// Eight partial sums, so that the loop vectorizes (a row's single decay kept in a register).

@@ -894,6 +894,8 @@ pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     ssm_scan_case(be, 2, 77, 4, 3, 64, 2, false, 38);
     ssm_scan_case(be, 1, 33, 2, 3, 40, 1, true, 39);
     ssm_scan_case(be, 1, 40, 2, 2, 128, 1, false, 40);
+    // the CPU's four rows at a time, with rows left over and states past the last 8
+    ssm_scan_case(be, 2, 6, 2, 6, 20, 1, false, 41);
 }
 
 /// The scan reads x, B and C as strided views of one projection row per token (Mamba2's
