@@ -198,13 +198,39 @@ mod avx2 {
                 let mut i = i0;
                 while i < i1 {
                     let mi = (i1 - i).min(6);
-                    let xs: [&[f32]; 6] = std::array::from_fn(|ii| xr(i + ii.min(mi - 1)));
-                    let t = tile16(ws, xs, k);
-                    for (jj, tr) in t.iter().enumerate().take(n) {
-                        let o = (j + jj) * m + i;
-                        for (d, v) in out[o..o + mi].iter_mut().zip(tr) {
-                            *d = *v;
+                    // a short tile of exactly the rows left (a mixture's experts meet a few
+                    // rows each: eight rows are a tile of six and one of two, not of six)
+                    let mut put = |t: &[[f32; 6]; 4]| {
+                        for (jj, tr) in t.iter().enumerate().take(n) {
+                            let o = (j + jj) * m + i;
+                            for (d, v) in out[o..o + mi].iter_mut().zip(tr) {
+                                *d = *v;
+                            }
                         }
+                    };
+                    match mi {
+                        6 => put(&tile16::<W, 6>(ws, std::array::from_fn(|ii| xr(i + ii)), k)),
+                        5 => put(&widen(tile16::<W, 5>(
+                            ws,
+                            std::array::from_fn(|ii| xr(i + ii)),
+                            k,
+                        ))),
+                        4 => put(&widen(tile16::<W, 4>(
+                            ws,
+                            std::array::from_fn(|ii| xr(i + ii)),
+                            k,
+                        ))),
+                        3 => put(&widen(tile16::<W, 3>(
+                            ws,
+                            std::array::from_fn(|ii| xr(i + ii)),
+                            k,
+                        ))),
+                        2 => put(&widen(tile16::<W, 2>(
+                            ws,
+                            std::array::from_fn(|ii| xr(i + ii)),
+                            k,
+                        ))),
+                        _ => put(&widen(tile16::<W, 1>(ws, [xr(i)], k))),
                     }
                     i += mi;
                 }
@@ -216,10 +242,16 @@ mod avx2 {
     /// Activation rows per cache block of [`tiles16`] (whole tiles).
     const XB16: usize = 30;
 
+    /// A tile of fewer than six activation rows as six (the rest zero, not kept).
+    fn widen<const RA: usize>(t: [[f32; RA]; 4]) -> [[f32; 6]; 4] {
+        t.map(|r| std::array::from_fn(|i| if i < RA { r[i] } else { 0.0 }))
+    }
+
+    /// The 4 × `RA` dot products of weight rows `w` and activation rows `x` (`RA` ≤ 6).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    fn tile16<W: Weights>(w: [W; 4], x: [&[f32]; 6], k: usize) -> [[f32; 6]; 4] {
+    fn tile16<W: Weights, const RA: usize>(w: [W; 4], x: [&[f32]; RA], k: usize) -> [[f32; RA]; 4] {
         assert!(w.iter().all(|r| r.elems() >= k) && x.iter().all(|r| r.len() >= k));
-        let mut acc = [[_mm512_setzero_ps(); 6]; 4];
+        let mut acc = [[_mm512_setzero_ps(); RA]; 4];
         let mut c = 0;
         while c + 16 <= k {
             // SAFETY: c + 16 ≤ k ≤ the length of every row (asserted above).
@@ -228,7 +260,7 @@ mod avx2 {
                 for j in 0..4 {
                     wv[j] = w[j].load16(c);
                 }
-                for i in 0..6 {
+                for i in 0..RA {
                     let xv = _mm512_loadu_ps(x[i].as_ptr().add(c));
                     for j in 0..4 {
                         acc[j][i] = _mm512_fmadd_ps(wv[j], xv, acc[j][i]);
@@ -237,9 +269,9 @@ mod avx2 {
             }
             c += 16;
         }
-        let mut out = [[0.0f32; 6]; 4];
+        let mut out = [[0.0f32; RA]; 4];
         for j in 0..4 {
-            for i in 0..6 {
+            for i in 0..RA {
                 let mut s = _mm512_reduce_add_ps(acc[j][i]);
                 for cc in c..k {
                     s += w[j].at(cc) * x[i][cc];
@@ -296,9 +328,21 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// 7 weight rows (tiles of 3 or 4 and leftovers), 9 and 33 activation rows (leftovers, and
-    /// more than one cache block of either kernel), `k` not a multiple of 8 or 16.
-    const SHAPES: [(usize, usize, usize); 2] = [(7, 9, 45), (7, 33, 61)];
+    /// 7 weight rows (tiles of 3 or 4 and leftovers); 1 to 9 activation rows (every short tile
+    /// of either kernel) and 33 (more than one cache block of either), `k` not a multiple of 8
+    /// or 16.
+    const SHAPES: [(usize, usize, usize); 10] = [
+        (7, 1, 45),
+        (7, 2, 45),
+        (7, 3, 45),
+        (7, 4, 45),
+        (7, 5, 45),
+        (7, 6, 45),
+        (7, 7, 45),
+        (7, 8, 45),
+        (7, 9, 45),
+        (7, 33, 61),
+    ];
 
     fn inputs(n: usize, m: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
         let w = (0..n * k)
