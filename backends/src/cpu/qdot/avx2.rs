@@ -363,6 +363,29 @@ pub(super) fn k_scales(b: &[u8]) -> [u8; 16] {
     out
 }
 
+/// The unsigned values of the 64 elements `64·c ..` of a Q4_K/Q5_K super-block whose 4-bit
+/// values are `qs`: sub-block `2c` from the low nibbles, `2c + 1` from the high ones, with
+/// `FIFTH` (Q5_K) bit `j` of `qh`'s bytes as the fifth bit of sub-block `j`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k4_values<const FIFTH: bool>(qs: &[u8], qh: __m256i, c: usize) -> (__m256i, __m256i) {
+    let mask = _mm256_set1_epi8(0xF);
+    let bit = |j: usize| {
+        if !FIFTH {
+            return _mm256_setzero_si256();
+        }
+        let m = _mm256_set1_epi8(1 << j);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
+        _mm256_and_si256(set, _mm256_set1_epi8(16))
+    };
+    let q = load32(&qs[c * 32..]);
+    let lo = _mm256_or_si256(_mm256_and_si256(q, mask), bit(2 * c));
+    let hi = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi16(q, 4), mask),
+        bit(2 * c + 1),
+    );
+    (lo, hi)
+}
+
 /// Adds one Q4_K/Q5_K super-block to the accumulators of `R` activation rows, decoding its
 /// values once: `d·Σ scale·Σq·y` to `acc[r]` and `dmin·Σ min·Σy` to `mins[r]`. With `FIFTH`
 /// (Q5_K), bit `j` of `qh`'s bytes is the fifth bit of the values of sub-block `j`. Each row's
@@ -379,20 +402,8 @@ fn k4_block<const R: usize, const FIFTH: bool>(
     prefetch(b);
     let sm = k_scales(b);
     let mut sumi = [_mm256_setzero_si256(); R];
-    let mask = _mm256_set1_epi8(0xF);
-    let bit = |j: usize| {
-        if !FIFTH {
-            return _mm256_setzero_si256();
-        }
-        let m = _mm256_set1_epi8(1 << j);
-        let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
-        _mm256_and_si256(set, _mm256_set1_epi8(16))
-    };
     for c in 0..4 {
-        let q = load32(&qs[c * 32..]);
-        let (h_lo, h_hi) = (bit(2 * c), bit(2 * c + 1));
-        let lo = _mm256_or_si256(_mm256_and_si256(q, mask), h_lo);
-        let hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), mask), h_hi);
+        let (lo, hi) = k4_values::<FIFTH>(qs, qh, c);
         let (s_lo, s_hi) = (
             _mm256_set1_epi16(sm[2 * c] as i16),
             _mm256_set1_epi16(sm[2 * c + 1] as i16),
@@ -484,37 +495,44 @@ fn q6_k_x4_avx2(w: &[u8], a: [&[Q8KBlock]; 4]) -> [f32; 4] {
     q6_k_rows(w, a)
 }
 
+/// The unsigned 6-bit values of half `n` (0 or 1) of a Q6_K super-block `b`: elements
+/// `128·n + 32·t ..` in entry `t`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn q6_k_values(b: &[u8], n: usize) -> [__m256i; 4] {
+    let m4 = _mm256_set1_epi8(0xF);
+    let ql0 = load32(&b[n * 64..]);
+    let ql1 = load32(&b[n * 64 + 32..]);
+    let qh = load32(&b[128 + n * 32..]);
+    [
+        _mm256_or_si256(
+            _mm256_and_si256(ql0, m4),
+            _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(ql1, m4),
+            _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+            _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
+        ),
+        _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+            _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
+        ),
+    ]
+}
+
 /// A Q6_K row against `R` activation rows, each super-block's values decoded once.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_rows<const R: usize>(w: &[u8], a: [&[Q8KBlock]; R]) -> [f32; R] {
-    let m4 = _mm256_set1_epi8(0xF);
     let mut acc = [_mm256_setzero_ps(); R];
     for (bi, b) in w.chunks_exact(210).enumerate() {
         prefetch(b);
         let sc = |g: usize| b[192 + g] as i8 as i16;
         let mut sumi = [_mm256_setzero_si256(); R];
         for n in 0..2 {
-            let ql0 = load32(&b[n * 64..]);
-            let ql1 = load32(&b[n * 64 + 32..]);
-            let qh = load32(&b[128 + n * 32..]);
-            let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
-                ),
-            ];
+            let q = q6_k_values(b, n);
             for (t, qt) in q.iter().enumerate() {
                 let e = n * 128 + t * 32;
                 let g = e / 16;

@@ -366,15 +366,9 @@ fn sums<const RW: usize, const RA: usize>(acc: &[[__m512; RA]; RW]) -> [[f32; RA
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{lcg, random_row};
     use super::*;
     use crate::cpu::qdot::Kernel;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
 
     /// Each unpacked element `α·u + β` equals the dequantized weight.
     #[test]
@@ -385,7 +379,7 @@ mod tests {
         let mut seed = 5u64;
         for dtype in DType::ALL.into_iter().filter(|d| d.is_quantized()) {
             let k = 512;
-            let w = super::super::tests::random_row(dtype, k, &mut seed);
+            let w = random_row(dtype, k, &mut seed);
             let mut want = vec![0.0f32; k];
             assert!(weft_graph::quant::dequantize(dtype, &w, &mut want));
             let mut buf = Unpacked::default();
@@ -421,9 +415,7 @@ mod tests {
             for (k, m, n) in [(256, 1, 1), (512, 6, 7), (768, 9, 4), (256, 4, 5)] {
                 let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
                 let acts = Acts::quantize(dtype, &x, k).expect("quantized dtype");
-                let rows: Vec<Vec<u8>> = (0..n)
-                    .map(|_| super::super::tests::random_row(dtype, k, &mut seed))
-                    .collect();
+                let rows: Vec<Vec<u8>> = (0..n).map(|_| random_row(dtype, k, &mut seed)).collect();
                 let gemm = Gemm::new(dtype, &acts, k).expect("tiles");
                 let mut out = vec![f32::NAN; n * m];
                 gemm.rows(|j| &rows[j], &mut out);

@@ -221,7 +221,7 @@ mod tests {
     use super::*;
     use weft_graph::quant::dequantize;
 
-    fn lcg(seed: &mut u64) -> f32 {
+    pub(super) fn lcg(seed: &mut u64) -> f32 {
         *seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);

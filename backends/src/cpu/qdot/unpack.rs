@@ -7,7 +7,9 @@
 //! integers across a super-block. A row is unpacked once per chunk of a prompt's matmul and
 //! then meets every activation row, so the unpacking is paid once per many products.
 
-use super::avx2::{bit_bytes, f16_at, k_scales, load32, nibbles, q5_1_values};
+use super::avx2::{
+    bit_bytes, f16_at, k_scales, k4_values, load32, nibbles, q5_1_values, q6_k_values,
+};
 use std::arch::x86_64::*;
 use weft_graph::DType;
 
@@ -208,7 +210,6 @@ fn q5_1_avx2(w: &[u8], out: RowMut) {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn k4<const FIFTH: bool>(w: &[u8], mut out: RowMut) {
     let (bytes, qs_at) = if FIFTH { (176, 48) } else { (144, 16) };
-    let mask = _mm256_set1_epi8(0xF);
     for (bi, b) in w.chunks_exact(bytes).take(out.u.len() / 256).enumerate() {
         let sm = k_scales(b);
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
@@ -217,21 +218,8 @@ fn k4<const FIFTH: bool>(w: &[u8], mut out: RowMut) {
         } else {
             _mm256_setzero_si256()
         };
-        let bit = |j: usize| {
-            if !FIFTH {
-                return _mm256_setzero_si256();
-            }
-            let m = _mm256_set1_epi8(1 << j);
-            let set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, m), m);
-            _mm256_and_si256(set, _mm256_set1_epi8(16))
-        };
         for c in 0..4 {
-            let q = load32(&b[qs_at + 32 * c..]);
-            let lo = _mm256_or_si256(_mm256_and_si256(q, mask), bit(2 * c));
-            let hi = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(q, 4), mask),
-                bit(2 * c + 1),
-            );
+            let (lo, hi) = k4_values::<FIFTH>(&b[qs_at..], qh, c);
             let e = 256 * bi + 64 * c;
             store32(&mut out.u[e..], lo);
             store32(&mut out.u[e + 32..], hi);
@@ -260,30 +248,9 @@ fn q5_k_avx2(w: &[u8], out: RowMut) {
 /// Q6_K: unsigned 6-bit values, `α = d·scale_g` and `β = −32·α` per group `g` of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_avx2(w: &[u8], mut out: RowMut) {
-    let m4 = _mm256_set1_epi8(0xF);
     for (bi, b) in w.chunks_exact(210).take(out.u.len() / 256).enumerate() {
         for n in 0..2 {
-            let ql0 = load32(&b[n * 64..]);
-            let ql1 = load32(&b[n * 64 + 32..]);
-            let qh = load32(&b[128 + n * 32..]);
-            let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x03)), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0x0C)), 2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8(0xC0u8 as i8)), 2),
-                ),
-            ];
+            let q = q6_k_values(b, n);
             for (t, qt) in q.into_iter().enumerate() {
                 store32(&mut out.u[256 * bi + n * 128 + t * 32..], qt);
             }
