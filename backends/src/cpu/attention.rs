@@ -111,7 +111,8 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_avx2(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
-    row_body(ops, row, o, scores, Avx2)
+    // SAFETY: this function runs only where the CPU has AVX2 and FMA (its features).
+    row_body(ops, row, o, scores, unsafe { Avx2::new() })
 }
 
 /// The two inner loops of an attention row, portable or in AVX2 and FMA.
@@ -143,10 +144,19 @@ impl RowKernels for Plain {
     }
 }
 
-/// [`RowKernels`] for CPUs with AVX2 and FMA: made only inside `row_avx2`, which runs only
-/// where the CPU has them.
+/// [`RowKernels`] for CPUs with AVX2 and FMA; only [`Avx2::new`], whose caller vouches for
+/// them, makes one.
 #[cfg(target_arch = "x86_64")]
-struct Avx2;
+struct Avx2(());
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2 {
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    unsafe fn new() -> Avx2 {
+        Avx2(())
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 impl RowKernels for Avx2 {

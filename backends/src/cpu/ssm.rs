@@ -263,6 +263,7 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
             Decay::One(da[0])
         }
     };
+    #[allow(unused_mut)] // (only the x86 paths move it)
     let mut p0 = 0;
     #[cfg(target_arch = "x86_64")]
     if fma && !per_state {

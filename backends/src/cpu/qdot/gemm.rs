@@ -161,7 +161,8 @@ impl Gemm {
         if !supported() || k == 0 || !k.is_multiple_of(64) {
             return None;
         }
-        let (unpack, form) = unpack::for_dtype(dtype)?;
+        // SAFETY: `supported` (checked above) includes AVX2, FMA and F16C.
+        let (unpack, form) = unsafe { unpack::for_dtype(dtype) }?;
         if form == Form::Int && !k.is_multiple_of(256) {
             return None;
         }
@@ -374,6 +375,7 @@ mod tests {
     #[test]
     fn unpacked_rows_equal_the_dequantized_rows() {
         if !supported() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
         }
         let mut seed = 5u64;
@@ -384,7 +386,8 @@ mod tests {
             assert!(weft_graph::quant::dequantize(dtype, &w, &mut want));
             let mut buf = Unpacked::default();
             buf.fit(k);
-            let (unpack, form) = unpack::for_dtype(dtype).expect("unpacking");
+            // SAFETY: `supported` (checked above) includes AVX2, FMA and F16C.
+            let (unpack, form) = unsafe { unpack::for_dtype(dtype) }.expect("unpacking");
             unpack(&w, buf.row_mut(0, k));
             let r = buf.row(0, k);
             for e in 0..k {
@@ -408,13 +411,30 @@ mod tests {
     #[test]
     fn tiles_equal_the_one_row_products() {
         if !supported() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
             return;
         }
         let mut seed = 9u64;
         for dtype in DType::ALL.into_iter().filter(|d| d.is_quantized()) {
-            for (k, m, n) in [(256, 1, 1), (512, 6, 7), (768, 9, 4), (256, 4, 5)] {
-                let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
-                let acts = Acts::quantize(dtype, &x, k).expect("quantized dtype");
+            // the last two: a row length whose offsets' groups end in a partial vector (the
+            // 32-element formats only), and activations all of one sign, where Q8_0's
+            // `u = q + 128` and its `β = −128·d` cancel the most
+            for (k, m, n, positive) in [
+                (256, 1, 1, false),
+                (512, 6, 7, false),
+                (768, 9, 4, false),
+                (256, 4, 5, false),
+                (320, 8, 5, false),
+                (512, 5, 3, true),
+            ] {
+                let x: Vec<f32> = (0..m * k)
+                    .map(|_| lcg(&mut seed))
+                    .map(|v| if positive { v.abs() } else { v })
+                    .collect();
+                let Some(acts) = Acts::quantize(dtype, &x, k) else {
+                    assert_ne!(k % dtype.block_elems(), 0, "{dtype} k={k}");
+                    continue; // (a K-quant at k = 320)
+                };
                 let rows: Vec<Vec<u8>> = (0..n).map(|_| random_row(dtype, k, &mut seed)).collect();
                 let gemm = Gemm::new(dtype, &acts, k).expect("tiles");
                 let mut out = vec![f32::NAN; n * m];

@@ -45,8 +45,11 @@ pub enum Form {
 /// Unpacks one weight row (its block bytes) into `out`, whose `u` is the row's length.
 pub type Unpack = fn(&[u8], RowMut);
 
-/// The unpacking of `dtype`'s rows (the caller has checked AVX2, FMA and F16C).
-pub fn for_dtype(dtype: DType) -> Option<(Unpack, Form)> {
+/// The unpacking of `dtype`'s rows.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C: the safe functions handed out run code compiled for them.
+pub unsafe fn for_dtype(dtype: DType) -> Option<(Unpack, Form)> {
     Some(match dtype {
         DType::Q8_0 => (q8_0, Form::Float),
         DType::Q4_0 => (q4_0, Form::Float),
@@ -63,8 +66,8 @@ pub fn for_dtype(dtype: DType) -> Option<(Unpack, Form)> {
 macro_rules! entries {
     ($($name:ident => $inner:ident;)*) => {$(
         fn $name(w: &[u8], out: RowMut) {
-            // SAFETY: `gemm` hands out these entries only where it detected AVX2, FMA and
-            // F16C (with AVX-512).
+            // SAFETY: `for_dtype`, whose caller vouches for AVX2, FMA and F16C, is the only
+            // way to these entries.
             unsafe { $inner(w, out) }
         }
     )*};
