@@ -84,6 +84,27 @@ enum Home {
     External(BufferId),
 }
 
+/// The vector instructions the kernels use on this CPU (they are picked at run time), for
+/// the backend's name: figures taken on one machine say which kernels made them.
+fn vector_kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if qdot::gemm::supported() {
+            return "AVX-512 VNNI";
+        }
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c");
+        if avx2 && std::arch::is_x86_feature_detected!("avxvnni") {
+            return "AVX2, AVX-VNNI";
+        }
+        if avx2 {
+            return "AVX2";
+        }
+    }
+    "portable"
+}
+
 fn home(g: &Graph, plan: &Plan, id: NodeId) -> Home {
     let base = g.storage_of(id);
     match &g.node(base).op {
@@ -94,7 +115,11 @@ fn home(g: &Graph, plan: &Plan, id: NodeId) -> Home {
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!("cpu ({} threads)", team::global().threads())
+        format!(
+            "cpu ({} threads, {})",
+            team::global().threads(),
+            vector_kernels()
+        )
     }
 
     fn alloc(&mut self, bytes: usize) -> Result<BufferId> {
