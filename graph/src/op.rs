@@ -79,8 +79,28 @@ impl UnaryOp {
         }
     }
 
-    /// `out[i] = apply(xs[i])`, one loop per function so that each vectorizes.
+    /// `out[i] = apply(xs[i])`, one loop per function so that each vectorizes; on CPUs with
+    /// AVX2 and FMA the same loops compiled for 8-wide registers (the same arithmetic: `exp`,
+    /// `sigmoid` and `silu` are `math`'s, which use no libm call).
     pub fn apply_slice(self, xs: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, checked above.
+            return unsafe { self.apply_slice_avx2(xs, out) };
+        }
+        self.apply_slice_body(xs, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn apply_slice_avx2(self, xs: &[f32], out: &mut [f32]) {
+        self.apply_slice_body(xs, out)
+    }
+
+    #[inline(always)]
+    fn apply_slice_body(self, xs: &[f32], out: &mut [f32]) {
+        #[inline(always)]
         fn each(xs: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
             for (o, &x) in out.iter_mut().zip(xs) {
                 *o = f(x);
