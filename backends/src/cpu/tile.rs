@@ -188,7 +188,6 @@ mod avx2 {
     fn tiles16<W: Weights>(row: &impl Fn(usize) -> W, x: &[f32], k: usize, out: &mut [f32]) {
         let m = x.len() / k;
         let rows = out.len() / m;
-        let xr = |i: usize| &x[i * k..(i + 1) * k];
         for i0 in (0..m).step_by(XB16) {
             let i1 = (i0 + XB16).min(m);
             let mut j = 0;
@@ -200,37 +199,14 @@ mod avx2 {
                     let mi = (i1 - i).min(6);
                     // a short tile of exactly the rows left (a mixture's experts meet a few
                     // rows each: eight rows are a tile of six and one of two, not of six)
-                    let mut put = |t: &[[f32; 6]; 4]| {
-                        for (jj, tr) in t.iter().enumerate().take(n) {
-                            let o = (j + jj) * m + i;
-                            for (d, v) in out[o..o + mi].iter_mut().zip(tr) {
-                                *d = *v;
-                            }
-                        }
-                    };
+                    let at = (j, n, i);
                     match mi {
-                        6 => put(&tile16::<W, 6>(ws, std::array::from_fn(|ii| xr(i + ii)), k)),
-                        5 => put(&widen(tile16::<W, 5>(
-                            ws,
-                            std::array::from_fn(|ii| xr(i + ii)),
-                            k,
-                        ))),
-                        4 => put(&widen(tile16::<W, 4>(
-                            ws,
-                            std::array::from_fn(|ii| xr(i + ii)),
-                            k,
-                        ))),
-                        3 => put(&widen(tile16::<W, 3>(
-                            ws,
-                            std::array::from_fn(|ii| xr(i + ii)),
-                            k,
-                        ))),
-                        2 => put(&widen(tile16::<W, 2>(
-                            ws,
-                            std::array::from_fn(|ii| xr(i + ii)),
-                            k,
-                        ))),
-                        _ => put(&widen(tile16::<W, 1>(ws, [xr(i)], k))),
+                        6 => tile16_into::<W, 6>(ws, x, k, at, out),
+                        5 => tile16_into::<W, 5>(ws, x, k, at, out),
+                        4 => tile16_into::<W, 4>(ws, x, k, at, out),
+                        3 => tile16_into::<W, 3>(ws, x, k, at, out),
+                        2 => tile16_into::<W, 2>(ws, x, k, at, out),
+                        _ => tile16_into::<W, 1>(ws, x, k, at, out),
                     }
                     i += mi;
                 }
@@ -242,9 +218,29 @@ mod avx2 {
     /// Activation rows per cache block of [`tiles16`] (whole tiles).
     const XB16: usize = 30;
 
-    /// A tile of fewer than six activation rows as six (the rest zero, not kept).
-    fn widen<const RA: usize>(t: [[f32; RA]; 4]) -> [[f32; 6]; 4] {
-        t.map(|r| std::array::from_fn(|i| if i < RA { r[i] } else { 0.0 }))
+    /// The tile of weight rows `ws` (the first `n` of them kept, from row `j`) and the `RA`
+    /// activation rows of `x` from row `i`, written into `out` (`[rows, m]`); `at` is
+    /// `(j, n, i)`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn tile16_into<W: Weights, const RA: usize>(
+        ws: [W; 4],
+        x: &[f32],
+        k: usize,
+        (j, n, i): (usize, usize, usize),
+        out: &mut [f32],
+    ) {
+        let m = x.len() / k;
+        let t = tile16::<W, RA>(
+            ws,
+            std::array::from_fn(|ii| &x[(i + ii) * k..(i + ii + 1) * k]),
+            k,
+        );
+        for (jj, tr) in t.iter().enumerate().take(n) {
+            let o = (j + jj) * m + i;
+            for (d, v) in out[o..o + RA].iter_mut().zip(tr) {
+                *d = *v;
+            }
+        }
     }
 
     /// The 4 × `RA` dot products of weight rows `w` and activation rows `x` (`RA` ≤ 6).

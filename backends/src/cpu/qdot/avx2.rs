@@ -118,7 +118,7 @@ pub(super) fn nibbles(b: &[u8]) -> __m256i {
 /// The 32 bits of the little-endian word at `b` as 32 bytes: byte `j` is 0xFF where bit `j` is
 /// set, 0 elsewhere (a Q5_0/Q5_1 block's fifth bits, in element order).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn bit_bytes(b: &[u8]) -> __m256i {
+fn bit_bytes(b: &[u8]) -> __m256i {
     let word = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
     // byte j of the shuffled word holds the word's byte j / 8; the mask picks bit j % 8 of it
     let spread = _mm256_shuffle_epi8(
@@ -142,11 +142,13 @@ fn q5_0_values(b: &[u8]) -> __m256i {
     _mm256_or_si256(nibbles(&b[6..]), high)
 }
 
-/// A Q5_1 block's 32 unsigned values.
+/// The 32 unsigned values (0..32) of a Q5_0/Q5_1 block `b` whose fifth bits start at byte
+/// `qh_at` and whose nibbles at `qs_at` (Q5_1: 4 and 8; Q5_0: 2 and 6, its values these
+/// minus 16).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn q5_1_values(b: &[u8]) -> __m256i {
-    let high = _mm256_and_si256(bit_bytes(&b[4..]), _mm256_set1_epi8(0x10));
-    _mm256_or_si256(nibbles(&b[8..]), high)
+pub(super) fn q5_values(b: &[u8], qh_at: usize, qs_at: usize) -> __m256i {
+    let high = _mm256_and_si256(bit_bytes(&b[qh_at..]), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles(&b[qs_at..]), high)
 }
 
 /// Σ of u8 × i8 products in 8 i32 lanes.
@@ -344,7 +346,7 @@ b32_kernels! {
         let q = q5_0_values(b);
         (_mm256_sign_epi8(q, q), q)
     };
-    q5_1_avx2, q5_1_vnni_avx2, q5_1_x4_avx2, q5_1_x4_vnni_avx2: 24, false, |b| (q5_1_values(b), _mm256_setzero_si256());
+    q5_1_avx2, q5_1_vnni_avx2, q5_1_x4_avx2, q5_1_x4_vnni_avx2: 24, false, |b| (q5_values(b, 4, 8), _mm256_setzero_si256());
 }
 
 /// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block's

@@ -39,11 +39,17 @@ struct LaneActs {
 
 impl LaneActs {
     fn new(acts: &Acts, k: usize) -> LaneActs {
-        let (mut q, mut d, mut s) = (Vec::<i8>::new(), vec![], vec![]);
+        let (mut d, mut s) = (vec![], vec![]);
+        let elems = match acts {
+            Acts::B32 { blocks, .. } => blocks.len() * QK,
+            Acts::K { blocks, .. } => blocks.len() * QKK,
+        };
+        let mut lines = vec![Line([0; 64]); elems / 64];
+        let q: &mut [i8] = bytemuck::cast_slice_mut(&mut lines);
         match acts {
             Acts::B32 { blocks, .. } => {
-                for b in blocks {
-                    q.extend_from_slice(&b.qs);
+                for (b, q) in blocks.iter().zip(q.chunks_exact_mut(QK)) {
+                    q.copy_from_slice(&b.qs);
                     for half in b.qs.chunks_exact(QK / 2) {
                         d.push(b.d);
                         s.push(b.d * half.iter().map(|&v| v as i32).sum::<i32>() as f32);
@@ -51,15 +57,13 @@ impl LaneActs {
                 }
             }
             Acts::K { blocks, .. } => {
-                for b in blocks {
-                    q.extend_from_slice(&b.qs);
+                for (b, q) in blocks.iter().zip(q.chunks_exact_mut(QKK)) {
+                    q.copy_from_slice(&b.qs);
                     d.extend([b.d; QKK / 16]);
                     s.extend(b.bsums.iter().map(|&v| b.d * v as f32));
                 }
             }
         }
-        let mut lines = vec![Line([0; 64]); q.len() / 64];
-        bytemuck::cast_slice_mut::<Line, i8>(&mut lines).copy_from_slice(&q);
         LaneActs { k, q: lines, d, s }
     }
 
@@ -283,6 +287,7 @@ fn int_tile<const RW: usize, const RA: usize>(
         x.iter()
             .all(|r| r.q.len() >= k && r.d.len() >= k / 16 && r.s.len() >= k / 16)
     );
+    let scale_rows = w.map(|r| r.scales());
     let mut acc = [[_mm512_setzero_ps(); RA]; RW];
     let mut sum = [[_mm512_setzero_si512(); RA]; RW];
     for c in 0..k / 64 {
@@ -293,7 +298,7 @@ fn int_tile<const RW: usize, const RA: usize>(
             let mut sc = [_mm512_setzero_si512(); RW];
             for j in 0..RW {
                 u[j] = _mm512_loadu_si512(w[j].u.as_ptr().add(64 * c).cast());
-                sc[j] = _mm512_loadu_si512(w[j].scales().as_ptr().add(32 * c).cast());
+                sc[j] = _mm512_loadu_si512(scale_rows[j].as_ptr().add(32 * c).cast());
             }
             for i in 0..RA {
                 let q = _mm512_loadu_si512(x[i].q.as_ptr().add(64 * c).cast());

@@ -7,9 +7,7 @@
 //! integers across a super-block. A row is unpacked once per chunk of a prompt's matmul and
 //! then meets every activation row, so the unpacking is paid once per many products.
 
-use super::avx2::{
-    bit_bytes, f16_at, k_scales, k4_values, load32, nibbles, q5_1_values, q6_k_values,
-};
+use super::avx2::{f16_at, k_scales, k4_values, load32, nibbles, q5_values, q6_k_values};
 use std::arch::x86_64::*;
 use weft_graph::DType;
 
@@ -21,16 +19,6 @@ pub struct RowMut<'a> {
     pub scale: &'a mut [u8],
     pub d: &'a mut [f32],
     pub beta: &'a mut [f32],
-}
-
-impl RowMut<'_> {
-    fn alpha(&mut self) -> &mut [f32] {
-        bytemuck::cast_slice_mut(self.scale)
-    }
-
-    fn scales(&mut self) -> &mut [i16] {
-        bytemuck::cast_slice_mut(self.scale)
-    }
 }
 
 /// How an unpacked row keeps `α`.
@@ -103,18 +91,19 @@ fn fill8(a: &mut [f32], v: f32) {
 #[inline(always)]
 unsafe fn b32(
     w: &[u8],
-    mut out: RowMut,
+    out: RowMut,
     block: usize,
     values: impl Fn(&[u8]) -> __m256i,
     scale: impl Fn(&[u8]) -> (f32, f32),
 ) {
     let blocks = w.chunks_exact(block).take(out.u.len() / 32);
+    let alpha: &mut [f32] = bytemuck::cast_slice_mut(out.scale);
     for (bi, b) in blocks.enumerate() {
         // SAFETY: the caller's contract (the features `values` needs)
         unsafe {
             store32(&mut out.u[32 * bi..], values(b));
             let (a, beta) = scale(b);
-            fill8(&mut out.alpha()[8 * bi..], a);
+            fill8(&mut alpha[8 * bi..], a);
             out.beta[2 * bi] = beta;
             out.beta[2 * bi + 1] = beta;
         }
@@ -172,19 +161,13 @@ fn q4_1_avx2(w: &[u8], out: RowMut) {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q5_0_avx2(w: &[u8], out: RowMut) {
-    let fifth = _mm256_set1_epi8(0x10);
     // SAFETY: the features it needs are enabled here.
     unsafe {
         b32(
             w,
             out,
             22,
-            |b| {
-                _mm256_or_si256(
-                    nibbles(&b[6..]),
-                    _mm256_and_si256(bit_bytes(&b[2..]), fifth),
-                )
-            },
+            |b| q5_values(b, 2, 6),
             |b| {
                 let d = f16_at(b, 0);
                 (d, -16.0 * d)
@@ -201,7 +184,7 @@ fn q5_1_avx2(w: &[u8], out: RowMut) {
             w,
             out,
             24,
-            |b| q5_1_values(b),
+            |b| q5_values(b, 4, 8),
             |b| (f16_at(b, 0), f16_at(b, 2)),
         )
     }
@@ -211,8 +194,9 @@ fn q5_1_avx2(w: &[u8], out: RowMut) {
 /// bits from byte 16, values from 48): `α = d·scale_j` and `β = −dmin·min_j` per sub-block
 /// `j` of 32.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k4<const FIFTH: bool>(w: &[u8], mut out: RowMut) {
+fn k4<const FIFTH: bool>(w: &[u8], out: RowMut) {
     let (bytes, qs_at) = if FIFTH { (176, 48) } else { (144, 16) };
+    let scales: &mut [i16] = bytemuck::cast_slice_mut(out.scale);
     for (bi, b) in w.chunks_exact(bytes).take(out.u.len() / 256).enumerate() {
         let sm = k_scales(b);
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
@@ -230,7 +214,7 @@ fn k4<const FIFTH: bool>(w: &[u8], mut out: RowMut) {
         out.d[bi] = d;
         for j in 0..8 {
             let sub = 8 * bi + j;
-            out.scales()[16 * sub..16 * sub + 16].fill(sm[j] as i16);
+            scales[16 * sub..16 * sub + 16].fill(sm[j] as i16);
             let beta = -dmin * sm[8 + j] as f32;
             out.beta[2 * sub] = beta;
             out.beta[2 * sub + 1] = beta;
@@ -250,7 +234,8 @@ fn q5_k_avx2(w: &[u8], out: RowMut) {
 
 /// Q6_K: unsigned 6-bit values, `α = d·scale_g` and `β = −32·α` per group `g` of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_avx2(w: &[u8], mut out: RowMut) {
+fn q6_k_avx2(w: &[u8], out: RowMut) {
+    let scales: &mut [i16] = bytemuck::cast_slice_mut(out.scale);
     for (bi, b) in w.chunks_exact(210).take(out.u.len() / 256).enumerate() {
         for n in 0..2 {
             let q = q6_k_values(b, n);
@@ -263,7 +248,7 @@ fn q6_k_avx2(w: &[u8], mut out: RowMut) {
         for g in 0..16 {
             let sc = b[192 + g] as i8;
             let at = 16 * bi + g;
-            out.scales()[8 * at..8 * at + 8].fill(sc as i16);
+            scales[8 * at..8 * at + 8].fill(sc as i16);
             out.beta[at] = -32.0 * d * sc as f32;
         }
     }
