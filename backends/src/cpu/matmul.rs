@@ -96,7 +96,8 @@ impl Meet {
         }
         #[cfg(target_arch = "x86_64")]
         if self.gemm.is_some() {
-            r -= r % 4;
+            let tile = super::qdot::gemm::TILE_ROWS;
+            r = r.max(tile) - r.max(tile) % tile;
         }
         r
     }

@@ -1,13 +1,16 @@
-//! Prompt matmuls of quantized weights in integer register tiles, with AVX-512 VNNI: weight
-//! rows, unpacked four at a time ([`super::unpack`]), meet activation rows 64 elements at a
-//! time. The 32-element-block formats meet them in 4 × 3 tiles, each pair in one `vpdpbusd`
-//! (u8 × i8, four products summed per 32-bit lane), scaled in f32 by the lanes' `α·d`. The
-//! K-quants meet them in 4 × 2 tiles that stay in integers through a super-block: `vpmaddubsw`
-//! (u8 × i8 pairs to i16), then `vpdpwssd` with the sub-blocks' integer scales, and one f32
-//! multiply-add per pair and 256 elements. The weights' offsets and mins (`β`) meet the
-//! activations' sums per 16 elements once per row pair. The activations are the same 8-bit
-//! rows as [`Acts`]' (same blocks, same rounding), so the sums equal the one-row kernels' up
-//! to the order of f32 additions.
+//! Prompt matmuls of quantized weights in integer register tiles, with AVX-512 VNNI. The
+//! activation rows are woven sixteen to a group once per matmul: per four elements a 64-byte
+//! line holding each row's four bytes in its own 32-bit lane. Weight rows, unpacked eight at a
+//! time ([`super::unpack`]), meet a group four elements at a time: the weight row's four
+//! bytes broadcast to every lane meet the line, so lane `i` of a sum is activation row `i`'s
+//! product and no sums run across lanes. The 32-element-block formats meet each line in one
+//! `vpdpbusd` (u8 × i8, four products summed per lane) and scale each 32-element block's sum
+//! in f32 by the weight's `α` and the activations' `d`. The K-quants stay in integers
+//! through a super-block: `vpmaddubsw` (u8 × i8 pairs to i16), then `vpdpwssd` with the
+//! group's integer scale, and one f32 multiply-add per weight row and 256 elements. The
+//! weights' offsets and mins (`β`) meet the activations' sums per 16 elements once per
+//! weight row. The activations are the same 8-bit rows as [`Acts`]' (same blocks, same
+//! rounding), so the sums equal the one-row kernels' up to the order of f32 additions.
 
 use super::unpack::{self, Form, RowMut, Unpack};
 use super::{Acts, QK, QKK};
@@ -27,29 +30,45 @@ pub fn supported() -> bool {
 #[repr(C, align(64))]
 struct Line([u8; 64]);
 
-/// Activation rows as the tiles read them: `q` (`k` per row), the block scale `d` and
-/// `s = d·Σq` per 16 elements (`k / 16` each per row).
+/// Activation rows per woven group: one per 32-bit lane of a 512-bit register.
+const LANES: usize = 16;
+
+/// Weight rows per tile (a chunk of a matmul's rows is best a multiple of it).
+pub const TILE_ROWS: usize = 8;
+
+/// A prompt's activation rows woven in groups of [`LANES`] (the last group's missing rows
+/// zero), per group: `q`, a line per four elements (`k / 4`); `d` and `s = d·Σq`, a line per
+/// 16 elements (`k / 16` each), and `s` per 32 elements (`s32`, `k / 32`), lane `i` row
+/// `i`'s.
 #[derive(Debug)]
-struct LaneActs {
+struct WovenActs {
     k: usize,
+    m: usize,
     q: Vec<Line>,
-    d: Vec<f32>,
-    s: Vec<f32>,
+    d: Vec<Line>,
+    s: Vec<Line>,
+    s32: Vec<Line>,
 }
 
-impl LaneActs {
-    fn new(acts: &Acts, k: usize) -> LaneActs {
-        let (mut d, mut s) = (vec![], vec![]);
-        let elems = match acts {
-            Acts::B32 { blocks, .. } => blocks.len() * QK,
-            Acts::K { blocks, .. } => blocks.len() * QKK,
-        };
-        let mut lines = vec![Line([0; 64]); elems / 64];
-        let q: &mut [i8] = bytemuck::cast_slice_mut(&mut lines);
+/// One group of [`WovenActs`].
+#[derive(Clone, Copy)]
+struct ActGroup<'a> {
+    q: &'a [Line],
+    d: &'a [Line],
+    s: &'a [Line],
+    s32: &'a [Line],
+}
+
+impl WovenActs {
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    unsafe fn new(acts: &Acts, k: usize) -> WovenActs {
+        // each row's bytes, and its d and s per 16 elements, row after row
+        let (mut q, mut d, mut s) = (Vec::<i8>::new(), Vec::<f32>::new(), Vec::<f32>::new());
         match acts {
             Acts::B32 { blocks, .. } => {
-                for (b, q) in blocks.iter().zip(q.chunks_exact_mut(QK)) {
-                    q.copy_from_slice(&b.qs);
+                for b in blocks {
+                    q.extend_from_slice(&b.qs);
                     for half in b.qs.chunks_exact(QK / 2) {
                         d.push(b.d);
                         s.push(b.d * half.iter().map(|&v| v as i32).sum::<i32>() as f32);
@@ -57,35 +76,142 @@ impl LaneActs {
                 }
             }
             Acts::K { blocks, .. } => {
-                for (b, q) in blocks.iter().zip(q.chunks_exact_mut(QKK)) {
-                    q.copy_from_slice(&b.qs);
+                for b in blocks {
+                    q.extend_from_slice(&b.qs);
                     d.extend([b.d; QKK / 16]);
                     s.extend(b.bsums.iter().map(|&v| b.d * v as f32));
                 }
             }
         }
-        LaneActs { k, q: lines, d, s }
+        let s32: Vec<f32> = s.chunks_exact(2).map(|p| p[0] + p[1]).collect();
+        let m = q.len() / k;
+        let groups = m.div_ceil(LANES);
+        let mut woven = WovenActs {
+            k,
+            m,
+            q: vec![Line([0; 64]); groups * k / 4],
+            d: vec![Line([0; 64]); groups * k / 16],
+            s: vec![Line([0; 64]); groups * k / 16],
+            s32: vec![Line([0; 64]); groups * k / 32],
+        };
+        let zeros = vec![0u32; k / 4];
+        let q: &[u32] = bytemuck::cast_slice(&q);
+        let (d, s): (&[u32], &[u32]) = (bytemuck::cast_slice(&d), bytemuck::cast_slice(&s));
+        let s32: &[u32] = bytemuck::cast_slice(&s32);
+        for gi in 0..groups {
+            fn rows<'a>(
+                v: &'a [u32],
+                zeros: &'a [u32],
+                gi: usize,
+                m: usize,
+                len: usize,
+            ) -> [&'a [u32]; LANES] {
+                std::array::from_fn(|l| {
+                    let i = gi * LANES + l;
+                    if i < m {
+                        &v[i * len..(i + 1) * len]
+                    } else {
+                        &zeros[..len]
+                    }
+                })
+            }
+            let (lq, lg, lh) = (k / 4, k / 16, k / 32);
+            // SAFETY: the caller vouches for AVX-512 F.
+            unsafe {
+                weave_words(
+                    rows(q, &zeros, gi, m, lq),
+                    &mut woven.q[gi * lq..(gi + 1) * lq],
+                );
+                weave_words(
+                    rows(d, &zeros, gi, m, lg),
+                    &mut woven.d[gi * lg..(gi + 1) * lg],
+                );
+                weave_words(
+                    rows(s, &zeros, gi, m, lg),
+                    &mut woven.s[gi * lg..(gi + 1) * lg],
+                );
+                let s32_lines = &mut woven.s32[gi * lh..(gi + 1) * lh];
+                weave_words(rows(s32, &zeros, gi, m, lh), s32_lines);
+            }
+        }
+        woven
     }
 
-    fn rows(&self) -> usize {
-        self.q.len() * 64 / self.k
+    fn groups(&self) -> usize {
+        self.m.div_ceil(LANES)
     }
 
-    fn row(&self, i: usize) -> ActRow<'_> {
-        let (k, g) = (self.k, self.k / 16);
-        ActRow {
-            q: &bytemuck::cast_slice(&self.q)[i * k..(i + 1) * k],
-            d: &self.d[i * g..(i + 1) * g],
-            s: &self.s[i * g..(i + 1) * g],
+    fn group(&self, gi: usize) -> ActGroup<'_> {
+        let (lq, lg, lh) = (self.k / 4, self.k / 16, self.k / 32);
+        ActGroup {
+            q: &self.q[gi * lq..(gi + 1) * lq],
+            d: &self.d[gi * lg..(gi + 1) * lg],
+            s: &self.s[gi * lg..(gi + 1) * lg],
+            s32: &self.s32[gi * lh..(gi + 1) * lh],
         }
     }
 }
 
-#[derive(Clone, Copy)]
-struct ActRow<'a> {
-    q: &'a [i8],
-    d: &'a [f32],
-    s: &'a [f32],
+/// `dst` line `c`, lane `r` = `rows[r][c]`: sixteen rows of 32-bit words (each at least as
+/// long as `dst` has lines) transposed 16 × 16 words at a time, the last lines (fewer than
+/// 16) word by word.
+#[target_feature(enable = "avx512f")]
+fn weave_words(rows: [&[u32]; LANES], dst: &mut [Line]) {
+    let len = dst.len();
+    assert!(rows.iter().all(|r| r.len() >= len));
+    let whole = len - len % 16;
+    let words: &mut [u32] = bytemuck::cast_slice_mut(dst);
+    for c in whole..len {
+        for (r, row) in rows.iter().enumerate() {
+            words[c * LANES + r] = row[c];
+        }
+    }
+    // Stage `b` swaps bit `b` of the row with bit `b` of the column: registers `a` and
+    // `a | bit` exchange the lanes where those bits differ.
+    const fn index(bit: usize, upper: bool) -> [u32; 16] {
+        let mut v = [0u32; 16];
+        let mut c = 0;
+        while c < 16 {
+            v[c] = match (c & bit == 0, upper) {
+                (true, false) => c,
+                (false, false) => 16 + (c ^ bit),
+                (true, true) => c ^ bit,
+                (false, true) => 16 + c,
+            } as u32;
+            c += 1;
+        }
+        v
+    }
+    const INDEX: [[[u32; 16]; 2]; 4] = [
+        [index(1, false), index(1, true)],
+        [index(2, false), index(2, true)],
+        [index(4, false), index(4, true)],
+        [index(8, false), index(8, true)],
+    ];
+    for c0 in (0..whole).step_by(16) {
+        // SAFETY: 16 words from `c0` in every row and 16 lines from `c0` (asserted above).
+        unsafe {
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (r, row) in rows.iter().enumerate() {
+                v[r] = _mm512_loadu_si512(row.as_ptr().add(c0).cast());
+            }
+            for (stage, idx) in INDEX.iter().enumerate() {
+                let bit = 1 << stage;
+                let lo = _mm512_loadu_si512(idx[0].as_ptr().cast());
+                let hi = _mm512_loadu_si512(idx[1].as_ptr().cast());
+                for a in 0..16 {
+                    if a & bit == 0 {
+                        let (x, y) = (v[a], v[a | bit]);
+                        v[a] = _mm512_permutex2var_epi32(x, lo, y);
+                        v[a | bit] = _mm512_permutex2var_epi32(x, hi, y);
+                    }
+                }
+            }
+            for (c, line) in v.iter().enumerate() {
+                _mm512_store_si512(dst.as_mut_ptr().add(c0 + c).cast(), *line);
+            }
+        }
+    }
 }
 
 /// An unpacked weight row (see [`RowMut`]).
@@ -98,16 +224,18 @@ struct WeightRow<'a> {
 }
 
 impl<'a> WeightRow<'a> {
+    /// [`Form::Float`]'s `α`, one per four elements.
     fn alpha(&self) -> &'a [f32] {
         bytemuck::cast_slice(self.scale)
     }
 
-    fn scales(&self) -> &'a [i16] {
+    /// [`Form::Int`]'s scales, an i16 pair per 16 elements.
+    fn scales(&self) -> &'a [u32] {
         bytemuck::cast_slice(self.scale)
     }
 }
 
-/// Four weight rows unpacked, kept per worker between chunks.
+/// Weight rows unpacked, kept per worker between chunks.
 #[derive(Default)]
 struct Unpacked {
     u: Vec<Line>,
@@ -117,12 +245,12 @@ struct Unpacked {
 }
 
 impl Unpacked {
-    /// Room for four rows of `k` (a multiple of 64).
-    fn fit(&mut self, k: usize) {
-        self.u.resize(4 * k / 64, Line([0; 64]));
-        self.scale.resize(4 * k / 64, Line([0; 64]));
-        self.d.resize(4 * k.div_ceil(256), 0.0);
-        self.beta.resize(k / 4, 0.0);
+    /// Room for `rows` rows of `k` (a multiple of 64).
+    fn fit(&mut self, k: usize, rows: usize) {
+        self.u.resize(rows * k / 64, Line([0; 64]));
+        self.scale.resize(rows * k / 64, Line([0; 64]));
+        self.d.resize(rows * k.div_ceil(256), 0.0);
+        self.beta.resize(rows * k / 16, 0.0);
     }
 
     fn row_mut(&mut self, j: usize, k: usize) -> RowMut<'_> {
@@ -155,7 +283,9 @@ thread_local! {
 pub struct Gemm {
     unpack: Unpack,
     form: Form,
-    acts: LaneActs,
+    /// Whether the weights' `β` changes every 16 elements (Q6_K), not every 32.
+    fine: bool,
+    acts: WovenActs,
 }
 
 impl Gemm {
@@ -173,47 +303,39 @@ impl Gemm {
         Some(Gemm {
             unpack,
             form,
-            acts: LaneActs::new(acts, k),
+            fine: dtype == DType::Q6K,
+            // SAFETY: `supported` (checked above) includes AVX-512 F.
+            acts: unsafe { WovenActs::new(acts, k) },
         })
     }
 
     /// `out[jj·m + i] = row(jj) · x_i` for the `out.len() / m` weight rows (`m` activation
-    /// rows): rows unpacked four at a time, each four meeting every activation row.
+    /// rows): rows unpacked [`TILE_ROWS`] at a time, each such set meeting every group of
+    /// activation rows.
     pub fn rows<'a>(&self, row: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
-        match self.form {
-            // SAFETY (both): `new` checked AVX-512 F, BW and VNNI.
-            Form::Float => self.rows_in(row, out, |w, x, k| unsafe { float_tile::<4, 3>(w, x, k) }),
-            Form::Int => self.rows_in(row, out, |w, x, k| unsafe { int_tile::<4, 2>(w, x, k) }),
-        }
-    }
-
-    /// [`Gemm::rows`] in tiles of `RA` activation rows by `tile`, four weight rows at a time.
-    fn rows_in<'a, const RA: usize>(
-        &self,
-        row: impl Fn(usize) -> &'a [u8],
-        out: &mut [f32],
-        tile: impl Fn([WeightRow; 4], [ActRow; RA], usize) -> [[f32; RA]; 4],
-    ) {
-        let (k, m) = (self.acts.k, self.acts.rows());
+        let (k, m) = (self.acts.k, self.acts.m);
         let n = out.len() / m;
         UNPACKED.with_borrow_mut(|buf| {
-            buf.fit(k);
-            for j0 in (0..n).step_by(4) {
-                let nj = (n - j0).min(4);
+            buf.fit(k, TILE_ROWS);
+            for j0 in (0..n).step_by(TILE_ROWS) {
+                let nj = (n - j0).min(TILE_ROWS);
                 for jj in 0..nj {
                     (self.unpack)(row(j0 + jj), buf.row_mut(jj, k));
                 }
-                let ws = [0, 1, 2, 3].map(|jj: usize| buf.row(jj.min(nj - 1), k));
-                for i0 in (0..m).step_by(RA) {
-                    let ni = (m - i0).min(RA);
-                    let xs = std::array::from_fn(|ii: usize| self.acts.row(i0 + ii.min(ni - 1)));
-                    let t = tile(ws, xs, k);
+                let ws: [WeightRow; TILE_ROWS] =
+                    std::array::from_fn(|jj| buf.row(jj.min(nj - 1), k));
+                for gi in 0..self.acts.groups() {
+                    let x = self.acts.group(gi);
+                    // SAFETY (both): `new` checked AVX-512 F, BW and VNNI.
+                    let t = match self.form {
+                        Form::Float => unsafe { float_tile(ws, x, k) },
+                        Form::Int if self.fine => unsafe { int_tile::<_, true>(ws, x, k) },
+                        Form::Int => unsafe { int_tile::<_, false>(ws, x, k) },
+                    };
+                    let (i0, ni) = (gi * LANES, (m - gi * LANES).min(LANES));
                     for (jj, tr) in t.iter().enumerate().take(nj) {
                         let o = (j0 + jj) * m + i0;
-                        // (a loop: a copy of two or three values is not worth a call)
-                        for (d, v) in out[o..o + ni].iter_mut().zip(tr) {
-                            *d = *v;
-                        }
+                        out[o..o + ni].copy_from_slice(&tr[..ni]);
                     }
                 }
             }
@@ -221,151 +343,117 @@ impl Gemm {
     }
 }
 
-/// The `RW × RA` products of [`Form::Float`] weight rows `w` and activation rows `x`, `k` (a
-/// multiple of 64) long.
+/// The products of [`Form::Float`] weight rows `w` and the group `x` of activation rows, `k`
+/// (a multiple of 64) long: `vpdpbusd` per four elements, then per 32-element block the sum
+/// times the weight's `α` and the activations' `d`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn float_tile<const RW: usize, const RA: usize>(
-    w: [WeightRow; RW],
-    x: [ActRow; RA],
-    k: usize,
-) -> [[f32; RA]; RW] {
+fn float_tile<const RW: usize>(w: [WeightRow; RW], x: ActGroup, k: usize) -> [[f32; LANES]; RW] {
     assert!(k.is_multiple_of(64));
-    assert!(
-        w.iter()
-            .all(|r| r.u.len() >= k && r.scale.len() >= k && r.beta.len() >= k / 16)
-    );
-    assert!(
-        x.iter()
-            .all(|r| r.q.len() >= k && r.d.len() >= k / 16 && r.s.len() >= k / 16)
-    );
-    // lane l of 16 takes the scale of its group of 16 elements, l / 4
-    let spread = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    let alpha_rows = w.map(|r| r.alpha());
-    let mut acc = [[_mm512_setzero_ps(); RA]; RW];
-    for c in 0..k / 64 {
-        // SAFETY: every row holds at least `k` elements, so chunk `c` and its scales exist
-        // (asserted above); unaligned loads.
-        unsafe {
-            // (loops rather than `map`, whose closures would not inherit AVX-512)
-            let mut u = [_mm512_setzero_si512(); RW];
-            let mut alpha = [_mm512_setzero_ps(); RW];
-            for j in 0..RW {
-                u[j] = _mm512_loadu_si512(w[j].u.as_ptr().add(64 * c).cast());
-                alpha[j] = _mm512_loadu_ps(alpha_rows[j].as_ptr().add(16 * c));
-            }
-            for i in 0..RA {
-                let q = _mm512_loadu_si512(x[i].q.as_ptr().add(64 * c).cast());
-                let d4 = _mm_loadu_ps(x[i].d.as_ptr().add(4 * c));
-                let d = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(d4));
+    check(&w, &x, k);
+    let alpha = w.map(|r| r.alpha());
+    let mut acc = [_mm512_setzero_ps(); RW];
+    for blk in 0..k / 32 {
+        let mut sum = [_mm512_setzero_si512(); RW];
+        for c in 8 * blk..8 * (blk + 1) {
+            // SAFETY: `check` asserted the rows' lengths; the weights' four-byte reads are
+            // unaligned.
+            unsafe {
+                let a = _mm512_load_si512(x.q.as_ptr().add(c).cast());
                 for j in 0..RW {
-                    let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[j], q);
-                    let scale = _mm512_mul_ps(alpha[j], d);
-                    acc[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[j][i]);
+                    let u = _mm512_set1_epi32(
+                        w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned(),
+                    );
+                    sum[j] = _mm512_dpbusd_epi32(sum[j], u, a);
                 }
             }
         }
+        // SAFETY: line `2·blk` exists (`check`).
+        let dx = unsafe { _mm512_load_ps(x.d.as_ptr().add(2 * blk).cast()) };
+        // SAFETY: line `blk` exists (`check`).
+        let s = unsafe { _mm512_load_ps(x.s32.as_ptr().add(blk).cast()) };
+        for j in 0..RW {
+            let scale = _mm512_mul_ps(dx, _mm512_set1_ps(alpha[j][8 * blk]));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[j]), scale, acc[j]);
+            // the block's offset (its two `β` are equal)
+            acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(w[j].beta[2 * blk]), s, acc[j]);
+        }
     }
-    add_offsets(&w, &x, k, &mut acc);
-    sums(&acc)
+    lanes(&acc)
 }
 
-/// The `RW × RA` products of [`Form::Int`] weight rows `w` and activation rows `x`, `k` (a
-/// multiple of 256) long: each pair's super-block sums in i32, `Σ scale · Σ u·q` (u8 × i8 pairs
-/// to i16, then i16 × i16 with the scales), then `d_w·d_x` times that in f32.
+/// The products of [`Form::Int`] weight rows `w` and the group `x` of activation rows, `k` (a
+/// multiple of 256) long: each super-block's sums in i32, `Σ scale · Σ u·q` (u8 × i8 pairs to
+/// i16, then i16 × i16 with the group's scale), then `d_w·d_x` times that in f32; the offsets
+/// per 16 elements where `FINE`, else per 32 (whose two `β` are equal).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn int_tile<const RW: usize, const RA: usize>(
+fn int_tile<const RW: usize, const FINE: bool>(
     w: [WeightRow; RW],
-    x: [ActRow; RA],
+    x: ActGroup,
     k: usize,
-) -> [[f32; RA]; RW] {
+) -> [[f32; LANES]; RW] {
     assert!(k.is_multiple_of(256));
-    let blocks = k / 256;
-    assert!(w.iter().all(|r| {
-        r.u.len() >= k && r.scale.len() >= k && r.d.len() >= blocks && r.beta.len() >= k / 16
-    }));
-    assert!(
-        x.iter()
-            .all(|r| r.q.len() >= k && r.d.len() >= k / 16 && r.s.len() >= k / 16)
-    );
-    let scale_rows = w.map(|r| r.scales());
-    let mut acc = [[_mm512_setzero_ps(); RA]; RW];
-    let mut sum = [[_mm512_setzero_si512(); RA]; RW];
-    for c in 0..k / 64 {
-        // SAFETY: every row holds at least `k` elements and their scales (asserted
-        // above); unaligned loads.
-        unsafe {
-            let mut u = [_mm512_setzero_si512(); RW];
+    check(&w, &x, k);
+    assert!(w.iter().all(|r| r.d.len() >= k / 256));
+    let scales = w.map(|r| r.scales());
+    let mut acc = [_mm512_setzero_ps(); RW];
+    for b in 0..k / 256 {
+        let mut sum = [_mm512_setzero_si512(); RW];
+        for g in 16 * b..16 * (b + 1) {
             let mut sc = [_mm512_setzero_si512(); RW];
             for j in 0..RW {
-                u[j] = _mm512_loadu_si512(w[j].u.as_ptr().add(64 * c).cast());
-                sc[j] = _mm512_loadu_si512(scale_rows[j].as_ptr().add(32 * c).cast());
+                sc[j] = _mm512_set1_epi32(scales[j][g] as i32);
             }
-            for i in 0..RA {
-                let q = _mm512_loadu_si512(x[i].q.as_ptr().add(64 * c).cast());
-                for j in 0..RW {
-                    let pairs = _mm512_maddubs_epi16(u[j], q);
-                    sum[j][i] = _mm512_dpwssd_epi32(sum[j][i], pairs, sc[j]);
+            for c in 4 * g..4 * (g + 1) {
+                // SAFETY: `check` asserted the rows' lengths; the weights' four-byte reads
+                // are unaligned.
+                unsafe {
+                    let a = _mm512_load_si512(x.q.as_ptr().add(c).cast());
+                    for j in 0..RW {
+                        let u = _mm512_set1_epi32(
+                            w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned(),
+                        );
+                        sum[j] = _mm512_dpwssd_epi32(sum[j], _mm512_maddubs_epi16(u, a), sc[j]);
+                    }
                 }
             }
         }
-        if c % 4 == 3 {
-            let b = c / 4;
-            for i in 0..RA {
-                // the activations' one scale per super-block
-                let dx = x[i].d[16 * b];
-                for j in 0..RW {
-                    let scale = _mm512_set1_ps(w[j].d[b] * dx);
-                    acc[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[j][i]), scale, acc[j][i]);
-                    sum[j][i] = _mm512_setzero_si512();
-                }
-            }
+        // SAFETY: line `16·b` exists (`check`).
+        let dx = unsafe { _mm512_load_ps(x.d.as_ptr().add(16 * b).cast()) };
+        for j in 0..RW {
+            let scale = _mm512_mul_ps(dx, _mm512_set1_ps(w[j].d[b]));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[j]), scale, acc[j]);
         }
-    }
-    add_offsets(&w, &x, k, &mut acc);
-    sums(&acc)
-}
-
-/// Adds each pair's `Σ β·s` over its groups of 16 elements to its accumulator, 16 groups at a
-/// time.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn add_offsets<const RW: usize, const RA: usize>(
-    w: &[WeightRow; RW],
-    x: &[ActRow; RA],
-    k: usize,
-    acc: &mut [[__m512; RA]; RW],
-) {
-    let groups = k / 16;
-    assert!(w.iter().all(|r| r.beta.len() >= groups) && x.iter().all(|r| r.s.len() >= groups));
-    for g in (0..groups).step_by(16) {
-        let mask: __mmask16 = if groups - g >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << (groups - g)) - 1
-        };
-        // SAFETY: the masked lanes lie within the rows' `k / 16` scales (asserted above).
-        unsafe {
-            let mut beta = [_mm512_setzero_ps(); RW];
+        let (per, lines) = if FINE { (16, x.s) } else { (32, x.s32) };
+        for h in 256 / per * b..256 / per * (b + 1) {
+            // SAFETY: line `h` exists (`check`).
+            let s = unsafe { _mm512_load_ps(lines.as_ptr().add(h).cast()) };
             for j in 0..RW {
-                beta[j] = _mm512_maskz_loadu_ps(mask, w[j].beta.as_ptr().add(g));
-            }
-            for i in 0..RA {
-                let s = _mm512_maskz_loadu_ps(mask, x[i].s.as_ptr().add(g));
-                for j in 0..RW {
-                    acc[j][i] = _mm512_fmadd_ps(beta[j], s, acc[j][i]);
-                }
+                let beta = _mm512_set1_ps(w[j].beta[h * per / 16]);
+                acc[j] = _mm512_fmadd_ps(beta, s, acc[j]);
             }
         }
     }
+    lanes(&acc)
 }
 
-/// Each accumulator's lanes summed.
+/// Asserts that the weight rows and the group hold `k` elements with their scales.
+fn check<const RW: usize>(w: &[WeightRow; RW], x: &ActGroup, k: usize) {
+    let groups = k / 16;
+    assert!(
+        w.iter()
+            .all(|r| r.u.len() >= k && r.scale.len() >= k / 4 && r.beta.len() >= groups)
+    );
+    assert!(x.q.len() >= k / 4 && x.d.len() >= groups && x.s.len() >= groups);
+    assert!(x.s32.len() >= k / 32);
+}
+
+/// Each accumulator's lanes.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn sums<const RW: usize, const RA: usize>(acc: &[[__m512; RA]; RW]) -> [[f32; RA]; RW] {
-    let mut out = [[0.0f32; RA]; RW];
+fn lanes<const RW: usize>(acc: &[__m512; RW]) -> [[f32; LANES]; RW] {
+    let mut out = [[0.0f32; LANES]; RW];
     for j in 0..RW {
-        for i in 0..RA {
-            out[j][i] = _mm512_reduce_add_ps(acc[j][i]);
-        }
+        // SAFETY: 16 writable floats.
+        unsafe { _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
     }
     out
 }
@@ -390,7 +478,7 @@ mod tests {
             let mut want = vec![0.0f32; k];
             assert!(weft_graph::quant::dequantize(dtype, &w, &mut want));
             let mut buf = Unpacked::default();
-            buf.fit(k);
+            buf.fit(k, 1);
             // SAFETY: `supported` (checked above) includes AVX2, FMA and F16C.
             let (unpack, form) = unsafe { unpack::for_dtype(dtype) }.expect("unpacking");
             unpack(&w, buf.row_mut(0, k));
@@ -398,7 +486,7 @@ mod tests {
             for e in 0..k {
                 let alpha = match form {
                     Form::Float => r.alpha()[e / 4],
-                    Form::Int => r.d[e / 256] * r.scales()[e / 2] as f32,
+                    Form::Int => r.d[e / 256] * r.scales()[e / 16] as i16 as f32,
                 };
                 let got = alpha * r.u[e] as f32 + r.beta[e / 16];
                 let tol = 1e-6 * (want[e].abs() + r.beta[e / 16].abs() + 1e-3);
@@ -421,9 +509,10 @@ mod tests {
         }
         let mut seed = 9u64;
         for dtype in DType::ALL.into_iter().filter(|d| d.is_quantized()) {
-            // the last two: a row length whose offsets' groups end in a partial vector (the
-            // 32-element formats only), and activations all of one sign, where Q8_0's
-            // `u = q + 128` and its `β = −128·d` cancel the most
+            // then: a row length whose offsets' groups end in a partial line (the 32-element
+            // formats only), activations all of one sign, where Q8_0's `u = q + 128` and its
+            // `β = −128·d` cancel the most, and three groups of activation rows (the last
+            // partial) with three sets of weight rows (the last partial)
             for (k, m, n, positive) in [
                 (256, 1, 1, false),
                 (512, 6, 7, false),
@@ -431,6 +520,7 @@ mod tests {
                 (256, 4, 5, false),
                 (320, 8, 5, false),
                 (512, 5, 3, true),
+                (512, 37, 17, false),
             ] {
                 let x: Vec<f32> = (0..m * k)
                     .map(|_| lcg(&mut seed))

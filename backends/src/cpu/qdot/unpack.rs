@@ -3,8 +3,8 @@
 //! formats move their values up to unsigned ones (`Q8_0`: `q + 128`, `β = −128·d`); offsets
 //! and mins become `β`. The 32-element-block formats keep `α` in f32, one value per 32-bit
 //! lane (four elements; [`Form::Float`]); the K-quants keep it as the super-block's `d` times
-//! an integer scale, one i16 per two elements ([`Form::Int`]), so their products add up in
-//! integers across a super-block. A row is unpacked once per chunk of a prompt's matmul and
+//! an integer scale per 16 elements ([`Form::Int`]), so their products add up in integers
+//! across a super-block. A row is unpacked once per chunk of a prompt's matmul and
 //! then meets every activation row, so the unpacking is paid once per many products.
 
 use super::avx2::{f16_at, k_scales, k4_values, load32, nibbles, q5_values, q6_k_values};
@@ -12,8 +12,9 @@ use std::arch::x86_64::*;
 use weft_graph::DType;
 
 /// A weight row unpacked: `u` (`k` bytes); `scale`, `k` bytes holding `α` as `k / 4` f32
-/// ([`Form::Float`]) or the integer scales as `k / 2` i16 ([`Form::Int`]); `d`, each
-/// super-block's scale (`k / 256`, [`Form::Int`] only); `beta` (`k / 16`).
+/// ([`Form::Float`]) or, in its first `k / 4` bytes, the integer scales as one i16 pair (the
+/// same scale twice) per 16 elements ([`Form::Int`]); `d`, each super-block's scale (`k /
+/// 256`, [`Form::Int`] only); `beta` (`k / 16`).
 pub struct RowMut<'a> {
     pub u: &'a mut [u8],
     pub scale: &'a mut [u8],
@@ -26,7 +27,7 @@ pub struct RowMut<'a> {
 pub enum Form {
     /// f32 per four elements.
     Float,
-    /// The super-block's `d` times an i16 per two elements.
+    /// The super-block's `d` times an i16 per 16 elements.
     Int,
 }
 
@@ -84,6 +85,11 @@ fn fill8(a: &mut [f32], v: f32) {
     assert!(a.len() >= 8);
     // SAFETY: 8 writable floats, checked above.
     unsafe { _mm256_storeu_ps(a.as_mut_ptr(), _mm256_set1_ps(v)) }
+}
+
+/// An integer scale as [`Form::Int`] keeps it: the i16 twice in one 32-bit word.
+fn scale_pair(s: i16) -> u32 {
+    (s as u16 as u32) * 0x1_0001
 }
 
 /// A 32-element-block format: each `block`-byte block's 32 unsigned values from `values` and
@@ -196,7 +202,7 @@ fn q5_1_avx2(w: &[u8], out: RowMut) {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn k4<const FIFTH: bool>(w: &[u8], out: RowMut) {
     let (bytes, qs_at) = if FIFTH { (176, 48) } else { (144, 16) };
-    let scales: &mut [i16] = bytemuck::cast_slice_mut(out.scale);
+    let scales: &mut [u32] = bytemuck::cast_slice_mut(out.scale);
     for (bi, b) in w.chunks_exact(bytes).take(out.u.len() / 256).enumerate() {
         let sm = k_scales(b);
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
@@ -214,7 +220,8 @@ fn k4<const FIFTH: bool>(w: &[u8], out: RowMut) {
         out.d[bi] = d;
         for j in 0..8 {
             let sub = 8 * bi + j;
-            scales[16 * sub..16 * sub + 16].fill(sm[j] as i16);
+            scales[2 * sub] = scale_pair(sm[j] as i16);
+            scales[2 * sub + 1] = scale_pair(sm[j] as i16);
             let beta = -dmin * sm[8 + j] as f32;
             out.beta[2 * sub] = beta;
             out.beta[2 * sub + 1] = beta;
@@ -235,7 +242,7 @@ fn q5_k_avx2(w: &[u8], out: RowMut) {
 /// Q6_K: unsigned 6-bit values, `α = d·scale_g` and `β = −32·α` per group `g` of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_avx2(w: &[u8], out: RowMut) {
-    let scales: &mut [i16] = bytemuck::cast_slice_mut(out.scale);
+    let scales: &mut [u32] = bytemuck::cast_slice_mut(out.scale);
     for (bi, b) in w.chunks_exact(210).take(out.u.len() / 256).enumerate() {
         for n in 0..2 {
             let q = q6_k_values(b, n);
@@ -248,7 +255,7 @@ fn q6_k_avx2(w: &[u8], out: RowMut) {
         for g in 0..16 {
             let sc = b[192 + g] as i8;
             let at = 16 * bi + g;
-            scales[8 * at..8 * at + 8].fill(sc as i16);
+            scales[at] = scale_pair(sc as i16);
             out.beta[at] = -32.0 * d * sc as f32;
         }
     }
