@@ -64,9 +64,10 @@ struct Meet {
 }
 
 /// Activation rows from which quantized weights meet them in integer tiles: each chunk's rows
-/// are unpacked once, which fewer rows would not repay.
+/// are unpacked once, and the tiles' registers hold 8 or 16 activation rows; below 6 the
+/// four-row products are faster (`-- cpu/matmul` at 4 and 6 rows, Q8_0 and Q4_K).
 #[cfg(target_arch = "x86_64")]
-const GEMM_FROM: usize = 8;
+const GEMM_FROM: usize = 6;
 
 impl Meet {
     fn new(w: &TensorRef, x: &[f32]) -> Meet {
@@ -247,48 +248,55 @@ pub fn matmul_id(
     for (r, &id) in idv.iter().enumerate() {
         per_expert[check_index("mul_mat_id", node, id, e)?].push(r);
     }
-    // the experts in use, each with its activation rows gathered
-    let used: Vec<(usize, &[usize], Vec<f32>)> = per_expert
+    // the experts in use, each with its activation rows gathered and prepared for the weights
+    // (quantized, woven), the experts spread over the team
+    let mut used: Vec<Expert> = per_expert
         .iter()
         .enumerate()
         .filter(|(_, rows)| !rows.is_empty())
-        .map(|(ex, rows)| {
-            let mut xs = Vec::with_capacity(rows.len() * k);
-            for &r in rows {
-                let (ti, ui) = (r / u, r % u);
-                let xr = ti * xu + if xu == 1 { 0 } else { ui };
-                xs.extend_from_slice(&xv[xr * k..(xr + 1) * k]);
-            }
-            (ex, rows.as_slice(), xs)
+        .map(|(id, rows)| Expert {
+            id,
+            rows,
+            xs: vec![],
+            meet: None,
         })
         .collect();
-    let meets: Vec<Meet> = used.iter().map(|(_, _, xs)| Meet::new(w, xs)).collect();
+    let team = team::global();
+    team.chunks_mut(&mut used, 1, |_, one| {
+        let e = &mut one[0];
+        e.xs.reserve_exact(e.rows.len() * k);
+        for &r in e.rows {
+            let (ti, ui) = (r / u, r % u);
+            let xr = ti * xu + if xu == 1 { 0 } else { ui };
+            e.xs.extend_from_slice(&xv[xr * k..(xr + 1) * k]);
+        }
+        e.meet = Some(Meet::new(w, &e.xs));
+    });
     // Every expert's weight rows in chunks, all handed to the team at once (one dispatch for
     // the layer's experts, not one per expert): each chunk writes its rows' products with the
     // expert's activation rows, `[rows, M_e]`, into its part of `t`.
-    let team = team::global();
     let parts = (8 * team.threads()).div_ceil(used.len().max(1));
-    let mut t = vec![0.0f32; used.iter().map(|(_, rows, _)| rows.len() * n).sum()];
+    let mut t = vec![0.0f32; used.iter().map(|e| e.rows.len() * n).sum()];
     let mut items: Vec<(usize, usize, &mut [f32])> = vec![];
     let mut rest = t.as_mut_slice();
-    for (ui, (_, rows, _)) in used.iter().enumerate() {
-        let m = rows.len();
+    for (ui, e) in used.iter().enumerate() {
+        let m = e.rows.len();
         let (mine, next) = rest.split_at_mut(n * m);
         rest = next;
-        let per = meets[ui].rows_per_chunk(n, parts, m);
+        let per = e.meet().rows_per_chunk(n, parts, m);
         for (c, chunk) in mine.chunks_mut(per * m).enumerate() {
             items.push((ui, c * per, chunk));
         }
     }
     team.chunks_mut(&mut items, 1, |_, item| {
         let (ui, j0, chunk) = &mut item[0];
-        let (ex, rows, xs) = &used[*ui];
-        meets[*ui].rows(w, ex * n + *j0, xs, rows.len(), chunk);
+        let e = &used[*ui];
+        e.meet().rows(w, e.id * n + *j0, &e.xs, e.rows.len(), chunk);
     });
     let mut at = 0;
-    for (_, rows, _) in &used {
-        let m = rows.len();
-        for (i, &r) in rows.iter().enumerate() {
+    for e in &used {
+        let m = e.rows.len();
+        for (i, &r) in e.rows.iter().enumerate() {
             let o = &mut out[r * n..(r + 1) * n];
             for (j, o) in o.iter_mut().enumerate() {
                 *o = t[at + j * m + i];
@@ -297,6 +305,21 @@ pub fn matmul_id(
         at += n * m;
     }
     Ok(())
+}
+
+/// An expert in use by a `mul_mat_id`: its id, the rows of ids that chose it, their activation
+/// rows gathered, and how its weights meet them.
+struct Expert<'a> {
+    id: usize,
+    rows: &'a [usize],
+    xs: Vec<f32>,
+    meet: Option<Meet>,
+}
+
+impl Expert<'_> {
+    fn meet(&self) -> &Meet {
+        self.meet.as_ref().expect("every expert prepared")
+    }
 }
 
 /// Rows of `table [B?, R, D]` chosen by `ids [B?, n]`.

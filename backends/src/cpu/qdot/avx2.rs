@@ -352,6 +352,7 @@ b32_kernels! {
 /// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block's
 /// packed `scales` (bytes 4..16 of the block), unpacked with word operations: sub-blocks 0..4
 /// keep their low 6 bits, 4..8 join a nibble with the top 2 bits of an earlier byte.
+#[inline]
 pub(super) fn k_scales(b: &[u8]) -> [u8; 16] {
     let w = |i: usize| u32::from_le_bytes([b[4 + i], b[5 + i], b[6 + i], b[7 + i]]);
     let (w0, w1, w2) = (w(0), w(4), w(8));

@@ -17,11 +17,12 @@ use super::{Acts, QK, QKK};
 use std::arch::x86_64::*;
 use weft_graph::DType;
 
-/// Whether this CPU runs the tiles (AVX-512 F, BW and VNNI, and what the unpacking uses).
+/// Whether this CPU runs the tiles (AVX-512 F, BW, VL and VNNI, and what the unpacking uses).
 pub fn supported() -> bool {
     super::avx2::supported()
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
 }
 
@@ -326,13 +327,12 @@ impl Gemm {
                     std::array::from_fn(|jj| buf.row(jj.min(nj - 1), k));
                 for gi in 0..self.acts.groups() {
                     let x = self.acts.group(gi);
-                    // SAFETY (both): `new` checked AVX-512 F, BW and VNNI.
-                    let t = match self.form {
-                        Form::Float => unsafe { float_tile(ws, x, k) },
-                        Form::Int if self.fine => unsafe { int_tile::<_, true>(ws, x, k) },
-                        Form::Int => unsafe { int_tile::<_, false>(ws, x, k) },
-                    };
                     let (i0, ni) = (gi * LANES, (m - gi * LANES).min(LANES));
+                    let t = if ni > Ymm::LANES {
+                        self.tile::<Zmm>(ws, x, k)
+                    } else {
+                        self.tile::<Ymm>(ws, x, k)
+                    };
                     for (jj, tr) in t.iter().enumerate().take(nj) {
                         let o = (j0 + jj) * m + i0;
                         out[o..o + ni].copy_from_slice(&tr[..ni]);
@@ -343,50 +343,206 @@ impl Gemm {
     }
 }
 
+/// The registers a tile runs in: 16 lanes ([`Zmm`]) or, for groups of at most 8 activation
+/// rows, 8 ([`Ymm`], reading the first half of each line). Every method is an intrinsic,
+/// inlined into the tiles compiled for AVX-512 (F, BW, VL, VNNI).
+trait Regs {
+    /// Lanes per register.
+    const LANES: usize;
+    type I: Copy;
+    type F: Copy;
+    unsafe fn zero_i() -> Self::I;
+    unsafe fn zero_f() -> Self::F;
+    /// The first [`Self::LANES`] words of an aligned line.
+    unsafe fn line_i(p: *const Line) -> Self::I;
+    unsafe fn line_f(p: *const Line) -> Self::F;
+    unsafe fn splat_i(v: i32) -> Self::I;
+    unsafe fn splat_f(v: f32) -> Self::F;
+    /// `acc + Σ₄ u·a` per lane, u8 × i8.
+    unsafe fn dpbusd(acc: Self::I, u: Self::I, a: Self::I) -> Self::I;
+    /// `acc + Σ₄ u·a·scale` per lane: u8 × i8 pairs to i16, then i16 × i16.
+    unsafe fn dp_scaled(acc: Self::I, u: Self::I, a: Self::I, scale: Self::I) -> Self::I;
+    unsafe fn to_f(v: Self::I) -> Self::F;
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    /// The lanes into the first [`Self::LANES`] of `out`.
+    unsafe fn store(out: &mut [f32; LANES], v: Self::F);
+}
+
+/// 16 lanes in 512-bit registers.
+struct Zmm;
+
+/// 8 lanes in 256-bit registers.
+struct Ymm;
+
+impl Regs for Zmm {
+    const LANES: usize = 16;
+    type I = __m512i;
+    type F = __m512;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m512i {
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn line_i(p: *const Line) -> __m512i {
+        unsafe { _mm512_load_si512(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn line_f(p: *const Line) -> __m512 {
+        unsafe { _mm512_load_ps(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn splat_i(v: i32) -> __m512i {
+        unsafe { _mm512_set1_epi32(v) }
+    }
+    #[inline(always)]
+    unsafe fn splat_f(v: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m512i, u: __m512i, a: __m512i) -> __m512i {
+        unsafe { _mm512_dpbusd_epi32(acc, u, a) }
+    }
+    #[inline(always)]
+    unsafe fn dp_scaled(acc: __m512i, u: __m512i, a: __m512i, scale: __m512i) -> __m512i {
+        unsafe { _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, a), scale) }
+    }
+    #[inline(always)]
+    unsafe fn to_f(v: __m512i) -> __m512 {
+        unsafe { _mm512_cvtepi32_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(out: &mut [f32; LANES], v: __m512) {
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) }
+    }
+}
+
+impl Regs for Ymm {
+    const LANES: usize = 8;
+    type I = __m256i;
+    type F = __m256;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m256i {
+        unsafe { _mm256_setzero_si256() }
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m256 {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn line_i(p: *const Line) -> __m256i {
+        unsafe { _mm256_load_si256(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn line_f(p: *const Line) -> __m256 {
+        unsafe { _mm256_load_ps(p.cast()) }
+    }
+    #[inline(always)]
+    unsafe fn splat_i(v: i32) -> __m256i {
+        unsafe { _mm256_set1_epi32(v) }
+    }
+    #[inline(always)]
+    unsafe fn splat_f(v: f32) -> __m256 {
+        unsafe { _mm256_set1_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(acc, u, a) }
+    }
+    #[inline(always)]
+    unsafe fn dp_scaled(acc: __m256i, u: __m256i, a: __m256i, scale: __m256i) -> __m256i {
+        unsafe { _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, a), scale) }
+    }
+    #[inline(always)]
+    unsafe fn to_f(v: __m256i) -> __m256 {
+        unsafe { _mm256_cvtepi32_ps(v) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn store(out: &mut [f32; LANES], v: __m256) {
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) }
+    }
+}
+
+impl Gemm {
+    /// The products of `w` and `x` in registers `R`.
+    fn tile<R: Regs>(&self, w: [WeightRow; TILE_ROWS], x: ActGroup, k: usize) -> Tiles {
+        // SAFETY (all three): `new` checked AVX-512 F, BW, VL and VNNI.
+        match self.form {
+            Form::Float => unsafe { float_tile::<R, TILE_ROWS>(w, x, k) },
+            Form::Int if self.fine => unsafe { int_tile::<R, TILE_ROWS, true>(w, x, k) },
+            Form::Int => unsafe { int_tile::<R, TILE_ROWS, false>(w, x, k) },
+        }
+    }
+}
+
+/// A tile's products: per weight row, the group's activation rows.
+type Tiles = [[f32; LANES]; TILE_ROWS];
+
 /// The products of [`Form::Float`] weight rows `w` and the group `x` of activation rows, `k`
 /// (a multiple of 64) long: `vpdpbusd` per four elements, then per 32-element block the sum
 /// times the weight's `α` and the activations' `d`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn float_tile<const RW: usize>(w: [WeightRow; RW], x: ActGroup, k: usize) -> [[f32; LANES]; RW] {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn float_tile<R: Regs, const RW: usize>(
+    w: [WeightRow; RW],
+    x: ActGroup,
+    k: usize,
+) -> [[f32; LANES]; RW] {
     assert!(k.is_multiple_of(64));
     check(&w, &x, k);
     let alpha = w.map(|r| r.alpha());
-    let mut acc = [_mm512_setzero_ps(); RW];
-    for blk in 0..k / 32 {
-        let mut sum = [_mm512_setzero_si512(); RW];
-        for c in 8 * blk..8 * (blk + 1) {
-            // SAFETY: `check` asserted the rows' lengths; the weights' four-byte reads are
-            // unaligned.
-            unsafe {
-                let a = _mm512_load_si512(x.q.as_ptr().add(c).cast());
+    // SAFETY (every block): the intrinsics need AVX-512 F, BW, VL and VNNI, enabled here;
+    // `check` asserted the rows' and lines' lengths; the weights' four-byte reads are
+    // unaligned.
+    unsafe {
+        let mut acc = [R::zero_f(); RW];
+        for blk in 0..k / 32 {
+            let mut sum = [R::zero_i(); RW];
+            for c in 8 * blk..8 * (blk + 1) {
+                let a = R::line_i(x.q.as_ptr().add(c));
                 for j in 0..RW {
-                    let u = _mm512_set1_epi32(
-                        w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned(),
-                    );
-                    sum[j] = _mm512_dpbusd_epi32(sum[j], u, a);
+                    let u = R::splat_i(w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned());
+                    sum[j] = R::dpbusd(sum[j], u, a);
                 }
             }
+            let dx = R::line_f(x.d.as_ptr().add(2 * blk));
+            let s = R::line_f(x.s32.as_ptr().add(blk));
+            for j in 0..RW {
+                let scale = R::mul(dx, R::splat_f(alpha[j][8 * blk]));
+                acc[j] = R::fmadd(R::to_f(sum[j]), scale, acc[j]);
+                // the block's offset (its two `β` are equal)
+                acc[j] = R::fmadd(R::splat_f(w[j].beta[2 * blk]), s, acc[j]);
+            }
         }
-        // SAFETY: line `2·blk` exists (`check`).
-        let dx = unsafe { _mm512_load_ps(x.d.as_ptr().add(2 * blk).cast()) };
-        // SAFETY: line `blk` exists (`check`).
-        let s = unsafe { _mm512_load_ps(x.s32.as_ptr().add(blk).cast()) };
-        for j in 0..RW {
-            let scale = _mm512_mul_ps(dx, _mm512_set1_ps(alpha[j][8 * blk]));
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[j]), scale, acc[j]);
-            // the block's offset (its two `β` are equal)
-            acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(w[j].beta[2 * blk]), s, acc[j]);
-        }
+        lanes::<R, RW>(&acc)
     }
-    lanes(&acc)
 }
 
 /// The products of [`Form::Int`] weight rows `w` and the group `x` of activation rows, `k` (a
 /// multiple of 256) long: each super-block's sums in i32, `Σ scale · Σ u·q` (u8 × i8 pairs to
 /// i16, then i16 × i16 with the group's scale), then `d_w·d_x` times that in f32; the offsets
 /// per 16 elements where `FINE`, else per 32 (whose two `β` are equal).
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn int_tile<const RW: usize, const FINE: bool>(
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn int_tile<R: Regs, const RW: usize, const FINE: bool>(
     w: [WeightRow; RW],
     x: ActGroup,
     k: usize,
@@ -395,45 +551,41 @@ fn int_tile<const RW: usize, const FINE: bool>(
     check(&w, &x, k);
     assert!(w.iter().all(|r| r.d.len() >= k / 256));
     let scales = w.map(|r| r.scales());
-    let mut acc = [_mm512_setzero_ps(); RW];
-    for b in 0..k / 256 {
-        let mut sum = [_mm512_setzero_si512(); RW];
-        for g in 16 * b..16 * (b + 1) {
-            let mut sc = [_mm512_setzero_si512(); RW];
-            for j in 0..RW {
-                sc[j] = _mm512_set1_epi32(scales[j][g] as i32);
-            }
-            for c in 4 * g..4 * (g + 1) {
-                // SAFETY: `check` asserted the rows' lengths; the weights' four-byte reads
-                // are unaligned.
-                unsafe {
-                    let a = _mm512_load_si512(x.q.as_ptr().add(c).cast());
+    // SAFETY (every block): as in `float_tile`.
+    unsafe {
+        let mut acc = [R::zero_f(); RW];
+        for b in 0..k / 256 {
+            let mut sum = [R::zero_i(); RW];
+            for g in 16 * b..16 * (b + 1) {
+                let mut sc = [R::zero_i(); RW];
+                for j in 0..RW {
+                    sc[j] = R::splat_i(scales[j][g] as i32);
+                }
+                for c in 4 * g..4 * (g + 1) {
+                    let a = R::line_i(x.q.as_ptr().add(c));
                     for j in 0..RW {
-                        let u = _mm512_set1_epi32(
-                            w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned(),
-                        );
-                        sum[j] = _mm512_dpwssd_epi32(sum[j], _mm512_maddubs_epi16(u, a), sc[j]);
+                        let u =
+                            R::splat_i(w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned());
+                        sum[j] = R::dp_scaled(sum[j], u, a, sc[j]);
                     }
                 }
             }
-        }
-        // SAFETY: line `16·b` exists (`check`).
-        let dx = unsafe { _mm512_load_ps(x.d.as_ptr().add(16 * b).cast()) };
-        for j in 0..RW {
-            let scale = _mm512_mul_ps(dx, _mm512_set1_ps(w[j].d[b]));
-            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[j]), scale, acc[j]);
-        }
-        let (per, lines) = if FINE { (16, x.s) } else { (32, x.s32) };
-        for h in 256 / per * b..256 / per * (b + 1) {
-            // SAFETY: line `h` exists (`check`).
-            let s = unsafe { _mm512_load_ps(lines.as_ptr().add(h).cast()) };
+            let dx = R::line_f(x.d.as_ptr().add(16 * b));
             for j in 0..RW {
-                let beta = _mm512_set1_ps(w[j].beta[h * per / 16]);
-                acc[j] = _mm512_fmadd_ps(beta, s, acc[j]);
+                let scale = R::mul(dx, R::splat_f(w[j].d[b]));
+                acc[j] = R::fmadd(R::to_f(sum[j]), scale, acc[j]);
+            }
+            let (per, lines) = if FINE { (16, x.s) } else { (32, x.s32) };
+            for h in 256 / per * b..256 / per * (b + 1) {
+                let s = R::line_f(lines.as_ptr().add(h));
+                for j in 0..RW {
+                    let beta = R::splat_f(w[j].beta[h * per / 16]);
+                    acc[j] = R::fmadd(beta, s, acc[j]);
+                }
             }
         }
+        lanes::<R, RW>(&acc)
     }
-    lanes(&acc)
 }
 
 /// Asserts that the weight rows and the group hold `k` elements with their scales.
@@ -448,12 +600,12 @@ fn check<const RW: usize>(w: &[WeightRow; RW], x: &ActGroup, k: usize) {
 }
 
 /// Each accumulator's lanes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-fn lanes<const RW: usize>(acc: &[__m512; RW]) -> [[f32; LANES]; RW] {
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn lanes<R: Regs, const RW: usize>(acc: &[R::F; RW]) -> [[f32; LANES]; RW] {
     let mut out = [[0.0f32; LANES]; RW];
     for j in 0..RW {
-        // SAFETY: 16 writable floats.
-        unsafe { _mm512_storeu_ps(out[j].as_mut_ptr(), acc[j]) };
+        // SAFETY: the store needs the features enabled here.
+        unsafe { R::store(&mut out[j], acc[j]) };
     }
     out
 }

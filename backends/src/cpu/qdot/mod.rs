@@ -45,6 +45,28 @@ pub struct Q8KBlock {
     pub bsums: [i16; 16],
 }
 
+/// Fills each of `blocks` from its share of `x` with `fill`, spread over the thread team when
+/// there are enough (a prompt's rows; one row is quicker alone).
+fn spread<B: Send>(blocks: &mut [B], x: &[f32], fill: impl Fn(&[f32], &mut B) + Sync) {
+    if blocks.is_empty() {
+        return;
+    }
+    let per = x.len() / blocks.len();
+    if x.len() < 1 << 15 {
+        for (b, c) in blocks.iter_mut().zip(x.chunks_exact(per)) {
+            fill(c, b);
+        }
+        return;
+    }
+    let chunk = blocks.len().div_ceil(4 * super::team::global().threads());
+    super::team::global().chunks_mut(blocks, chunk, |i, bs| {
+        let x = &x[i * chunk * per..];
+        for (b, c) in bs.iter_mut().zip(x.chunks_exact(per)) {
+            fill(c, b);
+        }
+    });
+}
+
 /// Rounds `x` to `d·q` with `q ∈ [−127, 127]`, `d = max|x| / 127`.
 fn round_block(x: &[f32], qs: &mut [i8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
@@ -95,37 +117,38 @@ impl Acts {
         }
         match dtype {
             DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 => {
-                let blocks = x
-                    .chunks_exact(QK)
-                    .map(|c| {
-                        let mut qs = [0i8; QK];
-                        let d = round_block(c, &mut qs);
-                        let sum: i32 = qs.iter().map(|&q| q as i32).sum();
-                        Q8Block {
-                            d,
-                            s: d * sum as f32,
-                            qs,
-                        }
-                    })
-                    .collect();
+                let mut blocks = vec![
+                    Q8Block {
+                        d: 0.0,
+                        s: 0.0,
+                        qs: [0; QK],
+                    };
+                    x.len() / QK
+                ];
+                spread(&mut blocks, x, |c, b| {
+                    b.d = round_block(c, &mut b.qs);
+                    b.s = b.d * b.qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
+                });
                 Some(Acts::B32 {
                     per_row: k / QK,
                     blocks,
                 })
             }
             DType::Q4K | DType::Q5K | DType::Q6K => {
-                let blocks = x
-                    .chunks_exact(QKK)
-                    .map(|c| {
-                        let mut qs = [0i8; QKK];
-                        let d = round_block(c, &mut qs);
-                        let mut bsums = [0i16; 16];
-                        for (s, g) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
-                            *s = g.iter().map(|&q| q as i16).sum();
-                        }
-                        Q8KBlock { d, qs, bsums }
-                    })
-                    .collect();
+                let mut blocks = vec![
+                    Q8KBlock {
+                        d: 0.0,
+                        qs: [0; QKK],
+                        bsums: [0; 16],
+                    };
+                    x.len() / QKK
+                ];
+                spread(&mut blocks, x, |c, b| {
+                    b.d = round_block(c, &mut b.qs);
+                    for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                        *s = g.iter().map(|&q| q as i16).sum();
+                    }
+                });
                 Some(Acts::K {
                     per_row: k / QKK,
                     blocks,

@@ -87,9 +87,66 @@ fn fill8(a: &mut [f32], v: f32) {
     unsafe { _mm256_storeu_ps(a.as_mut_ptr(), _mm256_set1_ps(v)) }
 }
 
-/// An integer scale as [`Form::Int`] keeps it: the i16 twice in one 32-bit word.
-fn scale_pair(s: i16) -> u32 {
-    (s as u16 as u32) * 0x1_0001
+/// Writes a super-block's 16 group scales and `β`s from its 8 lanes of i32 scales `sc` and f32
+/// `β`s `beta` (lane `j` for groups `2j` and `2j + 1`, `PAIRED`) or from 16 lanes in two
+/// halves (`sc`, `sc_hi`; `beta`, `beta_hi`): each scale as an i16 pair in a 32-bit word.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_scales<const PAIRED: bool>(
+    out: &mut RowMut,
+    block: usize,
+    sc: [__m256i; 2],
+    beta: [__m256; 2],
+) {
+    let words: &mut [u32] = bytemuck::cast_slice_mut(out.scale);
+    let (words, betas) = (
+        &mut words[16 * block..16 * block + 16],
+        &mut out.beta[16 * block..16 * block + 16],
+    );
+    // SAFETY: AVX2 is enabled here.
+    let (mut w, mut b) = unsafe { ([pair16(sc[0]), pair16(sc[1])], beta) };
+    if PAIRED {
+        let lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        let hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+        w = [
+            _mm256_permutevar8x32_epi32(w[0], lo),
+            _mm256_permutevar8x32_epi32(w[0], hi),
+        ];
+        b = [
+            _mm256_permutevar8x32_ps(b[0], lo),
+            _mm256_permutevar8x32_ps(b[0], hi),
+        ];
+    }
+    // SAFETY: 16 words and 16 floats, sliced above.
+    unsafe {
+        _mm256_storeu_si256(words.as_mut_ptr().cast(), w[0]);
+        _mm256_storeu_si256(words.as_mut_ptr().add(8).cast(), w[1]);
+        _mm256_storeu_ps(betas.as_mut_ptr(), b[0]);
+        _mm256_storeu_ps(betas.as_mut_ptr().add(8), b[1]);
+    }
+}
+
+/// Each lane's low 16 bits twice.
+#[inline(always)]
+unsafe fn pair16(v: __m256i) -> __m256i {
+    // SAFETY: the caller's contract (AVX2)
+    unsafe {
+        _mm256_or_si256(
+            _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)),
+            _mm256_slli_epi32(v, 16),
+        )
+    }
+}
+
+/// Eight bytes from `b[at..]` widened to i32 lanes, unsigned or (`SIGNED`) signed.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn widen8<const SIGNED: bool>(b: &[u8], at: usize) -> __m256i {
+    let v = u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let x = _mm_cvtsi64_si128(v as i64);
+    if SIGNED {
+        _mm256_cvtepi8_epi32(x)
+    } else {
+        _mm256_cvtepu8_epi32(x)
+    }
 }
 
 /// A 32-element-block format: each `block`-byte block's 32 unsigned values from `values` and
@@ -200,9 +257,8 @@ fn q5_1_avx2(w: &[u8], out: RowMut) {
 /// bits from byte 16, values from 48): `α = d·scale_j` and `β = −dmin·min_j` per sub-block
 /// `j` of 32.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn k4<const FIFTH: bool>(w: &[u8], out: RowMut) {
+fn k4<const FIFTH: bool>(w: &[u8], mut out: RowMut) {
     let (bytes, qs_at) = if FIFTH { (176, 48) } else { (144, 16) };
-    let scales: &mut [u32] = bytemuck::cast_slice_mut(out.scale);
     for (bi, b) in w.chunks_exact(bytes).take(out.u.len() / 256).enumerate() {
         let sm = k_scales(b);
         let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
@@ -218,14 +274,15 @@ fn k4<const FIFTH: bool>(w: &[u8], out: RowMut) {
             store32(&mut out.u[e + 32..], hi);
         }
         out.d[bi] = d;
-        for j in 0..8 {
-            let sub = 8 * bi + j;
-            scales[2 * sub] = scale_pair(sm[j] as i16);
-            scales[2 * sub + 1] = scale_pair(sm[j] as i16);
-            let beta = -dmin * sm[8 + j] as f32;
-            out.beta[2 * sub] = beta;
-            out.beta[2 * sub + 1] = beta;
-        }
+        let mins = _mm256_cvtepi32_ps(widen8::<false>(&sm, 8));
+        let beta = _mm256_mul_ps(mins, _mm256_set1_ps(-dmin));
+        let none = (_mm256_setzero_si256(), _mm256_setzero_ps());
+        group_scales::<true>(
+            &mut out,
+            bi,
+            [widen8::<false>(&sm, 0), none.0],
+            [beta, none.1],
+        );
     }
 }
 
@@ -241,8 +298,7 @@ fn q5_k_avx2(w: &[u8], out: RowMut) {
 
 /// Q6_K: unsigned 6-bit values, `α = d·scale_g` and `β = −32·α` per group `g` of 16.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_avx2(w: &[u8], out: RowMut) {
-    let scales: &mut [u32] = bytemuck::cast_slice_mut(out.scale);
+fn q6_k_avx2(w: &[u8], mut out: RowMut) {
     for (bi, b) in w.chunks_exact(210).take(out.u.len() / 256).enumerate() {
         for n in 0..2 {
             let q = q6_k_values(b, n);
@@ -252,11 +308,12 @@ fn q6_k_avx2(w: &[u8], out: RowMut) {
         }
         let d = f16_at(b, 208);
         out.d[bi] = d;
-        for g in 0..16 {
-            let sc = b[192 + g] as i8;
-            let at = 16 * bi + g;
-            scales[at] = scale_pair(sc as i16);
-            out.beta[at] = -32.0 * d * sc as f32;
-        }
+        let sc = [widen8::<true>(b, 192), widen8::<true>(b, 200)];
+        let times = _mm256_set1_ps(-32.0 * d);
+        let beta = [
+            _mm256_mul_ps(_mm256_cvtepi32_ps(sc[0]), times),
+            _mm256_mul_ps(_mm256_cvtepi32_ps(sc[1]), times),
+        ];
+        group_scales::<false>(&mut out, bi, sc, beta);
     }
 }
