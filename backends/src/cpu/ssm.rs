@@ -66,7 +66,40 @@ fn conv_window(window: &[f32], w: &[f32], t: usize, c: usize, k: usize, y: &mut 
             wt[ki * c + ci] = v;
         }
     }
-    for (ti, yr) in y.chunks_exact_mut(c).take(t).enumerate() {
+    // a prompt's tokens spread over the team (a small one is quicker alone)
+    let team = team::global();
+    let per = if t * c * k < 1 << 16 {
+        t
+    } else {
+        t.div_ceil(4 * team.threads())
+    };
+    team.chunks_mut(&mut y[..t * c], per * c, |i, ys| {
+        conv_rows(window, &wt, i * per, c, ys)
+    });
+}
+
+/// Output rows from token `t0` (as many as `ys` holds) of [`conv_window`] with the weights
+/// transposed to `wt [K, C]`; compiled for AVX2 where the CPU has it (the same sums in the
+/// same order, so the same result).
+fn conv_rows(window: &[f32], wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked above.
+        return unsafe { conv_rows_avx2(window, wt, t0, c, ys) };
+    }
+    conv_rows_body(window, wt, t0, c, ys)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn conv_rows_avx2(window: &[f32], wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
+    conv_rows_body(window, wt, t0, c, ys)
+}
+
+#[inline(always)]
+fn conv_rows_body(window: &[f32], wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
+    for (i, yr) in ys.chunks_exact_mut(c).enumerate() {
+        let ti = t0 + i;
         yr.fill(0.0);
         for (ki, wr) in wt.chunks_exact(c).enumerate() {
             let xr = &window[(ti + ki) * c..(ti + ki + 1) * c];

@@ -781,18 +781,20 @@ fn conv_reference(stn: &Nd, xn: &Nd, wn: &Nd) -> (Nd, Nd) {
 }
 
 /// The conv step with its window kept in the cache, for one and two sequences, fewer and more
-/// new tokens than the window holds; the last two read x as the first columns of a wider row
-/// (a projection's), through its strides.
+/// new tokens than the window holds; the last three read x as the first columns of a wider
+/// row (a projection's), through its strides.
 pub fn ssm_conv_in_place(be: &mut dyn Backend) {
-    for (s, t, strided) in [
-        (1, 1, false),
-        (1, 5, false),
-        (2, 2, false),
-        (2, 5, false),
-        (1, 5, true),
-        (2, 3, true),
+    // (the last: a prompt large enough for the CPU to spread its tokens over threads)
+    for (s, t, strided, ch) in [
+        (1, 1, false, 6),
+        (1, 5, false, 6),
+        (2, 2, false, 6),
+        (2, 5, false, 6),
+        (1, 5, true, 6),
+        (2, 3, true, 6),
+        (1, 37, true, 520),
     ] {
-        let (k, ch) = (4, 6);
+        let k = 4;
         let slots = [2, 0];
         let slots = &slots[..s];
         let mut rg = rng(33 + (s * 10 + t) as u64);
