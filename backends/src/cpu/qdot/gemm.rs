@@ -8,9 +8,11 @@
 //! in f32 by the weight's `α` and the activations' `d`. The K-quants stay in integers
 //! through a super-block: `vpmaddubsw` (u8 × i8 pairs to i16), then `vpdpwssd` with the
 //! group's integer scale, and one f32 multiply-add per weight row and 256 elements. The
-//! weights' offsets and mins (`β`) meet the activations' sums per 16 elements once per
-//! weight row. The activations are the same 8-bit rows as [`Acts`]' (same blocks, same
-//! rounding), so the sums equal the one-row kernels' up to the order of f32 additions.
+//! weights' offsets and mins (`β`) meet the activations' sums once per weight row, per 32
+//! elements (per 16 for Q6_K, whose `β` changes every 16). The activations are the same 8-bit
+//! rows as [`Acts`]' (same blocks, same rounding), so the sums equal the one-row kernels' up
+//! to the rounding of f32 additions (their order, and the per-32 sums formed as two per-16
+//! ones).
 
 use super::unpack::{self, Form, RowMut, Unpack};
 use super::{Acts, QK, QKK};
@@ -64,12 +66,16 @@ impl WovenActs {
     /// # Safety
     /// The CPU has AVX-512 F.
     unsafe fn new(acts: &Acts, k: usize) -> WovenActs {
-        // each row's bytes, and its d and s per 16 elements, row after row
-        let (mut q, mut d, mut s) = (Vec::<i8>::new(), Vec::<f32>::new(), Vec::<f32>::new());
+        // each row's bytes (four to a word), and its d and s per 16 elements, row after row
+        let (mut q, mut d, mut s) = (Vec::<u32>::new(), Vec::<f32>::new(), Vec::<f32>::new());
+        fn words(qs: &[i8]) -> impl Iterator<Item = u32> + '_ {
+            qs.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]))
+        }
         match acts {
             Acts::B32 { blocks, .. } => {
                 for b in blocks {
-                    q.extend_from_slice(&b.qs);
+                    q.extend(words(&b.qs));
                     for half in b.qs.chunks_exact(QK / 2) {
                         d.push(b.d);
                         s.push(b.d * half.iter().map(|&v| v as i32).sum::<i32>() as f32);
@@ -78,14 +84,14 @@ impl WovenActs {
             }
             Acts::K { blocks, .. } => {
                 for b in blocks {
-                    q.extend_from_slice(&b.qs);
+                    q.extend(words(&b.qs));
                     d.extend([b.d; QKK / 16]);
                     s.extend(b.bsums.iter().map(|&v| b.d * v as f32));
                 }
             }
         }
         let s32: Vec<f32> = s.chunks_exact(2).map(|p| p[0] + p[1]).collect();
-        let m = q.len() / k;
+        let m = 4 * q.len() / k;
         let groups = m.div_ceil(LANES);
         let mut woven = WovenActs {
             k,
@@ -96,7 +102,6 @@ impl WovenActs {
             s32: vec![Line([0; 64]); groups * k / 32],
         };
         let zeros = vec![0u32; k / 4];
-        let q: &[u32] = bytemuck::cast_slice(&q);
         let (d, s): (&[u32], &[u32]) = (bytemuck::cast_slice(&d), bytemuck::cast_slice(&s));
         let s32: &[u32] = bytemuck::cast_slice(&s32);
         for gi in 0..groups {
@@ -120,7 +125,7 @@ impl WovenActs {
             // SAFETY: the caller vouches for AVX-512 F.
             unsafe {
                 weave_words(
-                    rows(q, &zeros, gi, m, lq),
+                    rows(&q, &zeros, gi, m, lq),
                     &mut woven.q[gi * lq..(gi + 1) * lq],
                 );
                 weave_words(
@@ -588,7 +593,8 @@ fn int_tile<R: Regs, const RW: usize, const FINE: bool>(
     }
 }
 
-/// Asserts that the weight rows and the group hold `k` elements with their scales.
+/// Asserts that the weight rows and the group hold `k` elements with their offsets, and at
+/// least [`Form::Int`]'s scales (`float_tile` reads `α` through bounds checks).
 fn check<const RW: usize>(w: &[WeightRow; RW], x: &ActGroup, k: usize) {
     let groups = k / 16;
     assert!(
@@ -661,8 +667,8 @@ mod tests {
         }
         let mut seed = 9u64;
         for dtype in DType::ALL.into_iter().filter(|d| d.is_quantized()) {
-            // then: a row length whose offsets' groups end in a partial line (the 32-element
-            // formats only), activations all of one sign, where Q8_0's `u = q + 128` and its
+            // then: a row length whose lines of d and s per 16 and 32 elements end past a
+            // whole 16 × 16 transpose (the 32-element formats only), activations all of one sign, where Q8_0's `u = q + 128` and its
             // `β = −128·d` cancel the most, and three groups of activation rows (the last
             // partial) with three sets of weight rows (the last partial)
             for (k, m, n, positive) in [

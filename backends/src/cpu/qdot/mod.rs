@@ -45,13 +45,12 @@ pub struct Q8KBlock {
     pub bsums: [i16; 16],
 }
 
-/// Fills each of `blocks` from its share of `x` with `fill`, spread over the thread team when
-/// there are enough (a prompt's rows; one row is quicker alone).
-fn spread<B: Send>(blocks: &mut [B], x: &[f32], fill: impl Fn(&[f32], &mut B) + Sync) {
+/// Fills each of `blocks` from its `per` values of `x` with `fill`, spread over the thread
+/// team when there are enough (a prompt's rows; one row is quicker alone).
+fn spread<B: Send>(blocks: &mut [B], x: &[f32], per: usize, fill: impl Fn(&[f32], &mut B) + Sync) {
     if blocks.is_empty() {
         return;
     }
-    let per = x.len() / blocks.len();
     if x.len() < 1 << 15 {
         for (b, c) in blocks.iter_mut().zip(x.chunks_exact(per)) {
             fill(c, b);
@@ -125,7 +124,7 @@ impl Acts {
                     };
                     x.len() / QK
                 ];
-                spread(&mut blocks, x, |c, b| {
+                spread(&mut blocks, x, QK, |c, b| {
                     b.d = round_block(c, &mut b.qs);
                     b.s = b.d * b.qs.iter().map(|&q| q as i32).sum::<i32>() as f32;
                 });
@@ -143,7 +142,7 @@ impl Acts {
                     };
                     x.len() / QKK
                 ];
-                spread(&mut blocks, x, |c, b| {
+                spread(&mut blocks, x, QKK, |c, b| {
                     b.d = round_block(c, &mut b.qs);
                     for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
                         *s = g.iter().map(|&q| q as i16).sum();

@@ -87,9 +87,10 @@ fn fill8(a: &mut [f32], v: f32) {
     unsafe { _mm256_storeu_ps(a.as_mut_ptr(), _mm256_set1_ps(v)) }
 }
 
-/// Writes a super-block's 16 group scales and `β`s from its 8 lanes of i32 scales `sc` and f32
-/// `β`s `beta` (lane `j` for groups `2j` and `2j + 1`, `PAIRED`) or from 16 lanes in two
-/// halves (`sc`, `sc_hi`; `beta`, `beta_hi`): each scale as an i16 pair in a 32-bit word.
+/// Writes a super-block's 16 group scales and `β`s from i32 scales `sc` and f32 `β`s `beta`:
+/// with `PAIRED`, the 8 lanes of `sc[0]` and `beta[0]` (lane `j` for groups `2j` and `2j + 1`),
+/// else 16 lanes, the two registers one after the other. Each scale is written as an i16 pair
+/// in a 32-bit word.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn group_scales<const PAIRED: bool>(
     out: &mut RowMut,
