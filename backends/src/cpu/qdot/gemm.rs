@@ -380,113 +380,107 @@ struct Zmm;
 /// 8 lanes in 256-bit registers.
 struct Ymm;
 
-impl Regs for Zmm {
-    const LANES: usize = 16;
-    type I = __m512i;
-    type F = __m512;
-    #[inline(always)]
-    unsafe fn zero_i() -> __m512i {
-        unsafe { _mm512_setzero_si512() }
-    }
-    #[inline(always)]
-    unsafe fn zero_f() -> __m512 {
-        unsafe { _mm512_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn line_i(p: *const Line) -> __m512i {
-        unsafe { _mm512_load_si512(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn line_f(p: *const Line) -> __m512 {
-        unsafe { _mm512_load_ps(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn splat_i(v: i32) -> __m512i {
-        unsafe { _mm512_set1_epi32(v) }
-    }
-    #[inline(always)]
-    unsafe fn splat_f(v: f32) -> __m512 {
-        unsafe { _mm512_set1_ps(v) }
-    }
-    #[inline(always)]
-    unsafe fn dpbusd(acc: __m512i, u: __m512i, a: __m512i) -> __m512i {
-        unsafe { _mm512_dpbusd_epi32(acc, u, a) }
-    }
-    #[inline(always)]
-    unsafe fn dp_scaled(acc: __m512i, u: __m512i, a: __m512i, scale: __m512i) -> __m512i {
-        unsafe { _mm512_dpwssd_epi32(acc, _mm512_maddubs_epi16(u, a), scale) }
-    }
-    #[inline(always)]
-    unsafe fn to_f(v: __m512i) -> __m512 {
-        unsafe { _mm512_cvtepi32_ps(v) }
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
-        unsafe { _mm512_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
-        unsafe { _mm512_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn store(out: &mut [f32; LANES], v: __m512) {
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) }
-    }
+/// `impl Regs` for one register width, from its types and intrinsics.
+macro_rules! regs {
+    ($name:ident, $lanes:expr, $i:ty, $f:ty, $zero_i:ident, $zero_f:ident, $load_i:ident,
+     $load_f:ident, $splat_i:ident, $splat_f:ident, $dpbusd:ident, $dpwssd:ident,
+     $maddubs:ident, $to_f:ident, $mul:ident, $fmadd:ident, $store:ident) => {
+        impl Regs for $name {
+            const LANES: usize = $lanes;
+            type I = $i;
+            type F = $f;
+            // SAFETY (every method): the callers' contract, AVX-512 F, BW, VL and VNNI; the
+            // line loads' pointers are 64-byte aligned, the stores' 16 floats writable.
+            #[inline(always)]
+            unsafe fn zero_i() -> $i {
+                unsafe { $zero_i() }
+            }
+            #[inline(always)]
+            unsafe fn zero_f() -> $f {
+                unsafe { $zero_f() }
+            }
+            #[inline(always)]
+            unsafe fn line_i(p: *const Line) -> $i {
+                unsafe { $load_i(p.cast()) }
+            }
+            #[inline(always)]
+            unsafe fn line_f(p: *const Line) -> $f {
+                unsafe { $load_f(p.cast()) }
+            }
+            #[inline(always)]
+            unsafe fn splat_i(v: i32) -> $i {
+                unsafe { $splat_i(v) }
+            }
+            #[inline(always)]
+            unsafe fn splat_f(v: f32) -> $f {
+                unsafe { $splat_f(v) }
+            }
+            #[inline(always)]
+            unsafe fn dpbusd(acc: $i, u: $i, a: $i) -> $i {
+                unsafe { $dpbusd(acc, u, a) }
+            }
+            #[inline(always)]
+            unsafe fn dp_scaled(acc: $i, u: $i, a: $i, scale: $i) -> $i {
+                unsafe { $dpwssd(acc, $maddubs(u, a), scale) }
+            }
+            #[inline(always)]
+            unsafe fn to_f(v: $i) -> $f {
+                unsafe { $to_f(v) }
+            }
+            #[inline(always)]
+            unsafe fn mul(a: $f, b: $f) -> $f {
+                unsafe { $mul(a, b) }
+            }
+            #[inline(always)]
+            unsafe fn fmadd(a: $f, b: $f, c: $f) -> $f {
+                unsafe { $fmadd(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn store(out: &mut [f32; LANES], v: $f) {
+                unsafe { $store(out.as_mut_ptr(), v) }
+            }
+        }
+    };
 }
 
-impl Regs for Ymm {
-    const LANES: usize = 8;
-    type I = __m256i;
-    type F = __m256;
-    #[inline(always)]
-    unsafe fn zero_i() -> __m256i {
-        unsafe { _mm256_setzero_si256() }
-    }
-    #[inline(always)]
-    unsafe fn zero_f() -> __m256 {
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    unsafe fn line_i(p: *const Line) -> __m256i {
-        unsafe { _mm256_load_si256(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn line_f(p: *const Line) -> __m256 {
-        unsafe { _mm256_load_ps(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn splat_i(v: i32) -> __m256i {
-        unsafe { _mm256_set1_epi32(v) }
-    }
-    #[inline(always)]
-    unsafe fn splat_f(v: f32) -> __m256 {
-        unsafe { _mm256_set1_ps(v) }
-    }
-    #[inline(always)]
-    unsafe fn dpbusd(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
-        unsafe { _mm256_dpbusd_epi32(acc, u, a) }
-    }
-    #[inline(always)]
-    unsafe fn dp_scaled(acc: __m256i, u: __m256i, a: __m256i, scale: __m256i) -> __m256i {
-        unsafe { _mm256_dpwssd_epi32(acc, _mm256_maddubs_epi16(u, a), scale) }
-    }
-    #[inline(always)]
-    unsafe fn to_f(v: __m256i) -> __m256 {
-        unsafe { _mm256_cvtepi32_ps(v) }
-    }
-    #[inline(always)]
-    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
-        unsafe { _mm256_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-        unsafe { _mm256_fmadd_ps(a, b, c) }
-    }
-    #[inline(always)]
-    unsafe fn store(out: &mut [f32; LANES], v: __m256) {
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) }
-    }
-}
+regs!(
+    Zmm,
+    16,
+    __m512i,
+    __m512,
+    _mm512_setzero_si512,
+    _mm512_setzero_ps,
+    _mm512_load_si512,
+    _mm512_load_ps,
+    _mm512_set1_epi32,
+    _mm512_set1_ps,
+    _mm512_dpbusd_epi32,
+    _mm512_dpwssd_epi32,
+    _mm512_maddubs_epi16,
+    _mm512_cvtepi32_ps,
+    _mm512_mul_ps,
+    _mm512_fmadd_ps,
+    _mm512_storeu_ps
+);
+regs!(
+    Ymm,
+    8,
+    __m256i,
+    __m256,
+    _mm256_setzero_si256,
+    _mm256_setzero_ps,
+    _mm256_load_si256,
+    _mm256_load_ps,
+    _mm256_set1_epi32,
+    _mm256_set1_ps,
+    _mm256_dpbusd_epi32,
+    _mm256_dpwssd_epi32,
+    _mm256_maddubs_epi16,
+    _mm256_cvtepi32_ps,
+    _mm256_mul_ps,
+    _mm256_fmadd_ps,
+    _mm256_storeu_ps
+);
 
 impl Gemm {
     /// The products of `w` and `x` in registers `R`.
