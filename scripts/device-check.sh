@@ -8,7 +8,9 @@
 # scripts/perf.sh, default all six). Logs and JSON go to $OUT (default device-out/); bench
 # arguments come from $BENCH_ARGS (default "-p 512 -n 128 -r 3"). With $QUANTS (say
 # "Q8_0 Q4_K_M") perf also quantizes each model with the bundle's llama-quantize and measures
-# those files after the f16 one.
+# those files after the f16 one. Unless COOP=0, perf measures each file's prompt a second time
+# with WEFT_COOP=1 (prompt matmuls on cooperative matrices, where the adapter has them; the op
+# suite's wgpu_coop cases check their results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 step="${1:-all}"
@@ -57,6 +59,10 @@ if [ "$step" = perf ] || [ "$step" = all ]; then
             ${BENCH_ARGS:--p 512 -n 128 -r 3} --json > "$out/$n.json" 2> "$out/$n.err" || status=1
         "$work/bin/weft" bench -m "$work/models/$n.gguf" --backend wgpu -p 64 -n 0 -r 1 \
             --profile 2>&1 | grep -v "^|---" > "$out/$n.profile" || status=1
+        if [ "${COOP:-1}" != 0 ]; then
+            WEFT_COOP=1 "$work/bin/weft" bench -m "$work/models/$n.gguf" --backend wgpu \
+                -p 512 -n 0 -r 3 --json > "$out/$n.coop.json" 2> "$out/$n.coop.err" || status=1
+        fi
         python3 -c '
 import json, sys
 for r in json.load(open(sys.argv[1])):
@@ -64,6 +70,11 @@ for r in json.load(open(sys.argv[1])):
     f = r.get("bandwidth_fraction")
     print(sys.argv[2], t, "%.1f tok/s" % r["avg_ts"], "" if f is None else "%.1f%% of bandwidth" % (100 * f))
 ' "$out/$n.json" "$n" 2>/dev/null | tee -a "$out/summary.txt"
+        [ -s "$out/$n.coop.json" ] && python3 -c '
+import json, sys
+for r in json.load(open(sys.argv[1])):
+    print(sys.argv[2], "pp%d" % r["n_prompt"], "%.1f tok/s" % r["avg_ts"], "(WEFT_COOP=1)")
+' "$out/$n.coop.json" "$n" 2>/dev/null | tee -a "$out/summary.txt"
     done
 fi
 exit $status

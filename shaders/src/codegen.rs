@@ -666,6 +666,9 @@ fn err(kernel: Kernel, detail: impl Into<String>) -> ShaderError {
 pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     let k = spec.kernel;
     let mut out = String::new();
+    if k.needs_cooperative_matrices() {
+        out.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
+    }
     out.push_str("@group(0) @binding(0) var<uniform> P: array<vec4<u32>, 64>;\n");
     out.push_str("@group(0) @binding(1) var<storage, read_write> arena: array<u32>;\n");
     for b in 0..spec.externals {
@@ -818,7 +821,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         };
     }
     // matmuls add a residual (source 2, param 14) when the matmul_add pass gave them one
-    if matches!(k, Kernel::MatMul | Kernel::MatMulRows) {
+    if matches!(k, Kernel::MatMul | Kernel::MatMulRows | Kernel::MatMulCoop) {
         out.push_str(if spec.own_sources() > 2 {
             "fn residual(i: u32) -> f32 { return ld2(pu(14u) + i); }\n"
         } else {

@@ -28,6 +28,7 @@ pub enum Kernel {
     CopyBits,
     MatMul,
     MatMulRows,
+    MatMulCoop,
     MatMulCat,
     MatMulPair,
     MatMulId,
@@ -52,12 +53,13 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 26] = [
+    pub const ALL: [Kernel; 27] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
         Kernel::MatMul,
         Kernel::MatMulRows,
+        Kernel::MatMulCoop,
         Kernel::MatMulCat,
         Kernel::MatMulPair,
         Kernel::MatMulId,
@@ -88,6 +90,7 @@ impl Kernel {
             Kernel::CopyBits => "copy_bits",
             Kernel::MatMul => "matmul",
             Kernel::MatMulRows => "matmul_rows",
+            Kernel::MatMulCoop => "matmul_coop",
             Kernel::MatMulCat => "matmul_cat",
             Kernel::MatMulPair => "matmul_pair",
             Kernel::MatMulId => "matmul_id",
@@ -153,6 +156,7 @@ impl Kernel {
             self,
             Kernel::MatMul
                 | Kernel::MatMulRows
+                | Kernel::MatMulCoop
                 | Kernel::MatMulCat
                 | Kernel::MatMulPair
                 | Kernel::MatMulId
@@ -166,6 +170,13 @@ impl Kernel {
         )
     }
 
+    /// True for kernels that need the adapter's f16 arithmetic and cooperative matrices
+    /// (`wgpu::Features::SHADER_F16` and `EXPERIMENTAL_COOPERATIVE_MATRIX`, 16 × 16 f16 with
+    /// f32 sums, 32-lane subgroups): their shaders start with the `enable` directives.
+    pub fn needs_cooperative_matrices(self) -> bool {
+        self == Kernel::MatMulCoop
+    }
+
     /// The kernel's WGSL body.
     pub fn source(self) -> &'static str {
         match self {
@@ -174,6 +185,7 @@ impl Kernel {
             Kernel::CopyBits => include_str!("kernels/copy_bits.wgsl"),
             Kernel::MatMul => include_str!("kernels/matmul.wgsl"),
             Kernel::MatMulRows => include_str!("kernels/matmul_rows.wgsl"),
+            Kernel::MatMulCoop => include_str!("kernels/matmul_coop.wgsl"),
             Kernel::MatMulCat => include_str!("kernels/matmul_cat.wgsl"),
             Kernel::MatMulPair => include_str!("kernels/matmul_pair.wgsl"),
             Kernel::MatMulId => include_str!("kernels/matmul_id.wgsl"),

@@ -104,7 +104,7 @@ fn variants() -> Vec<Spec> {
     v.push(Spec::new(Kernel::CopyBits, vec![arena(DType::I32)]));
     v.push(Spec::new(Kernel::CopyBits, vec![ext(0, DType::I32)]));
     for w in WEIGHTS {
-        for k in [Kernel::MatMul, Kernel::MatMulRows] {
+        for k in [Kernel::MatMul, Kernel::MatMulRows, Kernel::MatMulCoop] {
             v.push(Spec::new(k, vec![arena(DType::F32), ext(0, w)]));
         }
         v.push(Spec::new(
@@ -152,7 +152,7 @@ fn variants() -> Vec<Spec> {
         Kernel::MatMulCat,
         vec![arena(DType::F32), arena(DType::F32), ext(0, DType::Q8_0)],
     ));
-    for k in [Kernel::MatMul, Kernel::MatMulRows] {
+    for k in [Kernel::MatMul, Kernel::MatMulRows, Kernel::MatMulCoop] {
         v.push(Spec::new(k, vec![arena(DType::F32), arena(DType::F32)]));
         // with a residual added as the output is written
         v.push(Spec::new(
@@ -587,6 +587,10 @@ fn variants_applying_epilogues() -> Vec<Spec> {
             vec![arena(DType::F32), ext(0, DType::F16)],
         ),
         Spec::new(
+            Kernel::MatMulCoop,
+            vec![arena(DType::F32), ext(0, DType::Q4K)],
+        ),
+        Spec::new(
             Kernel::MatMulCat,
             vec![arena(DType::F32), ext(0, DType::F16), ext(1, DType::Q8_0)],
         ),
@@ -633,11 +637,13 @@ fn every_kernel_variant_validates_with_naga() {
                 e.emit_to_string(&src)
             )
         });
-        naga::valid::Validator::new(
+        let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::default()
                 | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
-                | naga::valid::Capabilities::SUBGROUP,
+                | naga::valid::Capabilities::SUBGROUP
+                | naga::valid::Capabilities::SHADER_FLOAT16
+                | naga::valid::Capabilities::COOPERATIVE_MATRIX,
         )
         .validate(&module)
         .unwrap_or_else(|e| {
@@ -648,6 +654,17 @@ fn every_kernel_variant_validates_with_naga() {
                 e.emit_to_string(&src)
             )
         });
+        // the kernels no CI adapter runs (cooperative matrices) are at least written as
+        // SPIR-V, as the Vulkan backend would on a GPU that has them
+        if spec.kernel.needs_cooperative_matrices() {
+            let options = naga::back::spv::Options {
+                lang_version: (1, 3),
+                ..Default::default()
+            };
+            naga::back::spv::write_vec(&module, &info, &options, None).unwrap_or_else(|e| {
+                panic!("{} {:?}: SPIR-V: {e}", spec.kernel.name(), spec.sources)
+            });
+        }
     }
 }
 

@@ -10,11 +10,40 @@ use crate::{BackendError, Result};
 /// smaller GPU would run (weights over it are bound by row ranges). `no_subgroups` keeps the
 /// kernels off subgroup operations even where the adapter has them (their reductions then go
 /// through workgroup memory alone), to test that path.
+///
+/// `cooperative_matrices` (or `WEFT_COOP=1`) runs prompt matmuls on the adapter's cooperative
+/// matrices (tensor cores) where it has them: wgpu's experimental feature, 16 × 16 × 16 f16
+/// products with f32 sums and subgroups of 32 lanes (NVIDIA). Off by default: the kernel
+/// (`matmul_coop`) validates and compiles to SPIR-V in the tests, but no adapter the tests
+/// have run on offers the feature, so it has not run yet.
 #[derive(Clone, Debug, Default)]
 pub struct WgpuOptions {
     pub adapter: Option<String>,
     pub max_binding: Option<u32>,
     pub no_subgroups: bool,
+    pub cooperative_matrices: bool,
+}
+
+/// Whether `adapter` can run `matmul_coop`: the features, a 16 × 16 × 16 f16 → f32
+/// configuration, and subgroups of exactly 32 lanes (the kernel's four per workgroup).
+fn cooperative_matrices_usable(adapter: &wgpu::Adapter) -> bool {
+    let needed = wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    let info = adapter.get_info();
+    adapter.features().contains(needed)
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+}
+
+/// `WEFT_COOP` set to anything but empty, `0` or `false`.
+fn coop_from_env() -> bool {
+    std::env::var("WEFT_COOP").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
 const TRIED: &str = "Vulkan, Metal, DX12";
@@ -93,6 +122,12 @@ pub fn open(opts: &WgpuOptions) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Qu
     if !opts.no_subgroups {
         wanted |= wgpu::Features::SUBGROUP;
     }
+    let coop = (opts.cooperative_matrices || coop_from_env())
+        && !opts.no_subgroups
+        && cooperative_matrices_usable(&adapter);
+    if coop {
+        wanted |= wgpu::Features::SHADER_F16 | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    }
     let features = adapter.features() & wanted;
     let desc = wgpu::DeviceDescriptor {
         label: Some("weft"),
@@ -105,7 +140,14 @@ pub fn open(opts: &WgpuOptions) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Qu
             }
             l
         },
-        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        experimental_features: if coop {
+            // SAFETY: asked for by the user (`cooperative_matrices`, `WEFT_COOP`); wgpu's
+            // experimental features may hold bugs of wgpu's own, which is why they are off by
+            // default.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        },
         memory_hints: wgpu::MemoryHints::Performance,
         trace: wgpu::Trace::Off,
     };

@@ -23,6 +23,7 @@ use lower::{Lowered, MAX_PARAMS, lower};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use weft_graph::{BufferId, DType, Layout, NodeId, Op, Plan};
+use weft_shaders::Kernel;
 
 const PARAM_BYTES: u64 = (MAX_PARAMS * 4) as u64;
 
@@ -148,6 +149,12 @@ impl WgpuBackend {
         &self.info
     }
 
+    /// Whether prompt matmuls run on cooperative matrices (`WgpuOptions::cooperative_matrices`
+    /// asked for them and the adapter has them).
+    pub fn uses_cooperative_matrices(&self) -> bool {
+        (self.device.features()).contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    }
+
     /// Errors wgpu reported outside any error scope since the last call, as one error.
     fn take_errors(&self) -> Result<()> {
         let mut v = self
@@ -243,6 +250,11 @@ impl WgpuBackend {
         let name = low.spec.kernel.name();
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
+        // prompts on tensor cores where the device was opened with them (same parameters,
+        // tiles and workgroup count as `matmul_rows`)
+        if spec.kernel == Kernel::MatMulRows && self.uses_cooperative_matrices() {
+            spec.kernel = Kernel::MatMulCoop;
+        }
         let src = weft_shaders::generate(&spec).map_err(|e| BackendError::Shader {
             kernel: name,
             message: e.to_string(),
@@ -508,7 +520,12 @@ fn dtype_bytes(d: DType) -> usize {
 
 impl Backend for WgpuBackend {
     fn name(&self) -> String {
-        format!("wgpu ({}, {:?})", self.info.name, self.info.backend)
+        let coop = if self.uses_cooperative_matrices() {
+            ", cooperative matrices"
+        } else {
+            ""
+        };
+        format!("wgpu ({}, {:?}{coop})", self.info.name, self.info.backend)
     }
 
     fn alloc(&mut self, bytes: usize) -> Result<BufferId> {

@@ -98,8 +98,13 @@ fn wgpu_backend(no_subgroups: bool) -> Option<Box<dyn weft_backends::Backend>> {
         no_subgroups,
         ..Default::default()
     };
-    match weft_backends::WgpuBackend::new(&opts) {
-        Ok(b) => Some(Box::new(b)),
+    Some(Box::new(wgpu_with(&opts)?))
+}
+
+/// The GPU backend with `opts`, as [`wgpu_backend`] treats a missing adapter.
+fn wgpu_with(opts: &weft_backends::WgpuOptions) -> Option<weft_backends::WgpuBackend> {
+    match weft_backends::WgpuBackend::new(opts) {
+        Ok(b) => Some(b),
         Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
             panic!("CI requires a GPU adapter for the wgpu tests: {e}")
         }
@@ -111,6 +116,41 @@ fn wgpu_backend(no_subgroups: bool) -> Option<Box<dyn weft_backends::Backend>> {
 }
 
 all_cases!(wgpu, super::wgpu_backend(false));
+
+/// The GPU backend opened with cooperative matrices, whose prompt matmuls then run
+/// `matmul_coop`. Adapters without them (lavapipe among them) skip these cases with a message:
+/// the kernel is still validated and written as SPIR-V by the shaders' tests.
+fn wgpu_coop_backend() -> Option<Box<dyn weft_backends::Backend>> {
+    let opts = weft_backends::WgpuOptions {
+        cooperative_matrices: true,
+        ..Default::default()
+    };
+    let be = wgpu_with(&opts)?;
+    if !be.uses_cooperative_matrices() {
+        eprintln!(
+            "skipping matmul_coop: {} has no cooperative matrices (16x16 f16, 32-lane subgroups)",
+            be.adapter_info().name
+        );
+        return None;
+    }
+    Some(Box::new(be))
+}
+
+op_suite!(
+    wgpu_coop,
+    super::wgpu_coop_backend(),
+    [
+        matmul_float,
+        matmul_q8_0,
+        matmul_q4_k,
+        matmul_q6_k,
+        matmul_activations,
+        matmul_residual,
+        matmul_strided,
+        epilogues,
+        random_graphs,
+    ]
+);
 
 // The kernels that sum with `group_sum` (mat-vecs, the delta rule) again with their reductions
 // in workgroup memory alone (where the adapter has subgroups, the cases above sum through
