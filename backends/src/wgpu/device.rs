@@ -25,13 +25,15 @@ pub struct WgpuOptions {
 }
 
 /// Whether `adapter` can run `matmul_coop`: the features, a 16 × 16 × 16 f16 → f32
-/// configuration, and subgroups of exactly 32 lanes (the kernel's four per workgroup).
+/// configuration, subgroups of exactly 32 lanes (the kernel's four per workgroup) and its 24
+/// KiB of workgroup memory.
 fn cooperative_matrices_usable(adapter: &wgpu::Adapter) -> bool {
     let needed = wgpu::Features::SHADER_F16
         | wgpu::Features::SUBGROUP
         | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
     let info = adapter.get_info();
     adapter.features().contains(needed)
+        && adapter.limits().max_compute_workgroup_storage_size >= 24 * 1024
         && info.subgroup_min_size == 32
         && info.subgroup_max_size == 32
         && adapter.cooperative_matrix_properties().iter().any(|p| {

@@ -247,7 +247,6 @@ impl WgpuBackend {
     }
 
     fn pipeline(&mut self, low: &Lowered) -> Result<Arc<wgpu::ComputePipeline>> {
-        let name = low.spec.kernel.name();
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
         // prompts on tensor cores where the device was opened with them (same parameters,
@@ -255,6 +254,7 @@ impl WgpuBackend {
         if spec.kernel == Kernel::MatMulRows && self.uses_cooperative_matrices() {
             spec.kernel = Kernel::MatMulCoop;
         }
+        let name = spec.kernel.name();
         let src = weft_shaders::generate(&spec).map_err(|e| BackendError::Shader {
             kernel: name,
             message: e.to_string(),
