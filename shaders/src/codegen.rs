@@ -592,6 +592,33 @@ fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
 /// x, B and C are read through their strides (4 words each from parameter 16); `ScanTok`'s `b`
 /// and `c` are the element offsets of the token's B and C rows, read by `ldbn(b, n, f)` and
 /// `ldcn(c, n, f)`.
+/// The tile of a prompt matmul (`matmul_rows`, `matmul_coop`; their parameters) that
+/// workgroup `g` computes, 64 weight rows wide: its batch `b`, first row of x `m0` and of w
+/// `n0`, where x's and w's blocks start, how many rows of each it has (0 for a workgroup past
+/// the last tile), and where output `(m, n)` of the tile goes.
+const ROW_TILE_HELPERS: &str = "struct RowTile { b: u32, m0: u32, n0: u32, xbase: u32, wbase: u32, rows: u32, cols: u32 }
+fn row_tile(g: u32) -> RowTile {
+    let m_ = pu(0u);
+    let n_ = pu(1u);
+    let mt = pu(12u);
+    let blocks = (m_ + mt - 1u) / mt;
+    let tiles = (n_ + 63u) / 64u;
+    let live = g < pu(9u) / n_ * tiles;
+    let n0 = (g % tiles) * 64u;
+    let m0 = ((g / tiles) % blocks) * mt;
+    let b = g / (tiles * blocks);
+    let b0 = b / pu(6u);
+    let b1 = b % pu(6u);
+    let wb = select(b0, 0u, pu(7u) == 1u) * pu(8u) + select(b1, 0u, pu(8u) == 1u);
+    let rows = select(0u, min(mt, m_ - m0), live);
+    let cols = select(0u, min(64u, n_ - n0), live);
+    return RowTile(b, m0, n0, pu(3u) + (b * m_ + m0) * pu(15u), pu(4u) + (wb * n_ + n0) * pu(2u), rows, cols);
+}
+fn row_tile_out(t: RowTile, m: u32, n: u32) -> u32 {
+    return (t.b * pu(0u) + t.m0 + m) * pu(10u) + pu(11u) + t.n0 + n;
+}
+";
+
 const SCAN_HELPERS: &str = "struct ScanRow { s: u32, h: u32, p: u32, grp: u32 }
 fn scan_row(i: u32) -> ScanRow {
     let sh = i / pu(3u);
@@ -883,6 +910,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         }
     } else if spec.gates.is_some() {
         return Err(err(k, "only gated_delta_net computes gates"));
+    }
+    if matches!(k, Kernel::MatMulRows | Kernel::MatMulCoop) {
+        out.push_str(ROW_TILE_HELPERS);
     }
     if k.is_scan() {
         out.push_str(SCAN_HELPERS);

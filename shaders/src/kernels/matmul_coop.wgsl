@@ -10,7 +10,7 @@
 // Source 0: x (F32, rows of K at a uniform stride); source 1: w (any dtype, dense).
 // Params: as `matmul_rows`'.
 
-const TM: u32 = 64u;
+// the tile is 64 weight rows wide (`row_tile`)
 const TN: u32 = 64u;
 const TK: u32 = 32u;
 var<workgroup> xs: array<f16, 2048>;
@@ -23,24 +23,8 @@ fn half_(v: f32) -> f16 {
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(subgroup_id) sg: u32) {
-    let g = wid.y * nwg.x + wid.x;
-    let m_ = pu(0u);
-    let n_ = pu(1u);
+    let t = row_tile(wid.y * nwg.x + wid.x);
     let k_ = pu(2u);
-    let mt = pu(12u);
-    let blocks = (m_ + mt - 1u) / mt;
-    let tiles = (n_ + TN - 1u) / TN;
-    let live = g < pu(9u) / n_ * tiles;
-    let n0 = (g % tiles) * TN;
-    let m0 = ((g / tiles) % blocks) * mt;
-    let b = g / (tiles * blocks);
-    let b0 = b / pu(6u);
-    let b1 = b % pu(6u);
-    let wb = select(b0, 0u, pu(7u) == 1u) * pu(8u) + select(b1, 0u, pu(8u) == 1u);
-    let xbase = pu(3u) + (b * m_ + m0) * pu(15u);
-    let wbase = pu(4u) + (wb * n_ + n0) * k_;
-    let rows = select(0u, min(mt, m_ - m0), live);
-    let cols = select(0u, min(TN, n_ - n0), live);
     // this subgroup's quarter: rows r0.., weight rows c0..
     let r0 = (sg / 2u) * 32u;
     let c0 = (sg % 2u) * 32u;
@@ -54,8 +38,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let r = e / TK;
             let kk = e % TK;
             let k = k0 + kk;
-            xs[e] = half_(select(0.0, ld0(xbase + r * pu(15u) + k), r < rows && k < k_));
-            ws[e] = half_(select(0.0, ld1(wbase + r * k_ + k), r < cols && k < k_));
+            xs[e] = half_(select(0.0, ld0(t.xbase + r * pu(15u) + k), r < t.rows && k < k_));
+            ws[e] = half_(select(0.0, ld1(t.wbase + r * k_ + k), r < t.cols && k < k_));
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk += 16u) {
@@ -80,8 +64,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         let e = lid.x + 128u * q;
         let m = e / TN;
         let n = e % TN;
-        if (m < rows && n < cols) {
-            let at = (b * m_ + m0 + m) * pu(10u) + pu(11u) + n0 + n;
+        if (m < t.rows && n < t.cols) {
+            let at = row_tile_out(t, m, n);
             st(pu(5u) + at, epi(at, cs[e] + residual(at)));
         }
     }

@@ -9,8 +9,6 @@
 // block (2 to 64), 13 the weight rows per tile (64), 14 a residual's offset and 15 x's row
 // stride: the dispatch has batches × row blocks × ⌈N / 64⌉ workgroups.
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
 const TK: u32 = 16u;
 // weight rows padded by one so that threads reading different rows hit different banks
 const WS: u32 = 17u;
@@ -19,24 +17,8 @@ var<workgroup> ws: array<f32, 1088>;
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = wid.y * nwg.x + wid.x;
-    let m_ = pu(0u);
-    let n_ = pu(1u);
+    let t = row_tile(wid.y * nwg.x + wid.x);
     let k_ = pu(2u);
-    let mt = pu(12u);
-    let blocks = (m_ + mt - 1u) / mt;
-    let tiles = (n_ + TN - 1u) / TN;
-    let live = g < pu(9u) / n_ * tiles;
-    let n0 = (g % tiles) * TN;
-    let m0 = ((g / tiles) % blocks) * mt;
-    let b = g / (tiles * blocks);
-    let b0 = b / pu(6u);
-    let b1 = b % pu(6u);
-    let wb = select(b0, 0u, pu(7u) == 1u) * pu(8u) + select(b1, 0u, pu(8u) == 1u);
-    let xbase = pu(3u) + (b * m_ + m0) * pu(15u);
-    let wbase = pu(4u) + (wb * n_ + n0) * k_;
-    let rows = select(0u, min(mt, m_ - m0), live);
-    let cols = select(0u, min(TN, n_ - n0), live);
     let tx = lid.x % 16u;
     let ty = lid.x / 16u;
     var acc: array<f32, 16>;
@@ -49,8 +31,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let r = e / TK;
             let kk = e % TK;
             let k = k0 + kk;
-            xs[e] = select(0.0, ld0(xbase + r * pu(15u) + k), r < rows && k < k_);
-            ws[r * WS + kk] = select(0.0, ld1(wbase + r * k_ + k), r < cols && k < k_);
+            xs[e] = select(0.0, ld0(t.xbase + r * pu(15u) + k), r < t.rows && k < k_);
+            ws[r * WS + kk] = select(0.0, ld1(t.wbase + r * k_ + k), r < t.cols && k < k_);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
@@ -70,11 +52,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     for (var i = 0u; i < 4u; i++) {
         let m = ty + 16u * i;
-        if (m < rows) {
+        if (m < t.rows) {
             for (var j = 0u; j < 4u; j++) {
                 let n = tx + 16u * j;
-                if (n < cols) {
-                    let at = (b * m_ + m0 + m) * pu(10u) + pu(11u) + n0 + n;
+                if (n < t.cols) {
+                    let at = row_tile_out(t, m, n);
                     st(pu(5u) + at, epi(at, acc[4u * i + j] + residual(at)));
                 }
             }
