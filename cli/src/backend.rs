@@ -19,18 +19,23 @@ pub struct BackendArgs {
     /// GPU adapter by index or name substring (see WEFT_ADAPTER).
     #[arg(long)]
     pub adapter: Option<String>,
+    /// Prompt matmuls on the GPU's cooperative matrices (tensor cores) where it has them
+    /// (16x16 f16, 32-lane subgroups; also WEFT_COOP=1). Experimental: not yet run on a GPU.
+    #[arg(long)]
+    pub coop: bool,
 }
 
 /// Opens the chosen backend; `auto` falls back to the CPU and says why on stderr.
 pub fn open(args: &BackendArgs) -> Result<Box<dyn Backend>> {
     let opts = WgpuOptions {
         adapter: args.adapter.clone(),
+        cooperative_matrices: args.coop,
         ..Default::default()
     };
     let be: Box<dyn Backend> = match args.backend {
         BackendKind::Cpu => Box::new(CpuBackend::new()),
         BackendKind::Wgpu => match WgpuBackend::new(&opts) {
-            Ok(b) => Box::new(b),
+            Ok(b) => gpu(args, b),
             Err(e) => bail!("{e} (use --backend cpu to run on the CPU)"),
         },
         BackendKind::Auto => match WgpuBackend::new(&opts) {
@@ -45,7 +50,7 @@ pub fn open(args: &BackendArgs) -> Result<Box<dyn Backend>> {
                 );
                 Box::new(CpuBackend::new())
             }
-            Ok(b) => Box::new(b),
+            Ok(b) => gpu(args, b),
             Err(e) => {
                 tracing::warn!("no GPU ({e}); using the CPU backend");
                 Box::new(CpuBackend::new())
@@ -54,4 +59,17 @@ pub fn open(args: &BackendArgs) -> Result<Box<dyn Backend>> {
     };
     tracing::info!("backend: {}", be.name());
     Ok(be)
+}
+
+/// The GPU backend, saying so when `--coop` asked for cooperative matrices it lacks.
+fn gpu(args: &BackendArgs, b: WgpuBackend) -> Box<dyn Backend> {
+    let env = std::env::var("WEFT_COOP").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    if (args.coop || env) && !b.uses_cooperative_matrices() {
+        tracing::warn!(
+            "{} has no cooperative matrices weft can use (16x16 f16 with f32 sums, 32-lane \
+             subgroups); prompt matmuls run without them",
+            b.adapter_info().name
+        );
+    }
+    Box::new(b)
 }
