@@ -98,7 +98,7 @@ impl Meet {
         #[cfg(target_arch = "x86_64")]
         if self.gemm.is_some() {
             let tile = super::qdot::gemm::TILE_ROWS;
-            r = r.max(tile) - r.max(tile) % tile;
+            r = r.max(tile) / tile * tile;
         }
         r
     }

@@ -11,8 +11,7 @@
 //! weights' offsets and mins (`β`) meet the activations' sums once per weight row, per 32
 //! elements (per 16 for Q6_K, whose `β` changes every 16). The activations are the same 8-bit
 //! rows as [`Acts`]' (same blocks, same rounding), so the sums equal the one-row kernels' up
-//! to the rounding of f32 additions (their order, and the per-32 sums formed as two per-16
-//! ones).
+//! to the order of f32 additions.
 
 use super::unpack::{self, Form, RowMut, Unpack};
 use super::{Acts, QK, QKK};
@@ -40,8 +39,8 @@ const LANES: usize = 16;
 pub const TILE_ROWS: usize = 8;
 
 /// A prompt's activation rows woven in groups of [`LANES`] (the last group's missing rows
-/// zero), per group: `q`, a line per four elements (`k / 4`); `d` and `s = d·Σq`, a line per
-/// 16 elements (`k / 16` each), and `s` per 32 elements (`s32`, `k / 32`), lane `i` row
+/// zero), per group: `q`, a line per four elements (`k / 4`); the scale `d` and `s32 = d·Σq`
+/// per 32 elements (`k / 32` lines each), and `s = d·Σq` per 16 (`k / 16`); lane `i` row
 /// `i`'s.
 #[derive(Debug)]
 struct WovenActs {
@@ -66,8 +65,9 @@ impl WovenActs {
     /// # Safety
     /// The CPU has AVX-512 F.
     unsafe fn new(acts: &Acts, k: usize) -> WovenActs {
-        // each row's bytes (four to a word), and its d and s per 16 elements, row after row
-        let (mut q, mut d, mut s) = (Vec::<u32>::new(), Vec::<f32>::new(), Vec::<f32>::new());
+        // each row's bytes (four to a word), its d and s per 32 elements and s per 16, row
+        // after row
+        let (mut q, mut d, mut s, mut s32) = (Vec::<u32>::new(), vec![], vec![], vec![]);
         fn words(qs: &[i8]) -> impl Iterator<Item = u32> + '_ {
             qs.chunks_exact(4)
                 .map(|c| u32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]))
@@ -76,8 +76,9 @@ impl WovenActs {
             Acts::B32 { blocks, .. } => {
                 for b in blocks {
                     q.extend(words(&b.qs));
+                    d.push(b.d);
+                    s32.push(b.s);
                     for half in b.qs.chunks_exact(QK / 2) {
-                        d.push(b.d);
                         s.push(b.d * half.iter().map(|&v| v as i32).sum::<i32>() as f32);
                     }
                 }
@@ -85,25 +86,25 @@ impl WovenActs {
             Acts::K { blocks, .. } => {
                 for b in blocks {
                     q.extend(words(&b.qs));
-                    d.extend([b.d; QKK / 16]);
+                    d.extend([b.d; QKK / 32]);
                     s.extend(b.bsums.iter().map(|&v| b.d * v as f32));
+                    let pairs = b.bsums.chunks_exact(2);
+                    s32.extend(pairs.map(|p| b.d * (p[0] as i32 + p[1] as i32) as f32));
                 }
             }
         }
-        let s32: Vec<f32> = s.chunks_exact(2).map(|p| p[0] + p[1]).collect();
         let m = 4 * q.len() / k;
         let groups = m.div_ceil(LANES);
         let mut woven = WovenActs {
             k,
             m,
             q: vec![Line([0; 64]); groups * k / 4],
-            d: vec![Line([0; 64]); groups * k / 16],
+            d: vec![Line([0; 64]); groups * k / 32],
             s: vec![Line([0; 64]); groups * k / 16],
             s32: vec![Line([0; 64]); groups * k / 32],
         };
         let zeros = vec![0u32; k / 4];
-        let (d, s): (&[u32], &[u32]) = (bytemuck::cast_slice(&d), bytemuck::cast_slice(&s));
-        let s32: &[u32] = bytemuck::cast_slice(&s32);
+        let [d, s, s32]: [&[u32]; 3] = [&d, &s, &s32].map(|v| bytemuck::cast_slice(v));
         for gi in 0..groups {
             fn rows<'a>(
                 v: &'a [u32],
@@ -129,8 +130,8 @@ impl WovenActs {
                     &mut woven.q[gi * lq..(gi + 1) * lq],
                 );
                 weave_words(
-                    rows(d, &zeros, gi, m, lg),
-                    &mut woven.d[gi * lg..(gi + 1) * lg],
+                    rows(d, &zeros, gi, m, lh),
+                    &mut woven.d[gi * lh..(gi + 1) * lh],
                 );
                 weave_words(
                     rows(s, &zeros, gi, m, lg),
@@ -151,7 +152,7 @@ impl WovenActs {
         let (lq, lg, lh) = (self.k / 4, self.k / 16, self.k / 32);
         ActGroup {
             q: &self.q[gi * lq..(gi + 1) * lq],
-            d: &self.d[gi * lg..(gi + 1) * lg],
+            d: &self.d[gi * lh..(gi + 1) * lh],
             s: &self.s[gi * lg..(gi + 1) * lg],
             s32: &self.s32[gi * lh..(gi + 1) * lh],
         }
@@ -523,7 +524,7 @@ fn float_tile<R: Regs, const RW: usize>(
                     sum[j] = R::dpbusd(sum[j], u, a);
                 }
             }
-            let dx = R::line_f(x.d.as_ptr().add(2 * blk));
+            let dx = R::line_f(x.d.as_ptr().add(blk));
             let s = R::line_f(x.s32.as_ptr().add(blk));
             for j in 0..RW {
                 let scale = R::mul(dx, R::splat_f(alpha[j][8 * blk]));
@@ -569,7 +570,7 @@ fn int_tile<R: Regs, const RW: usize, const FINE: bool>(
                     }
                 }
             }
-            let dx = R::line_f(x.d.as_ptr().add(16 * b));
+            let dx = R::line_f(x.d.as_ptr().add(8 * b));
             for j in 0..RW {
                 let scale = R::mul(dx, R::splat_f(w[j].d[b]));
                 acc[j] = R::fmadd(R::to_f(sum[j]), scale, acc[j]);
@@ -595,8 +596,8 @@ fn check<const RW: usize>(w: &[WeightRow; RW], x: &ActGroup, k: usize) {
         w.iter()
             .all(|r| r.u.len() >= k && r.scale.len() >= k / 4 && r.beta.len() >= groups)
     );
-    assert!(x.q.len() >= k / 4 && x.d.len() >= groups && x.s.len() >= groups);
-    assert!(x.s32.len() >= k / 32);
+    assert!(x.q.len() >= k / 4 && x.s.len() >= groups);
+    assert!(x.d.len() >= k / 32 && x.s32.len() >= k / 32);
 }
 
 /// Each accumulator's lanes.

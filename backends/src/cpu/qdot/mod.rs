@@ -46,19 +46,15 @@ pub struct Q8KBlock {
 }
 
 /// Fills each of `blocks` from its `per` values of `x` with `fill`, spread over the thread
-/// team when there are enough (a prompt's rows; one row is quicker alone).
+/// team when there are enough (a prompt's rows; one row is quicker alone, in one chunk).
 fn spread<B: Send>(blocks: &mut [B], x: &[f32], per: usize, fill: impl Fn(&[f32], &mut B) + Sync) {
-    if blocks.is_empty() {
-        return;
-    }
-    if x.len() < 1 << 15 {
-        for (b, c) in blocks.iter_mut().zip(x.chunks_exact(per)) {
-            fill(c, b);
-        }
-        return;
-    }
-    let chunk = blocks.len().div_ceil(4 * super::team::global().threads());
-    super::team::global().chunks_mut(blocks, chunk, |i, bs| {
+    let team = super::team::global();
+    let chunk = if x.len() < 1 << 15 {
+        blocks.len()
+    } else {
+        blocks.len().div_ceil(4 * team.threads())
+    };
+    team.chunks_mut(blocks, chunk, |i, bs| {
         let x = &x[i * chunk * per..];
         for (b, c) in bs.iter_mut().zip(x.chunks_exact(per)) {
             fill(c, b);

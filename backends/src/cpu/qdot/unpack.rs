@@ -87,36 +87,18 @@ fn fill8(a: &mut [f32], v: f32) {
     unsafe { _mm256_storeu_ps(a.as_mut_ptr(), _mm256_set1_ps(v)) }
 }
 
-/// Writes a super-block's 16 group scales and `β`s from i32 scales `sc` and f32 `β`s `beta`:
-/// with `PAIRED`, the 8 lanes of `sc[0]` and `beta[0]` (lane `j` for groups `2j` and `2j + 1`),
-/// else 16 lanes, the two registers one after the other. Each scale is written as an i16 pair
-/// in a 32-bit word.
+/// Writes a super-block's 16 group scales and `β`s from i32 scales `sc` and f32 `β`s `beta`,
+/// groups 0..8 in the first register of each, 8..16 in the second. Each scale is written as
+/// an i16 pair in a 32-bit word.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn group_scales<const PAIRED: bool>(
-    out: &mut RowMut,
-    block: usize,
-    sc: [__m256i; 2],
-    beta: [__m256; 2],
-) {
+fn group_scales(out: &mut RowMut, block: usize, sc: [__m256i; 2], b: [__m256; 2]) {
     let words: &mut [u32] = bytemuck::cast_slice_mut(out.scale);
     let (words, betas) = (
         &mut words[16 * block..16 * block + 16],
         &mut out.beta[16 * block..16 * block + 16],
     );
     // SAFETY: AVX2 is enabled here.
-    let (mut w, mut b) = unsafe { ([pair16(sc[0]), pair16(sc[1])], beta) };
-    if PAIRED {
-        let lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-        let hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-        w = [
-            _mm256_permutevar8x32_epi32(w[0], lo),
-            _mm256_permutevar8x32_epi32(w[0], hi),
-        ];
-        b = [
-            _mm256_permutevar8x32_ps(b[0], lo),
-            _mm256_permutevar8x32_ps(b[0], hi),
-        ];
-    }
+    let w = unsafe { [pair16(sc[0]), pair16(sc[1])] };
     // SAFETY: 16 words and 16 floats, sliced above.
     unsafe {
         _mm256_storeu_si256(words.as_mut_ptr().cast(), w[0]);
@@ -124,6 +106,18 @@ fn group_scales<const PAIRED: bool>(
         _mm256_storeu_ps(betas.as_mut_ptr(), b[0]);
         _mm256_storeu_ps(betas.as_mut_ptr().add(8), b[1]);
     }
+}
+
+/// Lanes 0..8 of `v` each twice: lanes `j` to `2j` and `2j + 1` of 16 (two registers), for
+/// values shared by the two groups of 16 in a sub-block of 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn twice(v: __m256) -> [__m256; 2] {
+    let lo = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    let hi = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    [
+        _mm256_permutevar8x32_ps(v, lo),
+        _mm256_permutevar8x32_ps(v, hi),
+    ]
 }
 
 /// Each lane's low 16 bits twice.
@@ -276,14 +270,10 @@ fn k4<const FIFTH: bool>(w: &[u8], mut out: RowMut) {
         }
         out.d[bi] = d;
         let mins = _mm256_cvtepi32_ps(widen8::<false>(&sm, 8));
-        let beta = _mm256_mul_ps(mins, _mm256_set1_ps(-dmin));
-        let none = (_mm256_setzero_si256(), _mm256_setzero_ps());
-        group_scales::<true>(
-            &mut out,
-            bi,
-            [widen8::<false>(&sm, 0), none.0],
-            [beta, none.1],
-        );
+        let beta = twice(_mm256_mul_ps(mins, _mm256_set1_ps(-dmin)));
+        let sc = twice(_mm256_castsi256_ps(widen8::<false>(&sm, 0)));
+        let sc = [_mm256_castps_si256(sc[0]), _mm256_castps_si256(sc[1])];
+        group_scales(&mut out, bi, sc, beta);
     }
 }
 
@@ -315,6 +305,6 @@ fn q6_k_avx2(w: &[u8], mut out: RowMut) {
             _mm256_mul_ps(_mm256_cvtepi32_ps(sc[0]), times),
             _mm256_mul_ps(_mm256_cvtepi32_ps(sc[1]), times),
         ];
-        group_scales::<false>(&mut out, bi, sc, beta);
+        group_scales(&mut out, bi, sc, beta);
     }
 }
