@@ -30,11 +30,12 @@ mkdir -p "$stage/llama.cpp"
 cp -r "$lcpp/convert_hf_to_gguf.py" "$lcpp/conversion" "$lcpp/gguf-py" "$stage/llama.cpp/"
 quantize="$lcpp/build-static/bin/llama-quantize"
 if [ ! -x "$quantize" ]; then
-    cmake -S "$lcpp" -B "$lcpp/build-static" -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
+    cmake="$(scripts/cmake-path.sh target/perf/venv)"
+    "$cmake" -S "$lcpp" -B "$lcpp/build-static" -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF \
         -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
         -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release \
         -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" > /dev/null
-    cmake --build "$lcpp/build-static" -j "$(nproc)" --target llama-quantize > /dev/null
+    "$cmake" --build "$lcpp/build-static" -j "$(nproc)" --target llama-quantize > /dev/null
 fi
 strip -o "$stage/bin/llama-quantize" "$quantize"
 tar -cJf .device/bundle.tar.xz -C "$stage" .

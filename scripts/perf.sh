@@ -48,14 +48,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     LLAMA_CPP="$lcpp" "$dir/venv/bin/python" benches/perf/make_perf_models.py "$dir/models" "${missing[@]}"
 fi
 
-# llama.cpp's tool $1 (llama-bench, llama-quantize), built once
+# llama.cpp's tool $1 (llama-bench, llama-quantize), built once (with CMake from PyPI where the
+# machine has none)
 llama_tool() {
-    local bin="$lcpp/build/bin/$1"
+    local bin="$lcpp/build/bin/$1" cmake
     if [ ! -x "$bin" ]; then
+        cmake="$(scripts/cmake-path.sh "$dir/venv")"
         # shellcheck disable=SC2086
-        cmake -S "$lcpp" -B "$lcpp/build" ${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON} -DLLAMA_CURL=OFF \
+        "$cmake" -S "$lcpp" -B "$lcpp/build" ${LLAMA_CMAKE_ARGS:--DGGML_NATIVE=ON} -DLLAMA_CURL=OFF \
             -DCMAKE_BUILD_TYPE=Release > /dev/null
-        cmake --build "$lcpp/build" -j "$(nproc)" --target "$1" > /dev/null
+        "$cmake" --build "$lcpp/build" -j "$(nproc)" --target "$1" > /dev/null
     fi
     echo "$bin"
 }
