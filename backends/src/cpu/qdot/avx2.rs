@@ -6,7 +6,7 @@ use super::{Kernel, Q8Block, Q8KBlock, Rows4};
 use std::arch::x86_64::*;
 use weft_graph::DType;
 
-/// Whether this CPU runs the kernels of this file (AVX2, FMA and F16C; AVX-VNNI where it has it).
+/// Whether this CPU runs the kernels of this file (AVX2, FMA and F16C; VNNI where it has it).
 pub(super) fn supported() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
@@ -16,26 +16,77 @@ pub(super) fn supported() -> bool {
 /// A one-row product of a 32-block format.
 type Row = fn(&[u8], &[Q8Block]) -> f32;
 
-pub fn kernel(dtype: DType) -> Option<Kernel> {
-    kernel_with(dtype, is_x86_feature_detected!("avxvnni"))
+/// How the 32-block formats' kernels multiply bytes: `vpmaddubsw` + `vpmaddwd` (AVX2), or one
+/// `vpdpbusd` on 8 lanes, as AVX-VNNI has it (Alder Lake, Sapphire Rapids) or as AVX-512 VNNI
+/// with VL has it (Ice Lake, Zen 4: the same instruction in its EVEX form).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vnni {
+    No,
+    Avx,
+    Avx512,
 }
 
-/// [`kernel`], with the products of the 32-block formats in AVX-VNNI or not (tests run both
-/// where the CPU has it).
-pub fn kernel_with(dtype: DType, vnni: bool) -> Option<Kernel> {
-    if !supported() || (vnni && !is_x86_feature_detected!("avxvnni")) {
+impl Vnni {
+    /// The form this CPU runs, VEX before EVEX where it has both.
+    pub fn best() -> Vnni {
+        [Vnni::Avx, Vnni::Avx512]
+            .into_iter()
+            .find(|v| v.available())
+            .unwrap_or(Vnni::No)
+    }
+
+    pub fn available(self) -> bool {
+        match self {
+            Vnni::No => true,
+            Vnni::Avx => is_x86_feature_detected!("avxvnni"),
+            Vnni::Avx512 => {
+                is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+            }
+        }
+    }
+}
+
+pub fn kernel(dtype: DType) -> Option<Kernel> {
+    kernel_with(dtype, Vnni::best())
+}
+
+/// [`kernel`], with the products of the 32-block formats in the given form (tests run each
+/// form the CPU has); `None` where the CPU lacks it.
+pub fn kernel_with(dtype: DType, vnni: Vnni) -> Option<Kernel> {
+    if !supported() || !vnni.available() {
         return None;
     }
-    let b32 = |plain: (Row, Rows4), fast: (Row, Rows4)| {
-        let (one, four) = if vnni { fast } else { plain };
+    // the forms in the order of `Vnni`'s variants
+    let b32 = |forms: [(Row, Rows4); 3]| {
+        let (one, four) = forms[vnni as usize];
         Kernel::B32(one, Some(four))
     };
     Some(match dtype {
-        DType::Q8_0 => b32((q8_0, q8_0_x4), (q8_0_vnni, q8_0_x4_vnni)),
-        DType::Q4_0 => b32((q4_0, q4_0_x4), (q4_0_vnni, q4_0_x4_vnni)),
-        DType::Q4_1 => b32((q4_1, q4_1_x4), (q4_1_vnni, q4_1_x4_vnni)),
-        DType::Q5_0 => b32((q5_0, q5_0_x4), (q5_0_vnni, q5_0_x4_vnni)),
-        DType::Q5_1 => b32((q5_1, q5_1_x4), (q5_1_vnni, q5_1_x4_vnni)),
+        DType::Q8_0 => b32([
+            (plain::q8_0, plain::q8_0_x4),
+            (vnni::q8_0, vnni::q8_0_x4),
+            (vnni512::q8_0, vnni512::q8_0_x4),
+        ]),
+        DType::Q4_0 => b32([
+            (plain::q4_0, plain::q4_0_x4),
+            (vnni::q4_0, vnni::q4_0_x4),
+            (vnni512::q4_0, vnni512::q4_0_x4),
+        ]),
+        DType::Q4_1 => b32([
+            (plain::q4_1, plain::q4_1_x4),
+            (vnni::q4_1, vnni::q4_1_x4),
+            (vnni512::q4_1, vnni512::q4_1_x4),
+        ]),
+        DType::Q5_0 => b32([
+            (plain::q5_0, plain::q5_0_x4),
+            (vnni::q5_0, vnni::q5_0_x4),
+            (vnni512::q5_0, vnni512::q5_0_x4),
+        ]),
+        DType::Q5_1 => b32([
+            (plain::q5_1, plain::q5_1_x4),
+            (vnni::q5_1, vnni::q5_1_x4),
+            (vnni512::q5_1, vnni512::q5_1_x4),
+        ]),
         DType::Q4K => Kernel::K(q4_k, Some(q4_k_x4)),
         DType::Q5K => Kernel::K(q5_k, Some(q5_k_x4)),
         DType::Q6K => Kernel::K(q6_k, Some(q6_k_x4)),
@@ -48,34 +99,13 @@ pub fn kernel_with(dtype: DType, vnni: bool) -> Option<Kernel> {
 macro_rules! safe_entries {
     ($($name:ident => $inner:ident($a:ty) -> $ret:ty;)*) => {$(
         fn $name(w: &[u8], a: $a) -> $ret {
-            // SAFETY: `kernel_with` or `f16_kernel` checked AVX2, FMA and F16C (and AVX-VNNI
-            // before handing out a `_vnni` kernel).
+            // SAFETY: `kernel_with` or `f16_kernel` checked AVX2, FMA and F16C.
             unsafe { $inner(w, a) }
         }
     )*};
 }
 
 safe_entries! {
-    q8_0 => q8_0_avx2(&[Q8Block]) -> f32;
-    q4_0 => q4_0_avx2(&[Q8Block]) -> f32;
-    q4_1 => q4_1_avx2(&[Q8Block]) -> f32;
-    q5_0 => q5_0_avx2(&[Q8Block]) -> f32;
-    q5_1 => q5_1_avx2(&[Q8Block]) -> f32;
-    q8_0_vnni => q8_0_vnni_avx2(&[Q8Block]) -> f32;
-    q4_0_vnni => q4_0_vnni_avx2(&[Q8Block]) -> f32;
-    q4_1_vnni => q4_1_vnni_avx2(&[Q8Block]) -> f32;
-    q5_0_vnni => q5_0_vnni_avx2(&[Q8Block]) -> f32;
-    q5_1_vnni => q5_1_vnni_avx2(&[Q8Block]) -> f32;
-    q8_0_x4 => q8_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q4_0_x4 => q4_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q4_1_x4 => q4_1_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q5_0_x4 => q5_0_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q5_1_x4 => q5_1_x4_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q8_0_x4_vnni => q8_0_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q4_0_x4_vnni => q4_0_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q4_1_x4_vnni => q4_1_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q5_0_x4_vnni => q5_0_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
-    q5_1_x4_vnni => q5_1_x4_vnni_avx2([&[Q8Block]; 4]) -> [f32; 4];
     q4_k => q4_k_avx2(&[Q8KBlock]) -> f32;
     q5_k => q5_k_avx2(&[Q8KBlock]) -> f32;
     q6_k => q6_k_avx2(&[Q8KBlock]) -> f32;
@@ -298,55 +328,83 @@ fn dot_u8_i8_vnni(u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
 }
 
-/// The one- and four-row kernels of each 32-block format, for AVX2 and for AVX-VNNI: its block
-/// bytes, whether its values are signed, and how a block decodes.
-macro_rules! b32_kernels {
-    ($($one:ident, $one_vnni:ident, $avx2:ident, $vnni:ident: $block:expr, $signed:expr, |$b:ident| $decode:expr;)*) => {$(
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn $one(w: &[u8], a: &[Q8Block]) -> f32 {
-            // SAFETY: the features it needs are enabled here.
-            unsafe { sum_blocks32(w, a, $block, $signed, |$b| $decode, |u, s| dot_u8_i8(u, s)) }
-        }
+/// [`dot_u8_i8_vnni`] in AVX-512 VNNI's EVEX form, for CPUs without AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+fn dot_u8_i8_vnni512(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
 
-        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-        fn $one_vnni(w: &[u8], a: &[Q8Block]) -> f32 {
-            // SAFETY: the features it needs are enabled here.
-            unsafe {
-                sum_blocks32(w, a, $block, $signed, |$b| $decode, |u, s| dot_u8_i8_vnni(u, s))
-            }
-        }
+/// The one- and four-row kernels of the 32-block formats, each form of the byte product in a
+/// module of its own (`plain`, `vnni`, `vnni512`): the features the form needs and its product;
+/// per format, its block bytes, whether its values are signed and how a block decodes.
+macro_rules! b32_forms {
+    ($($form:ident: $features:literal, $dot:ident;)*) => {$(
+        mod $form {
+            use super::*;
 
-        #[target_feature(enable = "avx2,fma,f16c")]
-        fn $avx2(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-            // SAFETY: the features it needs are enabled here.
-            unsafe { sum_blocks32_x4(w, a, $block, $signed, |$b| $decode, |u, s| dot_u8_i8(u, s)) }
-        }
-
-        #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-        fn $vnni(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
-            // SAFETY: the features it needs are enabled here.
-            unsafe {
-                sum_blocks32_x4(w, a, $block, $signed, |$b| $decode, |u, s| dot_u8_i8_vnni(u, s))
+            b32_formats! {
+                $features, $dot;
+                q8_0, q8_0_x4: 34, true, |b| {
+                    let q = load32(&b[2..]);
+                    (_mm256_sign_epi8(q, q), q)
+                };
+                q4_0, q4_0_x4: 18, true, |b| {
+                    let q = _mm256_sub_epi8(nibbles(&b[2..]), _mm256_set1_epi8(8));
+                    (_mm256_sign_epi8(q, q), q)
+                };
+                q4_1, q4_1_x4: 20, false, |b| (nibbles(&b[4..]), _mm256_setzero_si256());
+                q5_0, q5_0_x4: 22, true, |b| {
+                    let q = q5_0_values(b);
+                    (_mm256_sign_epi8(q, q), q)
+                };
+                q5_1, q5_1_x4: 24, false, |b| (q5_values(b, 4, 8), _mm256_setzero_si256());
             }
         }
     )*};
 }
 
-b32_kernels! {
-    q8_0_avx2, q8_0_vnni_avx2, q8_0_x4_avx2, q8_0_x4_vnni_avx2: 34, true, |b| {
-        let q = load32(&b[2..]);
-        (_mm256_sign_epi8(q, q), q)
+/// One form's kernels (see [`b32_forms`]): the `#[target_feature]` functions in `compiled`,
+/// and safe entry points beside them, which `kernel_with` hands out only where the CPU has
+/// the form's features.
+macro_rules! b32_formats {
+    ($features:literal, $dot:ident;
+     $($one:ident, $four:ident: $block:expr, $signed:expr, |$b:ident| $decode:expr;)*) => {
+        mod compiled {
+            use super::*;
+            $(
+                #[target_feature(enable = $features)]
+                pub(super) fn $one(w: &[u8], a: &[Q8Block]) -> f32 {
+                    // SAFETY: the features it needs are enabled here.
+                    unsafe { sum_blocks32(w, a, $block, $signed, |$b| $decode, |u, s| $dot(u, s)) }
+                }
+
+                #[target_feature(enable = $features)]
+                pub(super) fn $four(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+                    // SAFETY: the features it needs are enabled here.
+                    unsafe {
+                        sum_blocks32_x4(w, a, $block, $signed, |$b| $decode, |u, s| $dot(u, s))
+                    }
+                }
+            )*
+        }
+        $(
+            pub(super) fn $one(w: &[u8], a: &[Q8Block]) -> f32 {
+                // SAFETY: `kernel_with` checked the form's features before handing it out.
+                unsafe { compiled::$one(w, a) }
+            }
+
+            pub(super) fn $four(w: &[u8], a: [&[Q8Block]; 4]) -> [f32; 4] {
+                // SAFETY: as above.
+                unsafe { compiled::$four(w, a) }
+            }
+        )*
     };
-    q4_0_avx2, q4_0_vnni_avx2, q4_0_x4_avx2, q4_0_x4_vnni_avx2: 18, true, |b| {
-        let q = _mm256_sub_epi8(nibbles(&b[2..]), _mm256_set1_epi8(8));
-        (_mm256_sign_epi8(q, q), q)
-    };
-    q4_1_avx2, q4_1_vnni_avx2, q4_1_x4_avx2, q4_1_x4_vnni_avx2: 20, false, |b| (nibbles(&b[4..]), _mm256_setzero_si256());
-    q5_0_avx2, q5_0_vnni_avx2, q5_0_x4_avx2, q5_0_x4_vnni_avx2: 22, true, |b| {
-        let q = q5_0_values(b);
-        (_mm256_sign_epi8(q, q), q)
-    };
-    q5_1_avx2, q5_1_vnni_avx2, q5_1_x4_avx2, q5_1_x4_vnni_avx2: 24, false, |b| (q5_values(b, 4, 8), _mm256_setzero_si256());
+}
+
+b32_forms! {
+    plain: "avx2,fma,f16c", dot_u8_i8;
+    vnni: "avx2,fma,f16c,avxvnni", dot_u8_i8_vnni;
+    vnni512: "avx2,fma,f16c,avx512vnni,avx512vl", dot_u8_i8_vnni512;
 }
 
 /// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block's

@@ -302,12 +302,10 @@ mod tests {
                 let mut rows = [0.0f32; 5];
                 let five: Vec<f32> = (0..5 * k).map(|_| lcg(&mut seed)).collect();
                 let acts5 = Acts::quantize(dtype, &five, k).expect("quantized dtype");
-                // (the four-row products with and without AVX-VNNI where the CPU has it)
+                // (the four-row products in each form of the byte product the CPU has)
                 #[cfg(target_arch = "x86_64")]
-                let variants = [
-                    avx2::kernel_with(dtype, false),
-                    avx2::kernel_with(dtype, true),
-                ];
+                let variants = [avx2::Vnni::No, avx2::Vnni::Avx, avx2::Vnni::Avx512]
+                    .map(|v| avx2::kernel_with(dtype, v));
                 #[cfg(not(target_arch = "x86_64"))]
                 let variants: [Option<Kernel>; 0] = [];
                 let kern = Kernel::for_dtype(dtype).expect("kernel");
