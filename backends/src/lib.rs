@@ -114,9 +114,13 @@ pub trait Backend: std::fmt::Debug {
     /// Per-node times of the last run of `program`, when profiling was on.
     fn timings(&self, program: ProgramId) -> Option<Vec<NodeTiming>>;
 
-    /// Measured memory bandwidth in bytes/s: the best of a few copies of `bytes` bytes within
-    /// the device, counting what is read and what is written.
-    fn copy_bandwidth(&mut self, bytes: usize) -> Result<f64>;
+    /// Measured memory bandwidth in bytes/s, decode's roofline: the best of a few passes over
+    /// `bytes` bytes, counting every byte moved. What a pass is differs: see
+    /// [`Backend::bandwidth_method`].
+    fn memory_bandwidth(&mut self, bytes: usize) -> Result<f64>;
+
+    /// How [`Backend::memory_bandwidth`] measures, in words for a report.
+    fn bandwidth_method(&self) -> &'static str;
 
     /// Host time spent around the device in runs so far, where the backend keeps it.
     fn run_stats(&self) -> Option<RunStats> {

@@ -122,7 +122,11 @@ impl Backend for NullBackend {
         None
     }
 
-    fn copy_bandwidth(&mut self, _bytes: usize) -> Result<f64> {
+    fn bandwidth_method(&self) -> &'static str {
+        "none"
+    }
+
+    fn memory_bandwidth(&mut self, _bytes: usize) -> Result<f64> {
         Err(BackendError::Unsupported {
             backend: "null",
             op: "copy",

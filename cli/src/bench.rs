@@ -1,7 +1,8 @@
 //! `weft bench`: prompt-processing and generation throughput like llama-bench, plus for
 //! generation the bytes of weights read per second (what one token reads: one embedding row,
 //! the routed share of MoE experts; see `GgufFile::bytes_per_token`) and that as a fraction of
-//! the device's measured copy bandwidth (the memory-bandwidth roofline of decode).
+//! the device's measured memory bandwidth (the roofline of decode: on the CPU every thread
+//! reading, on a GPU a buffer copy).
 
 use crate::backend::{self, BackendArgs};
 use anyhow::{Context, Result, bail};
@@ -30,7 +31,8 @@ pub struct BenchArgs {
     /// Print one JSON array in llama-bench's `-o json` shape.
     #[arg(long)]
     json: bool,
-    /// Only measure and print the device's copy bandwidth.
+    /// Only measure and print the device's memory bandwidth (on the CPU every thread reading a
+    /// buffer, on a GPU a buffer copy, read + write).
     #[arg(long)]
     bandwidth: bool,
     /// After the tests, time every node of one prompt and of a few generation steps and print
@@ -41,7 +43,7 @@ pub struct BenchArgs {
     backend: BackendArgs,
 }
 
-/// Bytes copied when measuring bandwidth.
+/// Bytes moved when measuring bandwidth (well past any CPU's last-level cache).
 const BANDWIDTH_BYTES: usize = 256 << 20;
 
 fn stats(samples: &[f64]) -> (f64, f64) {
@@ -71,18 +73,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut be = backend::open(&args.backend)?;
     let backend_name = be.name();
     if args.bandwidth {
-        let bw = be.copy_bandwidth(BANDWIDTH_BYTES)?;
+        let bw = be.memory_bandwidth(BANDWIDTH_BYTES)?;
         println!(
-            "{backend_name}: copy bandwidth {:.1} GB/s (read + write of {} MiB)",
+            "{backend_name}: memory bandwidth {:.1} GB/s over {} MiB ({})",
             bw / 1e9,
-            BANDWIDTH_BYTES >> 20
+            BANDWIDTH_BYTES >> 20,
+            be.bandwidth_method()
         );
         return Ok(());
     }
     let Some(path) = &args.model else {
         bail!("--model is needed (except with --bandwidth)");
     };
-    let bandwidth = be.copy_bandwidth(BANDWIDTH_BYTES).ok();
+    let bandwidth = be.memory_bandwidth(BANDWIDTH_BYTES).ok();
+    let bandwidth_method = be.bandwidth_method();
     let gguf = GgufFile::open(path)
         .with_context(|| format!("cannot read the model {}", path.display()))?;
     let weight_bytes: usize = gguf.tensors().iter().map(|t| t.bytes).sum();
@@ -229,7 +233,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     if let Some(b) = bandwidth {
-        println!("device copy bandwidth: {:.1} GB/s", b / 1e9);
+        println!(
+            "device memory bandwidth: {:.1} GB/s ({})",
+            b / 1e9,
+            bandwidth_method
+        );
     }
     for (t, r) in tests.iter().zip(&rows).filter(|(t, _)| t.n_gen > 0) {
         if let Some(h) = &t.host {

@@ -44,7 +44,7 @@ enum Command {
     /// arena against the naive total), Graphviz DOT or JSON.
     Graph(inspect::GraphArgs),
     /// Prompt-processing and generation throughput (like llama-bench), with the weights read
-    /// per second and that as a fraction of the device's measured copy bandwidth.
+    /// per second and that as a fraction of the device's measured memory bandwidth.
     Bench(bench::BenchArgs),
     /// Open the viewer: the compiled graph, the arena allocator, per-node timings and the
     /// caches, updated live while the model generates.

@@ -161,6 +161,21 @@ fn bench_json_has_the_documented_fields() {
 }
 
 #[test]
+fn bench_bandwidth_prints_the_cpu_read_rate() {
+    let (ok, out, err) = weft(&["bench", "--bandwidth", "--backend", "cpu"]);
+    assert!(ok, "{err}");
+    let gbs: f64 = out
+        .split("memory bandwidth ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {out:?}"));
+    // a CPU reads memory at more than 0.1 GB/s and (so far) less than 10 TB/s
+    assert!(gbs > 0.1 && gbs < 10_000.0, "{out}");
+    assert!(out.contains("reading"), "{out}");
+}
+
+#[test]
 fn bad_files_and_arguments_exit_non_zero_with_one_line() {
     let dir = std::env::temp_dir().join(format!("weft-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -978,7 +978,11 @@ impl Backend for WgpuBackend {
         Some(self.stats)
     }
 
-    fn copy_bandwidth(&mut self, bytes: usize) -> Result<f64> {
+    fn bandwidth_method(&self) -> &'static str {
+        "a buffer copy within the device, read + write"
+    }
+
+    fn memory_bandwidth(&mut self, bytes: usize) -> Result<f64> {
         let size = align_up(bytes.max(4) as u64, 4).min(self.limits.max_buffer_size / 4 * 4);
         let mk = |label| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
