@@ -205,6 +205,19 @@ fn prefetch(b: &[u8]) {
     _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH).cast());
 }
 
+/// [`prefetch`] for every cache line of a block longer than one (the K-quants' super-blocks
+/// span three or four lines: one hint per block left most of their lines to the demand loads).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_block(b: &[u8]) {
+    let mut at = 0;
+    while at < b.len() {
+        prefetch(&b[at..]);
+        at += 64;
+    }
+    // (the last line, where the block ends past a line boundary the steps above missed)
+    prefetch(&b[b.len().saturating_sub(1)..]);
+}
+
 /// `[d_w·d_y, m_w·s_y, ·, ·]` of a 32-block whose f16 scale (and, for Q4_1, min) opens it: one
 /// 4-byte load, so no partial-register merge chains one block to the next.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -460,7 +473,7 @@ fn k4_block<const R: usize, const FIFTH: bool>(
     acc: &mut [__m256; R],
     mins: &mut [__m256; R],
 ) {
-    prefetch(b);
+    prefetch_block(b);
     let sm = k_scales(b);
     let mut sumi = [_mm256_setzero_si256(); R];
     for c in 0..4 {
@@ -589,7 +602,7 @@ pub(super) fn q6_k_values(b: &[u8], n: usize) -> [__m256i; 4] {
 fn q6_k_rows<const R: usize>(w: &[u8], a: [&[Q8KBlock]; R]) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     for (bi, b) in w.chunks_exact(210).enumerate() {
-        prefetch(b);
+        prefetch_block(b);
         let sc = |g: usize| b[192 + g] as i8 as i16;
         let mut sumi = [_mm256_setzero_si256(); R];
         for n in 0..2 {
