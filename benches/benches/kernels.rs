@@ -133,7 +133,11 @@ fn suite(c: &mut Criterion, group: &str, cases: &[(String, Throughput, Box<Build
 }
 
 fn matvec(c: &mut Criterion) {
-    let (n, k) = (2048, 2048);
+    let k: usize = std::env::var("MVK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048);
+    let n = 2048 * 2048 / k;
     let dtypes = DType::ALL.into_iter().filter(|d| d.is_float());
     let cases: Vec<(String, Throughput, Box<Build>)> = dtypes
         .map(|dtype| {

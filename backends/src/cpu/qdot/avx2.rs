@@ -114,11 +114,22 @@ safe_entries! {
     q6_k_x4 => q6_k_x4_avx2([&[Q8KBlock]; 4]) -> [f32; 4];
 }
 
-/// The f16 at byte `i` of `b`, converted by F16C.
+/// The f16 at byte `i` of `b`, converted by F16C. The bits pass through a general register
+/// (`black_box`): loaded straight into a vector register, LLVM merges the 16 bits into whatever
+/// register it picks (`vpinsrw`), which can chain a block's scale to the sums of the block
+/// before (a Q4_K mat-vec spent ~47 cycles per super-block so).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
-    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    let bits = std::hint::black_box(u16::from_le_bytes([b[i], b[i + 1]]) as u32);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// The f16 pair at bytes `i..i + 4` of `b` in lanes 0 and 1, converted by F16C from one
+/// 32-bit load (both lanes used, so nothing merges into a register, as [`f16_at`] says).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn f16_pair(b: &[u8], i: usize) -> __m128 {
+    let bits = u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -437,6 +448,27 @@ pub(super) fn k_scales(b: &[u8]) -> [u8; 16] {
     out
 }
 
+/// [`k_scales`] in vector registers, from the 16 bytes at 4..20 of a Q4_K/Q5_K super-block
+/// (its 12 scale bytes and 4 it ignores): the 8 scales then the 8 mins as bytes. The same word
+/// operations, one 32-bit lane per word: lanes 0 and 1 keep their low 6 bits (scales and mins
+/// of sub-blocks 0..4), and word 2's nibbles join the top 2 bits of words 0 and 1 (4..8).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn k_scales_vec(b: &[u8]) -> __m128i {
+    assert!(b.len() >= 20);
+    // SAFETY: bytes 4..20 are readable, checked above.
+    let v = unsafe { _mm_loadu_si128(b[4..].as_ptr().cast()) };
+    let low = _mm_and_si128(v, _mm_set1_epi8(0x3f));
+    let top = _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(v, 6), _mm_set1_epi8(0x03)), 4);
+    // word 2 in lanes 0 and 1, its high nibbles moved down in lane 1
+    let w2 = _mm_srlv_epi32(
+        _mm_shuffle_epi32(v, 0b10_10_10_10),
+        _mm_set_epi32(0, 0, 4, 0),
+    );
+    let high = _mm_or_si128(_mm_and_si128(w2, _mm_set1_epi8(0x0f)), top);
+    // [scales 0..4, scales 4..8, mins 0..4, mins 4..8]
+    _mm_unpacklo_epi32(low, high)
+}
+
 /// The unsigned values of the 64 elements `64·c ..` of a Q4_K/Q5_K super-block whose 4-bit
 /// values are `qs`: sub-block `2c` from the low nibbles, `2c + 1` from the high ones, with
 /// `FIFTH` (Q5_K) bit `j` of `qh`'s bytes as the fifth bit of sub-block `j`.
@@ -474,13 +506,16 @@ fn k4_block<const R: usize, const FIFTH: bool>(
     mins: &mut [__m256; R],
 ) {
     prefetch_block(b);
-    let sm = k_scales(b);
+    let sm = k_scales_vec(b);
+    // the scales as 16-bit words in both halves, each broadcast by a byte shuffle
+    let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    let word = |j: i8| _mm256_set1_epi16(i16::from_le_bytes([2 * j as u8, 2 * j as u8 + 1]));
     let mut sumi = [_mm256_setzero_si256(); R];
     for c in 0..4 {
         let (lo, hi) = k4_values::<FIFTH>(qs, qh, c);
         let (s_lo, s_hi) = (
-            _mm256_set1_epi16(sm[2 * c] as i16),
-            _mm256_set1_epi16(sm[2 * c + 1] as i16),
+            _mm256_shuffle_epi8(scales, word(2 * c as i8)),
+            _mm256_shuffle_epi8(scales, word(2 * c as i8 + 1)),
         );
         for r in 0..R {
             let p_lo = _mm256_maddubs_epi16(lo, load32_i8(&y[r].qs[c * 64..]));
@@ -491,12 +526,12 @@ fn k4_block<const R: usize, const FIFTH: bool>(
         }
     }
     // Σ_j min_j · (bsums[2j] + bsums[2j + 1]): each min twice, against the pair's sums
-    let m = u64::from_le_bytes(sm[8..16].try_into().unwrap_or_default());
     let pairs = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(
-        _mm_cvtsi64_si128(m as i64),
-        _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0),
+        sm,
+        _mm_set_epi8(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8),
     ));
-    let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+    let dd = f16_pair(b, 0);
+    let (d, dmin) = (_mm_cvtss_f32(dd), _mm_cvtss_f32(_mm_movehdup_ps(dd)));
     for r in 0..R {
         // SAFETY: `bsums` is 16 i16s, 32 readable bytes.
         let bsums = unsafe { _mm256_loadu_si256(y[r].bsums.as_ptr().cast()) };
@@ -675,7 +710,7 @@ fn f16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::k_scales;
+    use super::{k_scales, k_scales_vec, supported};
     use weft_graph::quant::scale_min_k4;
 
     #[test]
@@ -690,6 +725,16 @@ mod tests {
             let sm = k_scales(&b);
             for j in 0..8 {
                 assert_eq!((sm[j], sm[8 + j]), scale_min_k4(j, &b[4..16]), "{b:?} {j}");
+            }
+            if supported() {
+                let mut b20 = [0u8; 20];
+                b20[..16].copy_from_slice(&b);
+                // SAFETY: the CPU has the features, checked above.
+                let v = unsafe { k_scales_vec(&b20) };
+                let mut got = [0u8; 16];
+                // SAFETY: 16 writable bytes.
+                unsafe { std::arch::x86_64::_mm_storeu_si128(got.as_mut_ptr().cast(), v) };
+                assert_eq!(got, sm, "{b:?}");
             }
         }
     }
