@@ -57,36 +57,11 @@ pub fn kernel_with(dtype: DType, vnni: Vnni) -> Option<Kernel> {
         return None;
     }
     // the forms in the order of `Vnni`'s variants
-    let b32 = |forms: [(Row, Rows4); 3]| {
-        let (one, four) = forms[vnni as usize];
-        Kernel::B32(one, Some(four))
-    };
+    let forms = [plain::kernels, vnni::kernels, vnni512::kernels];
+    if let Some((one, four)) = forms[vnni as usize](dtype) {
+        return Some(Kernel::B32(one, Some(four)));
+    }
     Some(match dtype {
-        DType::Q8_0 => b32([
-            (plain::q8_0, plain::q8_0_x4),
-            (vnni::q8_0, vnni::q8_0_x4),
-            (vnni512::q8_0, vnni512::q8_0_x4),
-        ]),
-        DType::Q4_0 => b32([
-            (plain::q4_0, plain::q4_0_x4),
-            (vnni::q4_0, vnni::q4_0_x4),
-            (vnni512::q4_0, vnni512::q4_0_x4),
-        ]),
-        DType::Q4_1 => b32([
-            (plain::q4_1, plain::q4_1_x4),
-            (vnni::q4_1, vnni::q4_1_x4),
-            (vnni512::q4_1, vnni512::q4_1_x4),
-        ]),
-        DType::Q5_0 => b32([
-            (plain::q5_0, plain::q5_0_x4),
-            (vnni::q5_0, vnni::q5_0_x4),
-            (vnni512::q5_0, vnni512::q5_0_x4),
-        ]),
-        DType::Q5_1 => b32([
-            (plain::q5_1, plain::q5_1_x4),
-            (vnni::q5_1, vnni::q5_1_x4),
-            (vnni512::q5_1, vnni512::q5_1_x4),
-        ]),
         DType::Q4K => Kernel::K(q4_k, Some(q4_k_x4)),
         DType::Q5K => Kernel::K(q5_k, Some(q5_k_x4)),
         DType::Q6K => Kernel::K(q6_k, Some(q6_k_x4)),
@@ -368,20 +343,20 @@ macro_rules! b32_forms {
 
             b32_formats! {
                 $features, $dot;
-                q8_0, q8_0_x4: 34, true, |b| {
+                Q8_0 => q8_0, q8_0_x4: 34, true, |b| {
                     let q = load32(&b[2..]);
                     (_mm256_sign_epi8(q, q), q)
                 };
-                q4_0, q4_0_x4: 18, true, |b| {
+                Q4_0 => q4_0, q4_0_x4: 18, true, |b| {
                     let q = _mm256_sub_epi8(nibbles(&b[2..]), _mm256_set1_epi8(8));
                     (_mm256_sign_epi8(q, q), q)
                 };
-                q4_1, q4_1_x4: 20, false, |b| (nibbles(&b[4..]), _mm256_setzero_si256());
-                q5_0, q5_0_x4: 22, true, |b| {
+                Q4_1 => q4_1, q4_1_x4: 20, false, |b| (nibbles(&b[4..]), _mm256_setzero_si256());
+                Q5_0 => q5_0, q5_0_x4: 22, true, |b| {
                     let q = q5_0_values(b);
                     (_mm256_sign_epi8(q, q), q)
                 };
-                q5_1, q5_1_x4: 24, false, |b| (q5_values(b, 4, 8), _mm256_setzero_si256());
+                Q5_1 => q5_1, q5_1_x4: 24, false, |b| (q5_values(b, 4, 8), _mm256_setzero_si256());
             }
         }
     )*};
@@ -392,7 +367,7 @@ macro_rules! b32_forms {
 /// the form's features.
 macro_rules! b32_formats {
     ($features:literal, $dot:ident;
-     $($one:ident, $four:ident: $block:expr, $signed:expr, |$b:ident| $decode:expr;)*) => {
+     $($dtype:ident => $one:ident, $four:ident: $block:expr, $signed:expr, |$b:ident| $decode:expr;)*) => {
         mod compiled {
             use super::*;
             $(
@@ -422,6 +397,14 @@ macro_rules! b32_formats {
                 unsafe { compiled::$four(w, a) }
             }
         )*
+
+        /// This form's one- and four-row kernels of `dtype`, if it is a 32-element format.
+        pub(super) fn kernels(dtype: DType) -> Option<(Row, Rows4)> {
+            match dtype {
+                $(DType::$dtype => Some(($one, $four)),)*
+                _ => None,
+            }
+        }
     };
 }
 
