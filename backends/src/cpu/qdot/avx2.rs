@@ -668,8 +668,22 @@ safe_entries! {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len().min(w.len() / 2);
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    // four independent sums, so the multiply-adds' latency (4 cycles) does not bound the loop
+    let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
+    while i + 32 <= n {
+        let (h, xs) = (&w[2 * i..2 * i + 64], &x[i..i + 32]);
+        prefetch(h);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: 64 bytes of `h` and 32 floats of `xs` are readable (sliced above).
+            unsafe {
+                let wj = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().add(16 * j).cast()));
+                *acc = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xs.as_ptr().add(8 * j)), *acc);
+            }
+        }
+        i += 32;
+    }
+    let (mut acc0, mut acc1) = (_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
     while i + 16 <= n {
         let (h, xs) = (&w[2 * i..2 * i + 32], &x[i..i + 16]);
         if i % 32 == 0 {
