@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::qdot::gemm::Gemm;
-use super::qdot::{Acts, F16Dot, Kernel, f16_kernel};
+use super::qdot::{Acts, F16Dot, Kernel, bf16_kernel, f16_kernel};
 use super::team;
 use super::tensor::TensorRef;
 use super::tile::{f16_rows_times, rows_times, weight_rows_per_tile};
@@ -61,6 +61,8 @@ struct Meet {
     #[cfg(target_arch = "x86_64")]
     gemm: Option<Gemm>,
     f16: Option<F16Dot>,
+    /// bf16 weights' one-row product straight from their bytes (prompts decode rows instead).
+    bf16: Option<F16Dot>,
 }
 
 /// Activation rows from which quantized weights meet them in integer tiles: each chunk's rows
@@ -82,6 +84,11 @@ impl Meet {
             quantized,
             f16: if w.dtype == DType::F16 {
                 f16_kernel()
+            } else {
+                None
+            },
+            bf16: if w.dtype == DType::BF16 {
+                bf16_kernel()
             } else {
                 None
             },
@@ -141,6 +148,15 @@ impl Meet {
                 }
             }
             (None, None) => {
+                if let Some(bf16) = self.bf16 {
+                    for (jj, col) in out.chunks_mut(m).enumerate() {
+                        let wrow = w.row_bytes(row0 + jj);
+                        for (i, o) in col.iter_mut().enumerate() {
+                            *o = bf16(wrow, &x[i * k..(i + 1) * k]);
+                        }
+                    }
+                    return;
+                }
                 let mut buf = vec![0.0f32; k];
                 for (jj, col) in out.chunks_mut(m).enumerate() {
                     w.row_into(row0 + jj, &mut buf);

@@ -663,6 +663,41 @@ pub fn f16_kernel() -> Option<super::F16Dot> {
 
 safe_entries! {
     f16_dot => f16_dot_avx2(&[f32]) -> f32;
+    bf16_dot => bf16_dot_avx2(&[f32]) -> f32;
+}
+
+/// `w · x` for a row of bf16 weights `w` (little-endian bytes), when the CPU runs this file's
+/// kernels: a bf16 is the top half of an f32, so 8 of them widen and shift into 8 lanes.
+pub fn bf16_kernel() -> Option<super::F16Dot> {
+    supported().then_some(bf16_dot as super::F16Dot)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bf16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 2);
+    // four independent sums, as in `f16_dot_avx2`
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        let (h, xs) = (&w[2 * i..2 * i + 64], &x[i..i + 32]);
+        prefetch(h);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: 64 bytes of `h` and 32 floats of `xs` are readable (sliced above).
+            unsafe {
+                let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(h.as_ptr().add(16 * j).cast()));
+                let wj = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+                *acc = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xs.as_ptr().add(8 * j)), *acc);
+            }
+        }
+        i += 32;
+    }
+    let mut tail = 0.0f32;
+    for j in i..n {
+        let bits = u16::from_le_bytes([w[2 * j], w[2 * j + 1]]);
+        tail += f32::from_bits((bits as u32) << 16) * x[j];
+    }
+    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    hsum(sum) + tail
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -154,8 +154,17 @@ impl Acts {
     }
 }
 
-/// `w · x` for a row of f16 weights `w` (little-endian bytes) and activations `x`.
+/// `w · x` for a row of 16-bit float weights `w` (little-endian bytes; f16 or bf16, by kernel)
+/// and activations `x`.
 pub type F16Dot = fn(&[u8], &[f32]) -> f32;
+
+/// An [`F16Dot`] for bf16 weights, straight from their bytes, where the CPU has AVX2.
+pub fn bf16_kernel() -> Option<F16Dot> {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::bf16_kernel();
+    #[allow(unreachable_code)]
+    None
+}
 
 /// An [`F16Dot`] straight from the f16 bytes, where the CPU converts f16 in hardware.
 pub fn f16_kernel() -> Option<F16Dot> {
@@ -351,6 +360,27 @@ mod tests {
             let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
             let h: Vec<half::f16> = (0..k)
                 .map(|_| half::f16::from_f32(lcg(&mut seed)))
+                .collect();
+            let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let want: f64 = x.iter().zip(&h).map(|(a, b)| *a as f64 * b.to_f64()).sum();
+            let norm: f64 = x
+                .iter()
+                .zip(&h)
+                .map(|(a, b)| (*a as f64 * b.to_f64()).abs())
+                .sum();
+            let got = f(&bytes, &x) as f64;
+            assert!((got - want).abs() <= 1e-6 * norm, "k={k}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn the_bf16_kernel_equals_the_f64_dot() {
+        let Some(f) = bf16_kernel() else { return };
+        let mut seed = 5u64;
+        for k in [3usize, 32, 45, 517] {
+            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
+            let h: Vec<half::bf16> = (0..k)
+                .map(|_| half::bf16::from_f32(lcg(&mut seed)))
                 .collect();
             let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
             let want: f64 = x.iter().zip(&h).map(|(a, b)| *a as f64 * b.to_f64()).sum();
