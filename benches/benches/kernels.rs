@@ -133,11 +133,7 @@ fn suite(c: &mut Criterion, group: &str, cases: &[(String, Throughput, Box<Build
 }
 
 fn matvec(c: &mut Criterion) {
-    let k: usize = std::env::var("MVK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2048);
-    let n = 2048 * 2048 / k;
+    let (n, k) = (2048, 2048);
     let dtypes = DType::ALL.into_iter().filter(|d| d.is_float());
     let cases: Vec<(String, Throughput, Box<Build>)> = dtypes
         .map(|dtype| {
