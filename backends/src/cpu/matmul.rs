@@ -52,17 +52,17 @@ pub(super) fn axpy_body(o: &mut [f32], p: f32, v: &[f32]) {
 }
 
 /// How a weight meets a block of activation rows: their 8-bit forms and the weight's integer
-/// dot product (quantized weights), else the f16 dot product straight from the weight's bytes
-/// where the CPU converts f16 in hardware, else decoded rows.
+/// dot product (quantized weights), else the f16 or bf16 dot product straight from the weight's
+/// bytes where the CPU has the kernel, else decoded rows.
 struct Meet {
     quantized: Option<(Kernel, Acts)>,
     /// Quantized weights meeting [`GEMM_FROM`] or more activation rows, where the CPU has the
     /// integer tiles.
     #[cfg(target_arch = "x86_64")]
     gemm: Option<Gemm>,
-    f16: Option<F16Dot>,
-    /// bf16 weights' one-row product straight from their bytes (prompts decode rows instead).
-    bf16: Option<F16Dot>,
+    /// f16 or bf16 weights' product straight from their bytes (bf16 prompts decode rows
+    /// instead; f16 prompts convert in the register tiles).
+    half: Option<F16Dot>,
 }
 
 /// Activation rows from which quantized weights meet them in integer tiles: each chunk's rows
@@ -82,15 +82,10 @@ impl Meet {
                 .filter(|_| x.len() >= GEMM_FROM * k)
                 .and_then(|(_, acts)| Gemm::new(w.dtype, acts, k)),
             quantized,
-            f16: if w.dtype == DType::F16 {
-                f16_kernel()
-            } else {
-                None
-            },
-            bf16: if w.dtype == DType::BF16 {
-                bf16_kernel()
-            } else {
-                None
+            half: match w.dtype {
+                DType::F16 => f16_kernel(),
+                DType::BF16 => bf16_kernel(),
+                _ => None,
             },
         }
     }
@@ -118,15 +113,17 @@ impl Meet {
             gemm.rows(|jj| w.row_bytes(row0 + jj), out);
             return;
         }
-        match (&self.quantized, self.f16) {
+        match (&self.quantized, self.half) {
             (Some((kern, acts)), _) => {
                 for (jj, col) in out.chunks_mut(m).enumerate() {
                     kern.dot_rows(w.row_bytes(row0 + jj), acts, col);
                 }
             }
             // prompts: f16 rows converted as the register tiles load them
-            (None, Some(_)) if m >= 4 && f16_rows_times(|jj| w.row_bytes(row0 + jj), x, k, out) => {
-            }
+            (None, Some(_))
+                if m >= 4
+                    && w.dtype == DType::F16
+                    && f16_rows_times(|jj| w.row_bytes(row0 + jj), x, k, out) => {}
             // other dtypes: the rows decoded once, then register tiles
             (None, _) if m >= 4 => DECODED.with_borrow_mut(|buf| {
                 let need = out.len() / m * k;
@@ -139,24 +136,15 @@ impl Meet {
                 }
                 rows_times(buf, x, k, out);
             }),
-            (None, Some(f16)) => {
+            (None, Some(half)) => {
                 for (jj, col) in out.chunks_mut(m).enumerate() {
                     let wrow = w.row_bytes(row0 + jj);
                     for (i, o) in col.iter_mut().enumerate() {
-                        *o = f16(wrow, &x[i * k..(i + 1) * k]);
+                        *o = half(wrow, &x[i * k..(i + 1) * k]);
                     }
                 }
             }
             (None, None) => {
-                if let Some(bf16) = self.bf16 {
-                    for (jj, col) in out.chunks_mut(m).enumerate() {
-                        let wrow = w.row_bytes(row0 + jj);
-                        for (i, o) in col.iter_mut().enumerate() {
-                            *o = bf16(wrow, &x[i * k..(i + 1) * k]);
-                        }
-                    }
-                    return;
-                }
                 let mut buf = vec![0.0f32; k];
                 for (jj, col) in out.chunks_mut(m).enumerate() {
                     w.row_into(row0 + jj, &mut buf);
