@@ -91,8 +91,8 @@ safe_entries! {
 
 /// The f16 at byte `i` of `b`, converted by F16C. The bits pass through a general register
 /// (`black_box`): loaded straight into a vector register, LLVM merges the 16 bits into whatever
-/// register it picks (`vpinsrw`), which can chain a block's scale to the sums of the block
-/// before (a Q4_K mat-vec spent ~47 cycles per super-block so).
+/// register it picks (`vpinsrw`); in the Q4_K mat-vec that was the accumulator's, which
+/// chained each super-block's scale to the sums of the one before.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     let bits = std::hint::black_box(u16::from_le_bytes([b[i], b[i + 1]]) as u32);
