@@ -292,8 +292,9 @@ fn profile(s: &mut Session, n_prompt: usize, toks: &[i32]) -> Result<()> {
         let start = Instant::now();
         s.decode_last(&[(0, &prompt)])?;
         let wall = start.elapsed().as_secs_f64();
-        let table = OpTable::from(&[s.last_timings().unwrap_or_default()]);
-        table.print(&format!("prompt of {n_prompt} tokens"), wall, 1.0);
+        let runs = [s.last_timings().unwrap_or_default()];
+        OpTable::from(&runs).print(&format!("prompt of {n_prompt} tokens"), wall, 1.0);
+        print_slowest_nodes(&runs, 1.0);
     }
     s.clear();
     s.decode_last(&[(0, &toks[..1])])?;
@@ -308,7 +309,28 @@ fn profile(s: &mut Session, n_prompt: usize, toks: &[i32]) -> Result<()> {
     s.set_profiling(false);
     let n = steps.len() as f64;
     OpTable::from(&steps).print(&format!("{n} generation steps, per token"), wall, n);
+    print_slowest_nodes(&steps, n);
     Ok(())
+}
+
+/// Nodes listed after the per-op tables of `--profile`.
+const SLOWEST_NODES: usize = 12;
+
+/// The [`SLOWEST_NODES`] nodes that took longest, summed over `runs` and divided by `per`:
+/// which matrix or layer a per-op total comes from.
+fn print_slowest_nodes(runs: &[Vec<weft_backends::NodeTiming>], per: f64) {
+    let mut per_node: std::collections::HashMap<&str, (&'static str, f64)> = Default::default();
+    for t in runs.iter().flatten() {
+        let e = per_node.entry(&t.name).or_insert((t.op, 0.0));
+        e.1 += t.time.as_secs_f64();
+    }
+    let mut rows: Vec<_> = per_node.into_iter().collect();
+    rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1).then(a.0.cmp(b.0)));
+    println!("| slowest nodes | op | ms |");
+    println!("|---|---|---|");
+    for (name, (op, secs)) in rows.into_iter().take(SLOWEST_NODES) {
+        println!("| {name} | {op} | {:.3} |", 1e3 * secs / per);
+    }
 }
 
 /// Node count and seconds per op kind, summed over several runs.

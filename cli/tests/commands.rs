@@ -161,6 +161,45 @@ fn bench_json_has_the_documented_fields() {
 }
 
 #[test]
+fn bench_profile_lists_ops_and_the_slowest_nodes() {
+    let (ok, out, err) = weft(&[
+        "bench",
+        "-m",
+        &fixture("mamba", "mamba-f32.gguf"),
+        "-p",
+        "8",
+        "-n",
+        "2",
+        "-r",
+        "1",
+        "--backend",
+        "cpu",
+        "--profile",
+    ]);
+    assert!(ok, "{err}");
+    for title in ["prompt of 8 tokens", "generation steps, per token"] {
+        assert!(out.contains(title), "no {title:?} in {out}");
+    }
+    // both runs name their nodes, slowest first, and a Mamba step spends time in its scan
+    let tables: Vec<&str> = out.split("| slowest nodes | op | ms |").skip(1).collect();
+    assert_eq!(tables.len(), 2, "{out}");
+    for t in tables {
+        let ms: Vec<f64> = t
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|') && l.matches('|').count() == 4)
+            .map(|l| l.rsplit('|').nth(1).unwrap().trim().parse().unwrap())
+            .collect();
+        assert!(!ms.is_empty(), "{t}");
+        assert!(
+            ms.windows(2).all(|w| w[0] >= w[1]),
+            "not slowest first: {t}"
+        );
+    }
+    assert!(out.contains("| ssm_scan |"), "{out}");
+}
+
+#[test]
 fn bench_bandwidth_prints_the_cpu_read_rate() {
     let (ok, out, err) = weft(&["bench", "--bandwidth", "--backend", "cpu"]);
     assert!(ok, "{err}");
