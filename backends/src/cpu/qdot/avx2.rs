@@ -621,14 +621,26 @@ fn q6_k_rows<const R: usize>(w: &[u8], a: [&[Q8KBlock]; R]) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     for (bi, b) in w.chunks_exact(210).enumerate() {
         prefetch_block(b);
-        let sc = |g: usize| b[192 + g] as i8 as i16;
+        // SAFETY: 16 scale bytes at 192..208 are readable.
+        let sc = unsafe { _mm_loadu_si128(b[192..208].as_ptr().cast()) };
         let mut sumi = [_mm256_setzero_si256(); R];
         for n in 0..2 {
             let q = q6_k_values(b, n);
+            // this half's 8 scales as words in both 128-bit lanes; entry `t` (groups `2t`
+            // and `2t + 1` of the half) takes word `2t` in the low lane, `2t + 1` in the high
+            let half = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(if n == 0 {
+                sc
+            } else {
+                _mm_srli_si128::<8>(sc)
+            }));
             for (t, qt) in q.iter().enumerate() {
                 let e = n * 128 + t * 32;
-                let g = e / 16;
-                let scales = _mm256_set_m128i(_mm_set1_epi16(sc(g + 1)), _mm_set1_epi16(sc(g)));
+                let (lo, hi) = (4 * t as i8, 4 * t as i8 + 2);
+                let pick = _mm256_set_m128i(
+                    _mm_set1_epi16(i16::from_le_bytes([hi as u8, hi as u8 + 1])),
+                    _mm_set1_epi16(i16::from_le_bytes([lo as u8, lo as u8 + 1])),
+                );
+                let scales = _mm256_shuffle_epi8(half, pick);
                 for r in 0..R {
                     let p = _mm256_maddubs_epi16(*qt, load32_i8(&a[r][bi].qs[e..]));
                     sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(p, scales));
@@ -636,8 +648,7 @@ fn q6_k_rows<const R: usize>(w: &[u8], a: [&[Q8KBlock]; R]) -> [f32; R] {
             }
         }
         // the q − 32 offset: 32 · Σ_g scale_g · Σy(group g), in the same lanes
-        // SAFETY: 16 scale bytes at 192..208 are readable.
-        let scales = unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(b[192..208].as_ptr().cast())) };
+        let scales = _mm256_cvtepi8_epi16(sc);
         let d = f16_at(b, 208);
         for r in 0..R {
             let y = &a[r][bi];
