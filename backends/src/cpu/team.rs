@@ -5,11 +5,17 @@
 //! the node itself. Here helpers spin between loops, as ggml's threads do, and park only after
 //! [`SPIN`] without work; the thread that starts a loop takes chunks too.
 //!
+//! Each thread owns a contiguous run of a loop's chunks and takes them in order, then takes
+//! what is left of the others' runs from their ends. A mat-vec's rows are then read as one
+//! stream per thread (the prefetches ahead of a chunk land in the same thread's next chunk, not
+//! in another thread's), and claiming a chunk touches a cache line no other thread writes
+//! until the stealing starts.
+//!
 //! One loop runs at a time: a loop started while another runs (from another thread, or nested
 //! inside a chunk) runs its chunks on the calling thread.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,24 +24,63 @@ const SPIN: Duration = Duration::from_micros(300);
 /// How long a parked helper sleeps before it looks again (bounds a missed wake-up).
 const NAP: Duration = Duration::from_millis(2);
 
-/// The chunk body, with its lifetime erased; only called for claimed chunks of its own epoch.
+/// The chunk body, with its lifetime erased; only called while its `run` waits.
 #[derive(Clone, Copy)]
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
-    chunks: usize,
+    threads: usize,
 }
 
-// SAFETY: the pointee is `Sync`; `run` keeps it alive until every claimed chunk is done.
+// SAFETY: the pointee is `Sync`; `run` keeps it alive until every thread that took it is done.
 unsafe impl Send for Job {}
 
+/// One thread's run of chunks, `front << 32 | end`: its owner takes `front`, others take
+/// `end − 1`, each by a compare-exchange.
+#[repr(align(128))]
+struct Run(AtomicU64);
+
+impl Run {
+    fn set(&self, front: usize, end: usize) {
+        self.0
+            .store(((front as u64) << 32) | end as u64, Ordering::Release);
+    }
+
+    /// The next chunk from the front (the owner) or the end (anyone else), if any is left.
+    fn take(&self, from_front: bool) -> Option<usize> {
+        let mut v = self.0.load(Ordering::Acquire);
+        loop {
+            let (front, end) = (v >> 32, v & 0xFFFF_FFFF);
+            if front >= end {
+                return None;
+            }
+            let (next, chunk) = if from_front {
+                (v + (1 << 32), front)
+            } else {
+                (v - 1, end - 1)
+            };
+            match self
+                .0
+                .compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(chunk as usize),
+                Err(now) => v = now,
+            }
+        }
+    }
+}
+
 struct Shared {
-    /// The current job and its epoch.
+    /// The current job and its epoch; helpers take it under this lock and count themselves
+    /// in `inside` before they let go of it.
     job: Mutex<(u32, Option<Job>)>,
-    /// `epoch << 32 | next chunk`: a chunk is claimed by a compare-exchange that also checks the
-    /// epoch, so a late helper can never claim a chunk of a later job with an earlier body.
-    counter: AtomicU64,
-    /// Chunks finished in the current epoch.
+    /// The epoch of the last job published: helpers watch it.
+    epoch: AtomicU32,
+    /// Every thread's run of the current job's chunks (the caller's is the first).
+    runs: Box<[Run]>,
+    /// Chunks finished in the current job.
     done: AtomicUsize,
+    /// Helpers holding the current job's body.
+    inside: AtomicUsize,
     panicked: AtomicBool,
     /// Held by the thread whose loop runs.
     busy: Mutex<()>,
@@ -66,21 +111,23 @@ pub fn global() -> &'static Team {
 
 impl Team {
     fn new(threads: usize) -> Team {
+        let threads = threads.max(1);
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             job: Mutex::new((0, None)),
-            counter: AtomicU64::new(0),
+            epoch: AtomicU32::new(0),
+            runs: (0..threads).map(|_| Run(AtomicU64::new(0))).collect(),
             done: AtomicUsize::new(0),
+            inside: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             busy: Mutex::new(()),
             sleepers: AtomicUsize::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(()),
         }));
-        let threads = threads.max(1);
         for i in 1..threads {
             let spawned = std::thread::Builder::new()
                 .name(format!("weft-cpu-{i}"))
-                .spawn(move || helper(shared));
+                .spawn(move || helper(shared, i));
             if spawned.is_err() {
                 return Team { shared, threads: i };
             }
@@ -96,31 +143,41 @@ impl Team {
     /// Calls `f(c)` once for every `c < chunks`, spread over the team.
     pub fn run(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
         let guard = match self.shared.busy.try_lock() {
-            // (the chunk counter is the low 32 bits of `counter`)
+            // (a run's ends are 32-bit halves of one word)
             Ok(g) if self.threads > 1 && chunks > 1 && chunks < u32::MAX as usize => g,
             _ => return (0..chunks).for_each(f),
         };
         let s = self.shared;
-        // SAFETY: only the lifetime is erased. Helpers call `f` only for chunks they claimed in
-        // this epoch, and this function returns only after all of those chunks are done.
+        // SAFETY: only the lifetime is erased. Helpers take `f` under the job lock and count
+        // themselves in `inside` until they drop it; this function clears the job and waits
+        // for `inside` to reach 0 before it returns.
         let erased: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
-        let epoch = {
+        {
             let mut job = s.job.lock().unwrap_or_else(|e| e.into_inner());
-            job.0 = job.0.wrapping_add(1);
-            job.1 = Some(Job { f: erased, chunks });
+            let n = self.threads;
+            for (t, run) in s.runs[..n].iter().enumerate() {
+                run.set(t * chunks / n, (t + 1) * chunks / n);
+            }
             s.done.store(0, Ordering::Relaxed);
-            s.counter.store((job.0 as u64) << 32, Ordering::Release);
-            job.0
-        };
+            job.0 = job.0.wrapping_add(1);
+            job.1 = Some(Job {
+                f: erased,
+                threads: n,
+            });
+            s.epoch.store(job.0, Ordering::Release);
+        }
         if s.sleepers.load(Ordering::Acquire) > 0 {
             let _l = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        work(s, epoch, chunks, f);
+        work(s, 0, self.threads, f);
         while s.done.load(Ordering::Acquire) < chunks {
             std::hint::spin_loop();
         }
         s.job.lock().unwrap_or_else(|e| e.into_inner()).1 = None;
+        while s.inside.load(Ordering::Acquire) > 0 {
+            std::hint::spin_loop();
+        }
         drop(guard);
         if s.panicked.swap(false, Ordering::AcqRel) {
             panic!("a CPU kernel panicked on a helper thread");
@@ -149,43 +206,48 @@ impl Team {
     }
 }
 
-/// Claims and runs chunks of `epoch` until none are left.
-fn work(s: &Shared, epoch: u32, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
-    loop {
-        let v = s.counter.load(Ordering::Acquire);
-        let c = (v & 0xFFFF_FFFF) as usize;
-        if (v >> 32) as u32 != epoch || c >= chunks {
-            return;
+/// Thread `me` of `threads` runs the chunks of its own run from the front, then those left in
+/// the others' runs from their ends, until none is left; then counts what it ran as done.
+fn work(s: &Shared, me: usize, threads: usize, f: &(dyn Fn(usize) + Sync)) {
+    let mut ran = 0;
+    let mut take = |t: usize, front: bool| {
+        while let Some(c) = s.runs[t].take(front) {
+            if catch_unwind(AssertUnwindSafe(|| f(c))).is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
+            ran += 1;
         }
-        if s.counter
-            .compare_exchange_weak(v, v + 1, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            continue;
-        }
-        if catch_unwind(AssertUnwindSafe(|| f(c))).is_err() {
-            s.panicked.store(true, Ordering::Release);
-        }
-        s.done.fetch_add(1, Ordering::AcqRel);
+    };
+    take(me, true);
+    for i in 1..threads {
+        take((me + i) % threads, false);
     }
+    s.done.fetch_add(ran, Ordering::AcqRel);
 }
 
-fn helper(s: &'static Shared) {
+fn helper(s: &'static Shared, me: usize) {
     let mut seen = 0u32;
     let mut idle_since = Instant::now();
     let mut spins = 0u32;
     loop {
-        let epoch = (s.counter.load(Ordering::Acquire) >> 32) as u32;
+        let epoch = s.epoch.load(Ordering::Acquire);
         if epoch != seen {
             seen = epoch;
-            let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-            if let (e, Some(job)) = job
-                && e == epoch
-            {
-                // SAFETY: `work` calls it only for chunks claimed in `epoch`, which keeps the
-                // job's owner waiting in `run` until they are done.
+            let job = {
+                let job = s.job.lock().unwrap_or_else(|e| e.into_inner());
+                match *job {
+                    (e, Some(job)) if e == epoch => {
+                        s.inside.fetch_add(1, Ordering::AcqRel);
+                        Some(job)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(job) = job {
+                // SAFETY: the job's owner waits in `run` until `inside` drops back to 0.
                 let f = unsafe { &*job.f };
-                work(s, epoch, job.chunks, f);
+                work(s, me, job.threads, f);
+                s.inside.fetch_sub(1, Ordering::AcqRel);
             }
             idle_since = Instant::now();
             continue;
@@ -198,7 +260,7 @@ fn helper(s: &'static Shared) {
         }
         s.sleepers.fetch_add(1, Ordering::AcqRel);
         let lock = s.wake_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if (s.counter.load(Ordering::Acquire) >> 32) as u32 == seen {
+        if s.epoch.load(Ordering::Acquire) == seen {
             let _ = s.wake.wait_timeout(lock, NAP);
         }
         s.sleepers.fetch_sub(1, Ordering::AcqRel);
@@ -222,6 +284,51 @@ mod tests {
             });
             for (i, x) in v.iter().enumerate() {
                 assert_eq!(*x, (i / 5) as u32 + 1);
+            }
+        }
+    }
+
+    #[test]
+    fn each_thread_takes_its_own_run_in_order() {
+        let team = Team::new(3);
+        for chunks in [2usize, 3, 10, 100, 1000] {
+            let order = Mutex::new(vec![]);
+            team.run(chunks, &|c| {
+                let name = std::thread::current().name().map(str::to_owned);
+                order.lock().unwrap().push((name, c));
+                std::hint::black_box((0..200).sum::<u64>());
+            });
+            let order = order.into_inner().unwrap();
+            let mut seen: Vec<usize> = order.iter().map(|o| o.1).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..chunks).collect::<Vec<_>>());
+            // the caller's run is the first third, helper `t`'s the `t`-th: the caller starts
+            // at 0, and every thread takes the chunks of its own run in increasing order (the
+            // others', from their ends)
+            let caller = std::thread::current().name().map(str::to_owned);
+            assert_eq!(order[0], (caller.clone(), 0), "{order:?}");
+            for t in 0..3 {
+                let run = t * chunks / 3..(t + 1) * chunks / 3;
+                let owner = if t == 0 {
+                    caller.clone()
+                } else {
+                    Some(format!("weft-cpu-{t}"))
+                };
+                let own: Vec<usize> = order
+                    .iter()
+                    .filter(|o| run.contains(&o.1) && o.0 == owner)
+                    .map(|o| o.1)
+                    .collect();
+                assert!(own.windows(2).all(|w| w[0] < w[1]), "{owner:?}: {order:?}");
+                let stolen: Vec<usize> = order
+                    .iter()
+                    .filter(|o| run.contains(&o.1) && o.0 != owner)
+                    .map(|o| o.1)
+                    .collect();
+                assert!(
+                    stolen.iter().all(|&c| own.iter().all(|&o| o < c)),
+                    "{order:?}"
+                );
             }
         }
     }
