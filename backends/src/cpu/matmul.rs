@@ -164,19 +164,99 @@ thread_local! {
 
 /// `out[m][j] = x[m] · w_row(row0 + j)` for `j < n`, `x` dense `[M, K]`.
 fn product(x: &[f32], m: usize, w: &TensorRef, row0: usize, n: usize, out: &mut [f32]) {
-    let team = team::global();
     let meet = Meet::new(w, x);
-    // Each chunk takes a few weight rows and meets them with every activation row: `t` is
-    // `[N, M]` (the output itself when M = 1).
-    let rows_per_chunk = meet.rows_per_chunk(n, 8 * team.threads(), m);
+    // `t` is `[N, M]` (the output itself when M = 1)
     let mut transposed = (m > 1).then(|| vec![0.0f32; n * m]);
     let t = transposed.as_deref_mut().unwrap_or(&mut *out);
-    team.chunks_mut(t, rows_per_chunk * m, |c, chunk| {
-        meet.rows(w, row0 + c * rows_per_chunk, x, m, chunk);
-    });
+    let p = Product {
+        w,
+        row0,
+        n,
+        x,
+        m,
+        meet: &meet,
+    };
+    products(&[p], vec![t]);
     if let Some(t) = transposed {
         transpose_into(&t, m, n, out);
     }
+}
+
+/// Weight rows `row0 .. row0 + n` of `w` times `m` dense activation rows `x` (which `meet`
+/// prepared for `w`): one of the products [`products`] computes in one dispatch.
+struct Product<'a> {
+    w: &'a TensorRef<'a>,
+    row0: usize,
+    n: usize,
+    x: &'a [f32],
+    m: usize,
+    meet: &'a Meet,
+}
+
+/// Each product `ps[i]` into `outs[i]`, `[N, M]`, in one dispatch of the team: every product's
+/// weight rows in chunks (each chunk meets them with all of its activation rows), all handed
+/// out at once, so one layer's several weights or experts wait on one barrier, not one each.
+fn products(ps: &[Product], outs: Vec<&mut [f32]>) {
+    let team = team::global();
+    let parts = (8 * team.threads()).div_ceil(ps.len().max(1));
+    let mut items: Vec<(usize, usize, &mut [f32])> = vec![];
+    for (i, (p, out)) in ps.iter().zip(outs).enumerate() {
+        let per = p.meet.rows_per_chunk(p.n, parts, p.m);
+        for (c, chunk) in out.chunks_mut(per * p.m).enumerate() {
+            items.push((i, c * per, chunk));
+        }
+    }
+    team.chunks_mut(&mut items, 1, |_, item| {
+        let (i, j0, chunk) = &mut item[0];
+        let p = &ps[*i];
+        p.meet.rows(p.w, p.row0 + *j0, p.x, p.m, chunk);
+    });
+}
+
+/// `x [1, K] · w_iᵀ` for each weight `w_i [N_i, K]`, the outputs side by side, in one dispatch.
+pub fn matvec_cat(x: &TensorRef, ws: &[TensorRef], out: &mut [f32]) {
+    let xv = x.f32();
+    let ws: Vec<&TensorRef> = ws.iter().collect();
+    let (meets, which) = meets_by_dtype(&ws, &xv);
+    let ps: Vec<Product> = ws
+        .iter()
+        .zip(which)
+        .map(|(w, i)| Product {
+            w,
+            row0: 0,
+            n: w.dims()[0],
+            x: &xv,
+            m: 1,
+            meet: &meets[i],
+        })
+        .collect();
+    let mut outs = vec![];
+    let mut rest = out;
+    for p in &ps {
+        let (mine, next) = rest.split_at_mut(p.n);
+        outs.push(mine);
+        rest = next;
+    }
+    products(&ps, outs);
+}
+
+/// How activation rows `x` meet each of `ws`: the [`Meet`]s, and which one each weight takes
+/// (weights of one dtype share one, so `x` is quantized once per dtype).
+fn meets_by_dtype(ws: &[&TensorRef], x: &[f32]) -> (Vec<Meet>, Vec<usize>) {
+    let mut dtypes: Vec<DType> = vec![];
+    let mut meets = vec![];
+    let which = ws
+        .iter()
+        .map(|w| match dtypes.iter().position(|&d| d == w.dtype) {
+            Some(i) => i,
+            None => {
+                dtypes.push(w.dtype);
+                meets.push(Meet::new(w, x));
+                meets.len() - 1
+            }
+        })
+        .collect();
+    (meets, which)
 }
 
 /// `out[i][j] = t[j][i]` for `t` of `n` rows by `m`: blocks of rows of `t`, each written to
@@ -235,10 +315,15 @@ fn check_index(op: &'static str, node: &str, i: i32, len: usize) -> Result<usize
     Ok(i as usize)
 }
 
-/// `x [T, U|1, K]`, `w [E, N, K]`, `ids [T, U]` → `[T, U, N]`, grouped by expert.
+/// Activation elements (rows × K) from which a `mul_mat_id` prepares its experts' rows on the
+/// team; a decode step's few rows are prepared on the calling thread, without a dispatch.
+const PREPARE_ON_TEAM_FROM: usize = 1 << 16;
+
+/// `x [T, U|1, K]`, `w [E, N, K]`, `ids [T, U]` → `[T, U, N]` for each `w` of `ws` (all of one
+/// shape), their outputs one after the other: the experts' products in one dispatch.
 pub fn matmul_id(
     x: &TensorRef,
-    w: &TensorRef,
+    ws: &[&TensorRef],
     ids: &TensorRef,
     node: &str,
     out: &mut [f32],
@@ -247,13 +332,13 @@ pub fn matmul_id(
     let idv = ids.i32();
     let u = ids.dims()[1];
     let xu = x.dims()[1];
-    let [e, n, k] = [w.dims()[0], w.dims()[1], w.dims()[2]];
+    let [e, n, k] = [ws[0].dims()[0], ws[0].dims()[1], ws[0].dims()[2]];
     let mut per_expert: Vec<Vec<usize>> = vec![Vec::new(); e];
     for (r, &id) in idv.iter().enumerate() {
         per_expert[check_index("mul_mat_id", node, id, e)?].push(r);
     }
     // the experts in use, each with its activation rows gathered and prepared for the weights
-    // (quantized, woven), the experts spread over the team
+    // (quantized, woven)
     let mut used: Vec<Expert> = per_expert
         .iter()
         .enumerate()
@@ -262,68 +347,70 @@ pub fn matmul_id(
             id,
             rows,
             xs: vec![],
-            meet: None,
+            meets: (vec![], vec![]),
         })
         .collect();
-    let team = team::global();
-    team.chunks_mut(&mut used, 1, |_, one| {
-        let e = &mut one[0];
+    let prepare = |e: &mut Expert| {
         e.xs.reserve_exact(e.rows.len() * k);
         for &r in e.rows {
             let (ti, ui) = (r / u, r % u);
             let xr = ti * xu + if xu == 1 { 0 } else { ui };
             e.xs.extend_from_slice(&xv[xr * k..(xr + 1) * k]);
         }
-        e.meet = Some(Meet::new(w, &e.xs));
-    });
-    // Every expert's weight rows in chunks, all handed to the team at once (one dispatch for
-    // the layer's experts, not one per expert): each chunk writes its rows' products with the
-    // expert's activation rows, `[rows, M_e]`, into its part of `t`.
-    let parts = (8 * team.threads()).div_ceil(used.len().max(1));
-    let mut t = vec![0.0f32; used.iter().map(|e| e.rows.len() * n).sum()];
-    let mut items: Vec<(usize, usize, &mut [f32])> = vec![];
-    let mut rest = t.as_mut_slice();
-    for (ui, e) in used.iter().enumerate() {
-        let m = e.rows.len();
-        let (mine, next) = rest.split_at_mut(n * m);
-        rest = next;
-        let per = e.meet().rows_per_chunk(n, parts, m);
-        for (c, chunk) in mine.chunks_mut(per * m).enumerate() {
-            items.push((ui, c * per, chunk));
-        }
+        e.meets = meets_by_dtype(ws, &e.xs);
+    };
+    if idv.len() * k >= PREPARE_ON_TEAM_FROM {
+        team::global().chunks_mut(&mut used, 1, |_, one| prepare(&mut one[0]));
+    } else {
+        used.iter_mut().for_each(prepare);
     }
-    team.chunks_mut(&mut items, 1, |_, item| {
-        let (ui, j0, chunk) = &mut item[0];
-        let e = &used[*ui];
-        e.meet().rows(w, e.id * n + *j0, &e.xs, e.rows.len(), chunk);
-    });
+    // every weight's products with every expert's rows, `[rows, M_e]` each, in `t`
+    let ps: Vec<Product> = ws
+        .iter()
+        .enumerate()
+        .flat_map(|(wi, w)| {
+            used.iter().map(move |e| Product {
+                w,
+                row0: e.id * n,
+                n,
+                x: &e.xs,
+                m: e.rows.len(),
+                meet: &e.meets.0[e.meets.1[wi]],
+            })
+        })
+        .collect();
+    let mut t = vec![0.0f32; ps.iter().map(|p| p.n * p.m).sum()];
+    let mut outs = vec![];
+    let mut rest = t.as_mut_slice();
+    for p in &ps {
+        let (mine, next) = rest.split_at_mut(p.n * p.m);
+        outs.push(mine);
+        rest = next;
+    }
+    products(&ps, outs);
     let mut at = 0;
-    for e in &used {
-        let m = e.rows.len();
-        for (i, &r) in e.rows.iter().enumerate() {
-            let o = &mut out[r * n..(r + 1) * n];
-            for (j, o) in o.iter_mut().enumerate() {
-                *o = t[at + j * m + i];
+    for out in out.chunks_mut(idv.len() * n).take(ws.len()) {
+        for e in &used {
+            let m = e.rows.len();
+            for (i, &r) in e.rows.iter().enumerate() {
+                let o = &mut out[r * n..(r + 1) * n];
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = t[at + j * m + i];
+                }
             }
+            at += n * m;
         }
-        at += n * m;
     }
     Ok(())
 }
 
 /// An expert in use by a `mul_mat_id`: its id, the rows of ids that chose it, their activation
-/// rows gathered, and how its weights meet them.
+/// rows gathered, and how each weight meets them (see [`meets_by_dtype`]).
 struct Expert<'a> {
     id: usize,
     rows: &'a [usize],
     xs: Vec<f32>,
-    meet: Option<Meet>,
-}
-
-impl Expert<'_> {
-    fn meet(&self) -> &Meet {
-        self.meet.as_ref().expect("every expert prepared")
-    }
+    meets: (Vec<Meet>, Vec<usize>),
 }
 
 /// Rows of `table [B?, R, D]` chosen by `ids [B?, n]`.

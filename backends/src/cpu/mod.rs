@@ -592,15 +592,8 @@ fn execute(g: &Graph, id: NodeId, s: &[TensorRef], out: &mut [u8]) -> Result<()>
     // the inner result (a pair's two products side by side), then the program over it (or
     // over its range)
     let mut y = vec![0.0f32; node.numel() * e.results()];
-    if e.pair && matches!(op, Op::MatMulId) {
-        // the experts' pair: each weight's products, one after the other
-        let (a, b) = y.split_at_mut(node.numel());
-        execute_op(op, node, &inner[..3], bytemuck::cast_slice_mut(a))?;
-        let second = [inner[0], inner[3], inner[2]];
-        execute_op(op, node, &second, bytemuck::cast_slice_mut(b))?;
-    } else {
-        execute_op(op, node, &inner, bytemuck::cast_slice_mut(&mut y))?;
-    }
+    // (the experts' pair, `[x, w_a, ids, w_b]`: each weight's products, one after the other)
+    execute_op(op, node, &inner, bytemuck::cast_slice_mut(&mut y))?;
     let extra = &s[e.first_source()..];
     match e.range {
         Some((a, n)) => {
@@ -767,16 +760,8 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
             let p = op.program().expect("elementwise ops have programs");
             elementwise::fused(&p, shape, s, f32s(out))
         }
-        Op::MatMulCat => {
-            // one activation row times each weight, the outputs side by side
-            let out = f32s(out);
-            let mut at = 0;
-            for w in &s[1..] {
-                let n = w.dims()[0];
-                matmul::matmul(&s[0], w, &mut out[at..at + n]);
-                at += n;
-            }
-        }
+        // one activation row times each weight, the outputs side by side
+        Op::MatMulCat => matmul::matvec_cat(&s[0], &s[1..], f32s(out)),
         Op::MatMul => {
             let out = f32s(out);
             matmul::matmul(&s[0], &s[1], out);
@@ -787,7 +772,11 @@ fn execute_op(op: &Op, node: &weft_graph::Node, s: &[TensorRef], out: &mut [u8])
                     .for_each(|(o, &r)| *o += r);
             }
         }
-        Op::MatMulId => matmul::matmul_id(&s[0], &s[1], &s[2], &node.name, f32s(out))?,
+        Op::MatMulId => {
+            // one weight, or a pair's two (`[x, w_a, ids, w_b]`), products one after the other
+            let ws: Vec<&TensorRef> = s[1..].iter().step_by(2).collect();
+            matmul::matmul_id(&s[0], &ws, &s[2], &node.name, f32s(out))?
+        }
         Op::GetRows => matmul::get_rows(&s[0], &s[1], &node.name, f32s(out))?,
         Op::RmsNorm { eps } => norm(weft_graph::NormKind::Rms { eps: *eps }, &s[0], f32s(out)),
         Op::L2Norm { eps } => norm(weft_graph::NormKind::L2 { eps: *eps }, &s[0], f32s(out)),
