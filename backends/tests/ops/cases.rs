@@ -892,6 +892,11 @@ pub fn ssm_scan_mamba1(be: &mut dyn Backend) {
     ssm_scan_case(be, 1, 9, 3, 1, 8, 1, true, 42);
     ssm_scan_case(be, 1, 9, 3, 1, 24, 1, true, 43);
     ssm_scan_case(be, 2, 9, 3, 2, 32, 1, true, 44);
+    // one token (a decode step) with each of those widths, two sequences, heads in groups
+    ssm_scan_case(be, 2, 1, 40, 1, 16, 2, true, 45);
+    ssm_scan_case(be, 1, 1, 9, 1, 8, 1, true, 46);
+    ssm_scan_case(be, 2, 1, 12, 1, 24, 3, true, 47);
+    ssm_scan_case(be, 1, 1, 6, 1, 32, 1, true, 48);
 }
 
 pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
