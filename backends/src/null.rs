@@ -129,7 +129,7 @@ impl Backend for NullBackend {
     fn memory_bandwidth(&mut self, _bytes: usize) -> Result<f64> {
         Err(BackendError::Unsupported {
             backend: "null",
-            op: "copy",
+            op: "memory_bandwidth",
             node: String::new(),
             detail: "the null backend moves no memory".into(),
         })
