@@ -114,6 +114,9 @@ impl Meet {
             return;
         }
         match (&self.quantized, self.half) {
+            (Some((kern, acts)), _) if m == 1 => {
+                kern.dot_each(w.rows_bytes(row0, out.len()), acts, out)
+            }
             (Some((kern, acts)), _) => {
                 for (jj, col) in out.chunks_mut(m).enumerate() {
                     kern.dot_rows(w.row_bytes(row0 + jj), acts, col);
@@ -137,8 +140,7 @@ impl Meet {
                 rows_times(buf, x, k, out);
             }),
             (None, Some(half)) => {
-                for (jj, col) in out.chunks_mut(m).enumerate() {
-                    let wrow = w.row_bytes(row0 + jj);
+                for (wrow, col) in w.rows_bytes(row0, out.len() / m).zip(out.chunks_mut(m)) {
                     for (i, o) in col.iter_mut().enumerate() {
                         *o = half(wrow, &x[i * k..(i + 1) * k]);
                     }

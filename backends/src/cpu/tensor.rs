@@ -99,9 +99,47 @@ impl<'a> TensorRef<'a> {
         &self.bytes[b0..b0 + nb]
     }
 
+    /// The stored bytes of rows `r0 .. r0 + n`, one slice per row (as [`TensorRef::row_bytes`]
+    /// gives them, without its arithmetic per row).
+    pub fn rows_bytes(&self, r0: usize, n: usize) -> std::slice::ChunksExact<'a, u8> {
+        let nb = self.dtype.bytes_for(self.row_len()).unwrap_or(0);
+        let k = self.row_len();
+        let b0 =
+            (self.layout.offset + r0 * k) / self.dtype.block_elems() * self.dtype.block_bytes();
+        self.bytes[b0..b0 + n * nb].chunks_exact(nb.max(1))
+    }
+
     /// Decodes row `r` (counting rows of a dense tensor of any dtype) into `out`.
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
         let ok = dequantize(self.dtype, self.row_bytes(r), out);
         debug_assert!(ok, "row sizes are checked when the graph is built");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_bytes_are_the_rows_row_bytes_gives() {
+        // a weight's rows from row 2 of an expert that starts 3 rows into its storage
+        for dtype in [DType::Q4K, DType::Q8_0, DType::F16, DType::F32] {
+            let k = 512;
+            let rows = 9;
+            let bytes: Vec<u8> = (0..dtype.bytes_for(rows * k).unwrap())
+                .map(|i| (i * 7 % 251) as u8)
+                .collect();
+            let mut layout = Layout::contiguous(Shape::new(&[6, k]).unwrap());
+            layout.offset = 3 * k;
+            let t = TensorRef {
+                bytes: &bytes,
+                layout,
+                dtype,
+            };
+            let got: Vec<&[u8]> = t.rows_bytes(2, 4).collect();
+            let want: Vec<&[u8]> = (2..6).map(|r| t.row_bytes(r)).collect();
+            assert_eq!(got, want, "{dtype}");
+            assert_eq!(t.rows_bytes(1, 0).count(), 0);
+        }
     }
 }

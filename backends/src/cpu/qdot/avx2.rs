@@ -539,10 +539,13 @@ fn k4_rows<const R: usize, const FIFTH: bool>(w: &[u8], a: [&[Q8KBlock]; R]) -> 
     let (bytes, qs_at) = if FIFTH { (176, 48) } else { (144, 16) };
     let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
     let nb = w.len() / bytes;
-    let a = a.map(|r| &r[..nb]);
     for bi in 0..nb {
         let b = &w[bi * bytes..(bi + 1) * bytes];
-        let y = a.map(|r| &r[bi]);
+        // (a loop, not `a.map`: LLVM left that a call per block, with its closure another)
+        let mut y = [&a[0][bi]; R];
+        for r in 1..R {
+            y[r] = &a[r][bi];
+        }
         let qh = if FIFTH {
             load32(&b[16..])
         } else {

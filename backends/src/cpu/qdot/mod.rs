@@ -211,6 +211,22 @@ impl Kernel {
         }
     }
 
+    /// `out[j] = w_row(j) · x_row(0)` for each weight row `rows` yields (a mat-vec's rows),
+    /// matching the kernel with the activations once for them all.
+    pub fn dot_each<'w>(&self, rows: impl Iterator<Item = &'w [u8]>, acts: &Acts, out: &mut [f32]) {
+        match (self, acts) {
+            (Kernel::B32(f, _), Acts::B32 { per_row, blocks }) => {
+                let x = &blocks[..*per_row];
+                out.iter_mut().zip(rows).for_each(|(o, w)| *o = f(w, x));
+            }
+            (Kernel::K(f, _), Acts::K { per_row, blocks }) => {
+                let x = &blocks[..*per_row];
+                out.iter_mut().zip(rows).for_each(|(o, w)| *o = f(w, x));
+            }
+            _ => unreachable!("kernel and activations come from the same weight dtype"),
+        }
+    }
+
     /// `w_row · x_row(i)` for every activation row, into `out` (one value per row).
     pub fn dot_rows(&self, wrow: &[u8], acts: &Acts, out: &mut [f32]) {
         let mut i = 0;
