@@ -36,7 +36,8 @@ pub struct BenchArgs {
     #[arg(long)]
     bandwidth: bool,
     /// After the tests, time every node of one prompt and of a few generation steps and print
-    /// where the time goes, per op (GPU timestamps where the adapter has them).
+    /// where the time goes, per op and for the slowest nodes by name (GPU timestamps where the
+    /// adapter has them).
     #[arg(long)]
     profile: bool,
     #[command(flatten)]
