@@ -232,14 +232,18 @@ pub fn matvec_cat(x: &TensorRef, ws: &[TensorRef], out: &mut [f32]) {
             meet: &meets[i],
         })
         .collect();
+    products(&ps, split_outputs(out, &ps));
+}
+
+/// Consecutive parts of `buf` for the products' `[N, M]` outputs, in order.
+fn split_outputs<'o>(mut buf: &'o mut [f32], ps: &[Product]) -> Vec<&'o mut [f32]> {
     let mut outs = vec![];
-    let mut rest = out;
-    for p in &ps {
-        let (mine, next) = rest.split_at_mut(p.n);
+    for p in ps {
+        let (mine, rest) = std::mem::take(&mut buf).split_at_mut(p.n * p.m);
         outs.push(mine);
-        rest = next;
+        buf = rest;
     }
-    products(&ps, outs);
+    outs
 }
 
 /// How activation rows `x` meet each of `ws`: the [`Meet`]s, and which one each weight takes
@@ -382,14 +386,7 @@ pub fn matmul_id(
         })
         .collect();
     let mut t = vec![0.0f32; ps.iter().map(|p| p.n * p.m).sum()];
-    let mut outs = vec![];
-    let mut rest = t.as_mut_slice();
-    for p in &ps {
-        let (mine, next) = rest.split_at_mut(p.n * p.m);
-        outs.push(mine);
-        rest = next;
-    }
-    products(&ps, outs);
+    products(&ps, split_outputs(&mut t, &ps));
     let mut at = 0;
     for out in out.chunks_mut(idv.len() * n).take(ws.len()) {
         for e in &used {

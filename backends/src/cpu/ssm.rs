@@ -268,14 +268,7 @@ fn one_token_avx2(heads: &OneToken, state: &mut [f32], y: &mut [f32]) {
         let inputs = |_| (&decay[..n], bc, heads.x[j] * d);
         let put = |_, v| *yj = v;
         // SAFETY: compiled for AVX2 and FMA.
-        unsafe {
-            match n / 8 {
-                1 => row_tokens_avx2::<1>(s, 1, inputs, put),
-                2 => row_tokens_avx2::<2>(s, 1, inputs, put),
-                3 => row_tokens_avx2::<3>(s, 1, inputs, put),
-                _ => row_tokens_avx2::<4>(s, 1, inputs, put),
-            }
-        }
+        unsafe { row_tokens_any_avx2(s, 1, inputs, put) }
     }
 }
 
@@ -318,7 +311,7 @@ struct Scratch {
 /// token.
 fn walk(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratch) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if avx2_fma() {
         // SAFETY: the CPU has AVX2 and FMA, checked above.
         return unsafe { walk_avx2(head, state, y, scratch) };
     }
@@ -387,14 +380,7 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
             let put = |ti: usize, v: f32| y[ti * p + pi] = v;
             let inputs = |ti: usize| (&decays[ti * n..(ti + 1) * n], bc(ti), xd(ti, pi));
             // SAFETY: as above.
-            unsafe {
-                match n / 8 {
-                    1 => row_tokens_avx2::<1>(row, t, inputs, put),
-                    2 => row_tokens_avx2::<2>(row, t, inputs, put),
-                    3 => row_tokens_avx2::<3>(row, t, inputs, put),
-                    _ => row_tokens_avx2::<4>(row, t, inputs, put),
-                }
-            }
+            unsafe { row_tokens_any_avx2(row, t, inputs, put) }
         }
         return;
     }
@@ -403,6 +389,29 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
         for ti in 0..t {
             let (b, c) = bc(ti);
             y[ti * p + pi] = step_row_body(row, decay(ti), b, c, xd(ti, pi));
+        }
+    }
+}
+
+/// [`row_tokens_avx2`] for a row of 8, 16, 24 or 32 states (`row.len()`).
+///
+/// # Safety
+/// As [`row_tokens_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn row_tokens_any_avx2<'a>(
+    row: &mut [f32],
+    t: usize,
+    inputs: impl Fn(usize) -> (&'a [f32], (&'a [f32], &'a [f32]), f32),
+    put: impl FnMut(usize, f32),
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match row.len() / 8 {
+            1 => row_tokens_avx2::<1>(row, t, inputs, put),
+            2 => row_tokens_avx2::<2>(row, t, inputs, put),
+            3 => row_tokens_avx2::<3>(row, t, inputs, put),
+            _ => row_tokens_avx2::<4>(row, t, inputs, put),
         }
     }
 }

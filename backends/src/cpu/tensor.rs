@@ -91,22 +91,23 @@ impl<'a> TensorRef<'a> {
 
     /// The stored bytes of row `r` (counting rows of a dense tensor of any dtype).
     pub fn row_bytes(&self, r: usize) -> &'a [u8] {
-        let k = self.row_len();
-        let start = self.layout.offset + r * k;
-        let bs = self.dtype.block_elems();
-        let b0 = start / bs * self.dtype.block_bytes();
-        let nb = self.dtype.bytes_for(k).unwrap_or(0);
+        let (b0, nb) = self.row_at(r);
         &self.bytes[b0..b0 + nb]
     }
 
     /// The stored bytes of rows `r0 .. r0 + n`, one slice per row (as [`TensorRef::row_bytes`]
     /// gives them, without its arithmetic per row).
     pub fn rows_bytes(&self, r0: usize, n: usize) -> std::slice::ChunksExact<'a, u8> {
-        let nb = self.dtype.bytes_for(self.row_len()).unwrap_or(0);
-        let k = self.row_len();
-        let b0 =
-            (self.layout.offset + r0 * k) / self.dtype.block_elems() * self.dtype.block_bytes();
+        let (b0, nb) = self.row_at(r0);
         self.bytes[b0..b0 + n * nb].chunks_exact(nb.max(1))
+    }
+
+    /// Where row `r`'s bytes start, and how many a row holds.
+    fn row_at(&self, r: usize) -> (usize, usize) {
+        let k = self.row_len();
+        let start = self.layout.offset + r * k;
+        let b0 = start / self.dtype.block_elems() * self.dtype.block_bytes();
+        (b0, self.dtype.bytes_for(k).unwrap_or(0))
     }
 
     /// Decodes row `r` (counting rows of a dense tensor of any dtype) into `out`.
