@@ -162,14 +162,13 @@ impl Meet {
 thread_local! {
     /// Each worker's decoded weight rows, kept between chunks.
     static DECODED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker's `[rows, M]` results of a chunk bound for an `[M, N]` output.
+    static RESULTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `out[m][j] = x[m] · w_row(row0 + j)` for `j < n`, `x` dense `[M, K]`.
 fn product(x: &[f32], m: usize, w: &TensorRef, row0: usize, n: usize, out: &mut [f32]) {
     let meet = Meet::new(w, x);
-    // `t` is `[N, M]` (the output itself when M = 1)
-    let mut transposed = (m > 1).then(|| vec![0.0f32; n * m]);
-    let t = transposed.as_deref_mut().unwrap_or(&mut *out);
     let p = Product {
         w,
         row0,
@@ -178,10 +177,15 @@ fn product(x: &[f32], m: usize, w: &TensorRef, row0: usize, n: usize, out: &mut 
         m,
         meet: &meet,
     };
-    products(&[p], vec![t]);
-    if let Some(t) = transposed {
-        transpose_into(&t, m, n, out);
-    }
+    // (`[N, M]` and `[M, N]` are one layout when M = 1)
+    products(
+        &[p],
+        vec![if m > 1 {
+            Out::ByActivationRow(out)
+        } else {
+            Out::ByWeightRow(out)
+        }],
+    );
 }
 
 /// Weight rows `row0 .. row0 + n` of `w` times `m` dense activation rows `x` (which `meet`
@@ -195,24 +199,119 @@ struct Product<'a> {
     meet: &'a Meet,
 }
 
-/// Each product `ps[i]` into `outs[i]`, `[N, M]`, in one dispatch of the team: every product's
-/// weight rows in chunks (each chunk meets them with all of its activation rows), all handed
-/// out at once, so one layer's several weights or experts wait on one barrier, not one each.
-fn products(ps: &[Product], outs: Vec<&mut [f32]>) {
+/// Where a product's results go.
+enum Out<'o> {
+    /// `[N, M]`: each chunk of weight rows writes its own part.
+    ByWeightRow(&'o mut [f32]),
+    /// `[M, N]` (a matmul's own layout): each chunk writes its columns of every row.
+    ByActivationRow(&'o mut [f32]),
+}
+
+/// A chunk of a product's weight rows: `rows` of them from `j0`, and its part of an
+/// [`Out::ByWeightRow`] output (none for [`Out::ByActivationRow`]).
+struct Chunk<'o> {
+    product: usize,
+    j0: usize,
+    rows: usize,
+    out: Option<&'o mut [f32]>,
+}
+
+/// Each product `ps[i]` into `outs[i]` in one dispatch of the team: every product's weight
+/// rows in chunks (each chunk meets them with all of its activation rows), all handed out at
+/// once, so one layer's several weights or experts wait on one barrier, not one each. A chunk
+/// of an `[M, N]` output computes its `[rows, M]` results in a buffer of its thread, then
+/// writes them to its columns: the transposition is spread over the team and done while the
+/// results are in cache.
+fn products(ps: &[Product], outs: Vec<Out>) {
     let team = team::global();
     let parts = (8 * team.threads()).div_ceil(ps.len().max(1));
-    let mut items: Vec<(usize, usize, &mut [f32])> = vec![];
+    let mut chunks: Vec<Chunk> = vec![];
+    let mut columns: Vec<Option<Columns>> = vec![];
     for (i, (p, out)) in ps.iter().zip(outs).enumerate() {
         let per = p.meet.rows_per_chunk(p.n, parts, p.m);
-        for (c, chunk) in out.chunks_mut(per * p.m).enumerate() {
-            items.push((i, c * per, chunk));
+        match out {
+            Out::ByWeightRow(out) => {
+                columns.push(None);
+                for (c, part) in out.chunks_mut(per * p.m).enumerate() {
+                    chunks.push(Chunk {
+                        product: i,
+                        j0: c * per,
+                        rows: part.len() / p.m,
+                        out: Some(part),
+                    });
+                }
+            }
+            Out::ByActivationRow(out) => {
+                columns.push(Some(Columns::new(out, p.n)));
+                for j0 in (0..p.n).step_by(per) {
+                    chunks.push(Chunk {
+                        product: i,
+                        j0,
+                        rows: per.min(p.n - j0),
+                        out: None,
+                    });
+                }
+            }
         }
     }
-    team.chunks_mut(&mut items, 1, |_, item| {
-        let (i, j0, chunk) = &mut item[0];
-        let p = &ps[*i];
-        p.meet.rows(p.w, p.row0 + *j0, p.x, p.m, chunk);
+    team.chunks_mut(&mut chunks, 1, |_, one| {
+        let c = &mut one[0];
+        let p = &ps[c.product];
+        match (&mut c.out, &columns[c.product]) {
+            (Some(part), _) => p.meet.rows(p.w, p.row0 + c.j0, p.x, p.m, part),
+            (None, cols) => RESULTS.with_borrow_mut(|t| {
+                t.clear();
+                t.resize(c.rows * p.m, 0.0);
+                p.meet.rows(p.w, p.row0 + c.j0, p.x, p.m, t);
+                let cols = cols.as_ref().expect("an [M, N] output has its columns");
+                // SAFETY: this chunk's columns `j0 .. j0 + rows` are no other chunk's, and
+                // `j0 + rows ≤ N`.
+                unsafe { cols.put(c.j0, p.m, t) };
+            }),
+        }
     });
+}
+
+/// An `[M, N]` output whose column ranges chunks running on several threads write at once.
+struct Columns<'o> {
+    ptr: *mut f32,
+    n: usize,
+    len: usize,
+    _out: std::marker::PhantomData<&'o mut [f32]>,
+}
+
+// SAFETY: `Columns` is a `&mut [f32]` whose writers keep to their own columns (see `put`).
+unsafe impl Send for Columns<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Columns<'_> {}
+
+impl<'o> Columns<'o> {
+    fn new(out: &'o mut [f32], n: usize) -> Columns<'o> {
+        Columns {
+            ptr: out.as_mut_ptr(),
+            n,
+            len: out.len(),
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Columns `j0 .. j0 + rows` of every row from `t`, `[rows, m]` (`m` = the output's rows).
+    ///
+    /// # Safety
+    /// No other thread writes these columns meanwhile, and `j0 + rows ≤ n`.
+    unsafe fn put(&self, j0: usize, m: usize, t: &[f32]) {
+        let rows = t.len() / m;
+        assert!(m * self.n <= self.len && j0 + rows <= self.n);
+        for i in 0..m {
+            // SAFETY: row `i`'s columns `j0 .. j0 + rows` are inside the output (asserted
+            // above) and this caller's alone (the contract).
+            let row =
+                unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.n + j0), rows) };
+            for (jj, o) in row.iter_mut().enumerate() {
+                *o = t[jj * m + i];
+            }
+        }
+    }
 }
 
 /// `x [1, K] · w_iᵀ` for each weight `w_i [N_i, K]`, the outputs side by side, in one dispatch.
@@ -236,11 +335,11 @@ pub fn matvec_cat(x: &TensorRef, ws: &[TensorRef], out: &mut [f32]) {
 }
 
 /// Consecutive parts of `buf` for the products' `[N, M]` outputs, in order.
-fn split_outputs<'o>(mut buf: &'o mut [f32], ps: &[Product]) -> Vec<&'o mut [f32]> {
+fn split_outputs<'o>(mut buf: &'o mut [f32], ps: &[Product]) -> Vec<Out<'o>> {
     let mut outs = vec![];
     for p in ps {
         let (mine, rest) = std::mem::take(&mut buf).split_at_mut(p.n * p.m);
-        outs.push(mine);
+        outs.push(Out::ByWeightRow(mine));
         buf = rest;
     }
     outs
@@ -263,20 +362,6 @@ fn meets_by_dtype(ws: &[&TensorRef], x: &[f32]) -> (Vec<Meet>, Vec<usize>) {
         })
         .collect();
     (meets, which)
-}
-
-/// `out[i][j] = t[j][i]` for `t` of `n` rows by `m`: blocks of rows of `t`, each written to
-/// consecutive places of every row of `out` while the block stays in cache.
-fn transpose_into(t: &[f32], m: usize, n: usize, out: &mut [f32]) {
-    const TILE: usize = 32;
-    for (b, tb) in t.chunks(TILE * m).enumerate() {
-        let j0 = b * TILE;
-        for (i, row) in out.chunks_exact_mut(n).enumerate().take(m) {
-            for (o, tr) in row[j0..].iter_mut().zip(tb.chunks_exact(m)) {
-                *o = tr[i];
-            }
-        }
-    }
 }
 
 /// `x [.., M, K] · w [.., N, K]ᵀ`.
