@@ -7,9 +7,9 @@
 //!
 //! Each thread owns a contiguous run of a loop's chunks and takes them in order, then takes
 //! what is left of the others' runs from their ends. A mat-vec's rows are then read as one
-//! stream per thread (the prefetches ahead of a chunk land in the same thread's next chunk, not
-//! in another thread's), and claiming a chunk touches a cache line no other thread writes
-//! until the stealing starts.
+//! stream per thread (the hardware's prefetches ahead of a chunk land in the same thread's next
+//! chunk, not in another thread's), and claiming a chunk touches a cache line no other thread
+//! writes until the stealing starts.
 //!
 //! One loop runs at a time: a loop started while another runs (from another thread, or nested
 //! inside a chunk) runs its chunks on the calling thread.

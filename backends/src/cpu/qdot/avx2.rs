@@ -181,29 +181,6 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Bytes ahead of the current weight block to prefetch.
-const PREFETCH: usize = 4096;
-
-/// Asks for the weights [`PREFETCH`] bytes past `b`: rows are short, so the hardware's
-/// stream prefetcher alone starts too late (a hint: it never faults, whatever the address).
-#[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch(b: &[u8]) {
-    _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().wrapping_add(PREFETCH).cast());
-}
-
-/// [`prefetch`] for every cache line of a block longer than one (the K-quants' super-blocks
-/// span three or four lines: one hint per block left most of their lines to the demand loads).
-#[target_feature(enable = "avx2,fma,f16c")]
-fn prefetch_block(b: &[u8]) {
-    let mut at = 0;
-    while at < b.len() {
-        prefetch(&b[at..]);
-        at += 64;
-    }
-    // (the last line, where the block ends past a line boundary the steps above missed)
-    prefetch(&b[b.len().saturating_sub(1)..]);
-}
-
 /// `[d_w·d_y, m_w·s_y, ·, ·]` of a 32-block whose f16 scale (and, for Q4_1, min) opens it: one
 /// 4-byte load, so no partial-register merge chains one block to the next.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -246,7 +223,6 @@ unsafe fn sum_blocks32(
             (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm_setzero_ps());
         let pairs = w.chunks_exact(2 * block).zip(a.chunks_exact(2));
         for (bb, ys) in pairs {
-            prefetch(bb);
             let (b0, b1) = bb.split_at(block);
             let (s0, s1) = (block_scales(b0, &ys[0]), block_scales(b1, &ys[1]));
             let p0 = _mm256_cvtepi32_ps(q(b0, &ys[0]));
@@ -292,7 +268,6 @@ unsafe fn sum_blocks32_x4(
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut m = [_mm_setzero_ps(); 4];
         for (bi, b) in w.chunks_exact(block).enumerate() {
-            prefetch(b);
             let bits = u32::from_le_bytes(b[..4].try_into().unwrap_or_default());
             let ws = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
             let (u, sign) = decode(b);
@@ -488,7 +463,6 @@ fn k4_block<const R: usize, const FIFTH: bool>(
     acc: &mut [__m256; R],
     mins: &mut [__m256; R],
 ) {
-    prefetch_block(b);
     let sm = k_scales_vec(b);
     // the scales as 16-bit words in both halves, each broadcast by a byte shuffle
     let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
@@ -623,7 +597,6 @@ pub(super) fn q6_k_values(b: &[u8], n: usize) -> [__m256i; 4] {
 fn q6_k_rows<const R: usize>(w: &[u8], a: [&[Q8KBlock]; R]) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     for (bi, b) in w.chunks_exact(210).enumerate() {
-        prefetch_block(b);
         // SAFETY: 16 scale bytes at 192..208 are readable.
         let sc = unsafe { _mm_loadu_si128(b[192..208].as_ptr().cast()) };
         let mut sumi = [_mm256_setzero_si256(); R];
@@ -735,7 +708,6 @@ unsafe fn half_dot(
         // SAFETY: the caller's contract; 64 bytes of `h` and 32 floats of `xs` are readable
         // (sliced above).
         unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(h.as_ptr().wrapping_add(PREFETCH).cast());
             for (j, acc) in acc.iter_mut().enumerate() {
                 let wj = widen(_mm_loadu_si128(h.as_ptr().add(16 * j).cast()));
                 *acc = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xs.as_ptr().add(8 * j)), *acc);
