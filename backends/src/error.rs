@@ -5,6 +5,8 @@ use weft_graph::GraphError;
 pub enum BackendError {
     #[error("unknown buffer #{0}")]
     UnknownBuffer(u32),
+    #[error("buffer #{0} is read-only: it maps host bytes (a model file's weights) in place")]
+    ReadOnlyBuffer(u32),
     #[error("unknown program #{0}")]
     UnknownProgram(u32),
     #[error("buffer #{buffer}: bytes {start}..{end} are outside its {size} bytes")]

@@ -84,3 +84,43 @@ impl Output {
         }
     }
 }
+
+/// Bytes in host memory kept alive by their owner (a memory-mapped model file), which a
+/// backend that computes from host memory can read in place instead of copying: a range of
+/// the owner's bytes.
+#[derive(Clone)]
+pub struct HostBytes {
+    owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: std::ops::Range<usize>,
+}
+
+impl HostBytes {
+    /// `owner`'s bytes `range`; `None` when the range is outside them.
+    pub fn new(
+        owner: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
+        range: std::ops::Range<usize>,
+    ) -> Option<HostBytes> {
+        (range.start <= range.end && range.end <= (*owner).as_ref().len())
+            .then_some(HostBytes { owner, range })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+}
+
+impl std::fmt::Debug for HostBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostBytes")
+            .field("range", &self.range)
+            .finish()
+    }
+}

@@ -14,7 +14,7 @@ pub mod wgpu;
 
 pub use cpu::CpuBackend;
 pub use error::{BackendError, Result};
-pub use host::{HostData, Output, OutputData};
+pub use host::{HostBytes, HostData, Output, OutputData};
 pub use null::NullBackend;
 pub use wgpu::{WgpuBackend, WgpuOptions};
 
@@ -88,6 +88,16 @@ pub trait Backend: std::fmt::Debug {
 
     /// Copies `data` into `buf` at byte `offset`.
     fn upload(&mut self, buf: BufferId, offset: usize, data: &[u8]) -> Result<()>;
+
+    /// A read-only buffer that is `bytes` itself, read in place, where the backend computes
+    /// from host memory (the CPU backend: weights straight from the mapped model file, neither
+    /// copied nor held twice); `None` where it cannot (a GPU, or bytes its kernels cannot view
+    /// in place), and the caller allocates and uploads instead. Writing to the buffer is an
+    /// error ([`BackendError::ReadOnlyBuffer`]).
+    fn map_host(&mut self, bytes: HostBytes) -> Result<Option<BufferId>> {
+        let _ = bytes;
+        Ok(None)
+    }
 
     /// Copies `out.len()` bytes of `buf` from byte `offset` into `out`.
     fn download(&mut self, buf: BufferId, offset: usize, out: &mut [u8]) -> Result<()>;

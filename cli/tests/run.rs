@@ -86,11 +86,12 @@ fn greedy_run_equals_the_greedy_ids_of_weft_logits() {
 
 #[test]
 fn a_seeded_sampled_run_is_reproducible() {
-    let run = |seed: &str| {
-        weft(&[
+    let m = model();
+    let run_with = |seed: &str, more: &[&str]| {
+        let mut args = vec![
             "run",
             "-m",
-            &model(),
+            &m,
             "-p",
             "Hello",
             "-n",
@@ -108,11 +109,17 @@ fn a_seeded_sampled_run_is_reproducible() {
             "--backend",
             "cpu",
             "--quiet",
-        ])
+        ];
+        args.extend_from_slice(more);
+        weft(&args)
     };
+    let run = |seed: &str| run_with(seed, &[]);
     let (a, b, c) = (run("7"), run("7"), run("8"));
-    assert!(a.0 && b.0 && c.0, "{}", a.2);
+    // the weights read in place from the mapped file
+    let d = run_with("7", &["--mmap"]);
+    assert!(a.0 && b.0 && c.0 && d.0, "{} {}", a.2, d.2);
     assert_eq!(a.1, b.1, "same seed, same text");
+    assert_eq!(a.1, d.1, "same seed, same text with --mmap");
     assert_ne!(
         a.1, c.1,
         "another seed, other text (12 tokens from a 512-token vocabulary)"

@@ -97,6 +97,13 @@ impl Session {
         &self.memory
     }
 
+    /// Bytes of weights the backend reads in place from the mapped model file (the CPU backend
+    /// with [`CpuBackend::map_weights`](weft_backends::CpuBackend::map_weights)); the others
+    /// were copied to it.
+    pub fn weights_mapped_bytes(&self) -> usize {
+        self.weights.mapped_bytes()
+    }
+
     pub fn backend_name(&self) -> String {
         self.backend.name()
     }

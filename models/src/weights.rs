@@ -1,4 +1,5 @@
-//! Model weights uploaded to a backend, one buffer per tensor, bound into graphs by name.
+//! Model weights on a backend (read in place from the mapped file, or uploaded), one buffer per
+//! tensor, bound into graphs by name.
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
@@ -20,11 +21,15 @@ struct Entry {
 pub struct WeightStore {
     file: PathBuf,
     tensors: HashMap<String, Entry>,
+    /// Bytes of the tensors the backend reads in place from the mapped file.
+    mapped: usize,
 }
 
 impl WeightStore {
-    /// Uploads every tensor straight from the mapped file; `progress(done, total)` is called
-    /// after each one (bytes).
+    /// Puts every tensor on the backend: read in place from the mapped file where the backend
+    /// computes from host memory (the CPU; its pages are touched here, so that the file is
+    /// read now rather than during the first run), else uploaded from it. `progress(done,
+    /// total)` is called after each tensor (bytes).
     pub fn upload(
         gguf: &GgufFile,
         be: &mut dyn Backend,
@@ -33,10 +38,21 @@ impl WeightStore {
         let total: usize = gguf.tensors().iter().map(|t| t.bytes).sum();
         let mut done = 0;
         let mut tensors = HashMap::new();
+        let mut mapped = 0;
         for info in gguf.tensors() {
             let data = gguf.tensor_data(info);
-            let buffer = be.alloc(data.len())?;
-            be.upload(buffer, 0, data)?;
+            let buffer = match gguf.tensor_host(info).map(|h| be.map_host(h)).transpose()? {
+                Some(Some(buffer)) => {
+                    touch_pages(data);
+                    mapped += data.len();
+                    buffer
+                }
+                _ => {
+                    let buffer = be.alloc(data.len())?;
+                    be.upload(buffer, 0, data)?;
+                    buffer
+                }
+            };
             done += data.len();
             progress(done, total);
             tensors.insert(
@@ -52,6 +68,7 @@ impl WeightStore {
         Ok(WeightStore {
             file: gguf.path().to_path_buf(),
             tensors,
+            mapped,
         })
     }
 
@@ -86,6 +103,12 @@ impl WeightStore {
         self.tensors.values().map(|e| e.bytes).sum()
     }
 
+    /// Bytes of the tensors the backend reads in place from the mapped file (see
+    /// [`Backend::map_host`](weft_backends::Backend::map_host)); the rest were copied to it.
+    pub fn mapped_bytes(&self) -> usize {
+        self.mapped
+    }
+
     /// Requires a tensor of exactly `dims`, naming it and the file otherwise.
     pub fn expect_dims(&self, name: &str, dims: &[usize]) -> Result<()> {
         match self.dims(name) {
@@ -102,4 +125,15 @@ impl WeightStore {
             }),
         }
     }
+}
+
+/// Reads a byte of every page of `data`, so that a mapped file's pages are read from disk and
+/// mapped now.
+fn touch_pages(data: &[u8]) {
+    const PAGE: usize = 4096;
+    let mut sum = 0u8;
+    for b in data.iter().step_by(PAGE) {
+        sum = sum.wrapping_add(*b);
+    }
+    std::hint::black_box(sum);
 }

@@ -86,3 +86,32 @@ fn cpu_quantized_models_are_as_close_as_llama_cpp() {
 fn wgpu_quantized_models_are_as_close_as_llama_cpp() {
     all(&common::wgpu);
 }
+
+/// The CPU backend reading the weights in place from the mapped file computes what it computes
+/// from a copy of them.
+#[test]
+fn cpu_weights_read_in_place_give_the_logits_of_a_copy() {
+    for (model, q) in [("llama_w256", "q4_k_m"), ("mamba_w256", "q8_0")] {
+        let r = reference(model);
+        let gguf = GgufFile::open(dir(model).join(format!("{model}-{q}.gguf"))).unwrap();
+        let prompt = ids(&r, "prompt_ids");
+        let logits = |mapped: bool| {
+            let be = Box::new(CpuBackend::new().map_weights(mapped));
+            let mut s = Session::new(&gguf, be, MemoryConfig::default(), |_, _| {}).unwrap();
+            let in_place = s.weights_mapped_bytes();
+            (in_place, s.decode(&[(0, &prompt)]).unwrap().remove(0))
+        };
+        let (copied, want) = logits(false);
+        let (in_place, got) = logits(true);
+        let total: usize = gguf.tensors().iter().map(|t| t.bytes).sum();
+        assert_eq!(
+            copied, 0,
+            "{model} {q}: weights read in place without asking"
+        );
+        assert_eq!(
+            in_place, total,
+            "{model} {q}: not every weight read in place"
+        );
+        assert_eq!(got, want, "{model} {q}: logits differ read in place");
+    }
+}

@@ -31,6 +31,8 @@ pub use value::{Array, Value, ValueType};
 use memmap2::Mmap;
 use reader::Parsed;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use weft_backends::HostBytes;
 use weft_graph::DType;
 
 /// One tensor's entry in the file, validated: its data lies within the file.
@@ -59,20 +61,9 @@ impl TensorInfo {
     }
 }
 
-/// The bytes of a file: memory-mapped, or owned.
-enum Storage {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Storage {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Mapped(m) => m,
-            Storage::Owned(v) => v,
-        }
-    }
-}
+/// The bytes of a file (memory-mapped, or owned), shared with the buffers of a backend that
+/// reads the weights in place.
+type Storage = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// A parsed GGUF file. Tensor data is borrowed straight from the mapping or buffer.
 pub struct GgufFile {
@@ -108,7 +99,7 @@ impl GgufFile {
         // while it is mapped, is the caller's responsibility (see above). The bytes are only
         // ever read as plain `u8`, so any content is a valid value.
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path.to_path_buf(), Storage::Mapped(map))
+        Self::parse(path.to_path_buf(), Arc::new(map))
     }
 
     /// Parses a file held in memory; errors name it `<memory>`.
@@ -121,11 +112,11 @@ impl GgufFile {
         name: impl Into<PathBuf>,
         bytes: Vec<u8>,
     ) -> Result<GgufFile, GgufError> {
-        Self::parse(name.into(), Storage::Owned(bytes))
+        Self::parse(name.into(), Arc::new(bytes))
     }
 
     fn parse(path: PathBuf, storage: Storage) -> Result<GgufFile, GgufError> {
-        match reader::parse(storage.bytes()) {
+        match reader::parse((*storage).as_ref()) {
             Ok(parsed) => Ok(GgufFile {
                 path,
                 storage,
@@ -146,7 +137,7 @@ impl GgufFile {
 
     /// The whole file.
     pub fn bytes(&self) -> &[u8] {
-        self.storage.bytes()
+        (*self.storage).as_ref()
     }
 
     /// GGUF version: 2 or 3.
@@ -306,6 +297,14 @@ impl GgufFile {
     pub fn require_tensor(&self, name: &str) -> Result<&TensorInfo, GgufError> {
         self.tensor(name)
             .ok_or_else(|| self.err(GgufErrorKind::MissingTensor(name.to_owned())))
+    }
+
+    /// A tensor's data as bytes a backend may keep and read in place (see
+    /// [`Backend::map_host`](weft_backends::Backend::map_host)); `None` where its range is
+    /// outside the file.
+    pub fn tensor_host(&self, info: &TensorInfo) -> Option<HostBytes> {
+        let start = usize::try_from(info.offset).ok()?;
+        HostBytes::new(self.storage.clone(), start..start.checked_add(info.bytes)?)
     }
 
     /// The data of a tensor of this file: exactly `info.bytes` bytes, borrowed from the file.
