@@ -178,14 +178,12 @@ fn product(x: &[f32], m: usize, w: &TensorRef, row0: usize, n: usize, out: &mut 
         meet: &meet,
     };
     // (`[N, M]` and `[M, N]` are one layout when M = 1)
-    products(
-        &[p],
-        vec![if m > 1 {
-            Out::ByActivationRow(out)
-        } else {
-            Out::ByWeightRow(out)
-        }],
-    );
+    if m == 1 {
+        products(&[p], vec![Out::ByWeightRow(out)]);
+    } else {
+        let cols = Columns::new(out, n);
+        products(&[p], vec![Out::Into(&cols, None)]);
+    }
 }
 
 /// Weight rows `row0 .. row0 + n` of `w` times `m` dense activation rows `x` (which `meet`
@@ -203,52 +201,57 @@ struct Product<'a> {
 enum Out<'o> {
     /// `[N, M]`: each chunk of weight rows writes its own part.
     ByWeightRow(&'o mut [f32]),
-    /// `[M, N]` (a matmul's own layout): each chunk writes its columns of every row.
-    ByActivationRow(&'o mut [f32]),
+    /// Rows of an output `[R, N]` (a matmul's own layout): result row `i` (the product with
+    /// activation row `i`) is output row `rows[i]`, or `i` without a list. Each chunk of
+    /// weight rows writes its columns of those rows; no two products may write one row.
+    Into(&'o Columns<'o>, Option<&'o [usize]>),
 }
 
 /// A chunk of a product's weight rows: `rows` of them from `j0`, and its part of an
-/// [`Out::ByWeightRow`] output (none for [`Out::ByActivationRow`]).
+/// [`Out::ByWeightRow`] output.
 struct Chunk<'o> {
     product: usize,
     j0: usize,
     rows: usize,
-    out: Option<&'o mut [f32]>,
+    out: ChunkOut<'o>,
+}
+
+enum ChunkOut<'o> {
+    Part(&'o mut [f32]),
+    Into(&'o Columns<'o>, Option<&'o [usize]>),
 }
 
 /// Each product `ps[i]` into `outs[i]` in one dispatch of the team: every product's weight
 /// rows in chunks (each chunk meets them with all of its activation rows), all handed out at
 /// once, so one layer's several weights or experts wait on one barrier, not one each. A chunk
-/// of an `[M, N]` output computes its `[rows, M]` results in a buffer of its thread, then
-/// writes them to its columns: the transposition is spread over the team and done while the
-/// results are in cache.
+/// bound for [`Out::Into`] computes its `[rows, M]` results in a buffer of its thread, then
+/// writes them to its columns of the output's rows: the transposition (and an expert's
+/// scatter) is spread over the team and done while the results are in cache.
 fn products(ps: &[Product], outs: Vec<Out>) {
     let team = team::global();
     let parts = (8 * team.threads()).div_ceil(ps.len().max(1));
     let mut chunks: Vec<Chunk> = vec![];
-    let mut columns: Vec<Option<Columns>> = vec![];
     for (i, (p, out)) in ps.iter().zip(outs).enumerate() {
         let per = p.meet.rows_per_chunk(p.n, parts, p.m);
         match out {
             Out::ByWeightRow(out) => {
-                columns.push(None);
                 for (c, part) in out.chunks_mut(per * p.m).enumerate() {
                     chunks.push(Chunk {
                         product: i,
                         j0: c * per,
                         rows: part.len() / p.m,
-                        out: Some(part),
+                        out: ChunkOut::Part(part),
                     });
                 }
             }
-            Out::ByActivationRow(out) => {
-                columns.push(Some(Columns::new(out, p.n)));
+            Out::Into(cols, rows) => {
+                assert!(rows.is_none_or(|r| r.len() == p.m) && cols.n == p.n);
                 for j0 in (0..p.n).step_by(per) {
                     chunks.push(Chunk {
                         product: i,
                         j0,
                         rows: per.min(p.n - j0),
-                        out: None,
+                        out: ChunkOut::Into(cols, rows),
                     });
                 }
             }
@@ -257,22 +260,22 @@ fn products(ps: &[Product], outs: Vec<Out>) {
     team.chunks_mut(&mut chunks, 1, |_, one| {
         let c = &mut one[0];
         let p = &ps[c.product];
-        match (&mut c.out, &columns[c.product]) {
-            (Some(part), _) => p.meet.rows(p.w, p.row0 + c.j0, p.x, p.m, part),
-            (None, cols) => RESULTS.with_borrow_mut(|t| {
+        match &mut c.out {
+            ChunkOut::Part(part) => p.meet.rows(p.w, p.row0 + c.j0, p.x, p.m, part),
+            ChunkOut::Into(cols, rows) => RESULTS.with_borrow_mut(|t| {
                 t.clear();
                 t.resize(c.rows * p.m, 0.0);
                 p.meet.rows(p.w, p.row0 + c.j0, p.x, p.m, t);
-                let cols = cols.as_ref().expect("an [M, N] output has its columns");
-                // SAFETY: this chunk's columns `j0 .. j0 + rows` are no other chunk's, and
-                // `j0 + rows ≤ N`.
-                unsafe { cols.put(c.j0, p.m, t) };
+                // SAFETY: columns `j0 .. j0 + rows` of these output rows are this chunk's
+                // alone (the chunks of a product split its columns, and no two products
+                // write one row: see `Out::Into`).
+                unsafe { cols.put(c.j0, p.m, t, *rows) };
             }),
         }
     });
 }
 
-/// An `[M, N]` output whose column ranges chunks running on several threads write at once.
+/// An output `[R, N]` whose rows' column ranges chunks on several threads write at once.
 struct Columns<'o> {
     ptr: *mut f32,
     n: usize,
@@ -280,7 +283,7 @@ struct Columns<'o> {
     _out: std::marker::PhantomData<&'o mut [f32]>,
 }
 
-// SAFETY: `Columns` is a `&mut [f32]` whose writers keep to their own columns (see `put`).
+// SAFETY: `Columns` is a `&mut [f32]` whose writers keep to their own places (see `put`).
 unsafe impl Send for Columns<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for Columns<'_> {}
@@ -295,18 +298,21 @@ impl<'o> Columns<'o> {
         }
     }
 
-    /// Columns `j0 .. j0 + rows` of every row from `t`, `[rows, m]` (`m` = the output's rows).
+    /// Columns `j0 .. j0 + cols` of output row `rows[i]` (or `i`) from `t[.., i]`, `t` being
+    /// `[cols, m]`.
     ///
     /// # Safety
-    /// No other thread writes these columns meanwhile, and `j0 + rows ≤ n`.
-    unsafe fn put(&self, j0: usize, m: usize, t: &[f32]) {
-        let rows = t.len() / m;
-        assert!(m * self.n <= self.len && j0 + rows <= self.n);
+    /// No other thread writes these places meanwhile.
+    unsafe fn put(&self, j0: usize, m: usize, t: &[f32], rows: Option<&[usize]>) {
+        let cols = t.len() / m;
+        assert!(j0 + cols <= self.n);
         for i in 0..m {
-            // SAFETY: row `i`'s columns `j0 .. j0 + rows` are inside the output (asserted
+            let r = rows.map_or(i, |rs| rs[i]);
+            assert!((r + 1) * self.n <= self.len);
+            // SAFETY: row `r`'s columns `j0 .. j0 + cols` are inside the output (asserted
             // above) and this caller's alone (the contract).
             let row =
-                unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.n + j0), rows) };
+                unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.n + j0), cols) };
             for (jj, o) in row.iter_mut().enumerate() {
                 *o = t[jj * m + i];
             }
@@ -455,36 +461,32 @@ pub fn matmul_id(
     } else {
         used.iter_mut().for_each(prepare);
     }
-    // every weight's products with every expert's rows, `[rows, M_e]` each, in `t`
-    let ps: Vec<Product> = ws
+    // every weight's products with every expert's rows, straight into that weight's
+    // `[T·U, N]` part of `out` (each row of ids chose one expert: no two products share a row)
+    let cols: Vec<Columns> = out
+        .chunks_mut(idv.len() * n)
+        .take(ws.len())
+        .map(|o| Columns::new(o, n))
+        .collect();
+    let (ps, outs): (Vec<Product>, Vec<Out>) = ws
         .iter()
+        .zip(&cols)
         .enumerate()
-        .flat_map(|(wi, w)| {
-            used.iter().map(move |e| Product {
-                w,
-                row0: e.id * n,
-                n,
-                x: &e.xs,
-                m: e.rows.len(),
-                meet: &e.meets.0[e.meets.1[wi]],
+        .flat_map(|(wi, (w, c))| {
+            used.iter().map(move |e| {
+                let p = Product {
+                    w,
+                    row0: e.id * n,
+                    n,
+                    x: &e.xs,
+                    m: e.rows.len(),
+                    meet: &e.meets.0[e.meets.1[wi]],
+                };
+                (p, Out::Into(c, Some(e.rows)))
             })
         })
-        .collect();
-    let mut t = vec![0.0f32; ps.iter().map(|p| p.n * p.m).sum()];
-    products(&ps, split_outputs(&mut t, &ps));
-    let mut at = 0;
-    for out in out.chunks_mut(idv.len() * n).take(ws.len()) {
-        for e in &used {
-            let m = e.rows.len();
-            for (i, &r) in e.rows.iter().enumerate() {
-                let o = &mut out[r * n..(r + 1) * n];
-                for (j, o) in o.iter_mut().enumerate() {
-                    *o = t[at + j * m + i];
-                }
-            }
-            at += n * m;
-        }
-    }
+        .unzip();
+    products(&ps, outs);
     Ok(())
 }
 
