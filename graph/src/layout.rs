@@ -153,6 +153,22 @@ impl Layout {
         &self.strides[..self.shape.rank()]
     }
 
+    /// How many elements this layout's element order repeats after: `Some(p)` when its
+    /// innermost dimensions, from some dimension on, are row-major dense and every dimension
+    /// before them has stride 0 (a broadcast of a dense trailing block, such as a bias over
+    /// every row), so that element `i` is the element at `offset + i % p`. A dense layout
+    /// repeats after all its elements; `None` for other strides.
+    pub fn period(&self) -> Option<usize> {
+        let (dims, strides) = (self.shape.dims(), self.strides());
+        let mut p = 1;
+        let mut k = dims.len();
+        while k > 0 && (dims[k - 1] == 1 || strides[k - 1] == p) {
+            p *= dims[k - 1];
+            k -= 1;
+        }
+        (0..k).all(|i| dims[i] == 1 || strides[i] == 0).then_some(p)
+    }
+
     /// Row-major dense (dimensions of size one may have any stride); the offset may be non-zero.
     pub fn is_contiguous(&self) -> bool {
         let want = self.shape.contiguous_strides();
@@ -265,6 +281,26 @@ mod tests {
             strides: st,
             offset: 3,
         }
+    }
+
+    #[test]
+    fn periods_are_those_of_the_element_order() {
+        let c = |d: &[usize]| Layout::contiguous(s(d));
+        assert_eq!(c(&[3, 4]).period(), Some(12));
+        // a bias [4] over 3 rows, and [2, 4] over 3 planes
+        assert_eq!(c(&[4]).broadcast_to(s(&[3, 4])).unwrap().period(), Some(4));
+        assert_eq!(
+            c(&[2, 4]).broadcast_to(s(&[3, 2, 4])).unwrap().period(),
+            Some(8)
+        );
+        // a column broadcast along rows repeats nowhere; nor do padded rows
+        assert_eq!(c(&[3, 1]).broadcast_to(s(&[3, 4])).unwrap().period(), None);
+        assert_eq!(strided(&[2, 3, 4], &[40, 10, 1]).period(), None);
+        // every other element of a row is not dense
+        assert_eq!(strided(&[3, 2, 4], &[0, 8, 2]).period(), None);
+        // a row [4] broadcast over planes and rows; a dimension of one has any stride
+        assert_eq!(strided(&[3, 2, 4], &[0, 0, 1]).period(), Some(4));
+        assert_eq!(strided(&[3, 1, 4], &[0, 7, 1]).period(), Some(4));
     }
 
     #[test]

@@ -663,16 +663,10 @@ fn apply_program(
         let l = x.layout.broadcast_to(to).ok_or_else(|| {
             BackendError::Device(format!("an epilogue source does not broadcast to {to}"))
         })?;
-        vals.push(
-            if l == Layout::contiguous(to) && to.numel() == shape.numel() {
-                x.f32()
-            } else {
-                std::borrow::Cow::Owned(x.gather_f32(l))
-            },
-        );
+        // (element `i` of `to` in row-major order is element `i` of the output)
+        vals.push(elementwise::repeating_values(x, l));
     }
-    let srcs: Vec<TensorRef> = vals.iter().map(|v| TensorRef::dense(v, shape)).collect();
-    elementwise::fused(program, shape, &srcs, out);
+    elementwise::fused_values(program, shape, vals, out);
     Ok(())
 }
 
