@@ -2,6 +2,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod alloc;
 mod backend;
 mod bench;
 mod demo;
@@ -55,6 +56,7 @@ enum Command {
 }
 
 fn main() {
+    alloc::keep_freed_memory();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
