@@ -207,8 +207,8 @@ enum Out<'o> {
     Into(&'o Columns<'o>, Option<&'o [usize]>),
 }
 
-/// A chunk of a product's weight rows: `rows` of them from `j0`, and its part of an
-/// [`Out::ByWeightRow`] output.
+/// A chunk of a product's weight rows: `rows` of them from `j0`, and where its results go
+/// (its part of an [`Out::ByWeightRow`] output, or its columns of an [`Out::Into`] one).
 struct Chunk<'o> {
     product: usize,
     j0: usize,
