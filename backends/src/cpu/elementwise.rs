@@ -44,7 +44,8 @@ pub fn repeating_values<'a>(s: &TensorRef<'a>, l: Layout) -> Cow<'a, [f32]> {
 pub fn fused_values(prog: &FusedProgram, shape: Shape, mut vals: Vec<Cow<[f32]>>, out: &mut [f32]) {
     let numel = shape.numel();
     if let Some(kind) = prog.head {
-        let mut x: Vec<f32> = (0..numel).map(|i| vals[0][i % vals[0].len()]).collect();
+        let mut x = vec![0.0; numel];
+        repeat_into(&vals[0], 0, &mut x);
         normalize_rows(kind, shape.last(), &mut x);
         vals[0] = Cow::Owned(x);
     }
