@@ -13,13 +13,16 @@ pub fn ssm_conv(xc: &TensorRef, w: &TensorRef, out: &mut [f32]) {
     let k = w.dims()[1];
     let t = l + 1 - k;
     team::global().chunks_mut(out, t * c, |s, ys| {
-        conv_window(&xv[s * l * c..(s + 1) * l * c], &wv, t, c, k, ys);
+        let x = &xv[s * l * c..(s + 1) * l * c];
+        conv_window(&|r| &x[r * c..(r + 1) * c], &wv, t, c, k, ys);
     });
 }
 
 /// The conv step on windows that live in a cache `[R, (K−1)·C]` (`Op::SsmConv` with four
 /// sources `[cache, x, w, slots]`): sequence `s`'s window is row `slots[s]` followed by its
 /// tokens; writes `y [S, T, C]` and leaves the window's last `K−1` rows in the cache row.
+/// The window's rows are read where they lie (the cache row's, and x's, which may be columns
+/// of a wider projection), not gathered into one buffer first.
 pub fn ssm_conv_cached(
     cache: &mut [f32],
     slots: &[i32],
@@ -28,35 +31,65 @@ pub fn ssm_conv_cached(
     ys: &mut [f32],
 ) -> Result<()> {
     let (x, w) = (&srcs[0], &srcs[1]);
-    let (xv, wv) = (x.f32(), w.f32());
+    let wv = w.f32();
     let [t, c] = [x.dims()[1], x.dims()[2]];
     let k = w.dims()[1];
     let km1 = k - 1;
+    // x's rows in place where they are f32 rows evenly spaced, else gathered dense
+    let (xv, x0, ld): (std::borrow::Cow<[f32]>, usize, usize) =
+        match (x.dtype, x.layout.row_stride()) {
+            (weft_graph::DType::F32, Some(ld)) => (
+                std::borrow::Cow::Borrowed(bytemuck::cast_slice(x.bytes)),
+                x.layout.offset,
+                ld,
+            ),
+            _ => (x.f32(), 0, c),
+        };
     let rows = slot_rows(cache, km1 * c, slots, "ssm_conv", node)?;
-    let mut window = vec![0.0f32; (km1 + t) * c];
     for (si, (row, y)) in rows.into_iter().zip(ys.chunks_mut(t * c)).enumerate() {
-        window[..km1 * c].copy_from_slice(row);
-        window[km1 * c..].copy_from_slice(&xv[si * t * c..(si + 1) * t * c]);
-        conv_window(&window, &wv, t, c, k, y);
-        row.copy_from_slice(&window[t * c..]);
+        let x_row = |ti: usize| {
+            let o = x0 + (si * t + ti) * ld;
+            &xv[o..o + c]
+        };
+        {
+            let old: &[f32] = row;
+            let window = |r: usize| {
+                if r < km1 {
+                    &old[r * c..(r + 1) * c]
+                } else {
+                    x_row(r - km1)
+                }
+            };
+            conv_window(&window, &wv, t, c, k, y);
+        }
+        // the window's last K−1 rows: old ones moved up (a prompt shorter than K−1), then x's
+        let kept = km1.saturating_sub(t);
+        row.copy_within(t.min(km1) * c.., 0);
+        for r in kept..km1 {
+            row[r * c..(r + 1) * c].copy_from_slice(x_row(t + r - km1));
+        }
     }
     Ok(())
 }
 
-/// `y[t, c] = Σ_k window[t + k, c] · w[c, k]` over one sequence's window `[K−1+T, C]`.
-/// Each output row sums its `K` window rows times the weights' columns, channels innermost so
-/// that the loop vectorizes (the weights transposed to `[K, C]` first for a prompt).
-fn conv_window(window: &[f32], w: &[f32], t: usize, c: usize, k: usize, y: &mut [f32]) {
+/// A window's rows by index (each `C` long): the cache row's, then the tokens'.
+type Rows<'a, 'w> = dyn Fn(usize) -> &'w [f32] + Sync + 'a;
+
+/// `y[t, c] = Σ_k window(t + k)[c] · w[c, k]` over one sequence's window of `K−1+T` rows of
+/// `C`, `window(r)` giving row `r`. Each output row sums its `K` window rows times the
+/// weights' columns, channels innermost so that the loop vectorizes (the weights transposed to
+/// `[K, C]` first for a prompt).
+fn conv_window<'w>(window: &Rows<'_, 'w>, w: &[f32], t: usize, c: usize, k: usize, y: &mut [f32]) {
     if c == 0 {
         return;
     }
     if t == 1 {
-        for (ci, yc) in y[..c].iter_mut().enumerate() {
-            let mut acc = 0.0;
-            for ki in 0..k {
-                acc += window[ki * c + ci] * w[ci * k + ki];
+        y[..c].fill(0.0);
+        for ki in 0..k {
+            let xr = window(ki);
+            for (ci, yc) in y[..c].iter_mut().enumerate() {
+                *yc += xr[ci] * w[ci * k + ki];
             }
-            *yc = acc;
         }
         return;
     }
@@ -81,7 +114,7 @@ fn conv_window(window: &[f32], w: &[f32], t: usize, c: usize, k: usize, y: &mut 
 /// Output rows from token `t0` (as many as `ys` holds) of [`conv_window`] with the weights
 /// transposed to `wt [K, C]`; compiled for AVX2 where the CPU has it (the same sums in the
 /// same order, so the same result).
-fn conv_rows(window: &[f32], wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
+fn conv_rows<'w>(window: &Rows<'_, 'w>, wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked above.
@@ -92,17 +125,17 @@ fn conv_rows(window: &[f32], wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn conv_rows_avx2(window: &[f32], wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
+fn conv_rows_avx2<'w>(window: &Rows<'_, 'w>, wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
     conv_rows_body(window, wt, t0, c, ys)
 }
 
 #[inline(always)]
-fn conv_rows_body(window: &[f32], wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
+fn conv_rows_body<'w>(window: &Rows<'_, 'w>, wt: &[f32], t0: usize, c: usize, ys: &mut [f32]) {
     for (i, yr) in ys.chunks_exact_mut(c).enumerate() {
         let ti = t0 + i;
         yr.fill(0.0);
         for (ki, wr) in wt.chunks_exact(c).enumerate() {
-            let xr = &window[(ti + ki) * c..(ti + ki + 1) * c];
+            let xr = &window(ti + ki)[..c];
             for ((yv, &x), &wv) in yr.iter_mut().zip(xr).zip(wr) {
                 *yv += x * wv;
             }
