@@ -275,8 +275,9 @@ fn products(ps: &[Product], outs: Vec<Out>) {
     });
 }
 
-/// An output `[R, N]` whose rows' column ranges chunks on several threads write at once.
-struct Columns<'o> {
+/// An output `[R, N]` whose rows' column ranges chunks on several threads write at once (a
+/// prompt's products; a scan's heads).
+pub(super) struct Columns<'o> {
     ptr: *mut f32,
     n: usize,
     len: usize,
@@ -289,7 +290,7 @@ unsafe impl Send for Columns<'_> {}
 unsafe impl Sync for Columns<'_> {}
 
 impl<'o> Columns<'o> {
-    fn new(out: &'o mut [f32], n: usize) -> Columns<'o> {
+    pub(super) fn new(out: &'o mut [f32], n: usize) -> Columns<'o> {
         Columns {
             ptr: out.as_mut_ptr(),
             n,
@@ -303,7 +304,7 @@ impl<'o> Columns<'o> {
     ///
     /// # Safety
     /// No other thread writes these places meanwhile.
-    unsafe fn put(&self, j0: usize, m: usize, t: &[f32], rows: Option<&[usize]>) {
+    pub(super) unsafe fn put(&self, j0: usize, m: usize, t: &[f32], rows: Option<&[usize]>) {
         let cols = t.len() / m;
         assert!(j0 + cols <= self.n);
         for i in 0..m {
@@ -317,6 +318,18 @@ impl<'o> Columns<'o> {
                 *o = t[jj * m + i];
             }
         }
+    }
+
+    /// Columns `j0 .. j0 + vals.len()` of output row `r` from `vals`.
+    ///
+    /// # Safety
+    /// As [`Columns::put`].
+    pub(super) unsafe fn put_run(&self, r: usize, j0: usize, vals: &[f32]) {
+        assert!(j0 + vals.len() <= self.n && (r + 1) * self.n <= self.len);
+        // SAFETY: inside the output (asserted above), and this caller's alone (the contract).
+        let row =
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.n + j0), vals.len()) };
+        row.copy_from_slice(vals);
     }
 }
 

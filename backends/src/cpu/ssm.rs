@@ -1,5 +1,6 @@
 //! Recurrent-layer ops: causal depthwise convolution and the selective scan.
 
+use super::matmul::Columns;
 use super::state::slot_rows;
 use super::team;
 use super::tensor::TensorRef;
@@ -179,22 +180,10 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
     let a_cols = a.dims()[1];
     let heads_per_group = h / g;
     let per = p * n;
-    // Heads are independent. They go in blocks (Mamba1 has a head per channel, each a few
-    // dozen flops per token): each block updates its heads' state in place and keeps its y
-    // rows, [head, token, p], for the copy below.
-    let team = team::global();
-    let hb = (s * h).div_ceil(4 * team.threads()).max(1);
-    let mut blocks: Vec<(usize, usize, &mut [f32], Vec<f32>)> = vec![];
-    for (si, row) in states.into_iter().enumerate() {
-        for (bi, state) in row.chunks_mut(hb * per).enumerate() {
-            blocks.push((si, bi * hb, state, vec![]));
-        }
-    }
-    team.chunks_mut(&mut blocks, 1, |_, blk| {
-        let (si, h0, state, y) = &mut blk[0];
-        let (si, h0) = (*si, *h0);
+    // one block's heads from `h0` of sequence `si`: their state rows updated, y written as
+    // [head, token, p]
+    let block_y = |si: usize, h0: usize, state: &mut [f32], y: &mut [f32]| {
         let nh = state.len() / per;
-        y.resize(nh * t * p, 0.0);
         // a decode step of Mamba1 heads: all the block's heads in one loop
         #[cfg(target_arch = "x86_64")]
         if t == 1 && p == 1 && a_cols == n && n.is_multiple_of(8) && n <= 32 && avx2_fma() {
@@ -239,24 +228,42 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
                 &mut scratch,
             );
         }
-    });
-    // each token's y rows of a block's heads lie side by side in `ys`: gathered from the
-    // block's [head, token, p] one destination run at a time (Mamba1's rows are one value
-    // each, so a copy per head and token would be a call per value)
-    for (si, h0, _, y) in &blocks {
-        let nh = y.len() / (t * p).max(1);
-        for ti in 0..t {
-            let o = ((si * t + ti) * h + h0) * p;
-            for (j, dst) in ys[o..o + nh * p].chunks_exact_mut(p).enumerate() {
-                let src = &y[(j * t + ti) * p..(j * t + ti + 1) * p];
-                if p == 1 {
-                    dst[0] = src[0];
-                } else {
-                    dst.copy_from_slice(src);
+    };
+    // Heads are independent. They go in blocks (Mamba1 has a head per channel, each a few
+    // dozen flops per token): each block updates its heads' state in place, computes its y
+    // rows as [head, token, p], and writes them to its heads' columns of each token's row of
+    // `ys` ([S·T, H·P]), on its own thread.
+    let team = team::global();
+    let hb = (s * h).div_ceil(4 * team.threads()).max(1);
+    let mut blocks: Vec<(usize, usize, &mut [f32])> = vec![];
+    for (si, row) in states.into_iter().enumerate() {
+        for (bi, state) in row.chunks_mut(hb * per).enumerate() {
+            blocks.push((si, bi * hb, state));
+        }
+    }
+    let out = Columns::new(ys, h * p);
+    team.chunks_mut(&mut blocks, 1, |_, blk| {
+        let (si, h0, state) = &mut blk[0];
+        let (si, h0) = (*si, *h0);
+        let nh = state.len() / per;
+        let mut y = vec![0.0; nh * t * p];
+        block_y(si, h0, state, &mut y);
+        // SAFETY: this block's heads' columns of its sequence's token rows are its alone.
+        unsafe {
+            if p == 1 {
+                // [head, token]: the heads' values of token `ti` are column `ti`
+                let rows: Vec<usize> = (si * t..(si + 1) * t).collect();
+                out.put(h0, t, &y, Some(&rows));
+            } else {
+                for ti in 0..t {
+                    for j in 0..nh {
+                        let v = &y[(j * t + ti) * p..(j * t + ti + 1) * p];
+                        out.put_run(si * t + ti, (h0 + j) * p, v);
+                    }
                 }
             }
         }
-    }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
