@@ -102,7 +102,7 @@ enum Home {
 fn vector_kernels() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if qdot::gemm::supported() {
+        if qdot::gemm::Isa::Avx512Vnni.available() {
             return "AVX-512 VNNI";
         }
         let avx2 = std::arch::is_x86_feature_detected!("avx2")

@@ -1,30 +1,65 @@
-//! Prompt matmuls of quantized weights in integer register tiles, with AVX-512 VNNI. The
-//! activation rows are woven sixteen to a group once per matmul: per four elements a 64-byte
-//! line holding each row's four bytes in its own 32-bit lane. Weight rows, unpacked eight at a
-//! time ([`super::unpack`]), meet a group four elements at a time: the weight row's four
-//! bytes broadcast to every lane meet the line, so lane `i` of a sum is activation row `i`'s
-//! product and no sums run across lanes. The 32-element-block formats meet each line in one
-//! `vpdpbusd` (u8 × i8, four products summed per lane) and scale each 32-element block's sum
-//! in f32 by the weight's `α` and the activations' `d`. The K-quants stay in integers
-//! through a super-block: `vpmaddubsw` (u8 × i8 pairs to i16), then `vpdpwssd` with the
-//! group's integer scale, and one f32 multiply-add per weight row and 256 elements. The
-//! weights' offsets and mins (`β`) meet the activations' sums once per weight row, per 32
-//! elements (per 16 for Q6_K, whose `β` changes every 16). The activations are the same 8-bit
-//! rows as [`Acts`]' (same blocks, same rounding), so the sums equal the one-row kernels' up
-//! to the order of f32 additions.
+//! Prompt matmuls of quantized weights in integer register tiles, with AVX-512 VNNI or, on
+//! CPUs without it, AVX2 (see [`Isa`]). The activation rows are woven sixteen to a group once
+//! per matmul: per four elements a 64-byte line holding each row's four bytes in its own
+//! 32-bit lane. Weight rows, unpacked eight at a time ([`super::unpack`]), meet a group four
+//! elements at a time: the weight row's four bytes broadcast to every lane meet the line, so
+//! lane `i` of a sum is activation row `i`'s product and no sums run across lanes. The
+//! 32-element-block formats meet each line in one `vpdpbusd` (u8 × i8, four products summed
+//! per lane; with AVX2, `vpmaddubsw` then `vpmaddwd` by ones) and scale each 32-element
+//! block's sum in f32 by the weight's `α` and the activations' `d`. The K-quants stay in
+//! integers through a super-block: `vpmaddubsw` (u8 × i8 pairs to i16), then `vpdpwssd` with
+//! the group's integer scale (with AVX2, two or four lines' pairs added in i16 first, then
+//! `vpmaddwd`), and one f32 multiply-add per weight row and 256 elements. The weights'
+//! offsets and mins (`β`) meet the activations' sums once per weight row, per 32 elements
+//! (per 16 for Q6_K, whose `β` changes every 16). The activations are the same 8-bit rows as
+//! [`Acts`]' (same blocks, same rounding), so the sums equal the one-row kernels' up to the
+//! order of f32 additions.
 
 use super::unpack::{self, Form, RowMut, Unpack};
 use super::{Acts, QK, QKK};
 use std::arch::x86_64::*;
+use std::ops::Range;
 use weft_graph::DType;
 
-/// Whether this CPU runs the tiles (AVX-512 F, BW, VL and VNNI, and what the unpacking uses).
-pub fn supported() -> bool {
-    super::avx2::supported()
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512bw")
-        && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni")
+/// The instructions the tiles run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 F, BW, VL and VNNI: up to 16 lanes, one `vpdpbusd` (or `vpmaddubsw` then
+    /// `vpdpwssd`) per four elements.
+    Avx512Vnni,
+    /// AVX2 alone: 8 lanes (each group of activation rows in two halves), `vpmaddubsw` then
+    /// `vpmaddwd` and an add per four elements. `vpmaddubsw` saturates its pair sums at
+    /// i16, which no unpacked value up to 63 reaches (63 · 128 · 2 = 16,128); Q8_0's `u`
+    /// reaches 255, so its rows keep the one-row products here.
+    Avx2,
+}
+
+impl Isa {
+    /// The best this CPU has, if any.
+    pub fn best() -> Option<Isa> {
+        [Isa::Avx512Vnni, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.available())
+    }
+
+    /// Whether this CPU has it (and AVX2, FMA and F16C, which the unpacking uses).
+    pub fn available(self) -> bool {
+        super::avx2::supported()
+            && match self {
+                Isa::Avx512Vnni => {
+                    is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vl")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
+                Isa::Avx2 => true,
+            }
+    }
+
+    /// Whether its tiles take rows of `dtype` (unpacked, see [`unpack::for_dtype`]).
+    fn takes(self, dtype: DType) -> bool {
+        self == Isa::Avx512Vnni || dtype != DType::Q8_0
+    }
 }
 
 /// 64 bytes on a cache line: the tiles' 64-byte loads never straddle two lines.
@@ -52,19 +87,28 @@ struct WovenActs {
     s32: Vec<Line>,
 }
 
-/// One group of [`WovenActs`].
+/// One group of [`WovenActs`], its lanes from `lane0` (0, or 8 for a group's second half in
+/// 8-lane registers).
 #[derive(Clone, Copy)]
 struct ActGroup<'a> {
     q: &'a [Line],
     d: &'a [Line],
     s: &'a [Line],
     s32: &'a [Line],
+    lane0: usize,
+}
+
+impl ActGroup<'_> {
+    /// The group's lanes from `lane0`.
+    fn lanes_from(self, lane0: usize) -> Self {
+        ActGroup { lane0, ..self }
+    }
 }
 
 impl WovenActs {
     /// # Safety
-    /// The CPU has AVX-512 F.
-    unsafe fn new(acts: &Acts, k: usize) -> WovenActs {
+    /// The CPU has `isa`.
+    unsafe fn new(acts: &Acts, k: usize, isa: Isa) -> WovenActs {
         // each row's bytes (four to a word), its d and s per 32 elements and s per 16, row
         // after row
         let (mut q, mut d, mut s, mut s32) = (Vec::<u32>::new(), vec![], vec![], vec![]);
@@ -123,23 +167,27 @@ impl WovenActs {
                 })
             }
             let (lq, lg, lh) = (k / 4, k / 16, k / 32);
-            // SAFETY: the caller vouches for AVX-512 F.
-            unsafe {
-                weave_words(
-                    rows(&q, &zeros, gi, m, lq),
-                    &mut woven.q[gi * lq..(gi + 1) * lq],
-                );
-                weave_words(
-                    rows(d, &zeros, gi, m, lh),
-                    &mut woven.d[gi * lh..(gi + 1) * lh],
-                );
-                weave_words(
-                    rows(s, &zeros, gi, m, lg),
-                    &mut woven.s[gi * lg..(gi + 1) * lg],
-                );
-                let s32_lines = &mut woven.s32[gi * lh..(gi + 1) * lh];
-                weave_words(rows(s32, &zeros, gi, m, lh), s32_lines);
-            }
+            let weave = |rows: [&[u32]; LANES], dst: &mut [Line]| match isa {
+                // SAFETY: the caller vouches for AVX-512 (F among it).
+                Isa::Avx512Vnni => unsafe { weave_words(rows, dst) },
+                Isa::Avx2 => weave_from(rows, dst, 0),
+            };
+            weave(
+                rows(&q, &zeros, gi, m, lq),
+                &mut woven.q[gi * lq..(gi + 1) * lq],
+            );
+            weave(
+                rows(d, &zeros, gi, m, lh),
+                &mut woven.d[gi * lh..(gi + 1) * lh],
+            );
+            weave(
+                rows(s, &zeros, gi, m, lg),
+                &mut woven.s[gi * lg..(gi + 1) * lg],
+            );
+            weave(
+                rows(s32, &zeros, gi, m, lh),
+                &mut woven.s32[gi * lh..(gi + 1) * lh],
+            );
         }
         woven
     }
@@ -155,6 +203,19 @@ impl WovenActs {
             d: &self.d[gi * lh..(gi + 1) * lh],
             s: &self.s[gi * lg..(gi + 1) * lg],
             s32: &self.s32[gi * lh..(gi + 1) * lh],
+            lane0: 0,
+        }
+    }
+}
+
+/// [`weave_words`] word by word, from line `c0` on.
+fn weave_from(rows: [&[u32]; LANES], dst: &mut [Line], c0: usize) {
+    let len = dst.len();
+    assert!(rows.iter().all(|r| r.len() >= len));
+    let words: &mut [u32] = bytemuck::cast_slice_mut(dst);
+    for (c, line) in words.chunks_exact_mut(LANES).enumerate().skip(c0) {
+        for (w, row) in line.iter_mut().zip(&rows) {
+            *w = row[c];
         }
     }
 }
@@ -167,12 +228,7 @@ fn weave_words(rows: [&[u32]; LANES], dst: &mut [Line]) {
     let len = dst.len();
     assert!(rows.iter().all(|r| r.len() >= len));
     let whole = len - len % 16;
-    let words: &mut [u32] = bytemuck::cast_slice_mut(dst);
-    for c in whole..len {
-        for (r, row) in rows.iter().enumerate() {
-            words[c * LANES + r] = row[c];
-        }
-    }
+    weave_from(rows, dst, whole);
     // Stage `b` swaps bit `b` of the row with bit `b` of the column: registers `a` and
     // `a | bit` exchange the lanes where those bits differ.
     const fn index(bit: usize, upper: bool) -> [u32; 16] {
@@ -292,17 +348,24 @@ pub struct Gemm {
     form: Form,
     /// Whether the weights' `β` changes every 16 elements (Q6_K), not every 32.
     fine: bool,
+    isa: Isa,
     acts: WovenActs,
 }
 
 impl Gemm {
-    /// The tiles for weights of `dtype` meeting `acts` (rows `k` long); `None` where the CPU
-    /// lacks AVX-512 VNNI, `dtype` has no unpacking or `k` is not a multiple of 64.
+    /// The tiles for weights of `dtype` meeting `acts` (rows `k` long) with the best
+    /// instructions this CPU has; `None` where it has neither kind (see [`Self::with_isa`]).
     pub fn new(dtype: DType, acts: &Acts, k: usize) -> Option<Gemm> {
-        if !supported() || k == 0 || !k.is_multiple_of(64) {
+        Gemm::with_isa(dtype, acts, k, Isa::best()?)
+    }
+
+    /// [`Self::new`] with `isa`; `None` where the CPU lacks it, its tiles do not take `dtype`,
+    /// `dtype` has no unpacking or `k` is not a multiple of 64 (of 256 for the K-quants).
+    pub fn with_isa(dtype: DType, acts: &Acts, k: usize, isa: Isa) -> Option<Gemm> {
+        if !isa.available() || !isa.takes(dtype) || k == 0 || !k.is_multiple_of(64) {
             return None;
         }
-        // SAFETY: `supported` (checked above) includes AVX2, FMA and F16C.
+        // SAFETY: every `Isa` includes AVX2, FMA and F16C (checked above).
         let (unpack, form) = unsafe { unpack::for_dtype(dtype) }?;
         if form == Form::Int && !k.is_multiple_of(256) {
             return None;
@@ -311,8 +374,9 @@ impl Gemm {
             unpack,
             form,
             fine: dtype == DType::Q6K,
-            // SAFETY: `supported` (checked above) includes AVX-512 F.
-            acts: unsafe { WovenActs::new(acts, k) },
+            isa,
+            // SAFETY: the CPU has `isa` (checked above).
+            acts: unsafe { WovenActs::new(acts, k, isa) },
         })
     }
 
@@ -334,11 +398,7 @@ impl Gemm {
                 for gi in 0..self.acts.groups() {
                     let x = self.acts.group(gi);
                     let (i0, ni) = (gi * LANES, (m - gi * LANES).min(LANES));
-                    let t = if ni > Ymm::LANES {
-                        self.tile::<Zmm>(ws, x, k)
-                    } else {
-                        self.tile::<Ymm>(ws, x, k)
-                    };
+                    let t = self.tile(ws, x, k, nj, ni);
                     for (jj, tr) in t.iter().enumerate().take(nj) {
                         let o = (j0 + jj) * m + i0;
                         out[o..o + ni].copy_from_slice(&tr[..ni]);
@@ -350,8 +410,9 @@ impl Gemm {
 }
 
 /// The registers a tile runs in: 16 lanes ([`Zmm`]) or, for groups of at most 8 activation
-/// rows, 8 ([`Ymm`], reading the first half of each line). Every method is an intrinsic,
-/// inlined into the tiles compiled for AVX-512 (F, BW, VL, VNNI).
+/// rows, 8 ([`Ymm`], reading the first half of each line), both with AVX-512 VNNI; or 8 with
+/// AVX2 alone ([`Avx2`], each half of a line in turn). Every method is an intrinsic or two,
+/// inlined into the tiles compiled for them.
 trait Regs {
     /// Lanes per register.
     const LANES: usize;
@@ -359,15 +420,23 @@ trait Regs {
     type F: Copy;
     unsafe fn zero_i() -> Self::I;
     unsafe fn zero_f() -> Self::F;
-    /// The first [`Self::LANES`] words of an aligned line.
-    unsafe fn line_i(p: *const Line) -> Self::I;
-    unsafe fn line_f(p: *const Line) -> Self::F;
+    /// [`Self::LANES`] words of an aligned line from word `lane0` (0, or 8 for 8 lanes).
+    unsafe fn line_i(p: *const Line, lane0: usize) -> Self::I;
+    unsafe fn line_f(p: *const Line, lane0: usize) -> Self::F;
     unsafe fn splat_i(v: i32) -> Self::I;
     unsafe fn splat_f(v: f32) -> Self::F;
     /// `acc + Σ₄ u·a` per lane, u8 × i8.
     unsafe fn dpbusd(acc: Self::I, u: Self::I, a: Self::I) -> Self::I;
-    /// `acc + Σ₄ u·a·scale` per lane: u8 × i8 pairs to i16, then i16 × i16.
-    unsafe fn dp_scaled(acc: Self::I, u: Self::I, a: Self::I, scale: Self::I) -> Self::I;
+    /// Whether the K-quants' tiles add `maddubs`' i16 pairs over several lines before
+    /// [`Self::dp_words`] (see `int_tile`): fewer instructions where `dp_words` is two
+    /// (AVX2), none saved where it is one (`vpdpwssd`).
+    const SUM16: bool;
+    /// u8 × i8 pairs summed to i16 (`vpmaddubsw`).
+    unsafe fn maddubs(u: Self::I, a: Self::I) -> Self::I;
+    /// Lane-wise i16 add.
+    unsafe fn add16(a: Self::I, b: Self::I) -> Self::I;
+    /// `acc + Σ₂ p·scale` per 32-bit lane, i16 × i16.
+    unsafe fn dp_words(acc: Self::I, p: Self::I, scale: Self::I) -> Self::I;
     unsafe fn to_f(v: Self::I) -> Self::F;
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
@@ -381,17 +450,47 @@ struct Zmm;
 /// 8 lanes in 256-bit registers.
 struct Ymm;
 
-/// `impl Regs` for one register width, from its types and intrinsics.
+/// 8 lanes in 256-bit registers, AVX2 alone.
+struct Avx2;
+
+/// `impl Regs` for one register width, from its types and intrinsics (`ymm`: 256-bit
+/// registers, from the two products and `SUM16`).
 macro_rules! regs {
+    (ymm $name:ident, $dpbusd:ident, $dpwssd:ident, $sum16:expr) => {
+        regs!(
+            $name,
+            8,
+            __m256i,
+            __m256,
+            _mm256_setzero_si256,
+            _mm256_setzero_ps,
+            _mm256_load_si256,
+            _mm256_load_ps,
+            _mm256_set1_epi32,
+            _mm256_set1_ps,
+            $dpbusd,
+            $dpwssd,
+            _mm256_maddubs_epi16,
+            _mm256_add_epi16,
+            $sum16,
+            _mm256_cvtepi32_ps,
+            _mm256_mul_ps,
+            _mm256_fmadd_ps,
+            _mm256_storeu_ps
+        );
+    };
     ($name:ident, $lanes:expr, $i:ty, $f:ty, $zero_i:ident, $zero_f:ident, $load_i:ident,
      $load_f:ident, $splat_i:ident, $splat_f:ident, $dpbusd:ident, $dpwssd:ident,
-     $maddubs:ident, $to_f:ident, $mul:ident, $fmadd:ident, $store:ident) => {
+     $maddubs:ident, $add16:ident, $sum16:expr, $to_f:ident, $mul:ident, $fmadd:ident,
+     $store:ident) => {
         impl Regs for $name {
             const LANES: usize = $lanes;
+            const SUM16: bool = $sum16;
             type I = $i;
             type F = $f;
-            // SAFETY (every method): the callers' contract, AVX-512 F, BW, VL and VNNI; the
-            // line loads' pointers are 64-byte aligned, the stores' 16 floats writable.
+            // SAFETY (every method): the callers' contract, compiled for the instructions; the
+            // line loads' pointers are aligned to their width (lines to 64 bytes, from lane 8 to
+            // 32), the stores' lanes writable.
             #[inline(always)]
             unsafe fn zero_i() -> $i {
                 unsafe { $zero_i() }
@@ -401,12 +500,12 @@ macro_rules! regs {
                 unsafe { $zero_f() }
             }
             #[inline(always)]
-            unsafe fn line_i(p: *const Line) -> $i {
-                unsafe { $load_i(p.cast()) }
+            unsafe fn line_i(p: *const Line, lane0: usize) -> $i {
+                unsafe { $load_i(p.cast::<u32>().add(lane0).cast()) }
             }
             #[inline(always)]
-            unsafe fn line_f(p: *const Line) -> $f {
-                unsafe { $load_f(p.cast()) }
+            unsafe fn line_f(p: *const Line, lane0: usize) -> $f {
+                unsafe { $load_f(p.cast::<f32>().add(lane0).cast()) }
             }
             #[inline(always)]
             unsafe fn splat_i(v: i32) -> $i {
@@ -421,8 +520,16 @@ macro_rules! regs {
                 unsafe { $dpbusd(acc, u, a) }
             }
             #[inline(always)]
-            unsafe fn dp_scaled(acc: $i, u: $i, a: $i, scale: $i) -> $i {
-                unsafe { $dpwssd(acc, $maddubs(u, a), scale) }
+            unsafe fn maddubs(u: $i, a: $i) -> $i {
+                unsafe { $maddubs(u, a) }
+            }
+            #[inline(always)]
+            unsafe fn add16(a: $i, b: $i) -> $i {
+                unsafe { $add16(a, b) }
+            }
+            #[inline(always)]
+            unsafe fn dp_words(acc: $i, p: $i, scale: $i) -> $i {
+                unsafe { $dpwssd(acc, p, scale) }
             }
             #[inline(always)]
             unsafe fn to_f(v: $i) -> $f {
@@ -458,74 +565,174 @@ regs!(
     _mm512_dpbusd_epi32,
     _mm512_dpwssd_epi32,
     _mm512_maddubs_epi16,
+    _mm512_add_epi16,
+    false,
     _mm512_cvtepi32_ps,
     _mm512_mul_ps,
     _mm512_fmadd_ps,
     _mm512_storeu_ps
 );
-regs!(
-    Ymm,
-    8,
-    __m256i,
-    __m256,
-    _mm256_setzero_si256,
-    _mm256_setzero_ps,
-    _mm256_load_si256,
-    _mm256_load_ps,
-    _mm256_set1_epi32,
-    _mm256_set1_ps,
-    _mm256_dpbusd_epi32,
-    _mm256_dpwssd_epi32,
-    _mm256_maddubs_epi16,
-    _mm256_cvtepi32_ps,
-    _mm256_mul_ps,
-    _mm256_fmadd_ps,
-    _mm256_storeu_ps
-);
+regs!(ymm Ymm, _mm256_dpbusd_epi32, _mm256_dpwssd_epi32, false);
+
+/// `acc + Σ₄ u·a` per lane with AVX2 alone: `vpmaddubsw`, then `vpmaddwd` by ones.
+///
+/// # Safety
+/// The caller is compiled for AVX2.
+#[inline(always)]
+unsafe fn avx2_dpbusd(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), ones))
+    }
+}
+
+/// `acc + Σ₂ p·scale` per lane (i16 pairs) with AVX2 alone: `vpmaddwd`, then an add.
+///
+/// # Safety
+/// The caller is compiled for AVX2.
+#[inline(always)]
+unsafe fn avx2_dpwssd(acc: __m256i, p: __m256i, scale: __m256i) -> __m256i {
+    unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale)) }
+}
+
+regs!(ymm Avx2, avx2_dpbusd, avx2_dpwssd, true);
 
 impl Gemm {
-    /// The products of `w` and `x` in registers `R`.
-    fn tile<R: Regs>(&self, w: [WeightRow; TILE_ROWS], x: ActGroup, k: usize) -> Tiles {
-        // SAFETY (all three): `new` checked AVX-512 F, BW, VL and VNNI.
-        match self.form {
-            Form::Float => unsafe { float_tile::<R, TILE_ROWS>(w, x, k) },
-            Form::Int if self.fine => unsafe { int_tile::<R, TILE_ROWS, true>(w, x, k) },
-            Form::Int => unsafe { int_tile::<R, TILE_ROWS, false>(w, x, k) },
+    /// The products of `w` (its first `nj` rows real) and `x` (its first `ni` rows real).
+    fn tile(
+        &self,
+        w: [WeightRow; TILE_ROWS],
+        x: ActGroup,
+        k: usize,
+        nj: usize,
+        ni: usize,
+    ) -> Tiles {
+        let (form, fine) = (self.form, self.fine);
+        match self.isa {
+            // SAFETY (all three): `with_isa` checked the instructions.
+            Isa::Avx512Vnni if ni > Ymm::LANES => unsafe {
+                tile_vnni::<Zmm, TILE_ROWS>(form, fine, w, x, k)
+            },
+            Isa::Avx512Vnni => unsafe { tile_vnni::<Ymm, TILE_ROWS>(form, fine, w, x, k) },
+            Isa::Avx2 => unsafe { tile_avx2(form, fine, w, x, k, nj, ni) },
         }
+    }
+}
+
+/// A tile in registers `R` (16 or 8 lanes), compiled for AVX-512 F, BW, VL and VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
+fn tile_vnni<R: Regs, const RW: usize>(
+    form: Form,
+    fine: bool,
+    w: [WeightRow; RW],
+    x: ActGroup,
+    k: usize,
+) -> [[f32; LANES]; RW] {
+    let mut acc = [[0.0; LANES]; RW];
+    // SAFETY (both): compiled for what `R`'s intrinsics need.
+    let mut sums = unsafe { [R::zero_f(); RW] };
+    unsafe { span::<R, RW>(form, fine, &w, &x, 0..k, &mut sums) };
+    for (a, s) in acc.iter_mut().zip(&sums) {
+        unsafe { R::store(a, *s) };
+    }
+    acc
+}
+
+/// Weight rows per AVX2 register tile: their sums, partial sums and scales, with the line and
+/// the weights' bytes, fill AVX2's 16 registers.
+const AVX2_ROWS: usize = 4;
+
+/// A tile in 8 lanes, compiled for AVX2 alone: each 8-lane half of the group (up to `ni`
+/// rows) by [`AVX2_ROWS`] weight rows (up to `nj`) at a time, each over the whole row (in
+/// 256-element spans, with the sums passed from one to the next, the tiles ran about 10%
+/// slower: `-- cpu/matmul` shapes, one process alternating the two).
+#[target_feature(enable = "avx2,fma")]
+fn tile_avx2(
+    form: Form,
+    fine: bool,
+    w: [WeightRow; TILE_ROWS],
+    x: ActGroup,
+    k: usize,
+    nj: usize,
+    ni: usize,
+) -> Tiles {
+    let mut t = [[0.0; LANES]; TILE_ROWS];
+    for lane0 in (0..ni).step_by(8) {
+        let half = x.lanes_from(lane0);
+        for j0 in (0..nj).step_by(AVX2_ROWS) {
+            let quad: [WeightRow; AVX2_ROWS] = std::array::from_fn(|j| w[j0 + j]);
+            let mut acc = [_mm256_setzero_ps(); AVX2_ROWS];
+            // SAFETY: compiled for what `Avx2`'s intrinsics need.
+            unsafe { span::<Avx2, AVX2_ROWS>(form, fine, &quad, &half, 0..k, &mut acc) };
+            for (tr, a) in t[j0..j0 + AVX2_ROWS].iter_mut().zip(&acc) {
+                // SAFETY: 8 writable floats from `lane0` (at most 8 of 16).
+                unsafe { _mm256_storeu_ps(tr[lane0..lane0 + 8].as_mut_ptr(), *a) };
+            }
+        }
+    }
+    t
+}
+
+/// Adds the products of `form`'s weight rows `w` and the group `x` over `elems` (whole
+/// 32-element blocks; whole super-blocks for [`Form::Int`]) into `acc`, inlined into a caller
+/// compiled for `R`.
+///
+/// # Safety
+/// The caller is compiled for the instructions `R`'s methods use.
+#[inline(always)]
+unsafe fn span<R: Regs, const RW: usize>(
+    form: Form,
+    fine: bool,
+    w: &[WeightRow; RW],
+    x: &ActGroup,
+    elems: Range<usize>,
+    acc: &mut [R::F; RW],
+) {
+    // SAFETY (all three): the caller's contract.
+    match form {
+        Form::Float => unsafe { float_tile::<R, RW>(w, x, elems.start / 32..elems.end / 32, acc) },
+        Form::Int if fine => unsafe {
+            int_tile::<R, RW, true>(w, x, elems.start / 256..elems.end / 256, acc)
+        },
+        Form::Int => unsafe {
+            int_tile::<R, RW, false>(w, x, elems.start / 256..elems.end / 256, acc)
+        },
     }
 }
 
 /// A tile's products: per weight row, the group's activation rows.
 type Tiles = [[f32; LANES]; TILE_ROWS];
 
-/// The products of [`Form::Float`] weight rows `w` and the group `x` of activation rows, `k`
-/// (a multiple of 64) long: `vpdpbusd` per four elements, then per 32-element block the sum
-/// times the weight's `α` and the activations' `d`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn float_tile<R: Regs, const RW: usize>(
-    w: [WeightRow; RW],
-    x: ActGroup,
-    k: usize,
-) -> [[f32; LANES]; RW] {
-    assert!(k.is_multiple_of(64));
-    check(&w, &x, k);
+/// Adds the products of [`Form::Float`] weight rows `w` and the group `x` of activation rows
+/// over the 32-element `blocks` into `acc`: `vpdpbusd` per four elements, then per block the
+/// sum times the weight's `α` and the activations' `d`.
+///
+/// # Safety
+/// As [`span`].
+#[inline(always)]
+unsafe fn float_tile<R: Regs, const RW: usize>(
+    w: &[WeightRow; RW],
+    x: &ActGroup,
+    blocks: Range<usize>,
+    acc: &mut [R::F; RW],
+) {
+    check(w, x, 32 * blocks.end);
     let alpha = w.map(|r| r.alpha());
-    // SAFETY (every block): the intrinsics need AVX-512 F, BW, VL and VNNI, enabled here;
+    // SAFETY (every block): the intrinsics need what the caller is compiled for;
     // `check` asserted the rows' and lines' lengths; the weights' four-byte reads are
     // unaligned.
     unsafe {
-        let mut acc = [R::zero_f(); RW];
-        for blk in 0..k / 32 {
+        for blk in blocks {
             let mut sum = [R::zero_i(); RW];
             for c in 8 * blk..8 * (blk + 1) {
-                let a = R::line_i(x.q.as_ptr().add(c));
+                let a = R::line_i(x.q.as_ptr().add(c), x.lane0);
                 for j in 0..RW {
                     let u = R::splat_i(w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned());
                     sum[j] = R::dpbusd(sum[j], u, a);
                 }
             }
-            let dx = R::line_f(x.d.as_ptr().add(blk));
-            let s = R::line_f(x.s32.as_ptr().add(blk));
+            let dx = R::line_f(x.d.as_ptr().add(blk), x.lane0);
+            let s = R::line_f(x.s32.as_ptr().add(blk), x.lane0);
             for j in 0..RW {
                 let scale = R::mul(dx, R::splat_f(alpha[j][8 * blk]));
                 acc[j] = R::fmadd(R::to_f(sum[j]), scale, acc[j]);
@@ -533,58 +740,73 @@ fn float_tile<R: Regs, const RW: usize>(
                 acc[j] = R::fmadd(R::splat_f(w[j].beta[2 * blk]), s, acc[j]);
             }
         }
-        lanes::<R, RW>(&acc)
     }
 }
 
-/// The products of [`Form::Int`] weight rows `w` and the group `x` of activation rows, `k` (a
-/// multiple of 256) long: each super-block's sums in i32, `Σ scale · Σ u·q` (u8 × i8 pairs to
-/// i16, then i16 × i16 with the group's scale), then `d_w·d_x` times that in f32; the offsets
-/// per 16 elements where `FINE`, else per 32 (whose two `β` are equal).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn int_tile<R: Regs, const RW: usize, const FINE: bool>(
-    w: [WeightRow; RW],
-    x: ActGroup,
-    k: usize,
-) -> [[f32; LANES]; RW] {
-    assert!(k.is_multiple_of(256));
-    check(&w, &x, k);
-    assert!(w.iter().all(|r| r.d.len() >= k / 256));
+/// Adds the products of [`Form::Int`] weight rows `w` and the group `x` of activation rows
+/// over the `supers` (256-element super-blocks) into `acc`: each super-block's sums in i32,
+/// `Σ scale · Σ u·q` (u8 × i8 pairs to i16, then i16 × i16 with the group's scale), then
+/// `d_w·d_x` times that in f32; the offsets per 16 elements where `FINE`, else per 32 (whose
+/// two `β` are equal).
+///
+/// # Safety
+/// As [`span`].
+#[inline(always)]
+unsafe fn int_tile<R: Regs, const RW: usize, const FINE: bool>(
+    w: &[WeightRow; RW],
+    x: &ActGroup,
+    supers: Range<usize>,
+    acc: &mut [R::F; RW],
+) {
+    check(w, x, 256 * supers.end);
+    assert!(w.iter().all(|r| r.d.len() >= supers.end));
     let scales = w.map(|r| r.scales());
     // SAFETY (every block): as in `float_tile`.
     unsafe {
-        let mut acc = [R::zero_f(); RW];
-        for b in 0..k / 256 {
+        for b in supers {
             let mut sum = [R::zero_i(); RW];
             for g in 16 * b..16 * (b + 1) {
                 let mut sc = [R::zero_i(); RW];
                 for j in 0..RW {
                     sc[j] = R::splat_i(scales[j][g] as i32);
                 }
-                for c in 4 * g..4 * (g + 1) {
-                    let a = R::line_i(x.q.as_ptr().add(c));
+                // `depth` lines' i16 pairs added before they meet the scale: each pair is
+                // at most 2 · 31 · 128 (Q4_K, Q5_K) or 2 · 63 · 128 (Q6_K), so four or two
+                // of them stay below 2¹⁵
+                let depth = match (R::SUM16, FINE) {
+                    (false, _) => 1,
+                    (true, false) => 4,
+                    (true, true) => 2,
+                };
+                for c0 in (4 * g..4 * (g + 1)).step_by(depth) {
+                    let mut p = [R::zero_i(); RW];
+                    for c in c0..c0 + depth {
+                        let a = R::line_i(x.q.as_ptr().add(c), x.lane0);
+                        for j in 0..RW {
+                            let u = w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned();
+                            let m = R::maddubs(R::splat_i(u), a);
+                            p[j] = if c == c0 { m } else { R::add16(p[j], m) };
+                        }
+                    }
                     for j in 0..RW {
-                        let u =
-                            R::splat_i(w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned());
-                        sum[j] = R::dp_scaled(sum[j], u, a, sc[j]);
+                        sum[j] = R::dp_words(sum[j], p[j], sc[j]);
                     }
                 }
             }
-            let dx = R::line_f(x.d.as_ptr().add(8 * b));
+            let dx = R::line_f(x.d.as_ptr().add(8 * b), x.lane0);
             for j in 0..RW {
                 let scale = R::mul(dx, R::splat_f(w[j].d[b]));
                 acc[j] = R::fmadd(R::to_f(sum[j]), scale, acc[j]);
             }
             let (per, lines) = if FINE { (16, x.s) } else { (32, x.s32) };
             for h in 256 / per * b..256 / per * (b + 1) {
-                let s = R::line_f(lines.as_ptr().add(h));
+                let s = R::line_f(lines.as_ptr().add(h), x.lane0);
                 for j in 0..RW {
                     let beta = R::splat_f(w[j].beta[h * per / 16]);
                     acc[j] = R::fmadd(beta, s, acc[j]);
                 }
             }
         }
-        lanes::<R, RW>(&acc)
     }
 }
 
@@ -600,28 +822,17 @@ fn check<const RW: usize>(w: &[WeightRow; RW], x: &ActGroup, k: usize) {
     assert!(x.d.len() >= k / 32 && x.s32.len() >= k / 32);
 }
 
-/// Each accumulator's lanes.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-fn lanes<R: Regs, const RW: usize>(acc: &[R::F; RW]) -> [[f32; LANES]; RW] {
-    let mut out = [[0.0f32; LANES]; RW];
-    for j in 0..RW {
-        // SAFETY: the store needs the features enabled here.
-        unsafe { R::store(&mut out[j], acc[j]) };
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{lcg, random_row};
+    use super::super::tests::{lcg, random_row, row_of};
     use super::*;
     use crate::cpu::qdot::Kernel;
 
     /// Each unpacked element `α·u + β` equals the dequantized weight.
     #[test]
     fn unpacked_rows_equal_the_dequantized_rows() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        if Isa::best().is_none() {
+            eprintln!("skipped: this CPU has no AVX2");
             return;
         }
         let mut seed = 5u64;
@@ -652,39 +863,71 @@ mod tests {
         }
     }
 
+    /// The activations of a case of [`tiles_equal_the_one_row_products`].
+    #[derive(Clone, Copy)]
+    enum Fill {
+        Random,
+        Positive,
+        Largest,
+    }
+
     /// Every tile product equals the one-row kernel's, for shapes with short tiles on both
     /// sides.
     #[test]
     fn tiles_equal_the_one_row_products() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        let isas: Vec<Isa> = [Isa::Avx512Vnni, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect();
+        if isas.is_empty() {
+            eprintln!("skipped: this CPU has no AVX2");
             return;
         }
+        eprintln!("tiles with {isas:?}");
         let mut seed = 9u64;
-        for dtype in DType::ALL.into_iter().filter(|d| d.is_quantized()) {
+        let dtypes = DType::ALL.into_iter().filter(|d| d.is_quantized());
+        for (isa, dtype) in isas
+            .iter()
+            .flat_map(|&i| dtypes.clone().map(move |d| (i, d)))
+        {
             // then: a row length whose lines of d and s per 16 and 32 elements end past a
-            // whole 16 × 16 transpose (the 32-element formats only), activations all of one sign, where Q8_0's `u = q + 128` and its
-            // `β = −128·d` cancel the most, and three groups of activation rows (the last
-            // partial) with three sets of weight rows (the last partial)
-            for (k, m, n, positive) in [
-                (256, 1, 1, false),
-                (512, 6, 7, false),
-                (768, 9, 4, false),
-                (256, 4, 5, false),
-                (320, 8, 5, false),
-                (512, 5, 3, true),
-                (512, 37, 17, false),
+            // whole 16 × 16 transpose (the 32-element formats only); activations all of one
+            // sign, where Q8_0's `u = q + 128` and its `β = −128·d` cancel the most; three
+            // groups of activation rows (the last partial) with three sets of weight rows (the
+            // last partial); and every weight at its format's largest value against
+            // activations of ±1 (rows alternating), whose bytes are ±127: the largest sums
+            // the AVX2 tiles keep in i16
+            for (k, m, n, fill) in [
+                (256, 1, 1, Fill::Random),
+                (512, 6, 7, Fill::Random),
+                (768, 9, 4, Fill::Random),
+                (256, 4, 5, Fill::Random),
+                (320, 8, 5, Fill::Random),
+                (512, 5, 3, Fill::Positive),
+                (512, 37, 17, Fill::Random),
+                (512, 10, 5, Fill::Largest),
             ] {
                 let x: Vec<f32> = (0..m * k)
-                    .map(|_| lcg(&mut seed))
-                    .map(|v| if positive { v.abs() } else { v })
+                    .map(|e| match fill {
+                        Fill::Random => lcg(&mut seed),
+                        Fill::Positive => lcg(&mut seed).abs(),
+                        Fill::Largest => [1.0, -1.0][e / k % 2],
+                    })
                     .collect();
                 let Some(acts) = Acts::quantize(dtype, &x, k) else {
                     assert_ne!(k % dtype.block_elems(), 0, "{dtype} k={k}");
                     continue; // (a K-quant at k = 320)
                 };
-                let rows: Vec<Vec<u8>> = (0..n).map(|_| random_row(dtype, k, &mut seed)).collect();
-                let gemm = Gemm::new(dtype, &acts, k).expect("tiles");
+                let rows: Vec<Vec<u8>> = (0..n)
+                    .map(|_| match fill {
+                        Fill::Largest => row_of(dtype, k, &mut seed, |_| 0xFF),
+                        _ => random_row(dtype, k, &mut seed),
+                    })
+                    .collect();
+                let Some(gemm) = Gemm::with_isa(dtype, &acts, k, isa) else {
+                    assert!(!isa.takes(dtype), "{isa:?} {dtype} k={k}: no tiles");
+                    continue;
+                };
                 let mut out = vec![f32::NAN; n * m];
                 gemm.rows(|j| &rows[j], &mut out);
                 let kern = Kernel::for_dtype(dtype).expect("kernel");
@@ -698,7 +941,7 @@ mod tests {
                         let got = out[j * m + i];
                         assert!(
                             (got - want).abs() <= 1e-5 * norm.max(1e-6),
-                            "{dtype} k={k} w{j}·x{i}: {got} vs {want}"
+                            "{isa:?} {dtype} k={k} w{j}·x{i}: {got} vs {want}"
                         );
                     }
                 }

@@ -274,11 +274,20 @@ mod tests {
     /// Random weight blocks: random bytes with sane f16 scales in the places each layout keeps
     /// them.
     pub(super) fn random_row(dtype: DType, k: usize, seed: &mut u64) -> Vec<u8> {
+        row_of(dtype, k, seed, |seed| (lcg(seed) * 128.0 + 128.0) as u8)
+    }
+
+    /// Weight blocks of bytes from `byte`, with sane random f16 scales as in [`random_row`]
+    /// (all bytes 0xFF: every format's largest values and integer scales).
+    pub(super) fn row_of(
+        dtype: DType,
+        k: usize,
+        seed: &mut u64,
+        mut byte: impl FnMut(&mut u64) -> u8,
+    ) -> Vec<u8> {
         let nb = k / dtype.block_elems();
         let bb = dtype.block_bytes();
-        let mut w: Vec<u8> = (0..nb * bb)
-            .map(|_| (lcg(seed) * 128.0 + 128.0) as u8)
-            .collect();
+        let mut w: Vec<u8> = (0..nb * bb).map(|_| byte(seed)).collect();
         let scale_at: &[usize] = match dtype {
             DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
             DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
