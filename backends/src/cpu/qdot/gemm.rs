@@ -18,7 +18,6 @@
 use super::unpack::{self, Form, RowMut, Unpack};
 use super::{Acts, QK, QKK};
 use std::arch::x86_64::*;
-use std::ops::Range;
 use weft_graph::DType;
 
 /// The instructions the tiles run with.
@@ -30,7 +29,7 @@ pub enum Isa {
     /// AVX2 alone: 8 lanes (each group of activation rows in two halves), `vpmaddubsw` then
     /// `vpmaddwd` and an add per four elements. `vpmaddubsw` saturates its pair sums at
     /// i16, which no unpacked value up to 63 reaches (63 · 128 · 2 = 16,128); Q8_0's `u`
-    /// reaches 255, so its rows keep the one-row products here.
+    /// reaches 255, so its tiles take its signed values ([`Kind::FloatSigned`]).
     Avx2,
 }
 
@@ -54,11 +53,6 @@ impl Isa {
                 }
                 Isa::Avx2 => true,
             }
-    }
-
-    /// Whether its tiles take rows of `dtype` (unpacked, see [`unpack::for_dtype`]).
-    fn takes(self, dtype: DType) -> bool {
-        self == Isa::Avx512Vnni || dtype != DType::Q8_0
     }
 }
 
@@ -281,6 +275,7 @@ fn weave_words(rows: [&[u32]; LANES], dst: &mut [Line]) {
 #[derive(Clone, Copy)]
 struct WeightRow<'a> {
     u: &'a [u8],
+    q: &'a [u8],
     scale: &'a [u8],
     d: &'a [f32],
     beta: &'a [f32],
@@ -302,6 +297,7 @@ impl<'a> WeightRow<'a> {
 #[derive(Default)]
 struct Unpacked {
     u: Vec<Line>,
+    q: Vec<Line>,
     scale: Vec<Line>,
     d: Vec<f32>,
     beta: Vec<f32>,
@@ -311,6 +307,7 @@ impl Unpacked {
     /// Room for `rows` rows of `k` (a multiple of 64).
     fn fit(&mut self, k: usize, rows: usize) {
         self.u.resize(rows * k / 64, Line([0; 64]));
+        self.q.resize(rows * k / 64, Line([0; 64]));
         self.scale.resize(rows * k / 64, Line([0; 64]));
         self.d.resize(rows * k.div_ceil(256), 0.0);
         self.beta.resize(rows * k / 16, 0.0);
@@ -320,6 +317,7 @@ impl Unpacked {
         let nd = k.div_ceil(256);
         RowMut {
             u: &mut bytemuck::cast_slice_mut(&mut self.u)[j * k..(j + 1) * k],
+            q: &mut bytemuck::cast_slice_mut(&mut self.q)[j * k..(j + 1) * k],
             scale: &mut bytemuck::cast_slice_mut(&mut self.scale)[j * k..(j + 1) * k],
             d: &mut self.d[j * nd..(j + 1) * nd],
             beta: &mut self.beta[j * k / 16..(j + 1) * k / 16],
@@ -330,6 +328,7 @@ impl Unpacked {
         let nd = k.div_ceil(256);
         WeightRow {
             u: &bytemuck::cast_slice(&self.u)[j * k..(j + 1) * k],
+            q: &bytemuck::cast_slice(&self.q)[j * k..(j + 1) * k],
             scale: &bytemuck::cast_slice(&self.scale)[j * k..(j + 1) * k],
             d: &self.d[j * nd..(j + 1) * nd],
             beta: &self.beta[j * k / 16..(j + 1) * k / 16],
@@ -345,11 +344,24 @@ thread_local! {
 #[derive(Debug)]
 pub struct Gemm {
     unpack: Unpack,
-    form: Form,
-    /// Whether the weights' `β` changes every 16 elements (Q6_K), not every 32.
-    fine: bool,
+    kind: Kind,
     isa: Isa,
     acts: WovenActs,
+}
+
+/// How a tile meets the unpacked weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// [`Form::Float`]: `u` times the line in `vpdpbusd`.
+    Float,
+    /// [`Form::Float`] with AVX2 alone for Q8_0, whose `u = q + 128` would saturate
+    /// `vpmaddubsw`: `|q|` times the line's bytes with `q`'s signs (at most 2 · 128 · 127 a
+    /// pair), and no offset ([`unpack::q8_0_signed`]).
+    FloatSigned,
+    /// [`Form::Int`], `β` per 32 elements.
+    Int,
+    /// [`Form::Int`], `β` per 16 elements (Q6_K).
+    IntFine,
 }
 
 impl Gemm {
@@ -359,21 +371,28 @@ impl Gemm {
         Gemm::with_isa(dtype, acts, k, Isa::best()?)
     }
 
-    /// [`Self::new`] with `isa`; `None` where the CPU lacks it, its tiles do not take `dtype`,
-    /// `dtype` has no unpacking or `k` is not a multiple of 64 (of 256 for the K-quants).
+    /// [`Self::new`] with `isa`; `None` where the CPU lacks it, `dtype` has no unpacking or `k` is not a multiple of 64 (of 256 for the K-quants).
     pub fn with_isa(dtype: DType, acts: &Acts, k: usize, isa: Isa) -> Option<Gemm> {
-        if !isa.available() || !isa.takes(dtype) || k == 0 || !k.is_multiple_of(64) {
+        if !isa.available() || k == 0 || !k.is_multiple_of(64) {
             return None;
         }
         // SAFETY: every `Isa` includes AVX2, FMA and F16C (checked above).
-        let (unpack, form) = unsafe { unpack::for_dtype(dtype) }?;
+        let (mut unpack, form) = unsafe { unpack::for_dtype(dtype) }?;
         if form == Form::Int && !k.is_multiple_of(256) {
             return None;
         }
+        let kind = match form {
+            Form::Float if isa == Isa::Avx2 && dtype == DType::Q8_0 => {
+                unpack = unpack::q8_0_signed;
+                Kind::FloatSigned
+            }
+            Form::Float => Kind::Float,
+            Form::Int if dtype == DType::Q6K => Kind::IntFine,
+            Form::Int => Kind::Int,
+        };
         Some(Gemm {
             unpack,
-            form,
-            fine: dtype == DType::Q6K,
+            kind,
             isa,
             // SAFETY: the CPU has `isa` (checked above).
             acts: unsafe { WovenActs::new(acts, k, isa) },
@@ -437,6 +456,11 @@ trait Regs {
     unsafe fn add16(a: Self::I, b: Self::I) -> Self::I;
     /// `acc + Σ₂ p·scale` per 32-bit lane, i16 × i16.
     unsafe fn dp_words(acc: Self::I, p: Self::I, scale: Self::I) -> Self::I;
+    /// `a`'s bytes with the signs of `s`'s (0 where `s`'s is), for [`Kind::FloatSigned`]
+    /// ([`Avx2`] alone).
+    unsafe fn sign8(_a: Self::I, _s: Self::I) -> Self::I {
+        unreachable!("only the AVX2 tiles take Q8_0's signed values")
+    }
     unsafe fn to_f(v: Self::I) -> Self::F;
     unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
     unsafe fn fmadd(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
@@ -456,7 +480,7 @@ struct Avx2;
 /// `impl Regs` for one register width, from its types and intrinsics (`ymm`: 256-bit
 /// registers, from the two products and `SUM16`).
 macro_rules! regs {
-    (ymm $name:ident, $dpbusd:ident, $dpwssd:ident, $sum16:expr) => {
+    (ymm $name:ident, $dpbusd:ident, $dpwssd:ident, $sum16:expr $(, $sign8:ident)?) => {
         regs!(
             $name,
             8,
@@ -477,12 +501,13 @@ macro_rules! regs {
             _mm256_mul_ps,
             _mm256_fmadd_ps,
             _mm256_storeu_ps
+            $(, $sign8)?
         );
     };
     ($name:ident, $lanes:expr, $i:ty, $f:ty, $zero_i:ident, $zero_f:ident, $load_i:ident,
      $load_f:ident, $splat_i:ident, $splat_f:ident, $dpbusd:ident, $dpwssd:ident,
      $maddubs:ident, $add16:ident, $sum16:expr, $to_f:ident, $mul:ident, $fmadd:ident,
-     $store:ident) => {
+     $store:ident $(, $sign8:ident)?) => {
         impl Regs for $name {
             const LANES: usize = $lanes;
             const SUM16: bool = $sum16;
@@ -547,6 +572,12 @@ macro_rules! regs {
             unsafe fn store(out: &mut [f32; LANES], v: $f) {
                 unsafe { $store(out.as_mut_ptr(), v) }
             }
+            $(
+                #[inline(always)]
+                unsafe fn sign8(a: $i, s: $i) -> $i {
+                    unsafe { $sign8(a, s) }
+                }
+            )?
         }
     };
 }
@@ -595,7 +626,7 @@ unsafe fn avx2_dpwssd(acc: __m256i, p: __m256i, scale: __m256i) -> __m256i {
     unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale)) }
 }
 
-regs!(ymm Avx2, avx2_dpbusd, avx2_dpwssd, true);
+regs!(ymm Avx2, avx2_dpbusd, avx2_dpwssd, true, _mm256_sign_epi8);
 
 impl Gemm {
     /// The products of `w` (its first `nj` rows real) and `x` (its first `ni` rows real).
@@ -607,14 +638,14 @@ impl Gemm {
         nj: usize,
         ni: usize,
     ) -> Tiles {
-        let (form, fine) = (self.form, self.fine);
+        let kind = self.kind;
         match self.isa {
             // SAFETY (all three): `with_isa` checked the instructions.
             Isa::Avx512Vnni if ni > Ymm::LANES => unsafe {
-                tile_vnni::<Zmm, TILE_ROWS>(form, fine, w, x, k)
+                tile_vnni::<Zmm, TILE_ROWS>(kind, w, x, k)
             },
-            Isa::Avx512Vnni => unsafe { tile_vnni::<Ymm, TILE_ROWS>(form, fine, w, x, k) },
-            Isa::Avx2 => unsafe { tile_avx2(form, fine, w, x, k, nj, ni) },
+            Isa::Avx512Vnni => unsafe { tile_vnni::<Ymm, TILE_ROWS>(kind, w, x, k) },
+            Isa::Avx2 => unsafe { tile_avx2(kind, w, x, k, nj, ni) },
         }
     }
 }
@@ -622,8 +653,7 @@ impl Gemm {
 /// A tile in registers `R` (16 or 8 lanes), compiled for AVX-512 F, BW, VL and VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
 fn tile_vnni<R: Regs, const RW: usize>(
-    form: Form,
-    fine: bool,
+    kind: Kind,
     w: [WeightRow; RW],
     x: ActGroup,
     k: usize,
@@ -631,7 +661,7 @@ fn tile_vnni<R: Regs, const RW: usize>(
     let mut acc = [[0.0; LANES]; RW];
     // SAFETY (both): compiled for what `R`'s intrinsics need.
     let mut sums = unsafe { [R::zero_f(); RW] };
-    unsafe { span::<R, RW>(form, fine, &w, &x, 0..k, &mut sums) };
+    unsafe { tile_in::<R, RW>(kind, &w, &x, k, &mut sums) };
     for (a, s) in acc.iter_mut().zip(&sums) {
         unsafe { R::store(a, *s) };
     }
@@ -648,8 +678,7 @@ const AVX2_ROWS: usize = 4;
 /// slower: `-- cpu/matmul` shapes, one process alternating the two).
 #[target_feature(enable = "avx2,fma")]
 fn tile_avx2(
-    form: Form,
-    fine: bool,
+    kind: Kind,
     w: [WeightRow; TILE_ROWS],
     x: ActGroup,
     k: usize,
@@ -663,7 +692,7 @@ fn tile_avx2(
             let quad: [WeightRow; AVX2_ROWS] = std::array::from_fn(|j| w[j0 + j]);
             let mut acc = [_mm256_setzero_ps(); AVX2_ROWS];
             // SAFETY: compiled for what `Avx2`'s intrinsics need.
-            unsafe { span::<Avx2, AVX2_ROWS>(form, fine, &quad, &half, 0..k, &mut acc) };
+            unsafe { tile_in::<Avx2, AVX2_ROWS>(kind, &quad, &half, k, &mut acc) };
             for (tr, a) in t[j0..j0 + AVX2_ROWS].iter_mut().zip(&acc) {
                 // SAFETY: 8 writable floats from `lane0` (at most 8 of 16).
                 unsafe { _mm256_storeu_ps(tr[lane0..lane0 + 8].as_mut_ptr(), *a) };
@@ -673,30 +702,26 @@ fn tile_avx2(
     t
 }
 
-/// Adds the products of `form`'s weight rows `w` and the group `x` over `elems` (whole
-/// 32-element blocks; whole super-blocks for [`Form::Int`]) into `acc`, inlined into a caller
-/// compiled for `R`.
+/// Adds the products of weight rows `w` and the group `x` (`k` long) into `acc`, inlined into
+/// a caller compiled for `R`.
 ///
 /// # Safety
-/// The caller is compiled for the instructions `R`'s methods use.
+/// The caller is compiled for the instructions `R`'s methods use; [`Kind::FloatSigned`] only
+/// with [`Avx2`].
 #[inline(always)]
-unsafe fn span<R: Regs, const RW: usize>(
-    form: Form,
-    fine: bool,
+unsafe fn tile_in<R: Regs, const RW: usize>(
+    kind: Kind,
     w: &[WeightRow; RW],
     x: &ActGroup,
-    elems: Range<usize>,
+    k: usize,
     acc: &mut [R::F; RW],
 ) {
-    // SAFETY (all three): the caller's contract.
-    match form {
-        Form::Float => unsafe { float_tile::<R, RW>(w, x, elems.start / 32..elems.end / 32, acc) },
-        Form::Int if fine => unsafe {
-            int_tile::<R, RW, true>(w, x, elems.start / 256..elems.end / 256, acc)
-        },
-        Form::Int => unsafe {
-            int_tile::<R, RW, false>(w, x, elems.start / 256..elems.end / 256, acc)
-        },
+    // SAFETY (all four): the caller's contract.
+    match kind {
+        Kind::Float => unsafe { float_tile::<R, RW, false>(w, x, k, acc) },
+        Kind::FloatSigned => unsafe { float_tile::<R, RW, true>(w, x, k, acc) },
+        Kind::Int => unsafe { int_tile::<R, RW, false>(w, x, k, acc) },
+        Kind::IntFine => unsafe { int_tile::<R, RW, true>(w, x, k, acc) },
     }
 }
 
@@ -704,31 +729,39 @@ unsafe fn span<R: Regs, const RW: usize>(
 type Tiles = [[f32; LANES]; TILE_ROWS];
 
 /// Adds the products of [`Form::Float`] weight rows `w` and the group `x` of activation rows
-/// over the 32-element `blocks` into `acc`: `vpdpbusd` per four elements, then per block the
-/// sum times the weight's `α` and the activations' `d`.
+/// (`k`, a multiple of 32, long) into `acc`: `vpdpbusd` per four elements, then per 32-element
+/// block the sum times the weight's `α` and the activations' `d`, and the offset `β` times
+/// the activations' sums; with `SIGNED` ([`Kind::FloatSigned`]), `u = |q|` meets the line
+/// with `q`'s signs, and no offset.
 ///
 /// # Safety
-/// As [`span`].
+/// As [`tile_in`].
 #[inline(always)]
-unsafe fn float_tile<R: Regs, const RW: usize>(
+unsafe fn float_tile<R: Regs, const RW: usize, const SIGNED: bool>(
     w: &[WeightRow; RW],
     x: &ActGroup,
-    blocks: Range<usize>,
+    k: usize,
     acc: &mut [R::F; RW],
 ) {
-    check(w, x, 32 * blocks.end);
+    check(w, x, k);
+    assert!(!SIGNED || w.iter().all(|r| r.q.len() >= k));
     let alpha = w.map(|r| r.alpha());
     // SAFETY (every block): the intrinsics need what the caller is compiled for;
     // `check` asserted the rows' and lines' lengths; the weights' four-byte reads are
     // unaligned.
     unsafe {
-        for blk in blocks {
+        for blk in 0..k / 32 {
             let mut sum = [R::zero_i(); RW];
             for c in 8 * blk..8 * (blk + 1) {
                 let a = R::line_i(x.q.as_ptr().add(c), x.lane0);
                 for j in 0..RW {
                     let u = R::splat_i(w[j].u.as_ptr().add(4 * c).cast::<i32>().read_unaligned());
-                    sum[j] = R::dpbusd(sum[j], u, a);
+                    sum[j] = if SIGNED {
+                        let q = w[j].q.as_ptr().add(4 * c).cast::<i32>().read_unaligned();
+                        R::dpbusd(sum[j], u, R::sign8(a, R::splat_i(q)))
+                    } else {
+                        R::dpbusd(sum[j], u, a)
+                    };
                 }
             }
             let dx = R::line_f(x.d.as_ptr().add(blk), x.lane0);
@@ -736,34 +769,36 @@ unsafe fn float_tile<R: Regs, const RW: usize>(
             for j in 0..RW {
                 let scale = R::mul(dx, R::splat_f(alpha[j][8 * blk]));
                 acc[j] = R::fmadd(R::to_f(sum[j]), scale, acc[j]);
-                // the block's offset (its two `β` are equal)
-                acc[j] = R::fmadd(R::splat_f(w[j].beta[2 * blk]), s, acc[j]);
+                if !SIGNED {
+                    // the block's offset (its two `β` are equal)
+                    acc[j] = R::fmadd(R::splat_f(w[j].beta[2 * blk]), s, acc[j]);
+                }
             }
         }
     }
 }
 
 /// Adds the products of [`Form::Int`] weight rows `w` and the group `x` of activation rows
-/// over the `supers` (256-element super-blocks) into `acc`: each super-block's sums in i32,
+/// (`k`, a multiple of 256, long) into `acc`: each super-block's sums in i32,
 /// `Σ scale · Σ u·q` (u8 × i8 pairs to i16, then i16 × i16 with the group's scale), then
 /// `d_w·d_x` times that in f32; the offsets per 16 elements where `FINE`, else per 32 (whose
 /// two `β` are equal).
 ///
 /// # Safety
-/// As [`span`].
+/// As [`tile_in`].
 #[inline(always)]
 unsafe fn int_tile<R: Regs, const RW: usize, const FINE: bool>(
     w: &[WeightRow; RW],
     x: &ActGroup,
-    supers: Range<usize>,
+    k: usize,
     acc: &mut [R::F; RW],
 ) {
-    check(w, x, 256 * supers.end);
-    assert!(w.iter().all(|r| r.d.len() >= supers.end));
+    check(w, x, k);
+    assert!(w.iter().all(|r| r.d.len() >= k / 256));
     let scales = w.map(|r| r.scales());
     // SAFETY (every block): as in `float_tile`.
     unsafe {
-        for b in supers {
+        for b in 0..k / 256 {
             let mut sum = [R::zero_i(); RW];
             for g in 16 * b..16 * (b + 1) {
                 let mut sc = [R::zero_i(); RW];
@@ -860,6 +895,18 @@ mod tests {
                     want[e]
                 );
             }
+            if dtype == DType::Q8_0 {
+                // the signed form: `α·q`, with `u = |q|`
+                let mut buf = Unpacked::default();
+                buf.fit(k, 1);
+                unpack::q8_0_signed(&w, buf.row_mut(0, k));
+                let r = buf.row(0, k);
+                for e in 0..k {
+                    let q = r.q[e] as i8;
+                    assert_eq!(r.u[e], q.unsigned_abs(), "element {e}");
+                    assert_eq!(r.alpha()[e / 4] * q as f32, want[e], "element {e}");
+                }
+            }
         }
     }
 
@@ -924,10 +971,7 @@ mod tests {
                         _ => random_row(dtype, k, &mut seed),
                     })
                     .collect();
-                let Some(gemm) = Gemm::with_isa(dtype, &acts, k, isa) else {
-                    assert!(!isa.takes(dtype), "{isa:?} {dtype} k={k}: no tiles");
-                    continue;
-                };
+                let gemm = Gemm::with_isa(dtype, &acts, k, isa).expect("tiles");
                 let mut out = vec![f32::NAN; n * m];
                 gemm.rows(|j| &rows[j], &mut out);
                 let kern = Kernel::for_dtype(dtype).expect("kernel");

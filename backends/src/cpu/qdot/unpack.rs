@@ -17,6 +17,8 @@ use weft_graph::DType;
 /// 256`, [`Form::Int`] only); `beta` (`k / 16`).
 pub struct RowMut<'a> {
     pub u: &'a mut [u8],
+    /// Q8_0's signed values where [`q8_0_signed`] unpacks it (else untouched).
+    pub q: &'a mut [u8],
     pub scale: &'a mut [u8],
     pub d: &'a mut [f32],
     pub beta: &'a mut [f32],
@@ -182,6 +184,35 @@ fn q8_0_avx2(w: &[u8], out: RowMut) {
                 let d = f16_at(b, 0);
                 (d, -128.0 * d)
             },
+        )
+    }
+}
+
+/// Q8_0 for tiles that meet its signed values (AVX2 alone, where `q + 128` would saturate
+/// `vpmaddubsw`): `u = |q|`, `q` as it is, `α = d`, `β = 0`.
+pub fn q8_0_signed(w: &[u8], out: RowMut) {
+    assert!(
+        super::avx2::supported(),
+        "Q8_0's signed unpacking needs AVX2"
+    );
+    // SAFETY: AVX2, FMA and F16C, asserted above.
+    unsafe { q8_0_signed_avx2(w, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_signed_avx2(w: &[u8], out: RowMut) {
+    let blocks = w.chunks_exact(34).take(out.u.len() / 32);
+    for (bi, b) in blocks.enumerate() {
+        store32(&mut out.q[32 * bi..], load32(&b[2..]));
+    }
+    // SAFETY: the features `b32` needs are enabled here.
+    unsafe {
+        b32(
+            w,
+            RowMut { q: &mut [], ..out },
+            34,
+            |b| _mm256_abs_epi8(load32(&b[2..])),
+            |b| (f16_at(b, 0), 0.0),
         )
     }
 }
