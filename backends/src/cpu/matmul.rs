@@ -56,35 +56,13 @@ pub(super) fn axpy_body(o: &mut [f32], p: f32, v: &[f32]) {
 /// bytes where the CPU has the kernel, else decoded rows.
 struct Meet {
     quantized: Option<(Kernel, Acts)>,
-    /// Quantized weights meeting [`GEMM_FROM`] or more activation rows, where the CPU has the
-    /// integer tiles.
+    /// Quantized weights meeting enough activation rows for the integer tiles (see
+    /// [`Gemm::new`]), where the CPU has them.
     #[cfg(target_arch = "x86_64")]
     gemm: Option<Gemm>,
     /// f16 or bf16 weights' product straight from their bytes (bf16 prompts decode rows
     /// instead; f16 prompts convert in the register tiles).
     half: Option<F16Dot>,
-}
-
-/// Activation rows from which quantized weights meet them in integer tiles: each chunk's rows
-/// are unpacked once, and the tiles' registers hold 8 or 16 activation rows; below 6 the
-/// four-row products are faster (`-- cpu/matmul` at 4 and 6 rows, Q8_0 and Q4_K, with AVX-512
-/// VNNI; with AVX2 alone, 4384 × 1024 weights of Q4_K, Q5_K, Q6_K and Q4_1 at 2 to 64 rows:
-/// the tiles 0.6–0.7× at 4 rows, 1.05–1.2× at 6, 2× at 64).
-#[cfg(target_arch = "x86_64")]
-const GEMM_FROM: usize = 6;
-
-/// [`GEMM_FROM`] for `dtype`: Q8_0 with AVX2 alone, whose tiles take its signed values (two
-/// more instructions per four elements), from 16 rows (4384 × 1024 weights, one process
-/// alternating: the tiles 0.79× the four-row products at 6 rows, 0.95× at 12, 1.33× at 16,
-/// 1.45–1.6× at 64).
-#[cfg(target_arch = "x86_64")]
-fn gemm_from(dtype: DType) -> usize {
-    use super::qdot::gemm::Isa;
-    if dtype == DType::Q8_0 && Isa::best() == Some(Isa::Avx2) {
-        16
-    } else {
-        GEMM_FROM
-    }
 }
 
 impl Meet {
@@ -95,7 +73,6 @@ impl Meet {
             #[cfg(target_arch = "x86_64")]
             gemm: quantized
                 .as_ref()
-                .filter(|_| x.len() >= gemm_from(w.dtype) * k)
                 .and_then(|(_, acts)| Gemm::new(w.dtype, acts, k)),
             quantized,
             half: match w.dtype {

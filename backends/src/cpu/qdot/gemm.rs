@@ -356,7 +356,7 @@ enum Kind {
     Float,
     /// [`Form::Float`] with AVX2 alone for Q8_0, whose `u = q + 128` would saturate
     /// `vpmaddubsw`: `|q|` times the line's bytes with `q`'s signs (at most 2 · 128 · 127 a
-    /// pair), and no offset ([`unpack::q8_0_signed`]).
+    /// pair), and no offset ([`unpack::q8_0_signed`]; from more rows, [`Kind::min_rows`]).
     FloatSigned,
     /// [`Form::Int`], `β` per 32 elements.
     Int,
@@ -364,37 +364,45 @@ enum Kind {
     IntFine,
 }
 
+impl Kind {
+    /// Activation rows from which the tiles beat the four-row products: each chunk's rows are
+    /// unpacked once, and the tiles' registers hold 8 or 16 activation rows. With AVX-512 VNNI
+    /// (`-- cpu/matmul` at 4 and 6 rows, Q8_0 and Q4_K) and with AVX2 alone (4384 × 1024
+    /// weights of Q4_K, Q5_K, Q6_K and Q4_1 at 2 to 64 rows, one process alternating: the
+    /// tiles 0.6–0.7× at 4 rows, 1.05–1.2× at 6, 2× at 64), from 6; [`Kind::FloatSigned`],
+    /// two more instructions per four elements, from 16 (0.79× at 6 rows, 0.95× at 12, 1.33×
+    /// at 16, 1.45–1.6× at 64).
+    fn min_rows(self) -> usize {
+        match self {
+            Kind::FloatSigned => 16,
+            _ => 6,
+        }
+    }
+}
+
 impl Gemm {
     /// The tiles for weights of `dtype` meeting `acts` (rows `k` long) with the best
-    /// instructions this CPU has; `None` where it has neither kind (see [`Self::with_isa`]).
+    /// instructions this CPU has; `None` where it has neither kind, or where `acts` has fewer
+    /// rows than the tiles need to beat the four-row products ([`Kind::min_rows`]); else as
+    /// [`Self::with_isa`].
     pub fn new(dtype: DType, acts: &Acts, k: usize) -> Option<Gemm> {
-        Gemm::with_isa(dtype, acts, k, Isa::best()?)
+        let isa = Isa::best()?;
+        let (_, kind) = unpacking(dtype, k, isa)?;
+        if acts.rows() < kind.min_rows() {
+            return None;
+        }
+        Gemm::with_isa(dtype, acts, k, isa)
     }
 
-    /// [`Self::new`] with `isa`; `None` where the CPU lacks it, `dtype` has no unpacking or `k` is not a multiple of 64 (of 256 for the K-quants).
+    /// [`Self::new`] with `isa`, whatever the rows; `None` where the CPU lacks `isa`, `dtype`
+    /// has no unpacking or `k` is not a multiple of 64 (of 256 for the K-quants).
     pub fn with_isa(dtype: DType, acts: &Acts, k: usize, isa: Isa) -> Option<Gemm> {
-        if !isa.available() || k == 0 || !k.is_multiple_of(64) {
-            return None;
-        }
-        // SAFETY: every `Isa` includes AVX2, FMA and F16C (checked above).
-        let (mut unpack, form) = unsafe { unpack::for_dtype(dtype) }?;
-        if form == Form::Int && !k.is_multiple_of(256) {
-            return None;
-        }
-        let kind = match form {
-            Form::Float if isa == Isa::Avx2 && dtype == DType::Q8_0 => {
-                unpack = unpack::q8_0_signed;
-                Kind::FloatSigned
-            }
-            Form::Float => Kind::Float,
-            Form::Int if dtype == DType::Q6K => Kind::IntFine,
-            Form::Int => Kind::Int,
-        };
+        let (unpack, kind) = unpacking(dtype, k, isa)?;
         Some(Gemm {
             unpack,
             kind,
             isa,
-            // SAFETY: the CPU has `isa` (checked above).
+            // SAFETY: the CPU has `isa` (checked by `unpacking`).
             acts: unsafe { WovenActs::new(acts, k, isa) },
         })
     }
@@ -426,6 +434,26 @@ impl Gemm {
             }
         });
     }
+}
+
+/// How rows of `dtype`, `k` long, are unpacked and meet the tiles with `isa`; `None` as
+/// [`Gemm::with_isa`] says.
+fn unpacking(dtype: DType, k: usize, isa: Isa) -> Option<(Unpack, Kind)> {
+    if !isa.available() || k == 0 || !k.is_multiple_of(64) {
+        return None;
+    }
+    // SAFETY: every `Isa` includes AVX2, FMA and F16C (checked above).
+    let (unpack, form) = unsafe { unpack::for_dtype(dtype) }?;
+    Some(match form {
+        Form::Int if !k.is_multiple_of(256) => return None,
+        // SAFETY: as above.
+        Form::Float if isa == Isa::Avx2 && dtype == DType::Q8_0 => {
+            (unsafe { unpack::q8_0_signed() }, Kind::FloatSigned)
+        }
+        Form::Float => (unpack, Kind::Float),
+        Form::Int if dtype == DType::Q6K => (unpack, Kind::IntFine),
+        Form::Int => (unpack, Kind::Int),
+    })
 }
 
 /// The registers a tile runs in: 16 lanes ([`Zmm`]) or, for groups of at most 8 activation
@@ -878,7 +906,7 @@ mod tests {
             assert!(weft_graph::quant::dequantize(dtype, &w, &mut want));
             let mut buf = Unpacked::default();
             buf.fit(k, 1);
-            // SAFETY: `supported` (checked above) includes AVX2, FMA and F16C.
+            // SAFETY: every `Isa` (one was found above) includes AVX2, FMA and F16C.
             let (unpack, form) = unsafe { unpack::for_dtype(dtype) }.expect("unpacking");
             unpack(&w, buf.row_mut(0, k));
             let r = buf.row(0, k);
@@ -899,7 +927,9 @@ mod tests {
                 // the signed form: `α·q`, with `u = |q|`
                 let mut buf = Unpacked::default();
                 buf.fit(k, 1);
-                unpack::q8_0_signed(&w, buf.row_mut(0, k));
+                // SAFETY: as above.
+                let signed = unsafe { unpack::q8_0_signed() };
+                signed(&w, buf.row_mut(0, k));
                 let r = buf.row(0, k);
                 for e in 0..k {
                     let q = r.q[e] as i8;

@@ -104,6 +104,14 @@ pub enum Acts {
 }
 
 impl Acts {
+    /// How many activation rows it holds.
+    pub fn rows(&self) -> usize {
+        match self {
+            Acts::B32 { per_row, blocks } => blocks.len() / per_row.max(&1),
+            Acts::K { per_row, blocks } => blocks.len() / per_row.max(&1),
+        }
+    }
+
     /// Quantizes the `m` rows of `x` (each `k` long) for weights of `dtype`; `None` when `dtype`
     /// is read as floats or `k` is not a whole number of its blocks.
     pub fn quantize(dtype: DType, x: &[f32], k: usize) -> Option<Acts> {

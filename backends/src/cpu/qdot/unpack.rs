@@ -57,8 +57,8 @@ pub unsafe fn for_dtype(dtype: DType) -> Option<(Unpack, Form)> {
 macro_rules! entries {
     ($($name:ident => $inner:ident;)*) => {$(
         fn $name(w: &[u8], out: RowMut) {
-            // SAFETY: `for_dtype`, whose caller vouches for AVX2, FMA and F16C, is the only
-            // way to these entries.
+            // SAFETY: `for_dtype` and `q8_0_signed`, whose callers vouch for AVX2, FMA and
+            // F16C, are the only ways to these entries.
             unsafe { $inner(w, out) }
         }
     )*};
@@ -66,6 +66,7 @@ macro_rules! entries {
 
 entries! {
     q8_0 => q8_0_avx2;
+    q8_0_signed_entry => q8_0_signed_avx2;
     q4_0 => q4_0_avx2;
     q4_1 => q4_1_avx2;
     q5_0 => q5_0_avx2;
@@ -188,15 +189,13 @@ fn q8_0_avx2(w: &[u8], out: RowMut) {
     }
 }
 
-/// Q8_0 for tiles that meet its signed values (AVX2 alone, where `q + 128` would saturate
-/// `vpmaddubsw`): `u = |q|`, `q` as it is, `α = d`, `β = 0`.
-pub fn q8_0_signed(w: &[u8], out: RowMut) {
-    assert!(
-        super::avx2::supported(),
-        "Q8_0's signed unpacking needs AVX2"
-    );
-    // SAFETY: AVX2, FMA and F16C, asserted above.
-    unsafe { q8_0_signed_avx2(w, out) }
+/// Q8_0's unpacking for tiles that meet its signed values (AVX2 alone, where `q + 128` would
+/// saturate `vpmaddubsw`): `u = |q|`, `q` as it is, `α = d`, `β = 0`.
+///
+/// # Safety
+/// As [`for_dtype`].
+pub unsafe fn q8_0_signed() -> Unpack {
+    q8_0_signed_entry
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
