@@ -9,11 +9,13 @@ mod elementwise;
 mod matmul;
 mod qdot;
 mod rows;
+mod scan_lanes;
 mod ssm;
 mod state;
 mod team;
 mod tensor;
 mod tile;
+mod vmath;
 
 use crate::{
     Backend, BackendError, HostBytes, HostData, NodeTiming, Output, OutputData, ProgramId, Result,

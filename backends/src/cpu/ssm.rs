@@ -1,6 +1,8 @@
 //! Recurrent-layer ops: causal depthwise convolution and the selective scan.
 
 use super::matmul::Columns;
+#[cfg(target_arch = "x86_64")]
+use super::scan_lanes::{Lanes, scan_lanes_avx2};
 use super::state::slot_rows;
 use super::team;
 use super::tensor::TensorRef;
@@ -184,21 +186,25 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
     // [head, token, p]
     let block_y = |si: usize, h0: usize, state: &mut [f32], y: &mut [f32]| {
         let nh = state.len() / per;
-        // a decode step of Mamba1 heads: all the block's heads in one loop
+        // Mamba1's heads (a channel each, a decay per state): eight heads at a time
         #[cfg(target_arch = "x86_64")]
-        if t == 1 && p == 1 && a_cols == n && n.is_multiple_of(8) && n <= 32 && avx2_fma() {
-            let at = si * h + h0;
-            let heads = OneToken {
-                a: &av[h0 * n..(h0 + nh) * n],
-                dt: &dtv[at..at + nh],
-                x: &xv[at..at + nh],
-                b: &bv[si * g * n..(si + 1) * g * n],
-                c: &cv[si * g * n..(si + 1) * g * n],
+        if p == 1 && a_cols == n && avx2_fma() {
+            let lanes = Lanes {
+                n,
+                t,
+                h,
+                g,
                 h0,
-                heads_per_group,
+                a: &av,
+                dt: &dtv,
+                x: &xv,
+                at: si * t * h,
+                b: &bv,
+                c: &cv,
+                bc_at: si * t * g,
             };
             // SAFETY: the CPU has AVX2 and FMA, checked above.
-            unsafe { one_token_avx2(&heads, state, y) };
+            unsafe { scan_lanes_avx2(&lanes, state, y) };
             return;
         }
         let mut scratch = Scratch::default();
@@ -271,47 +277,6 @@ fn avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// One token's inputs to consecutive Mamba1 heads (a head per channel: one value, and a row of
-/// `n` states with a decay each) from head `h0`: head `h0 + j`'s A row is `a[j·n..]`, its dt
-/// and x `dt[j]` and `x[j]`; group `i`'s B and C rows are `b[i·n..]` and `c[i·n..]`.
-#[cfg(target_arch = "x86_64")]
-struct OneToken<'a> {
-    a: &'a [f32],
-    dt: &'a [f32],
-    x: &'a [f32],
-    b: &'a [f32],
-    c: &'a [f32],
-    h0: usize,
-    heads_per_group: usize,
-}
-
-/// A decode step of Mamba1 heads: each state row `s = s·exp(dt·A) + B·x·dt` and `y = s · C`
-/// as [`row_tokens_avx2`] takes a row through one token, with no per-head buffers or setup
-/// (a model of 2048 such heads a layer spent several times their arithmetic on it). `n` is a
-/// multiple of 8, at most 32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn one_token_avx2(heads: &OneToken, state: &mut [f32], y: &mut [f32]) {
-    let n = heads.a.len() / heads.dt.len().max(1);
-    let mut decay = [0.0f32; 32];
-    let rows = state.chunks_exact_mut(n).zip(heads.a.chunks_exact(n));
-    for (j, ((s, a), yj)) in rows.zip(y.iter_mut()).enumerate() {
-        let d = heads.dt[j];
-        for (e, &av) in decay[..n].iter_mut().zip(a) {
-            *e = math::exp(d * av);
-        }
-        let gi = (heads.h0 + j) / heads.heads_per_group;
-        let bc = (
-            &heads.b[gi * n..(gi + 1) * n],
-            &heads.c[gi * n..(gi + 1) * n],
-        );
-        let inputs = |_| (&decay[..n], bc, heads.x[j] * d);
-        let put = |_, v| *yj = v;
-        // SAFETY: compiled for AVX2 and FMA.
-        unsafe { row_tokens_any_avx2(s, 1, inputs, put) }
-    }
-}
-
 /// A token's decay of a state row: one factor per state (Mamba1) or one for the row (Mamba2).
 #[derive(Clone, Copy)]
 enum Decay<'a> {
@@ -367,8 +332,8 @@ fn walk_avx2(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
 /// [`walk`]'s loops, after the decays `exp(dt·A)` of every token (once per token, not per state
 /// row). With AVX2 and FMA (`fma`, which the caller then has): one decay per token (Mamba2)
 /// takes four state rows through a token together, sharing its B and C loads
-/// ([`rows4_avx2`]); one per state (Mamba1) keeps a row of up to 32 states in registers
-/// through all the tokens ([`row_tokens_avx2`]). Otherwise a row at a time.
+/// ([`rows4_avx2`]). Otherwise a row at a time (Mamba1's heads take `scan_lanes` on such
+/// CPUs).
 #[inline(always)]
 fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratch, fma: bool) {
     let (n, t) = (head.n, head.t);
@@ -381,8 +346,14 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
     scratch.decay.resize(t * dn, 0.0);
     for (da, &d) in scratch.decay.chunks_exact_mut(dn).zip(&scratch.dts) {
         for (da, &av) in da.iter_mut().zip(head.a) {
-            *da = math::exp(d * av);
+            *da = d * av;
         }
+    }
+    // one flat loop (a loop per token over a few decays would set up the polynomial's
+    // constants as often as it uses them)
+    let exp = if fma { math::exp_fused } else { math::exp };
+    for da in scratch.decay.iter_mut() {
+        *da = exp(*da);
     }
     let (decays, dts) = (&scratch.decay, &scratch.dts);
     let bc = |ti: usize| {
@@ -405,24 +376,30 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
     if fma && !per_state {
         while p0 + 4 <= p {
             let rows = &mut state[p0 * n..(p0 + 4) * n];
+            // The rows are kept as `s / D`, `D` the product of the decays since they were last
+            // the state itself: a token then adds `B·x·dt / D` to them (one multiply-add per
+            // state instead of a multiply and a multiply-add) and `y = D·(s / D)·C`. When `D`
+            // would fall below `SCALED_MIN` (the rows would grow past 1e20 of the state), the
+            // rows take `D` back and that token decays them as it is.
+            let mut dcum = 1.0f32;
             for ti in 0..t {
-                let xs = [0, 1, 2, 3].map(|r| xd(ti, p0 + r));
-                // SAFETY: `fma` is set only by `walk_avx2`, compiled for AVX2 and FMA.
-                let ys = unsafe { rows4_avx2(rows, decays[ti], bc(ti), xs) };
+                let (d, xs) = (decays[ti], [0, 1, 2, 3].map(|r| xd(ti, p0 + r)));
+                // SAFETY (both calls): `fma` is set only by `walk_avx2`, compiled for AVX2
+                // and FMA.
+                let ys = if dcum * d >= SCALED_MIN {
+                    dcum *= d;
+                    let xs = xs.map(|x| x / dcum);
+                    unsafe { rows4_avx2::<false>(rows, 1.0, bc(ti), xs) }.map(|y| y * dcum)
+                } else {
+                    rows.iter_mut().for_each(|s| *s *= dcum);
+                    dcum = 1.0;
+                    unsafe { rows4_avx2::<true>(rows, d, bc(ti), xs) }
+                };
                 y[ti * p + p0..ti * p + p0 + 4].copy_from_slice(&ys);
             }
+            rows.iter_mut().for_each(|s| *s *= dcum);
             p0 += 4;
         }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if fma && per_state && n.is_multiple_of(8) && n <= 32 {
-        for (pi, row) in state.chunks_exact_mut(n).enumerate() {
-            let put = |ti: usize, v: f32| y[ti * p + pi] = v;
-            let inputs = |ti: usize| (&decays[ti * n..(ti + 1) * n], bc(ti), xd(ti, pi));
-            // SAFETY: as above.
-            unsafe { row_tokens_any_avx2(row, t, inputs, put) }
-        }
-        return;
     }
     let _ = fma;
     for (pi, row) in state.chunks_exact_mut(n).enumerate().skip(p0) {
@@ -433,82 +410,23 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
     }
 }
 
-/// [`row_tokens_avx2`] for a row of 8, 16, 24 or 32 states (`row.len()`).
-///
-/// # Safety
-/// As [`row_tokens_avx2`].
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn row_tokens_any_avx2<'a>(
-    row: &mut [f32],
-    t: usize,
-    inputs: impl Fn(usize) -> (&'a [f32], (&'a [f32], &'a [f32]), f32),
-    put: impl FnMut(usize, f32),
-) {
-    // SAFETY: the caller's contract.
-    unsafe {
-        match row.len() / 8 {
-            1 => row_tokens_avx2::<1>(row, t, inputs, put),
-            2 => row_tokens_avx2::<2>(row, t, inputs, put),
-            3 => row_tokens_avx2::<3>(row, t, inputs, put),
-            _ => row_tokens_avx2::<4>(row, t, inputs, put),
-        }
-    }
-}
-
-/// One state row of `8·K` states with a decay per state, through `t` tokens in registers:
-/// `inputs(ti)` gives the token's decays, B and C rows and `x·dt`, `put(ti, s · c)` takes its
-/// output.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA (inlined into code compiled for them).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn row_tokens_avx2<'a, const K: usize>(
-    row: &mut [f32],
-    t: usize,
-    inputs: impl Fn(usize) -> (&'a [f32], (&'a [f32], &'a [f32]), f32),
-    mut put: impl FnMut(usize, f32),
-) {
-    use std::arch::x86_64::*;
-    assert!(row.len() >= 8 * K);
-    // SAFETY: the caller's contract; every load and store lies within `row` and the token's
-    // rows, each checked to hold `8·K` values.
-    unsafe {
-        let mut s = [_mm256_setzero_ps(); K];
-        for (k, sk) in s.iter_mut().enumerate() {
-            *sk = _mm256_loadu_ps(row.as_ptr().add(8 * k));
-        }
-        for ti in 0..t {
-            let (da, (b, c), xd) = inputs(ti);
-            assert!(da.len() >= 8 * K && b.len() >= 8 * K && c.len() >= 8 * K);
-            let xv = _mm256_set1_ps(xd);
-            let mut acc = _mm256_setzero_ps();
-            for (k, sk) in s.iter_mut().enumerate() {
-                let bx = _mm256_mul_ps(_mm256_loadu_ps(b.as_ptr().add(8 * k)), xv);
-                *sk = _mm256_fmadd_ps(*sk, _mm256_loadu_ps(da.as_ptr().add(8 * k)), bx);
-                acc = _mm256_fmadd_ps(*sk, _mm256_loadu_ps(c.as_ptr().add(8 * k)), acc);
-            }
-            let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-            let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            let h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            put(ti, _mm_cvtss_f32(h));
-        }
-        for (k, sk) in s.iter().enumerate() {
-            _mm256_storeu_ps(row.as_mut_ptr().add(8 * k), *sk);
-        }
-    }
-}
+/// The smallest product of decays that [`walk_body`] keeps out of Mamba2's state rows.
+const SCALED_MIN: f32 = 1e-20;
 
 /// One token of four state rows (`rows`, `[4, N]`) with one decay `d`: `s = s·d + b·xd_r`,
 /// returns each row's `s · c`. B and C are loaded once for the four rows, whose sums are four
-/// independent chains.
+/// independent chains. Without `DECAY`, `d` is 1 and not multiplied by.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA (inlined into code compiled for them).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn rows4_avx2(rows: &mut [f32], d: f32, (b, c): (&[f32], &[f32]), xd: [f32; 4]) -> [f32; 4] {
+unsafe fn rows4_avx2<const DECAY: bool>(
+    rows: &mut [f32],
+    d: f32,
+    (b, c): (&[f32], &[f32]),
+    xd: [f32; 4],
+) -> [f32; 4] {
     use std::arch::x86_64::*;
     let n = rows.len() / 4;
     assert!(b.len() >= n && c.len() >= n);
@@ -529,7 +447,11 @@ unsafe fn rows4_avx2(rows: &mut [f32], d: f32, (b, c): (&[f32], &[f32]), xd: [f3
             let cc = _mm256_loadu_ps(c.as_ptr().add(k));
             for r in 0..4 {
                 let at = base.add(r * n + k);
-                let s = _mm256_fmadd_ps(_mm256_loadu_ps(at), dv, _mm256_mul_ps(bb, xv[r]));
+                let s = if DECAY {
+                    _mm256_fmadd_ps(_mm256_loadu_ps(at), dv, _mm256_mul_ps(bb, xv[r]))
+                } else {
+                    _mm256_fmadd_ps(bb, xv[r], _mm256_loadu_ps(at))
+                };
                 _mm256_storeu_ps(at, s);
                 acc[r] = _mm256_fmadd_ps(s, cc, acc[r]);
             }

@@ -849,8 +849,21 @@ fn scan_dt(c: &mut Case, rg: &mut rand::rngs::StdRng, dims: &[usize]) -> (Tensor
 
 /// A scan's decay rates `A` (negative, as `−exp(A_log)` leaves them), an input of `dims`.
 fn scan_a(c: &mut Case, rg: &mut rand::rngs::StdRng, dims: &[usize]) -> (Tensor, Nd) {
+    scan_a_times(c, rg, dims, 1.0)
+}
+/// [`scan_a`] times `scale`.
+fn scan_a_times(
+    c: &mut Case,
+    rg: &mut rand::rngs::StdRng,
+    dims: &[usize],
+    scale: f32,
+) -> (Tensor, Nd) {
     let v = randn(rg, dims.iter().product());
-    c.input_values("a", dims, v.iter().map(|v| -v.abs() - 0.1).collect())
+    c.input_values(
+        "a",
+        dims,
+        v.iter().map(|v| (-v.abs() - 0.1) * scale).collect(),
+    )
 }
 fn ssm_scan_case(
     be: &mut dyn Backend,
@@ -863,12 +876,27 @@ fn ssm_scan_case(
     a_per_state: bool,
     seed: u64,
 ) {
+    ssm_scan_decaying(be, [s, t, h, p, n, g], a_per_state, 1.0, seed)
+}
+/// [`ssm_scan_case`] of dims `[S, T, H, P, N, G]` with `A` times `a_scale`.
+fn ssm_scan_decaying(
+    be: &mut dyn Backend,
+    [s, t, h, p, n, g]: [usize; 6],
+    a_per_state: bool,
+    a_scale: f32,
+    seed: u64,
+) {
     let mut rg = rng(seed);
     let mut c = Case::new();
     let (st, stn) = c.input(&mut rg, "state", &[s, h, p, n]);
     let (x, xn) = c.input(&mut rg, "x", &[s, t, h, p]);
     let (dt, dtn) = scan_dt(&mut c, &mut rg, &[s, t, h]);
-    let (a, an) = scan_a(&mut c, &mut rg, &[h, if a_per_state { n } else { 1 }]);
+    let (a, an) = scan_a_times(
+        &mut c,
+        &mut rg,
+        &[h, if a_per_state { n } else { 1 }],
+        a_scale,
+    );
     let (b, bn) = c.input(&mut rg, "b", &[s, t, g, n]);
     let (cc, cn) = c.input(&mut rg, "c", &[s, t, g, n]);
     let (y, ns) = c.b.ssm_scan(st, x, dt, a, b, cc).expect("ssm_scan");
@@ -897,6 +925,10 @@ pub fn ssm_scan_mamba1(be: &mut dyn Backend) {
     ssm_scan_case(be, 1, 1, 9, 1, 8, 1, true, 46);
     ssm_scan_case(be, 2, 1, 12, 1, 24, 3, true, 47);
     ssm_scan_case(be, 1, 1, 6, 1, 32, 1, true, 48);
+    // enough heads for whole blocks of eight (the CPU's lanes), blocks that a group of heads
+    // ends early (25 heads a group), and states not a multiple of 8
+    ssm_scan_case(be, 1, 9, 100, 1, 16, 4, true, 49);
+    ssm_scan_case(be, 2, 1, 100, 1, 12, 1, true, 50);
 }
 
 pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
@@ -912,6 +944,10 @@ pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     ssm_scan_case(be, 1, 40, 2, 2, 128, 1, false, 40);
     // the CPU's four rows at a time, with rows left over and states past the last 8
     ssm_scan_case(be, 2, 6, 2, 6, 20, 1, false, 41);
+    // decays strong enough that the CPU's rows, kept divided by the decays' running product,
+    // take it back within a few tokens, and a token's decay alone below that bound
+    ssm_scan_decaying(be, [1, 40, 3, 8, 16, 1], false, 6.0, 51);
+    ssm_scan_decaying(be, [1, 6, 2, 4, 16, 1], false, 200.0, 52);
 }
 
 /// The scan reads x, B and C as strided views of one projection row per token (Mamba2's
