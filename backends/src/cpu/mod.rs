@@ -351,21 +351,34 @@ impl CpuBackend {
         let g = &plan.graph;
         let node = g.node(id);
         let bytes = node.dtype.bytes_for(node.numel()).unwrap_or(0);
+        let off = plan.slots[id.index()].map_or(0, |s| s.offset);
+        let buffers = &self.buffers;
+        let refs = |arena| source_refs(buffers, plan, arena, srcs, first);
+        // Straight into the node's slot when no source lies in it (the planner keeps live
+        // tensors apart, but a node may take over a dying source's block in place: such a
+        // node goes through the scratch buffer)
+        let hole = off..off + bytes;
+        if plan.in_place_of[id.index()].is_none() && clear_of(g, plan, srcs, &hole) {
+            let (below, rest) = arena.bytes_mut().split_at_mut(off);
+            let (out, above) = rest.split_at_mut(bytes);
+            let view = ArenaRead::Around {
+                below,
+                above,
+                above_at: hole.end,
+            };
+            return execute(g, id, &refs(view)?, out);
+        }
         if self.scratch.len() < bytes {
             self.scratch = AlignedBytes::zeroed(bytes);
         }
-        let mut srcs: Vec<TensorRef> = srcs
-            .iter()
-            .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
-            .collect::<Result<_>>()?;
-        if let (Some(v), Some(s0)) = (first, srcs.first_mut()) {
-            *s0 = TensorRef::dense(v, s0.layout.shape);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let done = refs(ArenaRead::Whole(arena.bytes()))
+            .and_then(|srcs| execute(g, id, &srcs, &mut scratch.bytes_mut()[..bytes]));
+        if done.is_ok() {
+            arena.bytes_mut()[hole].copy_from_slice(&scratch.bytes()[..bytes]);
         }
-        let out = &mut self.scratch.bytes_mut()[..bytes];
-        execute(g, id, &srcs, out)?;
-        let off = plan.slots[id.index()].map_or(0, |s| s.offset);
-        arena.bytes_mut()[off..off + bytes].copy_from_slice(&self.scratch.bytes()[..bytes]);
-        Ok(())
+        self.scratch = scratch;
+        done
     }
 
     fn tensor_ref<'a>(
@@ -400,13 +413,43 @@ impl CpuBackend {
             .buffers
             .remove(&buf.0)
             .ok_or(BackendError::UnknownBuffer(buf.0))?;
-        let mut y = vec![0.0f32; node.numel()];
+        // y goes straight into the node's slot when no source lies in it (as in
+        // `run_node_with`), else into a buffer copied there after
+        let off = plan.slots[id.index()].map_or(0, |s| s.offset);
+        let hole = off..off + 4 * node.numel();
+        let direct =
+            plan.in_place_of[id.index()].is_none() && clear_of(g, plan, &node.srcs[1..], &hole);
+        let mut local = Vec::new();
+        let (view, out): (ArenaRead, &mut [f32]) = if direct {
+            let (below, rest) = arena.bytes_mut().split_at_mut(hole.start);
+            let (out, above) = rest.split_at_mut(hole.len());
+            let view = ArenaRead::Around {
+                below,
+                above,
+                above_at: hole.end,
+            };
+            (view, bytemuck::cast_slice_mut(out))
+        } else {
+            local = vec![0.0f32; node.numel()];
+            (ArenaRead::Whole(arena.bytes()), &mut local)
+        };
+        let buffers = &self.buffers;
+        let refs = |ids: &[NodeId]| source_refs(buffers, plan, view, ids, None);
         let (op, inner_srcs) = node.op.core(node.srcs.len());
-        let done = (|| {
-            let srcs: Vec<TensorRef> = node.srcs[1..inner_srcs]
-                .iter()
-                .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
-                .collect::<Result<_>>()?;
+        let epilogue = match &node.op {
+            Op::Epilogue(e) => Some(e),
+            _ => None,
+        };
+        let done = (|| -> Result<()> {
+            // with an epilogue, the op's own result goes to a buffer the epilogue reads
+            let mut inner = vec![];
+            let y: &mut [f32] = if epilogue.is_some() {
+                inner = vec![0.0f32; node.numel()];
+                &mut inner
+            } else {
+                &mut *out
+            };
+            let srcs = refs(&node.srcs[1..inner_srcs])?;
             // the slots come last
             let (slots, srcs) = srcs.split_last().expect("in-place ops have sources");
             let slots = slots.i32();
@@ -416,49 +459,40 @@ impl CpuBackend {
             match op {
                 Op::SsmScan { dt_proj, bc_norm } => {
                     // (x is source 0 here, the cache being left out)
-                    let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
-                        .iter()
-                        .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
-                        .collect::<Result<_>>()?;
+                    let extra = refs(&node.srcs[inner_srcs..])?;
                     let dt = scan_dt(dt_proj, srcs, 0, &extra)?;
                     let more = dt_proj.as_ref().map_or(0, |d| d.extra_sources());
                     let bc = scan_bc(bc_norm, srcs, 3, &extra[more..]);
                     let srcs = with_source(srcs, 1, dt.as_ref());
                     let srcs = with_qk(&srcs, 3, bc.as_ref());
-                    ssm::ssm_scan_cached(rows, &slots, &srcs, &node.name, &mut y)
+                    ssm::ssm_scan_cached(rows, &slots, &srcs, &node.name, y)
                 }
                 Op::GatedDeltaNet { qk_norm, gates, .. } => {
                     // (q is source 0 here, the cache being left out)
-                    let extra: Vec<TensorRef> = node.srcs[inner_srcs..]
-                        .iter()
-                        .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
-                        .collect::<Result<_>>()?;
+                    let extra = refs(&node.srcs[inner_srcs..])?;
                     let [normed, gated] = delta_inputs(qk_norm, gates, srcs, 0, &extra);
                     let srcs = with_qk(srcs, 0, normed.as_ref());
                     let srcs = with_qk(&srcs, 3, gated.as_ref());
-                    delta::gated_delta_net_cached(rows, &slots, &srcs, &node.name, &mut y)
+                    delta::gated_delta_net_cached(rows, &slots, &srcs, &node.name, y)
                 }
-                Op::SsmConv => ssm::ssm_conv_cached(rows, &slots, srcs, &node.name, &mut y),
+                Op::SsmConv => ssm::ssm_conv_cached(rows, &slots, srcs, &node.name, y),
                 _ => Err(BackendError::Device(format!(
                     "{}: no in-place form of {}",
                     node.name,
                     node.op.name()
                 ))),
+            }?;
+            if let Some(e) = epilogue {
+                let extra = refs(&node.srcs[e.first_source()..])?;
+                apply_epilogue(e, node.shape(), &inner, &extra, out)?;
             }
+            Ok(())
         })();
         self.buffers.insert(buf.0, cache);
         done?;
-        if let Op::Epilogue(e) = &node.op {
-            let extra: Vec<TensorRef> = node.srcs[e.first_source()..]
-                .iter()
-                .map(|&s| tensor_ref(&self.buffers, g, plan, arena, s))
-                .collect::<Result<_>>()?;
-            let inner = std::mem::take(&mut y);
-            y = vec![0.0; inner.len()];
-            apply_epilogue(e, node.shape(), &inner, &extra, &mut y)?;
+        if !direct {
+            arena.bytes_mut()[hole].copy_from_slice(bytemuck::cast_slice(&local));
         }
-        let off = plan.slots[id.index()].map_or(0, |s| s.offset);
-        arena.bytes_mut()[off..off + 4 * y.len()].copy_from_slice(bytemuck::cast_slice(&y));
         Ok(())
     }
 
@@ -575,9 +609,76 @@ fn tensor_ref<'a>(
     arena: &'a AlignedBytes,
     id: NodeId,
 ) -> Result<TensorRef<'a>> {
+    tensor_ref_in(buffers, g, plan, ArenaRead::Whole(arena.bytes()), id)
+}
+
+/// The arena's bytes as a node's sources read them: all of it, or all but the node's own slot
+/// while the node writes it (`below` it, and `above` it from byte `above_at`).
+#[derive(Clone, Copy)]
+enum ArenaRead<'a> {
+    Whole(&'a [u8]),
+    Around {
+        below: &'a [u8],
+        above: &'a [u8],
+        above_at: usize,
+    },
+}
+
+impl<'a> ArenaRead<'a> {
+    /// The bytes from arena offset `off` (on the far side of the hole only as far as it).
+    fn from(self, off: usize) -> &'a [u8] {
+        match self {
+            ArenaRead::Whole(b) => &b[off..],
+            ArenaRead::Around {
+                above, above_at, ..
+            } if off >= above_at => &above[off - above_at..],
+            ArenaRead::Around { below, .. } => &below[off..],
+        }
+    }
+}
+
+/// The sources `srcs` of a node as `arena` shows them, source 0's values replaced by `first`
+/// (dense, its shape) if given.
+fn source_refs<'a>(
+    buffers: &'a HashMap<u32, Buffer>,
+    plan: &Plan,
+    arena: ArenaRead<'a>,
+    srcs: &[NodeId],
+    first: Option<&'a [f32]>,
+) -> Result<Vec<TensorRef<'a>>> {
+    let mut refs: Vec<TensorRef> = srcs
+        .iter()
+        .map(|&s| tensor_ref_in(buffers, &plan.graph, plan, arena, s))
+        .collect::<Result<_>>()?;
+    if let (Some(v), Some(s0)) = (first, refs.first_mut()) {
+        *s0 = TensorRef::dense(v, s0.layout.shape);
+    }
+    Ok(refs)
+}
+
+/// Whether every source in the arena lies wholly outside the byte range `hole`.
+fn clear_of(g: &Graph, plan: &Plan, srcs: &[NodeId], hole: &std::ops::Range<usize>) -> bool {
+    srcs.iter().all(|&s| match home(g, plan, s) {
+        Home::External(_) => true,
+        Home::Arena(off) => {
+            let n = g.node(s);
+            let end = n.dtype.bytes_for(n.layout.extent()).map(|b| off + b);
+            end.is_some_and(|end| end <= hole.start || off >= hole.end)
+        }
+    })
+}
+
+/// [`tensor_ref`] with the arena as `arena` shows it.
+fn tensor_ref_in<'a>(
+    buffers: &'a HashMap<u32, Buffer>,
+    g: &Graph,
+    plan: &Plan,
+    arena: ArenaRead<'a>,
+    id: NodeId,
+) -> Result<TensorRef<'a>> {
     let n = g.node(id);
     let bytes = match home(g, plan, id) {
-        Home::Arena(off) => &arena.bytes()[off..],
+        Home::Arena(off) => arena.from(off),
         Home::External(b) => buffers
             .get(&b.0)
             .ok_or(BackendError::UnknownBuffer(b.0))?
