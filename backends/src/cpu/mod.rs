@@ -9,12 +9,14 @@ mod elementwise;
 mod matmul;
 mod qdot;
 mod rows;
+#[cfg(target_arch = "x86_64")]
 mod scan_lanes;
 mod ssm;
 mod state;
 mod team;
 mod tensor;
 mod tile;
+#[cfg(target_arch = "x86_64")]
 mod vmath;
 
 use crate::{

@@ -4,9 +4,7 @@
 //! 16 states were two, with a horizontal sum per token and the exponentials' setup per token),
 //! and a token's outputs for eight heads are one vector.
 
-#[cfg(target_arch = "x86_64")]
 use super::vmath::{exp8, exp8s};
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// One sequence's inputs to a block of Mamba1 heads (`[x, dt, A, B, C]` of `Op::SsmScan`
@@ -31,7 +29,6 @@ pub struct Lanes<'a> {
 /// The block's heads (`state`: `[heads, N]`, updated in place) through every token, `y`
 /// (`[heads, T]`) written: `s = s·exp(dt·A) + B·x·dt`, `y = s · C`. Heads go eight at a time,
 /// fewer where the block or a group of heads ends (the idle lanes compute zeros).
-#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 pub fn scan_lanes_avx2(l: &Lanes, state: &mut [f32], y: &mut [f32]) {
     let (n, t) = (l.n, l.t);
@@ -126,7 +123,6 @@ pub fn scan_lanes_avx2(l: &Lanes, state: &mut [f32], y: &mut [f32]) {
 ///
 /// # Safety
 /// The CPU has AVX2 (inlined into code compiled for it).
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn transposed_in(rows: &[f32], cols: &mut [f32]) {
     let n = rows.len() / 8;
@@ -147,7 +143,6 @@ unsafe fn transposed_in(rows: &[f32], cols: &mut [f32]) {
 ///
 /// # Safety
 /// As [`transposed_in`].
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn transposed_out(cols: &[f32], rows: &mut [f32]) {
     let n = rows.len() / 8;
@@ -167,7 +162,6 @@ unsafe fn transposed_out(cols: &[f32], rows: &mut [f32]) {
 ///
 /// # Safety
 /// The CPU has AVX2 (inlined into code compiled for it).
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     // SAFETY: register shuffles only; the caller's contract gives the features.
@@ -202,7 +196,7 @@ unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

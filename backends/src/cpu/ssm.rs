@@ -6,6 +6,8 @@ use super::scan_lanes::{Lanes, scan_lanes_avx2};
 use super::state::slot_rows;
 use super::team;
 use super::tensor::TensorRef;
+#[cfg(target_arch = "x86_64")]
+use super::vmath::hsum4;
 use crate::Result;
 use weft_graph::math;
 
@@ -431,10 +433,9 @@ unsafe fn rows4_avx2<const DECAY: bool>(
     let n = rows.len() / 4;
     assert!(b.len() >= n && c.len() >= n);
     let n8 = n / 8 * 8;
-    let mut out = [0.0f32; 4];
     // SAFETY: the caller's contract; every access lies in `rows` (4·n), `b` and `c` (n each,
     // asserted above), k + 8 ≤ n8 ≤ n.
-    unsafe {
+    let mut out = unsafe {
         let dv = _mm256_set1_ps(d);
         let mut xv = [_mm256_setzero_ps(); 4];
         for r in 0..4 {
@@ -456,13 +457,8 @@ unsafe fn rows4_avx2<const DECAY: bool>(
                 acc[r] = _mm256_fmadd_ps(s, cc, acc[r]);
             }
         }
-        let s = _mm256_hadd_ps(
-            _mm256_hadd_ps(acc[0], acc[1]),
-            _mm256_hadd_ps(acc[2], acc[3]),
-        );
-        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        _mm_storeu_ps(out.as_mut_ptr(), s);
-    }
+        hsum4(acc)
+    };
     for (r, o) in out.iter_mut().enumerate() {
         for k in n8..n {
             let s = &mut rows[r * n + k];

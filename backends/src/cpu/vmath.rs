@@ -1,7 +1,6 @@
 //! f32 functions on eight AVX2 lanes at once, equal lane for lane to their scalar forms in
 //! `weft_graph::math`.
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// [`weft_graph::math::exp_fused`] of each lane, bit for bit: the same steps with the same
@@ -9,7 +8,6 @@ use std::arch::x86_64::*;
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA (inlined into code compiled for them).
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub unsafe fn exp8(x: __m256) -> __m256 {
     // SAFETY: the caller's contract.
@@ -23,7 +21,6 @@ pub unsafe fn exp8(x: __m256) -> __m256 {
 ///
 /// # Safety
 /// As [`exp8`].
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub unsafe fn exp8s<const K: usize>(x: [__m256; K]) -> [__m256; K] {
     const LOW: f32 = -87.336_55;
@@ -71,7 +68,24 @@ pub unsafe fn exp8s<const K: usize>(x: [__m256; K]) -> [__m256; K] {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+/// The four registers' lane sums, `[Σ a[0], Σ a[1], Σ a[2], Σ a[3]]`.
+///
+/// # Safety
+/// The CPU has AVX2 (inlined into code compiled for it).
+#[inline(always)]
+pub unsafe fn hsum4(a: [__m256; 4]) -> [f32; 4] {
+    let mut out = [0.0f32; 4];
+    // SAFETY: register shuffles and a store of 4 floats into `out`; the caller's contract
+    // gives the features.
+    unsafe {
+        let s = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        _mm_storeu_ps(out.as_mut_ptr(), s);
+    }
+    out
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use weft_graph::math;

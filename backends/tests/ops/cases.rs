@@ -1342,6 +1342,8 @@ pub fn gated_delta_net_recurrent(be: &mut dyn Backend) {
     delta_case(be, DeltaForm::Recurrent, 1, 25, [2, 2, 4, 8, 6]);
     delta_case(be, DeltaForm::Recurrent, 9, 26, [2, 2, 4, 8, 6]);
     delta_case(be, DeltaForm::Recurrent, 3, 33, [1, 1, 2, 136, 7]);
+    // keys past the CPU's last 8 lanes, value rows past its last block of four
+    delta_case(be, DeltaForm::Recurrent, 5, 53, [1, 1, 2, 20, 9]);
 }
 
 /// Short prompts (a token loop on the GPU), then prompts long enough for the GPU's chunked
