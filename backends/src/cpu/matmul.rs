@@ -7,6 +7,8 @@ use super::qdot::{Acts, F16Dot, Kernel, bf16_kernel, f16_kernel};
 use super::team;
 use super::tensor::TensorRef;
 use super::tile::{f16_rows_times, rows_times, weight_rows_per_tile};
+#[cfg(target_arch = "x86_64")]
+use super::vmath::transpose8;
 use crate::{BackendError, Result};
 use weft_graph::DType;
 
@@ -300,7 +302,14 @@ impl<'o> Columns<'o> {
     pub(super) unsafe fn put(&self, j0: usize, m: usize, t: &[f32], rows: Option<&[usize]>) {
         let cols = t.len() / m;
         assert!(j0 + cols <= self.n);
-        for i in 0..m {
+        #[allow(unused_mut)] // (only the x86 path moves it)
+        let mut i0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if m >= 8 && cols >= 8 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked above); the contract is the caller's.
+            i0 = unsafe { self.put_avx2(j0, m, t, rows) };
+        }
+        for i in i0..m {
             let r = rows.map_or(i, |rs| rs[i]);
             assert!((r + 1) * self.n <= self.len);
             // SAFETY: row `r`'s columns `j0 .. j0 + cols` are inside the output (asserted
@@ -311,6 +320,50 @@ impl<'o> Columns<'o> {
                 *o = t[jj * m + i];
             }
         }
+    }
+
+    /// [`Columns::put`] of the first `m / 8 · 8` rows, eight rows by eight columns at a time
+    /// through register transposes (one at a time, each column of `t` read `m` apart, was a
+    /// few percent of a long prompt); returns how many rows it wrote.
+    ///
+    /// # Safety
+    /// As [`Columns::put`], and the CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn put_avx2(&self, j0: usize, m: usize, t: &[f32], rows: Option<&[usize]>) -> usize {
+        use std::arch::x86_64::*;
+        let cols = t.len() / m;
+        let mut i0 = 0;
+        while i0 + 8 <= m {
+            let outs: [*mut f32; 8] = std::array::from_fn(|b| {
+                let r = rows.map_or(i0 + b, |rs| rs[i0 + b]);
+                assert!((r + 1) * self.n <= self.len);
+                // SAFETY: row `r` lies inside the output (asserted above).
+                unsafe { self.ptr.add(r * self.n + j0) }
+            });
+            let mut jj = 0;
+            while jj + 8 <= cols {
+                // SAFETY: `t[(jj + a)·m + i0 ..][..8]` lies in `t` (jj + 8 ≤ cols, i0 + 8 ≤
+                // m), and each row's columns `j0 + jj ..][..8]` in the output (j0 + cols ≤ n,
+                // asserted by `put`) and the caller's alone (the contract).
+                unsafe {
+                    let v =
+                        std::array::from_fn(|a| _mm256_loadu_ps(t.as_ptr().add((jj + a) * m + i0)));
+                    for (b, row) in transpose8(v).into_iter().enumerate() {
+                        _mm256_storeu_ps(outs[b].add(jj), row);
+                    }
+                }
+                jj += 8;
+            }
+            for jj in jj..cols {
+                for (b, o) in outs.iter().enumerate() {
+                    // SAFETY: as above, one value.
+                    unsafe { *o.add(jj) = t[jj * m + i0 + b] };
+                }
+            }
+            i0 += 8;
+        }
+        i0
     }
 
     /// Columns `j0 .. j0 + vals.len()` of output row `r` from `vals`.
@@ -517,4 +570,35 @@ pub fn get_rows(table: &TensorRef, ids: &TensorRef, node: &str, out: &mut [f32])
         table.row_into(batch * r + row, o);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `put` of a `[cols, m]` block into columns from `j0` of the output rows (in order, or
+    /// picked), against the plain transpose: blocks of eight on both sides with leftovers.
+    #[test]
+    fn put_writes_the_transposed_block() {
+        for (m, cols, j0, picked) in [(19, 21, 3, false), (16, 8, 0, true), (7, 30, 2, false)] {
+            let n = j0 + cols + 4;
+            let out_rows = m + 6;
+            let t: Vec<f32> = (0..cols * m).map(|i| i as f32 * 0.5 + 1.0).collect();
+            let rows: Vec<usize> = (0..m).map(|i| (i * 7 + 2) % out_rows).collect();
+            // (distinct rows: i·7 + 2 modulo a count coprime to 7)
+            let rows = picked.then_some(&rows[..]);
+            let mut out = vec![-1.0f32; out_rows * n];
+            let cols_out = Columns::new(&mut out, n);
+            // SAFETY: this thread alone writes `out`.
+            unsafe { cols_out.put(j0, m, &t, rows) };
+            let mut want = vec![-1.0f32; out_rows * n];
+            for i in 0..m {
+                let r = rows.map_or(i, |rs| rs[i]);
+                for jj in 0..cols {
+                    want[r * n + j0 + jj] = t[jj * m + i];
+                }
+            }
+            assert_eq!(out, want, "m {m} cols {cols} j0 {j0} picked {picked}");
+        }
+    }
 }

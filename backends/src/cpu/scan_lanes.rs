@@ -4,7 +4,7 @@
 //! 16 states were two, with a horizontal sum per token and the exponentials' setup per token),
 //! and a token's outputs for eight heads are one vector.
 
-use super::vmath::{exp8, exp8s};
+use super::vmath::{exp8, exp8s, transpose8};
 use std::arch::x86_64::*;
 
 /// One sequence's inputs to a block of Mamba1 heads (`[x, dt, A, B, C]` of `Op::SsmScan`
@@ -155,44 +155,6 @@ unsafe fn transposed_out(cols: &[f32], rows: &mut [f32]) {
                 _mm256_storeu_ps(rows.as_mut_ptr().add(r * n + k0), row);
             }
         }
-    }
-}
-
-/// The 8 × 8 transpose of eight rows of eight lanes.
-///
-/// # Safety
-/// The CPU has AVX2 (inlined into code compiled for it).
-#[inline(always)]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
-    // SAFETY: register shuffles only; the caller's contract gives the features.
-    unsafe {
-        // pairs of rows interleaved, then pairs of pairs, then the 128-bit halves
-        let a: [__m256; 8] = std::array::from_fn(|i| {
-            let (x, y) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-            if i % 2 == 0 {
-                _mm256_unpacklo_ps(x, y)
-            } else {
-                _mm256_unpackhi_ps(x, y)
-            }
-        });
-        // b[4q + j] for rows 4q..4q + 4: j = 0, 1 from a[4q] and a[4q + 2], 2, 3 from a[4q + 1]
-        // and a[4q + 3]
-        let b: [__m256; 8] = std::array::from_fn(|i| {
-            let (q, j) = (i / 4, i % 4);
-            let (x, y) = (a[4 * q + j / 2], a[4 * q + j / 2 + 2]);
-            if j % 2 == 0 {
-                _mm256_shuffle_ps::<0x44>(x, y)
-            } else {
-                _mm256_shuffle_ps::<0xEE>(x, y)
-            }
-        });
-        std::array::from_fn(|i| {
-            if i < 4 {
-                _mm256_permute2f128_ps::<0x20>(b[i], b[i + 4])
-            } else {
-                _mm256_permute2f128_ps::<0x31>(b[i - 4], b[i])
-            }
-        })
     }
 }
 

@@ -85,6 +85,44 @@ pub unsafe fn hsum4(a: [__m256; 4]) -> [f32; 4] {
     out
 }
 
+/// The 8 × 8 transpose of eight rows of eight lanes.
+///
+/// # Safety
+/// The CPU has AVX2 (inlined into code compiled for it).
+#[inline(always)]
+pub unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // SAFETY: register shuffles only; the caller's contract gives the features.
+    unsafe {
+        // pairs of rows interleaved, then pairs of pairs, then the 128-bit halves
+        let a: [__m256; 8] = std::array::from_fn(|i| {
+            let (x, y) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(x, y)
+            } else {
+                _mm256_unpackhi_ps(x, y)
+            }
+        });
+        // b[4q + j] for rows 4q..4q + 4: j = 0, 1 from a[4q] and a[4q + 2], 2, 3 from a[4q + 1]
+        // and a[4q + 3]
+        let b: [__m256; 8] = std::array::from_fn(|i| {
+            let (q, j) = (i / 4, i % 4);
+            let (x, y) = (a[4 * q + j / 2], a[4 * q + j / 2 + 2]);
+            if j % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(x, y)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(x, y)
+            }
+        });
+        std::array::from_fn(|i| {
+            if i < 4 {
+                _mm256_permute2f128_ps::<0x20>(b[i], b[i + 4])
+            } else {
+                _mm256_permute2f128_ps::<0x31>(b[i - 4], b[i])
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
