@@ -2,12 +2,12 @@
 //! state `S [Dv, Dk]`: `S ← S·exp(g)`, `S ← S + β (v − S k) kᵀ`, `y = S q`.
 //!
 //! Both of the op's forms walk the tokens here: each state row's update depends on that row
-//! alone, so blocks of four rows walk every token while they stay in cache, two vectorized
-//! passes per token (the first only reads). On two AVX2 cores walking the whole state token by
-//! token was already twice as fast
-//! as the chunked form (intra-chunk matrix products, the state carried across chunks) it
-//! replaced for prompts (`cargo bench -p weft-benches --bench kernels -- cpu/recurrent`, 16
-//! heads × 128 × 128, 64 tokens: 2.4 ms against 4.8 ms with the same vectorized dot products).
+//! alone, so rows walk every token while they stay in cache, two vectorized passes per token
+//! (with AVX2 and FMA four rows at a time, the first pass only reading). On two AVX2 cores,
+//! walking the whole state a token at a time was already twice as fast as the chunked form
+//! (intra-chunk matrix products, the state carried across chunks) it replaced for prompts
+//! (`cargo bench -p weft-benches --bench kernels -- cpu/recurrent`, 16 heads × 128 × 128, 64
+//! tokens: 2.4 ms against 4.8 ms with the same vectorized dot products).
 
 use super::state::slot_rows;
 use super::team;

@@ -333,6 +333,7 @@ impl<'o> Columns<'o> {
     unsafe fn put_avx2(&self, j0: usize, m: usize, t: &[f32], rows: Option<&[usize]>) -> usize {
         use std::arch::x86_64::*;
         let cols = t.len() / m;
+        assert!(j0 + cols <= self.n);
         let mut i0 = 0;
         while i0 + 8 <= m {
             let outs: [*mut f32; 8] = std::array::from_fn(|b| {

@@ -243,6 +243,8 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
     // `ys` ([S·T, H·P]), on its own thread.
     let team = team::global();
     let hb = (s * h).div_ceil(4 * team.threads()).max(1);
+    // (Mamba1's heads go eight to a register: whole blocks of eight)
+    let hb = if p == 1 { hb.next_multiple_of(8) } else { hb };
     let mut blocks: Vec<(usize, usize, &mut [f32])> = vec![];
     for (si, row) in states.into_iter().enumerate() {
         for (bi, state) in row.chunks_mut(hb * per).enumerate() {
@@ -334,8 +336,8 @@ fn walk_avx2(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
 /// [`walk`]'s loops, after the decays `exp(dt·A)` of every token (once per token, not per state
 /// row). With AVX2 and FMA (`fma`, which the caller then has): one decay per token (Mamba2)
 /// takes four state rows through a token together, sharing its B and C loads
-/// ([`rows4_avx2`]). Otherwise a row at a time (Mamba1's heads take `scan_lanes` on such
-/// CPUs).
+/// ([`rows4_avx2`]). Otherwise a row at a time (Mamba1's heads, one state row each, take
+/// `scan_lanes` on such CPUs instead; a decay per state with several rows a head comes here).
 #[inline(always)]
 fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratch, fma: bool) {
     let (n, t) = (head.n, head.t);
@@ -353,9 +355,13 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
     }
     // one flat loop (a loop per token over a few decays would set up the polynomial's
     // constants as often as it uses them)
-    let exp = if fma { math::exp_fused } else { math::exp };
-    for da in scratch.decay.iter_mut() {
-        *da = exp(*da);
+    if fma {
+        scratch
+            .decay
+            .iter_mut()
+            .for_each(|da| *da = math::exp_fused(*da));
+    } else {
+        scratch.decay.iter_mut().for_each(|da| *da = math::exp(*da));
     }
     let (decays, dts) = (&scratch.decay, &scratch.dts);
     let bc = |ti: usize| {
@@ -381,14 +387,15 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
             // The rows are kept as `s / D`, `D` the product of the decays since they were last
             // the state itself: a token then adds `B·x·dt / D` to them (one multiply-add per
             // state instead of a multiply and a multiply-add) and `y = D·(s / D)·C`. When `D`
-            // would fall below `SCALED_MIN` (the rows would grow past 1e20 of the state), the
-            // rows take `D` back and that token decays them as it is.
+            // would fall below `SCALED_MIN` (the rows would grow past 1e20 of the state) or
+            // rise above 1 (a decay above 1: A is not negative), the rows take `D` back and
+            // that token decays them as it is.
             let mut dcum = 1.0f32;
             for ti in 0..t {
                 let (d, xs) = (decays[ti], [0, 1, 2, 3].map(|r| xd(ti, p0 + r)));
                 // SAFETY (both calls): `fma` is set only by `walk_avx2`, compiled for AVX2
                 // and FMA.
-                let ys = if dcum * d >= SCALED_MIN {
+                let ys = if (SCALED_MIN..=1.0).contains(&(dcum * d)) {
                     dcum *= d;
                     let xs = xs.map(|x| x / dcum);
                     unsafe { rows4_avx2::<false>(rows, 1.0, bc(ti), xs) }.map(|y| y * dcum)
