@@ -9,6 +9,8 @@
 //! (`cargo bench -p weft-benches --bench kernels -- cpu/recurrent`, 16 heads × 128 × 128, 64
 //! tokens: 2.4 ms against 4.8 ms with the same vectorized dot products).
 
+#[cfg(target_arch = "x86_64")]
+use super::ssm::rows4_avx2;
 use super::state::slot_rows;
 use super::team;
 use super::tensor::TensorRef;
@@ -64,7 +66,7 @@ fn recurrent_avx2(o: &Operands, s: usize, h: usize, state: &mut [f32], y: &mut [
 /// depends on that row alone, so a block of rows walks every token while it stays in cache
 /// (a token at a time over the whole state, 64 KB for 128 × 128, streamed it through the
 /// cache once per token). With AVX2 and FMA (`fma`, which the caller then has), four rows
-/// together share each load of k and q ([`rows4_avx2`]).
+/// together share each load of k and q ([`delta_rows4_avx2`]).
 #[inline(always)]
 fn recurrent_body(o: &Operands, s: usize, h: usize, state: &mut [f32], y: &mut [f32], fma: bool) {
     let (dk, dv) = (o.dk, o.dv);
@@ -88,7 +90,7 @@ fn recurrent_body(o: &Operands, s: usize, h: usize, state: &mut [f32], y: &mut [
                 let (q, k, v, (decay, beta)) = token(ti);
                 let vs = [v[r0], v[r0 + 1], v[r0 + 2], v[r0 + 3]];
                 // SAFETY: `fma` is set only by `recurrent_avx2`, compiled for AVX2 and FMA.
-                let ys = unsafe { rows4_avx2(rows, (k, q), decay, vs, beta) };
+                let ys = unsafe { delta_rows4_avx2(rows, (k, q), decay, vs, beta) };
                 y[ti * dv + r0..ti * dv + r0 + 4].copy_from_slice(&ys);
             }
             r0 += 4;
@@ -112,7 +114,7 @@ fn recurrent_body(o: &Operands, s: usize, h: usize, state: &mut [f32], y: &mut [
 /// The CPU has AVX2 and FMA (inlined into code compiled for them).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn rows4_avx2(
+unsafe fn delta_rows4_avx2(
     rows: &mut [f32],
     (k, q): (&[f32], &[f32]),
     decay: f32,
@@ -123,8 +125,8 @@ unsafe fn rows4_avx2(
     let dk = rows.len() / 4;
     assert!(k.len() >= dk && q.len() >= dk);
     let n8 = dk / 8 * 8;
-    // SAFETY (both blocks): the caller's contract; every access lies in `rows` (4·dk), `k` and
-    // `q` (dk each, asserted above), c + 8 ≤ n8 ≤ dk.
+    // SAFETY: the caller's contract; every access lies in `rows` (4·dk) and `k` (dk, asserted
+    // above), c + 8 ≤ n8 ≤ dk.
     let mut kv = unsafe {
         let mut acc = [_mm256_setzero_ps(); 4];
         for c in (0..n8).step_by(8) {
@@ -141,31 +143,9 @@ unsafe fn rows4_avx2(
         }
     }
     let d: [f32; 4] = std::array::from_fn(|r| (v[r] - decay * kv[r]) * beta);
-    let mut out = unsafe {
-        let dec = _mm256_set1_ps(decay);
-        let dr = d.map(|d| _mm256_set1_ps(d));
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let base = rows.as_mut_ptr();
-        for c in (0..n8).step_by(8) {
-            let kk = _mm256_loadu_ps(k.as_ptr().add(c));
-            let qq = _mm256_loadu_ps(q.as_ptr().add(c));
-            for r in 0..4 {
-                let at = base.add(r * dk + c);
-                let x = _mm256_fmadd_ps(_mm256_loadu_ps(at), dec, _mm256_mul_ps(dr[r], kk));
-                _mm256_storeu_ps(at, x);
-                acc[r] = _mm256_fmadd_ps(x, qq, acc[r]);
-            }
-        }
-        hsum4(acc)
-    };
-    for (r, o) in out.iter_mut().enumerate() {
-        for c in n8..dk {
-            let x = &mut rows[r * dk + c];
-            *x = *x * decay + d[r] * k[c];
-            *o += *x * q[c];
-        }
-    }
-    out
+    // the second pass is Mamba2's step: `row ← row·decay + k·d_r`, `row · q`
+    // SAFETY: the caller's contract.
+    unsafe { rows4_avx2::<true>(rows, decay, (k, q), d) }
 }
 
 /// Eight partial sums per dot product, so that the loops vectorize.

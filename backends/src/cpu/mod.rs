@@ -24,6 +24,7 @@ use crate::{
 };
 use buffer::{AlignedBytes, Buffer};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::Instant;
 use tensor::TensorRef;
 use weft_graph::{BufferId, DType, Graph, Layout, NodeId, Op, Plan};
@@ -356,18 +357,9 @@ impl CpuBackend {
         let off = plan.slots[id.index()].map_or(0, |s| s.offset);
         let buffers = &self.buffers;
         let refs = |arena| source_refs(buffers, plan, arena, srcs, first);
-        // Straight into the node's slot when no source lies in it (the planner keeps live
-        // tensors apart, but a node may take over a dying source's block in place: such a
-        // node goes through the scratch buffer)
         let hole = off..off + bytes;
-        if plan.in_place_of[id.index()].is_none() && clear_of(g, plan, srcs, &hole) {
-            let (below, rest) = arena.bytes_mut().split_at_mut(off);
-            let (out, above) = rest.split_at_mut(bytes);
-            let view = ArenaRead::Around {
-                below,
-                above,
-                above_at: hole.end,
-            };
+        if writes_in_place(plan, id, srcs, &hole) {
+            let (view, out) = around(arena, hole.clone());
             return execute(g, id, &refs(view)?, out);
         }
         if self.scratch.len() < bytes {
@@ -419,17 +411,10 @@ impl CpuBackend {
         // `run_node_with`), else into a buffer copied there after
         let off = plan.slots[id.index()].map_or(0, |s| s.offset);
         let hole = off..off + 4 * node.numel();
-        let direct =
-            plan.in_place_of[id.index()].is_none() && clear_of(g, plan, &node.srcs[1..], &hole);
+        let direct = writes_in_place(plan, id, &node.srcs[1..], &hole);
         let mut local = Vec::new();
         let (view, out): (ArenaRead, &mut [f32]) = if direct {
-            let (below, rest) = arena.bytes_mut().split_at_mut(hole.start);
-            let (out, above) = rest.split_at_mut(hole.len());
-            let view = ArenaRead::Around {
-                below,
-                above,
-                above_at: hole.end,
-            };
+            let (view, out) = around(arena, hole.clone());
             (view, bytemuck::cast_slice_mut(out))
         } else {
             local = vec![0.0f32; node.numel()];
@@ -658,8 +643,28 @@ fn source_refs<'a>(
     Ok(refs)
 }
 
+/// Whether node `id` can write its slot `hole` of the arena while it reads its sources `srcs`:
+/// the planner keeps tensors live together apart, but a node may take over a dying source's
+/// block in place (such a node goes through the scratch buffer), and no source in the arena
+/// may reach into the slot.
+fn writes_in_place(plan: &Plan, id: NodeId, srcs: &[NodeId], hole: &Range<usize>) -> bool {
+    plan.in_place_of[id.index()].is_none() && clear_of(&plan.graph, plan, srcs, hole)
+}
+
+/// The arena split around `hole`: what the sources read, and the slot to write.
+fn around(arena: &mut AlignedBytes, hole: Range<usize>) -> (ArenaRead<'_>, &mut [u8]) {
+    let (below, rest) = arena.bytes_mut().split_at_mut(hole.start);
+    let (out, above) = rest.split_at_mut(hole.len());
+    let view = ArenaRead::Around {
+        below,
+        above,
+        above_at: hole.end,
+    };
+    (view, out)
+}
+
 /// Whether every source in the arena lies wholly outside the byte range `hole`.
-fn clear_of(g: &Graph, plan: &Plan, srcs: &[NodeId], hole: &std::ops::Range<usize>) -> bool {
+fn clear_of(g: &Graph, plan: &Plan, srcs: &[NodeId], hole: &Range<usize>) -> bool {
     srcs.iter().all(|&s| match home(g, plan, s) {
         Home::External(_) => true,
         Home::Arena(off) => {

@@ -424,13 +424,14 @@ const SCALED_MIN: f32 = 1e-20;
 
 /// One token of four state rows (`rows`, `[4, N]`) with one decay `d`: `s = s·d + b·xd_r`,
 /// returns each row's `s · c`. B and C are loaded once for the four rows, whose sums are four
-/// independent chains. Without `DECAY`, `d` is 1 and not multiplied by.
+/// independent chains. Without `DECAY`, `d` is 1 and not multiplied by. (The delta rule's
+/// second pass is the same step, with its keys and queries for B and C.)
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA (inlined into code compiled for them).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn rows4_avx2<const DECAY: bool>(
+pub(super) unsafe fn rows4_avx2<const DECAY: bool>(
     rows: &mut [f32],
     d: f32,
     (b, c): (&[f32], &[f32]),
