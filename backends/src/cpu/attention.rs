@@ -88,39 +88,42 @@ pub fn attention(
     #[cfg(target_arch = "x86_64")]
     let avx2 =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    team::global().chunks_mut(out, ops.dims[5], |row, o| {
+    // the query heads that share a key head, one token's, meet its keys and values together
+    let group = ops.dims[1] / ops.dims[4];
+    team::global().chunks_mut(out, group * ops.dims[5], |unit, o| {
         SCORES.with_borrow_mut(|scores| {
-            scores.resize(ops.dims[3], 0.0);
+            scores.resize(group * ops.dims[3], 0.0);
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the CPU has AVX2 and FMA, checked above.
-                return unsafe { row_avx2(&ops, row, o, scores) };
+                return unsafe { group_avx2(&ops, unit, o, scores) };
             }
-            row_body(&ops, row, o, scores, Plain)
+            group_body(&ops, unit, o, scores, Plain)
         })
     });
 }
 
 thread_local! {
-    /// Each worker's scores of one query row, kept between rows.
+    /// Each worker's scores of one group of query rows, kept between groups.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`row_body`] compiled for AVX2 and FMA, with the [`Avx2`] inner loops (fused multiply-adds,
-/// so the last bits differ from [`Plain`]'s).
+/// [`group_body`] compiled for AVX2 and FMA, with the [`Avx2`] inner loops (fused
+/// multiply-adds, so the last bits differ from [`Plain`]'s).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn row_avx2(ops: &Operands, row: usize, o: &mut [f32], scores: &mut [f32]) {
+fn group_avx2(ops: &Operands, unit: usize, o: &mut [f32], scores: &mut [f32]) {
     // SAFETY: this function runs only where the CPU has AVX2 and FMA (its features).
-    row_body(ops, row, o, scores, unsafe { Avx2::new() })
+    group_body(ops, unit, o, scores, unsafe { Avx2::new() })
 }
 
 /// The two inner loops of an attention row, portable or in AVX2 and FMA.
 trait RowKernels {
     /// `[a · b_r]` for four rows `b_r` (each at least as long as `a`).
     fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4];
-    /// `Σ_j p_j · v[at(j)..at(j) + 32]` over the nonzero `p_j`, each column in key order.
-    fn sum32(&self, p: &[f32], v: &[f32], at: impl Fn(usize) -> usize) -> [f32; 32];
+    /// `Σ_j p_j · v[at(j)..at(j) + 32]` for each of the two rows of weights `p`, over the
+    /// keys where either is nonzero, each column in key order.
+    fn sum32x2(&self, p: [&[f32]; 2], v: &[f32], at: impl Fn(usize) -> usize) -> [[f32; 32]; 2];
 }
 
 struct Plain;
@@ -132,12 +135,16 @@ impl RowKernels for Plain {
     }
 
     #[inline(always)]
-    fn sum32(&self, p: &[f32], v: &[f32], at: impl Fn(usize) -> usize) -> [f32; 32] {
-        let mut acc = [0.0f32; 32];
-        for (j, &pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+    fn sum32x2(&self, p: [&[f32]; 2], v: &[f32], at: impl Fn(usize) -> usize) -> [[f32; 32]; 2] {
+        let mut acc = [[0.0f32; 32]; 2];
+        for (j, (&p0, &p1)) in p[0].iter().zip(p[1]).enumerate() {
+            if p0 == 0.0 && p1 == 0.0 {
+                continue;
+            }
             let vr = &v[at(j)..at(j) + 32];
             for i in 0..32 {
-                acc[i] += pj * vr[i];
+                acc[0][i] += p0 * vr[i];
+                acc[1][i] += p1 * vr[i];
             }
         }
         acc
@@ -167,21 +174,28 @@ impl RowKernels for Avx2 {
     }
 
     #[inline(always)]
-    fn sum32(&self, p: &[f32], v: &[f32], at: impl Fn(usize) -> usize) -> [f32; 32] {
+    fn sum32x2(&self, p: [&[f32]; 2], v: &[f32], at: impl Fn(usize) -> usize) -> [[f32; 32]; 2] {
         use std::arch::x86_64::*;
         // SAFETY: as `dot4`; every row read is sliced first, so its 32 floats exist.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for (j, &pj) in p.iter().enumerate().filter(|(_, p)| **p != 0.0) {
+            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+            for (j, (&p0, &p1)) in p[0].iter().zip(p[1]).enumerate() {
+                if p0 == 0.0 && p1 == 0.0 {
+                    continue;
+                }
                 let vr = &v[at(j)..at(j) + 32];
-                let pv = _mm256_set1_ps(pj);
-                for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr.as_ptr().add(8 * i)), *a);
+                let pv = [_mm256_set1_ps(p0), _mm256_set1_ps(p1)];
+                for i in 0..4 {
+                    let x = _mm256_loadu_ps(vr.as_ptr().add(8 * i));
+                    acc[0][i] = _mm256_fmadd_ps(pv[0], x, acc[0][i]);
+                    acc[1][i] = _mm256_fmadd_ps(pv[1], x, acc[1][i]);
                 }
             }
-            let mut out = [0.0f32; 32];
-            for (i, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *a);
+            let mut out = [[0.0f32; 32]; 2];
+            for (o, a) in out.iter_mut().zip(&acc) {
+                for (i, r) in a.iter().enumerate() {
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8 * i), *r);
+                }
             }
             out
         }
@@ -236,21 +250,24 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
-/// Output row `row` (query token × head): scores for the keys it may see (causality, and the
-/// first and last keys the mask lets through, bound them; keys outside cost nothing), four
-/// keys at a time, their softmax, then `Σ p_j·v_j`.
+/// The output rows of group `unit`: the query heads of one token that share a key head (`o`
+/// holds their rows). Scores for the keys the token may see (causality, and the first and
+/// last keys the mask lets through, bound them; keys outside cost nothing), four keys at a
+/// time, each block of keys meeting every head of the group while it is in cache; their
+/// softmax, then `Σ p_j·v_j`, two heads at a time so each value row is read once per pair.
 #[inline(always)]
-fn row_body(
+fn group_body(
     ops: &Operands,
-    row: usize,
+    unit: usize,
     o: &mut [f32],
     scores: &mut [f32],
     kernels: impl RowKernels,
 ) {
     let [t, hq, d, tk, hkv, dv] = ops.dims;
-    let (ti, hi) = (row / hq, row % hq);
-    let kh = hi / (hq / hkv);
-    let qr = &ops.q[row * d..(row + 1) * d];
+    let group = hq / hkv;
+    let (ti, kh) = (unit / hkv, unit % hkv);
+    let row0 = ti * hq + kh * group;
+    let query = |g: usize| &ops.q[(row0 + g) * d..(row0 + g + 1) * d];
     let seen = if ops.causal {
         (ti + tk + 1).saturating_sub(t).min(tk)
     } else {
@@ -270,7 +287,8 @@ fn row_body(
         },
         None => (0, seen),
     };
-    let scores = &mut scores[..hi - lo];
+    let n = hi - lo;
+    let scores = &mut scores[..group * n];
     let key = |j: usize| &ops.k[((lo + j) * hkv + kh) * d..((lo + j) * hkv + kh + 1) * d];
     let mask_at = |j: usize| mask.map_or(0.0, |m| m[lo + j]);
     // (a hidden key's score is -inf whatever its dot product, even one that overflowed)
@@ -281,34 +299,58 @@ fn row_body(
             dot * ops.scale + m
         }
     };
-    let n = hi - lo;
     let mut j = 0;
     while j + 4 <= n {
-        let s = kernels.dot4(qr, [key(j), key(j + 1), key(j + 2), key(j + 3)]);
-        for (jj, (o, v)) in scores[j..j + 4].iter_mut().zip(s).enumerate() {
-            *o = score(v, mask_at(j + jj));
+        let keys = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+        for g in 0..group {
+            let s = kernels.dot4(query(g), keys);
+            for (jj, (o, v)) in scores[g * n + j..g * n + j + 4]
+                .iter_mut()
+                .zip(s)
+                .enumerate()
+            {
+                *o = score(v, mask_at(j + jj));
+            }
         }
         j += 4;
     }
     for j in j..n {
-        scores[j] = score(dot_body(qr, key(j)), mask_at(j));
-    }
-    softmax_in_place(scores);
-    // Σ_j p_j·v_j, 32 output columns at a time so their sums stay in registers across keys
-    // (each column still adds its terms in key order).
-    for (c, oc) in o.chunks_mut(32).enumerate() {
-        let at = |j: usize| ((lo + j) * hkv + kh) * dv + c * 32;
-        if oc.len() == 32 {
-            oc.copy_from_slice(&kernels.sum32(scores, ops.v, at));
-        } else {
-            oc.fill(0.0);
-            for (j, &p) in scores.iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                axpy_body(oc, p, &ops.v[at(j)..at(j) + oc.len()]);
-            }
+        for g in 0..group {
+            scores[g * n + j] = score(dot_body(query(g), key(j)), mask_at(j));
         }
     }
-    if let Some(g) = ops.gate {
-        let gr = &g[row * dv..(row + 1) * dv];
+    for s in scores.chunks_exact_mut(n.max(1)) {
+        softmax_in_place(s);
+    }
+    // Σ_j p_j·v_j, 32 output columns at a time so their sums stay in registers across keys
+    // (each column still adds its terms in key order).
+    let ps = |g: usize| &scores[g * n..(g + 1) * n];
+    for c in 0..dv.div_ceil(32) {
+        let at = |j: usize| ((lo + j) * hkv + kh) * dv + c * 32;
+        let cols = (dv - c * 32).min(32);
+        let mut g = 0;
+        while g < group {
+            // a pair of heads (the last of an odd group pairs with itself)
+            let g1 = (g + 1).min(group - 1);
+            if cols == 32 {
+                let sums = kernels.sum32x2([ps(g), ps(g1)], ops.v, at);
+                for (gg, s) in [g, g1].into_iter().zip(sums) {
+                    o[gg * dv + c * 32..][..32].copy_from_slice(&s);
+                }
+            } else {
+                for gg in [g, g1] {
+                    let oc = &mut o[gg * dv + c * 32..][..cols];
+                    oc.fill(0.0);
+                    for (j, &p) in ps(gg).iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                        axpy_body(oc, p, &ops.v[at(j)..at(j) + cols]);
+                    }
+                }
+            }
+            g += 2;
+        }
+    }
+    if let Some(gate) = ops.gate {
+        let gr = &gate[row0 * dv..(row0 + group) * dv];
         o.iter_mut()
             .zip(gr)
             .for_each(|(a, &b)| *a /= 1.0 + (-b).exp());

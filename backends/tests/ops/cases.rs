@@ -675,6 +675,9 @@ pub fn attention(be: &mut dyn Backend) {
         (DType::F16, true, true, false, small),
         (DType::F32, true, false, false, (5, 37, 4, 2, 75, 40)),
         (DType::F16, false, true, false, (5, 37, 4, 2, 75, 40)),
+        // (one query head per key head; eight, as in grouped-query models)
+        (DType::F32, true, true, true, (4, 9, 3, 3, 16, 32)),
+        (DType::F16, true, false, false, (6, 13, 8, 1, 24, 64)),
     ] {
         let mut c = Case::new();
         let (q, qn) = c.input(&mut rg, "q", &[t, hq, d]);
