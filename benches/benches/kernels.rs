@@ -153,22 +153,28 @@ fn matvec(c: &mut Criterion) {
 
 fn matmul(c: &mut Criterion) {
     let (m, n, k) = (64, 2048, 2048);
-    // (Q4_1: the demo model's format; Q6_K: part of every Q4_K_M file)
-    let cases: Vec<(String, Throughput, Box<Build>)> =
-        [DType::F16, DType::Q8_0, DType::Q4_1, DType::Q4K, DType::Q6K]
-            .into_iter()
-            .map(|dtype| {
-                let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {
-                    let mut case = Case::new(2);
-                    let x = case.input("x", &[m, k], |v| v)?;
-                    let w = case.weight(be, &[n, k], dtype)?;
-                    let y = case.b.matmul(x, w)?;
-                    Ok((case, y))
-                });
-                let flops = Throughput::Elements((2 * m * n * k) as u64);
-                (dtype.name().to_string(), flops, build)
-            })
-            .collect();
+    // (BF16: many models' own format; Q4_1: the demo model's; Q6_K: part of every Q4_K_M file)
+    let cases: Vec<(String, Throughput, Box<Build>)> = [
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_1,
+        DType::Q4K,
+        DType::Q6K,
+    ]
+    .into_iter()
+    .map(|dtype| {
+        let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {
+            let mut case = Case::new(2);
+            let x = case.input("x", &[m, k], |v| v)?;
+            let w = case.weight(be, &[n, k], dtype)?;
+            let y = case.b.matmul(x, w)?;
+            Ok((case, y))
+        });
+        let flops = Throughput::Elements((2 * m * n * k) as u64);
+        (dtype.name().to_string(), flops, build)
+    })
+    .collect();
     suite(c, "matmul_64x2048x2048 (FLOP/s)", &cases);
 }
 

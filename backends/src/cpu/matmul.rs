@@ -6,7 +6,7 @@ use super::qdot::gemm::Gemm;
 use super::qdot::{Acts, F16Dot, Kernel, bf16_kernel, f16_kernel};
 use super::team;
 use super::tensor::TensorRef;
-use super::tile::{f16_rows_times, rows_times, weight_rows_per_tile};
+use super::tile::{Half, half_rows_times, rows_times, weight_rows_per_tile};
 #[cfg(target_arch = "x86_64")]
 use super::vmath::transpose8;
 use crate::{BackendError, Result};
@@ -62,8 +62,8 @@ struct Meet {
     /// [`Gemm::new`]), where the CPU has them.
     #[cfg(target_arch = "x86_64")]
     gemm: Option<Gemm>,
-    /// f16 or bf16 weights' product straight from their bytes (bf16 prompts decode rows
-    /// instead; f16 prompts convert in the register tiles).
+    /// f16 or bf16 weights' product straight from their bytes (prompts widen them in the
+    /// register tiles instead).
     half: Option<F16Dot>,
 }
 
@@ -117,11 +117,20 @@ impl Meet {
                     kern.dot_rows(w.row_bytes(row0 + jj), acts, col);
                 }
             }
-            // prompts: f16 rows converted as the register tiles load them
+            // prompts: f16 and bf16 rows widened as the register tiles load them
             (None, Some(_))
                 if m >= 4
-                    && w.dtype == DType::F16
-                    && f16_rows_times(|jj| w.row_bytes(row0 + jj), x, k, out) => {}
+                    && half_rows_times(
+                        if w.dtype == DType::F16 {
+                            Half::F16
+                        } else {
+                            Half::Bf16
+                        },
+                        |jj| w.row_bytes(row0 + jj),
+                        x,
+                        k,
+                        out,
+                    ) => {}
             // other dtypes: the rows decoded once, then register tiles
             (None, _) if m >= 4 => DECODED.with_borrow_mut(|buf| {
                 let need = out.len() / m * k;

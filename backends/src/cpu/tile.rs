@@ -1,4 +1,4 @@
-//! Prompt products of weight rows (f32, or f16 converted as they are loaded) with activation
+//! Prompt products of weight rows (f32, or f16 or bf16 widened as they are loaded) with activation
 //! rows in register tiles: three weight rows meet four activation rows per pass over `k` (8
 //! lanes, AVX2), or four meet six (16 lanes, AVX-512), so each load feeds several
 //! multiply-adds instead of one.
@@ -31,11 +31,20 @@ pub fn rows_times(w: &[f32], x: &[f32], k: usize, out: &mut [f32]) {
     }
 }
 
-/// `out[j·m + i] = w_j · x_i` for f16 weight rows `w_j = row(j)` (`k` little-endian f16 each,
-/// `out.len() / m` of them), converted as they are loaded rather than decoded to f32 rows
-/// first: no pass over the weights before the products, and the weights stream from memory
-/// while the tiles compute. False, with nothing written, on CPUs without AVX2, FMA and F16C.
-pub fn f16_rows_times<'a>(
+/// The 16-bit float formats the tiles widen as they load them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Half {
+    F16,
+    Bf16,
+}
+
+/// `out[j·m + i] = w_j · x_i` for 16-bit float weight rows `w_j = row(j)` (`k` little-endian
+/// f16 or bf16 each, `out.len() / m` of them), widened as they are loaded rather than decoded
+/// to f32 rows first: no pass over the weights before the products, and the weights stream
+/// from memory while the tiles compute. False, with nothing written, on CPUs without AVX2, FMA
+/// and F16C.
+pub fn half_rows_times<'a>(
+    format: Half,
     row: impl Fn(usize) -> &'a [u8],
     x: &[f32],
     k: usize,
@@ -44,10 +53,15 @@ pub fn f16_rows_times<'a>(
     #[cfg(target_arch = "x86_64")]
     if avx2::supported() {
         // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
-        unsafe { avx2::best(&|j: usize| avx2::F16Row(row(j)), x, k, out, true) };
+        unsafe {
+            match format {
+                Half::F16 => avx2::best(&|j: usize| avx2::F16Row(row(j)), x, k, out, true),
+                Half::Bf16 => avx2::best(&|j: usize| avx2::Bf16Row(row(j)), x, k, out, true),
+            }
+        };
         return true;
     }
-    let _ = (row, x, k, out);
+    let _ = (format, row, x, k, out);
     false
 }
 
@@ -120,6 +134,37 @@ mod avx2 {
         }
         fn elems(self) -> usize {
             self.len()
+        }
+    }
+
+    /// A row of little-endian bf16 weights (an f32's upper half each).
+    #[derive(Clone, Copy)]
+    pub struct Bf16Row<'a>(pub &'a [u8]);
+
+    impl Weights for Bf16Row<'_> {
+        #[inline(always)]
+        unsafe fn load8(self, c: usize) -> __m256 {
+            // SAFETY: c + 8 ≤ the row's elements, so its 16 bytes from byte 2c exist (the
+            // caller's contract), and the CPU has AVX2.
+            unsafe {
+                let h = _mm_loadu_si128(self.0.as_ptr().add(2 * c).cast());
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            }
+        }
+        #[inline(always)]
+        unsafe fn load16(self, c: usize) -> __m512 {
+            // SAFETY: c + 16 ≤ the row's elements, so its 32 bytes from byte 2c exist (the
+            // caller's contract), and the CPU has AVX-512 F.
+            unsafe {
+                let h = _mm256_loadu_si256(self.0.as_ptr().add(2 * c).cast());
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            }
+        }
+        fn at(self, c: usize) -> f32 {
+            half::bf16::from_le_bytes([self.0[2 * c], self.0[2 * c + 1]]).to_f32()
+        }
+        fn elems(self) -> usize {
+            self.0.len() / 2
         }
     }
 
@@ -366,35 +411,55 @@ mod tests {
         }
     }
 
+    /// f16 and bf16 rows through the tiles of either width equal the plain dot products of
+    /// the rows widened.
     #[test]
-    fn f16_tiles_equal_plain_dots() {
+    fn half_tiles_equal_plain_dots() {
         for (n, m, k) in SHAPES {
             let (w, x) = inputs(n, m, k);
-            let h: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
-            let wf: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
-            let bytes: &[u8] = bytemuck::cast_slice(&h);
-            let row = |j: usize| &bytes[j * 2 * k..(j + 1) * 2 * k];
-            let mut out = vec![0.0; n * m];
-            if !f16_rows_times(row, &x, k, &mut out) {
-                return; // (no F16C: the caller decodes rows instead)
-            }
-            check(&wf, &x, k, &out, "f16");
-            #[cfg(target_arch = "x86_64")]
-            for wide in [false, true] {
+            let f16s: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let bf16s: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            for (format, bytes, wide) in [
+                (
+                    Half::F16,
+                    bytemuck::cast_slice::<_, u8>(&f16s),
+                    f16s.iter().map(|v| v.to_f32()).collect::<Vec<_>>(),
+                ),
+                (
+                    Half::Bf16,
+                    bytemuck::cast_slice(&bf16s),
+                    bf16s.iter().map(|v| v.to_f32()).collect(),
+                ),
+            ] {
+                let row = |j: usize| &bytes[j * 2 * k..(j + 1) * 2 * k];
                 let mut out = vec![0.0; n * m];
-                // SAFETY: `f16_rows_times` ran the tiles, so the CPU has AVX2, FMA and F16C.
-                unsafe { avx2::best(&|j| avx2::F16Row(row(j)), &x, k, &mut out, wide) };
-                check(
-                    &wf,
-                    &x,
-                    k,
-                    &out,
-                    if wide {
-                        "f16, 16 lanes"
-                    } else {
-                        "f16, 8 lanes"
-                    },
-                );
+                if !half_rows_times(format, row, &x, k, &mut out) {
+                    return; // (no F16C: the caller decodes rows instead)
+                }
+                check(&wide, &x, k, &out, &format!("{format:?}"));
+                #[cfg(target_arch = "x86_64")]
+                for lanes16 in [false, true] {
+                    let mut out = vec![0.0; n * m];
+                    // SAFETY: `half_rows_times` ran the tiles, so the CPU has AVX2, FMA and
+                    // F16C.
+                    unsafe {
+                        match format {
+                            Half::F16 => {
+                                avx2::best(&|j| avx2::F16Row(row(j)), &x, k, &mut out, lanes16)
+                            }
+                            Half::Bf16 => {
+                                avx2::best(&|j| avx2::Bf16Row(row(j)), &x, k, &mut out, lanes16)
+                            }
+                        }
+                    };
+                    check(
+                        &wide,
+                        &x,
+                        k,
+                        &out,
+                        &format!("{format:?}, 16 lanes: {lanes16}"),
+                    );
+                }
             }
         }
     }

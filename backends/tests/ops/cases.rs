@@ -678,6 +678,8 @@ pub fn attention(be: &mut dyn Backend) {
         // (one query head per key head; eight, as in grouped-query models)
         (DType::F32, true, true, true, (4, 9, 3, 3, 16, 32)),
         (DType::F16, true, false, false, (6, 13, 8, 1, 24, 64)),
+        // (a long row of keys, masked: 150 of them)
+        (DType::F32, true, true, false, (3, 150, 6, 2, 16, 40)),
     ] {
         let mut c = Case::new();
         let (q, qn) = c.input(&mut rg, "q", &[t, hq, d]);
