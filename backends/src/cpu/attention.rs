@@ -89,22 +89,35 @@ pub fn attention(
     let avx2 =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     // the query heads that share a key head, one token's, meet its keys and values together
-    let group = ops.dims[1] / ops.dims[4];
-    team::global().chunks_mut(out, group * ops.dims[5], |unit, o| {
+    // (all of them, or as many as leave every thread work: see `heads_per_unit`)
+    let [t, hq, _, tk, hkv, dv] = ops.dims;
+    let per = heads_per_unit(t, hq, hq / hkv, team::global().threads());
+    team::global().chunks_mut(out, per * dv, |unit, o| {
         SCORES.with_borrow_mut(|scores| {
-            scores.resize(group * ops.dims[3], 0.0);
+            scores.resize(per * tk, 0.0);
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the CPU has AVX2 and FMA, checked above.
-                return unsafe { group_avx2(&ops, unit, o, scores) };
+                return unsafe { group_avx2(&ops, unit, per, o, scores) };
             }
-            group_body(&ops, unit, o, scores, Plain)
+            group_body(&ops, unit, per, o, scores, Plain)
         })
     });
 }
 
+/// Query heads per unit of work: the whole group sharing a key head, unless that leaves fewer
+/// than two units per thread (a decode step of a model with few key heads, on many cores),
+/// then the largest divisor of the group that does not (at least one head).
+fn heads_per_unit(t: usize, hq: usize, group: usize, threads: usize) -> usize {
+    (1..=group)
+        .rev()
+        .filter(|d| group.is_multiple_of(*d))
+        .find(|d| t * (hq / d) >= 2 * threads)
+        .unwrap_or(1)
+}
+
 thread_local! {
-    /// Each worker's scores of one group of query rows, kept between groups.
+    /// Each worker's scores of one unit's query rows, kept between units.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -112,20 +125,27 @@ thread_local! {
 /// multiply-adds, so the last bits differ from [`Plain`]'s).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn group_avx2(ops: &Operands, unit: usize, o: &mut [f32], scores: &mut [f32]) {
+fn group_avx2(ops: &Operands, unit: usize, per: usize, o: &mut [f32], scores: &mut [f32]) {
     // SAFETY: this function runs only where the CPU has AVX2 and FMA (its features).
-    group_body(ops, unit, o, scores, unsafe { Avx2::new() })
+    group_body(ops, unit, per, o, scores, unsafe { Avx2::new() })
 }
 
-/// The two inner loops of an attention row, portable or in AVX2 and FMA.
+/// The two inner loops of attention, portable or in AVX2 and FMA.
 trait RowKernels {
     /// `[a · b_r]` for four rows `b_r` (each at least as long as `a`).
     fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4];
-    /// `Σ_j p_j · v[at(j)..at(j) + 32]` for each of the two rows of weights `p`, over the
-    /// keys where either is nonzero, each column in key order.
-    fn sum32x2(&self, p: [&[f32]; 2], v: &[f32], at: impl Fn(usize) -> usize) -> [[f32; 32]; 2];
+    /// `Σ_j p_j · v[at(j)..at(j) + 32]` for each of the `N` rows of weights `p`, over the keys
+    /// it weighs (a zero weight skips the key, so a value row of infinities it does not weigh
+    /// stays out of its sums), each column in key order.
+    fn sum32<const N: usize>(
+        &self,
+        p: [&[f32]; N],
+        v: &[f32],
+        at: impl Fn(usize) -> usize,
+    ) -> [[f32; 32]; N];
 }
 
+#[derive(Clone, Copy)]
 struct Plain;
 
 impl RowKernels for Plain {
@@ -135,16 +155,23 @@ impl RowKernels for Plain {
     }
 
     #[inline(always)]
-    fn sum32x2(&self, p: [&[f32]; 2], v: &[f32], at: impl Fn(usize) -> usize) -> [[f32; 32]; 2] {
-        let mut acc = [[0.0f32; 32]; 2];
-        for (j, (&p0, &p1)) in p[0].iter().zip(p[1]).enumerate() {
-            if p0 == 0.0 && p1 == 0.0 {
+    fn sum32<const N: usize>(
+        &self,
+        p: [&[f32]; N],
+        v: &[f32],
+        at: impl Fn(usize) -> usize,
+    ) -> [[f32; 32]; N] {
+        let mut acc = [[0.0f32; 32]; N];
+        for j in 0..p[0].len() {
+            let w = p.map(|r| r[j]);
+            if w.iter().all(|&x| x == 0.0) {
                 continue;
             }
             let vr = &v[at(j)..at(j) + 32];
-            for i in 0..32 {
-                acc[0][i] += p0 * vr[i];
-                acc[1][i] += p1 * vr[i];
+            for (a, &wh) in acc.iter_mut().zip(&w).filter(|(_, w)| **w != 0.0) {
+                for i in 0..32 {
+                    a[i] += wh * vr[i];
+                }
             }
         }
         acc
@@ -154,6 +181,7 @@ impl RowKernels for Plain {
 /// [`RowKernels`] for CPUs with AVX2 and FMA; only [`Avx2::new`], whose caller vouches for
 /// them, makes one.
 #[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
 struct Avx2(());
 
 #[cfg(target_arch = "x86_64")]
@@ -174,24 +202,42 @@ impl RowKernels for Avx2 {
     }
 
     #[inline(always)]
-    fn sum32x2(&self, p: [&[f32]; 2], v: &[f32], at: impl Fn(usize) -> usize) -> [[f32; 32]; 2] {
+    fn sum32<const N: usize>(
+        &self,
+        p: [&[f32]; N],
+        v: &[f32],
+        at: impl Fn(usize) -> usize,
+    ) -> [[f32; 32]; N] {
         use std::arch::x86_64::*;
         // SAFETY: as `dot4`; every row read is sliced first, so its 32 floats exist.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-            for (j, (&p0, &p1)) in p[0].iter().zip(p[1]).enumerate() {
-                if p0 == 0.0 && p1 == 0.0 {
-                    continue;
-                }
+            let mut acc = [[_mm256_setzero_ps(); 4]; N];
+            let n = p[0].len();
+            let p = p.map(|r| &r[..n]);
+            for j in 0..n {
+                let w = p.map(|r| r[j]);
                 let vr = &v[at(j)..at(j) + 32];
-                let pv = [_mm256_set1_ps(p0), _mm256_set1_ps(p1)];
-                for i in 0..4 {
-                    let x = _mm256_loadu_ps(vr.as_ptr().add(8 * i));
-                    acc[0][i] = _mm256_fmadd_ps(pv[0], x, acc[0][i]);
-                    acc[1][i] = _mm256_fmadd_ps(pv[1], x, acc[1][i]);
+                if w.iter().all(|&x| x != 0.0) {
+                    let pv = w.map(|x| _mm256_set1_ps(x));
+                    for i in 0..4 {
+                        let x = _mm256_loadu_ps(vr.as_ptr().add(8 * i));
+                        for h in 0..N {
+                            acc[h][i] = _mm256_fmadd_ps(pv[h], x, acc[h][i]);
+                        }
+                    }
+                } else {
+                    // (the rare key that one head's softmax underflowed on and another's did
+                    // not: each head that weighs it)
+                    for (a, &wh) in acc.iter_mut().zip(&w).filter(|(_, w)| **w != 0.0) {
+                        let pv = _mm256_set1_ps(wh);
+                        for i in 0..4 {
+                            a[i] =
+                                _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr.as_ptr().add(8 * i)), a[i]);
+                        }
+                    }
                 }
             }
-            let mut out = [[0.0f32; 32]; 2];
+            let mut out = [[0.0f32; 32]; N];
             for (o, a) in out.iter_mut().zip(&acc) {
                 for (i, r) in a.iter().enumerate() {
                     _mm256_storeu_ps(o.as_mut_ptr().add(8 * i), *r);
@@ -250,23 +296,25 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
-/// The output rows of group `unit`: the query heads of one token that share a key head (`o`
+/// The output rows of unit `unit`: `per` query heads of one token that share a key head (`o`
 /// holds their rows). Scores for the keys the token may see (causality, and the first and
 /// last keys the mask lets through, bound them; keys outside cost nothing), four keys at a
-/// time, each block of keys meeting every head of the group while it is in cache; their
+/// time, each block of keys meeting every head of the unit while it is in cache; their
 /// softmax, then `Σ p_j·v_j`, two heads at a time so each value row is read once per pair.
 #[inline(always)]
 fn group_body(
     ops: &Operands,
     unit: usize,
+    per: usize,
     o: &mut [f32],
     scores: &mut [f32],
     kernels: impl RowKernels,
 ) {
     let [t, hq, d, tk, hkv, dv] = ops.dims;
-    let group = hq / hkv;
-    let (ti, kh) = (unit / hkv, unit % hkv);
-    let row0 = ti * hq + kh * group;
+    let (ti, h0) = (unit / (hq / per), unit % (hq / per) * per);
+    let kh = h0 / (hq / hkv);
+    let row0 = ti * hq + h0;
+    let group = per;
     let query = |g: usize| &ops.q[(row0 + g) * d..(row0 + g + 1) * d];
     let seen = if ops.causal {
         (ti + tk + 1).saturating_sub(t).min(tk)
@@ -330,15 +378,20 @@ fn group_body(
         let cols = (dv - c * 32).min(32);
         let mut g = 0;
         while g < group {
-            // a pair of heads (the last of an odd group pairs with itself)
-            let g1 = (g + 1).min(group - 1);
+            // a pair of heads (or the last of an odd number)
+            let heads = g..(g + 2).min(group);
             if cols == 32 {
-                let sums = kernels.sum32x2([ps(g), ps(g1)], ops.v, at);
-                for (gg, s) in [g, g1].into_iter().zip(sums) {
-                    o[gg * dv + c * 32..][..32].copy_from_slice(&s);
+                if heads.len() == 2 {
+                    let sums = kernels.sum32([ps(g), ps(g + 1)], ops.v, at);
+                    for (gg, s) in heads.zip(sums) {
+                        o[gg * dv + c * 32..][..32].copy_from_slice(&s);
+                    }
+                } else {
+                    let [s] = kernels.sum32([ps(g)], ops.v, at);
+                    o[g * dv + c * 32..][..32].copy_from_slice(&s);
                 }
             } else {
-                for gg in [g, g1] {
+                for gg in heads {
                     let oc = &mut o[gg * dv + c * 32..][..cols];
                     oc.fill(0.0);
                     for (j, &p) in ps(gg).iter().enumerate().filter(|(_, p)| **p != 0.0) {
@@ -354,5 +407,131 @@ fn group_body(
         o.iter_mut()
             .zip(gr)
             .for_each(|(a, &b)| *a /= 1.0 + (-b).exp());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every unit of `ops` through `group_body` with `kernels`, `per` heads a unit.
+    fn run(ops: &Operands, per: usize, kernels: impl RowKernels + Copy) -> Vec<f32> {
+        let [t, hq, _, tk, _, dv] = ops.dims;
+        let mut out = vec![f32::NAN; t * hq * dv];
+        let mut scores = vec![0.0; per * tk];
+        for (unit, o) in out.chunks_mut(per * dv).enumerate() {
+            group_body(ops, unit, per, o, &mut scores, kernels);
+        }
+        out
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect()
+    }
+
+    /// The portable kernels and the AVX2 ones agree, whatever the heads per unit: groups of
+    /// three and eight, value rows of 40 and 5 (past and short of the 32-column blocks), a mask
+    /// hiding a whole row, a gate.
+    #[test]
+    fn the_kernels_and_the_units_agree() {
+        for (t, tk, hq, hkv, d, dv, masked) in [
+            (3, 7, 6, 2, 8, 40, true),
+            (1, 9, 8, 1, 16, 5, false),
+            (4, 4, 8, 1, 4, 64, true),
+        ] {
+            let (q, k, v) = (
+                values(t * hq * d, 1),
+                values(tk * hkv * d, 2),
+                values(tk * hkv * dv, 3),
+            );
+            let mask: Vec<f32> = (0..t * tk)
+                .map(|i| {
+                    if i / tk == 1 || i % 3 == 2 {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let gate = values(t * hq * dv, 4);
+            let ops = Operands {
+                q: &q,
+                k: &k,
+                v: &v,
+                mask: masked.then_some(&mask[..]),
+                gate: Some(&gate),
+                dims: [t, hq, d, tk, hkv, dv],
+                scale: 0.3,
+                causal: true,
+            };
+            let want = run(&ops, hq / hkv, Plain);
+            for per in (1..=hq / hkv).filter(|p| (hq / hkv).is_multiple_of(*p)) {
+                let got = run(&ops, per, Plain);
+                assert_eq!(got, want, "plain, {per} heads a unit");
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, checked above.
+                    let got = run(&ops, per, unsafe { Avx2::new() });
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() < 1e-5,
+                            "avx2, {per} heads a unit, [{i}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// A key one head weighs zero (its score underflows) and the other weighs: the first head's
+    /// output stays finite even where that key's value row is infinite.
+    #[test]
+    fn a_zero_weight_keeps_an_infinite_value_out() {
+        let (d, dv) = (4, 32);
+        // head 0 scores the two keys -200 and 0, head 1 scores both 0
+        let q = [[100.0, 0.0, 0.0, 0.0], [0.0; 4]].concat();
+        let k = [[-2.0, 0.0, 0.0, 0.0], [0.0; 4]].concat();
+        let v = [vec![f32::INFINITY; dv], vec![1.0; dv]].concat();
+        let ops = Operands {
+            q: &q,
+            k: &k,
+            v: &v,
+            mask: None,
+            gate: None,
+            dims: [1, 2, d, 2, 1, dv],
+            scale: 1.0,
+            causal: false,
+        };
+        let check = |out: Vec<f32>, what: &str| {
+            assert!(
+                out[..dv].iter().all(|&x| x == 1.0),
+                "{what}: {:?}",
+                &out[..dv]
+            );
+            assert!(out[dv..].iter().all(|&x| x == f32::INFINITY), "{what}");
+        };
+        check(run(&ops, 2, Plain), "plain");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, checked above.
+            check(run(&ops, 2, unsafe { Avx2::new() }), "avx2");
+        }
+    }
+
+    /// Units keep every thread busy: whole groups while there are two per thread, else
+    /// smaller divisors of the group.
+    #[test]
+    fn units_split_groups_only_when_threads_would_idle() {
+        assert_eq!(heads_per_unit(512, 32, 8, 2), 8);
+        assert_eq!(heads_per_unit(1, 32, 8, 2), 8);
+        assert_eq!(heads_per_unit(1, 32, 8, 8), 2);
+        assert_eq!(heads_per_unit(1, 16, 16, 16), 1);
+        assert_eq!(heads_per_unit(1, 6, 3, 2), 1);
+        assert_eq!(heads_per_unit(4, 6, 3, 2), 3);
     }
 }

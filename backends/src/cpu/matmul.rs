@@ -120,17 +120,9 @@ impl Meet {
             // prompts: f16 and bf16 rows widened as the register tiles load them
             (None, Some(_))
                 if m >= 4
-                    && half_rows_times(
-                        if w.dtype == DType::F16 {
-                            Half::F16
-                        } else {
-                            Half::Bf16
-                        },
-                        |jj| w.row_bytes(row0 + jj),
-                        x,
-                        k,
-                        out,
-                    ) => {}
+                    && Half::of(w.dtype).is_some_and(|format| {
+                        half_rows_times(format, |jj| w.row_bytes(row0 + jj), x, k, out)
+                    }) => {}
             // other dtypes: the rows decoded once, then register tiles
             (None, _) if m >= 4 => DECODED.with_borrow_mut(|buf| {
                 let need = out.len() / m * k;

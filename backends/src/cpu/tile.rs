@@ -38,6 +38,17 @@ pub enum Half {
     Bf16,
 }
 
+impl Half {
+    /// The format of weights of `dtype`, if it is one.
+    pub fn of(dtype: weft_graph::DType) -> Option<Half> {
+        match dtype {
+            weft_graph::DType::F16 => Some(Half::F16),
+            weft_graph::DType::BF16 => Some(Half::Bf16),
+            _ => None,
+        }
+    }
+}
+
 /// `out[j·m + i] = w_j · x_i` for 16-bit float weight rows `w_j = row(j)` (`k` little-endian
 /// f16 or bf16 each, `out.len() / m` of them), widened as they are loaded rather than decoded
 /// to f32 rows first: no pass over the weights before the products, and the weights stream
