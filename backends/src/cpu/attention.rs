@@ -314,7 +314,6 @@ fn group_body(
     let (ti, h0) = (unit / (hq / per), unit % (hq / per) * per);
     let kh = h0 / (hq / hkv);
     let row0 = ti * hq + h0;
-    let group = per;
     let query = |g: usize| &ops.q[(row0 + g) * d..(row0 + g + 1) * d];
     let seen = if ops.causal {
         (ti + tk + 1).saturating_sub(t).min(tk)
@@ -336,7 +335,7 @@ fn group_body(
         None => (0, seen),
     };
     let n = hi - lo;
-    let scores = &mut scores[..group * n];
+    let scores = &mut scores[..per * n];
     let key = |j: usize| &ops.k[((lo + j) * hkv + kh) * d..((lo + j) * hkv + kh + 1) * d];
     let mask_at = |j: usize| mask.map_or(0.0, |m| m[lo + j]);
     // (a hidden key's score is -inf whatever its dot product, even one that overflowed)
@@ -350,7 +349,7 @@ fn group_body(
     let mut j = 0;
     while j + 4 <= n {
         let keys = [key(j), key(j + 1), key(j + 2), key(j + 3)];
-        for g in 0..group {
+        for g in 0..per {
             let s = kernels.dot4(query(g), keys);
             for (jj, (o, v)) in scores[g * n + j..g * n + j + 4]
                 .iter_mut()
@@ -363,7 +362,7 @@ fn group_body(
         j += 4;
     }
     for j in j..n {
-        for g in 0..group {
+        for g in 0..per {
             scores[g * n + j] = score(dot_body(query(g), key(j)), mask_at(j));
         }
     }
@@ -377,9 +376,9 @@ fn group_body(
         let at = |j: usize| ((lo + j) * hkv + kh) * dv + c * 32;
         let cols = (dv - c * 32).min(32);
         let mut g = 0;
-        while g < group {
+        while g < per {
             // a pair of heads (or the last of an odd number)
-            let heads = g..(g + 2).min(group);
+            let heads = g..(g + 2).min(per);
             if cols == 32 {
                 if heads.len() == 2 {
                     let sums = kernels.sum32([ps(g), ps(g + 1)], ops.v, at);
@@ -403,7 +402,7 @@ fn group_body(
         }
     }
     if let Some(gate) = ops.gate {
-        let gr = &gate[row0 * dv..(row0 + group) * dv];
+        let gr = &gate[row0 * dv..(row0 + per) * dv];
         o.iter_mut()
             .zip(gr)
             .for_each(|(a, &b)| *a /= 1.0 + (-b).exp());

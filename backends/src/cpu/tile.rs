@@ -64,12 +64,7 @@ pub fn half_rows_times<'a>(
     #[cfg(target_arch = "x86_64")]
     if avx2::supported() {
         // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
-        unsafe {
-            match format {
-                Half::F16 => avx2::best(&|j: usize| avx2::F16Row(row(j)), x, k, out, true),
-                Half::Bf16 => avx2::best(&|j: usize| avx2::Bf16Row(row(j)), x, k, out, true),
-            }
-        };
+        unsafe { avx2::best_half(format, &row, x, k, out, true) };
         return true;
     }
     let _ = (format, row, x, k, out);
@@ -109,6 +104,27 @@ mod avx2 {
                 tiles16(row, x, k, out)
             } else {
                 tiles(row, x, k, out)
+            }
+        }
+    }
+
+    /// [`best`] for rows of 16-bit floats in `format`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
+    pub unsafe fn best_half<'a>(
+        format: super::Half,
+        row: &impl Fn(usize) -> &'a [u8],
+        x: &[f32],
+        k: usize,
+        out: &mut [f32],
+        wide: bool,
+    ) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match format {
+                super::Half::F16 => best(&|j: usize| F16Row(row(j)), x, k, out, wide),
+                super::Half::Bf16 => best(&|j: usize| Bf16Row(row(j)), x, k, out, wide),
             }
         }
     }
@@ -453,16 +469,7 @@ mod tests {
                     let mut out = vec![0.0; n * m];
                     // SAFETY: `half_rows_times` ran the tiles, so the CPU has AVX2, FMA and
                     // F16C.
-                    unsafe {
-                        match format {
-                            Half::F16 => {
-                                avx2::best(&|j| avx2::F16Row(row(j)), &x, k, &mut out, lanes16)
-                            }
-                            Half::Bf16 => {
-                                avx2::best(&|j| avx2::Bf16Row(row(j)), &x, k, &mut out, lanes16)
-                            }
-                        }
-                    };
+                    unsafe { avx2::best_half(format, &row, &x, k, &mut out, lanes16) };
                     check(
                         &wide,
                         &x,
