@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::qdot::gemm::Gemm;
-use super::qdot::{Acts, F16Dot, Kernel, bf16_kernel, f16_kernel};
+use super::qdot::{Acts, F16Dot, Kernel, half_kernel};
 use super::team;
 use super::tensor::TensorRef;
 use super::tile::{Half, half_rows_times, rows_times, weight_rows_per_tile};
@@ -77,11 +77,7 @@ impl Meet {
                 .as_ref()
                 .and_then(|(_, acts)| Gemm::new(w.dtype, acts, k)),
             quantized,
-            half: match w.dtype {
-                DType::F16 => f16_kernel(),
-                DType::BF16 => bf16_kernel(),
-                _ => None,
-            },
+            half: Half::of(w.dtype).and_then(half_kernel),
         }
     }
 

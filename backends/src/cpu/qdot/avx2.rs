@@ -174,7 +174,7 @@ fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -642,136 +642,10 @@ fn q6_k_rows<const R: usize>(w: &[u8], a: [&[Q8KBlock]; R]) -> [f32; R] {
     out
 }
 
-/// `w · x` for a row of f16 weights `w` (little-endian bytes), converted 8 at a time by F16C,
-/// when the CPU runs this file's kernels.
-pub fn f16_kernel() -> Option<super::F16Dot> {
-    supported().then_some(f16_dot as super::F16Dot)
-}
-
-safe_entries! {
-    f16_dot => f16_dot_avx2(&[f32]) -> f32;
-    bf16_dot => bf16_dot_avx2(&[f32]) -> f32;
-}
-
-/// `w · x` for a row of bf16 weights `w` (little-endian bytes), when the CPU runs this file's
-/// kernels: a bf16 is the top half of an f32, so 8 of them widen and shift into 8 lanes.
-pub fn bf16_kernel() -> Option<super::F16Dot> {
-    supported().then_some(bf16_dot as super::F16Dot)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn bf16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
-    // SAFETY: the features `half_dot` needs are enabled here.
-    unsafe {
-        half_dot(
-            w,
-            x,
-            |v| _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16)),
-            |bits| f32::from_bits((bits as u32) << 16),
-        )
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn f16_dot_avx2(w: &[u8], x: &[f32]) -> f32 {
-    // SAFETY: as above.
-    unsafe {
-        half_dot(
-            w,
-            x,
-            |v| _mm256_cvtph_ps(v),
-            |bits| _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))),
-        )
-    }
-}
-
-/// `w · x` for a row of 16-bit floats: 8 at a time widened to f32 by `widen`, the last few
-/// (under 8) by `one`. Four independent sums of 8 lanes (32 weights a step), so the multiply-adds'
-/// latency (4 cycles) does not bound the loop; with two, an f16 row ran at 38–41 GiB/s in
-/// cache on a Zen 4, with four at 61–68.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA (and whatever `widen` uses).
-#[inline(always)]
-unsafe fn half_dot(
-    w: &[u8],
-    x: &[f32],
-    widen: impl Fn(__m128i) -> __m256,
-    one: impl Fn(u16) -> f32,
-) -> f32 {
-    let n = x.len().min(w.len() / 2);
-    // SAFETY: the caller's contract.
-    let mut acc = [unsafe { _mm256_setzero_ps() }; 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        let (h, xs) = (&w[2 * i..2 * i + 64], &x[i..i + 32]);
-        // SAFETY: the caller's contract; 64 bytes of `h` and 32 floats of `xs` are readable
-        // (sliced above).
-        unsafe {
-            for (j, acc) in acc.iter_mut().enumerate() {
-                let wj = widen(_mm_loadu_si128(h.as_ptr().add(16 * j).cast()));
-                *acc = _mm256_fmadd_ps(wj, _mm256_loadu_ps(xs.as_ptr().add(8 * j)), *acc);
-            }
-        }
-        i += 32;
-    }
-    // then 8 at a time (a Mamba dt projection's rows are 48 or 160 long: 16 scalar steps a
-    // row took longer than the whole vector loop)
-    while i + 8 <= n {
-        let (h, xs) = (&w[2 * i..2 * i + 16], &x[i..i + 8]);
-        // SAFETY: as above, 16 bytes and 8 floats.
-        unsafe {
-            let wi = widen(_mm_loadu_si128(h.as_ptr().cast()));
-            acc[0] = _mm256_fmadd_ps(wi, _mm256_loadu_ps(xs.as_ptr()), acc[0]);
-        }
-        i += 8;
-    }
-    let mut tail = 0.0f32;
-    for j in i..n {
-        tail += one(u16::from_le_bytes([w[2 * j], w[2 * j + 1]])) * x[j];
-    }
-    // SAFETY: the caller's contract.
-    unsafe {
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum(sum) + tail
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{bf16_kernel, f16_kernel, k_scales, k_scales_vec, supported};
+    use super::{k_scales, k_scales_vec, supported};
     use weft_graph::quant::scale_min_k4;
-
-    #[test]
-    fn half_rows_of_every_length_meet_the_reference() {
-        if !supported() {
-            return;
-        }
-        let (f16, bf16) = (f16_kernel().expect("f16"), bf16_kernel().expect("bf16"));
-        // every length's mix of 32-wide steps, 8-wide steps and a scalar tail
-        for n in [1, 7, 8, 9, 15, 16, 31, 32, 40, 48, 63, 71, 160, 257] {
-            let vals: Vec<f32> = (0..n)
-                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 8.0)
-                .collect();
-            let x: Vec<f32> = (0..n).map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0).collect();
-            let want: f64 = vals
-                .iter()
-                .zip(&x)
-                .map(|(a, b)| *a as f64 * *b as f64)
-                .sum();
-            let h: Vec<u8> = vals
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect();
-            let b: Vec<u8> = vals
-                .iter()
-                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                .collect();
-            // the values are exact in both formats, the products and sums exact in f32
-            assert_eq!(f16(&h, &x) as f64, want, "f16, {n} long");
-            assert_eq!(bf16(&b, &x) as f64, want, "bf16, {n} long");
-        }
-    }
 
     #[test]
     fn word_unpacked_scales_equal_the_reference() {

@@ -15,6 +15,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod half_dot;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod unpack;
@@ -166,18 +168,11 @@ impl Acts {
 /// and activations `x`.
 pub type F16Dot = fn(&[u8], &[f32]) -> f32;
 
-/// An [`F16Dot`] for bf16 weights, straight from their bytes, where the CPU has AVX2.
-pub fn bf16_kernel() -> Option<F16Dot> {
+/// An [`F16Dot`] for weights in `format`, straight from their bytes, where the CPU has AVX2,
+/// FMA and F16C (16 lanes where it also has AVX-512 F).
+pub fn half_kernel(format: super::tile::Half) -> Option<F16Dot> {
     #[cfg(target_arch = "x86_64")]
-    return avx2::bf16_kernel();
-    #[allow(unreachable_code)]
-    None
-}
-
-/// An [`F16Dot`] straight from the f16 bytes, where the CPU converts f16 in hardware.
-pub fn f16_kernel() -> Option<F16Dot> {
-    #[cfg(target_arch = "x86_64")]
-    return avx2::f16_kernel();
+    return half_dot::kernel(format);
     #[allow(unreachable_code)]
     None
 }
@@ -270,6 +265,7 @@ fn by_fours(out: &mut [f32], f: impl Fn([usize; 4]) -> [f32; 4]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::tile::Half;
     use weft_graph::quant::dequantize;
 
     pub(super) fn lcg(seed: &mut u64) -> f32 {
@@ -390,11 +386,11 @@ mod tests {
         // each kernel with how a value rounds to its format: (bits, value)
         type Round = fn(f32) -> (u16, f64);
         let kernels: [(&str, Option<F16Dot>, Round); 2] = [
-            ("f16", f16_kernel(), |v| {
+            ("f16", half_kernel(Half::F16), |v| {
                 let h = half::f16::from_f32(v);
                 (h.to_bits(), h.to_f64())
             }),
-            ("bf16", bf16_kernel(), |v| {
+            ("bf16", half_kernel(Half::Bf16), |v| {
                 let h = half::bf16::from_f32(v);
                 (h.to_bits(), h.to_f64())
             }),
