@@ -1,5 +1,6 @@
 //! Matrix products with weights of any dtype (quantized ones meet 8-bit activations in integer
-//! dot products, others are decoded row by row), expert products and row gathers.
+//! dot products, bf16 ones activations rounded to bf16, others are decoded row by row), expert
+//! products and row gathers.
 
 #[cfg(target_arch = "x86_64")]
 use super::qdot::gemm::Gemm;
@@ -7,6 +8,7 @@ use super::qdot::{Acts, F16Dot, Kernel, half_kernel};
 use super::team;
 use super::tensor::TensorRef;
 use super::tile::{Half, half_rows_times, rows_times, weight_rows_per_tile};
+use super::tile_bf16;
 #[cfg(target_arch = "x86_64")]
 use super::vmath::transpose8;
 use crate::{BackendError, Result};
@@ -65,6 +67,25 @@ struct Meet {
     /// f16 or bf16 weights' product straight from their bytes (prompts widen them in the
     /// register tiles instead).
     half: Option<F16Dot>,
+    /// bf16 weights' activations, rounded to bf16 (see `tile_bf16`).
+    bf16: Option<Bf16Acts>,
+}
+
+/// Activation rows rounded to bf16: packed for the `vdpbf16ps` tiles (prompts, where the CPU
+/// has them), else as the f32 values they round to, for the f32 paths.
+enum Bf16Acts {
+    Packed(Vec<u16>),
+    Values(Vec<f32>),
+}
+
+impl Bf16Acts {
+    fn new(x: &[f32], k: usize) -> Bf16Acts {
+        if x.len() >= 4 * k && tile_bf16::available() {
+            Bf16Acts::Packed(tile_bf16::round_rows(x))
+        } else {
+            Bf16Acts::Values(x.iter().map(|&v| tile_bf16::round_value(v)).collect())
+        }
+    }
 }
 
 impl Meet {
@@ -78,6 +99,7 @@ impl Meet {
                 .and_then(|(_, acts)| Gemm::new(w.dtype, acts, k)),
             quantized,
             half: Half::of(w.dtype).and_then(half_kernel),
+            bf16: (w.dtype == DType::BF16).then(|| Bf16Acts::new(x, k)),
         }
     }
 
@@ -99,6 +121,16 @@ impl Meet {
     /// `out[jj·m + i] = x_i · w_row(row0 + jj)` for the `out.len() / m` rows from `row0`.
     fn rows(&self, w: &TensorRef, row0: usize, x: &[f32], m: usize, out: &mut [f32]) {
         let k = w.row_len();
+        let x = match &self.bf16 {
+            Some(Bf16Acts::Packed(x)) => {
+                if tile_bf16::rows_times(|jj| w.row_bytes(row0 + jj), x, k, out) {
+                    return;
+                }
+                unreachable!("bf16 activations are packed only for CPUs with the tiles");
+            }
+            Some(Bf16Acts::Values(x)) => x,
+            None => x,
+        };
         #[cfg(target_arch = "x86_64")]
         if let Some(gemm) = &self.gemm {
             gemm.rows(|jj| w.row_bytes(row0 + jj), out);

@@ -16,6 +16,7 @@ mod state;
 mod team;
 mod tensor;
 mod tile;
+mod tile_bf16;
 #[cfg(target_arch = "x86_64")]
 mod vmath;
 

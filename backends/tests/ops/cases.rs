@@ -10,17 +10,17 @@ use weft_graph::{
 
 const TOL: f64 = 1e-5;
 
-/// The activations a quantized matmul on `be` really multiplies: the CPU backend rounds them to
-/// 8 bits per weight block (as llama.cpp's CPU backend does), GPU kernels read them as floats.
+/// The activations a matmul with `dtype` weights on `be` really multiplies: the CPU backend
+/// rounds them to 8 bits per weight block for quantized weights and to bf16 for bf16 weights (as
+/// llama.cpp's CPU backend does), GPU kernels read them as floats.
 fn seen_activations(be: &dyn Backend, dtype: DType, x: &Nd) -> Nd {
-    let block = dtype.block_elems();
-    if block == 1 {
+    if !be.name().starts_with("cpu") {
         return x.clone();
     }
-    if be.name().starts_with("cpu") {
-        r::round_activations(x, block)
-    } else {
-        x.clone()
+    match dtype.block_elems() {
+        _ if dtype == DType::BF16 => r::round_to_bf16(x),
+        1 => x.clone(),
+        block => r::round_activations(x, block),
     }
 }
 

@@ -284,6 +284,16 @@ pub fn gated_delta_net(state: &Nd, q: &Nd, k: &Nd, v: &Nd, g: &Nd, beta: &Nd) ->
     (y, st)
 }
 
+/// `x` rounded to bf16 (to nearest, ties to even), as the CPU backend rounds a bf16 weight's
+/// activations.
+pub fn round_to_bf16(x: &Nd) -> Nd {
+    let mut out = x.clone();
+    for v in out.data.iter_mut() {
+        *v = half::bf16::from_f32(*v as f32).to_f64();
+    }
+    out
+}
+
 /// `x` as a backend that rounds activations to 8 bits for quantized weights sees it: each run of
 /// `block` values along the last axis becomes `d·round(v/d)` with `d = max|v| / 127`, in f32.
 pub fn round_activations(x: &Nd, block: usize) -> Nd {
