@@ -104,18 +104,24 @@ impl Meet {
     }
 
     /// Weight rows per chunk of work: at least `parts` chunks over `n` rows, whole register
-    /// tiles (see `tile`) where decoded rows meet four or more activation rows.
+    /// tiles (at least one) where the tiles meet several activation rows.
     fn rows_per_chunk(&self, n: usize, parts: usize, m: usize) -> usize {
-        let mut r = (n / parts.max(1)).clamp(4, 64);
-        if m >= 4 && self.quantized.is_none() {
-            r -= r % weight_rows_per_tile();
-        }
+        let r = (n / parts.max(1)).clamp(4, 64);
+        let tile = self.tile_rows(m);
+        r.max(tile) / tile * tile
+    }
+
+    /// Weight rows per register tile of the kernel that meets `m` activation rows.
+    fn tile_rows(&self, m: usize) -> usize {
         #[cfg(target_arch = "x86_64")]
         if self.gemm.is_some() {
-            let tile = super::qdot::gemm::TILE_ROWS;
-            r = r.max(tile) / tile * tile;
+            return super::qdot::gemm::TILE_ROWS;
         }
-        r
+        match self.bf16 {
+            _ if m < 4 || self.quantized.is_some() => 1,
+            Some(Bf16Acts::Packed(_)) => tile_bf16::WEIGHT_ROWS,
+            _ => weight_rows_per_tile(),
+        }
     }
 
     /// `out[jj·m + i] = x_i · w_row(row0 + jj)` for the `out.len() / m` rows from `row0`.

@@ -1,6 +1,6 @@
 //! Prompt products of weight rows (f32, or f16 or bf16 widened as they are loaded) with activation
 //! rows in register tiles: three weight rows meet four activation rows per pass over `k` (8
-//! lanes, AVX2), or four meet six (16 lanes, AVX-512), so each load feeds several
+//! lanes, AVX2), or five meet five (16 lanes, AVX-512), so each load feeds several
 //! multiply-adds instead of one.
 
 use super::matmul::dot;
@@ -9,7 +9,7 @@ use super::matmul::dot;
 pub fn weight_rows_per_tile() -> usize {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") {
-        return 4;
+        return avx2::WR16;
     }
     3
 }
@@ -255,7 +255,7 @@ mod avx2 {
         }
     }
 
-    /// [`tiles`] with AVX-512: four weight rows against six activation rows, 16 lanes.
+    /// [`tiles`] with AVX-512: five weight rows against five activation rows, 16 lanes.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn tiles16<W: Weights>(row: &impl Fn(usize) -> W, x: &[f32], k: usize, out: &mut [f32]) {
         let m = x.len() / k;
@@ -264,16 +264,15 @@ mod avx2 {
             let i1 = (i0 + XB16).min(m);
             let mut j = 0;
             while j < rows {
-                let n = (rows - j).min(4);
-                let ws: [W; 4] = std::array::from_fn(|jj| row(j + jj.min(n - 1)));
+                let n = (rows - j).min(WR16);
+                let ws: [W; WR16] = std::array::from_fn(|jj| row(j + jj.min(n - 1)));
                 let mut i = i0;
                 while i < i1 {
-                    let mi = (i1 - i).min(6);
+                    let mi = (i1 - i).min(RA16);
                     // a short tile of exactly the rows left (a mixture's experts meet a few
-                    // rows each: eight rows are a tile of six and one of two, not of six)
+                    // rows each: eight rows are a tile of five and one of three, not of five)
                     let at = (j, n, i);
                     match mi {
-                        6 => tile16_into::<W, 6>(ws, x, k, at, out),
                         5 => tile16_into::<W, 5>(ws, x, k, at, out),
                         4 => tile16_into::<W, 4>(ws, x, k, at, out),
                         3 => tile16_into::<W, 3>(ws, x, k, at, out),
@@ -289,13 +288,21 @@ mod avx2 {
 
     /// Activation rows per cache block of [`tiles16`] (whole tiles).
     const XB16: usize = 30;
+    /// Weight rows and activation rows per tile of [`tiles16`]: 25 accumulators, five weight
+    /// registers and one activation register of the 32. Against four by six (24 accumulators),
+    /// five by five loads 10 registers per 25 multiply-adds instead of 10 per 24, but the six
+    /// activation rows (read from L2: a block of 30 rows of 2048 f32 is 240 KiB) become five:
+    /// llama-1.1b f16 pp64 162-163 -> 185-189 tokens/s (Zen 5, 2 threads, paired runs; six by
+    /// four 180, eight by three 167, eight by two 121).
+    pub const WR16: usize = 5;
+    const RA16: usize = 5;
 
     /// The tile of weight rows `ws` (the first `n` of them kept, from row `j`) and the `RA`
     /// activation rows of `x` from row `i`, written into `out` (`[rows, m]`); `at` is
     /// `(j, n, i)`.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn tile16_into<W: Weights, const RA: usize>(
-        ws: [W; 4],
+        ws: [W; WR16],
         x: &[f32],
         k: usize,
         (j, n, i): (usize, usize, usize),
@@ -315,30 +322,34 @@ mod avx2 {
         }
     }
 
-    /// The 4 × `RA` dot products of weight rows `w` and activation rows `x` (`RA` ≤ 6).
+    /// The `WR16` × `RA` dot products of weight rows `w` and activation rows `x` (`RA` ≤ 5).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    fn tile16<W: Weights, const RA: usize>(w: [W; 4], x: [&[f32]; RA], k: usize) -> [[f32; RA]; 4] {
+    fn tile16<W: Weights, const RA: usize>(
+        w: [W; WR16],
+        x: [&[f32]; RA],
+        k: usize,
+    ) -> [[f32; RA]; WR16] {
         assert!(w.iter().all(|r| r.elems() >= k) && x.iter().all(|r| r.len() >= k));
-        let mut acc = [[_mm512_setzero_ps(); RA]; 4];
+        let mut acc = [[_mm512_setzero_ps(); RA]; WR16];
         let mut c = 0;
         while c + 16 <= k {
             // SAFETY: c + 16 ≤ k ≤ the length of every row (asserted above).
             unsafe {
-                let mut wv = [_mm512_setzero_ps(); 4];
-                for j in 0..4 {
+                let mut wv = [_mm512_setzero_ps(); WR16];
+                for j in 0..WR16 {
                     wv[j] = w[j].load16(c);
                 }
                 for i in 0..RA {
                     let xv = _mm512_loadu_ps(x[i].as_ptr().add(c));
-                    for j in 0..4 {
+                    for j in 0..WR16 {
                         acc[j][i] = _mm512_fmadd_ps(wv[j], xv, acc[j][i]);
                     }
                 }
             }
             c += 16;
         }
-        let mut out = [[0.0f32; RA]; 4];
-        for j in 0..4 {
+        let mut out = [[0.0f32; RA]; WR16];
+        for j in 0..WR16 {
             for i in 0..RA {
                 let mut s = _mm512_reduce_add_ps(acc[j][i]);
                 for cc in c..k {

@@ -2,7 +2,7 @@
 //! (there, every CPU rounds a bf16 weight's activations; here too, so a result does not depend
 //! on the CPU). Where the CPU has AVX512_BF16, prompts run in register tiles of `vdpbf16ps`:
 //! each instruction multiplies 32 pairs of bf16 and adds them into 16 f32 lanes, with no
-//! widening of the weights: four weight rows against six activation rows, 32 elements a step.
+//! widening of the weights: four weight rows against four activation rows, 32 elements a step.
 //! Elsewhere the rounded values go through the f32 paths.
 
 /// `v` rounded to the nearest bf16 (ties to even; a NaN stays a NaN), as its bits.
@@ -21,6 +21,9 @@ pub fn round(v: f32) -> u16 {
 pub fn round_value(v: f32) -> f32 {
     f32::from_bits((round(v) as u32) << 16)
 }
+
+/// Weight rows per tile of [`rows_times`] (the matmul's chunks hold whole tiles).
+pub const WEIGHT_ROWS: usize = 4;
 
 /// Whether this CPU runs [`rows_times`]'s tiles.
 pub fn available() -> bool {
@@ -74,10 +77,10 @@ mod dp {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    /// Weight rows per tile (as `tile::weight_rows_per_tile` has them with AVX-512, so the
-    /// matmul's chunks hold whole tiles).
-    const WR: usize = 4;
-    /// Activation rows per tile.
+    /// Weight rows per tile ([`super::WEIGHT_ROWS`]).
+    const WR: usize = super::WEIGHT_ROWS;
+    /// Activation rows per tile: 16 accumulators, as many as the `asm!` operands get
+    /// (zmm0-15; a 4 × 6 or 5 × 5 tile spilled accumulators to the stack in every step).
     const RA: usize = 4;
     /// Activation rows per cache block (whole tiles).
     const XB: usize = 32;
@@ -104,7 +107,7 @@ mod dp {
         acc
     }
 
-    /// [`super::rows_times`]: weight rows four at a time against activation rows six at a
+    /// [`super::rows_times`]: weight rows four at a time against activation rows four at a
     /// time, blocks of `XB` activation rows staying in cache while every weight row meets them.
     /// (A short group of weight rows repeats its last row; those results are not kept.)
     ///
