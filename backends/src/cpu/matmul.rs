@@ -57,7 +57,8 @@ pub(super) fn axpy_body(o: &mut [f32], p: f32, v: &[f32]) {
 
 /// How a weight meets a block of activation rows: their 8-bit forms and the weight's integer
 /// dot product (quantized weights), else the f16 or bf16 dot product straight from the weight's
-/// bytes where the CPU has the kernel, else decoded rows.
+/// bytes where the CPU has the kernel (bf16 weights with the rows rounded to bf16), else decoded
+/// rows.
 struct Meet {
     quantized: Option<(Kernel, Acts)>,
     /// Quantized weights meeting enough activation rows for the integer tiles (see
@@ -65,7 +66,7 @@ struct Meet {
     #[cfg(target_arch = "x86_64")]
     gemm: Option<Gemm>,
     /// f16 or bf16 weights' product straight from their bytes (prompts widen them in the
-    /// register tiles instead).
+    /// register tiles instead, or multiply bf16 in `tile_bf16`'s).
     half: Option<F16Dot>,
     /// bf16 weights' activations, rounded to bf16 (see `tile_bf16`).
     bf16: Option<Bf16Acts>,
@@ -80,7 +81,7 @@ enum Bf16Acts {
 
 impl Bf16Acts {
     fn new(x: &[f32], k: usize) -> Bf16Acts {
-        if x.len() >= 4 * k && tile_bf16::available() {
+        if k > 0 && x.len() >= 4 * k && tile_bf16::available() {
             Bf16Acts::Packed(tile_bf16::round_rows(x))
         } else {
             Bf16Acts::Values(x.iter().map(|&v| tile_bf16::round_value(v)).collect())
@@ -128,13 +129,17 @@ impl Meet {
     fn rows(&self, w: &TensorRef, row0: usize, x: &[f32], m: usize, out: &mut [f32]) {
         let k = w.row_len();
         let x = match &self.bf16 {
-            Some(Bf16Acts::Packed(x)) => {
-                if tile_bf16::rows_times(|jj| w.row_bytes(row0 + jj), x, k, out) {
+            Some(Bf16Acts::Packed(rounded)) => {
+                debug_assert_eq!(rounded.len(), x.len(), "the rows this Meet was made for");
+                if tile_bf16::rows_times(|jj| w.row_bytes(row0 + jj), rounded, k, out) {
                     return;
                 }
                 unreachable!("bf16 activations are packed only for CPUs with the tiles");
             }
-            Some(Bf16Acts::Values(x)) => x,
+            Some(Bf16Acts::Values(rounded)) => {
+                debug_assert_eq!(rounded.len(), x.len(), "the rows this Meet was made for");
+                rounded
+            }
             None => x,
         };
         #[cfg(target_arch = "x86_64")]

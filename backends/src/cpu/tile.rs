@@ -407,7 +407,7 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    /// 7 weight rows (tiles of 3 or 4 and leftovers); 1 to 9 activation rows (every short tile
+    /// 7 weight rows (tiles of 3 or 5 and leftovers); 1 to 9 activation rows (every short tile
     /// of either kernel) and 33 (more than one cache block of either), `k` not a multiple of 8
     /// or 16.
     const SHAPES: [(usize, usize, usize); 10] = [

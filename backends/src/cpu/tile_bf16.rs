@@ -1,6 +1,6 @@
 //! bf16 weights meet activations rounded to bf16, as llama.cpp's CPU backend has them meet
-//! (there, every CPU rounds a bf16 weight's activations; here too, so a result does not depend
-//! on the CPU). Where the CPU has AVX512_BF16, prompts run in register tiles of `vdpbf16ps`:
+//! (there, every CPU rounds a bf16 weight's activations; here too, so the values multiplied do
+//! not depend on the CPU; the order of the sums does, and `vdpbf16ps` flushes subnormals). Where the CPU has AVX512_BF16, prompts run in register tiles of `vdpbf16ps`:
 //! each instruction multiplies 32 pairs of bf16 and adds them into 16 f32 lanes, with no
 //! widening of the weights: four weight rows against four activation rows, 32 elements a step.
 //! Elsewhere the rounded values go through the f32 paths.
@@ -79,8 +79,9 @@ mod dp {
 
     /// Weight rows per tile ([`super::WEIGHT_ROWS`]).
     const WR: usize = super::WEIGHT_ROWS;
-    /// Activation rows per tile: 16 accumulators, as many as the `asm!` operands get
-    /// (zmm0-15; a 4 × 6 or 5 × 5 tile spilled accumulators to the stack in every step).
+    /// Activation rows per tile: 16 accumulators. A 4 × 6 or 5 × 5 tile (24 or 25, as the f32
+    /// tiles have) spilled accumulators to the stack in every step around the `asm!` operands
+    /// (seen in the disassembly; the loaded operands did take zmm16 and up), 4 × 4 does not.
     const RA: usize = 4;
     /// Activation rows per cache block (whole tiles).
     const XB: usize = 32;
@@ -231,6 +232,8 @@ mod tests {
             1.0 + 1.0 / 256.0, // a tie: to even (1.0)
             1.0 + 3.0 / 256.0, // a tie: to even (1 + 4/256)
             1.0 + 1.0 / 512.0,
+            -1.0 - 1.0 / 256.0, // negative ties
+            -1.0 - 3.0 / 256.0,
             -3.3e-3,
             6.5e4,
             f32::MAX,
@@ -240,7 +243,9 @@ mod tests {
         ] {
             assert_eq!(round(v), half::bf16::from_f32(v).to_bits(), "{v}");
         }
-        assert!(round_value(f32::NAN).is_nan());
+        for nan in [f32::NAN, -f32::NAN, f32::from_bits(0x7f80_0001)] {
+            assert!(round_value(nan).is_nan(), "{:#x}", nan.to_bits());
+        }
     }
 
     /// Every short tile, a ragged group of weight rows, more than one cache block, `k` below,

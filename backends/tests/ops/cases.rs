@@ -400,10 +400,14 @@ pub fn matmul_activations(be: &mut dyn Backend) {
 pub fn matmul_id(be: &mut dyn Backend) {
     let mut rg = rng(15);
     // (f16 with 4 or 5 rows per expert: the CPU's register tiles; 40 columns, a partial
-    // vector at the end; 24 tokens: 6 to 18 rows per expert, the CPU's integer tiles)
+    // vector at the end; bf16 with 2 or 3 rows per expert (rounded activations through the f32
+    // paths) and with 4 or 5 and 24 columns (the vdpbf16ps tiles where the CPU has them, one
+    // masked step); 24 tokens: 6 to 18 rows per expert, the CPU's integer tiles)
     for (dtype, k, t) in [
         (DType::F32, 24, 5),
         (DType::F16, 40, 9),
+        (DType::BF16, 40, 5),
+        (DType::BF16, 24, 9),
         (DType::Q8_0, 64, 5),
         (DType::Q4K, 256, 5),
         (DType::Q8_0, 64, 24),
