@@ -47,7 +47,13 @@ impl Vnni {
 }
 
 pub fn kernel(dtype: DType) -> Option<Kernel> {
-    kernel_with(dtype, Vnni::best())
+    Some(match kernel_with(dtype, Vnni::best())? {
+        // decode's Q4_K rows in 512-bit registers where the CPU has them
+        Kernel::K(_, four) if dtype == DType::Q4K && super::k4_zmm::available() => {
+            Kernel::K(super::k4_zmm::q4_k, four)
+        }
+        k => k,
+    })
 }
 
 /// [`kernel`], with the products of the 32-block formats in the given form (tests run each

@@ -17,6 +17,8 @@ mod avx2;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod half_dot;
+#[cfg(target_arch = "x86_64")]
+mod k4_zmm;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod unpack;
