@@ -18,7 +18,7 @@ pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod half_dot;
 #[cfg(target_arch = "x86_64")]
-mod k4_zmm;
+mod k_zmm;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod unpack;
