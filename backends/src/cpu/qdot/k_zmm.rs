@@ -3,7 +3,8 @@
 //! of the activations, so one load of 64 activations, one `vpmaddubsw` and one `vpmaddwd` (each
 //! 128-bit lane with its group's scale) take what two of each took in 256-bit registers.
 //! - Q4_K: 32 bytes of 4-bit values, broadcast to both halves and shifted by 0 in one half and
-//!   4 in the other, are two sub-blocks' values.
+//!   4 in the other, are two sub-blocks' values; Q5_K adds each sub-block's bit of its 32 bytes
+//!   of fifth bits, broadcast and rotated to bit 4 per half.
 //! - Q6_K: 64 bytes of low nibbles are 64 consecutive elements' low bits (or, shifted by 4,
 //!   the next 64's), and 32 bytes of high bits, broadcast and shifted by 0 and 2 (or 4 and 6),
 //!   their top two bits.
@@ -12,13 +13,14 @@ use super::Q8KBlock;
 use super::avx2::{f16_pair, hsum, k_scales_vec, load32};
 use std::arch::x86_64::*;
 
-/// Bytes per Q4_K super-block.
+/// Bytes per Q4_K super-block (Q5_K: 176, 32 bytes of fifth bits from byte 16).
 const BLOCK: usize = 144;
+const BLOCK5: usize = 176;
 /// Bytes per Q6_K super-block: 128 of low nibbles, 64 of high bit pairs, 16 scales, the f16
 /// scale.
 const BLOCK6: usize = 210;
 
-/// Whether this CPU runs [`q4_k`] and [`q6_k`].
+/// Whether this CPU runs [`q4_k`], [`q5_k`] and [`q6_k`].
 pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
@@ -28,7 +30,13 @@ pub fn available() -> bool {
 /// `w · a` for one Q4_K row; handed out only where [`available`].
 pub(super) fn q4_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
     // SAFETY: `avx2::kernel` hands this out only where `available()` is true.
-    unsafe { q4_k_avx512(w, a) }
+    unsafe { k4_avx512::<false>(w, a) }
+}
+
+/// `w · a` for one Q5_K row; handed out only where [`available`].
+pub(super) fn q5_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    // SAFETY: as above.
+    unsafe { k4_avx512::<true>(w, a) }
 }
 
 /// `w · a` for one Q6_K row; handed out only where [`available`].
@@ -123,9 +131,11 @@ fn d6(b: &[u8]) -> f32 {
     half::f16::from_le_bytes([b[208], b[209]]).to_f32()
 }
 
+/// A Q4_K row, or with `FIFTH` a Q5_K row, against one activation row.
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
-fn q4_k_avx512(w: &[u8], a: &[Q8KBlock]) -> f32 {
-    let nb = (w.len() / BLOCK).min(a.len());
+fn k4_avx512<const FIFTH: bool>(w: &[u8], a: &[Q8KBlock]) -> f32 {
+    let (bytes, qs_at) = if FIFTH { (BLOCK5, 48) } else { (BLOCK, 16) };
+    let nb = (w.len() / bytes).min(a.len());
     let mask = _mm512_set1_epi8(0x0f);
     // the low nibbles in the lower half (sub-block 2c), the high ones in the upper (2c + 1)
     let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
@@ -138,15 +148,31 @@ fn q4_k_avx512(w: &[u8], a: &[Q8KBlock]) -> f32 {
             _mm256_set1_epi16(word(2 * c + 1)),
         )
     });
+    // Q5_K: sub-block j's fifth bits are bit j of the 32 bytes; rotating each 64-bit lane left
+    // by 4 − j (mod 64) brings bit j of every byte to its bit 4 (j ≤ 7 keeps it in the byte)
+    let rot: [__m512i; 4] = std::array::from_fn(|c| {
+        let r = |j: usize| ((4 + 64 - j) % 64) as i64;
+        let (lo, hi) = (r(2 * c), r(2 * c + 1));
+        _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo)
+    });
     let mut acc = _mm512_setzero_ps();
     let mut mins = _mm256_setzero_ps();
-    for (b, y) in w.chunks_exact(BLOCK).zip(a).take(nb) {
+    for (b, y) in w.chunks_exact(bytes).zip(a).take(nb) {
         let sm = k_scales_vec(b);
         let scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
+        let qh = if FIFTH {
+            _mm512_broadcast_i64x4(load32(&b[16..]))
+        } else {
+            _mm512_setzero_si512()
+        };
         let mut sumi = _mm512_setzero_si512();
         for (c, pick) in pick.iter().enumerate() {
-            let q = _mm512_broadcast_i64x4(load32(&b[16 + 32 * c..]));
-            let v = _mm512_and_si512(_mm512_srlv_epi64(q, shifts), mask);
+            let q = _mm512_broadcast_i64x4(load32(&b[qs_at + 32 * c..]));
+            let mut v = _mm512_and_si512(_mm512_srlv_epi64(q, shifts), mask);
+            if FIFTH {
+                let fifth = _mm512_and_si512(_mm512_rolv_epi64(qh, rot[c]), _mm512_set1_epi8(0x10));
+                v = _mm512_or_si512(v, fifth);
+            }
             // SAFETY: `qs` holds 256 bytes, so 64 from 64·c (c < 4) are readable.
             let yv = unsafe { _mm512_loadu_si512(y.qs.as_ptr().add(64 * c).cast()) };
             let p = _mm512_maddubs_epi16(v, yv);
