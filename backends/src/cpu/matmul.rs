@@ -118,10 +118,12 @@ impl Meet {
         if self.gemm.is_some() {
             return super::qdot::gemm::TILE_ROWS;
         }
-        match self.bf16 {
-            _ if m < 4 || self.quantized.is_some() => 1,
-            Some(Bf16Acts::Packed(_)) => tile_bf16::WEIGHT_ROWS,
-            _ => weight_rows_per_tile(),
+        if m < 4 || self.quantized.is_some() {
+            1
+        } else if let Some(Bf16Acts::Packed(_)) = self.bf16 {
+            tile_bf16::WEIGHT_ROWS
+        } else {
+            weight_rows_per_tile()
         }
     }
 

@@ -48,16 +48,8 @@ impl Vnni {
 
 pub fn kernel(dtype: DType) -> Option<Kernel> {
     Some(match kernel_with(dtype, Vnni::best())? {
-        // decode's Q4_K, Q5_K and Q6_K rows in 512-bit registers where the CPU has them
-        Kernel::K(_, four) if dtype == DType::Q4K && super::k_zmm::available() => {
-            Kernel::K(super::k_zmm::q4_k, four)
-        }
-        Kernel::K(_, four) if dtype == DType::Q6K && super::k_zmm::available() => {
-            Kernel::K(super::k_zmm::q6_k, four)
-        }
-        Kernel::K(_, four) if dtype == DType::Q5K && super::k_zmm::available() => {
-            Kernel::K(super::k_zmm::q5_k, four)
-        }
+        // decode's K-quant rows in 512-bit registers where the CPU has them
+        Kernel::K(one, four) => Kernel::K(super::k_zmm::one_row(dtype).unwrap_or(one), four),
         k => k,
     })
 }

@@ -9,8 +9,8 @@
 //!   the next 64's), and 32 bytes of high bits, broadcast and shifted by 0 and 2 (or 4 and 6),
 //!   their top two bits.
 
-use super::Q8KBlock;
-use super::avx2::{f16_pair, hsum, k_scales_vec, load32};
+use super::avx2::{f16_at, f16_pair, hsum, k_scales_vec, load32};
+use super::{Q8KBlock, RowK};
 use std::arch::x86_64::*;
 
 /// Bytes per Q4_K super-block (Q5_K: 176, 32 bytes of fifth bits from byte 16).
@@ -27,9 +27,23 @@ pub fn available() -> bool {
         && super::avx2::supported()
 }
 
+/// The one-row product of `dtype` (Q4_K, Q5_K or Q6_K) where the CPU runs this file's kernels.
+pub(super) fn one_row(dtype: weft_graph::DType) -> Option<RowK> {
+    use weft_graph::DType;
+    if !available() {
+        return None;
+    }
+    match dtype {
+        DType::Q4K => Some(q4_k),
+        DType::Q5K => Some(q5_k),
+        DType::Q6K => Some(q6_k),
+        _ => None,
+    }
+}
+
 /// `w · a` for one Q4_K row; handed out only where [`available`].
 pub(super) fn q4_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
-    // SAFETY: `avx2::kernel` hands this out only where `available()` is true.
+    // SAFETY: `one_row` hands this out only where `available()` is true.
     unsafe { k4_avx512::<false>(w, a) }
 }
 
@@ -41,34 +55,17 @@ pub(super) fn q5_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
 
 /// `w · a` for one Q6_K row; handed out only where [`available`].
 pub(super) fn q6_k(w: &[u8], a: &[Q8KBlock]) -> f32 {
-    // SAFETY: `avx2::kernel` hands this out only where `available()` is true.
+    // SAFETY: `one_row` hands this out only where `available()` is true.
     unsafe { q6_k_avx512(w, a) }
 }
 
-/// The byte shuffle that puts word `first + i` of a 128-bit lane's eight in every word of
-/// lane `i`.
+/// The byte shuffle that puts word `words[l]` of a 128-bit lane's eight in every word of lane
+/// `l` (each group of elements with its scale).
 #[target_feature(enable = "avx512f,avx512bw")]
-fn lane_words(first: usize) -> __m512i {
-    let word = |j: usize| i16::from_le_bytes([2 * j as u8, 2 * j as u8 + 1]) as i32;
-    let pair = |j: usize| (word(j) & 0xffff) | (word(j) << 16);
-    _mm512_set_epi32(
-        pair(first + 3),
-        pair(first + 3),
-        pair(first + 3),
-        pair(first + 3),
-        pair(first + 2),
-        pair(first + 2),
-        pair(first + 2),
-        pair(first + 2),
-        pair(first + 1),
-        pair(first + 1),
-        pair(first + 1),
-        pair(first + 1),
-        pair(first),
-        pair(first),
-        pair(first),
-        pair(first),
-    )
+fn lane_words(words: [usize; 4]) -> __m512i {
+    let bytes: [u8; 64] = std::array::from_fn(|i| (2 * words[i / 16] + i % 2) as u8);
+    // SAFETY: 64 readable bytes.
+    unsafe { _mm512_loadu_si512(bytes.as_ptr().cast()) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
@@ -83,7 +80,7 @@ fn q6_k_avx512(w: &[u8], a: &[Q8KBlock]) -> f32 {
         _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4),
     );
     // groups of 16: lane i of the first 64 of a half takes scale i, of the next 64 scale 4 + i
-    let (pick01, pick23) = (lane_words(0), lane_words(4));
+    let (pick01, pick23) = (lane_words([0, 1, 2, 3]), lane_words([4, 5, 6, 7]));
     let mut acc = _mm512_setzero_ps();
     let mut offsets = _mm256_setzero_ps();
     for (b, y) in w.chunks_exact(BLOCK6).zip(a).take(nb) {
@@ -119,16 +116,11 @@ fn q6_k_avx512(w: &[u8], a: &[Q8KBlock]) -> f32 {
         // SAFETY: the 16 i16 `bsums` are readable.
         let bsums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
         let offset = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc), bsums), 5);
-        let dy = d6(b) * y.d;
+        let dy = f16_at(b, 208) * y.d;
         acc = _mm512_fmadd_ps(_mm512_set1_ps(dy), _mm512_cvtepi32_ps(sumi), acc);
         offsets = _mm256_fmadd_ps(_mm256_set1_ps(dy), _mm256_cvtepi32_ps(offset), offsets);
     }
     _mm512_reduce_add_ps(acc) - hsum(offsets)
-}
-
-/// A Q6_K super-block's f16 scale.
-fn d6(b: &[u8]) -> f32 {
-    half::f16::from_le_bytes([b[208], b[209]]).to_f32()
 }
 
 /// A Q4_K row, or with `FIFTH` a Q5_K row, against one activation row.
@@ -141,13 +133,8 @@ fn k4_avx512<const FIFTH: bool>(w: &[u8], a: &[Q8KBlock]) -> f32 {
     let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
     // for chunk c, the byte shuffle that puts scale word 2c in every word of the lower half
     // and word 2c + 1 in every word of the upper
-    let pick: [__m512i; 4] = std::array::from_fn(|c| {
-        let word = |j: usize| i16::from_le_bytes([2 * j as u8, 2 * j as u8 + 1]);
-        _mm512_inserti64x4::<1>(
-            _mm512_castsi256_si512(_mm256_set1_epi16(word(2 * c))),
-            _mm256_set1_epi16(word(2 * c + 1)),
-        )
-    });
+    let pick: [__m512i; 4] =
+        std::array::from_fn(|c| lane_words([2 * c, 2 * c, 2 * c + 1, 2 * c + 1]));
     // Q5_K: sub-block j's fifth bits are bit j of the 32 bytes; rotating each 64-bit lane left
     // by 4 − j (mod 64) brings bit j of every byte to its bit 4 (j ≤ 7 keeps it in the byte)
     let rot: [__m512i; 4] = std::array::from_fn(|c| {

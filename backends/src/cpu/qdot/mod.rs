@@ -184,11 +184,14 @@ pub fn half_kernel(format: super::tile::Half) -> Option<F16Dot> {
 pub enum Kernel {
     /// One activation row, and optionally four at once (for prompts).
     B32(fn(&[u8], &[Q8Block]) -> f32, Option<Rows4>),
-    K(fn(&[u8], &[Q8KBlock]) -> f32, Option<RowsK4>),
+    K(RowK, Option<RowsK4>),
 }
 
 /// A weight row's dot products with four activation rows.
 pub type Rows4 = fn(&[u8], [&[Q8Block]; 4]) -> [f32; 4];
+
+/// A K-quant weight row's dot product with one activation row.
+pub type RowK = fn(&[u8], &[Q8KBlock]) -> f32;
 
 /// [`Rows4`] for the K-quants.
 pub type RowsK4 = fn(&[u8], [&[Q8KBlock]; 4]) -> [f32; 4];
