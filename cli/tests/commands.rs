@@ -216,9 +216,8 @@ fn bench_bandwidth_prints_the_cpu_read_rate() {
 
 #[test]
 fn bad_files_and_arguments_exit_non_zero_with_one_line() {
-    let dir = std::env::temp_dir().join(format!("weft-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let junk = dir.join("junk.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF\x03\x00\x00\x00garbage").unwrap();
     let junk = junk.to_string_lossy().into_owned();
     for args in [

@@ -59,12 +59,12 @@ fn logits_of_two_sequences_match_the_reference() {
         "--backend",
         "cpu",
         "--out",
-        out.to_str().unwrap(),
+        out.path().to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for (i, name) in ["a_logits.npy", "b_logits.npy"].iter().enumerate() {
         let (dims, got) =
-            weft_models::npy::read_f32(out.join(format!("seq{i}_logits.npy"))).unwrap();
+            weft_models::npy::read_f32(out.path().join(format!("seq{i}_logits.npy"))).unwrap();
         let (wd, want) = weft_models::npy::read_f32(fixture("mamba", name)).unwrap();
         assert_eq!(dims, wd);
         for (g, w) in got.chunks(dims[1]).zip(want.chunks(dims[1])) {
@@ -75,7 +75,7 @@ fn logits_of_two_sequences_match_the_reference() {
     let (_, ab) = weft_models::npy::read_f32(fixture("mamba", "ab_gen_logits.npy")).unwrap();
     for q in 0..2 {
         let (dims, got) =
-            weft_models::npy::read_f32(out.join(format!("seq{q}_gen_logits.npy"))).unwrap();
+            weft_models::npy::read_f32(out.path().join(format!("seq{q}_gen_logits.npy"))).unwrap();
         assert_eq!(dims, vec![8, 512]);
         for step in 0..8 {
             let w = &ab[(2 * step + q) * 512..(2 * step + q + 1) * 512];
@@ -85,7 +85,7 @@ fn logits_of_two_sequences_match_the_reference() {
             );
         }
     }
-    let ids_json = std::fs::read_to_string(out.join("ids.json")).unwrap();
+    let ids_json = std::fs::read_to_string(out.path().join("ids.json")).unwrap();
     assert!(
         ids_json.contains(&format!(
             "\"seq0\": [{}",
@@ -100,7 +100,7 @@ fn bad_input_is_a_one_line_error() {
     let out = tempdir("logits_bad");
     let model = fixture("llama", "llama-f32.gguf");
     let m = model.to_str().unwrap();
-    let o = out.to_str().unwrap();
+    let o = out.path().to_str().unwrap();
     for (args, needle) in [
         (
             vec![
@@ -172,8 +172,10 @@ fn bad_input_is_a_one_line_error() {
     }
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("weft-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A directory of its own for one test, removed when the test ends.
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("weft-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }

@@ -56,7 +56,7 @@ fn greedy_run_equals_the_greedy_ids_of_weft_logits() {
         .iter()
         .map(|t| t.to_string())
         .collect();
-    let dir = std::env::temp_dir().join(format!("weft-run-{}", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
     let (ok, _, err) = weft(&[
         "logits",
         "-m",
@@ -68,11 +68,12 @@ fn greedy_run_equals_the_greedy_ids_of_weft_logits() {
         "--backend",
         "cpu",
         "--out",
-        dir.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("ids.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("ids.json")).unwrap())
+            .unwrap();
     let greedy: Vec<u32> = json["seq0"]
         .as_array()
         .unwrap()

@@ -245,9 +245,8 @@ fn open_maps_a_written_file() {
     let mut rng = Rng::new(3);
     let tensors = every_dtype(&mut rng);
     let (bytes, _) = write_gguf(3, 32, &every_value(), &tensors);
-    let dir = std::env::temp_dir().join(format!("weft-gguf-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("written.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("written.gguf");
     std::fs::write(&path, &bytes).unwrap();
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.path(), path);
