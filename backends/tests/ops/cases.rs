@@ -249,6 +249,31 @@ pub fn matmul_q6_k(be: &mut dyn Backend) {
     matmul_with(be, DType::Q6K, 256, 13);
 }
 
+/// Mat-vecs whose rows are long enough for the GPU's threads to take four chunks per step
+/// (32 threads a row, chunks of 4 to 64 elements) and then a ragged rest: 8704 elements are
+/// 136 Q4_K/Q5_K chunks, 272 of the 32-element formats and Q6_K, 1088 of F16, 2176 of
+/// F32/BF16.
+pub fn matvec_long_rows(be: &mut dyn Backend) {
+    let k = 8704;
+    let mut rg = rng(40);
+    for dtype in DType::ALL.into_iter().filter(|d| d.is_float()) {
+        for rows in [1, 2] {
+            let mut c = Case::new();
+            let (x, xn) = c.input(&mut rg, "x", &[rows, k]);
+            let (w, wn) = weight(be, &mut c, &mut rg, "w", &[3, k], dtype);
+            let y = c.b.matmul(x, w).expect("matmul");
+            c.output(y, "y");
+            let out = c.run(be);
+            assert_close(
+                &format!("matmul {dtype} [{rows}, {k}]x[3, {k}]"),
+                &out[0],
+                &r::matmul(&seen_activations(be, dtype, &xn), &wn),
+                TOL,
+            );
+        }
+    }
+}
+
 /// A weight of `dtype` with random values (random valid blocks when quantized), and what it
 /// holds.
 fn weight(

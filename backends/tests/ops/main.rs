@@ -42,6 +42,7 @@ macro_rules! all_cases {
                 matmul_q4_k,
                 matmul_q5_k,
                 matmul_q6_k,
+                matvec_long_rows,
                 matmul_activations,
                 matmul_residual,
                 matmul_strided,
@@ -161,6 +162,7 @@ op_suite!(
     [
         matmul_float,
         matmul_q4_k,
+        matvec_long_rows,
         matmul_residual,
         matmul_cat,
         matmul_pair,
