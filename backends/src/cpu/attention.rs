@@ -42,16 +42,16 @@ pub fn rope(x: &TensorRef, pos: &TensorRef, p: RopeParams, out: &mut [f32]) {
 }
 
 /// What every output row of one attention node reads.
-struct Operands<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    mask: Option<&'a [f32]>,
-    gate: Option<&'a [f32]>,
+pub(super) struct Operands<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub mask: Option<&'a [f32]>,
+    pub gate: Option<&'a [f32]>,
     /// `[t, hq, d, tk, hkv, dv]`
-    dims: [usize; 6],
-    scale: f32,
-    causal: bool,
+    pub dims: [usize; 6],
+    pub scale: f32,
+    pub causal: bool,
 }
 
 /// `softmax(q·kᵀ·scale + mask) · v`, grouped-query heads, optional causal mask and gate.
@@ -90,11 +90,20 @@ pub fn attention(
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     // the query heads that share a key head, one token's, meet its keys and values together
     // (all of them, or as many as leave every thread work: see `heads_per_unit`)
-    let [t, hq, _, tk, hkv, dv] = ops.dims;
+    let [t, hq, d, tk, hkv, dv] = ops.dims;
     let per = heads_per_unit(t, hq, hq / hkv, team::global().threads());
+    // prompts' keys transposed once for the AVX-512 score tiles
+    #[cfg(target_arch = "x86_64")]
+    let keys_t = (t >= ZMM_ROWS && super::attention_zmm::available())
+        .then(|| super::attention_zmm::KeysT::new(ops.k, tk, hkv, d));
     team::global().chunks_mut(out, per * dv, |unit, o| {
         SCORES.with_borrow_mut(|scores| {
             scores.resize(per * tk, 0.0);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(kt) = &keys_t {
+                // SAFETY: `available()` found AVX-512 F, AVX2 and FMA.
+                return unsafe { super::attention_zmm::group(&ops, kt, unit, per, o, scores) };
+            }
             #[cfg(target_arch = "x86_64")]
             if avx2 {
                 // SAFETY: the CPU has AVX2 and FMA, checked above.
@@ -104,6 +113,10 @@ pub fn attention(
         })
     });
 }
+
+/// Query rows from which attention runs the AVX-512 tiles where the CPU has them (decode's
+/// single row keeps the AVX2 loops, which need no transposed keys).
+const ZMM_ROWS: usize = 4;
 
 /// Query heads per unit of work: the whole group sharing a key head, unless that leaves fewer
 /// than two units per thread (a decode step of a model with few key heads, on many cores),
@@ -130,8 +143,32 @@ fn group_avx2(ops: &Operands, unit: usize, per: usize, o: &mut [f32], scores: &m
     group_body(ops, unit, per, o, scores, unsafe { Avx2::new() })
 }
 
-/// The two inner loops of attention, portable or in AVX2 and FMA.
-trait RowKernels {
+/// The keys one unit sees: its key head `kh`, keys `lo..lo + n`, and its mask over them.
+pub(super) struct UnitKeys<'a> {
+    pub kh: usize,
+    pub lo: usize,
+    pub n: usize,
+    pub mask: Option<&'a [f32]>,
+}
+
+impl UnitKeys<'_> {
+    /// The score of a key whose dot product with a query is `dot` and whose mask value is `m`
+    /// (a hidden key's score is -inf whatever its dot product, even one that overflowed).
+    pub fn score(dot: f32, m: f32, scale: f32) -> f32 {
+        if m == f32::NEG_INFINITY {
+            m
+        } else {
+            dot * scale + m
+        }
+    }
+
+    fn mask_at(&self, j: usize) -> f32 {
+        self.mask.map_or(0.0, |m| m[j])
+    }
+}
+
+/// The inner loops of attention, portable, in AVX2 and FMA, or (prompts) in AVX-512 tiles.
+pub(super) trait RowKernels {
     /// `[a · b_r]` for four rows `b_r` (each at least as long as `a`).
     fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4];
     /// `Σ_j p_j · v[at(j)..at(j) + 32]` for each of the `N` rows of weights `p`, over the keys
@@ -143,6 +180,82 @@ trait RowKernels {
         v: &[f32],
         at: impl Fn(usize) -> usize,
     ) -> [[f32; 32]; N];
+
+    /// `scores[g·n + j]`: the score of query row `g` of `queries` (`per` rows of `d`) against
+    /// key `keys.lo + j`, four keys at a time, each block of keys meeting every query while it
+    /// is in cache.
+    #[inline(always)]
+    fn scores(&self, ops: &Operands, queries: &[f32], keys: &UnitKeys, scores: &mut [f32]) {
+        let [_, _, d, _, hkv, _] = ops.dims;
+        let (n, per) = (keys.n, queries.len() / d);
+        let query = |g: usize| &queries[g * d..(g + 1) * d];
+        let key = |j: usize| {
+            let at = ((keys.lo + j) * hkv + keys.kh) * d;
+            &ops.k[at..at + d]
+        };
+        let score = |dot: f32, j: usize| UnitKeys::score(dot, keys.mask_at(j), ops.scale);
+        let mut j = 0;
+        while j + 4 <= n {
+            let block = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+            for g in 0..per {
+                let s = self.dot4(query(g), block);
+                for (jj, (o, v)) in scores[g * n + j..g * n + j + 4]
+                    .iter_mut()
+                    .zip(s)
+                    .enumerate()
+                {
+                    *o = score(v, j + jj);
+                }
+            }
+            j += 4;
+        }
+        for j in j..n {
+            for g in 0..per {
+                scores[g * n + j] = score(dot_body(query(g), key(j)), j);
+            }
+        }
+    }
+
+    /// `o[g·dv..]` = `Σ_j p_gj·v_j` over the unit's keys for each of its `per` heads (`p` =
+    /// `scores`, softmaxed), 32 output columns at a time so their sums stay in registers
+    /// across keys (each column still adds its terms in key order), two heads at a time so
+    /// each value row is read once per pair.
+    #[inline(always)]
+    fn weighted(&self, ops: &Operands, keys: &UnitKeys, scores: &[f32], o: &mut [f32]) {
+        let [_, _, _, _, hkv, dv] = ops.dims;
+        let n = keys.n;
+        let per = o.len() / dv;
+        let ps = |g: usize| &scores[g * n..(g + 1) * n];
+        for c in 0..dv.div_ceil(32) {
+            let at = |j: usize| ((keys.lo + j) * hkv + keys.kh) * dv + c * 32;
+            let cols = (dv - c * 32).min(32);
+            let mut g = 0;
+            while g < per {
+                // a pair of heads (or the last of an odd number)
+                let heads = g..(g + 2).min(per);
+                if cols == 32 {
+                    if heads.len() == 2 {
+                        let sums = self.sum32([ps(g), ps(g + 1)], ops.v, at);
+                        for (gg, s) in heads.zip(sums) {
+                            o[gg * dv + c * 32..][..32].copy_from_slice(&s);
+                        }
+                    } else {
+                        let [s] = self.sum32([ps(g)], ops.v, at);
+                        o[g * dv + c * 32..][..32].copy_from_slice(&s);
+                    }
+                } else {
+                    for gg in heads {
+                        let oc = &mut o[gg * dv + c * 32..][..cols];
+                        oc.fill(0.0);
+                        for (j, &p) in ps(gg).iter().enumerate().filter(|(_, p)| **p != 0.0) {
+                            axpy_body(oc, p, &ops.v[at(j)..at(j) + cols]);
+                        }
+                    }
+                }
+                g += 2;
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -182,13 +295,13 @@ impl RowKernels for Plain {
 /// them, makes one.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Avx2(());
+pub(super) struct Avx2(());
 
 #[cfg(target_arch = "x86_64")]
 impl Avx2 {
     /// # Safety
     /// The CPU has AVX2 and FMA.
-    unsafe fn new() -> Avx2 {
+    pub(super) unsafe fn new() -> Avx2 {
         Avx2(())
     }
 }
@@ -298,11 +411,10 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
 
 /// The output rows of unit `unit`: `per` query heads of one token that share a key head (`o`
 /// holds their rows). Scores for the keys the token may see (causality, and the first and
-/// last keys the mask lets through, bound them; keys outside cost nothing), four keys at a
-/// time, each block of keys meeting every head of the unit while it is in cache; their
-/// softmax, then `Σ p_j·v_j`, two heads at a time so each value row is read once per pair.
+/// last keys the mask lets through, bound them; keys outside cost nothing), their softmax,
+/// then `Σ p_j·v_j` (`kernels`' `scores` and `weighted`).
 #[inline(always)]
-fn group_body(
+pub(super) fn group_body(
     ops: &Operands,
     unit: usize,
     per: usize,
@@ -314,7 +426,6 @@ fn group_body(
     let (ti, h0) = (unit / (hq / per), unit % (hq / per) * per);
     let kh = h0 / (hq / hkv);
     let row0 = ti * hq + h0;
-    let query = |g: usize| &ops.q[(row0 + g) * d..(row0 + g + 1) * d];
     let seen = if ops.causal {
         (ti + tk + 1).saturating_sub(t).min(tk)
     } else {
@@ -336,71 +447,17 @@ fn group_body(
     };
     let n = hi - lo;
     let scores = &mut scores[..per * n];
-    let key = |j: usize| &ops.k[((lo + j) * hkv + kh) * d..((lo + j) * hkv + kh + 1) * d];
-    let mask_at = |j: usize| mask.map_or(0.0, |m| m[lo + j]);
-    // (a hidden key's score is -inf whatever its dot product, even one that overflowed)
-    let score = |dot: f32, m: f32| {
-        if m == f32::NEG_INFINITY {
-            m
-        } else {
-            dot * ops.scale + m
-        }
+    let keys = UnitKeys {
+        kh,
+        lo,
+        n,
+        mask: mask.map(|m| &m[lo..hi]),
     };
-    let mut j = 0;
-    while j + 4 <= n {
-        let keys = [key(j), key(j + 1), key(j + 2), key(j + 3)];
-        for g in 0..per {
-            let s = kernels.dot4(query(g), keys);
-            for (jj, (o, v)) in scores[g * n + j..g * n + j + 4]
-                .iter_mut()
-                .zip(s)
-                .enumerate()
-            {
-                *o = score(v, mask_at(j + jj));
-            }
-        }
-        j += 4;
-    }
-    for j in j..n {
-        for g in 0..per {
-            scores[g * n + j] = score(dot_body(query(g), key(j)), mask_at(j));
-        }
-    }
+    kernels.scores(ops, &ops.q[row0 * d..(row0 + per) * d], &keys, scores);
     for s in scores.chunks_exact_mut(n.max(1)) {
         softmax_in_place(s);
     }
-    // Σ_j p_j·v_j, 32 output columns at a time so their sums stay in registers across keys
-    // (each column still adds its terms in key order).
-    let ps = |g: usize| &scores[g * n..(g + 1) * n];
-    for c in 0..dv.div_ceil(32) {
-        let at = |j: usize| ((lo + j) * hkv + kh) * dv + c * 32;
-        let cols = (dv - c * 32).min(32);
-        let mut g = 0;
-        while g < per {
-            // a pair of heads (or the last of an odd number)
-            let heads = g..(g + 2).min(per);
-            if cols == 32 {
-                if heads.len() == 2 {
-                    let sums = kernels.sum32([ps(g), ps(g + 1)], ops.v, at);
-                    for (gg, s) in heads.zip(sums) {
-                        o[gg * dv + c * 32..][..32].copy_from_slice(&s);
-                    }
-                } else {
-                    let [s] = kernels.sum32([ps(g)], ops.v, at);
-                    o[g * dv + c * 32..][..32].copy_from_slice(&s);
-                }
-            } else {
-                for gg in heads {
-                    let oc = &mut o[gg * dv + c * 32..][..cols];
-                    oc.fill(0.0);
-                    for (j, &p) in ps(gg).iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                        axpy_body(oc, p, &ops.v[at(j)..at(j) + cols]);
-                    }
-                }
-            }
-            g += 2;
-        }
-    }
+    kernels.weighted(ops, &keys, scores, o);
     if let Some(gate) = ops.gate {
         let gr = &gate[row0 * dv..(row0 + per) * dv];
         o.iter_mut()
@@ -424,21 +481,42 @@ mod tests {
         out
     }
 
+    /// [`run`] through the AVX-512 tiles, where the CPU has them.
+    #[cfg(target_arch = "x86_64")]
+    fn run_zmm(ops: &Operands, per: usize) -> Option<Vec<f32>> {
+        use super::super::attention_zmm::{KeysT, available, group};
+        if !available() {
+            return None;
+        }
+        let [t, hq, d, tk, hkv, dv] = ops.dims;
+        let kt = KeysT::new(ops.k, tk, hkv, d);
+        let mut out = vec![f32::NAN; t * hq * dv];
+        let mut scores = vec![0.0; per * tk];
+        for (unit, o) in out.chunks_mut(per * dv).enumerate() {
+            // SAFETY: `available()` found the features `group` needs.
+            unsafe { group(ops, &kt, unit, per, o, &mut scores) };
+        }
+        Some(out)
+    }
+
     fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (((i + seed) * 37 % 101) as f32 - 50.0) / 40.0)
             .collect()
     }
 
-    /// The portable kernels and the AVX2 ones agree, whatever the heads per unit: groups of
-    /// three and eight, value rows of 40 and 5 (past and short of the 32-column blocks), a mask
-    /// hiding a whole row, a gate.
+    /// The portable kernels, the AVX2 ones and the AVX-512 tiles agree, whatever the heads per
+    /// unit: groups of three and eight, value rows of 40, 5 and 72 (past and short of the 32-
+    /// and 64-column blocks), 70 keys (two tiles of 32 and a ragged one), a mask hiding a whole
+    /// row, a gate.
     #[test]
     fn the_kernels_and_the_units_agree() {
         for (t, tk, hq, hkv, d, dv, masked) in [
             (3, 7, 6, 2, 8, 40, true),
             (1, 9, 8, 1, 16, 5, false),
             (4, 4, 8, 1, 4, 64, true),
+            (40, 70, 8, 1, 64, 72, true),
+            (5, 70, 6, 2, 24, 16, false),
         ] {
             let (q, k, v) = (
                 values(t * hq * d, 1),
@@ -482,6 +560,15 @@ mod tests {
                         );
                     }
                 }
+                #[cfg(target_arch = "x86_64")]
+                if let Some(got) = run_zmm(&ops, per) {
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() < 1e-5,
+                            "avx-512, {per} heads a unit, [{i}]: {a} vs {b}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -519,6 +606,10 @@ mod tests {
         {
             // SAFETY: the CPU has AVX2 and FMA, checked above.
             check(run(&ops, 2, unsafe { Avx2::new() }), "avx2");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(out) = run_zmm(&ops, 2) {
+            check(out, "avx-512");
         }
     }
 

@@ -3,6 +3,8 @@
 //! llama.cpp's CPU backend computes them); other weights are decoded row by row.
 
 mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_zmm;
 mod buffer;
 mod delta;
 mod elementwise;

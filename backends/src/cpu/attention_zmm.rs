@@ -1,0 +1,254 @@
+//! Prompt attention in AVX-512 tiles.
+//!
+//! Scores: the keys of each key head are transposed once per node (`KeysT`, a key per lane),
+//! so a tile of up to 8 query heads by 32 keys sums `q_g[i] · k_j[i]` over the head dimension
+//! `i` with one broadcast query element and two key vectors per step: no horizontal sums, and
+//! each key row is read once per tile instead of once per head.
+//!
+//! Weighted sums: up to 4 heads by 64 value columns in 16 registers, each value row read once
+//! per tile; a key one of the heads weighs zero is skipped for that head (as in the other
+//! kernels, so a value row of infinities it does not weigh stays out of its sums).
+
+use super::attention::{Avx2, Operands, RowKernels, UnitKeys, group_body};
+use std::arch::x86_64::*;
+
+/// Keys per score tile (two registers).
+const KEYS: usize = 32;
+/// Value columns per weighted-sum tile (four registers).
+const COLS: usize = 64;
+
+/// Every key head's keys transposed: element `i` of key `j` of key head `kh` at
+/// `(kh·d + i)·stride + j`, with room for a whole tile of keys past the last one.
+#[derive(Debug)]
+pub(super) struct KeysT {
+    data: Vec<f32>,
+    stride: usize,
+}
+
+impl KeysT {
+    /// `k` laid out `[tk, hkv, d]`.
+    pub fn new(k: &[f32], tk: usize, hkv: usize, d: usize) -> KeysT {
+        let stride = (tk + KEYS).next_multiple_of(16);
+        let mut data = vec![0.0; hkv * d * stride];
+        for (j, key) in k.chunks_exact(d).take(tk * hkv).enumerate() {
+            let (j, kh) = (j / hkv, j % hkv);
+            for (i, &x) in key.iter().enumerate() {
+                data[(kh * d + i) * stride + j] = x;
+            }
+        }
+        KeysT { data, stride }
+    }
+}
+
+/// Whether this CPU runs [`group`].
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+}
+
+/// [`group_body`] with the AVX-512 tiles.
+///
+/// # Safety
+/// The CPU has AVX-512 F, AVX2 and FMA ([`available`]).
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn group(
+    ops: &Operands,
+    kt: &KeysT,
+    unit: usize,
+    per: usize,
+    o: &mut [f32],
+    scores: &mut [f32],
+) {
+    // SAFETY: the caller vouches for AVX2 and FMA.
+    let avx2 = unsafe { Avx2::new() };
+    group_body(ops, unit, per, o, scores, Zmm { kt, avx2 });
+}
+
+/// [`RowKernels`] whose scores and weighted sums run the AVX-512 tiles; made only by [`group`].
+#[derive(Clone, Copy)]
+struct Zmm<'a> {
+    kt: &'a KeysT,
+    avx2: Avx2,
+}
+
+impl RowKernels for Zmm<'_> {
+    #[inline(always)]
+    fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+        self.avx2.dot4(a, b)
+    }
+
+    #[inline(always)]
+    fn sum32<const N: usize>(
+        &self,
+        p: [&[f32]; N],
+        v: &[f32],
+        at: impl Fn(usize) -> usize,
+    ) -> [[f32; 32]; N] {
+        self.avx2.sum32(p, v, at)
+    }
+
+    #[inline(always)]
+    fn scores(&self, ops: &Operands, queries: &[f32], keys: &UnitKeys, scores: &mut [f32]) {
+        let d = ops.dims[2];
+        let per = queries.len() / d;
+        assert!(scores.len() >= per * keys.n && keys.mask.is_none_or(|m| m.len() >= keys.n));
+        assert!(keys.lo + keys.n + KEYS <= self.kt.stride);
+        assert!(self.kt.data.len() >= (keys.kh + 1) * d * self.kt.stride);
+        let mut g = 0;
+        // SAFETY: an `Zmm` exists only inside `group`, where the CPU has AVX-512 F; the tiles
+        // read and write within the bounds asserted above.
+        unsafe {
+            while g < per {
+                g += match per - g {
+                    8.. => score_tile::<8>(self.kt, ops, queries, keys, scores, g),
+                    4..8 => score_tile::<4>(self.kt, ops, queries, keys, scores, g),
+                    2..4 => score_tile::<2>(self.kt, ops, queries, keys, scores, g),
+                    _ => score_tile::<1>(self.kt, ops, queries, keys, scores, g),
+                };
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn weighted(&self, ops: &Operands, keys: &UnitKeys, scores: &[f32], o: &mut [f32]) {
+        let [_, _, _, tk, hkv, dv] = ops.dims;
+        let per = o.len() / dv;
+        assert!(scores.len() >= per * keys.n && keys.lo + keys.n <= tk);
+        assert!(ops.v.len() >= tk * hkv * dv && keys.kh < hkv);
+        for c0 in (0..dv).step_by(COLS) {
+            let mut g = 0;
+            // SAFETY: as in `scores`; value rows of keys below `tk` and `o`'s rows are read and
+            // written in the columns below `dv` only (masked lanes past them are untouched).
+            unsafe {
+                while g < per {
+                    g += match per - g {
+                        4.. => weighted_tile::<4>(ops, keys, scores, o, g, c0),
+                        2..4 => weighted_tile::<2>(ops, keys, scores, o, g, c0),
+                        _ => weighted_tile::<1>(ops, keys, scores, o, g, c0),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// The lanes of the first `n` of 16 (all of them from 16).
+fn first_lanes(n: usize) -> __mmask16 {
+    if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 }
+}
+
+/// The scores of query heads `g0..g0 + H` against every key of the unit, a tile of 32 keys at
+/// a time; returns `H`.
+///
+/// # Safety
+/// AVX-512 F; the bounds [`Zmm::scores`] asserts.
+#[inline(always)]
+unsafe fn score_tile<const H: usize>(
+    kt: &KeysT,
+    ops: &Operands,
+    queries: &[f32],
+    keys: &UnitKeys,
+    scores: &mut [f32],
+    g0: usize,
+) -> usize {
+    let d = ops.dims[2];
+    let n = keys.n;
+    let base = keys.kh * d * kt.stride + keys.lo;
+    let q = &queries[g0 * d..(g0 + H) * d];
+    // SAFETY: the caller's bounds: key rows end before `lo + n + KEYS ≤ stride`, scores and
+    // mask are written and read in their first `n` per head (masked lanes past them untouched).
+    unsafe {
+        let scale = _mm512_set1_ps(ops.scale);
+        let hidden_value = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut j = 0;
+        while j < n {
+            let mut acc = [[_mm512_setzero_ps(); 2]; H];
+            let mut row = kt.data.as_ptr().add(base + j);
+            for i in 0..d {
+                let (k0, k1) = (_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16)));
+                for h in 0..H {
+                    let qv = _mm512_set1_ps(*q.get_unchecked(h * d + i));
+                    acc[h][0] = _mm512_fmadd_ps(qv, k0, acc[h][0]);
+                    acc[h][1] = _mm512_fmadd_ps(qv, k1, acc[h][1]);
+                }
+                row = row.wrapping_add(kt.stride);
+            }
+            for half in 0..2 {
+                let j1 = j + 16 * half;
+                if j1 >= n {
+                    break;
+                }
+                let lanes = first_lanes(n - j1);
+                let (m, hidden) = match keys.mask {
+                    Some(m) => {
+                        let m = _mm512_maskz_loadu_ps(lanes, m.as_ptr().add(j1));
+                        (m, _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(m, hidden_value))
+                    }
+                    None => (_mm512_setzero_ps(), 0),
+                };
+                for h in 0..H {
+                    // dot·scale + m, and -inf where the mask hides the key whatever the dot
+                    let s = _mm512_mask_mov_ps(
+                        _mm512_fmadd_ps(acc[h][half], scale, m),
+                        hidden,
+                        hidden_value,
+                    );
+                    let at = scores.as_mut_ptr().add((g0 + h) * n + j1);
+                    _mm512_mask_storeu_ps(at, lanes, s);
+                }
+            }
+            j += KEYS;
+        }
+    }
+    H
+}
+
+/// `Σ_j p_gj·v_j` for heads `g0..g0 + H` in value columns `c0..c0 + 64` (those below `dv`);
+/// returns `H`.
+///
+/// # Safety
+/// AVX-512 F; the bounds [`Zmm::weighted`] asserts.
+#[inline(always)]
+unsafe fn weighted_tile<const H: usize>(
+    ops: &Operands,
+    keys: &UnitKeys,
+    scores: &[f32],
+    o: &mut [f32],
+    g0: usize,
+    c0: usize,
+) -> usize {
+    let [_, _, _, _, hkv, dv] = ops.dims;
+    let n = keys.n;
+    let lanes: [__mmask16; 4] =
+        std::array::from_fn(|z| first_lanes((dv - c0).saturating_sub(16 * z)));
+    // SAFETY: the caller's bounds; loads and stores reach columns below `dv` only.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 4]; H];
+        for j in 0..n {
+            let w: [f32; H] = std::array::from_fn(|h| *scores.get_unchecked((g0 + h) * n + j));
+            let row = ops
+                .v
+                .as_ptr()
+                .wrapping_add(((keys.lo + j) * hkv + keys.kh) * dv + c0);
+            let x: [__m512; 4] =
+                std::array::from_fn(|z| _mm512_maskz_loadu_ps(lanes[z], row.wrapping_add(16 * z)));
+            let all = w.iter().all(|&p| p != 0.0);
+            for h in 0..H {
+                if all || w[h] != 0.0 {
+                    let p = _mm512_set1_ps(w[h]);
+                    for z in 0..4 {
+                        acc[h][z] = _mm512_fmadd_ps(p, x[z], acc[h][z]);
+                    }
+                }
+            }
+        }
+        for h in 0..H {
+            let out = o.as_mut_ptr().wrapping_add((g0 + h) * dv + c0);
+            for z in 0..4 {
+                _mm512_mask_storeu_ps(out.wrapping_add(16 * z), lanes[z], acc[h][z]);
+            }
+        }
+    }
+    H
+}
