@@ -25,6 +25,12 @@ pub struct BenchArgs {
     /// Generated tokens per generation test (0 skips it).
     #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
     n_gen: usize,
+    /// Tokens already in the context when each test starts (llama-bench's `-d`): a prompt of
+    /// that many random tokens runs, untimed, before every repetition, so the timed prompt or
+    /// generation reads a KV cache that deep (recurrent layers' states are the same size at
+    /// any depth).
+    #[arg(short = 'd', long = "n-depth", default_value_t = 0)]
+    n_depth: usize,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -92,7 +98,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("cannot read the model {}", path.display()))?;
     let weight_bytes: usize = gguf.tensors().iter().map(|t| t.bytes).sum();
     let n_params: usize = gguf.tensors().iter().map(|t| t.numel()).sum();
-    let cells = (args.n_prompt.max(args.n_gen + 1)).max(64);
+    let cells = (args.n_depth + args.n_prompt.max(args.n_gen + 1)).max(64);
     let bar = ProgressBar::new(weight_bytes as u64);
     bar.set_style(
         ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes}")
@@ -113,6 +119,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut rng = Rng::new(42);
     let mut random_tokens =
         |n: usize| -> Vec<i32> { (0..n).map(|_| (rng.next_u64() % nv) as i32).collect() };
+    let depth = random_tokens(args.n_depth);
+    // a cleared session with the depth's tokens in it
+    let fill = |s: &mut Session| -> Result<()> {
+        s.clear();
+        if !depth.is_empty() {
+            s.decode_last(&[(0, &depth)])?;
+        }
+        Ok(())
+    };
     let mut tests = vec![];
     let total = (args.n_prompt > 0) as u64 * args.repetitions as u64
         + (args.n_gen > 0) as u64 * args.repetitions as u64;
@@ -123,7 +138,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     if args.n_prompt > 0 {
         let prompt = random_tokens(args.n_prompt);
-        s.clear();
+        fill(&mut s)?;
         s.decode_last(&[(0, &prompt)])?; // warm-up: compiles the program
         let mut t = Test {
             n_prompt: args.n_prompt,
@@ -132,7 +147,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             host: None,
         };
         for _ in 0..args.repetitions {
-            s.clear();
+            fill(&mut s)?;
             bar.set_message(format!("pp{}", args.n_prompt));
             let start = Instant::now();
             s.decode_last(&[(0, &prompt)])?;
@@ -150,7 +165,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             host: None,
         };
         for _ in 0..args.repetitions {
-            s.clear();
+            fill(&mut s)?;
             s.decode_last(&[(0, &toks[..1])])?; // warm-up token (and compile)
             bar.set_message(format!("tg{}", args.n_gen));
             let before = s.run_stats();
@@ -190,6 +205,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "adapter": backend_name,
             "n_prompt": t.n_prompt,
             "n_gen": t.n_gen,
+            "n_depth": args.n_depth,
             "avg_ns": avg_ns as u64,
             "stddev_ns": sd_ns as u64,
             "avg_ts": avg_ts,
@@ -215,11 +231,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!("| model | size | backend | test | t/s | weights GB/s | of bandwidth |");
     println!("|---|---|---|---|---|---|---|");
     for (t, r) in tests.iter().zip(&rows) {
-        let test = if t.n_gen > 0 {
+        let mut test = if t.n_gen > 0 {
             format!("tg{}", t.n_gen)
         } else {
             format!("pp{}", t.n_prompt)
         };
+        if args.n_depth > 0 {
+            test += &format!(" @ d{}", args.n_depth);
+        }
         let gbs = r["weights_bytes_per_s"]
             .as_f64()
             .map_or(String::new(), |b| format!("{:.2}", b / 1e9));

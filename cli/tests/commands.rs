@@ -160,6 +160,45 @@ fn bench_json_has_the_documented_fields() {
     assert!(tg["bandwidth_fraction"].as_f64().unwrap() > 0.0);
 }
 
+/// `-d` runs each test on top of that many tokens: the cache holds them (a cache sized for the
+/// test alone would overflow) and the rows say so.
+#[test]
+fn bench_depth_runs_the_tests_on_a_filled_context() {
+    let model = fixture("llama", "llama-f32.gguf");
+    let args = |json: bool| {
+        let mut a = vec![
+            "bench",
+            "-m",
+            &model,
+            "-d",
+            "100",
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "1",
+            "--backend",
+            "cpu",
+        ];
+        if json {
+            a.push("--json");
+        }
+        weft(&a)
+    };
+    let (ok, out, err) = args(true);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["n_depth"] == 100), "{out}");
+    let (ok, out, err) = args(false);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("| pp16 @ d100 |") && out.contains("| tg4 @ d100 |"),
+        "{out}"
+    );
+}
+
 #[test]
 fn bench_profile_lists_ops_and_the_slowest_nodes() {
     let (ok, out, err) = weft(&[
