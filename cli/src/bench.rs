@@ -98,7 +98,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("cannot read the model {}", path.display()))?;
     let weight_bytes: usize = gguf.tensors().iter().map(|t| t.bytes).sum();
     let n_params: usize = gguf.tensors().iter().map(|t| t.numel()).sum();
-    let cells = (args.n_depth + args.n_prompt.max(args.n_gen + 1)).max(64);
+    let profile_steps = if args.profile { PROFILE_STEPS + 1 } else { 0 };
+    let cells = (args.n_depth + args.n_prompt.max(args.n_gen + 1).max(profile_steps)).max(64);
     let bar = ProgressBar::new(weight_bytes as u64);
     bar.set_style(
         ProgressStyle::with_template("loading {bar:30} {bytes}/{total_bytes}")
@@ -183,7 +184,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     if args.profile {
-        profile(&mut s, args.n_prompt, &random_tokens(PROFILE_STEPS + 1))?;
+        profile(
+            &mut s,
+            args.n_prompt,
+            &random_tokens(PROFILE_STEPS + 1),
+            &depth,
+        )?;
     }
     let model = path.file_name().map_or_else(
         || path.display().to_string(),
@@ -301,14 +307,23 @@ fn host_json(h: &RunStats, secs: f64) -> serde_json::Value {
 const PROFILE_STEPS: usize = 16;
 
 /// Prints, per op kind and largest first, where the time of a prompt of `n_prompt` tokens (when
-/// not 0) and of a generated token goes.
-fn profile(s: &mut Session, n_prompt: usize, toks: &[i32]) -> Result<()> {
-    s.set_profiling(true);
-    if n_prompt > 0 {
+/// not 0) and of a generated token goes, each on a context of `depth` tokens.
+fn profile(s: &mut Session, n_prompt: usize, toks: &[i32], depth: &[i32]) -> Result<()> {
+    // untimed: a cleared session with the depth's tokens in it
+    let fill = |s: &mut Session| -> Result<()> {
         s.clear();
+        s.set_profiling(false);
+        if !depth.is_empty() {
+            s.decode_last(&[(0, depth)])?;
+        }
+        s.set_profiling(true);
+        Ok(())
+    };
+    if n_prompt > 0 {
+        fill(s)?;
         let prompt: Vec<i32> = toks.iter().copied().cycle().take(n_prompt).collect();
         s.decode_last(&[(0, &prompt)])?; // compiled before it is timed
-        s.clear();
+        fill(s)?;
         let start = Instant::now();
         s.decode_last(&[(0, &prompt)])?;
         let wall = start.elapsed().as_secs_f64();
@@ -316,7 +331,7 @@ fn profile(s: &mut Session, n_prompt: usize, toks: &[i32]) -> Result<()> {
         OpTable::from(&runs).print(&format!("prompt of {n_prompt} tokens"), wall, 1.0);
         print_slowest_nodes(&runs, 1.0);
     }
-    s.clear();
+    fill(s)?;
     s.decode_last(&[(0, &toks[..1])])?;
     let mut steps = vec![];
     let mut wall = 0.0;
