@@ -92,17 +92,21 @@ pub fn attention(
     // (all of them, or as many as leave every thread work: see `heads_per_unit`)
     let [t, hq, d, tk, hkv, dv] = ops.dims;
     let per = heads_per_unit(t, hq, hq / hkv, team::global().threads());
-    // prompts' keys transposed once for the AVX-512 score tiles
+    // the AVX-512 tiles where the CPU has them, prompts' keys transposed once for their scores
     #[cfg(target_arch = "x86_64")]
-    let keys_t = (t >= ZMM_ROWS && super::attention_zmm::available())
-        .then(|| super::attention_zmm::KeysT::new(ops.k, tk, hkv, d));
+    let zmm = super::attention_zmm::available();
+    #[cfg(target_arch = "x86_64")]
+    let keys_t =
+        (zmm && t >= ZMM_ROWS).then(|| super::attention_zmm::KeysT::new(ops.k, tk, hkv, d));
     team::global().chunks_mut(out, per * dv, |unit, o| {
         SCORES.with_borrow_mut(|scores| {
             scores.resize(per * tk, 0.0);
             #[cfg(target_arch = "x86_64")]
-            if let Some(kt) = &keys_t {
+            if zmm {
                 // SAFETY: `available()` found AVX-512 F, AVX2 and FMA.
-                return unsafe { super::attention_zmm::group(&ops, kt, unit, per, o, scores) };
+                return unsafe {
+                    super::attention_zmm::group(&ops, keys_t.as_ref(), unit, per, o, scores)
+                };
             }
             #[cfg(target_arch = "x86_64")]
             if avx2 {
@@ -114,8 +118,26 @@ pub fn attention(
     });
 }
 
-/// Query rows from which attention runs the AVX-512 tiles where the CPU has them (decode's
-/// single row keeps the AVX2 loops, which need no transposed keys).
+/// Keys ahead of the one in use whose rows are prefetched (a decode step reads a deep cache
+/// from memory, a strided slice per key head).
+pub(super) const AHEAD: usize = 16;
+
+/// Asks for the cache lines of `row` (a key row) ahead of their use.
+#[inline(always)]
+fn prefetch(row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in row.chunks(16) {
+        // SAFETY: a prefetch reads nothing architecturally; the address lies within `row`.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+    }
+}
+
+/// Query rows from which attention transposes the keys for the AVX-512 score tiles (decode's
+/// single row scores the key rows as they lie).
 const ZMM_ROWS: usize = 4;
 
 /// Query heads per unit of work: the whole group sharing a key head, unless that leaves fewer
@@ -182,38 +204,13 @@ pub(super) trait RowKernels {
     ) -> [[f32; 32]; N];
 
     /// `scores[g·n + j]`: the score of query row `g` of `queries` (`per` rows of `d`) against
-    /// key `keys.lo + j`, four keys at a time, each block of keys meeting every query while it
-    /// is in cache.
+    /// key `keys.lo + j` ([`scores_by_rows`]).
     #[inline(always)]
-    fn scores(&self, ops: &Operands, queries: &[f32], keys: &UnitKeys, scores: &mut [f32]) {
-        let [_, _, d, _, hkv, _] = ops.dims;
-        let (n, per) = (keys.n, queries.len() / d);
-        let query = |g: usize| &queries[g * d..(g + 1) * d];
-        let key = |j: usize| {
-            let at = ((keys.lo + j) * hkv + keys.kh) * d;
-            &ops.k[at..at + d]
-        };
-        let score = |dot: f32, j: usize| UnitKeys::score(dot, keys.mask_at(j), ops.scale);
-        let mut j = 0;
-        while j + 4 <= n {
-            let block = [key(j), key(j + 1), key(j + 2), key(j + 3)];
-            for g in 0..per {
-                let s = self.dot4(query(g), block);
-                for (jj, (o, v)) in scores[g * n + j..g * n + j + 4]
-                    .iter_mut()
-                    .zip(s)
-                    .enumerate()
-                {
-                    *o = score(v, j + jj);
-                }
-            }
-            j += 4;
-        }
-        for j in j..n {
-            for g in 0..per {
-                scores[g * n + j] = score(dot_body(query(g), key(j)), j);
-            }
-        }
+    fn scores(&self, ops: &Operands, queries: &[f32], keys: &UnitKeys, scores: &mut [f32])
+    where
+        Self: Sized,
+    {
+        scores_by_rows(self, ops, queries, keys, scores);
     }
 
     /// `o[g·dv..]` = `Σ_j p_gj·v_j` over the unit's keys for each of its `per` heads (`p` =
@@ -328,6 +325,9 @@ impl RowKernels for Avx2 {
             let n = p[0].len();
             let p = p.map(|r| &r[..n]);
             for j in 0..n {
+                if j + AHEAD < n {
+                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(at(j + AHEAD)).cast());
+                }
                 let w = p.map(|r| r[j]);
                 let vr = &v[at(j)..at(j) + 32];
                 if w.iter().all(|&x| x != 0.0) {
@@ -357,6 +357,50 @@ impl RowKernels for Avx2 {
                 }
             }
             out
+        }
+    }
+}
+
+/// `scores[g·n + j]`: the score of query row `g` of `queries` (`per` rows of `d`) against key
+/// `keys.lo + j`, four keys at a time through `kernels.dot4`, each block of keys meeting every
+/// query while it is in cache, the key rows [`AHEAD`] keys on asked for ahead.
+#[inline(always)]
+pub(super) fn scores_by_rows(
+    kernels: &impl RowKernels,
+    ops: &Operands,
+    queries: &[f32],
+    keys: &UnitKeys,
+    scores: &mut [f32],
+) {
+    let [_, _, d, _, hkv, _] = ops.dims;
+    let (n, per) = (keys.n, queries.len() / d);
+    let query = |g: usize| &queries[g * d..(g + 1) * d];
+    let key = |j: usize| {
+        let at = ((keys.lo + j) * hkv + keys.kh) * d;
+        &ops.k[at..at + d]
+    };
+    let score = |dot: f32, j: usize| UnitKeys::score(dot, keys.mask_at(j), ops.scale);
+    let mut j = 0;
+    while j + 4 <= n {
+        for jj in j + AHEAD..(j + AHEAD + 4).min(n) {
+            prefetch(key(jj));
+        }
+        let block = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+        for g in 0..per {
+            let s = kernels.dot4(query(g), block);
+            for (jj, (o, v)) in scores[g * n + j..g * n + j + 4]
+                .iter_mut()
+                .zip(s)
+                .enumerate()
+            {
+                *o = score(v, j + jj);
+            }
+        }
+        j += 4;
+    }
+    for j in j..n {
+        for g in 0..per {
+            scores[g * n + j] = score(dot_body(query(g), key(j)), j);
         }
     }
 }
@@ -492,9 +536,23 @@ mod tests {
         let kt = KeysT::new(ops.k, tk, hkv, d);
         let mut out = vec![f32::NAN; t * hq * dv];
         let mut scores = vec![0.0; per * tk];
-        for (unit, o) in out.chunks_mut(per * dv).enumerate() {
+        let mut rows = vec![f32::NAN; t * hq * dv];
+        for (unit, (o, r)) in out
+            .chunks_mut(per * dv)
+            .zip(rows.chunks_mut(per * dv))
+            .enumerate()
+        {
             // SAFETY: `available()` found the features `group` needs.
-            unsafe { group(ops, &kt, unit, per, o, &mut scores) };
+            unsafe { group(ops, Some(&kt), unit, per, o, &mut scores) };
+            // and the decode form, scoring the key rows as they lie
+            // SAFETY: as above.
+            unsafe { group(ops, None, unit, per, r, &mut scores) };
+        }
+        for (i, (a, b)) in out.iter().zip(&rows).enumerate() {
+            assert!(
+                a == b || (a - b).abs() < 1e-5,
+                "tiles against rows, [{i}]: {a} vs {b}"
+            );
         }
         Some(out)
     }

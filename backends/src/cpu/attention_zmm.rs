@@ -9,7 +9,7 @@
 //! per tile; a key one of the heads weighs zero is skipped for that head (as in the other
 //! kernels, so a value row of infinities it does not weigh stays out of its sums).
 
-use super::attention::{Avx2, Operands, RowKernels, UnitKeys, group_body};
+use super::attention::{AHEAD, Avx2, Operands, RowKernels, UnitKeys, group_body, scores_by_rows};
 use std::arch::x86_64::*;
 
 /// Keys per score tile (two registers).
@@ -47,14 +47,15 @@ pub(super) fn available() -> bool {
         && is_x86_feature_detected!("fma")
 }
 
-/// [`group_body`] with the AVX-512 tiles.
+/// [`group_body`] with the AVX-512 tiles: the weighted sums always, the scores where the keys
+/// were transposed (`kt`: prompts; decode scores the key rows as they lie).
 ///
 /// # Safety
 /// The CPU has AVX-512 F, AVX2 and FMA ([`available`]).
 #[target_feature(enable = "avx512f,avx2,fma")]
 pub(super) unsafe fn group(
     ops: &Operands,
-    kt: &KeysT,
+    kt: Option<&KeysT>,
     unit: usize,
     per: usize,
     o: &mut [f32],
@@ -68,7 +69,7 @@ pub(super) unsafe fn group(
 /// [`RowKernels`] whose scores and weighted sums run the AVX-512 tiles; made only by [`group`].
 #[derive(Clone, Copy)]
 struct Zmm<'a> {
-    kt: &'a KeysT,
+    kt: Option<&'a KeysT>,
     avx2: Avx2,
 }
 
@@ -90,21 +91,24 @@ impl RowKernels for Zmm<'_> {
 
     #[inline(always)]
     fn scores(&self, ops: &Operands, queries: &[f32], keys: &UnitKeys, scores: &mut [f32]) {
+        let Some(kt) = self.kt else {
+            return scores_by_rows(&self.avx2, ops, queries, keys, scores);
+        };
         let d = ops.dims[2];
         let per = queries.len() / d;
         assert!(scores.len() >= per * keys.n && keys.mask.is_none_or(|m| m.len() >= keys.n));
-        assert!(keys.lo + keys.n + KEYS <= self.kt.stride);
-        assert!(self.kt.data.len() >= (keys.kh + 1) * d * self.kt.stride);
+        assert!(keys.lo + keys.n + KEYS <= kt.stride);
+        assert!(kt.data.len() >= (keys.kh + 1) * d * kt.stride);
         let mut g = 0;
         // SAFETY: an `Zmm` exists only inside `group`, where the CPU has AVX-512 F; the tiles
         // read and write within the bounds asserted above.
         unsafe {
             while g < per {
                 g += match per - g {
-                    8.. => score_tile::<8>(self.kt, ops, queries, keys, scores, g),
-                    4..8 => score_tile::<4>(self.kt, ops, queries, keys, scores, g),
-                    2..4 => score_tile::<2>(self.kt, ops, queries, keys, scores, g),
-                    _ => score_tile::<1>(self.kt, ops, queries, keys, scores, g),
+                    8.. => score_tile::<8>(kt, ops, queries, keys, scores, g),
+                    4..8 => score_tile::<4>(kt, ops, queries, keys, scores, g),
+                    2..4 => score_tile::<2>(kt, ops, queries, keys, scores, g),
+                    _ => score_tile::<1>(kt, ops, queries, keys, scores, g),
                 };
             }
         }
@@ -231,6 +235,14 @@ unsafe fn weighted_tile<const H: usize>(
                 .v
                 .as_ptr()
                 .wrapping_add(((keys.lo + j) * hkv + keys.kh) * dv + c0);
+            // the row AHEAD keys on, from memory while this one is summed (a prefetch reads
+            // nothing architecturally, so an address past the cache's end is harmless)
+            let next = row.wrapping_add(AHEAD * hkv * dv);
+            for z in 0..4 {
+                if lanes[z] != 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(16 * z).cast());
+                }
+            }
             let x: [__m512; 4] =
                 std::array::from_fn(|z| _mm512_maskz_loadu_ps(lanes[z], row.wrapping_add(16 * z)));
             let all = w.iter().all(|&p| p != 0.0);
