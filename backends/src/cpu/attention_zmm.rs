@@ -76,7 +76,9 @@ struct Zmm<'a> {
 impl RowKernels for Zmm<'_> {
     #[inline(always)]
     fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-        self.avx2.dot4(a, b)
+        assert!(b.iter().all(|r| r.len() >= a.len()));
+        // SAFETY: AVX-512 F (a `Zmm` exists only inside `group`); the rows are as long as `a`.
+        unsafe { dot4_zmm(a, b) }
     }
 
     #[inline(always)]
@@ -92,7 +94,7 @@ impl RowKernels for Zmm<'_> {
     #[inline(always)]
     fn scores(&self, ops: &Operands, queries: &[f32], keys: &UnitKeys, scores: &mut [f32]) {
         let Some(kt) = self.kt else {
-            return scores_by_rows(&self.avx2, ops, queries, keys, scores);
+            return scores_by_rows(self, ops, queries, keys, scores);
         };
         let d = ops.dims[2];
         let per = queries.len() / d;
@@ -135,6 +137,52 @@ impl RowKernels for Zmm<'_> {
             }
         }
     }
+}
+
+/// Four dot products in 512-bit registers (decode's scores, on the key rows as they lie): two
+/// sums per row, so consecutive multiply-adds do not wait on each other, the last partial
+/// block through masked loads, then the four rows' sums folded together.
+///
+/// # Safety
+/// AVX-512 F; every row of `b` at least as long as `a`.
+#[inline(always)]
+unsafe fn dot4_zmm(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    let n = a.len();
+    let mut out = [0.0f32; 4];
+    // SAFETY: the caller's contract; full loads end by `n`, the masked one reads below it.
+    unsafe {
+        let (mut even, mut odd) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+        let mut c = 0;
+        while c + 32 <= n {
+            let x0 = _mm512_loadu_ps(a.as_ptr().add(c));
+            let x1 = _mm512_loadu_ps(a.as_ptr().add(c + 16));
+            for r in 0..4 {
+                let y = b[r].as_ptr().add(c);
+                even[r] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(y), even[r]);
+                odd[r] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(y.add(16)), odd[r]);
+            }
+            c += 32;
+        }
+        while c < n {
+            let lanes = first_lanes(n - c);
+            let x = _mm512_maskz_loadu_ps(lanes, a.as_ptr().add(c));
+            for r in 0..4 {
+                let y = _mm512_maskz_loadu_ps(lanes, b[r].as_ptr().add(c));
+                even[r] = _mm512_fmadd_ps(x, y, even[r]);
+            }
+            c += 16;
+        }
+        // each row's 16 lanes folded to 8, then the four rows' together as in `dot4_avx2`
+        let v: [__m256; 4] = std::array::from_fn(|r| {
+            let s = _mm512_add_ps(even[r], odd[r]);
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s)));
+            _mm256_add_ps(_mm512_castps512_ps256(s), hi)
+        });
+        let s = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        _mm_storeu_ps(out.as_mut_ptr(), s);
+    }
+    out
 }
 
 /// The lanes of the first `n` of 16 (all of them from 16).
