@@ -2,7 +2,8 @@
 //! generation the bytes of weights read per second (what one token reads: one embedding row,
 //! the routed share of MoE experts; see `GgufFile::bytes_per_token`) and that as a fraction of
 //! the device's measured memory bandwidth (the roofline of decode: on the CPU every thread
-//! reading, on a GPU a buffer copy).
+//! reading, on a GPU a buffer copy). Those columns count weights only: at depth (`-d`) a
+//! token also reads the KV cache.
 
 use crate::backend::{self, BackendArgs};
 use anyhow::{Context, Result, bail};
@@ -49,6 +50,9 @@ pub struct BenchArgs {
     #[command(flatten)]
     backend: BackendArgs,
 }
+
+/// Tokens per ubatch of the untimed `-d` prompt (as `weft run` and llama-bench feed prompts).
+const DEPTH_UBATCH: usize = 512;
 
 /// Bytes moved when measuring bandwidth (well past any CPU's last-level cache).
 const BANDWIDTH_BYTES: usize = 256 << 20;
@@ -125,7 +129,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let fill = |s: &mut Session| -> Result<()> {
         s.clear();
         if !depth.is_empty() {
-            s.decode_last(&[(0, &depth)])?;
+            for chunk in depth.chunks(DEPTH_UBATCH) {
+                s.decode_last(&[(0, chunk)])?;
+            }
         }
         Ok(())
     };
@@ -314,7 +320,9 @@ fn profile(s: &mut Session, n_prompt: usize, toks: &[i32], depth: &[i32]) -> Res
         s.clear();
         s.set_profiling(false);
         if !depth.is_empty() {
-            s.decode_last(&[(0, depth)])?;
+            for chunk in depth.chunks(DEPTH_UBATCH) {
+                s.decode_last(&[(0, chunk)])?;
+            }
         }
         s.set_profiling(true);
         Ok(())

@@ -96,8 +96,8 @@ pub fn attention(
     #[cfg(target_arch = "x86_64")]
     let zmm = super::attention_zmm::available();
     #[cfg(target_arch = "x86_64")]
-    let keys_t =
-        (zmm && t >= ZMM_ROWS).then(|| super::attention_zmm::KeysT::new(ops.k, tk, hkv, d));
+    let keys_t = (zmm && t * (hq / hkv) >= ZMM_ROWS)
+        .then(|| super::attention_zmm::KeysT::new(ops.k, tk, hkv, d));
     team::global().chunks_mut(out, per * dv, |unit, o| {
         SCORES.with_borrow_mut(|scores| {
             scores.resize(per * tk, 0.0);
@@ -136,9 +136,11 @@ fn prefetch(row: &[f32]) {
     }
 }
 
-/// Query rows from which attention transposes the keys for the AVX-512 score tiles (decode's
-/// single row scores the key rows as they lie).
-const ZMM_ROWS: usize = 4;
+/// Query rows per key head from which attention transposes the keys for the AVX-512 score
+/// tiles: the transposition costs a scattered write per cached key element, one thread's,
+/// which a few query rows on a deep cache would not repay (decode scores the key rows as they
+/// lie).
+const ZMM_ROWS: usize = 64;
 
 /// Query heads per unit of work: the whole group sharing a key head, unless that leaves fewer
 /// than two units per thread (a decode step of a model with few key heads, on many cores),
@@ -189,7 +191,7 @@ impl UnitKeys<'_> {
     }
 }
 
-/// The inner loops of attention, portable, in AVX2 and FMA, or (prompts) in AVX-512 tiles.
+/// The inner loops of attention, portable, in AVX2 and FMA, or in AVX-512 (`attention_zmm`).
 pub(super) trait RowKernels {
     /// `[a · b_r]` for four rows `b_r` (each at least as long as `a`).
     fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4];
@@ -575,6 +577,10 @@ mod tests {
             (4, 4, 8, 1, 4, 64, true),
             (40, 70, 8, 1, 64, 72, true),
             (5, 70, 6, 2, 24, 16, false),
+            // groups of 5 and 16 (tiles after the first of a unit), head sizes of 40 and 80
+            // (whole 32-element steps and a masked rest)
+            (2, 9, 10, 2, 40, 24, true),
+            (6, 40, 16, 1, 80, 8, false),
         ] {
             let (q, k, v) = (
                 values(t * hq * d, 1),
@@ -667,6 +673,36 @@ mod tests {
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(out) = run_zmm(&ops, 2) {
+            check(out, "avx-512");
+        }
+    }
+
+    /// A key the mask hides scores -inf even where its dot product overflows to infinity (an
+    /// infinite dot product plus a -inf mask would be NaN).
+    #[test]
+    fn a_hidden_key_stays_hidden_when_its_dot_product_overflows() {
+        let (d, dv) = (4, 16);
+        let q = [10.0, 10.0, 0.0, 0.0];
+        // the hidden key between two seen ones (keys outside the first and last seen cost
+        // nothing and are never scored)
+        let k = [[1.0, 0.0, 0.0, 0.0], [3e38, 3e38, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]].concat();
+        let v = [vec![1.0; dv], vec![5.0; dv], vec![1.0; dv]].concat();
+        let mask = [0.0, f32::NEG_INFINITY, 0.0];
+        let ops = Operands {
+            q: &q,
+            k: &k,
+            v: &v,
+            mask: Some(&mask),
+            gate: None,
+            dims: [1, 1, d, 3, 1, dv],
+            scale: 1.0,
+            causal: false,
+        };
+        let check =
+            |out: Vec<f32>, what: &str| assert!(out.iter().all(|&x| x == 1.0), "{what}: {out:?}");
+        check(run(&ops, 1, Plain), "plain");
+        #[cfg(target_arch = "x86_64")]
+        if let Some(out) = run_zmm(&ops, 1) {
             check(out, "avx-512");
         }
     }

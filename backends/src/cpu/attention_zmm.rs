@@ -1,4 +1,5 @@
-//! Prompt attention in AVX-512 tiles.
+//! Attention in AVX-512 registers: prompts' scores in tiles over transposed keys, every
+//! row's weighted sums in tiles, decode's scores on the key rows as they lie.
 //!
 //! Scores: the keys of each key head are transposed once per node (`KeysT`, a key per lane),
 //! so a tile of up to 8 query heads by 32 keys sums `q_g[i] · k_j[i]` over the head dimension
@@ -66,7 +67,9 @@ pub(super) unsafe fn group(
     group_body(ops, unit, per, o, scores, Zmm { kt, avx2 });
 }
 
-/// [`RowKernels`] whose scores and weighted sums run the AVX-512 tiles; made only by [`group`].
+/// [`RowKernels`] in AVX-512: scores in tiles over `kt` where the keys were transposed, else
+/// `dot4_zmm` on the key rows; weighted sums in tiles (so `sum32` goes unused); made only by
+/// [`group`].
 #[derive(Clone, Copy)]
 struct Zmm<'a> {
     kt: Option<&'a KeysT>,
