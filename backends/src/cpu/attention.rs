@@ -96,7 +96,7 @@ pub fn attention(
     #[cfg(target_arch = "x86_64")]
     let zmm = super::attention_zmm::available();
     #[cfg(target_arch = "x86_64")]
-    let keys_t = (zmm && t * (hq / hkv) >= ZMM_ROWS)
+    let keys_t = (zmm && d > 0 && t * (hq / hkv) >= ZMM_ROWS)
         .then(|| super::attention_zmm::KeysT::new(ops.k, tk, hkv, d));
     team::global().chunks_mut(out, per * dv, |unit, o| {
         SCORES.with_borrow_mut(|scores| {
@@ -167,8 +167,10 @@ fn group_avx2(ops: &Operands, unit: usize, per: usize, o: &mut [f32], scores: &m
     group_body(ops, unit, per, o, scores, unsafe { Avx2::new() })
 }
 
-/// The keys one unit sees: its key head `kh`, keys `lo..lo + n`, and its mask over them.
+/// The keys one unit sees: its key head `kh`, keys `lo..lo + n`, and its mask over them; and
+/// its query heads' count `per`.
 pub(super) struct UnitKeys<'a> {
+    pub per: usize,
     pub kh: usize,
     pub lo: usize,
     pub n: usize,
@@ -375,7 +377,7 @@ pub(super) fn scores_by_rows(
     scores: &mut [f32],
 ) {
     let [_, _, d, _, hkv, _] = ops.dims;
-    let (n, per) = (keys.n, queries.len() / d);
+    let (n, per) = (keys.n, keys.per);
     let query = |g: usize| &queries[g * d..(g + 1) * d];
     let key = |j: usize| {
         let at = ((keys.lo + j) * hkv + keys.kh) * d;
@@ -494,6 +496,7 @@ pub(super) fn group_body(
     let n = hi - lo;
     let scores = &mut scores[..per * n];
     let keys = UnitKeys {
+        per,
         kh,
         lo,
         n,
@@ -581,6 +584,8 @@ mod tests {
             // (whole 32-element steps and a masked rest)
             (2, 9, 10, 2, 40, 24, true),
             (6, 40, 16, 1, 80, 8, false),
+            // heads of no elements: every score is the mask's
+            (3, 6, 4, 2, 0, 8, true),
         ] {
             let (q, k, v) = (
                 values(t * hq * d, 1),
@@ -685,7 +690,12 @@ mod tests {
         let q = [10.0, 10.0, 0.0, 0.0];
         // the hidden key between two seen ones (keys outside the first and last seen cost
         // nothing and are never scored)
-        let k = [[1.0, 0.0, 0.0, 0.0], [3e38, 3e38, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]].concat();
+        let k = [
+            [1.0, 0.0, 0.0, 0.0],
+            [3e38, 3e38, 0.0, 0.0],
+            [1.0, 0.0, 0.0, 0.0],
+        ]
+        .concat();
         let v = [vec![1.0; dv], vec![5.0; dv], vec![1.0; dv]].concat();
         let mask = [0.0, f32::NEG_INFINITY, 0.0];
         let ops = Operands {

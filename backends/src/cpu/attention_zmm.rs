@@ -31,10 +31,12 @@ impl KeysT {
     pub fn new(k: &[f32], tk: usize, hkv: usize, d: usize) -> KeysT {
         let stride = (tk + KEYS).next_multiple_of(16);
         let mut data = vec![0.0; hkv * d * stride];
-        for (j, key) in k.chunks_exact(d).take(tk * hkv).enumerate() {
-            let (j, kh) = (j / hkv, j % hkv);
-            for (i, &x) in key.iter().enumerate() {
-                data[(kh * d + i) * stride + j] = x;
+        if d > 0 {
+            for (j, key) in k.chunks_exact(d).take(tk * hkv).enumerate() {
+                let (j, kh) = (j / hkv, j % hkv);
+                for (i, &x) in key.iter().enumerate() {
+                    data[(kh * d + i) * stride + j] = x;
+                }
             }
         }
         KeysT { data, stride }
@@ -100,8 +102,9 @@ impl RowKernels for Zmm<'_> {
             return scores_by_rows(self, ops, queries, keys, scores);
         };
         let d = ops.dims[2];
-        let per = queries.len() / d;
+        let per = keys.per;
         assert!(scores.len() >= per * keys.n && keys.mask.is_none_or(|m| m.len() >= keys.n));
+        assert!(queries.len() >= per * d);
         assert!(keys.lo + keys.n + KEYS <= kt.stride);
         assert!(kt.data.len() >= (keys.kh + 1) * d * kt.stride);
         let mut g = 0;
