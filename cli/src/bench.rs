@@ -51,6 +51,15 @@ pub struct BenchArgs {
     backend: BackendArgs,
 }
 
+/// Clears `s` and runs `depth` through it (the untimed `-d` prompt), in ubatches.
+fn fill(s: &mut Session, depth: &[i32]) -> Result<()> {
+    s.clear();
+    for chunk in depth.chunks(DEPTH_UBATCH) {
+        s.decode_last(&[(0, chunk)])?;
+    }
+    Ok(())
+}
+
 /// Tokens per ubatch of the untimed `-d` prompt (as `weft run` and llama-bench feed prompts).
 const DEPTH_UBATCH: usize = 512;
 
@@ -125,16 +134,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut random_tokens =
         |n: usize| -> Vec<i32> { (0..n).map(|_| (rng.next_u64() % nv) as i32).collect() };
     let depth = random_tokens(args.n_depth);
-    // a cleared session with the depth's tokens in it
-    let fill = |s: &mut Session| -> Result<()> {
-        s.clear();
-        if !depth.is_empty() {
-            for chunk in depth.chunks(DEPTH_UBATCH) {
-                s.decode_last(&[(0, chunk)])?;
-            }
-        }
-        Ok(())
-    };
     let mut tests = vec![];
     let total = (args.n_prompt > 0) as u64 * args.repetitions as u64
         + (args.n_gen > 0) as u64 * args.repetitions as u64;
@@ -145,7 +144,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     if args.n_prompt > 0 {
         let prompt = random_tokens(args.n_prompt);
-        fill(&mut s)?;
+        fill(&mut s, &depth)?;
         s.decode_last(&[(0, &prompt)])?; // warm-up: compiles the program
         let mut t = Test {
             n_prompt: args.n_prompt,
@@ -154,7 +153,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             host: None,
         };
         for _ in 0..args.repetitions {
-            fill(&mut s)?;
+            fill(&mut s, &depth)?;
             bar.set_message(format!("pp{}", args.n_prompt));
             let start = Instant::now();
             s.decode_last(&[(0, &prompt)])?;
@@ -172,7 +171,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             host: None,
         };
         for _ in 0..args.repetitions {
-            fill(&mut s)?;
+            fill(&mut s, &depth)?;
             s.decode_last(&[(0, &toks[..1])])?; // warm-up token (and compile)
             bar.set_message(format!("tg{}", args.n_gen));
             let before = s.run_stats();
@@ -315,23 +314,18 @@ const PROFILE_STEPS: usize = 16;
 /// Prints, per op kind and largest first, where the time of a prompt of `n_prompt` tokens (when
 /// not 0) and of a generated token goes, each on a context of `depth` tokens.
 fn profile(s: &mut Session, n_prompt: usize, toks: &[i32], depth: &[i32]) -> Result<()> {
-    // untimed: a cleared session with the depth's tokens in it
-    let fill = |s: &mut Session| -> Result<()> {
-        s.clear();
+    // untimed: the depth's tokens
+    let refill = |s: &mut Session| -> Result<()> {
         s.set_profiling(false);
-        if !depth.is_empty() {
-            for chunk in depth.chunks(DEPTH_UBATCH) {
-                s.decode_last(&[(0, chunk)])?;
-            }
-        }
+        fill(s, depth)?;
         s.set_profiling(true);
         Ok(())
     };
     if n_prompt > 0 {
-        fill(s)?;
+        refill(s)?;
         let prompt: Vec<i32> = toks.iter().copied().cycle().take(n_prompt).collect();
         s.decode_last(&[(0, &prompt)])?; // compiled before it is timed
-        fill(s)?;
+        refill(s)?;
         let start = Instant::now();
         s.decode_last(&[(0, &prompt)])?;
         let wall = start.elapsed().as_secs_f64();
@@ -339,7 +333,7 @@ fn profile(s: &mut Session, n_prompt: usize, toks: &[i32], depth: &[i32]) -> Res
         OpTable::from(&runs).print(&format!("prompt of {n_prompt} tokens"), wall, 1.0);
         print_slowest_nodes(&runs, 1.0);
     }
-    fill(s)?;
+    refill(s)?;
     s.decode_last(&[(0, &toks[..1])])?;
     let mut steps = vec![];
     let mut wall = 0.0;

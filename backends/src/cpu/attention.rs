@@ -224,8 +224,7 @@ pub(super) trait RowKernels {
     #[inline(always)]
     fn weighted(&self, ops: &Operands, keys: &UnitKeys, scores: &[f32], o: &mut [f32]) {
         let [_, _, _, _, hkv, dv] = ops.dims;
-        let n = keys.n;
-        let per = o.len() / dv;
+        let (n, per) = (keys.n, keys.per);
         let ps = |g: usize| &scores[g * n..(g + 1) * n];
         for c in 0..dv.div_ceil(32) {
             let at = |j: usize| ((keys.lo + j) * hkv + keys.kh) * dv + c * 32;

@@ -125,7 +125,8 @@ impl RowKernels for Zmm<'_> {
     #[inline(always)]
     fn weighted(&self, ops: &Operands, keys: &UnitKeys, scores: &[f32], o: &mut [f32]) {
         let [_, _, _, tk, hkv, dv] = ops.dims;
-        let per = o.len() / dv;
+        let per = keys.per;
+        assert!(o.len() >= per * dv);
         assert!(scores.len() >= per * keys.n && keys.lo + keys.n <= tk);
         assert!(ops.v.len() >= tk * hkv * dv && keys.kh < hkv);
         for c0 in (0..dv).step_by(COLS) {
