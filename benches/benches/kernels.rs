@@ -181,24 +181,43 @@ fn matmul(c: &mut Criterion) {
 fn attention(c: &mut Criterion) {
     // TinyLlama's heads: 32 query heads, 4 KV heads of 64.
     let (hq, hkv, d) = (32, 4, 64);
-    let case = |t: usize, tk: usize| -> (String, Throughput, Box<Build>) {
+    // a prompt's, every operand an input
+    let prefill = |t: usize| -> (String, Throughput, Box<Build>) {
         let build: Box<Build> = Box::new(move |_: &mut dyn Backend| {
             let mut case = Case::new(3);
             let q = case.input("q", &[t, hq, d], |v| v)?;
-            let k = case.input("k", &[tk, hkv, d], |v| v)?;
-            let v = case.input("v", &[tk, hkv, d], |v| v)?;
+            let k = case.input("k", &[t, hkv, d], |v| v)?;
+            let v = case.input("v", &[t, hkv, d], |v| v)?;
             let y = case.b.attention(q, k, v, None, None, 0.125, true)?;
             Ok((case, y))
         });
-        let flops = (4 * t * tk * hq * d) as u64;
-        let name = if t == 1 {
-            format!("decode, {tk} keys")
-        } else {
-            format!("prefill {t} tokens, causal")
-        };
+        let flops = (4 * t * t * hq * d) as u64;
+        let name = format!("prefill {t} tokens, causal");
         (name, Throughput::Elements(flops), build)
     };
-    suite(c, "attention (FLOP/s)", &[case(1, 1024), case(256, 256)]);
+    // a decode step's over caches that stay on the device (only the query is uploaded)
+    let decode = |tk: usize, kv: DType| -> (String, Throughput, Box<Build>) {
+        let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {
+            let mut case = Case::new(3);
+            let q = case.input("q", &[1, hq, d], |v| v)?;
+            let k = case.external(be, "k", &[tk, hkv, d], kv, Access::ReadOnly)?;
+            let v = case.external(be, "v", &[tk, hkv, d], kv, Access::ReadOnly)?;
+            let y = case.b.attention(q, k, v, None, None, 0.125, false)?;
+            Ok((case, y))
+        });
+        let flops = (4 * tk * hq * d) as u64;
+        let name = format!("decode, {tk} cached keys {}", kv.name());
+        (name, Throughput::Elements(flops), build)
+    };
+    suite(
+        c,
+        "attention (FLOP/s)",
+        &[
+            decode(2048, DType::F32),
+            decode(2048, DType::F16),
+            prefill(256),
+        ],
+    );
 }
 
 fn recurrent(c: &mut Criterion) {

@@ -28,6 +28,25 @@ pub struct BackendArgs {
     /// the machine the README's figures come from.
     #[arg(long)]
     pub mmap: bool,
+    /// Storage type of the KV cache (keys and values; llama.cpp's -ctk and -ctv): f16 halves
+    /// its memory and the bytes attention reads per token on a long context.
+    #[arg(long, value_enum, default_value_t = CacheType::F32)]
+    pub cache_type: CacheType,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheType {
+    F32,
+    F16,
+}
+
+impl CacheType {
+    pub fn dtype(self) -> weft_graph::DType {
+        match self {
+            CacheType::F32 => weft_graph::DType::F32,
+            CacheType::F16 => weft_graph::DType::F16,
+        }
+    }
 }
 
 /// Opens the chosen backend; `auto` falls back to the CPU and says why on stderr.

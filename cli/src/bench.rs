@@ -124,6 +124,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         MemoryConfig {
             cells,
             sequences: 1,
+            kv_dtype: args.backend.cache_type.dtype(),
             ..Default::default()
         },
         |d, _| bar.set_position(d as u64),

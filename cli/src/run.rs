@@ -219,6 +219,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         MemoryConfig {
             cells: args.ctx,
             sequences: 1,
+            kv_dtype: args.backend.cache_type.dtype(),
             ..Default::default()
         },
         |d, _| bar.set_position(d as u64),

@@ -127,6 +127,41 @@ fn a_seeded_sampled_run_is_reproducible() {
     );
 }
 
+/// `--cache-type f16` (llama.cpp's -ctk/-ctv f16) runs with the KV cache in f16; a type the
+/// cache cannot hold is refused by name.
+#[test]
+fn an_f16_kv_cache_runs_and_other_types_are_refused() {
+    let m = model();
+    let run = |cache: &str| {
+        weft(&[
+            "run",
+            "-m",
+            &m,
+            "-p",
+            "The quick brown fox",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "--backend",
+            "cpu",
+            "--quiet",
+            "--cache-type",
+            cache,
+        ])
+    };
+    let (ok, out, err) = run("f16");
+    assert!(ok, "{err}");
+    assert!(out.starts_with("The quick brown fox"), "{out}");
+    assert!(
+        out.len() > "The quick brown fox\n".len(),
+        "nothing generated: {out:?}"
+    );
+    let (ok, _, err) = run("q8_0");
+    assert!(!ok);
+    assert!(err.contains("q8_0") && err.contains("f16"), "{err}");
+}
+
 #[test]
 fn bad_run_arguments_are_one_line_errors() {
     for (args, needle) in [

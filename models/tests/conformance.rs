@@ -3,7 +3,8 @@
 //! Per file: the prompt in one pass, greedy decoding through the cache, the no-cache forward of
 //! prompt + generated ids, two sequences run together in one batch, and the two decoded
 //! interleaved. Worst row-wise relative error must stay within the fixture tolerances
-//! (f32 1e-4, f16 2e-2); greedy ids must match except after a near-tie. The harness is in
+//! (f32 1e-4, f16 2e-2, and f16 for a model run with an f16 KV cache); greedy ids must match
+//! except after a near-tie. The harness is in
 //! `common/`; each architecture family has its own test file.
 
 #![allow(clippy::unwrap_used)]
@@ -18,6 +19,7 @@ use weft_models::{MemoryConfig, Session};
 conformance_tests! {
     llama_f32: "llama" "f32";
     llama_f16: "llama" "f16";
+    llama_f16_kv_f16: "llama" "f16" kv F16;
     mamba_f32: "mamba" "f32";
     mamba_f16: "mamba" "f16";
     mamba2_f32: "mamba2" "f32";

@@ -16,6 +16,7 @@ conformance_tests! {
     qwen3_5_f16: "qwen3_5" "f16";
     qwen3_next_f32: "qwen3_next" "f32";
     qwen3_next_f16: "qwen3_next" "f16";
+    qwen3_next_f16_kv_f16: "qwen3_next" "f16" kv F16;
     falcon_h1_f32: "falcon_h1" "f32";
     falcon_h1_f16: "falcon_h1" "f16";
     lfm2_f32: "lfm2" "f32";

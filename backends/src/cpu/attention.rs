@@ -41,11 +41,100 @@ pub fn rope(x: &TensorRef, pos: &TensorRef, p: RopeParams, out: &mut [f32]) {
     }
 }
 
-/// What every output row of one attention node reads.
-pub(super) struct Operands<'a> {
+/// The element types of key and value caches that the kernels read as they lie: f32, or f16
+/// widened as it is loaded (half the bytes a decode step reads from a deep cache, and no
+/// conversion of the whole cache first).
+pub(super) trait Elem: Copy + Send + Sync {
+    fn to_f32(self) -> f32;
+    /// `Σ a_i·b_i`, as the portable kernels sum it.
+    fn dot(a: &[f32], b: &[Self]) -> f32;
+    /// `dst = src` as f32 (as long as each other).
+    fn widen(src: &[Self], dst: &mut [f32]);
+    /// Eight elements from `p`, widened.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C; eight elements from `p` are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// The elements of the first `lanes` of sixteen from `p`, widened; the other lanes zero
+    /// (and their elements not read).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VL; the elements of `lanes` are readable.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(
+        lanes: std::arch::x86_64::__mmask16,
+        p: *const Self,
+    ) -> std::arch::x86_64::__m512;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot_body(a, b)
+    }
+    #[inline(always)]
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(
+        lanes: std::arch::x86_64::__mmask16,
+        p: *const f32,
+    ) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract (masked lanes are not read).
+        unsafe { std::arch::x86_64::_mm512_maskz_loadu_ps(lanes, p) }
+    }
+}
+
+impl Elem for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[half::f16]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+    }
+    #[inline(always)]
+    fn widen(src: &[half::f16], dst: &mut [f32]) {
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract: eight f16 (16 bytes) readable, F16C.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(
+        lanes: std::arch::x86_64::__mmask16,
+        p: *const half::f16,
+    ) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract (AVX-512 F, BW and VL; masked lanes are not read).
+        unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, p.cast())) }
+    }
+}
+
+/// What every output row of one attention node reads (keys and values of element type `E`).
+pub(super) struct Operands<'a, E> {
     pub q: &'a [f32],
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: &'a [E],
+    pub v: &'a [E],
     pub mask: Option<&'a [f32]>,
     pub gate: Option<&'a [f32]>,
     /// `[t, hq, d, tk, hkv, dv]`
@@ -65,29 +154,51 @@ pub fn attention(
     causal: bool,
     out: &mut [f32],
 ) {
-    let (qv, kv, vv) = (q.f32(), k.f32(), v.f32());
+    let qv = q.f32();
     let mv = mask.map(|m| m.f32());
     let gv = gate.map(|g| g.f32());
+    let dims = [
+        q.dims()[0],
+        q.dims()[1],
+        q.dims()[2],
+        k.dims()[0],
+        k.dims()[1],
+        v.dims()[2],
+    ];
+    // an f16 cache read as it lies; anything else as f32 values
+    if let (Some(k16), Some(v16)) = (k.f16(), v.f16()) {
+        let ops = Operands {
+            q: &qv,
+            k: k16,
+            v: v16,
+            mask: mv.as_deref(),
+            gate: gv.as_deref(),
+            dims,
+            scale,
+            causal,
+        };
+        return run(&ops, out);
+    }
+    let (kv, vv) = (k.f32(), v.f32());
     let ops = Operands {
         q: &qv,
         k: &kv,
         v: &vv,
         mask: mv.as_deref(),
         gate: gv.as_deref(),
-        dims: [
-            q.dims()[0],
-            q.dims()[1],
-            q.dims()[2],
-            k.dims()[0],
-            k.dims()[1],
-            v.dims()[2],
-        ],
+        dims,
         scale,
         causal,
     };
+    run(&ops, out)
+}
+
+/// [`attention`] of `ops` into `out`, the units of work shared by the team.
+fn run<E: Elem>(ops: &Operands<E>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    let avx2 =
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let avx2 = std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c");
     // the query heads that share a key head, one token's, meet its keys and values together
     // (all of them, or as many as leave every thread work: see `heads_per_unit`)
     let [t, hq, d, tk, hkv, dv] = ops.dims;
@@ -99,21 +210,20 @@ pub fn attention(
     let keys_t = (zmm && d > 0 && t * (hq / hkv) >= ZMM_ROWS)
         .then(|| super::attention_zmm::KeysT::new(ops.k, tk, hkv, d));
     team::global().chunks_mut(out, per * dv, |unit, o| {
-        SCORES.with_borrow_mut(|scores| {
-            scores.resize(per * tk, 0.0);
+        SCRATCH.with_borrow_mut(|scratch| {
             #[cfg(target_arch = "x86_64")]
             if zmm {
-                // SAFETY: `available()` found AVX-512 F, AVX2 and FMA.
+                // SAFETY: `available()` found AVX-512 F, BW and VL, AVX2, FMA and F16C.
                 return unsafe {
-                    super::attention_zmm::group(&ops, keys_t.as_ref(), unit, per, o, scores)
+                    super::attention_zmm::group(ops, keys_t.as_ref(), unit, per, o, scratch)
                 };
             }
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: the CPU has AVX2 and FMA, checked above.
-                return unsafe { group_avx2(&ops, unit, per, o, scores) };
+                // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
+                return unsafe { group_avx2(ops, unit, per, o, scratch) };
             }
-            group_body(&ops, unit, per, o, scores, Plain)
+            group_body(ops, unit, per, o, scratch, Plain)
         })
     });
 }
@@ -124,9 +234,9 @@ pub(super) const AHEAD: usize = 16;
 
 /// Asks for the cache lines of `row` (a key row) ahead of their use.
 #[inline(always)]
-fn prefetch(row: &[f32]) {
+fn prefetch<E>(row: &[E]) {
     #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(16) {
+    for line in row.chunks(64 / size_of::<E>().max(1)) {
         // SAFETY: a prefetch reads nothing architecturally; the address lies within `row`.
         unsafe {
             std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
@@ -153,18 +263,37 @@ fn heads_per_unit(t: usize, hq: usize, group: usize, threads: usize) -> usize {
         .unwrap_or(1)
 }
 
-thread_local! {
-    /// Each worker's scores of one unit's query rows, kept between units.
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+/// A worker's room for one unit: the scores of its query rows, and a block of value rows
+/// ([`RowKernels::weighted`]).
+#[derive(Default)]
+pub(super) struct Scratch {
+    scores: Vec<f32>,
+    rows: Vec<f32>,
 }
 
-/// [`group_body`] compiled for AVX2 and FMA, with the [`Avx2`] inner loops (fused
+thread_local! {
+    /// Each worker's scratch, kept between units.
+    static SCRATCH: std::cell::RefCell<Scratch> = const {
+        std::cell::RefCell::new(Scratch {
+            scores: Vec::new(),
+            rows: Vec::new(),
+        })
+    };
+}
+
+/// [`group_body`] compiled for AVX2, FMA and F16C, with the [`Avx2`] inner loops (fused
 /// multiply-adds, so the last bits differ from [`Plain`]'s).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn group_avx2(ops: &Operands, unit: usize, per: usize, o: &mut [f32], scores: &mut [f32]) {
-    // SAFETY: this function runs only where the CPU has AVX2 and FMA (its features).
-    group_body(ops, unit, per, o, scores, unsafe { Avx2::new() })
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_avx2<E: Elem>(
+    ops: &Operands<E>,
+    unit: usize,
+    per: usize,
+    o: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    // SAFETY: this function runs only where the CPU has AVX2, FMA and F16C (its features).
+    group_body(ops, unit, per, o, scratch, unsafe { Avx2::new() })
 }
 
 /// The keys one unit sees: its key head `kh`, keys `lo..lo + n`, and its mask over them; and
@@ -196,22 +325,29 @@ impl UnitKeys<'_> {
 /// The inner loops of attention, portable, in AVX2 and FMA, or in AVX-512 (`attention_zmm`).
 pub(super) trait RowKernels {
     /// `[a · b_r]` for four rows `b_r` (each at least as long as `a`).
-    fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4];
-    /// `Σ_j p_j · v[at(j)..at(j) + 32]` for each of the `N` rows of weights `p`, over the keys
-    /// it weighs (a zero weight skips the key, so a value row of infinities it does not weigh
-    /// stays out of its sums), each column in key order.
+    fn dot4<E: Elem>(&self, a: &[f32], b: [&[E]; 4]) -> [f32; 4];
+    /// Adds `Σ_j p_h[j] · v[at(j)..at(j) + 32]` to `acc_h` for each of the `N` rows of
+    /// weights `p_h`, over the keys it weighs (a
+    /// zero weight skips the key, so a value row of infinities it does not weigh stays out of
+    /// its sums), each column in key order.
     fn sum32<const N: usize>(
         &self,
         p: [&[f32]; N],
         v: &[f32],
         at: impl Fn(usize) -> usize,
-    ) -> [[f32; 32]; N];
+        acc: &mut [[f32; 32]; N],
+    );
 
     /// `scores[g·n + j]`: the score of query row `g` of `queries` (`per` rows of `d`) against
     /// key `keys.lo + j` ([`scores_by_rows`]).
     #[inline(always)]
-    fn scores(&self, ops: &Operands, queries: &[f32], keys: &UnitKeys, scores: &mut [f32])
-    where
+    fn scores<E: Elem>(
+        &self,
+        ops: &Operands<E>,
+        queries: &[f32],
+        keys: &UnitKeys,
+        scores: &mut [f32],
+    ) where
         Self: Sized,
     {
         scores_by_rows(self, ops, queries, keys, scores);
@@ -220,51 +356,89 @@ pub(super) trait RowKernels {
     /// `o[g·dv..]` = `Σ_j p_gj·v_j` over the unit's keys for each of its `per` heads (`p` =
     /// `scores`, softmaxed), 32 output columns at a time so their sums stay in registers
     /// across keys (each column still adds its terms in key order), two heads at a time so
-    /// each value row is read once per pair.
+    /// each value row is read once per pair. The keys go in blocks whose value rows are first
+    /// copied side by side as f32 (widened once, however many passes read them; and a decode
+    /// step's unit reads a strided slice of a deep cache, 1 KiB apart for TinyLlama's f32
+    /// cache, whose rows would crowd a few sets of the L1 cache if read where they lie), the
+    /// rows [`AHEAD`] keys on asked for as each is copied (into `rows`).
     #[inline(always)]
-    fn weighted(&self, ops: &Operands, keys: &UnitKeys, scores: &[f32], o: &mut [f32]) {
+    fn weighted<E: Elem>(
+        &self,
+        ops: &Operands<E>,
+        keys: &UnitKeys,
+        scores: &[f32],
+        o: &mut [f32],
+        rows: &mut Vec<f32>,
+    ) {
         let [_, _, _, _, hkv, dv] = ops.dims;
         let (n, per) = (keys.n, keys.per);
-        let ps = |g: usize| &scores[g * n..(g + 1) * n];
-        for c in 0..dv.div_ceil(32) {
-            let at = |j: usize| ((keys.lo + j) * hkv + keys.kh) * dv + c * 32;
-            let cols = (dv - c * 32).min(32);
-            let mut g = 0;
-            while g < per {
-                // a pair of heads (or the last of an odd number)
-                let heads = g..(g + 2).min(per);
-                if cols == 32 {
-                    if heads.len() == 2 {
-                        let sums = self.sum32([ps(g), ps(g + 1)], ops.v, at);
-                        for (gg, s) in heads.zip(sums) {
+        let o = &mut o[..per * dv];
+        o.fill(0.0);
+        if dv == 0 {
+            return;
+        }
+        let row = |j: usize| {
+            let at = ((keys.lo + j) * hkv + keys.kh) * dv;
+            &ops.v[at..at + dv]
+        };
+        let block = (BLOCK_FLOATS / dv).clamp(8, 256);
+        rows.resize(block * dv, 0.0);
+        for b0 in (0..n).step_by(block) {
+            let b1 = (b0 + block).min(n);
+            for (j, r) in (b0..b1).zip(rows.chunks_exact_mut(dv)) {
+                if j + AHEAD < n {
+                    prefetch(row(j + AHEAD));
+                }
+                E::widen(row(j), r);
+            }
+            let ps = |g: usize| &scores[g * n + b0..g * n + b1];
+            for c in 0..dv.div_ceil(32) {
+                let at = |j: usize| j * dv + c * 32;
+                let cols = (dv - c * 32).min(32);
+                let chunk = |o: &[f32], g: usize| -> [f32; 32] {
+                    o[g * dv + c * 32..][..32].try_into().expect("32 columns")
+                };
+                let mut g = 0;
+                while g < per {
+                    // a pair of heads (or the last of an odd number)
+                    let heads = g..(g + 2).min(per);
+                    if cols == 32 && heads.len() == 2 {
+                        let mut acc = [chunk(o, g), chunk(o, g + 1)];
+                        self.sum32([ps(g), ps(g + 1)], rows, at, &mut acc);
+                        for (gg, s) in heads.zip(acc) {
                             o[gg * dv + c * 32..][..32].copy_from_slice(&s);
                         }
+                    } else if cols == 32 {
+                        let mut acc = [chunk(o, g)];
+                        self.sum32([ps(g)], rows, at, &mut acc);
+                        o[g * dv + c * 32..][..32].copy_from_slice(&acc[0]);
                     } else {
-                        let [s] = self.sum32([ps(g)], ops.v, at);
-                        o[g * dv + c * 32..][..32].copy_from_slice(&s);
-                    }
-                } else {
-                    for gg in heads {
-                        let oc = &mut o[gg * dv + c * 32..][..cols];
-                        oc.fill(0.0);
-                        for (j, &p) in ps(gg).iter().enumerate().filter(|(_, p)| **p != 0.0) {
-                            axpy_body(oc, p, &ops.v[at(j)..at(j) + cols]);
+                        for gg in heads {
+                            let oc = &mut o[gg * dv + c * 32..][..cols];
+                            let weighed = ps(gg).iter().enumerate().filter(|(_, p)| **p != 0.0);
+                            for (j, &p) in weighed {
+                                axpy_body(oc, p, &rows[at(j)..at(j) + cols]);
+                            }
                         }
                     }
+                    g += 2;
                 }
-                g += 2;
             }
         }
     }
 }
+
+/// The value elements a block of keys of [`RowKernels::weighted`] copies (16 KiB: half an L1
+/// cache, beside the block's scores and the sums).
+const BLOCK_FLOATS: usize = 4096;
 
 #[derive(Clone, Copy)]
 struct Plain;
 
 impl RowKernels for Plain {
     #[inline(always)]
-    fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-        b.map(|r| dot_body(a, &r[..a.len()]))
+    fn dot4<E: Elem>(&self, a: &[f32], b: [&[E]; 4]) -> [f32; 4] {
+        b.map(|r| E::dot(a, &r[..a.len()]))
     }
 
     #[inline(always)]
@@ -273,8 +447,8 @@ impl RowKernels for Plain {
         p: [&[f32]; N],
         v: &[f32],
         at: impl Fn(usize) -> usize,
-    ) -> [[f32; 32]; N] {
-        let mut acc = [[0.0f32; 32]; N];
+        acc: &mut [[f32; 32]; N],
+    ) {
         for j in 0..p[0].len() {
             let w = p.map(|r| r[j]);
             if w.iter().all(|&x| x == 0.0) {
@@ -287,12 +461,11 @@ impl RowKernels for Plain {
                 }
             }
         }
-        acc
     }
 }
 
-/// [`RowKernels`] for CPUs with AVX2 and FMA; only [`Avx2::new`], whose caller vouches for
-/// them, makes one.
+/// [`RowKernels`] for CPUs with AVX2, FMA and F16C; only [`Avx2::new`], whose caller vouches
+/// for them, makes one.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(super) struct Avx2(());
@@ -300,7 +473,7 @@ pub(super) struct Avx2(());
 #[cfg(target_arch = "x86_64")]
 impl Avx2 {
     /// # Safety
-    /// The CPU has AVX2 and FMA.
+    /// The CPU has AVX2, FMA and F16C.
     pub(super) unsafe fn new() -> Avx2 {
         Avx2(())
     }
@@ -309,8 +482,8 @@ impl Avx2 {
 #[cfg(target_arch = "x86_64")]
 impl RowKernels for Avx2 {
     #[inline(always)]
-    fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
-        // SAFETY: an `Avx2` exists only where the CPU has AVX2 and FMA.
+    fn dot4<E: Elem>(&self, a: &[f32], b: [&[E]; 4]) -> [f32; 4] {
+        // SAFETY: an `Avx2` exists only where the CPU has AVX2, FMA and F16C.
         unsafe { dot4_avx2(a, b) }
     }
 
@@ -320,17 +493,20 @@ impl RowKernels for Avx2 {
         p: [&[f32]; N],
         v: &[f32],
         at: impl Fn(usize) -> usize,
-    ) -> [[f32; 32]; N] {
+        acc: &mut [[f32; 32]; N],
+    ) {
         use std::arch::x86_64::*;
         // SAFETY: as `dot4`; every row read is sliced first, so its 32 floats exist.
         unsafe {
-            let mut acc = [[_mm256_setzero_ps(); 4]; N];
+            let mut sums = [[_mm256_setzero_ps(); 4]; N];
+            for (s, a) in sums.iter_mut().zip(acc.iter()) {
+                for i in 0..4 {
+                    s[i] = _mm256_loadu_ps(a.as_ptr().add(8 * i));
+                }
+            }
             let n = p[0].len();
             let p = p.map(|r| &r[..n]);
             for j in 0..n {
-                if j + AHEAD < n {
-                    _mm_prefetch::<_MM_HINT_T0>(v.as_ptr().wrapping_add(at(j + AHEAD)).cast());
-                }
                 let w = p.map(|r| r[j]);
                 let vr = &v[at(j)..at(j) + 32];
                 if w.iter().all(|&x| x != 0.0) {
@@ -338,28 +514,26 @@ impl RowKernels for Avx2 {
                     for i in 0..4 {
                         let x = _mm256_loadu_ps(vr.as_ptr().add(8 * i));
                         for h in 0..N {
-                            acc[h][i] = _mm256_fmadd_ps(pv[h], x, acc[h][i]);
+                            sums[h][i] = _mm256_fmadd_ps(pv[h], x, sums[h][i]);
                         }
                     }
                 } else {
                     // (the rare key that one head's softmax underflowed on and another's did
                     // not: each head that weighs it)
-                    for (a, &wh) in acc.iter_mut().zip(&w).filter(|(_, w)| **w != 0.0) {
+                    for (s, &wh) in sums.iter_mut().zip(&w).filter(|(_, w)| **w != 0.0) {
                         let pv = _mm256_set1_ps(wh);
                         for i in 0..4 {
-                            a[i] =
-                                _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr.as_ptr().add(8 * i)), a[i]);
+                            let x = _mm256_loadu_ps(vr.as_ptr().add(8 * i));
+                            s[i] = _mm256_fmadd_ps(pv, x, s[i]);
                         }
                     }
                 }
             }
-            let mut out = [[0.0f32; 32]; N];
-            for (o, a) in out.iter_mut().zip(&acc) {
-                for (i, r) in a.iter().enumerate() {
-                    _mm256_storeu_ps(o.as_mut_ptr().add(8 * i), *r);
+            for (a, s) in acc.iter_mut().zip(&sums) {
+                for (i, r) in s.iter().enumerate() {
+                    _mm256_storeu_ps(a.as_mut_ptr().add(8 * i), *r);
                 }
             }
-            out
         }
     }
 }
@@ -368,9 +542,9 @@ impl RowKernels for Avx2 {
 /// `keys.lo + j`, four keys at a time through `kernels.dot4`, each block of keys meeting every
 /// query while it is in cache, the key rows [`AHEAD`] keys on asked for ahead.
 #[inline(always)]
-pub(super) fn scores_by_rows(
+pub(super) fn scores_by_rows<E: Elem>(
     kernels: &impl RowKernels,
-    ops: &Operands,
+    ops: &Operands<E>,
     queries: &[f32],
     keys: &UnitKeys,
     scores: &mut [f32],
@@ -403,7 +577,7 @@ pub(super) fn scores_by_rows(
     }
     for j in j..n {
         for g in 0..per {
-            scores[g * n + j] = score(dot_body(query(g), key(j)), j);
+            scores[g * n + j] = score(E::dot(query(g), key(j)), j);
         }
     }
 }
@@ -412,10 +586,10 @@ pub(super) fn scores_by_rows(
 /// multiply-adds do not wait on each other, then the four rows' lanes summed together.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA (inlined into code compiled for them).
+/// The CPU has AVX2, FMA and F16C (inlined into code compiled for them).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+unsafe fn dot4_avx2<E: Elem>(a: &[f32], b: [&[E]; 4]) -> [f32; 4] {
     use std::arch::x86_64::*;
     let n = a.len();
     assert!(b.iter().all(|r| r.len() >= n));
@@ -429,15 +603,15 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
             let x0 = _mm256_loadu_ps(a.as_ptr().add(c));
             let x1 = _mm256_loadu_ps(a.as_ptr().add(c + 8));
             for r in 0..4 {
-                even[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(b[r].as_ptr().add(c)), even[r]);
-                odd[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(b[r].as_ptr().add(c + 8)), odd[r]);
+                even[r] = _mm256_fmadd_ps(x0, E::load8(b[r].as_ptr().add(c)), even[r]);
+                odd[r] = _mm256_fmadd_ps(x1, E::load8(b[r].as_ptr().add(c + 8)), odd[r]);
             }
             c += 16;
         }
         if c + 8 <= n {
             let x = _mm256_loadu_ps(a.as_ptr().add(c));
             for r in 0..4 {
-                even[r] = _mm256_fmadd_ps(x, _mm256_loadu_ps(b[r].as_ptr().add(c)), even[r]);
+                even[r] = _mm256_fmadd_ps(x, E::load8(b[r].as_ptr().add(c)), even[r]);
             }
             c += 8;
         }
@@ -451,7 +625,11 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
         _mm_storeu_ps(out.as_mut_ptr(), s);
     }
     for (o, r) in out.iter_mut().zip(b) {
-        *o += a[c..].iter().zip(&r[c..n]).map(|(x, y)| x * y).sum::<f32>();
+        *o += a[c..]
+            .iter()
+            .zip(&r[c..n])
+            .map(|(x, y)| x * y.to_f32())
+            .sum::<f32>();
     }
     out
 }
@@ -461,12 +639,12 @@ unsafe fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
 /// last keys the mask lets through, bound them; keys outside cost nothing), their softmax,
 /// then `Σ p_j·v_j` (`kernels`' `scores` and `weighted`).
 #[inline(always)]
-pub(super) fn group_body(
-    ops: &Operands,
+pub(super) fn group_body<E: Elem>(
+    ops: &Operands<E>,
     unit: usize,
     per: usize,
     o: &mut [f32],
-    scores: &mut [f32],
+    scratch: &mut Scratch,
     kernels: impl RowKernels,
 ) {
     let [t, hq, d, tk, hkv, dv] = ops.dims;
@@ -493,7 +671,10 @@ pub(super) fn group_body(
         None => (0, seen),
     };
     let n = hi - lo;
-    let scores = &mut scores[..per * n];
+    if scratch.scores.len() < per * n {
+        scratch.scores.resize(per * n, 0.0);
+    }
+    let scores = &mut scratch.scores[..per * n];
     let keys = UnitKeys {
         per,
         kh,
@@ -505,7 +686,7 @@ pub(super) fn group_body(
     for s in scores.chunks_exact_mut(n.max(1)) {
         softmax_in_place(s);
     }
-    kernels.weighted(ops, &keys, scores, o);
+    kernels.weighted(ops, &keys, scores, o, &mut scratch.rows);
     if let Some(gate) = ops.gate {
         let gr = &gate[row0 * dv..(row0 + per) * dv];
         o.iter_mut()
@@ -519,19 +700,19 @@ mod tests {
     use super::*;
 
     /// Every unit of `ops` through `group_body` with `kernels`, `per` heads a unit.
-    fn run(ops: &Operands, per: usize, kernels: impl RowKernels + Copy) -> Vec<f32> {
-        let [t, hq, _, tk, _, dv] = ops.dims;
+    fn run<E: Elem>(ops: &Operands<E>, per: usize, kernels: impl RowKernels + Copy) -> Vec<f32> {
+        let [t, hq, _, _, _, dv] = ops.dims;
         let mut out = vec![f32::NAN; t * hq * dv];
-        let mut scores = vec![0.0; per * tk];
+        let mut scratch = Scratch::default();
         for (unit, o) in out.chunks_mut(per * dv).enumerate() {
-            group_body(ops, unit, per, o, &mut scores, kernels);
+            group_body(ops, unit, per, o, &mut scratch, kernels);
         }
         out
     }
 
     /// [`run`] through the AVX-512 tiles, where the CPU has them.
     #[cfg(target_arch = "x86_64")]
-    fn run_zmm(ops: &Operands, per: usize) -> Option<Vec<f32>> {
+    fn run_zmm<E: Elem>(ops: &Operands<E>, per: usize) -> Option<Vec<f32>> {
         use super::super::attention_zmm::{KeysT, available, group};
         if !available() {
             return None;
@@ -539,7 +720,7 @@ mod tests {
         let [t, hq, d, tk, hkv, dv] = ops.dims;
         let kt = KeysT::new(ops.k, tk, hkv, d);
         let mut out = vec![f32::NAN; t * hq * dv];
-        let mut scores = vec![0.0; per * tk];
+        let mut scratch = Scratch::default();
         let mut rows = vec![f32::NAN; t * hq * dv];
         for (unit, (o, r)) in out
             .chunks_mut(per * dv)
@@ -547,10 +728,10 @@ mod tests {
             .enumerate()
         {
             // SAFETY: `available()` found the features `group` needs.
-            unsafe { group(ops, Some(&kt), unit, per, o, &mut scores) };
+            unsafe { group(ops, Some(&kt), unit, per, o, &mut scratch) };
             // and the decode form, scoring the key rows as they lie
             // SAFETY: as above.
-            unsafe { group(ops, None, unit, per, r, &mut scores) };
+            unsafe { group(ops, None, unit, per, r, &mut scratch) };
         }
         for (i, (a, b)) in out.iter().zip(&rows).enumerate() {
             assert!(
@@ -615,29 +796,66 @@ mod tests {
             for per in (1..=hq / hkv).filter(|p| (hq / hkv).is_multiple_of(*p)) {
                 let got = run(&ops, per, Plain);
                 assert_eq!(got, want, "plain, {per} heads a unit");
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    // SAFETY: the CPU has AVX2 and FMA, checked above.
-                    let got = run(&ops, per, unsafe { Avx2::new() });
-                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (a - b).abs() < 1e-5,
-                            "avx2, {per} heads a unit, [{i}]: {a} vs {b}"
-                        );
-                    }
-                }
-                #[cfg(target_arch = "x86_64")]
-                if let Some(got) = run_zmm(&ops, per) {
-                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                        assert!(
-                            (a - b).abs() < 1e-5,
-                            "avx-512, {per} heads a unit, [{i}]: {a} vs {b}"
-                        );
-                    }
-                }
+                agree(&ops, per, &want, "f32");
             }
+            // an f16 cache, against the plain kernels on its values widened
+            let (k16, v16) = (halves(&k), halves(&v));
+            let (kw, vw) = (widened(&k16), widened(&v16));
+            let want = run(&with_kv(&ops, &kw, &vw), hq / hkv, Plain);
+            let ops = with_kv(&ops, &k16, &v16);
+            for per in (1..=hq / hkv).filter(|p| (hq / hkv).is_multiple_of(*p)) {
+                let got = run(&ops, per, Plain);
+                close(&got, &want, &format!("plain f16, {per} heads a unit"));
+                agree(&ops, per, &want, "f16");
+            }
+        }
+    }
+
+    /// `ops` with keys `k` and values `v`.
+    fn with_kv<'a, E, F>(ops: &Operands<'a, E>, k: &'a [F], v: &'a [F]) -> Operands<'a, F> {
+        Operands {
+            q: ops.q,
+            k,
+            v,
+            mask: ops.mask,
+            gate: ops.gate,
+            dims: ops.dims,
+            scale: ops.scale,
+            causal: ops.causal,
+        }
+    }
+
+    fn halves(x: &[f32]) -> Vec<half::f16> {
+        x.iter().map(|&v| half::f16::from_f32(v)).collect()
+    }
+
+    fn widened(x: &[half::f16]) -> Vec<f32> {
+        x.iter().map(|v| v.to_f32()).collect()
+    }
+
+    fn close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() < 1e-5, "{what}, [{i}]: {a} vs {b}");
+        }
+    }
+
+    /// The AVX2 kernels and the AVX-512 tiles, where the CPU has them, give `want` for `ops`
+    /// with `per` heads a unit.
+    #[allow(unused_variables)]
+    fn agree<E: Elem>(ops: &Operands<E>, per: usize, want: &[f32], what: &str) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
+            let got = run(ops, per, unsafe { Avx2::new() });
+            close(&got, want, &format!("avx2 {what}, {per} heads a unit"));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(got) = run_zmm(ops, per) {
+            close(&got, want, &format!("avx-512 {what}, {per} heads a unit"));
         }
     }
 
@@ -670,9 +888,11 @@ mod tests {
         };
         check(run(&ops, 2, Plain), "plain");
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
-            // SAFETY: the CPU has AVX2 and FMA, checked above.
+            // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
             check(run(&ops, 2, unsafe { Avx2::new() }), "avx2");
         }
         #[cfg(target_arch = "x86_64")]

@@ -10,7 +10,9 @@
 //! per tile; a key one of the heads weighs zero is skipped for that head (as in the other
 //! kernels, so a value row of infinities it does not weigh stays out of its sums).
 
-use super::attention::{AHEAD, Avx2, Operands, RowKernels, UnitKeys, group_body, scores_by_rows};
+use super::attention::{
+    AHEAD, Avx2, Elem, Operands, RowKernels, Scratch, UnitKeys, group_body, scores_by_rows,
+};
 use std::arch::x86_64::*;
 
 /// Keys per score tile (two registers).
@@ -28,14 +30,14 @@ pub(super) struct KeysT {
 
 impl KeysT {
     /// `k` laid out `[tk, hkv, d]`.
-    pub fn new(k: &[f32], tk: usize, hkv: usize, d: usize) -> KeysT {
+    pub fn new<E: Elem>(k: &[E], tk: usize, hkv: usize, d: usize) -> KeysT {
         let stride = (tk + KEYS).next_multiple_of(16);
         let mut data = vec![0.0; hkv * d * stride];
         if d > 0 {
             for (j, key) in k.chunks_exact(d).take(tk * hkv).enumerate() {
                 let (j, kh) = (j / hkv, j % hkv);
                 for (i, &x) in key.iter().enumerate() {
-                    data[(kh * d + i) * stride + j] = x;
+                    data[(kh * d + i) * stride + j] = x.to_f32();
                 }
             }
         }
@@ -46,27 +48,30 @@ impl KeysT {
 /// Whether this CPU runs [`group`].
 pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 /// [`group_body`] with the AVX-512 tiles: the weighted sums always, the scores where the keys
 /// were transposed (`kt`: prompts; decode scores the key rows as they lie).
 ///
 /// # Safety
-/// The CPU has AVX-512 F, AVX2 and FMA ([`available`]).
-#[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn group(
-    ops: &Operands,
+/// The CPU has AVX-512 F, BW and VL, AVX2, FMA and F16C ([`available`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn group<E: Elem>(
+    ops: &Operands<E>,
     kt: Option<&KeysT>,
     unit: usize,
     per: usize,
     o: &mut [f32],
-    scores: &mut [f32],
+    scratch: &mut Scratch,
 ) {
-    // SAFETY: the caller vouches for AVX2 and FMA.
+    // SAFETY: the caller vouches for AVX2, FMA and F16C.
     let avx2 = unsafe { Avx2::new() };
-    group_body(ops, unit, per, o, scores, Zmm { kt, avx2 });
+    group_body(ops, unit, per, o, scratch, Zmm { kt, avx2 });
 }
 
 /// [`RowKernels`] in AVX-512: scores in tiles over `kt` where the keys were transposed, else
@@ -80,9 +85,10 @@ struct Zmm<'a> {
 
 impl RowKernels for Zmm<'_> {
     #[inline(always)]
-    fn dot4(&self, a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    fn dot4<E: Elem>(&self, a: &[f32], b: [&[E]; 4]) -> [f32; 4] {
         assert!(b.iter().all(|r| r.len() >= a.len()));
-        // SAFETY: AVX-512 F (a `Zmm` exists only inside `group`); the rows are as long as `a`.
+        // SAFETY: AVX-512 F, BW and VL (a `Zmm` exists only inside `group`); the rows are as
+        // long as `a`.
         unsafe { dot4_zmm(a, b) }
     }
 
@@ -92,12 +98,19 @@ impl RowKernels for Zmm<'_> {
         p: [&[f32]; N],
         v: &[f32],
         at: impl Fn(usize) -> usize,
-    ) -> [[f32; 32]; N] {
-        self.avx2.sum32(p, v, at)
+        acc: &mut [[f32; 32]; N],
+    ) {
+        self.avx2.sum32(p, v, at, acc)
     }
 
     #[inline(always)]
-    fn scores(&self, ops: &Operands, queries: &[f32], keys: &UnitKeys, scores: &mut [f32]) {
+    fn scores<E: Elem>(
+        &self,
+        ops: &Operands<E>,
+        queries: &[f32],
+        keys: &UnitKeys,
+        scores: &mut [f32],
+    ) {
         let Some(kt) = self.kt else {
             return scores_by_rows(self, ops, queries, keys, scores);
         };
@@ -113,17 +126,24 @@ impl RowKernels for Zmm<'_> {
         unsafe {
             while g < per {
                 g += match per - g {
-                    8.. => score_tile::<8>(kt, ops, queries, keys, scores, g),
-                    4..8 => score_tile::<4>(kt, ops, queries, keys, scores, g),
-                    2..4 => score_tile::<2>(kt, ops, queries, keys, scores, g),
-                    _ => score_tile::<1>(kt, ops, queries, keys, scores, g),
+                    8.. => score_tile::<E, 8>(kt, ops, queries, keys, scores, g),
+                    4..8 => score_tile::<E, 4>(kt, ops, queries, keys, scores, g),
+                    2..4 => score_tile::<E, 2>(kt, ops, queries, keys, scores, g),
+                    _ => score_tile::<E, 1>(kt, ops, queries, keys, scores, g),
                 };
             }
         }
     }
 
     #[inline(always)]
-    fn weighted(&self, ops: &Operands, keys: &UnitKeys, scores: &[f32], o: &mut [f32]) {
+    fn weighted<E: Elem>(
+        &self,
+        ops: &Operands<E>,
+        keys: &UnitKeys,
+        scores: &[f32],
+        o: &mut [f32],
+        _rows: &mut Vec<f32>,
+    ) {
         let [_, _, _, tk, hkv, dv] = ops.dims;
         let per = keys.per;
         assert!(o.len() >= per * dv);
@@ -136,9 +156,9 @@ impl RowKernels for Zmm<'_> {
             unsafe {
                 while g < per {
                     g += match per - g {
-                        4.. => weighted_tile::<4>(ops, keys, scores, o, g, c0),
-                        2..4 => weighted_tile::<2>(ops, keys, scores, o, g, c0),
-                        _ => weighted_tile::<1>(ops, keys, scores, o, g, c0),
+                        4.. => weighted_tile::<E, 4>(ops, keys, scores, o, g, c0),
+                        2..4 => weighted_tile::<E, 2>(ops, keys, scores, o, g, c0),
+                        _ => weighted_tile::<E, 1>(ops, keys, scores, o, g, c0),
                     };
                 }
             }
@@ -151,9 +171,9 @@ impl RowKernels for Zmm<'_> {
 /// block through masked loads, then the four rows' sums folded together.
 ///
 /// # Safety
-/// AVX-512 F; every row of `b` at least as long as `a`.
+/// AVX-512 F, BW and VL; every row of `b` at least as long as `a`.
 #[inline(always)]
-unsafe fn dot4_zmm(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+unsafe fn dot4_zmm<E: Elem>(a: &[f32], b: [&[E]; 4]) -> [f32; 4] {
     let n = a.len();
     let mut out = [0.0f32; 4];
     // SAFETY: the caller's contract; full loads end by `n`, the masked one reads below it.
@@ -165,8 +185,8 @@ unsafe fn dot4_zmm(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
             let x1 = _mm512_loadu_ps(a.as_ptr().add(c + 16));
             for r in 0..4 {
                 let y = b[r].as_ptr().add(c);
-                even[r] = _mm512_fmadd_ps(x0, _mm512_loadu_ps(y), even[r]);
-                odd[r] = _mm512_fmadd_ps(x1, _mm512_loadu_ps(y.add(16)), odd[r]);
+                even[r] = _mm512_fmadd_ps(x0, E::load16(ALL, y), even[r]);
+                odd[r] = _mm512_fmadd_ps(x1, E::load16(ALL, y.add(16)), odd[r]);
             }
             c += 32;
         }
@@ -174,7 +194,7 @@ unsafe fn dot4_zmm(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
             let lanes = first_lanes(n - c);
             let x = _mm512_maskz_loadu_ps(lanes, a.as_ptr().add(c));
             for r in 0..4 {
-                let y = _mm512_maskz_loadu_ps(lanes, b[r].as_ptr().add(c));
+                let y = E::load16(lanes, b[r].as_ptr().add(c));
                 even[r] = _mm512_fmadd_ps(x, y, even[r]);
             }
             c += 16;
@@ -192,9 +212,12 @@ unsafe fn dot4_zmm(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
+/// All 16 lanes.
+const ALL: __mmask16 = 0xFFFF;
+
 /// The lanes of the first `n` of 16 (all of them from 16).
 fn first_lanes(n: usize) -> __mmask16 {
-    if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 }
+    if n >= 16 { ALL } else { (1u16 << n) - 1 }
 }
 
 /// The scores of query heads `g0..g0 + H` against every key of the unit, a tile of 32 keys at
@@ -203,9 +226,9 @@ fn first_lanes(n: usize) -> __mmask16 {
 /// # Safety
 /// AVX-512 F; the bounds [`Zmm::scores`] asserts.
 #[inline(always)]
-unsafe fn score_tile<const H: usize>(
+unsafe fn score_tile<E, const H: usize>(
     kt: &KeysT,
-    ops: &Operands,
+    ops: &Operands<E>,
     queries: &[f32],
     keys: &UnitKeys,
     scores: &mut [f32],
@@ -267,10 +290,10 @@ unsafe fn score_tile<const H: usize>(
 /// returns `H`.
 ///
 /// # Safety
-/// AVX-512 F; the bounds [`Zmm::weighted`] asserts.
+/// AVX-512 F, BW and VL; the bounds [`Zmm::weighted`] asserts.
 #[inline(always)]
-unsafe fn weighted_tile<const H: usize>(
-    ops: &Operands,
+unsafe fn weighted_tile<E: Elem, const H: usize>(
+    ops: &Operands<E>,
     keys: &UnitKeys,
     scores: &[f32],
     o: &mut [f32],
@@ -294,12 +317,13 @@ unsafe fn weighted_tile<const H: usize>(
             // nothing architecturally, so an address past the cache's end is harmless)
             let next = row.wrapping_add(AHEAD * hkv * dv);
             for z in 0..4 {
-                if lanes[z] != 0 {
+                // (a line per 16 f32 or per 32 f16)
+                if lanes[z] != 0 && (16 * z * size_of::<E>()).is_multiple_of(64) {
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(16 * z).cast());
                 }
             }
             let x: [__m512; 4] =
-                std::array::from_fn(|z| _mm512_maskz_loadu_ps(lanes[z], row.wrapping_add(16 * z)));
+                std::array::from_fn(|z| E::load16(lanes[z], row.wrapping_add(16 * z)));
             let all = w.iter().all(|&p| p != 0.0);
             for h in 0..H {
                 if all || w[h] != 0.0 {

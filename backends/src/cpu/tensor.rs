@@ -40,6 +40,16 @@ impl<'a> TensorRef<'a> {
         Cow::Owned(self.gather_f32(self.layout))
     }
 
+    /// The values of a dense F16 tensor as they lie (None for any other dtype or layout).
+    pub fn f16(&self) -> Option<&'a [half::f16]> {
+        if self.dtype != DType::F16 || !self.layout.is_contiguous() {
+            return None;
+        }
+        let start = self.layout.offset * 2;
+        let bytes = self.bytes.get(start..start + self.numel() * 2)?;
+        bytemuck::try_cast_slice(bytes).ok()
+    }
+
     /// Dense f32 values after broadcasting to `layout` (which must address this storage).
     pub fn gather_f32(&self, layout: Layout) -> Vec<f32> {
         let mut out = vec![0.0; layout.shape.numel()];

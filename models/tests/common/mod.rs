@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use weft_backends::{Backend, WgpuBackend, WgpuOptions};
+use weft_graph::DType;
 use weft_models::gguf::GgufFile;
 use weft_models::memory::PosRange;
 use weft_models::{MemoryConfig, Session};
@@ -117,6 +118,18 @@ pub fn conformance(arch: &str, dtype: &str, backend: Box<dyn Backend>) {
 /// The greedy ids come from `refs/ids.json` when it exists; a missing `full_logits.npy` is
 /// `prompt_logits` followed by rows 1.. of `gen_logits` (the same positions, causally).
 pub fn conformance_in(arch: &str, dtype: &str, refs: &str, backend: Box<dyn Backend>) {
+    conformance_with(arch, dtype, refs, DType::F32, backend)
+}
+
+/// [`conformance_in`] with the KV cache stored as `kv_dtype`: an f16 cache is held to the f16
+/// tolerance, whatever the weights.
+pub fn conformance_with(
+    arch: &str,
+    dtype: &str,
+    refs: &str,
+    kv_dtype: DType,
+    backend: Box<dyn Backend>,
+) {
     let mut r = reference(arch);
     let ids_file = dir(arch).join(refs).join("ids.json");
     if !refs.is_empty() && ids_file.exists() {
@@ -138,15 +151,23 @@ pub fn conformance_in(arch: &str, dtype: &str, refs: &str, backend: Box<dyn Back
     let config = MemoryConfig {
         cells: 128,
         sequences: 2,
+        kv_dtype,
         ..Default::default()
     };
     let mut s = Session::new(&gguf, backend, config, |_, _| {}).unwrap();
-    let tol = if dtype == "f32" { 1e-4 } else { 2e-2 };
+    let tol = if dtype == "f32" && kv_dtype == DType::F32 {
+        1e-4
+    } else {
+        2e-2
+    };
     let mut c = Check {
         what: if refs.is_empty() {
-            format!("{arch} {dtype} on {}", s.backend_name())
+            format!("{arch} {dtype}, {kv_dtype} KV, on {}", s.backend_name())
         } else {
-            format!("{arch} {dtype} (against {refs}) on {}", s.backend_name())
+            format!(
+                "{arch} {dtype}, {kv_dtype} KV (against {refs}) on {}",
+                s.backend_name()
+            )
         },
         tol,
         worst: 0.0,
@@ -266,12 +287,22 @@ pub fn wgpu() -> Option<Box<dyn Backend>> {
 /// after the dtype takes the reference logits from the fixture's subfolder `DIR`.
 #[macro_export]
 macro_rules! conformance_tests {
-    ($($name:ident: $arch:literal $dtype:literal $(in $refs:literal)?;)*) => {
+    ($($name:ident: $arch:literal $dtype:literal $(in $refs:literal)? $(kv $kv:ident)?;)*) => {
         mod cpu {
-            $(#[test] fn $name() { $crate::common::conformance_in($arch, $dtype, concat!("" $(, $refs)?), Box::new(weft_backends::CpuBackend::new())); })*
+            $(#[test] fn $name() {
+                #[allow(unused_variables)]
+                let kv = weft_graph::DType::F32;
+                $(let kv = weft_graph::DType::$kv;)?
+                $crate::common::conformance_with($arch, $dtype, concat!("" $(, $refs)?), kv, Box::new(weft_backends::CpuBackend::new()));
+            })*
         }
         mod wgpu {
-            $(#[test] fn $name() { if let Some(be) = $crate::common::wgpu() { $crate::common::conformance_in($arch, $dtype, concat!("" $(, $refs)?), be); } })*
+            $(#[test] fn $name() {
+                #[allow(unused_variables)]
+                let kv = weft_graph::DType::F32;
+                $(let kv = weft_graph::DType::$kv;)?
+                if let Some(be) = $crate::common::wgpu() { $crate::common::conformance_with($arch, $dtype, concat!("" $(, $refs)?), kv, be); }
+            })*
         }
     };
 }
