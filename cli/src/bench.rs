@@ -218,6 +218,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "n_prompt": t.n_prompt,
             "n_gen": t.n_gen,
             "n_depth": args.n_depth,
+            "type_k": args.backend.cache_type.name(),
+            "type_v": args.backend.cache_type.name(),
             "avg_ns": avg_ns as u64,
             "stddev_ns": sd_ns as u64,
             "avg_ts": avg_ts,

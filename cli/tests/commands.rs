@@ -182,7 +182,7 @@ fn bench_depth_runs_the_tests_on_a_filled_context() {
             "cpu",
         ];
         if json {
-            a.push("--json");
+            a.extend(["--json", "--cache-type", "f16"]);
         }
         weft(&a)
     };
@@ -191,6 +191,12 @@ fn bench_depth_runs_the_tests_on_a_filled_context() {
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["n_depth"] == 100), "{out}");
+    // the cache's type, as llama-bench reports it
+    assert!(
+        rows.iter()
+            .all(|r| r["type_k"] == "f16" && r["type_v"] == "f16"),
+        "{out}"
+    );
     let (ok, out, err) = args(false);
     assert!(ok, "{err}");
     assert!(
