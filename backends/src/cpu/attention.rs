@@ -793,6 +793,7 @@ mod tests {
                 causal: true,
             };
             let want = run(&ops, hq / hkv, Plain);
+            near(&want, &naive(&ops), "plain f32 against the definition");
             for per in (1..=hq / hkv).filter(|p| (hq / hkv).is_multiple_of(*p)) {
                 let got = run(&ops, per, Plain);
                 assert_eq!(got, want, "plain, {per} heads a unit");
@@ -803,11 +804,69 @@ mod tests {
             let (kw, vw) = (widened(&k16), widened(&v16));
             let want = run(&with_kv(&ops, &kw, &vw), hq / hkv, Plain);
             let ops = with_kv(&ops, &k16, &v16);
+            near(&want, &naive(&ops), "plain f16 against the definition");
             for per in (1..=hq / hkv).filter(|p| (hq / hkv).is_multiple_of(*p)) {
                 let got = run(&ops, per, Plain);
                 close(&got, &want, &format!("plain f16, {per} heads a unit"));
                 agree(&ops, per, &want, "f16");
             }
+        }
+    }
+
+    /// Attention from its definition, in f64: each query row's scores against the keys it may
+    /// see, their softmax (a row that sees none gives zeros), the weighted values, the gate.
+    fn naive<E: Elem>(ops: &Operands<E>) -> Vec<f32> {
+        let [t, hq, d, tk, hkv, dv] = ops.dims;
+        let mut out = vec![0.0f32; t * hq * dv];
+        for ti in 0..t {
+            for h in 0..hq {
+                let kh = h / (hq / hkv);
+                let seen = if ops.causal {
+                    (ti + tk + 1).saturating_sub(t).min(tk)
+                } else {
+                    tk
+                };
+                let s: Vec<f64> = (0..seen)
+                    .map(|j| {
+                        let m = ops.mask.map_or(0.0, |m| m[ti * tk + j]) as f64;
+                        if m == f64::NEG_INFINITY {
+                            return m;
+                        }
+                        let dot: f64 = (0..d)
+                            .map(|i| {
+                                ops.q[(ti * hq + h) * d + i] as f64
+                                    * ops.k[(j * hkv + kh) * d + i].to_f32() as f64
+                            })
+                            .sum();
+                        dot * ops.scale as f64 + m
+                    })
+                    .collect();
+                let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                if max == f64::NEG_INFINITY {
+                    continue;
+                }
+                let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for c in 0..dv {
+                    let mut acc = 0.0f64;
+                    for (j, &w) in e.iter().enumerate().filter(|(_, w)| **w != 0.0) {
+                        acc += w / sum * ops.v[(j * hkv + kh) * dv + c].to_f32() as f64;
+                    }
+                    if let Some(g) = ops.gate {
+                        acc /= 1.0 + (-g[(ti * hq + h) * dv + c] as f64).exp();
+                    }
+                    out[(ti * hq + h) * dv + c] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Within 1e-4 of the definition (f32 sums against f64 ones).
+    fn near(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert!((a - b).abs() < 1e-4, "{what}, [{i}]: {a} vs {b}");
         }
     }
 
@@ -886,18 +945,26 @@ mod tests {
             );
             assert!(out[dv..].iter().all(|&x| x == f32::INFINITY), "{what}");
         };
-        check(run(&ops, 2, Plain), "plain");
+        every_kernel(&ops, &check, "f32");
+        // and an f16 cache (whose infinity is as infinite)
+        let (k16, v16) = (halves(&k), halves(&v));
+        every_kernel(&with_kv(&ops, &k16, &v16), &check, "f16");
+    }
+
+    /// `check` on the output of every kernel this CPU runs, two heads a unit.
+    fn every_kernel<E: Elem>(ops: &Operands<E>, check: &dyn Fn(Vec<f32>, &str), what: &str) {
+        check(run(ops, 2, Plain), &format!("plain {what}"));
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
             && std::arch::is_x86_feature_detected!("f16c")
         {
             // SAFETY: the CPU has AVX2, FMA and F16C, checked above.
-            check(run(&ops, 2, unsafe { Avx2::new() }), "avx2");
+            check(run(ops, 2, unsafe { Avx2::new() }), &format!("avx2 {what}"));
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(out) = run_zmm(&ops, 2) {
-            check(out, "avx-512");
+        if let Some(out) = run_zmm(ops, 2) {
+            check(out, &format!("avx-512 {what}"));
         }
     }
 

@@ -131,6 +131,35 @@ impl<'a> TensorRef<'a> {
 mod tests {
     use super::*;
 
+    /// A dense f16 view is its elements as they lie (from its offset); other dtypes and
+    /// strided views are not.
+    #[test]
+    fn f16_reads_dense_f16_views_only() {
+        let vals: Vec<half::f16> = (0..24).map(|i| half::f16::from_f32(i as f32)).collect();
+        let bytes: &[u8] = bytemuck::cast_slice(&vals);
+        let mut layout = Layout::contiguous(Shape::new(&[4, 5]).unwrap());
+        layout.offset = 3;
+        let t = TensorRef {
+            bytes,
+            layout,
+            dtype: DType::F16,
+        };
+        assert_eq!(t.f16(), Some(&vals[3..23]));
+        let f32s = TensorRef {
+            dtype: DType::F32,
+            ..t
+        };
+        assert_eq!(f32s.f16(), None);
+        // a transposed view: [4, 5] with the strides of a [5, 4] tensor's columns
+        let mut transposed = Layout::contiguous(Shape::new(&[4, 5]).unwrap());
+        transposed.strides[..2].copy_from_slice(&[1, 4]);
+        let strided = TensorRef {
+            layout: transposed,
+            ..t
+        };
+        assert_eq!(strided.f16(), None);
+    }
+
     #[test]
     fn rows_bytes_are_the_rows_row_bytes_gives() {
         // a weight's rows from row 2 of an expert that starts 3 rows into its storage
