@@ -322,8 +322,11 @@ unsafe fn weighted_tile<E: Elem, const H: usize>(
                     _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(16 * z).cast());
                 }
             }
-            let x: [__m512; 4] =
-                std::array::from_fn(|z| E::load16(lanes[z], row.wrapping_add(16 * z)));
+            // (a loop, not a closure: a closure would not inherit this code's target features)
+            let mut x = [_mm512_setzero_ps(); 4];
+            for z in 0..4 {
+                x[z] = E::load16(lanes[z], row.wrapping_add(16 * z));
+            }
             let all = w.iter().all(|&p| p != 0.0);
             for h in 0..H {
                 if all || w[h] != 0.0 {
