@@ -41,14 +41,6 @@ pub enum CacheType {
 }
 
 impl CacheType {
-    /// Its name as llama-bench's `type_k` / `type_v` give it.
-    pub fn name(self) -> &'static str {
-        match self {
-            CacheType::F32 => "f32",
-            CacheType::F16 => "f16",
-        }
-    }
-
     pub fn dtype(self) -> weft_graph::DType {
         match self {
             CacheType::F32 => weft_graph::DType::F32,

@@ -135,6 +135,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut random_tokens =
         |n: usize| -> Vec<i32> { (0..n).map(|_| (rng.next_u64() % nv) as i32).collect() };
     let depth = random_tokens(args.n_depth);
+    // the cache's type as llama-bench's `type_k` / `type_v` name it
+    let cache_type = args.backend.cache_type.dtype().name().to_ascii_lowercase();
     let mut tests = vec![];
     let total = (args.n_prompt > 0) as u64 * args.repetitions as u64
         + (args.n_gen > 0) as u64 * args.repetitions as u64;
@@ -218,8 +220,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "n_prompt": t.n_prompt,
             "n_gen": t.n_gen,
             "n_depth": args.n_depth,
-            "type_k": args.backend.cache_type.name(),
-            "type_v": args.backend.cache_type.name(),
+            "type_k": cache_type,
+            "type_v": cache_type,
             "avg_ns": avg_ns as u64,
             "stddev_ns": sd_ns as u64,
             "avg_ts": avg_ts,

@@ -4,8 +4,8 @@
 //! prompt + generated ids, two sequences run together in one batch, and the two decoded
 //! interleaved. Worst row-wise relative error must stay within the fixture tolerances
 //! (f32 1e-4, f16 2e-2, and f16 for a model run with an f16 KV cache); greedy ids must match
-//! except after a near-tie. The harness is in
-//! `common/`; each architecture family has its own test file.
+//! except after a near-tie. The harness is in `common/`; each architecture family has its own
+//! test file.
 
 #![allow(clippy::unwrap_used)]
 

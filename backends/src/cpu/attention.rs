@@ -327,9 +327,8 @@ pub(super) trait RowKernels {
     /// `[a · b_r]` for four rows `b_r` (each at least as long as `a`).
     fn dot4<E: Elem>(&self, a: &[f32], b: [&[E]; 4]) -> [f32; 4];
     /// Adds `Σ_j p_h[j] · v[at(j)..at(j) + 32]` to `acc_h` for each of the `N` rows of
-    /// weights `p_h`, over the keys it weighs (a
-    /// zero weight skips the key, so a value row of infinities it does not weigh stays out of
-    /// its sums), each column in key order.
+    /// weights `p_h`, over the keys it weighs (a zero weight skips the key, so a value row of
+    /// infinities it does not weigh stays out of its sums), each column in key order.
     fn sum32<const N: usize>(
         &self,
         p: [&[f32]; N],

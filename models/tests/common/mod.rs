@@ -284,7 +284,8 @@ pub fn wgpu() -> Option<Box<dyn Backend>> {
 }
 
 /// Stamps one test per (architecture, dtype) for the CPU and the wgpu backends; `in "DIR"`
-/// after the dtype takes the reference logits from the fixture's subfolder `DIR`.
+/// after the dtype takes the reference logits from the fixture's subfolder `DIR`, and `kv F16`
+/// runs the model with an f16 KV cache (else f32).
 #[macro_export]
 macro_rules! conformance_tests {
     ($($name:ident: $arch:literal $dtype:literal $(in $refs:literal)? $(kv $kv:ident)?;)*) => {
