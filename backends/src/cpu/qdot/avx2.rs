@@ -339,8 +339,9 @@ fn dot_u8_i8_vnni512(u: __m256i, s: __m256i) -> __m256i {
 }
 
 /// The one- and four-row kernels of the 32-block formats, each form of the byte product in a
-/// module of its own (`plain`, `vnni`, `vnni512`): the features the form needs and its product;
-/// per format, its block bytes, whether its values are signed and how a block decodes.
+/// module of its own (`plain`, `vnni`, `vnni512`): the features the form needs, its product and
+/// whether its one-row kernels ask for their weights ahead ([`PREFETCH`]); per format, its
+/// block bytes, whether its values are signed and how a block decodes.
 macro_rules! b32_forms {
     ($($form:ident: $features:literal, $dot:ident, $prefetch:expr;)*) => {$(
         mod $form {
