@@ -148,9 +148,8 @@ unsafe fn dot8(
     let mut i = 0;
     while i + 32 <= n {
         let (h, xs) = (&w[2 * i..2 * i + 64], &x[i..i + 32]);
-        // (no prefetch here: on a 2-core Zen 3, where f16 decode runs near the memory's
-        // bandwidth, asking for the weights 2 KiB ahead measured no faster, unlike the
-        // quantized rows in `avx2`)
+        // (no prefetch here, unlike the quantized rows in `avx2`: on a 2-core Zen 3 these rows
+        // already read at a plain read's pace, and asking 2 KiB ahead made them slower)
         // SAFETY: the caller's contract; 64 bytes of `h` and 32 floats of `xs` are readable
         // (sliced above).
         unsafe {
