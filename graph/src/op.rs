@@ -96,7 +96,17 @@ impl UnaryOp {
     fn apply_slice_body(self, xs: &[f32], out: &mut [f32]) {
         #[inline(always)]
         fn each(xs: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32) {
-            for (o, &x) in out.iter_mut().zip(xs) {
+            // 32 values a step, so that four vectors' chains of dependent steps (the
+            // polynomials of `exp` and `ln`) overlap
+            let n = out.len().min(xs.len());
+            let (whole, rest) = out[..n].split_at_mut(n / 32 * 32);
+            let (xw, xr) = xs[..n].split_at(n / 32 * 32);
+            for (o, x) in whole.chunks_exact_mut(32).zip(xw.chunks_exact(32)) {
+                for i in 0..32 {
+                    o[i] = f(x[i]);
+                }
+            }
+            for (o, &x) in rest.iter_mut().zip(xr) {
                 *o = f(x);
             }
         }
@@ -285,8 +295,10 @@ impl FusedProgram {
         mut load: impl FnMut(usize, &mut [f32]),
     ) {
         let n = out.len();
-        regs.clear();
-        regs.resize(self.code.len() * n, 0.0);
+        // (every instruction writes all of its register before any reads it: no clearing)
+        if regs.len() < self.code.len() * n {
+            regs.resize(self.code.len() * n, 0.0);
+        }
         for (r, ins) in self.code.iter().enumerate() {
             let (done, rest) = regs.split_at_mut(r * n);
             let cur = &mut rest[..n];
@@ -299,7 +311,7 @@ impl FusedProgram {
         }
         match self.code.len() {
             0 => out.fill(0.0),
-            len => out.copy_from_slice(&regs[(len - 1) * n..]),
+            len => out.copy_from_slice(&regs[(len - 1) * n..len * n]),
         }
     }
 

@@ -89,6 +89,10 @@ fn conv_window<'w>(window: &Rows<'_, 'w>, w: &[f32], t: usize, c: usize, k: usiz
         return;
     }
     if t == 1 {
+        // (Mamba's and Qwen3-Next's windows are 4 long)
+        if k == 4 {
+            return conv_step4(std::array::from_fn(|r| &window(r)[..c]), w, &mut y[..c]);
+        }
         y[..c].fill(0.0);
         for ki in 0..k {
             let xr = window(ki);
@@ -114,6 +118,40 @@ fn conv_window<'w>(window: &Rows<'_, 'w>, w: &[f32], t: usize, c: usize, k: usiz
     team.chunks_mut(&mut y[..t * c], per * c, |i, ys| {
         conv_rows(window, &wt, i * per, c, ys)
     });
+}
+
+/// One token's conv over a window of 4 rows: `y[c] = Σ_k rows[k][c] · w[c·4 + k]`, the sums in
+/// the order of the general loop (so the same result), each channel's 4 weights read as one
+/// array so that the loop vectorizes (compiled for AVX2 where the CPU has it). Indexing the
+/// weights `c·K + k` row by row took 8–12 µs for mamba-130m's 1536 channels, this 3.5 (Zen 3).
+fn conv_step4(rows: [&[f32]; 4], w: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked above.
+        return unsafe { conv_step4_avx2(rows, w, y) };
+    }
+    conv_step4_body(rows, w, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn conv_step4_avx2(rows: [&[f32]; 4], w: &[f32], y: &mut [f32]) {
+    conv_step4_body(rows, w, y)
+}
+
+#[inline(always)]
+fn conv_step4_body(rows: [&[f32]; 4], w: &[f32], y: &mut [f32]) {
+    let c = y.len();
+    let [r0, r1, r2, r3] = rows.map(|r| &r[..c]);
+    let (wc, _) = w[..4 * c].as_chunks::<4>();
+    for (ci, (yc, wk)) in y.iter_mut().zip(wc).enumerate() {
+        let mut s = 0.0;
+        s += r0[ci] * wk[0];
+        s += r1[ci] * wk[1];
+        s += r2[ci] * wk[2];
+        s += r3[ci] * wk[3];
+        *yc = s;
+    }
 }
 
 /// Output rows from token `t0` (as many as `ys` holds) of [`conv_window`] with the weights

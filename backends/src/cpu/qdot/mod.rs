@@ -179,6 +179,17 @@ pub fn half_kernel(format: super::tile::Half) -> Option<F16Dot> {
     None
 }
 
+/// `[w_r · x]` for four rows of 16-bit float weights (as [`F16Dot`]) and one activation row.
+pub type F16Dot4 = fn([&[u8]; 4], &[f32]) -> [f32; 4];
+
+/// An [`F16Dot4`] for weights in `format`, where the CPU has AVX2, FMA and F16C.
+pub fn half_kernel4(format: super::tile::Half) -> Option<F16Dot4> {
+    #[cfg(target_arch = "x86_64")]
+    return half_dot::kernel4(format);
+    #[allow(unreachable_code)]
+    None
+}
+
 /// A weight row's dot product with one activation row, for one weight dtype.
 #[derive(Clone, Copy, Debug)]
 pub enum Kernel {
