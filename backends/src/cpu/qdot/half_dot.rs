@@ -352,7 +352,7 @@ mod tests {
                 assert_eq!(f16(&h, &x) as f64, want, "f16, {n} long, {width:?}");
                 assert_eq!(bf16(&b, &x) as f64, want, "bf16, {n} long, {width:?}");
             }
-            // four rows at once: the row itself, then its halves' negations and doubles
+            // four rows at once: the row times 1, −1, 2 and ½ (exact in both formats)
             if let (Some(f16), Some(bf16)) = (kernel4(Half::F16), kernel4(Half::Bf16)) {
                 let scaled = |by: f32| -> [Vec<u8>; 2] {
                     let v = || vals.iter().map(move |&v| v * by);
