@@ -103,7 +103,9 @@ impl Meet {
                 .and_then(|(_, acts)| Gemm::new(w.dtype, acts, k)),
             quantized,
             half: Half::of(w.dtype).and_then(half_kernel),
-            half4: Half::of(w.dtype).and_then(half_kernel4),
+            half4: Half::of(w.dtype)
+                .filter(|_| k <= HALF4_MAX_K)
+                .and_then(half_kernel4),
             bf16: (w.dtype == DType::BF16).then(|| Bf16Acts::new(x, k)),
         }
     }
@@ -183,7 +185,7 @@ impl Meet {
             (None, Some(half)) => {
                 let mut rows = w.rows_bytes(row0, out.len() / m);
                 let mut out = out;
-                if let Some(half4) = self.half4.filter(|_| m == 1 && k <= HALF4_MAX_K) {
+                if let Some(half4) = self.half4.filter(|_| m == 1) {
                     let (fours, rest) = out.split_at_mut(out.len() / 4 * 4);
                     for o in fours.chunks_exact_mut(4) {
                         let r: [&[u8]; 4] =
