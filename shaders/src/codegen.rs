@@ -36,9 +36,30 @@ fn rope_slot(d: u32, nd: u32, mode: u32) -> vec3<u32> {
     let half = nd / 2u; let first = d < half;
     return vec3<u32>(select(d - half, d, first), u32(first), select(d - half, d + half, first));
 }
-// x rotated with its partner y by angle theta
-fn rope_rotate(x: f32, y: f32, first: bool, theta: f32) -> f32 {
-    let a = theta - 6.2831853 * round(theta / 6.2831853);
+// the angle of a rotary pair at position `pos`, in [-pi, pi): the pair's revolutions per
+// position are a 64-bit binary fraction (hi, lo) and the product's fraction is taken in integer
+// arithmetic, so the angle is exact to f32 rounding at any position (a product in f32 loses
+// ~1e-4 rad by position 4096, and GPUs' sin/cos are only accurate near zero)
+fn rope_angle(pos: i32, hi: u32, lo: u32) -> f32 {
+    let a = u32(abs(pos));
+    let a0 = a & 0xffffu; let a1 = a >> 16u; let b0 = lo & 0xffffu; let b1 = lo >> 16u;
+    let m1 = a1 * b0; let m2 = a0 * b1;
+    let cross = ((a0 * b0) >> 16u) + (m1 & 0xffffu) + (m2 & 0xffffu);
+    var r = a * hi + a1 * b1 + (m1 >> 16u) + (m2 >> 16u) + (cross >> 16u);
+    if (pos < 0) { r = 0u - r; }
+    return f32(bitcast<i32>(r)) * 1.4629180792671596e-9;
+}
+// x rounded to f16 (to nearest, ties to even) and back, with integer arithmetic: below f16's
+// normal range to multiples of 2^-24, past its largest value to infinity
+fn f16_round(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 6.103515625e-5) { return round(x * 16777216.0) * 5.9604644775390625e-8; }
+    let u = bitcast<u32>(x);
+    if (a >= 65520.0) { return bitcast<f32>((u & 0x80000000u) | 0x7f800000u); }
+    return bitcast<f32>((u + 0xfffu + ((u >> 13u) & 1u)) & 0xffffe000u);
+}
+// x rotated with its partner y by angle a
+fn rope_rotate(x: f32, y: f32, first: bool, a: f32) -> f32 {
     let c = cos(a); let s = sin(a);
     if (first) { return x * c - y * s; }
     return y * s + x * c;
@@ -406,7 +427,9 @@ fn puts(spec: &Spec) -> Result<String, ShaderError> {
         };
         // a value as the binding will hold it
         let rounded = match dtype {
-            DType::F16 => "unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x",
+            // in integer arithmetic (to nearest, ties to even, as `pack2x16float` stores it):
+            // a compiler may fold unpack(pack(x)) back to x
+            DType::F16 => "f16_round(x)",
             DType::BF16 => {
                 "bitcast<f32>(((bitcast<u32>(x) + 0x7fffu + ((bitcast<u32>(x) >> 16u) & 1u)) >> 16u) << 16u)"
             }

@@ -895,14 +895,18 @@ fn program_sources(
     })
 }
 
-/// The inverse frequencies of a rotary embedding's pairs (f32 bits, freq_scale applied;
-/// computed in f64).
+/// A rotary embedding's pairs as the shaders' `rope_angle` reads them: each pair's revolutions
+/// per position (its inverse frequency, freq_scale applied, over 2π; computed in f64) as a
+/// 64-bit binary fraction, high word then low. Whole revolutions drop out.
 fn rope_freqs(r: &weft_graph::RopeParams) -> Vec<u32> {
     (0..r.n_dims / 2)
-        .map(|i| {
+        .flat_map(|i| {
             let inv = r.freq_scale as f64
                 * (r.freq_base as f64).powf(-(2.0 * i as f64) / r.n_dims as f64);
-            f(inv as f32)
+            let rev = (inv / std::f64::consts::TAU).fract() * 4294967296.0;
+            let hi = rev.floor();
+            let lo = ((rev - hi) * 4294967296.0).floor();
+            [hi as u32, lo as u32]
         })
         .collect()
 }

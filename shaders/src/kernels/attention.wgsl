@@ -12,8 +12,8 @@
 // Params: 0 T, 1 Hq, 2 D (at most 256), 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32 bits), 7 causal,
 // 8 masked, 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off,
 // 16 stores, 17 k_new_off, 18 v_new_off, 19 idx_off, 20 rope, 21 rope mode (0 normal, 1 neox),
-// 22 rotated dims, 23 pos_off, 24.. inverse frequencies (f32 bits, 22/2 of them with rope),
-// then the gate's three strides (it may be a strided view).
+// 22 rotated dims, 23 pos_off, 24.. the pairs' revolutions per position (two words each, as
+// `rope_angle` reads them: 22 words with rope), then the gate's three strides (it may be a strided view).
 
 var<workgroup> sc: array<f32, 64>;
 var<workgroup> qs: array<f32, 256>;
@@ -26,7 +26,7 @@ fn rotated(x: f32, y: f32, e: u32, pos: f32) -> f32 {
         return x;
     }
     let r = rope_slot(e, pu(22u), pu(21u));
-    return rope_rotate(x, y, r.y == 1u, pos * pf(24u + r.x));
+    return rope_rotate(x, y, r.y == 1u, rope_angle(i32(pos), pu(24u + 2u * r.x), pu(25u + 2u * r.x)));
 }
 
 // The dim e's value pairs with when the kernel ropes (else e itself).
@@ -154,7 +154,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let oi = (t * hq + h) * dv + dd;
             if (pu(9u) == 1u) {
                 // (the gate through its own strides, which follow the rope's frequencies)
-                let gs = 24u + select(0u, pu(22u) / 2u, pu(20u) == 1u);
+                let gs = 24u + select(0u, pu(22u), pu(20u) == 1u);
                 let gi = t * pu(gs) + h * pu(gs + 1u) + dd * pu(gs + 2u);
                 o = o / (1.0 + exp(-ldgate(pu(14u) + gi)));
             }
