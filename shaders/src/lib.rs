@@ -215,6 +215,10 @@ impl Kernel {
 /// `gated_delta_chunks`).
 pub const DELTA_CHUNK: u32 = 32;
 
+/// The bandwidth probe: a copy of 16-byte words between two storage bindings, one per thread
+/// of 256-thread workgroups (a standalone shader: no spec, no generator).
+pub const BANDWIDTH_WGSL: &str = include_str!("kernels/bandwidth.wgsl");
+
 /// Words of the delta rule's workspace per chunk of one (sequence, value head): U, W, q, k and
 /// P of the chunk, and its decay (see `gated_delta_prep.wgsl`).
 pub fn delta_chunk_words(dk: u32, dv: u32) -> u32 {

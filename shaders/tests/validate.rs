@@ -669,6 +669,17 @@ fn every_kernel_variant_validates_with_naga() {
 }
 
 #[test]
+fn the_bandwidth_probe_validates_with_naga() {
+    let module = naga::front::wgsl::parse_str(weft_shaders::BANDWIDTH_WGSL).unwrap();
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .unwrap();
+}
+
+#[test]
 fn bad_specs_are_errors() {
     let mut s = Spec::new(Kernel::Elementwise, vec![arena(DType::F32)]);
     assert!(generate(&s).is_err(), "elementwise without a program");
