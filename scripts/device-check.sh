@@ -3,14 +3,26 @@
 # bundle that scripts/device-bundle.sh packs (.device/bundle.tar.xz):
 #   ops   the op suite and the wgpu tests on the GPU (CI=true: no adapter is a failure)
 #   perf  the models at real shapes (benches/perf; needs python3 with torch and
-#         transformers), made once, then `weft bench --backend wgpu` on each
+#         transformers), made side by side in the background while `ops` runs, then
+#         `weft bench --backend wgpu` and `--profile` on each as soon as it is made
 # usage: scripts/device-check.sh STEP [MODEL…]   (STEP: ops, perf or all; MODEL as for
-# scripts/perf.sh, default all six). Logs and JSON go to $OUT (default device-out/); bench
-# arguments come from $BENCH_ARGS (default "-p 512 -n 128 -r 3"). With $QUANTS (say
-# "Q8_0 Q4_K_M") perf also quantizes each model with the bundle's llama-quantize and measures
-# those files after the f16 one. Unless COOP=0, perf measures each file's prompt a second time
-# with WEFT_COOP=1 (prompt matmuls on cooperative matrices, where the adapter has them; the op
-# suite's wgpu_coop cases check their results).
+# scripts/perf.sh, default all six, measured in the order given).
+#
+# Everything lands in five files under $OUT (default device-out/), so that a lease that hands
+# back only a few files gets all of it: summary.txt (one line per figure), ops.log (adapter,
+# bandwidth, test output), bench.log (each bench's JSON and messages), profile.log, models.log.
+# Settings from the environment:
+#   BENCH_ARGS  `weft bench` arguments for the f16 files (default "-p 512 -n 128 -r 3")
+#   QUANTS      quantized copies to make and measure too, say "Q8_0 Q4_K_M" (default none)
+#   QUANT_MODELS  which models get them (default all that are measured)
+#   COOP        unless 0, each file's prompt is measured again with WEFT_COOP=1 (prompt
+#               matmuls on cooperative matrices where the adapter has them)
+#   OPS_VARIANTS  settings the wgpu tests run under again, say "WEFT_UNCHECKED=loops"
+#   PROFILE     unless 0, each f16 file's prompt and generated tokens are profiled per op
+#   VARIANTS    settings each f16 file is measured again under, say "WEFT_UNCHECKED=1"
+#               (space-separated; each one VAR=VALUE)
+#   DEADLINE    seconds after which no new measurement starts (default 3000); each one is
+#               also cut off after STEP_TIMEOUT seconds (default 120)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 step="${1:-all}"
@@ -19,62 +31,148 @@ names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(mamba-130m mamba2-370m jamba-900m qwen3next-1b llama-1.1b mamba-1.4b)
 out="${OUT:-device-out}"
 work="${WEFT_DEVICE_DIR:-/tmp/weft-device}"
-mkdir -p "$out" "$work/models"
+models="$work/models"
+mkdir -p "$out" "$models"
 [ -x "$work/bin/weft" ] || tar -xJf .device/bundle.tar.xz -C "$work"
 export CI=true
 status=0
+start=$SECONDS
+deadline="${DEADLINE:-3000}"
+step_timeout="${STEP_TIMEOUT:-120}"
+weft="$work/bin/weft"
 
-if [ "$step" = ops ] || [ "$step" = all ]; then
-    "$work/bin/weft" bench --bandwidth --backend wgpu 2>&1 | tee "$out/adapter.log"
-    for t in ops wgpu_split wgpu_errors; do
-        # the op suite's GPU half: every test with wgpu in its name
-        "$work/bin/$t" wgpu 2>&1 | tee "$out/$t.log" | grep -E "^test result|FAILED|panicked"
-        [ "${PIPESTATUS[0]}" = 0 ] || status=1
+# run NAME CMD…: a measurement under the step timeout, skipped past the deadline
+in_time() {
+    if [ $((SECONDS - start)) -ge "$deadline" ]; then
+        echo "skipped (deadline): $*" | tee -a "$out/summary.txt"
+        return 1
+    fi
+}
+
+if [ "$step" = perf ] || [ "$step" = all ]; then
+    # the models, each in its own process (torch, the converter), while the GPU tests run
+    for n in "${names[@]}"; do
+        [ -f "$models/$n.made" ] && continue
+        (
+            LLAMA_CPP="$work/llama.cpp" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4 \
+                python3 benches/perf/make_perf_models.py "$models" "$n" > "$models/$n.make.log" 2>&1
+            touch "$models/$n.made"
+        ) &
     done
 fi
 
-if [ "$step" = perf ] || [ "$step" = all ]; then
-    missing=()
-    for n in "${names[@]}"; do
-        [ -f "$work/models/$n-f16.gguf" ] || missing+=("$n")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        LLAMA_CPP="$work/llama.cpp" PYTHONUNBUFFERED=1 \
-            python3 benches/perf/make_perf_models.py "$work/models" "${missing[@]}" 2>&1 |
-            grep -v "Writing model shards" | tee -a "$out/models.log"
-    fi
-    files=()
-    for n in "${names[@]}"; do
-        files+=("$n-f16")
-        for q in ${QUANTS:-}; do
-            [ -f "$work/models/$n-$q.gguf" ] ||
-                "$work/bin/llama-quantize" "$work/models/$n-f16.gguf" "$work/models/$n-$q.gguf" "$q" \
-                    > "$out/$n-$q.quantize.log" 2>&1 || status=1
-            files+=("$n-$q")
+# the GPU's clocks, load and power every 100 ms while the checks run (NVIDIA GPUs)
+if command -v nvidia-smi > /dev/null; then
+    nvidia-smi --query-gpu=timestamp,pstate,clocks.sm,clocks.mem,utilization.gpu,power.draw \
+        --format=csv -lms 100 > "$out/clocks.csv" 2>&1 &
+fi
+
+if [ "$step" = ops ] || [ "$step" = all ]; then
+    {
+        # the copy bandwidth CUDA reaches through PyTorch, where it is installed: the ceiling
+        python3 -c '
+import time, torch
+a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda"); b = torch.empty_like(a)
+for _ in range(200): b.copy_(a)
+torch.cuda.synchronize(); t = time.perf_counter()
+for _ in range(100): b.copy_(a)
+torch.cuda.synchronize(); dt = time.perf_counter() - t
+print("torch (CUDA): copy bandwidth %.1f GB/s over 1 GiB (read + write)" % (2 * 100 * a.numel() / dt / 1e9))
+' 2> /dev/null
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
+            --format=csv 2> /dev/null
+        "$weft" bench --bandwidth --backend wgpu 2>&1
+    } | tee -a "$out/ops.log" "$out/summary.txt"
+    for v in default ${OPS_VARIANTS:-}; do
+        for t in ops wgpu_split wgpu_errors; do
+            # the op suite's GPU half: every test with wgpu in its name
+            echo "== $t ($v)" >> "$out/ops.log"
+            (
+                [ "$v" = default ] || export "${v?}"
+                timeout "${OPS_TIMEOUT:-300}" "$work/bin/$t" wgpu >> "$out/ops.log" 2>&1
+            )
+            rc=$?
+            [ "$rc" = 0 ] || status=1
+            echo "$t ($v) rc $rc: $(grep -E '^test result' "$out/ops.log" | tail -1)" |
+                tee -a "$out/summary.txt"
         done
     done
-    for n in "${files[@]}"; do
-        # shellcheck disable=SC2086
-        "$work/bin/weft" bench -m "$work/models/$n.gguf" --backend wgpu \
-            ${BENCH_ARGS:--p 512 -n 128 -r 3} --json > "$out/$n.json" 2> "$out/$n.err" || status=1
-        "$work/bin/weft" bench -m "$work/models/$n.gguf" --backend wgpu -p 64 -n 0 -r 1 \
-            --profile 2>&1 | grep -v "^|---" > "$out/$n.profile" || status=1
-        if [ "${COOP:-1}" != 0 ]; then
-            WEFT_COOP=1 "$work/bin/weft" bench -m "$work/models/$n.gguf" --backend wgpu \
-                -p 512 -n 0 -r 3 --json > "$out/$n.coop.json" 2> "$out/$n.coop.err" || status=1
-        fi
-        python3 -c '
+    grep -E "FAILED|panicked" "$out/ops.log" | head -40 | tee -a "$out/summary.txt"
+fi
+
+summarize() { # JSON file, label
+    python3 -c '
 import json, sys
 for r in json.load(open(sys.argv[1])):
     t = "pp%d" % r["n_prompt"] if r["n_gen"] == 0 else "tg%d" % r["n_gen"]
     f = r.get("bandwidth_fraction")
-    print(sys.argv[2], t, "%.1f tok/s" % r["avg_ts"], "" if f is None else "%.1f%% of bandwidth" % (100 * f))
-' "$out/$n.json" "$n" 2>/dev/null | tee -a "$out/summary.txt"
-        [ -s "$out/$n.coop.json" ] && python3 -c '
-import json, sys
-for r in json.load(open(sys.argv[1])):
-    print(sys.argv[2], "pp%d" % r["n_prompt"], "%.1f tok/s" % r["avg_ts"], "(WEFT_COOP=1)")
-' "$out/$n.coop.json" "$n" 2>/dev/null | tee -a "$out/summary.txt"
+    print(sys.argv[2], t, "%.1f tok/s" % r["avg_ts"], "+-%.1f" % r.get("stddev_ts", 0),
+          "" if f is None else "%.1f%% of bandwidth" % (100 * f), sys.argv[3])
+' "$1" "$2" "$3" 2> /dev/null | tee -a "$out/summary.txt"
+}
+
+bench() { # file name, bench arguments…
+    local n="$1"
+    shift
+    in_time "$n" || return
+    local t0=$SECONDS
+    echo "== $n: weft bench $*" >> "$out/bench.log"
+    timeout "$step_timeout" "$weft" bench -m "$models/$n.gguf" --backend wgpu "$@" --json \
+        > "$work/last.json" 2> "$work/last.err"
+    local rc=$?
+    if [ "$rc" != 0 ]; then
+        status=1
+        echo "$n: rc $rc after $((SECONDS - t0)) s (124: timed out): weft bench $*" |
+            tee -a "$out/summary.txt"
+    fi
+    cat "$work/last.json" "$work/last.err" >> "$out/bench.log"
+    summarize "$work/last.json" "$n" "(${label:+$label, }$((SECONDS - t0)) s)"
+}
+
+if [ "$step" = perf ] || [ "$step" = all ]; then
+    for n in "${names[@]}"; do
+        while [ ! -f "$models/$n.made" ] && [ $((SECONDS - start)) -lt "$deadline" ]; do sleep 1; done
+        [ -f "$models/$n.made" ] || { echo "$n: not made by the deadline" | tee -a "$out/summary.txt"; continue; }
+        cat "$models/$n.make.log" >> "$out/models.log"
+        if [ ! -s "$models/$n-f16.gguf" ]; then
+            echo "$n: no model (see models.log)" | tee -a "$out/summary.txt"
+            status=1
+            continue
+        fi
+        # shellcheck disable=SC2086
+        bench "$n-f16" ${BENCH_ARGS:--p 512 -n 128 -r 3}
+        if [ "${PROFILE:-1}" != 0 ] && in_time "$n profile"; then
+            echo "== $n-f16" >> "$out/profile.log"
+            timeout "$step_timeout" "$weft" bench -m "$models/$n-f16.gguf" --backend wgpu \
+                -p 512 -n 0 -r 1 --profile 2>&1 | grep -v "^|---" >> "$out/profile.log"
+        fi
+        [ "${COOP:-1}" != 0 ] && label=WEFT_COOP=1 WEFT_COOP=1 bench "$n-f16" -p 512 -n 0 -r 3
+        for v in ${VARIANTS:-}; do
+            # shellcheck disable=SC2086
+            (
+                export "${v?}"
+                label="$v"
+                bench "$n-f16" ${BENCH_ARGS:--p 512 -n 128 -r 3}
+                exit $status
+            ) || status=1
+        done
+    done
+    # then the quantized copies, once every f16 file has its figures
+    for n in ${QUANTS:+${QUANT_MODELS:-${names[*]}}}; do
+        [ -s "$models/$n-f16.gguf" ] || continue
+        for q in ${QUANTS:-}; do
+            in_time "$n-$q" || continue
+            [ -f "$models/$n-$q.gguf" ] ||
+                "$work/bin/llama-quantize" "$models/$n-f16.gguf" "$models/$n-$q.gguf" "$q" \
+                    > "$work/quantize.log" 2>&1 || {
+                    tail -5 "$work/quantize.log" >> "$out/models.log"
+                    status=1
+                    continue
+                }
+            bench "$n-$q" -p 512 -n 128 -r 3
+        done
     done
 fi
+jobs -p | xargs -r kill 2> /dev/null
+echo "device-check: ${step} done in $((SECONDS - start)) s, status $status" | tee -a "$out/summary.txt"
 exit $status
