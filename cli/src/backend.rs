@@ -20,7 +20,7 @@ pub struct BackendArgs {
     #[arg(long)]
     pub adapter: Option<String>,
     /// Prompt matmuls on the GPU's cooperative matrices (tensor cores) where it has them
-    /// (16x16 f16, 32-lane subgroups; also WEFT_COOP=1). Experimental: not yet run on a GPU.
+    /// (16x16 f16, 32-lane subgroups; also WEFT_COOP=1). Experimental: f16 operands.
     #[arg(long)]
     pub coop: bool,
     /// CPU backend: compute from the model file's mapped pages instead of a copy of the

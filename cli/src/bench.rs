@@ -2,7 +2,7 @@
 //! generation the bytes of weights read per second (what one token reads: one embedding row,
 //! the routed share of MoE experts; see `GgufFile::bytes_per_token`) and that as a fraction of
 //! the device's measured memory bandwidth (the roofline of decode: on the CPU every thread
-//! reading, on a GPU a buffer copy). Those columns count weights only: at depth (`-d`) a
+//! reading, on a GPU a shader copying 16-byte words). Those columns count weights only: at depth (`-d`) a
 //! token also reads the KV cache.
 
 use crate::backend::{self, BackendArgs};
@@ -39,7 +39,7 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Only measure and print the device's memory bandwidth (on the CPU every thread reading a
-    /// buffer, on a GPU a buffer copy, read + write).
+    /// buffer, on a GPU a shader copying 16-byte words, read + write).
     #[arg(long)]
     bandwidth: bool,
     /// After the tests, time every node of one prompt and of a few generation steps and print
