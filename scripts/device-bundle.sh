@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Packs what a GPU machine without a Rust toolchain needs for scripts/device-check.sh into
-# .device/bundle.tar.xz: the release `weft` binary and the wgpu test binaries (stripped), and
+# .device/bundle.tar.xz: the release `weft` binary, the wgpu test binaries and the criterion
+# kernel benches (stripped), and
 # llama.cpp's model converter and a self-contained llama-quantize (AVX2, no shared libraries)
 # from the llama-cpp-python source package (for the models at real shapes and their quantized
 # copies). Keep .device out of git (`echo /.device/ >> .git/info/exclude`) and carry it.
@@ -21,6 +22,16 @@ for line in sys.stdin:
             and m["target"]["name"] in ("ops", "wgpu_split", "wgpu_errors"):
         print(m["target"]["name"], m["executable"])
 ' | while read -r name exe; do strip -o "$stage/bin/$name" "$exe"; done
+# the criterion kernel benches (each kernel on the CPU and on wgpu, bytes/s or FLOP/s)
+cargo bench --locked -p weft-benches --bench kernels --no-run --message-format=json |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") \
+            and m["target"]["name"] == "kernels":
+        print(m["executable"])
+' | while read -r exe; do strip -o "$stage/bin/kernels" "$exe"; done
 lcpp="${LLAMA_CPP:-target/perf/llama_cpp_python-0.3.36/vendor/llama.cpp}"
 if [ ! -d "$lcpp" ]; then
     python3 -m pip download -q --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d target/perf

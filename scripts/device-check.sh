@@ -2,15 +2,19 @@
 # The GPU checks, on a machine with a GPU and a Vulkan driver but no Rust toolchain, from the
 # bundle that scripts/device-bundle.sh packs (.device/bundle.tar.xz):
 #   ops   the op suite and the wgpu tests on the GPU (CI=true: no adapter is a failure)
+#   kernels  the criterion kernel benches' wgpu half (benches/benches/kernels.rs), briefly
+#         ($KERNELS: a criterion filter, a regular expression such as "wgpu/matvec.*/F16$";
+#         default "wgpu/"), to kernels.log
 #   perf  the models at real shapes (benches/perf; needs python3 with torch and
 #         transformers), made side by side in the background while `ops` runs, then
 #         `weft bench --backend wgpu` and `--profile` on each as soon as it is made
-# usage: scripts/device-check.sh STEP [MODEL…]   (STEP: ops, perf or all; MODEL as for
-# scripts/perf.sh, default all six, measured in the order given).
+# usage: scripts/device-check.sh STEP [MODEL…]   (STEP: ops, kernels, perf or all, which is
+# ops and perf; MODEL as for scripts/perf.sh, default all six, measured in the order given).
 #
-# Everything lands in five files under $OUT (default device-out/), so that a lease that hands
-# back only a few files gets all of it: summary.txt (one line per figure), ops.log (adapter,
-# bandwidth, test output), bench.log (each bench's JSON and messages), profile.log, models.log.
+# Everything lands in a few files under $OUT (default device-out/), so that a lease that hands
+# back only eight gets all of it: summary.txt (one line per figure), ops.log (adapter,
+# bandwidth, test output), bench.log (each bench's JSON and messages), profile.log, models.log,
+# kernels.log, and clocks.csv (nvidia-smi's clocks, load and power, where it is installed).
 # Settings from the environment:
 #   BENCH_ARGS  `weft bench` arguments for the f16 files (default "-p 512 -n 128 -r 3")
 #   QUANTS      quantized copies to make and measure too, say "Q8_0 Q4_K_M" (default none)
@@ -98,6 +102,14 @@ print("torch (CUDA): copy bandwidth %.1f GB/s over 1 GiB (read + write)" % (2 * 
         done
     done
     grep -E "FAILED|panicked" "$out/ops.log" | head -40 | tee -a "$out/summary.txt"
+fi
+
+if [ "$step" = kernels ]; then
+    # criterion writes its reports under the working directory
+    (cd "$work" && timeout "${KERNELS_TIMEOUT:-300}" bin/kernels --bench "${KERNELS:-wgpu/}" \
+        --warm-up-time 0.3 --measurement-time 1 --noplot) 2>&1 |
+        grep -v "^Benchmarking\|^$" | tee "$out/kernels.log" | grep -E "time:|thrpt:" | tail -5
+    [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 
 summarize() { # JSON file, label
