@@ -4,7 +4,7 @@
 #   ops   the op suite and the wgpu tests on the GPU (CI=true: no adapter is a failure)
 #   kernels  the criterion kernel benches' wgpu half (benches/benches/kernels.rs), briefly
 #         ($KERNELS: a criterion filter, a regular expression such as "wgpu/matvec.*/F16$";
-#         default "wgpu/"), to kernels.log
+#         default "wgpu/"), timed by GPU timestamps (WEFT_BENCH_DEVICE_TIME=1), to kernels.log
 #   perf  the models at real shapes (benches/perf; needs python3 with torch and
 #         transformers), made side by side in the background while `ops` runs, then
 #         `weft bench --backend wgpu` and `--profile` on each as soon as it is made
@@ -106,7 +106,9 @@ fi
 
 if [ "$step" = kernels ]; then
     # criterion writes its reports under the working directory
-    (cd "$work" && timeout "${KERNELS_TIMEOUT:-300}" bin/kernels --bench "${KERNELS:-wgpu/}" \
+    # each kernel's own GPU time (timestamps), not the host's round trip around it
+    (cd "$work" && WEFT_BENCH_DEVICE_TIME="${WEFT_BENCH_DEVICE_TIME:-1}" \
+        timeout "${KERNELS_TIMEOUT:-300}" bin/kernels --bench "${KERNELS:-wgpu/}" \
         --warm-up-time 0.3 --measurement-time 1 --noplot) 2>&1 |
         grep -v "^Benchmarking\|^$" | tee "$out/kernels.log" | grep -E "time:|thrpt:" | tail -5
     [ "${PIPESTATUS[0]}" = 0 ] || status=1

@@ -8,9 +8,16 @@
 //! commands costs the host on wgpu.
 //!
 //! `cargo bench -p weft-benches --bench kernels` (a filter such as `-- wgpu/matvec` narrows it).
+//!
+//! With `WEFT_BENCH_DEVICE_TIME=1` an iteration counts the backend's own per-node times instead
+//! of the wall clock (GPU timestamps on wgpu where the adapter has them): the kernels' time
+//! alone, without the host's upload, submission and readback, which on a fast GPU are most of
+//! a small kernel's wall time. `matvec_8192x8192` reads weights larger than a big GPU's L2
+//! cache (the 2048 × 2048 ones fit in it).
 
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 use weft_backends::{Backend, CpuBackend, HostData, WgpuBackend, WgpuOptions};
 use weft_benches::{compile, random_weight, run_once};
 use weft_graph::testing::Rng;
@@ -100,10 +107,34 @@ fn bench(
         .map(|(n, v)| (n.as_str(), HostData::F32(v)))
         .collect();
     inputs.extend(i32s.iter().map(|(n, v)| (n.as_str(), HostData::I32(v))));
-    g.bench_function(name, |bch| {
-        bch.iter(|| black_box(run_once(be, prog, &inputs).expect("run")))
-    });
+    if device_time() {
+        be.set_profiling(true);
+        g.bench_function(name, |bch| {
+            bch.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    black_box(run_once(be, prog, &inputs).expect("run"));
+                    let wall = start.elapsed();
+                    total += be
+                        .timings(prog)
+                        .map_or(wall, |t| t.iter().map(|n| n.time).sum());
+                }
+                total
+            })
+        });
+        be.set_profiling(false);
+    } else {
+        g.bench_function(name, |bch| {
+            bch.iter(|| black_box(run_once(be, prog, &inputs).expect("run")))
+        });
+    }
     let _ = be.release(prog);
+}
+
+/// `WEFT_BENCH_DEVICE_TIME` set to anything but empty, `0` or `false`.
+fn device_time() -> bool {
+    std::env::var("WEFT_BENCH_DEVICE_TIME").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
 /// The backends to measure: the CPU, and the wgpu adapter when there is one.
@@ -133,9 +164,30 @@ fn suite(c: &mut Criterion, group: &str, cases: &[(String, Throughput, Box<Build
 }
 
 fn matvec(c: &mut Criterion) {
-    let (n, k) = (2048, 2048);
     let dtypes = DType::ALL.into_iter().filter(|d| d.is_float());
-    let cases: Vec<(String, Throughput, Box<Build>)> = dtypes
+    suite(
+        c,
+        "matvec_2048x2048 (weight bytes/s)",
+        &matvec_cases(2048, 2048, dtypes),
+    );
+    suite(
+        c,
+        "matvec_8192x8192 (weight bytes/s)",
+        &matvec_cases(
+            8192,
+            8192,
+            [DType::F16, DType::Q8_0, DType::Q4K].into_iter(),
+        ),
+    );
+}
+
+/// One mat-vec of an `n` × `k` weight per dtype.
+fn matvec_cases(
+    n: usize,
+    k: usize,
+    dtypes: impl Iterator<Item = DType>,
+) -> Vec<(String, Throughput, Box<Build>)> {
+    dtypes
         .map(|dtype| {
             let bytes = dtype.bytes_for(n * k).unwrap_or(0) as u64;
             let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {
@@ -147,8 +199,7 @@ fn matvec(c: &mut Criterion) {
             });
             (dtype.name().to_string(), Throughput::Bytes(bytes), build)
         })
-        .collect();
-    suite(c, "matvec_2048x2048 (weight bytes/s)", &cases);
+        .collect()
 }
 
 fn matmul(c: &mut Criterion) {
