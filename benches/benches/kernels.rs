@@ -1,7 +1,7 @@
 //! Every hot kernel on the CPU backend and, where wgpu finds an adapter, on the wgpu backend:
 //! mat-vec per weight dtype (decode's hot loop, as weight bytes/s), a prompt-sized matmul
 //! (FLOP/s), attention at decode and prefill, the short convolution, the Mamba1 and Mamba2
-//! selective scans, the gated delta rule in both forms, and the MoE expert matmul; then two
+//! selective scans (64 tokens, and one as decode runs them), the gated delta rule in both forms, and the MoE expert matmul; then two
 //! decode steps the fusion passes turn into one kernel each (a llama FFN's norm + gate/up +
 //! SiLU, and attention with its rope and KV cache writes). Each iteration runs the compiled
 //! graph and reads its output back, which waits for the device. Last, what recording a step's
@@ -281,7 +281,7 @@ fn recurrent(c: &mut Criterion) {
         let y = case.b.ssm_conv_raw(xc, w)?;
         Ok((case, y))
     });
-    let scan = |h: usize, p: usize, n: usize, a_cols: usize| -> Box<Build> {
+    let scan = |t: usize, h: usize, p: usize, n: usize, a_cols: usize| -> Box<Build> {
         Box::new(move |_: &mut dyn Backend| {
             let mut case = Case::new(5);
             let st = case.input("st", &[1, h, p, n], |v| v)?;
@@ -312,12 +312,12 @@ fn recurrent(c: &mut Criterion) {
         (
             "ssm_scan mamba1 1536 x 16".into(),
             tokens.clone(),
-            scan(1536, 1, 16, 16),
+            scan(t, 1536, 1, 16, 16),
         ),
         (
             "ssm_scan mamba2 32 heads x 64 x 128".into(),
             tokens.clone(),
-            scan(32, 64, 128, 1),
+            scan(t, 32, 64, 128, 1),
         ),
         (
             "gated_delta_net recurrent".into(),
@@ -331,6 +331,21 @@ fn recurrent(c: &mut Criterion) {
         ),
     ];
     suite(c, "recurrent 64 tokens (tokens/s)", &cases);
+    // decode: one token's scan, the form a generated token takes
+    let one = Throughput::Elements(1);
+    let cases: Vec<(String, Throughput, Box<Build>)> = vec![
+        (
+            "ssm_scan mamba1 1536 x 16".into(),
+            one.clone(),
+            scan(1, 1536, 1, 16, 16),
+        ),
+        (
+            "ssm_scan mamba2 32 heads x 64 x 128".into(),
+            one,
+            scan(1, 32, 64, 128, 1),
+        ),
+    ];
+    suite(c, "recurrent 1 token (tokens/s)", &cases);
 }
 
 fn moe(c: &mut Criterion) {
