@@ -132,6 +132,12 @@ pub trait Backend: std::fmt::Debug {
     /// How [`Backend::memory_bandwidth`] measures, in words for a report.
     fn bandwidth_method(&self) -> &'static str;
 
+    /// The bytes [`Backend::memory_bandwidth`] passes over when asked for `bytes` (a GPU's
+    /// copy stays within one storage binding).
+    fn bandwidth_bytes(&self, bytes: usize) -> usize {
+        bytes
+    }
+
     /// Host time spent around the device in runs so far, where the backend keeps it.
     fn run_stats(&self) -> Option<RunStats> {
         None

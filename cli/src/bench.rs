@@ -97,7 +97,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!(
             "{backend_name}: memory bandwidth {:.1} GB/s over {} MiB ({})",
             bw / 1e9,
-            BANDWIDTH_BYTES >> 20,
+            be.bandwidth_bytes(BANDWIDTH_BYTES) >> 20,
             be.bandwidth_method()
         );
         return Ok(());

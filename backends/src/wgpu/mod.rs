@@ -995,13 +995,17 @@ impl Backend for WgpuBackend {
         "a shader copying 16-byte words, read + write"
     }
 
-    fn memory_bandwidth(&mut self, bytes: usize) -> Result<f64> {
+    fn bandwidth_bytes(&self, bytes: usize) -> usize {
         // within one storage binding, a whole number of 16-byte words
         let cap = self
             .limits
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size);
-        let size = (bytes.max(16) as u64).min(cap) / 16 * 16;
+        ((bytes.max(16) as u64).min(cap) / 16 * 16) as usize
+    }
+
+    fn memory_bandwidth(&mut self, bytes: usize) -> Result<f64> {
+        let size = self.bandwidth_bytes(bytes) as u64;
         let mk = |label| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
