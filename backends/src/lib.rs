@@ -18,6 +18,12 @@ pub use host::{HostBytes, HostData, Output, OutputData};
 pub use null::NullBackend;
 pub use wgpu::{WgpuBackend, WgpuOptions};
 
+/// Whether environment variable `name` is set to anything but empty, `0` or `false` (how weft
+/// reads its switches: `WEFT_COOP`, `WEFT_UNCHECKED`, `CI` in the tests, …).
+pub fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
 use std::time::Duration;
 use weft_graph::{BufferId, NodeId, Plan};
 

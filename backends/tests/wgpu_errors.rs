@@ -9,7 +9,7 @@ use weft_graph::{DType, GraphBuilder, PlanOptions, plan};
 fn backend() -> Option<WgpuBackend> {
     match WgpuBackend::new(&WgpuOptions::default()) {
         Ok(b) => Some(b),
-        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
+        Err(e) if weft_backends::env_flag("CI") => {
             panic!("CI requires a GPU adapter for the wgpu tests: {e}")
         }
         Err(e) => {

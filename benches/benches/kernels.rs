@@ -1,9 +1,10 @@
 //! Every hot kernel on the CPU backend and, where wgpu finds an adapter, on the wgpu backend:
 //! mat-vec per weight dtype (decode's hot loop, as weight bytes/s), a prompt-sized matmul
 //! (FLOP/s), attention at decode and prefill, the short convolution, the Mamba1 and Mamba2
-//! selective scans (64 tokens, and one as decode runs them), the gated delta rule in both forms, and the MoE expert matmul; then two
-//! decode steps the fusion passes turn into one kernel each (a llama FFN's norm + gate/up +
-//! SiLU, and attention with its rope and KV cache writes). Each iteration runs the compiled
+//! selective scans (64 tokens, and one as decode runs them), the gated delta rule in both
+//! forms, and the MoE expert matmul; then two decode steps the fusion passes turn into one
+//! kernel each (a llama FFN's norm + gate/up + SiLU, and attention with its rope and KV cache
+//! writes). Each iteration runs the compiled
 //! graph and reads its output back, which waits for the device. Last, what recording a step's
 //! commands costs the host on wgpu.
 //!
@@ -107,7 +108,7 @@ fn bench(
         .map(|(n, v)| (n.as_str(), HostData::F32(v)))
         .collect();
     inputs.extend(i32s.iter().map(|(n, v)| (n.as_str(), HostData::I32(v))));
-    if device_time() {
+    if weft_backends::env_flag("WEFT_BENCH_DEVICE_TIME") {
         be.set_profiling(true);
         g.bench_function(name, |bch| {
             bch.iter_custom(|iters| {
@@ -130,11 +131,6 @@ fn bench(
         });
     }
     let _ = be.release(prog);
-}
-
-/// `WEFT_BENCH_DEVICE_TIME` set to anything but empty, `0` or `false`.
-fn device_time() -> bool {
-    std::env::var("WEFT_BENCH_DEVICE_TIME").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
 /// The backends to measure: the CPU, and the wgpu adapter when there is one.

@@ -88,7 +88,7 @@ pub fn open(args: &BackendArgs) -> Result<Box<dyn Backend>> {
 
 /// The GPU backend, saying so when `--coop` asked for cooperative matrices it lacks.
 fn gpu(args: &BackendArgs, b: WgpuBackend) -> Box<dyn Backend> {
-    let env = std::env::var("WEFT_COOP").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let env = weft_backends::env_flag("WEFT_COOP");
     if (args.coop || env) && !b.uses_cooperative_matrices() {
         tracing::warn!(
             "{} has no cooperative matrices weft can use (16x16 f16 with f32 sums, 32-lane \

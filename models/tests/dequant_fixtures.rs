@@ -85,7 +85,7 @@ fn dequantization_matches_the_reference_bit_for_bit() {
     let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
     match WgpuBackend::new(&WgpuOptions::default()) {
         Ok(b) => backends.push(Box::new(b)),
-        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
+        Err(e) if weft_backends::env_flag("CI") => {
             panic!("CI requires a GPU adapter for the wgpu tests: {e}")
         }
         Err(e) => eprintln!("wgpu half skipped: {e}"),

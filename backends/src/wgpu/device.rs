@@ -43,11 +43,6 @@ fn cooperative_matrices_usable(adapter: &wgpu::Adapter) -> bool {
         })
 }
 
-/// `WEFT_COOP` set to anything but empty, `0` or `false`.
-fn coop_from_env() -> bool {
-    std::env::var("WEFT_COOP").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
 const TRIED: &str = "Vulkan, Metal, DX12";
 
 fn rank(t: wgpu::DeviceType) -> u8 {
@@ -124,7 +119,7 @@ pub fn open(opts: &WgpuOptions) -> Result<(wgpu::Adapter, wgpu::Device, wgpu::Qu
     if !opts.no_subgroups {
         wanted |= wgpu::Features::SUBGROUP;
     }
-    let coop = (opts.cooperative_matrices || coop_from_env())
+    let coop = (opts.cooperative_matrices || crate::env_flag("WEFT_COOP"))
         && !opts.no_subgroups
         && cooperative_matrices_usable(&adapter);
     if coop {

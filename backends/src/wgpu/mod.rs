@@ -133,8 +133,7 @@ impl WgpuBackend {
             stats: RunStats::default(),
             checks: wgpu::ShaderRuntimeChecks {
                 force_loop_bounding: false,
-                bounds_checks: !std::env::var("WEFT_UNCHECKED")
-                    .is_ok_and(|v| !v.is_empty() && v != "0" && v != "false"),
+                bounds_checks: !crate::env_flag("WEFT_UNCHECKED"),
                 ..wgpu::ShaderRuntimeChecks::checked()
             },
         })
@@ -271,7 +270,7 @@ impl WgpuBackend {
             return Ok(p.clone());
         }
         let layout = self.layout(spec.externals, spec.writable()).1.clone();
-        let pipeline = self.build_pipeline(name, &src, &layout)?;
+        let pipeline = self.build_pipeline(name, &src, Some(&layout))?;
         let p = Arc::new(pipeline);
         self.pipelines.insert(src, p.clone());
         Ok(p)
@@ -281,7 +280,7 @@ impl WgpuBackend {
         &self,
         name: &'static str,
         src: &str,
-        layout: &wgpu::PipelineLayout,
+        layout: Option<&wgpu::PipelineLayout>,
     ) -> Result<wgpu::ComputePipeline> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
@@ -299,7 +298,7 @@ impl WgpuBackend {
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(name),
-                layout: Some(layout),
+                layout,
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: Default::default(),
@@ -318,7 +317,7 @@ impl WgpuBackend {
     /// into a pipeline and discards it: how tests see a shader failure reported.
     pub fn check_wgsl(&mut self, kernel: &'static str, src: &str) -> Result<()> {
         let layout = self.layout(0, 0).1.clone();
-        self.build_pipeline(kernel, src, &layout).map(|_| ())
+        self.build_pipeline(kernel, src, Some(&layout)).map(|_| ())
     }
 
     /// Records one run's commands of `program` and drops them unsubmitted; returns the number
@@ -1015,23 +1014,8 @@ impl Backend for WgpuBackend {
             })
         };
         let (a, b) = (mk("weft bandwidth src"), mk("weft bandwidth dst"));
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("bandwidth"),
-                source: wgpu::ShaderSource::Wgsl(weft_shaders::BANDWIDTH_WGSL.into()),
-            });
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("bandwidth"),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+        // (its own two bindings: the layout comes from the shader)
+        let pipeline = self.build_pipeline("bandwidth", weft_shaders::BANDWIDTH_WGSL, None)?;
         let bind = |from: &wgpu::Buffer, to: &wgpu::Buffer| {
             self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
@@ -1049,12 +1033,6 @@ impl Backend for WgpuBackend {
             })
         };
         let groups = [bind(&a, &b), bind(&b, &a)];
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(BackendError::Shader {
-                kernel: "bandwidth",
-                message: e.to_string(),
-            });
-        }
         let workgroups = (size / 16).div_ceil(256) as u32;
         let max = self.limits.max_compute_workgroups_per_dimension;
         let (x, y) = (workgroups.min(max), workgroups.div_ceil(max));

@@ -106,7 +106,7 @@ fn wgpu_backend(no_subgroups: bool) -> Option<Box<dyn weft_backends::Backend>> {
 fn wgpu_with(opts: &weft_backends::WgpuOptions) -> Option<weft_backends::WgpuBackend> {
     match weft_backends::WgpuBackend::new(opts) {
         Ok(b) => Some(b),
-        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
+        Err(e) if weft_backends::env_flag("CI") => {
             panic!("CI requires a GPU adapter for the wgpu tests: {e}")
         }
         Err(e) => {

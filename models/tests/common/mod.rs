@@ -273,7 +273,7 @@ pub fn conformance_with(
 pub fn wgpu() -> Option<Box<dyn Backend>> {
     match WgpuBackend::new(&WgpuOptions::default()) {
         Ok(b) => Some(Box::new(b)),
-        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") => {
+        Err(e) if weft_backends::env_flag("CI") => {
             panic!("CI requires a GPU adapter for the wgpu tests: {e}")
         }
         Err(e) => {
