@@ -21,7 +21,7 @@
 #   QUANT_MODELS  which models get them (default all that are measured)
 #   COOP        unless 0, each file's prompt is measured again with WEFT_COOP=1 (prompt
 #               matmuls on cooperative matrices where the adapter has them)
-#   OPS_VARIANTS  settings the wgpu tests run under again, say "WEFT_UNCHECKED=loops"
+#   OPS_VARIANTS  settings the wgpu tests run under again, say "WEFT_UNCHECKED=1"
 #   PROFILE     unless 0, each f16 file's prompt and generated tokens are profiled per op
 #   VARIANTS    settings each f16 file is measured again under, say "WEFT_UNCHECKED=1"
 #               (space-separated; each one VAR=VALUE)
@@ -45,7 +45,7 @@ deadline="${DEADLINE:-3000}"
 step_timeout="${STEP_TIMEOUT:-120}"
 weft="$work/bin/weft"
 
-# run NAME CMD…: a measurement under the step timeout, skipped past the deadline
+# in_time WHAT: whether a measurement may still start (past the deadline it says it skips WHAT)
 in_time() {
     if [ $((SECONDS - start)) -ge "$deadline" ]; then
         echo "skipped (deadline): $*" | tee -a "$out/summary.txt"
@@ -105,8 +105,8 @@ print("torch (CUDA): copy bandwidth %.1f GB/s over 1 GiB (read + write)" % (2 * 
 fi
 
 if [ "$step" = kernels ]; then
-    # criterion writes its reports under the working directory
-    # each kernel's own GPU time (timestamps), not the host's round trip around it
+    # each kernel's own GPU time (timestamps), not the host's round trip around it; criterion
+    # writes its reports under the working directory
     (cd "$work" && WEFT_BENCH_DEVICE_TIME="${WEFT_BENCH_DEVICE_TIME:-1}" \
         timeout "${KERNELS_TIMEOUT:-300}" bin/kernels --bench "${KERNELS:-wgpu/}" \
         --warm-up-time 0.3 --measurement-time 1 --noplot) 2>&1 |
