@@ -24,7 +24,9 @@
 #   OPS_VARIANTS  settings the wgpu tests run under again, say "WEFT_UNCHECKED=1"
 #   PROFILE     unless 0, each f16 file's prompt and generated tokens are profiled per op
 #   VARIANTS    settings each f16 file is measured again under, say "WEFT_UNCHECKED=1"
-#               (space-separated; each one VAR=VALUE)
+#               (space-separated; each one VAR=VALUE), with VARIANT_ARGS (default BENCH_ARGS;
+#               say "-p 0 -n 64 -r 2" for the decode-only switches: WEFT_MATVEC_CHUNKS=1,
+#               WEFT_SCAN_ROWS=1, WEFT_TOP_K_INLINE=1 bring back the forms before 2026-12-04)
 #   DEADLINE    seconds after which no new measurement starts (default 3000); each one is
 #               also cut off after STEP_TIMEOUT seconds (default 120)
 set -uo pipefail
@@ -166,7 +168,7 @@ if [ "$step" = perf ] || [ "$step" = all ]; then
             (
                 export "${v?}"
                 label="$v"
-                bench "$n-f16" ${BENCH_ARGS:--p 512 -n 128 -r 3}
+                bench "$n-f16" ${VARIANT_ARGS:-${BENCH_ARGS:--p 512 -n 128 -r 3}}
                 exit $status
             ) || status=1
         done

@@ -114,6 +114,13 @@ pub trait Backend: std::fmt::Debug {
     /// Releases a buffer.
     fn free(&mut self, buf: BufferId) -> Result<()>;
 
+    /// The graph passes this backend's plans should run (what a caller puts in its
+    /// `PlanOptions`): the default set, unless some fusion costs this backend more than it
+    /// saves.
+    fn pass_options(&self) -> weft_graph::passes::PassOptions {
+        weft_graph::passes::PassOptions::default()
+    }
+
     /// Prepares a plan to run; checks that its externals are bound to large enough buffers.
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId>;
 

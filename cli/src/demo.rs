@@ -27,7 +27,10 @@ fn describe(name: &str, g: &Graph) {
     let unfused = plan(
         g,
         PlanOptions {
-            passes: PassOptions { fuse: false },
+            passes: PassOptions {
+                fuse: false,
+                ..Default::default()
+            },
             ..Default::default()
         },
     );

@@ -173,7 +173,10 @@ pub fn graph(args: &GraphArgs) -> Result<()> {
     let unfused = plan(
         &g,
         PlanOptions {
-            passes: PassOptions { fuse: false },
+            passes: PassOptions {
+                fuse: false,
+                ..Default::default()
+            },
             ..Default::default()
         },
     );

@@ -20,7 +20,10 @@ fn dispatches(g: &Graph, fuse: bool) -> usize {
     plan(
         g,
         PlanOptions {
-            passes: PassOptions { fuse },
+            passes: PassOptions {
+                fuse,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )

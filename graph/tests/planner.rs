@@ -16,7 +16,10 @@ fn random_graphs_satisfy_the_allocator_contract() {
         for opts in [
             PlanOptions::default(),
             PlanOptions {
-                passes: PassOptions { fuse: false },
+                passes: PassOptions {
+                    fuse: false,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             PlanOptions {
@@ -63,7 +66,10 @@ fn in_place_is_refused_when_the_source_is_read_later_or_transposed() {
     let p = plan(
         &b.finish(),
         PlanOptions {
-            passes: PassOptions { fuse: false },
+            passes: PassOptions {
+                fuse: false,
+                ..Default::default()
+            },
             ..Default::default()
         },
     );
@@ -84,7 +90,10 @@ fn in_place_is_refused_when_the_source_is_read_later_or_transposed() {
     let p = plan(
         &b.finish(),
         PlanOptions {
-            passes: PassOptions { fuse: false },
+            passes: PassOptions {
+                fuse: false,
+                ..Default::default()
+            },
             ..Default::default()
         },
     );

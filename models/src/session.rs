@@ -77,12 +77,16 @@ impl Session {
         let arch = arch::load(gguf)?;
         let weights = WeightStore::upload(gguf, backend.as_mut(), progress)?;
         let memory = Memory::new(backend.as_mut(), arch.layers(), config)?;
+        let plan_options = PlanOptions {
+            passes: backend.pass_options(),
+            ..PlanOptions::default()
+        };
         Ok(Session {
             backend,
             arch,
             weights,
             memory,
-            plan_options: PlanOptions::default(),
+            plan_options,
             programs: HashMap::new(),
             last_key: None,
             compiles: 0,

@@ -90,7 +90,10 @@ fn two_layer_mamba_plans_smaller_than_naive_and_decodes_like_prefill() {
     // Fused and unfused plans agree.
     w.zero_caches(&mut be).unwrap();
     let unfused = PlanOptions {
-        passes: weft_graph::passes::PassOptions { fuse: false },
+        passes: weft_graph::passes::PassOptions {
+            fuse: false,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let again = run(

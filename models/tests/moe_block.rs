@@ -223,7 +223,10 @@ fn run_case(c: &Case, be: &mut dyn Backend, seed: u64) {
     for opts in [
         PlanOptions::default(),
         PlanOptions {
-            passes: PassOptions { fuse: false },
+            passes: PassOptions {
+                fuse: false,
+                ..Default::default()
+            },
             reuse: false,
             in_place: false,
         },

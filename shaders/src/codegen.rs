@@ -1,7 +1,7 @@
 //! Assembles a shader: bindings, parameter readers, per-source loaders, helpers, the kernel
 //! body with its placeholders filled.
 
-use crate::quant::{CHUNK_HELPERS, byte_helpers, chunk_dot, decode_body};
+use crate::quant::{QUAD_HELPERS, byte_helpers, decode_body, quad_dot};
 use crate::{BcNormSpec, EpilogueSpec, Home, Kernel, Spec, TopKSpec, XNormSpec};
 use std::fmt::Write;
 use weft_graph::{BinaryOp, DType, FusedProgram, Instr, NormKind, UnaryOp};
@@ -24,8 +24,9 @@ impl std::error::Error for ShaderError {}
 const HELPERS: &str = "
 fn pu(i: u32) -> u32 { return P[i / 4u][i % 4u]; }
 fn pf(i: u32) -> f32 { return bitcast<f32>(pu(i)); }
-fn st(i: u32, v: f32) { arena[i] = bitcast<u32>(v); }
-fn sti(i: u32, v: i32) { arena[i] = bitcast<u32>(v); }
+fn aw(i: u32) -> u32 { return arena[i >> 2u][i & 3u]; }
+fn st(i: u32, v: f32) { arena[i >> 2u][i & 3u] = bitcast<u32>(v); }
+fn sti(i: u32, v: i32) { arena[i >> 2u][i & 3u] = bitcast<u32>(v); }
 fn sigmoid_(x: f32) -> f32 { return 1.0 / (1.0 + exp(min(-x, 80.0))); }
 fn log1p_(u: f32) -> f32 { let v = 1.0 + u; if (v == 1.0) { return u; } return log(v) * u / (v - 1.0); }
 fn softplus_(x: f32) -> f32 { if (x > 20.0) { return x; } return log1p_(exp(x)); }
@@ -208,6 +209,44 @@ fn group_sum(v: f32, lid: u32, half: u32) -> f32 {{
     Ok(f)
 }
 
+/// `ssm_scan_lanes`' `lane_sum(v, lid)`: the sum of `v` over each aligned group of `L` = 16
+/// lanes of a 64-thread workgroup, returned to every lane of the group: subgroup shuffles
+/// when a subgroup holds the whole group (`Spec::subgroup` ≥ 16), else a tree in workgroup
+/// memory. Every thread must call it (it may hold barriers).
+fn lane_sum(spec: &Spec) -> Result<String, ShaderError> {
+    let sg = spec.subgroup;
+    if !sg.is_power_of_two() || sg > 128 {
+        return Err(err(spec.kernel, format!("subgroup size {sg}")));
+    }
+    let body = if sg >= 16 {
+        "    var s = v;
+    for (var o = L / 2u; o > 0u; o >>= 1u) {
+        s += subgroupShuffleXor(s, o);
+    }
+    return s;"
+    } else {
+        "    lred_[lid] = v;
+    workgroupBarrier();
+    for (var o = L / 2u; o > 0u; o >>= 1u) {
+        if (lid % L < o) {
+            lred_[lid] += lred_[lid + o];
+        }
+        workgroupBarrier();
+    }
+    let s = lred_[lid - lid % L];
+    workgroupBarrier();
+    return s;"
+    };
+    let mem = if sg >= 16 {
+        ""
+    } else {
+        "var<workgroup> lred_: array<f32, 64>;\n"
+    };
+    Ok(format!(
+        "const L: u32 = 16u;\n{mem}fn lane_sum(v: f32, lid: u32) -> f32 {{\n{body}\n}}\n"
+    ))
+}
+
 /// `ldi{src}` (and `ld{src}`) of a [`TopKSpec`]: the `j + 1`-th largest logit's index, found
 /// by `j + 1` passes over the row, each taking the largest value after the last one taken in
 /// (value, index) order.
@@ -220,7 +259,7 @@ fn top_k_loader(t: &TopKSpec) -> String {
         off,
     } = *t;
     format!(
-        "fn ldf{src}(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}
+        "fn ldf{src}(i: u32) -> f32 {{ return bitcast<f32>(aw(i)); }}
 fn ldi{src}(i: u32) -> i32 {{
     let r = i - pu({off}u);
     let base = pu({off}u) + (r / {k}u) * {stride}u;
@@ -257,13 +296,23 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
         return Err(err(spec.kernel, "only mat-vecs normalise their row"));
     }
     let w = norm_weight(spec, weight, "i - xbase_")?;
+    let w4 = (0..4)
+        .map(|k| {
+            Ok(format!(
+                "1.0{}",
+                norm_weight(spec, weight, &format!("e + {k}u"))?
+            ))
+        })
+        .collect::<Result<Vec<_>, ShaderError>>()?
+        .join(", ");
     let factor = norm_factor(spec, kind, "k_")?;
     Ok(format!(
         "var<private> xs_: f32 = 1.0;
 var<private> xbase_: u32 = 0u;
 var<workgroup> nrm_: array<f32, 64>;
-fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}
+fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(aw(i)); }}
 fn ld0(i: u32) -> f32 {{ return ld0raw(i) * xs_{w}; }}
+fn x4a(i: u32) -> vec4<f32> {{ let e = i - xbase_; return bitcast<vec4<f32>>(arena[i >> 2u]) * xs_ * vec4<f32>({w4}); }}
 fn prologue(xrow: u32, lid: u32) {{
     let k_ = pu(2u);
     if (lid < 64u) {{
@@ -322,7 +371,7 @@ fn x_prog_loader(spec: &Spec) -> Result<String, ShaderError> {
     Ok(format!(
         "var<private> xbase_: u32 = 0u;
 var<workgroup> xf_: array<f32, 64>;
-fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}
+fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(aw(i)); }}
 {}fn ld0(i_: u32) -> f32 {{
     let v0 = ld0raw(i_){scale};
     let i = i_ - pu(3u);
@@ -558,54 +607,62 @@ fn gate_loaders(spec: &Spec) -> Result<String, ShaderError> {
     Ok(out)
 }
 
-/// The scans' `ldt(tok, h)`, `dt` of token `tok` (`s·T + t`) and head `h`: source 2 as it is,
-/// or its projection's dot product through the program (`Spec::scan_dt`).
+/// The scans' dt: `ldt(tok, h)`, head `h`'s dt at token `tok`: source 2 as it is, or (with
+/// `Spec::scan_dt`) computed from its projection, a dot product of the token's activation
+/// row (normalised first with `x_norm`) with the head's weight row, through dt's program. The
+/// dot product comes in two halves so that lanes can share it: `dt_part(tok, h, lane, lanes)`
+/// is one lane's share (every `lanes`-th element from `lane`) of the dot and of the row's sum
+/// of squares, `dt_sum(tok, h, sums)` dt from the lanes' sums (`DT_PARTS` says whether there
+/// is anything to sum).
 fn dt_loader(spec: &Spec) -> Result<String, ShaderError> {
     let Some(d) = &spec.scan_dt else {
-        return Ok(
-            "fn ldt(tok: u32, h: u32) -> f32 { return ld2(pu(9u) + tok * pu(2u) + h); }\n".into(),
-        );
+        return Ok("const DT_PARTS: bool = false;
+fn ldt(tok: u32, h: u32) -> f32 { return ld2(pu(9u) + tok * pu(2u) + h); }
+fn dt_part(tok: u32, h: u32, lane: u32, lanes: u32) -> vec2<f32> { return vec2<f32>(0.0); }
+fn dt_sum(tok: u32, h: u32, sums: vec2<f32>) -> f32 { return ldt(tok, h); }
+"
+        .into());
     };
     let body = indexed_program(spec, &d.program, 1, "dta", "dt's program")?;
     let (w, p) = (d.weight, d.params);
     let sx = format!("pu({}u)", p + 4);
-    // the activation row's norm factor (and the norm's weight per element)
-    let (norm, scale) = match d.x_norm {
+    // the activation row's norm factor on the sum (and the norm's weight per element)
+    let (weight, factor) = match d.x_norm {
         None => (String::new(), String::new()),
         Some(XNormSpec { kind, weight }) => {
             let w = norm_weight(spec, weight, "r")?;
             let f = norm_factor(spec, kind, "k_")?;
-            (
-                format!(
-                    "var ss = 0.0;
-    for (var r = 0u; r < k_; r++) {{
-        let x = ld2(xb + r * {sx});
-        ss += x * x;
-    }}
-    let f = {f};
-    "
-                ),
-                format!(" * f{w}"),
-            )
+            (w, format!(" * {f}"))
         }
     };
     Ok(format!(
-        "{}fn ldt(tok: u32, h: u32) -> f32 {{
-    let k_ = pu({}u);
+        "{}const DT_PARTS: bool = true;
+fn dt_part(tok: u32, h: u32, lane: u32, lanes: u32) -> vec2<f32> {{
+    let k_ = pu({k}u);
     let xb = pu(9u) + (tok / pu(1u)) * pu({}u) + (tok % pu(1u)) * pu({}u);
     let wb = pu({p}u) + h * k_;
-    {norm}var v0 = 0.0;
-    for (var r = 0u; r < k_; r++) {{
-        v0 += ld2(xb + r * {sx}){scale} * ld{w}(wb + r);
+    var d = 0.0;
+    var ss = 0.0;
+    for (var r = lane; r < k_; r += lanes) {{
+        let x = ld2(xb + r * {sx});
+        ss += x * x;
+        d += x{weight} * ld{w}(wb + r);
     }}
+    return vec2<f32>(d, ss);
+}}
+fn dt_sum(tok: u32, h: u32, sums: vec2<f32>) -> f32 {{
+    let k_ = pu({k}u);
+    let ss = sums.y;
+    let v0 = sums.x{factor};
     let i = tok * pu(2u) + h;
     {body}
 }}
+fn ldt(tok: u32, h: u32) -> f32 {{ return dt_sum(tok, h, dt_part(tok, h, 0u, 1u)); }}
 ",
         source_index("dta", d.program.params),
-        p + 1,
         p + 2,
         p + 3,
+        k = p + 1,
     ))
 }
 
@@ -654,10 +711,10 @@ fn strided(at: u32, a: u32, b: u32, c: u32, d: u32) -> u32 {
     return a * pu(at) + b * pu(at + 1u) + c * pu(at + 2u) + d * pu(at + 3u);
 }
 struct ScanTok { dt: f32, xd: f32, b: u32, c: u32, f: vec2<f32> }
-fn scan_tok(tok: u32, r: ScanRow) -> ScanTok {
+fn scan_tok(tok: u32, r: ScanRow) -> ScanTok { return scan_tok_dt(tok, r, ldt(tok, r.h)); }
+fn scan_tok_dt(tok: u32, r: ScanRow, dt: f32) -> ScanTok {
     let s = tok / pu(1u);
     let t = tok % pu(1u);
-    let dt = ldt(tok, r.h);
     let b = pu(11u) + strided(20u, s, t, r.grp, 0u);
     let c = pu(12u) + strided(24u, s, t, r.grp, 0u);
     return ScanTok(dt, ld1(pu(8u) + strided(16u, s, t, r.h, r.p)) * dt, b, c, bc_norms(b, c));
@@ -720,7 +777,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str("enable f16;\nenable wgpu_cooperative_matrix;\n");
     }
     out.push_str("@group(0) @binding(0) var<uniform> P: array<vec4<u32>, 64>;\n");
-    out.push_str("@group(0) @binding(1) var<storage, read_write> arena: array<u32>;\n");
+    out.push_str("@group(0) @binding(1) var<storage, read_write> arena: array<vec4<u32>>;\n");
     for b in 0..spec.externals {
         let decl = match spec.store {
             Some((sb, DType::F32)) if sb == b => "var<storage, read_write> e{b}: array<u32>",
@@ -773,7 +830,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             (Home::Arena, DType::I32) => {
                 let _ = writeln!(
                     out,
-                    "fn ldi{i}(i: u32) -> i32 {{ return bitcast<i32>(arena[i]); }}"
+                    "fn ldi{i}(i: u32) -> i32 {{ return bitcast<i32>(aw(i)); }}"
                 );
                 let _ = writeln!(out, "fn ld{i}(i: u32) -> f32 {{ return f32(ldi{i}(i)); }}");
             }
@@ -786,7 +843,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             (Home::Arena, DType::F32) => {
                 let _ = writeln!(
                     out,
-                    "fn ld{i}(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}"
+                    "fn ld{i}(i: u32) -> f32 {{ return bitcast<f32>(aw(i)); }}"
                 );
             }
             (Home::Arena, d) => {
@@ -897,10 +954,25 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         if weights.is_empty() || weights.iter().any(|&j| j >= spec.sources.len()) {
             return Err(err(k, "missing the weight source"));
         }
-        out.push_str(CHUNK_HELPERS);
+        out.push_str(QUAD_HELPERS);
+        // x's quads as one 16-byte load (from a row that starts on a quad); x_norm's loader
+        // defines its own
+        let plain = spec.sources[0].home == Home::Arena && spec.sources[0].dtype == DType::F32;
+        if spec.x_norm.is_none() || !plain {
+            out.push_str(if plain && spec.x_prog.is_none() {
+                "fn x4a(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(arena[i >> 2u]); }\n"
+            } else {
+                "fn x4a(i: u32) -> vec4<f32> { return x4(i); }\n"
+            });
+        }
         out.push_str(&group_sum(spec)?);
         for &j in &weights {
-            out.push_str(&chunk_dot(j, spec.sources[j].home, spec.sources[j].dtype));
+            let (home, dtype) = (spec.sources[j].home, spec.sources[j].dtype);
+            out.push_str(&if spec.matvec_chunks {
+                crate::chunks::chunk_dot(j, home, dtype)
+            } else {
+                quad_dot(j, home, dtype)
+            });
         }
         if k == Kernel::MatMulCat {
             out.push_str(
@@ -927,7 +999,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
             let _ = write!(
                 out,
                 "const C: u32 = {}u;\n\
-                 fn ldws(i: u32) -> f32 {{ return bitcast<f32>(arena[i]); }}\n",
+                 fn ldws(i: u32) -> f32 {{ return bitcast<f32>(aw(i)); }}\n",
                 crate::DELTA_CHUNK
             );
         }
@@ -941,6 +1013,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str(SCAN_HELPERS);
         out.push_str(&dt_loader(spec)?);
         out.push_str(&bc_loaders(spec)?);
+        if k == Kernel::SsmScanLanes {
+            out.push_str(&lane_sum(spec)?);
+        }
     } else if spec.scan_dt.is_some() || spec.bc_norm.is_some() {
         return Err(err(k, "only the scans compute dt, or normalise B and C"));
     }

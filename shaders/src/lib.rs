@@ -4,7 +4,9 @@
 //! Every generated shader shares one binding model:
 //! - `@binding(0)`: `P`, the dispatch's parameters (a uniform array of u32; `pu(i)` reads word
 //!   `i`, `pf(i)` reads it as f32). Each kernel documents its parameter words.
-//! - `@binding(1)`: `arena`, the plan's activation arena as `array<u32>`, read and written.
+//! - `@binding(1)`: `arena`, the plan's activation arena as `array<vec4<u32>>` (its size a
+//!   multiple of 16 bytes), read and written: `aw(i)` reads word `i`, and mat-vecs read x's
+//!   quads as whole vectors.
 //! - `@binding(2 + b)`: external buffer `b` (weights, caches) as `array<u32>`.
 //!
 //! Kernels never index bindings directly: the generator emits a loader per source —
@@ -13,6 +15,7 @@
 //! into the source's storage. Results are written with `st(i, v)` / `sti(i, v)`; kernels that
 //! [apply epilogues](Kernel::applies_epilogue) write `epi(i, v)` for result `i`.
 
+mod chunks;
 mod codegen;
 mod quant;
 
@@ -42,6 +45,7 @@ pub enum Kernel {
     SsmConvCached,
     SsmScan,
     SsmScanRows,
+    SsmScanLanes,
     SsmScanChunks,
     SsmScanChunksWide,
     GatedDeltaNet,
@@ -53,7 +57,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 27] = [
+    pub const ALL: [Kernel; 28] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -73,6 +77,7 @@ impl Kernel {
         Kernel::SsmConvCached,
         Kernel::SsmScan,
         Kernel::SsmScanRows,
+        Kernel::SsmScanLanes,
         Kernel::SsmScanChunks,
         Kernel::SsmScanChunksWide,
         Kernel::GatedDeltaNet,
@@ -104,6 +109,7 @@ impl Kernel {
             Kernel::SsmConvCached => "ssm_conv_cached",
             Kernel::SsmScan => "ssm_scan",
             Kernel::SsmScanRows => "ssm_scan_rows",
+            Kernel::SsmScanLanes => "ssm_scan_lanes",
             Kernel::SsmScanChunks => "ssm_scan_chunks",
             Kernel::SsmScanChunksWide => "ssm_scan_chunks_wide",
             Kernel::GatedDeltaNet => "gated_delta_net",
@@ -135,6 +141,7 @@ impl Kernel {
             self,
             Kernel::SsmScan
                 | Kernel::SsmScanRows
+                | Kernel::SsmScanLanes
                 | Kernel::SsmScanChunks
                 | Kernel::SsmScanChunksWide
         )
@@ -165,6 +172,7 @@ impl Kernel {
                 | Kernel::SsmConvCached
                 | Kernel::SsmScan
                 | Kernel::SsmScanRows
+                | Kernel::SsmScanLanes
                 | Kernel::SsmScanChunks
                 | Kernel::SsmScanChunksWide
         )
@@ -199,6 +207,7 @@ impl Kernel {
             Kernel::SsmConvCached => include_str!("kernels/ssm_conv_cached.wgsl"),
             Kernel::SsmScan => include_str!("kernels/ssm_scan.wgsl"),
             Kernel::SsmScanRows => include_str!("kernels/ssm_scan_rows.wgsl"),
+            Kernel::SsmScanLanes => include_str!("kernels/ssm_scan_lanes.wgsl"),
             Kernel::SsmScanChunks => include_str!("kernels/ssm_scan_chunks.wgsl"),
             Kernel::SsmScanChunksWide => include_str!("kernels/ssm_scan_chunks_wide.wgsl"),
             Kernel::GatedDeltaNet => include_str!("kernels/gated_delta_net.wgsl"),
@@ -268,6 +277,9 @@ pub struct Spec {
     /// Lanes the mat-vec kernels sum with subgroup shuffles before workgroup memory takes over
     /// (`group_sum`): the adapter's smallest subgroup size, at most 32; 1 without subgroups.
     pub subgroup: u32,
+    /// The mat-vecs' previous dot products (lanes walking contiguous chunks, `chunks.rs`)
+    /// instead of the striped quads: for measuring one against the other on hardware.
+    pub matvec_chunks: bool,
     /// `gated_delta_net`'s `g` and `beta` computed by programs as the kernel reads them
     /// (`ldg`, `ldb`): `Load(k)` of each reads source `first + k` at the gate's element,
     /// indexed by the 9 parameter words of source `k` from `params` (as an epilogue's; no
@@ -402,6 +414,7 @@ impl Spec {
             qk_norm: None,
             puts: vec![],
             subgroup: 1,
+            matvec_chunks: false,
             gates: None,
             scan_dt: None,
             x_prog: None,

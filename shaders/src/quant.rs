@@ -80,24 +80,26 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
     }
 }
 
-/// The weight dot products of the mat-vec kernels, for weight source `j` (`ldj`):
-/// `fn wdotj(c, xs) -> f32` is the dot of the weight's chunk `c` (chunks of `WCHj` elements,
-/// numbered from the start of the source's storage) with x (source 0), where weight element `e`
-/// meets x element `xs + e` (wrapping). A chunk is read with whole-word loads and decoded once;
-/// `WALIGNj` is the alignment (in elements) a row's start and length need for the chunked
-/// path. `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole
-/// row's dot product: by chunks when the row is aligned, element by element otherwise.
-/// [`CHUNK_HELPERS`] must be emitted once before any of them.
-pub fn chunk_dot(j: usize, home: Home, dtype: DType) -> String {
-    let (ch, align, body) = match home {
-        Home::External(b) => chunk_body(b, dtype),
+/// The weight dot products of the mat-vec kernels, for weight source `j` (`ldj`), read by
+/// quads: quad `q` is elements `4q .. 4q + 3` of the source's storage, and `fn wqj(q) ->
+/// vec4<f32>` decodes one. A row's quads are striped over its `T` lanes (lane `l` takes quads
+/// `l`, `l + T`, …, four in flight per step), so a warp's loads of a step fall on consecutive
+/// words of the weight and of x: coalesced, where a lane walking a contiguous chunk of its own
+/// strides 32-128 bytes from its neighbour. x comes as a 16-byte load (`x4a`) when its row
+/// starts on a quad. `WALIGNj` is the alignment (in elements) a row's start and length need
+/// for the quad path (a quantized block, so that a quad's block is the row's own).
+/// `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole row's dot
+/// product: by quads when the row is aligned, element by element otherwise.
+/// [`QUAD_HELPERS`] must be emitted once before any of them, and `x4a` defined.
+pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
+    let (align, body) = match home {
+        Home::External(b) => quad_body(b, dtype),
         Home::Arena => None,
     }
     .unwrap_or_else(|| {
         (
             4,
-            4,
-            "let e0 = c * 4u; return dot(vec4<f32>(ldJ(e0), ldJ(e0 + 1u), ldJ(e0 + 2u), ldJ(e0 + 3u)), x4(xs + e0));"
+            "let e = 4u * q; return vec4<f32>(ldJ(e), ldJ(e + 1u), ldJ(e + 2u), ldJ(e + 3u));"
                 .to_string(),
         )
     });
@@ -112,24 +114,44 @@ pub fn chunk_dot(j: usize, home: Home, dtype: DType) -> String {
         ));
     }
     s.push_str(&format!(
-        "const WCH{j}: u32 = {ch}u;\nconst WALIGN{j}: u32 = {align}u;\n\
-         fn wdot{j}(c: u32, xs: u32) -> f32 {{\n    {body}\n}}\n\
-         fn row_dot{j}(wrow: u32, xrow: u32, lane: u32) -> f32 {{\n\
+        "const WALIGN{j}: u32 = {align}u;\n\
+         fn wq{j}(q: u32) -> vec4<f32> {{\n    {body}\n}}\n"
+    ));
+    for (suffix, x) in [("a", "x4a"), ("", "x4")] {
+        s.push_str(&format!(
+            "fn quads{j}{suffix}(q0: u32, xrow: u32, nq: u32, lane: u32) -> f32 {{\n\
+             \x20   var acc = vec4<f32>(0.0);\n\
+             \x20   var q = lane;\n\
+             \x20   for (; q + 3u * T < nq; q += 4u * T) {{\n\
+             \x20       let w0 = wq{j}(q0 + q);\n\
+             \x20       let w1 = wq{j}(q0 + q + T);\n\
+             \x20       let w2 = wq{j}(q0 + q + 2u * T);\n\
+             \x20       let w3 = wq{j}(q0 + q + 3u * T);\n\
+             \x20       acc += w0 * {x}(xrow + 4u * q) + w1 * {x}(xrow + 4u * (q + T)) \
+             + w2 * {x}(xrow + 4u * (q + 2u * T)) + w3 * {x}(xrow + 4u * (q + 3u * T));\n\
+             \x20   }}\n\
+             \x20   for (; q < nq; q += T) {{ acc += wq{j}(q0 + q) * {x}(xrow + 4u * q); }}\n\
+             \x20   return (acc.x + acc.y) + (acc.z + acc.w);\n\
+             }}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "fn row_dot{j}(wrow: u32, xrow: u32, lane: u32) -> f32 {{\n\
          \x20   let k_ = pu(2u);\n\
-         \x20   var acc = 0.0;\n\
-         \x20   if (wrow % WALIGN{j} == 0u && k_ % WALIGN{j} == 0u) {{\n\
-         \x20       for (var c = lane; c < k_ / WCH{j}; c += T) {{ acc += wdot{j}(wrow / WCH{j} + c, xrow - wrow); }}\n\
-         \x20   }} else {{\n\
+         \x20   if (wrow % WALIGN{j} != 0u || k_ % WALIGN{j} != 0u) {{\n\
+         \x20       var acc = 0.0;\n\
          \x20       for (var k = lane; k < k_; k += T) {{ acc += ld0(xrow + k) * ld{j}(wrow + k); }}\n\
+         \x20       return acc;\n\
          \x20   }}\n\
-         \x20   return acc;\n\
+         \x20   if (xrow % 4u == 0u) {{ return quads{j}a(wrow / 4u, xrow, k_ / 4u, lane); }}\n\
+         \x20   return quads{j}(wrow / 4u, xrow, k_ / 4u, lane);\n\
          }}\n"
     ));
     s
 }
 
-/// Helpers of [`chunk_dot`]'s functions, and the lanes per output row `T`.
-pub const CHUNK_HELPERS: &str = "
+/// Helpers of [`quad_dot`]'s functions, and the lanes per output row `T`.
+pub const QUAD_HELPERS: &str = "
 const T: u32 = 32u;
 fn x4(i: u32) -> vec4<f32> { return vec4<f32>(ld0(i), ld0(i + 1u), ld0(i + 2u), ld0(i + 3u)); }
 fn nib(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 15u), f32((w >> 8u) & 15u), f32((w >> 16u) & 15u), f32((w >> 24u) & 15u)); }
@@ -139,113 +161,106 @@ fn i8x4(w: u32) -> vec4<f32> { return vec4<f32>(f32(bitcast<i32>(w << 24u) >> 24
 fn q6x4(lo: u32, hi: u32) -> vec4<f32> { return nib(lo) + 16.0 * vec4<f32>(f32(hi & 3u), f32((hi >> 8u) & 3u), f32((hi >> 16u) & 3u), f32((hi >> 24u) & 3u)) - 32.0; }
 ";
 
-/// (chunk elements, alignment, body) of `wdot` for a weight of `dtype` in external binding `b`.
-fn chunk_body(b: u32, dtype: DType) -> Option<(u32, u32, String)> {
+/// (alignment, body) of `wq` for a weight of `dtype` in external binding `b`: the body returns
+/// quad `q`'s four values. In a block of 32 the quad's offset is `j = q % 8`; 4-bit blocks keep
+/// elements `i` and `i + 16` in one byte, so quad `j` is the low nibbles of the block's word
+/// `j % 4` for `j < 4` and the high ones for `j >= 4`.
+fn quad_body(b: u32, dtype: DType) -> Option<(u32, String)> {
     let f16 = format!("b{b}_f16");
+    // the word of a 32-block's 4-bit values holding quad j, shifted to its nibbles
+    let nibbles = |qs: u32| format!("bw(o + {qs}u + 4u * (j % 4u)) >> (4u * (j / 4u))");
     Some(match dtype {
-        DType::F16 => (
-            8,
-            8,
+        DType::F32 => (
+            4,
             format!(
-                "let w = c * 4u; let x0 = xs + c * 8u; \
-                 let a = unpack2x16float(e{b}[w]); let b_ = unpack2x16float(e{b}[w + 1u]); \
-                 let c_ = unpack2x16float(e{b}[w + 2u]); let d = unpack2x16float(e{b}[w + 3u]); \
-                 return dot(vec4<f32>(a, b_), x4(x0)) + dot(vec4<f32>(c_, d), x4(x0 + 4u));"
+                "let w = 4u * q; return vec4<f32>(bitcast<f32>(e{b}[w]), bitcast<f32>(e{b}[w + 1u]), \
+                 bitcast<f32>(e{b}[w + 2u]), bitcast<f32>(e{b}[w + 3u]));"
+            ),
+        ),
+        DType::F16 => (
+            4,
+            format!(
+                "return vec4<f32>(unpack2x16float(e{b}[2u * q]), unpack2x16float(e{b}[2u * q + 1u]));"
+            ),
+        ),
+        DType::BF16 => (
+            4,
+            format!(
+                "let u = e{b}[2u * q]; let v = e{b}[2u * q + 1u]; \
+                 return vec4<f32>(bitcast<f32>(u << 16u), bitcast<f32>(u & 0xffff0000u), \
+                 bitcast<f32>(v << 16u), bitcast<f32>(v & 0xffff0000u));"
             ),
         ),
         DType::Q8_0 => (
             32,
-            32,
-            format!(
-                "let o = c * 34u; let x0 = xs + c * 32u; var a = 0.0; \
-                 for (var j = 0u; j < 8u; j++) {{ a += dot(i8x4(bw(o + 2u + 4u * j)), x4(x0 + 4u * j)); }} \
-                 return {f16}(o) * a;"
-            ),
+            format!("let o = (q / 8u) * 34u; return {f16}(o) * i8x4(bw(o + 2u + 4u * (q % 8u)));"),
         ),
         DType::Q4_0 => (
             32,
-            32,
             format!(
-                "let o = c * 18u; let x0 = xs + c * 32u; var a = 0.0; \
-                 for (var j = 0u; j < 4u; j++) {{ let w = bw(o + 2u + 4u * j); \
-                 a += dot(nib(w) - 8.0, x4(x0 + 4u * j)) + dot(nib(w >> 4u) - 8.0, x4(x0 + 16u + 4u * j)); }} \
-                 return {f16}(o) * a;"
+                "let o = (q / 8u) * 18u; let j = q % 8u; return {f16}(o) * (nib({}) - 8.0);",
+                nibbles(2)
             ),
         ),
         DType::Q4_1 => (
             32,
-            32,
             format!(
-                "let o = c * 20u; let x0 = xs + c * 32u; var a = 0.0; var sx = 0.0; \
-                 for (var j = 0u; j < 4u; j++) {{ let w = bw(o + 4u + 4u * j); \
-                 let xl = x4(x0 + 4u * j); let xh = x4(x0 + 16u + 4u * j); \
-                 a += dot(nib(w), xl) + dot(nib(w >> 4u), xh); sx += dot(xl + xh, vec4<f32>(1.0)); }} \
-                 return {f16}(o) * a + {f16}(o + 2u) * sx;"
+                "let o = (q / 8u) * 20u; let j = q % 8u; return {f16}(o) * nib({}) + {f16}(o + 2u);",
+                nibbles(4)
             ),
         ),
         DType::Q5_0 | DType::Q5_1 => {
-            let (bytes, qh, offset, total) = if dtype == DType::Q5_0 {
-                (22, 2, " - 16.0", format!("{f16}(o) * a"))
+            // the fifth bits: bit e of the u32 after the scale(s) is element e's
+            let (bytes, qh, value) = if dtype == DType::Q5_0 {
+                (22, 2, format!("{f16}(o) * (v - 16.0)"))
             } else {
-                (24, 4, "", format!("{f16}(o) * a + {f16}(o + 2u) * sx"))
+                (24, 4, format!("{f16}(o) * v + {f16}(o + 2u)"))
             };
             (
                 32,
-                32,
                 format!(
-                    "let o = c * {bytes}u; let x0 = xs + c * 32u; let h = bw(o + {qh}u); var a = 0.0; var sx = 0.0; \
-                     for (var j = 0u; j < 4u; j++) {{ let w = bw(o + {qs}u + 4u * j); \
-                     let xl = x4(x0 + 4u * j); let xh = x4(x0 + 16u + 4u * j); \
-                     a += dot(nib(w) + 16.0 * hb4(h >> (4u * j)){offset}, xl) \
-                     + dot(nib(w >> 4u) + 16.0 * hb4(h >> (16u + 4u * j)){offset}, xh); \
-                     sx += dot(xl + xh, vec4<f32>(1.0)); }} \
-                     return {total};",
-                    qs = qh + 4
+                    "let o = (q / 8u) * {bytes}u; let j = q % 8u; \
+                     let v = nib({}) + 16.0 * hb4(bw(o + {qh}u) >> (4u * j)); return {value};",
+                    nibbles(qh + 4)
                 ),
             )
         }
         DType::Q4K | DType::Q5K => {
+            // a block of 256: 4 pairs of 32-element sub-blocks (c), whose 64 values sit in 32
+            // bytes, the first sub-block's in the low nibbles; Q5_K's fifth bits are bit
+            // 2c (first) or 2c + 1 (second) of the bytes at 16 + l % 32
             let (bytes, qs) = if dtype == DType::Q4K {
                 (144, 16)
             } else {
                 (176, 48)
             };
             let high = if dtype == DType::Q5K {
-                "let h = bw(o + 16u + 4u * j) >> (2u * s); ql += 16.0 * bit4(h); qh += 16.0 * bit4(h >> 1u); "
+                "v += 16.0 * bit4(e{b}[(o + 16u + l % 32u) >> 2u] >> (2u * c + l / 32u)); "
+                    .replace("{b}", &b.to_string())
             } else {
-                ""
+                String::new()
             };
             (
-                64,
                 256,
                 format!(
-                    "let o = (c / 4u) * {bytes}u; let s = c % 4u; let x0 = xs + c * 64u; \
-                     let lo = b{b}_sm(o + 4u, 2u * s); let hi = b{b}_sm(o + 4u, 2u * s + 1u); \
-                     var al = 0.0; var ah = 0.0; var sl = 0.0; var sh = 0.0; \
-                     for (var j = 0u; j < 8u; j++) {{ let w = bw(o + {qs}u + 32u * s + 4u * j); \
-                     var ql = nib(w); var qh = nib(w >> 4u); {high}\
-                     let xl = x4(x0 + 4u * j); let xh = x4(x0 + 32u + 4u * j); \
-                     al += dot(ql, xl); ah += dot(qh, xh); \
-                     sl += dot(xl, vec4<f32>(1.0)); sh += dot(xh, vec4<f32>(1.0)); }} \
-                     return {f16}(o) * (f32(lo.x) * al + f32(hi.x) * ah) - {f16}(o + 2u) * (f32(lo.y) * sl + f32(hi.y) * sh);"
+                    "let o = (q / 64u) * {bytes}u; let qb = q % 64u; let c = qb / 16u; let l = 4u * (qb % 16u); \
+                     let sm = b{b}_sm(o + 4u, 2u * c + l / 32u); \
+                     var v = nib(e{b}[(o + {qs}u + 32u * c + l % 32u) >> 2u] >> (4u * (l / 32u))); {high}\
+                     return ({f16}(o) * f32(sm.x)) * v - {f16}(o + 2u) * f32(sm.y);"
                 ),
             )
         }
         DType::Q6K => (
-            32,
+            // a block of 256: two halves (n) of 128, each four quarters of 32 (t): low 4 bits
+            // in the nibbles of 64 bytes, high 2 bits in the bit pairs of 32, a scale per 16
             256,
             format!(
-                "let o = (c / 8u) * 210u; let n = (c % 8u) / 4u; let l0 = (c % 4u) * 8u; \
-                 let x0 = xs + (c / 8u) * 256u + n * 128u + l0; \
-                 let sh = 8u * (l0 / 16u); let s1 = i8x4(bw(o + 192u + n * 8u) >> sh); \
-                 let s2 = i8x4(bw(o + 196u + n * 8u) >> sh); \
-                 var a = vec4<f32>(0.0); \
-                 for (var t = 0u; t < 2u; t++) {{ \
-                 let ql = bw(o + n * 64u + l0 + 4u * t); let qm = bw(o + n * 64u + 32u + l0 + 4u * t); \
-                 let h = bw(o + 128u + n * 32u + l0 + 4u * t); let xo = x0 + 4u * t; \
-                 a += vec4<f32>(dot(q6x4(ql, h), x4(xo)), dot(q6x4(qm, h >> 2u), x4(xo + 32u)), \
-                 dot(q6x4(ql >> 4u, h >> 4u), x4(xo + 64u)), dot(q6x4(qm >> 4u, h >> 6u), x4(xo + 96u))); }} \
-                 return {f16}(o + 208u) * dot(a, vec4<f32>(s1.x, s1.z, s2.x, s2.z));"
+                "let o = (q / 64u) * 210u; let e = 4u * (q % 64u); let n = e / 128u; let l = e % 32u; \
+                 let t = (e % 128u) / 32u; \
+                 let lo = bw(o + n * 64u + l + 32u * (t % 2u)) >> (4u * (t / 2u)); \
+                 let hi = bw(o + 128u + n * 32u + l) >> (2u * t); \
+                 let sc = bitcast<i32>(b{b}_u8(o + 192u + n * 8u + l / 16u + 2u * t) << 24u) >> 24u; \
+                 return ({f16}(o + 208u) * f32(sc)) * q6x4(lo, hi);"
             ),
         ),
         _ => return None,

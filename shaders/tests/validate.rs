@@ -212,6 +212,7 @@ fn variants() -> Vec<Spec> {
     ));
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanRows, vec![arena(DType::F32); 6]));
+    v.push(Spec::new(Kernel::SsmScanLanes, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanChunks, vec![arena(DType::F32); 6]));
     v.push(Spec::new(
         Kernel::SsmScanChunksWide,
@@ -222,6 +223,7 @@ fn variants() -> Vec<Spec> {
     for k in [
         Kernel::SsmScan,
         Kernel::SsmScanRows,
+        Kernel::SsmScanLanes,
         Kernel::SsmScanChunks,
         Kernel::SsmScanChunksWide,
     ] {
@@ -282,6 +284,8 @@ fn variants() -> Vec<Spec> {
     for (k, w, norm) in [
         (Kernel::SsmScanRows, DType::F16, false),
         (Kernel::SsmScanRows, DType::Q8_0, true),
+        (Kernel::SsmScanLanes, DType::F16, false),
+        (Kernel::SsmScanLanes, DType::Q8_0, true),
         (Kernel::SsmScanChunks, DType::Q8_0, false),
         (Kernel::SsmScanChunksWide, DType::F16, false),
         (Kernel::SsmScan, DType::F16, true),
@@ -470,8 +474,8 @@ fn variants() -> Vec<Spec> {
         s.externals = 1;
         v.push(s);
     }
-    // the mat-vecs' reductions through subgroup shuffles: all 32 lanes (no workgroup memory
-    // left), 8 lanes then workgroup memory, and an adapter with wider subgroups
+    // the mat-vecs' and the lanes scan's reductions through subgroup shuffles: all 32 lanes (no
+    // workgroup memory left), 8 lanes then workgroup memory, and an adapter with wider subgroups
     let matvecs: Vec<Spec> = v
         .iter()
         .filter(|s| {
@@ -482,11 +486,18 @@ fn variants() -> Vec<Spec> {
                     | Kernel::MatMulPair
                     | Kernel::MatMulId
                     | Kernel::MatMulIdPair
+                    | Kernel::SsmScanLanes
             )
         })
         .cloned()
         .collect();
     for (i, mut s) in matvecs.into_iter().enumerate() {
+        // (and the previous chunked dot products, kept for measuring against the quads)
+        if s.kernel.is_matvec() {
+            let mut chunks = s.clone();
+            chunks.matvec_chunks = true;
+            v.push(chunks);
+        }
         s.subgroup = [32, 8, 64][i % 3];
         v.push(s);
     }
@@ -605,6 +616,7 @@ fn variants_applying_epilogues() -> Vec<Spec> {
         [
             Kernel::SsmScan,
             Kernel::SsmScanRows,
+            Kernel::SsmScanLanes,
             Kernel::SsmScanChunks,
             Kernel::SsmScanChunksWide,
         ]

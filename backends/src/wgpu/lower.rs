@@ -23,6 +23,18 @@ pub const SCAN_CHUNKS_FROM: usize = 32;
 /// `gated_delta_chunks`) instead of walking the tokens one at a time.
 pub const DELTA_CHUNKS_FROM: usize = 32;
 
+/// Choices the lowering leaves to its caller.
+#[derive(Clone, Copy, Debug)]
+pub struct LowerOptions {
+    /// A long prompt's delta rule in its chunked form (off when its workspace would not fit
+    /// one binding).
+    pub delta_chunks: bool,
+    /// Small-state scans of decode and short prompts with a thread per row
+    /// (`ssm_scan_rows`) instead of 16 lanes per row (`ssm_scan_lanes`): `WEFT_SCAN_ROWS=1`,
+    /// for measuring the two.
+    pub scan_rows: bool,
+}
+
 /// One dispatch, before pipelines and bind groups exist.
 #[derive(Debug)]
 pub struct Lowered {
@@ -162,8 +174,9 @@ fn program_of(op: &Op) -> FusedProgram {
 }
 
 /// The dispatches of node `id`: one, or for a long prompt's delta rule the two passes of its
-/// chunked form (unless `chunks` is false).
-pub fn lower(g: &Graph, plan: &Plan, id: NodeId, chunks: bool) -> Result<Vec<Lowered>> {
+/// chunked form (unless `opts.delta_chunks` is false).
+pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<Vec<Lowered>> {
+    let chunks = opts.delta_chunks;
     let node = g.node(id);
     let mut c = Ctx {
         g,
@@ -612,16 +625,18 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, chunks: bool) -> Result<Vec<Low
                     weights,
                 });
             }
-            // small states (Mamba1) in one thread's registers, a long prompt's tokens in
-            // chunks scanned side by side; larger states over a workgroup
+            // small states (Mamba1) over 16 lanes a row, a long prompt's tokens in chunks
+            // scanned side by side; larger states over a workgroup
             let rows = sn * h * pp;
             let long = xd[1] >= SCAN_CHUNKS_FROM;
             if n <= 16 && long {
                 (Kernel::SsmScanChunks, p, rows.div_ceil(8) as u32)
             } else if n > 32 && n <= 128 && long {
                 (Kernel::SsmScanChunksWide, p, rows as u32)
-            } else if n <= 32 {
+            } else if n <= 32 && opts.scan_rows {
                 (Kernel::SsmScanRows, p, threads(rows))
+            } else if n <= 32 {
+                (Kernel::SsmScanLanes, p, rows.div_ceil(4) as u32)
             } else {
                 (Kernel::SsmScan, p, (sn * h * pp) as u32)
             }

@@ -19,9 +19,10 @@ pub use wgpu::{AdapterInfo, DeviceType};
 use crate::{
     Backend, BackendError, HostData, NodeTiming, Output, OutputData, ProgramId, Result, RunStats,
 };
-use lower::{Lowered, MAX_PARAMS, lower};
+use lower::{LowerOptions, Lowered, MAX_PARAMS, lower};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use weft_graph::passes::PassOptions;
 use weft_graph::{BufferId, DType, Layout, NodeId, Op, Plan};
 use weft_shaders::Kernel;
 
@@ -85,6 +86,13 @@ pub struct WgpuBackend {
     stats: RunStats,
     /// The runtime checks naga builds into the kernels (see `build_pipeline`).
     checks: wgpu::ShaderRuntimeChecks,
+    /// `WEFT_MATVEC_CHUNKS=1`: the mat-vecs' previous dot products (`Spec::matvec_chunks`),
+    /// for measuring the two forms against each other.
+    matvec_chunks: bool,
+    /// `WEFT_SCAN_ROWS=1`: small-state scans a thread per row (`LowerOptions::scan_rows`).
+    scan_rows: bool,
+    /// `WEFT_TOP_K_INLINE=1`: plans inline a mixture's top k (`pass_options`).
+    inline_top_k: bool,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -136,6 +144,9 @@ impl WgpuBackend {
                 bounds_checks: !crate::env_flag("WEFT_UNCHECKED"),
                 ..wgpu::ShaderRuntimeChecks::checked()
             },
+            matvec_chunks: crate::env_flag("WEFT_MATVEC_CHUNKS"),
+            scan_rows: crate::env_flag("WEFT_SCAN_ROWS"),
+            inline_top_k: crate::env_flag("WEFT_TOP_K_INLINE"),
         })
     }
 
@@ -256,6 +267,7 @@ impl WgpuBackend {
     fn pipeline(&mut self, low: &Lowered) -> Result<Arc<wgpu::ComputePipeline>> {
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
+        spec.matvec_chunks = self.matvec_chunks;
         // prompts on tensor cores where the device was opened with them (same parameters,
         // tiles and workgroup count as `matmul_rows`)
         if spec.kernel == Kernel::MatMulRows && self.uses_cooperative_matrices() {
@@ -628,14 +640,32 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
+    /// A mixture's choice of experts stays a top_k dispatch: inlined, every thread of the
+    /// softmax and the experts' products walks the logits row k times serially before its
+    /// first load, which cost qwen3next-1b's router softmax 35 us a layer on an H200
+    /// (`WEFT_TOP_K_INLINE=1` inlines it, for measuring the two).
+    fn pass_options(&self) -> PassOptions {
+        PassOptions {
+            inline_top_k: self.inline_top_k,
+            ..PassOptions::default()
+        }
+    }
+
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
+        let scan_rows = self.scan_rows;
         let lower_all = |chunks: bool| -> Result<Vec<(NodeId, Lowered)>> {
             Ok(plan
                 .schedule
                 .iter()
-                .map(|&id| lower(g, plan, id, chunks).map(|l| l.into_iter().map(move |l| (id, l))))
+                .map(|&id| {
+                    let opts = LowerOptions {
+                        delta_chunks: chunks,
+                        scan_rows,
+                    };
+                    lower(g, plan, id, opts).map(|l| l.into_iter().map(move |l| (id, l)))
+                })
                 .collect::<Result<Vec<_>>>()?
                 .into_iter()
                 .flatten()
@@ -645,7 +675,8 @@ impl Backend for WgpuBackend {
         let tensors = align_up(plan.arena_bytes.max(4) as u64, 4);
         let arena_size = |lowered: &[(NodeId, Lowered)]| {
             let workspace = lowered.iter().map(|(_, l)| l.workspace).max().unwrap_or(0);
-            tensors.max(lower::workspace_at(plan) + workspace)
+            // (whole 16-byte words: the shaders bind it as an array of vec4<u32>)
+            align_up(tensors.max(lower::workspace_at(plan) + workspace), 16)
         };
         let mut lowered = lower_all(true)?;
         let mut arena_bytes = arena_size(&lowered);

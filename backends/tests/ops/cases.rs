@@ -306,7 +306,10 @@ fn weight(
 /// The ops a graph's plan schedules, with `fuse` on or off.
 fn scheduled(g: &weft_graph::Graph, fuse: bool) -> Vec<&'static str> {
     let opts = weft_graph::PlanOptions {
-        passes: weft_graph::passes::PassOptions { fuse },
+        passes: weft_graph::passes::PassOptions {
+            fuse,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let pl = plan(g, opts);
@@ -832,19 +835,21 @@ fn conv_reference(stn: &Nd, xn: &Nd, wn: &Nd) -> (Nd, Nd) {
 
 /// The conv step with its window kept in the cache, for one and two sequences, fewer and more
 /// new tokens than the window holds; the last three read x as the first columns of a wider
-/// row (a projection's), through its strides.
+/// row (a projection's), through its strides. Windows of 4 (Mamba's, which the GPU keeps in
+/// registers) and of 3 and 6 (the general form).
 pub fn ssm_conv_in_place(be: &mut dyn Backend) {
     // (the last: a prompt large enough for the CPU to spread its tokens over threads)
-    for (s, t, strided, ch) in [
-        (1, 1, false, 6),
-        (1, 5, false, 6),
-        (2, 2, false, 6),
-        (2, 5, false, 6),
-        (1, 5, true, 6),
-        (2, 3, true, 6),
-        (1, 37, true, 520),
+    for (s, t, strided, ch, k) in [
+        (1, 1, false, 6, 4),
+        (1, 5, false, 6, 4),
+        (2, 2, false, 6, 4),
+        (2, 5, false, 6, 4),
+        (1, 5, true, 6, 4),
+        (2, 3, true, 6, 4),
+        (2, 3, false, 6, 3),
+        (1, 2, true, 5, 6),
+        (1, 37, true, 520, 4),
     ] {
-        let k = 4;
         let slots = [2, 0];
         let slots = &slots[..s];
         let mut rg = rng(33 + (s * 10 + t) as u64);
@@ -1142,7 +1147,10 @@ fn check_state_in_place(
     inputs.extend(i32s.iter().map(|(k, v)| (k.as_str(), HostData::I32(v))));
     for fuse in [true, false] {
         let opts = weft_graph::PlanOptions {
-            passes: weft_graph::passes::PassOptions { fuse },
+            passes: weft_graph::passes::PassOptions {
+                fuse,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let pl = plan(&g, opts);
@@ -1492,7 +1500,10 @@ pub fn random_graphs(be: &mut dyn Backend) {
             .map(|(n, v)| (n.as_str(), weft_backends::HostData::F32(v)))
             .collect();
         let naive = weft_graph::PlanOptions {
-            passes: weft_graph::passes::PassOptions { fuse: false },
+            passes: weft_graph::passes::PassOptions {
+                fuse: false,
+                ..Default::default()
+            },
             reuse: false,
             in_place: false,
         };
@@ -1542,7 +1553,10 @@ pub fn fusion_cuts_dispatches(be: &mut dyn Backend) {
         let p = weft_graph::plan(
             &g,
             weft_graph::PlanOptions {
-                passes: weft_graph::passes::PassOptions { fuse },
+                passes: weft_graph::passes::PassOptions {
+                    fuse,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
         );
@@ -2128,7 +2142,10 @@ pub fn attention_kv_store(be: &mut dyn Backend) {
                 be.upload(buf, 0, &bytes).unwrap();
             }
             let opts = weft_graph::PlanOptions {
-                passes: weft_graph::passes::PassOptions { fuse },
+                passes: weft_graph::passes::PassOptions {
+                    fuse,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             let out = run_graph(be, &g, opts, &inputs);

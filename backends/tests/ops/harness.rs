@@ -142,7 +142,10 @@ impl Case {
         let settings = [
             PlanOptions::default(),
             PlanOptions {
-                passes: PassOptions { fuse: false },
+                passes: PassOptions {
+                    fuse: false,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             PlanOptions {

@@ -62,11 +62,18 @@ use crate::graph::{Graph, Node, NodeId};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PassOptions {
     pub fuse: bool,
+    /// With `fuse`: a small mixture's choice of experts made by the ops that read it
+    /// ([`top_k_inline`]); off, the top_k dispatch stays (a backend whose threads would walk
+    /// the logits serially, a GPU's, asks for that: `Backend::pass_options`).
+    pub inline_top_k: bool,
 }
 
 impl Default for PassOptions {
     fn default() -> Self {
-        PassOptions { fuse: true }
+        PassOptions {
+            fuse: true,
+            inline_top_k: true,
+        }
     }
 }
 
@@ -91,7 +98,12 @@ pub fn optimize(g: &Graph, opts: PassOptions) -> Graph {
         let g = remove_dead(&epilogue(&g));
         let g = matvec_input(&norm_input(&epilogue_inputs(&g)));
         let g = scan_bc_norm(&scan_dt(&g));
-        remove_dead(&top_k_inline(&delta_gates(&delta_qk_norm(&g))))
+        let g = delta_gates(&delta_qk_norm(&g));
+        if opts.inline_top_k {
+            remove_dead(&top_k_inline(&g))
+        } else {
+            remove_dead(&g)
+        }
     } else {
         g
     }

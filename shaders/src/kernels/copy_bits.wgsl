@@ -14,5 +14,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let i1 = r % pu(3u);
     let i0 = r / pu(3u);
     let src = pu(6u) + i0 * pu(7u) + i1 * pu(8u) + i2 * pu(9u) + i3 * pu(10u);
-    arena[pu(1u) + i] = bitcast<u32>(ldi0(src));
+    sti(pu(1u) + i, ldi0(src));
 }

@@ -1,9 +1,9 @@
 // out[b, m, n] = Σ_k x[b, m, k] · w[wb, n, k] for decode (M = 1; `matmul_rows` takes prompts).
 // A workgroup of 128 threads computes 4 outputs, T = 32 threads each (summed by the
-// generator's `group_sum`: subgroup shuffles where the adapter has them). Each thread takes chunks
-// of the weight row (`row_dot1`: chunks read with whole-word loads and decoded once, see
-// `quant::chunk_dot`) when the row starts and ends on a chunk boundary, single elements
-// otherwise. Source 0: x (dense F32); source 1: w (any dtype, dense).
+// generator's `group_sum`: subgroup shuffles where the adapter has them). Each thread takes
+// every T-th quad of 4 weights of the row (`row_dot1`, see `quant::quad_dot`: a warp's loads
+// coalesced, four quads in flight) when the row starts and ends on a block boundary, single
+// elements otherwise. Source 0: x (dense F32); source 1: w (any dtype, dense).
 // Params: 0 M, 1 N, 2 K, 3 x_off, 4 w_off, 5 out_off, 6 xb1 (inner batch dim of x),
 // 7 wb0, 8 wb1 (w's batch dims, 1 = broadcast), 9 total outputs, 10 output row stride (N of the
 // whole product), 11 first output column: a weight larger than one storage binding runs as

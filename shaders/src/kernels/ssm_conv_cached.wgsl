@@ -18,6 +18,34 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let c = i % c_;
     let s = i / c_;
     let row = pu(4u) + u32(ldi3(pu(8u) + s)) * (k_ - 1u) * c_ + c;
+    // Mamba's window of 4 in registers (an array indexed at run time may live in memory)
+    if (k_ == 4u) {
+        var w0 = ld0(row);
+        var w1 = ld0(row + c_);
+        var w2 = ld0(row + 2u * c_);
+        let wb = pu(6u) + c * 4u;
+        let k0 = ld2(wb);
+        let k1 = ld2(wb + 1u);
+        let k2 = ld2(wb + 2u);
+        let k3 = ld2(wb + 3u);
+        for (var t = 0u; t < t_; t++) {
+            let at = (s * t_ + t) * c_ + c;
+            let x = ld1(pu(5u) + s * pu(9u) + t * pu(10u) + c * pu(11u));
+            var acc = 0.0;
+            acc += w0 * k0;
+            acc += w1 * k1;
+            acc += w2 * k2;
+            acc += x * k3;
+            st(pu(7u) + at, epi(at, acc));
+            w0 = w1;
+            w1 = w2;
+            w2 = x;
+        }
+        store_dst(row, w0);
+        store_dst(row + c_, w1);
+        store_dst(row + 2u * c_, w2);
+        return;
+    }
     var win: array<f32, 8>;
     for (var j = 0u; j + 1u < k_; j++) {
         win[j] = ld0(row + j * c_);
