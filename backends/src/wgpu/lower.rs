@@ -19,6 +19,11 @@ pub const MAX_PARAMS: usize = 256;
 /// tokens each (`ssm_scan_chunks` for Mamba1's states, `ssm_scan_chunks_wide` for Mamba2's).
 pub const SCAN_CHUNKS_FROM: usize = 32;
 
+/// An attention of fewer (query, head) rows than this, over more than 64 keys, runs in two
+/// passes (flash decoding): a workgroup per row and chunk of 64 keys, then one per row merging
+/// them; one workgroup per row would leave most of a GPU idle in decode.
+pub const SPLIT_ATTENTION_BELOW: usize = 256;
+
 /// Prompts of at least this many tokens run the delta rule in chunks (`gated_delta_prep`, then
 /// `gated_delta_chunks`) instead of walking the tokens one at a time.
 pub const DELTA_CHUNKS_FROM: usize = 32;
@@ -173,8 +178,8 @@ fn program_of(op: &Op) -> FusedProgram {
     op.program().unwrap_or_else(FusedProgram::identity)
 }
 
-/// The dispatches of node `id`: one, or for a long prompt's delta rule the two passes of its
-/// chunked form (unless `opts.delta_chunks` is false).
+/// The dispatches of node `id`: one, or two: a long prompt's delta rule in its chunked form
+/// (unless `opts.delta_chunks` is false), an attention split over chunks of keys.
 pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<Vec<Lowered>> {
     let chunks = opts.delta_chunks;
     let node = g.node(id);
@@ -201,6 +206,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
     let mut bc = None;
     // the delta rule in chunks: (workgroups of its two passes, workspace bytes)
     let mut delta_chunks = None;
+    // attention split over chunks of keys: (query rows × heads, chunks, workspace bytes, the
+    // phase's parameter word)
+    let mut split_attention = None;
     let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
@@ -479,7 +487,17 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                 None => p.extend([0; 4]),
             }
             p.extend(gate_strides);
-            (Kernel::Attention, p, (qd[0] * qd[1]) as u32)
+            // few queries over many keys (decode): chunks of 64 keys side by side, merged
+            let rows = qd[0] * qd[1];
+            let chunks = kd[0].div_ceil(64);
+            if rows < SPLIT_ATTENTION_BELOW && chunks > 1 {
+                let bytes = (rows * chunks * (2 + vd[2])) as u64 * 4;
+                split_attention = Some((rows as u32, chunks as u32, bytes, p.len() + 1));
+                p.extend([chunks as u32, 1, (workspace_at(plan) / 4) as u32]);
+            } else {
+                p.extend([0, 0, 0]);
+            }
+            (Kernel::Attention, p, rows as u32)
         }
         Op::Concat { dim } => {
             let (ad, bd) = (dims(0), dims(1));
@@ -860,6 +878,26 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
     spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));
+    }
+    if let Some((rows, chunks, workspace, phase)) = split_attention {
+        let mut merge = params.clone();
+        merge[phase] = 2;
+        return Ok(vec![
+            Lowered {
+                spec: spec.clone(),
+                params,
+                groups: rows * chunks,
+                externals: c.externals.clone(),
+                workspace,
+            },
+            Lowered {
+                spec,
+                params: merge,
+                groups: rows,
+                externals: c.externals,
+                workspace,
+            },
+        ]);
     }
     let Some((prep, chunks, workspace)) = delta_chunks else {
         return Ok(vec![Lowered {

@@ -2035,16 +2035,24 @@ enum QkRope {
 /// caches (`attention_store`), and that rotates q and the new key itself when a rope makes them
 /// (`rope_attention`). Fused and unfused plans match the reference, and leave the same caches
 /// behind, for F32, F16 and BF16 caches, with and without an output gate, normal and NeoX
-/// ropes over part of each head.
+/// ropes over part of each head; the last over 140 keys, the new one at 100 (the GPU then
+/// splits the keys in chunks of 64: the chunk that writes the caches is not the new row's).
 pub fn attention_kv_store(be: &mut dyn Backend) {
     let mut rg = rng(43);
-    for (kv_dtype, gated, qk) in [
-        (DType::F32, false, QkRope::None),
-        (DType::F16, true, QkRope::Merged(RopeMode::Normal)),
-        (DType::BF16, false, QkRope::Separate(RopeMode::Neox)),
-        (DType::F32, false, QkRope::Merged(RopeMode::Neox)),
+    let small = (9, 6, 4);
+    for (kv_dtype, gated, qk, (cells, n_kv, row)) in [
+        (DType::F32, false, QkRope::None, small),
+        (DType::F16, true, QkRope::Merged(RopeMode::Normal), small),
+        (DType::BF16, false, QkRope::Separate(RopeMode::Neox), small),
+        (DType::F32, false, QkRope::Merged(RopeMode::Neox), small),
+        (
+            DType::F16,
+            true,
+            QkRope::Merged(RopeMode::Normal),
+            (150, 140, 100),
+        ),
     ] {
-        let (cells, n_kv, hq, hkv, d, dv, row) = (9, 6, 4, 2, 8, 6, 4);
+        let (hq, hkv, d, dv) = (4, 2, 8, 6);
         let mut c = Case::new();
         let (q, qn, kn_new, knn) = qk_case(&mut c, &mut rg, qk, [hq, hkv, d]);
         let (vn_new, vnn) = c.input(&mut rg, "v_new", &[1, hkv * dv]);

@@ -13,7 +13,12 @@
 // 8 masked, 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off,
 // 16 stores, 17 k_new_off, 18 v_new_off, 19 idx_off, 20 rope, 21 rope mode (0 normal, 1 neox),
 // 22 rotated dims, 23 pos_off, 24.. the pairs' revolutions per position (two words each, as
-// `rope_angle` reads them: 22 words with rope), then the gate's three strides (it may be a strided view).
+// `rope_angle` reads them: 22 words with rope), then the gate's three strides (it may be a
+// strided view), then the split (at `split_at()`): chunks, phase, workspace offset.
+// Split (flash decoding, for few queries over many keys): phase 1 has a workgroup per (query,
+// head, chunk of 64 keys) write its running max, sum and weighted values to the workspace
+// (2 + Dv words); phase 2 a workgroup per (query, head) merges its chunks into the output.
+// Phase 0 is the whole in one dispatch. Only chunk 0's workgroups write the caches.
 
 var<workgroup> sc: array<f32, 64>;
 var<workgroup> qs: array<f32, 256>;
@@ -39,9 +44,69 @@ fn partner(e: u32) -> u32 {
 
 const NEG: f32 = -3.0e38;
 
+// where the split's three words start: after the rope's pairs and the gate's strides
+fn split_at() -> u32 {
+    return 27u + select(0u, pu(22u), pu(20u) == 1u);
+}
+
+// output dim dd of (query t, head h) from its weighted sum and softmax denominator, gated
+fn emit(t: u32, h: u32, dd: u32, sum: f32, l: f32) {
+    var o = 0.0;
+    if (l > 0.0) {
+        o = sum / l;
+    }
+    let oi = (t * pu(1u) + h) * pu(5u) + dd;
+    if (pu(9u) == 1u) {
+        // (the gate through its own strides, which follow the rope's frequencies)
+        let gs = 24u + select(0u, pu(22u), pu(20u) == 1u);
+        let gi = t * pu(gs) + h * pu(gs + 1u) + dd * pu(gs + 2u);
+        o = o / (1.0 + exp(-ldgate(pu(14u) + gi)));
+    }
+    st(pu(15u) + oi, o);
+}
+
+// phase 2: row g's chunks merged, a thread per output dim
+fn merge(g: u32, lid: u32) {
+    let hq = pu(1u);
+    let dv = pu(5u);
+    let chunks = pu(split_at());
+    let ws = pu(split_at() + 2u) + g * chunks * (2u + dv);
+    var mx = NEG;
+    for (var c = 0u; c < chunks; c++) {
+        mx = max(mx, bitcast<f32>(aw(ws + c * (2u + dv))));
+    }
+    for (var dd = lid; dd < dv; dd += 64u) {
+        var l = 0.0;
+        var sum = 0.0;
+        if (mx > NEG) {
+            for (var c = 0u; c < chunks; c++) {
+                let at = ws + c * (2u + dv);
+                let m = bitcast<f32>(aw(at));
+                if (m > NEG) {
+                    let f = exp(m - mx);
+                    l += bitcast<f32>(aw(at + 1u)) * f;
+                    sum += bitcast<f32>(aw(at + 2u + dd)) * f;
+                }
+            }
+        }
+        emit(g / hq, g % hq, dd, sum, l);
+    }
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let g = wid.y * nwg.x + wid.x;
+    let gw = wid.y * nwg.x + wid.x;
+    let phase = pu(split_at() + 1u);
+    if (phase == 2u) {
+        if (gw < pu(0u) * pu(1u)) {
+            merge(gw, lid.x);
+        }
+        return;
+    }
+    // (phase 1: this workgroup's chunk of keys; phase 0: all of them)
+    let chunks = select(1u, pu(split_at()), phase == 1u);
+    let g = gw / chunks;
+    let chunk = gw % chunks;
     let hq = pu(1u);
     let d = pu(2u);
     let tk = pu(3u);
@@ -68,7 +133,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var fresh = 0xffffffffu;
     if (pu(16u) == 1u) {
         fresh = u32(ldidx(pu(19u)));
-        if (ok && h % (hq / hkv) == 0u) {
+        if (ok && h % (hq / hkv) == 0u && chunk == 0u) {
             for (var e = 2u * lid.x; e < d; e += 128u) {
                 put0(pu(11u) + fresh * hkv * d + kh * d + e, kns[e], kns[e + 1u]);
             }
@@ -81,10 +146,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var m = NEG;
     var l = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
-    for (var tile = 0u; tile < tk; tile += 64u) {
+    var first = 0u;
+    var end = tk;
+    if (phase == 1u) {
+        first = 64u * chunk;
+        end = min(tk, first + 64u);
+    }
+    for (var tile = first; tile < end; tile += 64u) {
         let j = tile + lid.x;
         var s = NEG;
-        if (ok && j < tk && j <= limit) {
+        if (ok && j < end && j <= limit) {
             var dot = 0.0;
             if (j == fresh) {
                 for (var e = 0u; e < d; e++) {
@@ -144,21 +215,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     if (!ok) {
         return;
     }
+    if (phase == 1u) {
+        let ws = pu(split_at() + 2u) + (g * chunks + chunk) * (2u + dv);
+        if (lid.x == 0u) {
+            st(ws, m);
+            st(ws + 1u, l);
+        }
+        for (var r = 0u; r < 4u; r++) {
+            let dd = lid.x + 64u * r;
+            if (dd < dv) {
+                st(ws + 2u + dd, acc[r]);
+            }
+        }
+        return;
+    }
     for (var r = 0u; r < 4u; r++) {
         let dd = lid.x + 64u * r;
         if (dd < dv) {
-            var o = 0.0;
-            if (l > 0.0) {
-                o = acc[r] / l;
-            }
-            let oi = (t * hq + h) * dv + dd;
-            if (pu(9u) == 1u) {
-                // (the gate through its own strides, which follow the rope's frequencies)
-                let gs = 24u + select(0u, pu(22u), pu(20u) == 1u);
-                let gi = t * pu(gs) + h * pu(gs + 1u) + dd * pu(gs + 2u);
-                o = o / (1.0 + exp(-ldgate(pu(14u) + gi)));
-            }
-            st(pu(15u) + oi, o);
+            emit(t, h, dd, acc[r], l);
         }
     }
 }
