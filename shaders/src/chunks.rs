@@ -28,16 +28,7 @@ pub fn chunk_dot(j: usize, home: Home, dtype: DType) -> String {
                 .to_string(),
         )
     });
-    let body = body
-        .replace("bw(", &format!("bw{j}("))
-        .replace("ldJ(", &format!("ld{j}("));
-    let mut s = String::new();
-    if let Home::External(b) = home {
-        s.push_str(&format!(
-            "fn bw{j}(o: u32) -> u32 {{ let i = o >> 2u; if ((o & 2u) == 0u) {{ return e{b}[i]; }} \
-             return (e{b}[i] >> 16u) | (e{b}[i + 1u] << 16u); }}\n"
-        ));
-    }
+    let (mut s, body) = crate::quant::for_weight(j, home, &body);
     s.push_str(&format!(
         "const WCH{j}: u32 = {ch}u;\nconst WALIGN{j}: u32 = {align}u;\n\
          fn wdot{j}(c: u32, xs: u32) -> f32 {{\n    {body}\n}}\n\

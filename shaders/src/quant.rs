@@ -103,16 +103,7 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
                 .to_string(),
         )
     });
-    let body = body
-        .replace("bw(", &format!("bw{j}("))
-        .replace("ldJ(", &format!("ld{j}("));
-    let mut s = String::new();
-    if let Home::External(b) = home {
-        s.push_str(&format!(
-            "fn bw{j}(o: u32) -> u32 {{ let i = o >> 2u; if ((o & 2u) == 0u) {{ return e{b}[i]; }} \
-             return (e{b}[i] >> 16u) | (e{b}[i + 1u] << 16u); }}\n"
-        ));
-    }
+    let (mut s, body) = for_weight(j, home, &body);
     s.push_str(&format!(
         "const WALIGN{j}: u32 = {align}u;\n\
          fn wq{j}(q: u32) -> vec4<f32> {{\n    {body}\n}}\n"
@@ -148,6 +139,22 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
          }}\n"
     ));
     s
+}
+
+/// A weight decoder's `body` with its generic names made weight source `j`'s (`bw(` reads a
+/// 2-aligned word, `ldJ(` an element), after the `bwj` reader an external weight needs.
+pub(crate) fn for_weight(j: usize, home: Home, body: &str) -> (String, String) {
+    let body = body
+        .replace("bw(", &format!("bw{j}("))
+        .replace("ldJ(", &format!("ld{j}("));
+    let reader = match home {
+        Home::External(b) => format!(
+            "fn bw{j}(o: u32) -> u32 {{ let i = o >> 2u; if ((o & 2u) == 0u) {{ return e{b}[i]; }} \
+             return (e{b}[i] >> 16u) | (e{b}[i + 1u] << 16u); }}\n"
+        ),
+        Home::Arena => String::new(),
+    };
+    (reader, body)
 }
 
 /// Helpers of [`quad_dot`]'s functions, and the lanes per output row `T`.
