@@ -26,7 +26,8 @@
 #   VARIANTS    settings each f16 file is measured again under, say "WEFT_UNCHECKED=1"
 #               (space-separated; each one VAR=VALUE), with VARIANT_ARGS (default BENCH_ARGS;
 #               say "-p 0 -n 64 -r 2" for the decode-only switches: WEFT_MATVEC_CHUNKS=1,
-#               WEFT_SCAN_ROWS=1, WEFT_TOP_K_INLINE=1 bring back the forms before 2026-12-04)
+#               WEFT_SCAN_ROWS=1, WEFT_TOP_K_INLINE=1, WEFT_ATTENTION_ONE_PASS=1 bring back
+#               the forms before 2026-12-04)
 #   DEADLINE    seconds after which no new measurement starts (default 3000); each one is
 #               also cut off after STEP_TIMEOUT seconds (default 120)
 set -uo pipefail

@@ -38,6 +38,9 @@ pub struct LowerOptions {
     /// (`ssm_scan_rows`) instead of 16 lanes per row (`ssm_scan_lanes`): `WEFT_SCAN_ROWS=1`,
     /// for measuring the two.
     pub scan_rows: bool,
+    /// Attention in one pass however few its rows (`WEFT_ATTENTION_ONE_PASS=1`, for measuring
+    /// the split against it; see [`SPLIT_ATTENTION_BELOW`]).
+    pub attention_one_pass: bool,
 }
 
 /// One dispatch, before pipelines and bind groups exist.
@@ -490,7 +493,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
             // few queries over many keys (decode): chunks of 64 keys side by side, merged
             let rows = qd[0] * qd[1];
             let chunks = kd[0].div_ceil(64);
-            if rows < SPLIT_ATTENTION_BELOW && chunks > 1 {
+            if rows < SPLIT_ATTENTION_BELOW && chunks > 1 && !opts.attention_one_pass {
                 let bytes = (rows * chunks * (2 + vd[2])) as u64 * 4;
                 split_attention = Some((rows as u32, chunks as u32, bytes, p.len() + 1));
                 p.extend([chunks as u32, 1, (workspace_at(plan) / 4) as u32]);

@@ -93,6 +93,8 @@ pub struct WgpuBackend {
     scan_rows: bool,
     /// `WEFT_TOP_K_INLINE=1`: plans inline a mixture's top k (`pass_options`).
     inline_top_k: bool,
+    /// `WEFT_ATTENTION_ONE_PASS=1`: no split attention (`LowerOptions::attention_one_pass`).
+    attention_one_pass: bool,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -147,6 +149,7 @@ impl WgpuBackend {
             matvec_chunks: crate::env_flag("WEFT_MATVEC_CHUNKS"),
             scan_rows: crate::env_flag("WEFT_SCAN_ROWS"),
             inline_top_k: crate::env_flag("WEFT_TOP_K_INLINE"),
+            attention_one_pass: crate::env_flag("WEFT_ATTENTION_ONE_PASS"),
         })
     }
 
@@ -654,7 +657,7 @@ impl Backend for WgpuBackend {
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
-        let scan_rows = self.scan_rows;
+        let (scan_rows, attention_one_pass) = (self.scan_rows, self.attention_one_pass);
         let lower_all = |chunks: bool| -> Result<Vec<(NodeId, Lowered)>> {
             Ok(plan
                 .schedule
@@ -663,6 +666,7 @@ impl Backend for WgpuBackend {
                     let opts = LowerOptions {
                         delta_chunks: chunks,
                         scan_rows,
+                        attention_one_pass,
                     };
                     lower(g, plan, id, opts).map(|l| l.into_iter().map(move |l| (id, l)))
                 })
