@@ -210,41 +210,50 @@ fn group_sum(v: f32, lid: u32, half: u32) -> f32 {{
 }
 
 /// `ssm_scan_lanes`' `lane_sum(v, lid)`: the sum of `v` over each aligned group of `L` = 16
-/// lanes of a 64-thread workgroup, returned to every lane of the group: subgroup shuffles
-/// when a subgroup holds the whole group (`Spec::subgroup` ≥ 16), else a tree in workgroup
-/// memory. Every thread must call it (it may hold barriers).
+/// lanes of a 64-thread workgroup, returned to every lane of the group, as `group_sum` sums:
+/// subgroup shuffles over the first `SG` lanes (`Spec::subgroup`, at most 16), then, where a
+/// subgroup holds fewer than 16, the partials' tree in workgroup memory (lavapipe's 8 lanes
+/// take both steps, so its tests run the shuffles too). Every thread must call it (it may
+/// hold barriers).
 fn lane_sum(spec: &Spec) -> Result<String, ShaderError> {
     let sg = spec.subgroup;
     if !sg.is_power_of_two() || sg > 128 {
         return Err(err(spec.kernel, format!("subgroup size {sg}")));
     }
-    let body = if sg >= 16 {
-        "    var s = v;
-    for (var o = L / 2u; o > 0u; o >>= 1u) {
+    let sg = sg.min(16);
+    let mut f = format!("const L: u32 = 16u;\nconst LSG: u32 = {sg}u;\n");
+    if sg < 16 {
+        f.push_str("var<workgroup> lred_: array<f32, 64>;\n");
+    }
+    f.push_str("fn lane_sum(v: f32, lid: u32) -> f32 {\n    var s = v;\n");
+    if sg > 1 {
+        f.push_str(
+            "    for (var o = LSG / 2u; o > 0u; o >>= 1u) {
         s += subgroupShuffleXor(s, o);
     }
-    return s;"
-    } else {
-        "    lred_[lid] = v;
+",
+        );
+    }
+    if sg < 16 {
+        f.push_str(
+            "    let parts = L / LSG;
+    if (lid % LSG == 0u) {
+        lred_[lid / LSG] = s;
+    }
     workgroupBarrier();
-    for (var o = L / 2u; o > 0u; o >>= 1u) {
-        if (lid % L < o) {
+    for (var o = parts / 2u; o > 0u; o >>= 1u) {
+        if (lid < 64u / LSG && lid % parts < o) {
             lred_[lid] += lred_[lid + o];
         }
         workgroupBarrier();
     }
-    let s = lred_[lid - lid % L];
+    s = lred_[lid / L * parts];
     workgroupBarrier();
-    return s;"
-    };
-    let mem = if sg >= 16 {
-        ""
-    } else {
-        "var<workgroup> lred_: array<f32, 64>;\n"
-    };
-    Ok(format!(
-        "const L: u32 = 16u;\n{mem}fn lane_sum(v: f32, lid: u32) -> f32 {{\n{body}\n}}\n"
-    ))
+",
+        );
+    }
+    f.push_str("    return s;\n}\n");
+    Ok(f)
 }
 
 /// `ldi{src}` (and `ld{src}`) of a [`TopKSpec`]: the `j + 1`-th largest logit's index, found
