@@ -25,9 +25,13 @@ pub fn random_weight(
     Ok(buf)
 }
 
-/// Compiles `g` with the default passes.
+/// Compiles `g` with the passes the backend asks for.
 pub fn compile(be: &mut dyn Backend, g: &Graph) -> Result<ProgramId> {
-    be.compile(&plan(g, PlanOptions::default()))
+    let opts = PlanOptions {
+        passes: be.pass_options(),
+        ..PlanOptions::default()
+    };
+    be.compile(&plan(g, opts))
 }
 
 /// Runs a compiled program once and returns the first output's length (so work is not elided).

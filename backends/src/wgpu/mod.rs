@@ -658,15 +658,16 @@ impl Backend for WgpuBackend {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
         let (scan_rows, attention_one_pass) = (self.scan_rows, self.attention_one_pass);
-        let lower_all = |chunks: bool| -> Result<Vec<(NodeId, Lowered)>> {
+        // (`workspaces` false: neither the delta rule's chunks nor the attention's split)
+        let lower_all = |workspaces: bool| -> Result<Vec<(NodeId, Lowered)>> {
             Ok(plan
                 .schedule
                 .iter()
                 .map(|&id| {
                     let opts = LowerOptions {
-                        delta_chunks: chunks,
+                        delta_chunks: workspaces,
                         scan_rows,
-                        attention_one_pass,
+                        attention_one_pass: attention_one_pass || !workspaces,
                     };
                     lower(g, plan, id, opts).map(|l| l.into_iter().map(move |l| (id, l)))
                 })
@@ -684,7 +685,8 @@ impl Backend for WgpuBackend {
         };
         let mut lowered = lower_all(true)?;
         let mut arena_bytes = arena_size(&lowered);
-        // a prompt whose delta-rule chunks would not fit one binding walks its tokens instead
+        // a prompt whose delta-rule chunks or attention split would not fit one binding goes
+        // without (walks its tokens, one pass over its keys)
         if arena_bytes > self.limits.max_storage_buffer_binding_size {
             lowered = lower_all(false)?;
             arena_bytes = arena_size(&lowered);
