@@ -345,7 +345,8 @@ fn recurrent(c: &mut Criterion) {
 }
 
 fn moe(c: &mut Criterion) {
-    // 8 experts of 1024 × 1024, top-2, for one decode token and a 32-token prompt
+    // 8 experts of 1024 × 1024, top-2, for one decode token and prompts of 32 and 256 tokens
+    // (8 and 64 rows an expert: the GPU tiles the second)
     let (e, n, k, top) = (8, 1024, 1024, 2);
     let case = |t: usize, dtype: DType| -> (String, Throughput, Box<Build>) {
         let build: Box<Build> = Box::new(move |be: &mut dyn Backend| {
@@ -383,6 +384,7 @@ fn moe(c: &mut Criterion) {
             case(1, DType::Q4K),
             case(32, DType::Q4K),
             case(32, DType::F16),
+            case(256, DType::F16),
             ("Q4K gate/up pair + SiLU, 1 token".into(), pair_flops, pair),
         ],
     );

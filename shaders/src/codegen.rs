@@ -513,7 +513,12 @@ fn epilogue(spec: &Spec) -> Result<String, ShaderError> {
     if !spec.kernel.applies_epilogue() {
         return Err(err(spec.kernel, "this kernel applies no epilogue"));
     }
-    if e.pair != matches!(spec.kernel, Kernel::MatMulPair | Kernel::MatMulIdPair) {
+    if e.pair
+        != matches!(
+            spec.kernel,
+            Kernel::MatMulPair | Kernel::MatMulIdPair | Kernel::MatMulIdPairRows
+        )
+    {
         return Err(err(
             spec.kernel,
             "the pair kernels' epilogues, and only theirs, read two results",
@@ -997,6 +1002,21 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         }
     }
     out.push_str(&epilogue(spec)?);
+    // the tiled experts' products: one kernel, the pair a switch (its second weight source 3)
+    match k {
+        Kernel::MatMulIdRows => out.push_str(
+            "const PAIR: bool = false;\n\
+             fn ldb(i: u32) -> f32 { return 0.0; }\n\
+             fn tile_out(i: u32, a: f32, b: f32) -> f32 { return epi(i, a); }\n",
+        ),
+        Kernel::MatMulIdPairRows if spec.sources.len() > 3 => out.push_str(
+            "const PAIR: bool = true;\n\
+             fn ldb(i: u32) -> f32 { return ld3(i); }\n\
+             fn tile_out(i: u32, a: f32, b: f32) -> f32 { return epi2(i, a, b); }\n",
+        ),
+        Kernel::MatMulIdPairRows => return Err(err(k, "missing the second weight")),
+        _ => {}
+    }
     if k == Kernel::GatedDeltaNet {
         out.push_str("const T: u32 = 32u;\n");
         out.push_str(&group_sum(spec)?);

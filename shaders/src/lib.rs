@@ -36,6 +36,9 @@ pub enum Kernel {
     MatMulPair,
     MatMulId,
     MatMulIdPair,
+    MoeRows,
+    MatMulIdRows,
+    MatMulIdPairRows,
     GetRows,
     SoftMax,
     Rope,
@@ -57,7 +60,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 28] = [
+    pub const ALL: [Kernel; 31] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -68,6 +71,9 @@ impl Kernel {
         Kernel::MatMulPair,
         Kernel::MatMulId,
         Kernel::MatMulIdPair,
+        Kernel::MoeRows,
+        Kernel::MatMulIdRows,
+        Kernel::MatMulIdPairRows,
         Kernel::GetRows,
         Kernel::SoftMax,
         Kernel::Rope,
@@ -100,6 +106,9 @@ impl Kernel {
             Kernel::MatMulPair => "matmul_pair",
             Kernel::MatMulId => "matmul_id",
             Kernel::MatMulIdPair => "matmul_id_pair",
+            Kernel::MoeRows => "moe_rows",
+            Kernel::MatMulIdRows => "matmul_id_rows",
+            Kernel::MatMulIdPairRows => "matmul_id_pair_rows",
             Kernel::GetRows => "get_rows",
             Kernel::SoftMax => "softmax",
             Kernel::Rope => "rope",
@@ -168,6 +177,8 @@ impl Kernel {
                 | Kernel::MatMulPair
                 | Kernel::MatMulId
                 | Kernel::MatMulIdPair
+                | Kernel::MatMulIdRows
+                | Kernel::MatMulIdPairRows
                 | Kernel::SsmConv
                 | Kernel::SsmConvCached
                 | Kernel::SsmScan
@@ -198,6 +209,11 @@ impl Kernel {
             Kernel::MatMulPair => include_str!("kernels/matmul_pair.wgsl"),
             Kernel::MatMulId => include_str!("kernels/matmul_id.wgsl"),
             Kernel::MatMulIdPair => include_str!("kernels/matmul_id_pair.wgsl"),
+            Kernel::MoeRows => include_str!("kernels/moe_rows.wgsl"),
+            // (one kernel, the pair a switch in it: `PAIR`)
+            Kernel::MatMulIdRows | Kernel::MatMulIdPairRows => {
+                include_str!("kernels/matmul_id_rows.wgsl")
+            }
             Kernel::GetRows => include_str!("kernels/get_rows.wgsl"),
             Kernel::SoftMax => include_str!("kernels/softmax.wgsl"),
             Kernel::Rope => include_str!("kernels/rope.wgsl"),

@@ -107,10 +107,12 @@ fn variants() -> Vec<Spec> {
         for k in [Kernel::MatMul, Kernel::MatMulRows, Kernel::MatMulCoop] {
             v.push(Spec::new(k, vec![arena(DType::F32), ext(0, w)]));
         }
-        v.push(Spec::new(
-            Kernel::MatMulId,
-            vec![arena(DType::F32), ext(0, w), arena(DType::I32)],
-        ));
+        for k in [Kernel::MatMulId, Kernel::MoeRows, Kernel::MatMulIdRows] {
+            v.push(Spec::new(
+                k,
+                vec![arena(DType::F32), ext(0, w), arena(DType::I32)],
+            ));
+        }
         v.push(Spec::new(
             Kernel::GetRows,
             vec![ext(0, w), arena(DType::I32)],
@@ -423,10 +425,14 @@ fn variants() -> Vec<Spec> {
                 ],
             },
             first: 4,
-            params: 11,
+            params: 12,
             pair: true,
             range: None,
         });
+        // (and the same pair tiled, for prompts)
+        let mut tiled = s.clone();
+        tiled.kernel = Kernel::MatMulIdPairRows;
+        v.push(tiled);
         v.push(s);
     }
     // mat-vecs normalising their row (with a norm weight, and an l2 norm without one)
@@ -609,6 +615,10 @@ fn variants_applying_epilogues() -> Vec<Spec> {
             Kernel::MatMulId,
             vec![arena(DType::F32), ext(0, DType::Q4K), arena(DType::I32)],
         ),
+        Spec::new(
+            Kernel::MatMulIdRows,
+            vec![arena(DType::F32), ext(0, DType::Q4K), arena(DType::I32)],
+        ),
         Spec::new(Kernel::SsmConv, vec![arena(DType::F32), ext(0, DType::F32)]),
     ];
     v.push(conv_in_cache());
@@ -623,7 +633,10 @@ fn variants_applying_epilogues() -> Vec<Spec> {
         .map(state_in_cache),
     );
     assert!(Kernel::ALL.iter().all(|k| {
-        let pair = matches!(k, Kernel::MatMulPair | Kernel::MatMulIdPair);
+        let pair = matches!(
+            k,
+            Kernel::MatMulPair | Kernel::MatMulIdPair | Kernel::MatMulIdPairRows
+        );
         k.applies_epilogue() == (v.iter().any(|s| s.kernel == *k) || pair)
     }));
     v

@@ -24,6 +24,13 @@ pub const SCAN_CHUNKS_FROM: usize = 32;
 /// them; one workgroup per row would leave most of a GPU idle in decode.
 pub const SPLIT_ATTENTION_BELOW: usize = 256;
 
+/// A mixture's product over at least this many (token, slot) rows per expert, on average, runs
+/// tiled: the rows listed per expert (`moe_rows`), then each expert's weights staged once per
+/// tile of 64 of its rows (`matmul_id_rows`), where decode's form reads an expert's rows again
+/// for every row. (Lavapipe, 8 experts of 1024 x 1024 f16, top-2: 64 rows an expert 5x faster
+/// tiled, 8 rows an expert 2.4x slower.)
+pub const MOE_TILE_ROWS: usize = 16;
+
 /// Prompts of at least this many tokens run the delta rule in chunks (`gated_delta_prep`, then
 /// `gated_delta_chunks`) instead of walking the tokens one at a time.
 pub const DELTA_CHUNKS_FROM: usize = 32;
@@ -182,7 +189,8 @@ fn program_of(op: &Op) -> FusedProgram {
 }
 
 /// The dispatches of node `id`: one, or two: a long prompt's delta rule in its chunked form
-/// (unless `opts.delta_chunks` is false), an attention split over chunks of keys.
+/// (unless `opts.delta_chunks` is false), an attention split over chunks of keys, a prompt's
+/// experts' products tiled.
 pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<Vec<Lowered>> {
     let chunks = opts.delta_chunks;
     let node = g.node(id);
@@ -212,6 +220,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
     // attention split over chunks of keys: (query rows × heads, chunks, workspace bytes, the
     // phase's parameter word)
     let mut split_attention = None;
+    // the experts' products tiled: (the tiled kernel, workgroups listing the rows, tiling
+    // them, workspace bytes)
+    let mut moe_tiles = None;
     let (kernel, mut params, groups): (Kernel, Vec<u32>, u32) = match op {
         Op::Unary(_)
         | Op::Binary(_)
@@ -322,8 +333,29 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                     p.push(c.src(s[3]));
                     Kernel::MatMulIdPair
                 }
-                _ => Kernel::MatMulId,
+                _ => {
+                    p.push(0);
+                    Kernel::MatMulId
+                }
             };
+            // a prompt's rows: listed per expert, then tiled (`moe_rows`, `matmul_id_rows`)
+            let (experts, n) = (wd[0], wd[1]);
+            let rows = total / n.max(1);
+            p.push((workspace_at(plan) / 4) as u32);
+            if rows >= MOE_TILE_ROWS * experts {
+                let tiled = if kernel == Kernel::MatMulIdPair {
+                    Kernel::MatMulIdPairRows
+                } else {
+                    Kernel::MatMulIdRows
+                };
+                let bytes = (experts * (rows + 1)) as u64 * 4;
+                moe_tiles = Some((
+                    tiled,
+                    experts as u32,
+                    (experts * n.div_ceil(64)) as u32,
+                    bytes,
+                ));
+            }
             (kernel, p, total.div_ceil(4) as u32)
         }
         Op::GetRows => {
@@ -881,6 +913,23 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
     spec.puts = puts;
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));
+    }
+    // (a row normalised in the kernel is decode's: one row)
+    if let Some((tiled, lists, tiles, workspace)) = moe_tiles.filter(|_| spec.x_norm.is_none()) {
+        let pass = |kernel, groups| Lowered {
+            spec: Spec {
+                kernel,
+                ..spec.clone()
+            },
+            params: params.clone(),
+            groups,
+            externals: c.externals.clone(),
+            workspace,
+        };
+        // (the listing writes no results: no epilogue)
+        let mut list = pass(Kernel::MoeRows, lists);
+        list.spec.epilogue = None;
+        return Ok(vec![list, pass(tiled, tiles)]);
     }
     if let Some((rows, chunks, workspace, phase)) = split_attention {
         let mut merge = params.clone();

@@ -446,7 +446,8 @@ pub fn matmul_id(be: &mut dyn Backend) {
     // (f16 with 4 or 5 rows per expert: the CPU's register tiles; 40 columns, a partial
     // vector at the end; bf16 with 2 or 3 rows per expert (rounded activations through the f32
     // paths) and with 4 or 5 and 24 columns (the vdpbf16ps tiles where the CPU has them, one
-    // masked step); 24 tokens: 6 to 18 rows per expert, the CPU's integer tiles)
+    // masked step); 24 tokens: 6 to 18 rows per expert, the CPU's integer tiles; 150 tokens:
+    // 75 rows per expert, which the GPU takes in two tiles of rows)
     for (dtype, k, t) in [
         (DType::F32, 24, 5),
         (DType::F16, 40, 9),
@@ -456,6 +457,7 @@ pub fn matmul_id(be: &mut dyn Backend) {
         (DType::Q4K, 256, 5),
         (DType::Q8_0, 64, 24),
         (DType::Q4K, 256, 24),
+        (DType::F16, 40, 150),
     ] {
         for xu in [1usize, 2] {
             let (u, e, n) = (2, 4, 6);
@@ -2251,12 +2253,18 @@ pub fn matmul_pair(be: &mut dyn Backend) {
 /// Experts' gate and up products of one activation and routing, read only by their activation,
 /// meet in one `matmul_id_pair` kernel: SwiGLU with one activation row for all experts, and
 /// GEGLU times a routing weight with one row per expert, with mixed dtypes, against the
-/// reference.
+/// reference; for decode-sized and prompt-sized batches (80 rows: the GPU tiles them, 16 an
+/// expert, over 67 columns: a second tile of 3).
 pub fn matmul_id_pair(be: &mut dyn Backend) {
     let mut rg = rng(46);
     let k = 256;
-    let (t, u, e, n) = (3, 2, 5, 7);
-    for (gd, ud, xu) in [(DType::F16, DType::F16, 1), (DType::Q4K, DType::Q8_0, 2)] {
+    let (u, e) = (2, 5);
+    for (gd, ud, xu, t, n) in [
+        (DType::F16, DType::F16, 1, 3, 7),
+        (DType::Q4K, DType::Q8_0, 2, 3, 7),
+        (DType::F16, DType::Q8_0, 1, 40, 67),
+        (DType::Q4K, DType::F16, 2, 40, 67),
+    ] {
         let mut c = Case::new();
         let (x, xn) = c.input(&mut rg, "x", &[t, xu, k]);
         let (wg, wgn) = weight(be, &mut c, &mut rg, "gate", &[e, n, k], gd);

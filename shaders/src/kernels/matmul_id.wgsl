@@ -3,7 +3,8 @@
 // row read a chunk at a time (`row_dot1`); results go through `epi` (an expert's routing
 // weight, say).
 // Sources: 0 x (dense F32), 1 w [E, N, K] (any dtype), 2 ids (I32).
-// Params: 0 U, 1 N, 2 K, 3 x_off, 4 w_off, 5 ids_off, 6 out_off, 7 XU (1 or U), 8 E, 9 total.
+// Params: 0 U, 1 N, 2 K, 3 x_off, 4 w_off, 5 ids_off, 6 out_off, 7 XU (1 or U), 8 E, 9 total,
+// 10 the pair's second weight's offset (0), 11 the workspace's offset (for the tiled form).
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {

@@ -4,7 +4,7 @@
 // 128-thread workgroup, T = 32 threads each; each thread group takes the expert's row of both
 // weights (`row_dot1`, `row_dot3`), so the products never leave the workgroup.
 // Sources: 0 x (dense F32), 1 wa [E, N, K], 2 ids (I32), 3 wb [E, N, K] (any dtypes).
-// Params: as `matmul_id`'s, then 10 wb_off.
+// Params: as `matmul_id`'s, with 10 wb_off.
 
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
