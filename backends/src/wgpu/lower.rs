@@ -914,53 +914,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
     if matches!(kernel, Kernel::Elementwise | Kernel::FusedNorm) {
         spec.program = Some(program_of(op));
     }
-    // (a row normalised in the kernel is decode's: one row)
-    if let Some((tiled, lists, tiles, workspace)) = moe_tiles.filter(|_| spec.x_norm.is_none()) {
-        let pass = |kernel, groups| Lowered {
-            spec: Spec {
-                kernel,
-                ..spec.clone()
-            },
-            params: params.clone(),
-            groups,
-            externals: c.externals.clone(),
-            workspace,
-        };
-        // (the listing writes no results: no epilogue)
-        let mut list = pass(Kernel::MoeRows, lists);
-        list.spec.epilogue = None;
-        return Ok(vec![list, pass(tiled, tiles)]);
-    }
-    if let Some((rows, chunks, workspace, phase)) = split_attention {
-        let mut merge = params.clone();
-        merge[phase] = 2;
-        return Ok(vec![
-            Lowered {
-                spec: spec.clone(),
-                params,
-                groups: rows * chunks,
-                externals: c.externals.clone(),
-                workspace,
-            },
-            Lowered {
-                spec,
-                params: merge,
-                groups: rows,
-                externals: c.externals,
-                workspace,
-            },
-        ]);
-    }
-    let Some((prep, chunks, workspace)) = delta_chunks else {
-        return Ok(vec![Lowered {
-            spec,
-            params,
-            groups,
-            externals: c.externals,
-            workspace: 0,
-        }]);
-    };
-    let pass = |kernel, groups| Lowered {
+    // a dispatch of `kernel` over `groups` workgroups with this spec's sources, `params` and
+    // `workspace` bytes past the plan's tensors
+    let pass = |kernel, params: &Vec<u32>, groups, workspace| Lowered {
         spec: Spec {
             kernel,
             ..spec.clone()
@@ -970,10 +926,28 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
         externals: c.externals.clone(),
         workspace,
     };
-    Ok(vec![
-        pass(Kernel::GatedDeltaPrep, prep),
-        pass(Kernel::GatedDeltaChunks, chunks),
-    ])
+    // (a row normalised in the kernel is decode's: one row)
+    if let Some((tiled, lists, tiles, ws)) = moe_tiles.filter(|_| spec.x_norm.is_none()) {
+        // (the listing writes no results: no epilogue)
+        let mut list = pass(Kernel::MoeRows, &params, lists, ws);
+        list.spec.epilogue = None;
+        return Ok(vec![list, pass(tiled, &params, tiles, ws)]);
+    }
+    if let Some((rows, chunks, ws, phase)) = split_attention {
+        let mut merge = params.clone();
+        merge[phase] = 2;
+        return Ok(vec![
+            pass(kernel, &params, rows * chunks, ws),
+            pass(kernel, &merge, rows, ws),
+        ]);
+    }
+    Ok(match delta_chunks {
+        Some((prep, chunks, ws)) => vec![
+            pass(Kernel::GatedDeltaPrep, &params, prep, ws),
+            pass(Kernel::GatedDeltaChunks, &params, chunks, ws),
+        ],
+        None => vec![pass(kernel, &params, groups, 0)],
+    })
 }
 
 /// A program whose loads read `srcs`, each broadcast to its shape: the sources registered
