@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use weft_backends::NullBackend;
+use weft_backends::{NullBackend, WgpuBackend};
 use weft_graph::passes::PassOptions;
 use weft_graph::{Graph, Op, PlanOptions, export, plan};
 use weft_models::gguf::GgufFile;
@@ -148,6 +148,10 @@ pub struct GraphArgs {
     /// Show the graph before fusion.
     #[arg(long)]
     unfused: bool,
+    /// Plan as the GPU backend (wgpu) does: its passes differ (a mixture's top k stays a
+    /// dispatch of its own there).
+    #[arg(long)]
+    gpu: bool,
     #[arg(long, value_enum, default_value_t = Format::Summary)]
     format: Format,
 }
@@ -169,7 +173,18 @@ pub fn graph(args: &GraphArgs) -> Result<()> {
     let gguf = open(&args.model)?;
     let mut s = session(&gguf, args.tokens.max(64), 1)?;
     let (g, _) = s.graph_for(args.tokens)?;
-    let fused = plan(&g, PlanOptions::default());
+    let passes = if args.gpu {
+        WgpuBackend::passes()
+    } else {
+        PassOptions::default()
+    };
+    let fused = plan(
+        &g,
+        PlanOptions {
+            passes,
+            ..PlanOptions::default()
+        },
+    );
     let unfused = plan(
         &g,
         PlanOptions {

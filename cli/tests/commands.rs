@@ -78,6 +78,30 @@ fn info_reports_the_layer_kinds() {
     }
 }
 
+/// `weft graph --gpu` plans as the wgpu backend does: a mixture's top k stays its own
+/// dispatch there, where the CPU's plan lets the ops that read it choose the experts.
+#[test]
+fn graph_for_the_gpu_keeps_the_top_k_dispatch() {
+    let model = fixture("jamba", "jamba-f32.gguf");
+    let top_ks = |gpu: bool| {
+        let mut args = vec!["graph", "-m", &model, "--format", "json"];
+        if gpu {
+            args.push("--gpu");
+        }
+        let (ok, out, err) = weft(&args);
+        assert!(ok, "{err}");
+        let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+        j["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["op"].as_str() == Some("top_k"))
+            .count()
+    };
+    assert_eq!(top_ks(false), 0);
+    assert!(top_ks(true) > 0);
+}
+
 #[test]
 fn graph_json_parses_and_matches_the_summary() {
     let model = fixture("llama", "llama-f32.gguf");

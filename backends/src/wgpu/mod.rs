@@ -91,8 +91,6 @@ pub struct WgpuBackend {
     matvec_chunks: bool,
     /// `WEFT_SCAN_ROWS=1`: small-state scans a thread per row (`LowerOptions::scan_rows`).
     scan_rows: bool,
-    /// `WEFT_TOP_K_INLINE=1`: plans inline a mixture's top k (`pass_options`).
-    inline_top_k: bool,
     /// `WEFT_ATTENTION_ONE_PASS=1`: no split attention (`LowerOptions::attention_one_pass`).
     attention_one_pass: bool,
 }
@@ -148,7 +146,6 @@ impl WgpuBackend {
             },
             matvec_chunks: crate::env_flag("WEFT_MATVEC_CHUNKS"),
             scan_rows: crate::env_flag("WEFT_SCAN_ROWS"),
-            inline_top_k: crate::env_flag("WEFT_TOP_K_INLINE"),
             attention_one_pass: crate::env_flag("WEFT_ATTENTION_ONE_PASS"),
         })
     }
@@ -158,6 +155,16 @@ impl WgpuBackend {
     #[doc(hidden)]
     pub fn destroy_device(&self) {
         self.device.destroy();
+    }
+
+    /// The graph passes its plans run ([`Backend::pass_options`]), known without a device
+    /// (for showing the graph a GPU would run).
+    pub fn passes() -> PassOptions {
+        PassOptions {
+            // (`WEFT_TOP_K_INLINE=1` inlines it, for measuring both)
+            inline_top_k: crate::env_flag("WEFT_TOP_K_INLINE"),
+            ..PassOptions::default()
+        }
     }
 
     /// The device's limits (storage binding size, workgroups per dimension, …).
@@ -648,10 +655,7 @@ impl Backend for WgpuBackend {
     /// first load, which cost qwen3next-1b's router softmax 35 us a layer on an H200
     /// (`WEFT_TOP_K_INLINE=1` inlines it, for measuring the two).
     fn pass_options(&self) -> PassOptions {
-        PassOptions {
-            inline_top_k: self.inline_top_k,
-            ..PassOptions::default()
-        }
+        WgpuBackend::passes()
     }
 
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
