@@ -192,7 +192,6 @@ fn program_of(op: &Op) -> FusedProgram {
 /// (unless `opts.delta_chunks` is false), an attention split over chunks of keys, a prompt's
 /// experts' products tiled.
 pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<Vec<Lowered>> {
-    let chunks = opts.delta_chunks;
     let node = g.node(id);
     let mut c = Ctx {
         g,
@@ -739,7 +738,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
             let nc = t.div_ceil(DELTA_CHUNK as usize);
             let words = delta_chunk_words(dk as u32, dv as u32);
             p.extend([(workspace_at(plan) / 4) as u32, nc as u32, words]);
-            if chunks && *form == DeltaForm::Chunked && t >= DELTA_CHUNKS_FROM {
+            if opts.delta_chunks && *form == DeltaForm::Chunked && t >= DELTA_CHUNKS_FROM {
                 let bytes = (sn * hv * nc) as u64 * words as u64 * 4;
                 delta_chunks = Some((
                     (sn * hv * nc) as u32,
