@@ -325,8 +325,28 @@ fn x4a(i: u32) -> vec4<f32> {{ let e = i - xbase_; return bitcast<vec4<f32>>(are
 fn prologue(xrow: u32, lid: u32) {{
     let k_ = pu(2u);
     if (lid < 64u) {{
+        // fused_norm's order (64 strided partial sums), eight loads in flight a step
         var acc = 0.0;
-        for (var j = lid; j < k_; j += 64u) {{
+        var j = lid;
+        for (; j + 448u < k_; j += 512u) {{
+            let x0 = ld0raw(xrow + j);
+            let x1 = ld0raw(xrow + j + 64u);
+            let x2 = ld0raw(xrow + j + 128u);
+            let x3 = ld0raw(xrow + j + 192u);
+            let x4 = ld0raw(xrow + j + 256u);
+            let x5 = ld0raw(xrow + j + 320u);
+            let x6 = ld0raw(xrow + j + 384u);
+            let x7 = ld0raw(xrow + j + 448u);
+            acc += x0 * x0;
+            acc += x1 * x1;
+            acc += x2 * x2;
+            acc += x3 * x3;
+            acc += x4 * x4;
+            acc += x5 * x5;
+            acc += x6 * x6;
+            acc += x7 * x7;
+        }}
+        for (; j < k_; j += 64u) {{
             let x = ld0raw(xrow + j);
             acc += x * x;
         }}
@@ -894,8 +914,10 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     }
     // kernels that read optional sources see harmless stand-ins when those are absent
     for name in ["ldmask", "ldgate", "ldkn", "ldvn", "ldidx", "ldpos"] {
-        if matches!(k, Kernel::Attention | Kernel::SoftMax)
-            && !spec.aliases.iter().any(|(n, _)| *n == name)
+        if matches!(
+            k,
+            Kernel::Attention | Kernel::AttentionRows | Kernel::SoftMax
+        ) && !spec.aliases.iter().any(|(n, _)| *n == name)
         {
             let _ = writeln!(out, "fn {name}(i: u32) -> f32 {{ return 0.0; }}");
         }
@@ -982,11 +1004,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str(&group_sum(spec)?);
         for &j in &weights {
             let (home, dtype) = (spec.sources[j].home, spec.sources[j].dtype);
-            out.push_str(&if spec.matvec_chunks {
-                crate::chunks::chunk_dot(j, home, dtype)
-            } else {
-                quad_dot(j, home, dtype)
-            });
+            out.push_str(&quad_dot(j, home, dtype, spec.matvec_unroll));
         }
         if k == Kernel::MatMulCat {
             out.push_str(

@@ -15,7 +15,6 @@
 //! into the source's storage. Results are written with `st(i, v)` / `sti(i, v)`; kernels that
 //! [apply epilogues](Kernel::applies_epilogue) write `epi(i, v)` for result `i`.
 
-mod chunks;
 mod codegen;
 mod quant;
 
@@ -43,6 +42,7 @@ pub enum Kernel {
     SoftMax,
     Rope,
     Attention,
+    AttentionRows,
     Concat,
     SsmConv,
     SsmConvCached,
@@ -60,7 +60,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 31] = [
+    pub const ALL: [Kernel; 32] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -78,6 +78,7 @@ impl Kernel {
         Kernel::SoftMax,
         Kernel::Rope,
         Kernel::Attention,
+        Kernel::AttentionRows,
         Kernel::Concat,
         Kernel::SsmConv,
         Kernel::SsmConvCached,
@@ -113,6 +114,7 @@ impl Kernel {
             Kernel::SoftMax => "softmax",
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
+            Kernel::AttentionRows => "attention_rows",
             Kernel::Concat => "concat",
             Kernel::SsmConv => "ssm_conv",
             Kernel::SsmConvCached => "ssm_conv_cached",
@@ -218,6 +220,7 @@ impl Kernel {
             Kernel::SoftMax => include_str!("kernels/softmax.wgsl"),
             Kernel::Rope => include_str!("kernels/rope.wgsl"),
             Kernel::Attention => include_str!("kernels/attention.wgsl"),
+            Kernel::AttentionRows => include_str!("kernels/attention_rows.wgsl"),
             Kernel::Concat => include_str!("kernels/concat.wgsl"),
             Kernel::SsmConv => include_str!("kernels/ssm_conv.wgsl"),
             Kernel::SsmConvCached => include_str!("kernels/ssm_conv_cached.wgsl"),
@@ -239,6 +242,9 @@ impl Kernel {
 /// Tokens per chunk of the delta rule's chunked kernels (`gated_delta_prep`,
 /// `gated_delta_chunks`).
 pub const DELTA_CHUNK: u32 = 32;
+
+/// Quads a mat-vec lane keeps in flight by default (`Spec::matvec_unroll`).
+pub const MATVEC_UNROLL: u32 = 8;
 
 /// The bandwidth probe: a copy of 16-byte words between two storage bindings, one per thread
 /// of 256-thread workgroups (a standalone shader: no spec, no generator).
@@ -293,9 +299,10 @@ pub struct Spec {
     /// Lanes the mat-vec kernels sum with subgroup shuffles before workgroup memory takes over
     /// (`group_sum`): the adapter's smallest subgroup size, at most 32; 1 without subgroups.
     pub subgroup: u32,
-    /// The mat-vecs' previous dot products (lanes walking contiguous chunks, `chunks.rs`)
-    /// instead of the striped quads: for measuring one against the other on hardware.
-    pub matvec_chunks: bool,
+    /// Quads each mat-vec lane keeps in flight a step (`quant::quad_dot`): 4, 8 or 16 (others
+    /// round to the nearest of these); more hides more memory latency per warp at the price of
+    /// registers.
+    pub matvec_unroll: u32,
     /// `gated_delta_net`'s `g` and `beta` computed by programs as the kernel reads them
     /// (`ldg`, `ldb`): `Load(k)` of each reads source `first + k` at the gate's element,
     /// indexed by the 9 parameter words of source `k` from `params` (as an epilogue's; no
@@ -430,7 +437,7 @@ impl Spec {
             qk_norm: None,
             puts: vec![],
             subgroup: 1,
-            matvec_chunks: false,
+            matvec_unroll: MATVEC_UNROLL,
             gates: None,
             scan_dt: None,
             x_prog: None,

@@ -83,15 +83,18 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
 /// The weight dot products of the mat-vec kernels, for weight source `j` (`ldj`), read by
 /// quads: quad `q` is elements `4q .. 4q + 3` of the source's storage, and `fn wqj(q) ->
 /// vec4<f32>` decodes one. A row's quads are striped over its `T` lanes (lane `l` takes quads
-/// `l`, `l + T`, …, four in flight per step), so a warp's loads of a step fall on consecutive
-/// words of the weight and of x: coalesced, where a lane walking a contiguous chunk of its own
-/// strides 32-128 bytes from its neighbour. x comes as a 16-byte load (`x4a`) when its row
-/// starts on a quad. `WALIGNj` is the alignment (in elements) a row's start and length need
+/// `l`, `l + T`, …), so a warp's loads of a step fall on consecutive words of the weight and of
+/// x: coalesced, where a lane walking a contiguous chunk of its own strides 32-128 bytes from
+/// its neighbour. Each step keeps `unroll` quads in flight per lane (4, 8 or 16): a short row
+/// is a few round trips to memory, each a warp's whole latency, so the more the fewer. A step
+/// past the row's end reads its last quad again and drops the product, so that every step has
+/// all its loads in flight (no one-quad tail loop). x comes as a 16-byte load (`x4a`) when its
+/// row starts on a quad. `WALIGNj` is the alignment (in elements) a row's start and length need
 /// for the quad path (a quantized block, so that a quad's block is the row's own).
 /// `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole row's dot
 /// product: by quads when the row is aligned, element by element otherwise.
 /// [`QUAD_HELPERS`] must be emitted once before any of them, and `x4a` defined.
-pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
+pub fn quad_dot(j: usize, home: Home, dtype: DType, unroll: u32) -> String {
     let (align, body) = match home {
         Home::External(b) => quad_body(b, dtype),
         Home::Arena => None,
@@ -108,20 +111,38 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
         "const WALIGN{j}: u32 = {align}u;\n\
          fn wq{j}(q: u32) -> vec4<f32> {{\n    {body}\n}}\n"
     ));
+    let unroll = match unroll {
+        0..=5 => 4,
+        6..=11 => 8,
+        _ => 16,
+    };
     for (suffix, x) in [("a", "x4a"), ("", "x4")] {
+        let mut step = String::new();
+        for u in 0..unroll {
+            if u == 0 {
+                step.push_str("        let i0 = q;\n");
+            } else {
+                step.push_str(&format!("        let i{u} = min(q + {u}u * T, last);\n"));
+            }
+        }
+        for u in 0..unroll {
+            step.push_str(&format!(
+                "        let p{u} = wq{j}(q0 + i{u}) * {x}(xrow + 4u * i{u});\n"
+            ));
+        }
+        step.push_str("        acc += p0;\n");
+        for u in 1..unroll {
+            step.push_str(&format!(
+                "        acc += select(vec4<f32>(0.0), p{u}, q + {u}u * T < nq);\n"
+            ));
+        }
         s.push_str(&format!(
             "fn quads{j}{suffix}(q0: u32, xrow: u32, nq: u32, lane: u32) -> f32 {{\n\
              \x20   var acc = vec4<f32>(0.0);\n\
-             \x20   var q = lane;\n\
-             \x20   for (; q + 3u * T < nq; q += 4u * T) {{\n\
-             \x20       let w0 = wq{j}(q0 + q);\n\
-             \x20       let w1 = wq{j}(q0 + q + T);\n\
-             \x20       let w2 = wq{j}(q0 + q + 2u * T);\n\
-             \x20       let w3 = wq{j}(q0 + q + 3u * T);\n\
-             \x20       acc += w0 * {x}(xrow + 4u * q) + w1 * {x}(xrow + 4u * (q + T)) \
-             + w2 * {x}(xrow + 4u * (q + 2u * T)) + w3 * {x}(xrow + 4u * (q + 3u * T));\n\
+             \x20   let last = nq - 1u;\n\
+             \x20   for (var q = lane; q < nq; q += {unroll}u * T) {{\n\
+             {step}\
              \x20   }}\n\
-             \x20   for (; q < nq; q += T) {{ acc += wq{j}(q0 + q) * {x}(xrow + 4u * q); }}\n\
              \x20   return (acc.x + acc.y) + (acc.z + acc.w);\n\
              }}\n"
         ));

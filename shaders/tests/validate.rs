@@ -203,6 +203,19 @@ fn variants() -> Vec<Spec> {
             Kernel::Attention,
             vec![arena(DType::F32), arena(DType::F32), arena(DType::F32)],
         ));
+        // a prompt's, by blocks of queries
+        let mut s = Spec::new(
+            Kernel::AttentionRows,
+            vec![
+                arena(DType::F32),
+                ext(0, kv),
+                ext(1, kv),
+                arena(DType::F32),
+                arena(DType::F32),
+            ],
+        );
+        s.aliases = vec![("ldmask", 3), ("ldgate", 4)];
+        v.push(s);
     }
     v.push(Spec::new(
         Kernel::Concat,
@@ -498,11 +511,13 @@ fn variants() -> Vec<Spec> {
         .cloned()
         .collect();
     for (i, mut s) in matvecs.into_iter().enumerate() {
-        // (and the previous chunked dot products, kept for measuring against the quads)
+        // (and each unrolling of the quads)
         if s.kernel.is_matvec() {
-            let mut chunks = s.clone();
-            chunks.matvec_chunks = true;
-            v.push(chunks);
+            for u in [4, 16] {
+                let mut other = s.clone();
+                other.matvec_unroll = u;
+                v.push(other);
+            }
         }
         s.subgroup = [32, 8, 64][i % 3];
         v.push(s);

@@ -19,10 +19,20 @@ pub const MAX_PARAMS: usize = 256;
 /// tokens each (`ssm_scan_chunks` for Mamba1's states, `ssm_scan_chunks_wide` for Mamba2's).
 pub const SCAN_CHUNKS_FROM: usize = 32;
 
-/// An attention of fewer (query, head) rows than this, over more than 64 keys, runs in two
-/// passes (flash decoding): a workgroup per row and chunk of 64 keys, then one per row merging
+/// An attention of fewer (query, head) rows than this, over more keys than one chunk, runs in
+/// two passes (flash decoding): a workgroup per row and chunk of keys, then one per row merging
 /// them; one workgroup per row would leave most of a GPU idle in decode.
 pub const SPLIT_ATTENTION_BELOW: usize = 256;
+
+/// The split attention's smallest chunk of keys (`LowerOptions::attention_chunk`): chunks grow
+/// by powers of two up to 64 keys so that a row has at most 64 of them until 4096 keys. Small
+/// chunks put more workgroups on the GPU and shorten each one's serial walk over its keys.
+pub const ATTENTION_CHUNK: usize = 16;
+
+/// Attentions over at least this many queries (a prompt's) whose heads have at most 128 dims
+/// and that neither store nor rope run as `attention_rows`: blocks of 8 queries, each tile of
+/// keys and values staged once per block.
+pub const ATTENTION_ROWS_FROM: usize = 8;
 
 /// A mixture's product over at least this many (token, slot) rows per expert, on average, runs
 /// tiled: the rows listed per expert (`moe_rows`), then each expert's weights staged once per
@@ -45,9 +55,13 @@ pub struct LowerOptions {
     /// (`ssm_scan_rows`) instead of 16 lanes per row (`ssm_scan_lanes`): `WEFT_SCAN_ROWS=1`,
     /// for measuring the two.
     pub scan_rows: bool,
-    /// Attention in one pass however few its rows (`WEFT_ATTENTION_ONE_PASS=1`, for measuring
-    /// the split against it; see [`SPLIT_ATTENTION_BELOW`]).
-    pub attention_one_pass: bool,
+    /// The split attention's smallest chunk of keys ([`ATTENTION_CHUNK`]; 16, 32 or 64), or 0
+    /// for attention in one pass however few its rows (`WEFT_ATTENTION_CHUNK`, for measuring;
+    /// see [`SPLIT_ATTENTION_BELOW`]).
+    pub attention_chunk: usize,
+    /// Prompts' attention by blocks of queries ([`ATTENTION_ROWS_FROM`]; `WEFT_ATTENTION_ROWS=0`
+    /// turns it off, for measuring).
+    pub attention_rows: bool,
 }
 
 /// One dispatch, before pipelines and bind groups exist.
@@ -521,17 +535,38 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                 None => p.extend([0; 4]),
             }
             p.extend(gate_strides);
-            // few queries over many keys (decode): chunks of 64 keys side by side, merged
+            // few queries over many keys (decode): chunks of keys side by side, merged
             let rows = qd[0] * qd[1];
-            let chunks = kd[0].div_ceil(64);
-            if rows < SPLIT_ATTENTION_BELOW && chunks > 1 && !opts.attention_one_pass {
+            let chunk = kd[0]
+                .div_ceil(64)
+                .next_power_of_two()
+                .clamp(opts.attention_chunk.min(64), 64);
+            let chunks = kd[0].div_ceil(chunk);
+            // a prompt's queries by blocks, the keys staged once for a block
+            if qd[0] >= ATTENTION_ROWS_FROM
+                && qd[2] <= 128
+                && vd[2] <= 128
+                && !*stores
+                && rope.is_none()
+                && opts.attention_rows
+            {
+                p.extend([0, 0, 0, 0]);
+                let groups = qd[0].div_ceil(8) * qd[1];
+                (Kernel::AttentionRows, p, groups as u32)
+            } else if rows < SPLIT_ATTENTION_BELOW && chunks > 1 && opts.attention_chunk > 0 {
                 let bytes = (rows * chunks * (2 + vd[2])) as u64 * 4;
                 split_attention = Some((rows as u32, chunks as u32, bytes, p.len() + 1));
-                p.extend([chunks as u32, 1, (workspace_at(plan) / 4) as u32]);
+                p.extend([
+                    chunks as u32,
+                    1,
+                    (workspace_at(plan) / 4) as u32,
+                    chunk as u32,
+                ]);
+                (Kernel::Attention, p, rows as u32)
             } else {
-                p.extend([0, 0, 0]);
+                p.extend([0, 0, 0, 0]);
+                (Kernel::Attention, p, rows as u32)
             }
-            (Kernel::Attention, p, rows as u32)
         }
         Op::Concat { dim } => {
             let (ad, bd) = (dims(0), dims(1));
@@ -570,7 +605,15 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
             ];
             // x may be a strided view (a projection's columns)
             p.extend(strides(g.node(s[1]).layout, 3));
-            (Kernel::SsmConvCached, p, threads(total))
+            // a prompt's tokens in up to 16 blocks of at least 4, side by side
+            let blocks = (xd[1] / 4).clamp(1, 16);
+            let blocks = if blocks.is_power_of_two() {
+                blocks
+            } else {
+                blocks.next_power_of_two() / 2
+            };
+            p.push(blocks as u32);
+            (Kernel::SsmConvCached, p, threads(total * blocks))
         }
         Op::SsmConv => {
             let (xd, wd) = (dims(0), dims(1));

@@ -86,13 +86,16 @@ pub struct WgpuBackend {
     stats: RunStats,
     /// The runtime checks naga builds into the kernels (see `build_pipeline`).
     checks: wgpu::ShaderRuntimeChecks,
-    /// `WEFT_MATVEC_CHUNKS=1`: the mat-vecs' previous dot products (`Spec::matvec_chunks`),
-    /// for measuring the two forms against each other.
-    matvec_chunks: bool,
+    /// `WEFT_MATVEC_UNROLL`: quads a mat-vec lane keeps in flight (`Spec::matvec_unroll`).
+    matvec_unroll: u32,
     /// `WEFT_SCAN_ROWS=1`: small-state scans a thread per row (`LowerOptions::scan_rows`).
     scan_rows: bool,
-    /// `WEFT_ATTENTION_ONE_PASS=1`: no split attention (`LowerOptions::attention_one_pass`).
-    attention_one_pass: bool,
+    /// `WEFT_ATTENTION_CHUNK`: the split attention's smallest chunk of keys, 0 for no split
+    /// (`LowerOptions::attention_chunk`).
+    attention_chunk: usize,
+    /// `WEFT_ATTENTION_ROWS=0`: prompts' attention a workgroup per query
+    /// (`LowerOptions::attention_rows`).
+    attention_rows: bool,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -144,9 +147,16 @@ impl WgpuBackend {
                 bounds_checks: !crate::env_flag("WEFT_UNCHECKED"),
                 ..wgpu::ShaderRuntimeChecks::checked()
             },
-            matvec_chunks: crate::env_flag("WEFT_MATVEC_CHUNKS"),
+            matvec_unroll: std::env::var("WEFT_MATVEC_UNROLL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(weft_shaders::MATVEC_UNROLL),
             scan_rows: crate::env_flag("WEFT_SCAN_ROWS"),
-            attention_one_pass: crate::env_flag("WEFT_ATTENTION_ONE_PASS"),
+            attention_chunk: std::env::var("WEFT_ATTENTION_CHUNK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(lower::ATTENTION_CHUNK),
+            attention_rows: std::env::var("WEFT_ATTENTION_ROWS").as_deref() != Ok("0"),
         })
     }
 
@@ -277,7 +287,7 @@ impl WgpuBackend {
     fn pipeline(&mut self, low: &Lowered) -> Result<Arc<wgpu::ComputePipeline>> {
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
-        spec.matvec_chunks = self.matvec_chunks;
+        spec.matvec_unroll = self.matvec_unroll;
         // prompts on tensor cores where the device was opened with them (same parameters,
         // tiles and workgroup count as `matmul_rows`)
         if spec.kernel == Kernel::MatMulRows && self.uses_cooperative_matrices() {
@@ -661,7 +671,8 @@ impl Backend for WgpuBackend {
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
-        let (scan_rows, attention_one_pass) = (self.scan_rows, self.attention_one_pass);
+        let (scan_rows, attention_chunk, attention_rows) =
+            (self.scan_rows, self.attention_chunk, self.attention_rows);
         // (`workspaces` false: neither the delta rule's chunks nor the attention's split)
         let lower_all = |workspaces: bool| -> Result<Vec<(NodeId, Lowered)>> {
             Ok(plan
@@ -671,7 +682,8 @@ impl Backend for WgpuBackend {
                     let opts = LowerOptions {
                         delta_chunks: workspaces,
                         scan_rows,
-                        attention_one_pass: attention_one_pass || !workspaces,
+                        attention_chunk: if workspaces { attention_chunk } else { 0 },
+                        attention_rows,
                     };
                     lower(g, plan, id, opts).map(|l| l.into_iter().map(move |l| (id, l)))
                 })

@@ -730,9 +730,12 @@ pub fn attention(be: &mut dyn Backend) {
         (DType::F16, true, false, false, (6, 13, 8, 1, 24, 64)),
         // (a long row of keys, masked: 150 of them)
         (DType::F32, true, true, false, (3, 150, 6, 2, 16, 40)),
-        // (100 causal queries over 150 keys: the GPU splits the keys in chunks of 64, and the
-        // first rows' limits leave whole chunks empty)
+        // (prompts, which the GPU runs by blocks of 8 queries, tiles of 16 keys: 100 causal
+        // queries over 150 keys, the first blocks' limits leaving whole tiles out; the largest
+        // heads it takes, not causal; a grouped-query prompt after a cached prefix)
         (DType::F16, true, true, true, (100, 150, 2, 1, 16, 24)),
+        (DType::F32, false, false, false, (19, 19, 4, 4, 128, 128)),
+        (DType::F16, true, false, true, (33, 40, 8, 2, 64, 64)),
     ] {
         let mut c = Case::new();
         let (q, qn) = c.input(&mut rg, "q", &[t, hq, d]);
@@ -841,7 +844,8 @@ fn conv_reference(stn: &Nd, xn: &Nd, wn: &Nd) -> (Nd, Nd) {
 /// The conv step with its window kept in the cache, for one and two sequences, fewer and more
 /// new tokens than the window holds; the last three read x as the first columns of a wider
 /// row (a projection's), through its strides. Windows of 4 (Mamba's, which the GPU keeps in
-/// registers) and of 3 and 6 (the general form).
+/// registers) and of 3 and 6 (the general form); prompts long enough to run in blocks of
+/// tokens on the GPU.
 pub fn ssm_conv_in_place(be: &mut dyn Backend) {
     // (the last: a prompt large enough for the CPU to spread its tokens over threads)
     for (s, t, strided, ch, k) in [
@@ -854,6 +858,11 @@ pub fn ssm_conv_in_place(be: &mut dyn Backend) {
         (2, 3, false, 6, 3),
         (1, 2, true, 5, 6),
         (1, 37, true, 520, 4),
+        // (prompts the GPU splits into blocks of tokens: 2, 4 and 16 of them, the last ones
+        // empty in the third)
+        (1, 9, false, 6, 4),
+        (2, 19, true, 6, 3),
+        (2, 70, false, 10, 6),
     ] {
         let slots = [2, 0];
         let slots = &slots[..s];

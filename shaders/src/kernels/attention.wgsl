@@ -14,9 +14,10 @@
 // 16 stores, 17 k_new_off, 18 v_new_off, 19 idx_off, 20 rope, 21 rope mode (0 normal, 1 neox),
 // 22 rotated dims, 23 pos_off, 24.. the pairs' revolutions per position (two words each, as
 // `rope_angle` reads them: 22 words with rope), then the gate's three strides (it may be a
-// strided view), then the split (at `split_at()`): chunks, phase, workspace offset.
+// strided view), then the split (at `split_at()`): chunks, phase, workspace offset, keys per
+// chunk (at most 64).
 // Split (flash decoding, for few queries over many keys): phase 1 has a workgroup per (query,
-// head, chunk of 64 keys) write its running max, sum and weighted values to the workspace
+// head, chunk of keys) write its running max, sum and weighted values to the workspace
 // (2 + Dv words); phase 2 a workgroup per (query, head) merges its chunks into the output.
 // Phase 0 is the whole in one dispatch. Only chunk 0's workgroups write the caches.
 
@@ -149,8 +150,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var first = 0u;
     var end = tk;
     if (phase == 1u) {
-        first = 64u * chunk;
-        end = min(tk, first + 64u);
+        let ch = pu(split_at() + 3u);
+        first = ch * chunk;
+        end = min(tk, first + ch);
     }
     for (var tile = first; tile < end; tile += 64u) {
         let j = tile + lid.x;
@@ -175,8 +177,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         sc[lid.x] = s;
         workgroupBarrier();
+        // (keys past the chunk's end scored NEG: not walked)
+        let n_in = min(64u, end - tile);
         var tm = NEG;
-        for (var e = 0u; e < 64u; e++) {
+        for (var e = 0u; e < n_in; e++) {
             tm = max(tm, sc[e]);
         }
         let mn = max(m, tm);
@@ -189,7 +193,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             acc[r] *= corr;
         }
         if (mn > NEG) {
-            for (var e = 0u; e < 64u; e++) {
+            for (var e = 0u; e < n_in; e++) {
                 let se = sc[e];
                 if (se > NEG) {
                     let p = exp(se - mn);
