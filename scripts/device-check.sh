@@ -25,9 +25,9 @@
 #   PROFILE     unless 0, each f16 file's prompt and generated tokens are profiled per op
 #   VARIANTS    settings each f16 file is measured again under, say "WEFT_UNCHECKED=1"
 #               (space-separated; each one VAR=VALUE), with VARIANT_ARGS (default BENCH_ARGS;
-#               say "-p 0 -n 64 -r 2" for the decode-only switches: WEFT_MATVEC_CHUNKS=1,
-#               WEFT_SCAN_ROWS=1, WEFT_TOP_K_INLINE=1, WEFT_ATTENTION_ONE_PASS=1 bring back
-#               the forms before 2026-12-04)
+#               say "-p 0 -n 128 -r 2" for decode-only switches such as WEFT_ATTENTION_CHUNK=64,
+#               or "-p 512 -n 0 -r 2" for WEFT_ATTENTION_ROWS=0)
+#   OPS_TIMEOUT seconds the op suite may take (default 150; the other test binaries 60)
 #   DEADLINE    seconds after which no new measurement starts (default 3000); each one is
 #               also cut off after STEP_TIMEOUT seconds (default 120)
 set -uo pipefail
@@ -96,11 +96,14 @@ print("torch (CUDA): copy bandwidth %.1f GB/s over 1 GiB (read + write)" % (2 * 
             echo "== $t ($v)" >> "$out/ops.log"
             (
                 [ "$v" = default ] || export "${v?}"
-                timeout "${OPS_TIMEOUT:-300}" "$work/bin/$t" wgpu >> "$out/ops.log" 2>&1
+                limit=60
+                [ "$t" = ops ] && limit="${OPS_TIMEOUT:-150}"
+                timeout "$limit" "$work/bin/$t" wgpu >> "$out/ops.log" 2>&1
             )
             rc=$?
             [ "$rc" = 0 ] || status=1
-            echo "$t ($v) rc $rc: $(grep -E '^test result' "$out/ops.log" | tail -1)" |
+            # (the binary's own result line; a binary cut off by its timeout (124) has none)
+            echo "$t ($v) rc $rc: $(sed -n "/^== $t ($v)/,\$p" "$out/ops.log" | grep -E '^test result' | tail -1)" |
                 tee -a "$out/summary.txt"
         done
     done

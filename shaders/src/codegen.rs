@@ -1004,7 +1004,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str(&group_sum(spec)?);
         for &j in &weights {
             let (home, dtype) = (spec.sources[j].home, spec.sources[j].dtype);
-            out.push_str(&quad_dot(j, home, dtype, spec.matvec_unroll));
+            out.push_str(&quad_dot(j, home, dtype));
         }
         if k == Kernel::MatMulCat {
             out.push_str(

@@ -47,7 +47,6 @@ pub enum Kernel {
     SsmConv,
     SsmConvCached,
     SsmScan,
-    SsmScanRows,
     SsmScanLanes,
     SsmScanChunks,
     SsmScanChunksWide,
@@ -60,7 +59,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 32] = [
+    pub const ALL: [Kernel; 31] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -83,7 +82,6 @@ impl Kernel {
         Kernel::SsmConv,
         Kernel::SsmConvCached,
         Kernel::SsmScan,
-        Kernel::SsmScanRows,
         Kernel::SsmScanLanes,
         Kernel::SsmScanChunks,
         Kernel::SsmScanChunksWide,
@@ -119,7 +117,6 @@ impl Kernel {
             Kernel::SsmConv => "ssm_conv",
             Kernel::SsmConvCached => "ssm_conv_cached",
             Kernel::SsmScan => "ssm_scan",
-            Kernel::SsmScanRows => "ssm_scan_rows",
             Kernel::SsmScanLanes => "ssm_scan_lanes",
             Kernel::SsmScanChunks => "ssm_scan_chunks",
             Kernel::SsmScanChunksWide => "ssm_scan_chunks_wide",
@@ -151,7 +148,6 @@ impl Kernel {
         matches!(
             self,
             Kernel::SsmScan
-                | Kernel::SsmScanRows
                 | Kernel::SsmScanLanes
                 | Kernel::SsmScanChunks
                 | Kernel::SsmScanChunksWide
@@ -184,7 +180,6 @@ impl Kernel {
                 | Kernel::SsmConv
                 | Kernel::SsmConvCached
                 | Kernel::SsmScan
-                | Kernel::SsmScanRows
                 | Kernel::SsmScanLanes
                 | Kernel::SsmScanChunks
                 | Kernel::SsmScanChunksWide
@@ -225,7 +220,6 @@ impl Kernel {
             Kernel::SsmConv => include_str!("kernels/ssm_conv.wgsl"),
             Kernel::SsmConvCached => include_str!("kernels/ssm_conv_cached.wgsl"),
             Kernel::SsmScan => include_str!("kernels/ssm_scan.wgsl"),
-            Kernel::SsmScanRows => include_str!("kernels/ssm_scan_rows.wgsl"),
             Kernel::SsmScanLanes => include_str!("kernels/ssm_scan_lanes.wgsl"),
             Kernel::SsmScanChunks => include_str!("kernels/ssm_scan_chunks.wgsl"),
             Kernel::SsmScanChunksWide => include_str!("kernels/ssm_scan_chunks_wide.wgsl"),
@@ -242,9 +236,6 @@ impl Kernel {
 /// Tokens per chunk of the delta rule's chunked kernels (`gated_delta_prep`,
 /// `gated_delta_chunks`).
 pub const DELTA_CHUNK: u32 = 32;
-
-/// Quads a mat-vec lane keeps in flight by default (`Spec::matvec_unroll`).
-pub const MATVEC_UNROLL: u32 = 8;
 
 /// The bandwidth probe: a copy of 16-byte words between two storage bindings, one per thread
 /// of 256-thread workgroups (a standalone shader: no spec, no generator).
@@ -299,10 +290,6 @@ pub struct Spec {
     /// Lanes the mat-vec kernels sum with subgroup shuffles before workgroup memory takes over
     /// (`group_sum`): the adapter's smallest subgroup size, at most 32; 1 without subgroups.
     pub subgroup: u32,
-    /// Quads each mat-vec lane keeps in flight a step (`quant::quad_dot`): 4, 8 or 16 (others
-    /// round to the nearest of these); more hides more memory latency per warp at the price of
-    /// registers.
-    pub matvec_unroll: u32,
     /// `gated_delta_net`'s `g` and `beta` computed by programs as the kernel reads them
     /// (`ldg`, `ldb`): `Load(k)` of each reads source `first + k` at the gate's element,
     /// indexed by the 9 parameter words of source `k` from `params` (as an epilogue's; no
@@ -437,7 +424,6 @@ impl Spec {
             qk_norm: None,
             puts: vec![],
             subgroup: 1,
-            matvec_unroll: MATVEC_UNROLL,
             gates: None,
             scan_dt: None,
             x_prog: None,

@@ -226,7 +226,6 @@ fn variants() -> Vec<Spec> {
         vec![arena(DType::F32), ext(0, DType::F32)],
     ));
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
-    v.push(Spec::new(Kernel::SsmScanRows, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanLanes, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanChunks, vec![arena(DType::F32); 6]));
     v.push(Spec::new(
@@ -237,7 +236,6 @@ fn variants() -> Vec<Spec> {
     // the state read and written in its cache, rows picked by slots
     for k in [
         Kernel::SsmScan,
-        Kernel::SsmScanRows,
         Kernel::SsmScanLanes,
         Kernel::SsmScanChunks,
         Kernel::SsmScanChunksWide,
@@ -297,8 +295,6 @@ fn variants() -> Vec<Spec> {
     // Mamba1's dt computed in the scan from its projection (F16 and Q8_0 weights; its rows
     // normalised first, Jamba's), in its cache, with an epilogue after it
     for (k, w, norm) in [
-        (Kernel::SsmScanRows, DType::F16, false),
-        (Kernel::SsmScanRows, DType::Q8_0, true),
         (Kernel::SsmScanLanes, DType::F16, false),
         (Kernel::SsmScanLanes, DType::Q8_0, true),
         (Kernel::SsmScanChunks, DType::Q8_0, false),
@@ -511,14 +507,6 @@ fn variants() -> Vec<Spec> {
         .cloned()
         .collect();
     for (i, mut s) in matvecs.into_iter().enumerate() {
-        // (and each unrolling of the quads)
-        if s.kernel.is_matvec() {
-            for u in [4, 16] {
-                let mut other = s.clone();
-                other.matvec_unroll = u;
-                v.push(other);
-            }
-        }
         s.subgroup = [32, 8, 64][i % 3];
         v.push(s);
     }
@@ -640,7 +628,6 @@ fn variants_applying_epilogues() -> Vec<Spec> {
     v.extend(
         [
             Kernel::SsmScan,
-            Kernel::SsmScanRows,
             Kernel::SsmScanLanes,
             Kernel::SsmScanChunks,
             Kernel::SsmScanChunksWide,

@@ -51,10 +51,6 @@ pub struct LowerOptions {
     /// A long prompt's delta rule in its chunked form (off when its workspace would not fit
     /// one binding).
     pub delta_chunks: bool,
-    /// Small-state scans of decode and short prompts with a thread per row
-    /// (`ssm_scan_rows`) instead of 16 lanes per row (`ssm_scan_lanes`): `WEFT_SCAN_ROWS=1`,
-    /// for measuring the two.
-    pub scan_rows: bool,
     /// The split attention's smallest chunk of keys ([`ATTENTION_CHUNK`]; 16, 32 or 64), or 0
     /// for attention in one pass however few its rows (`WEFT_ATTENTION_CHUNK`, for measuring;
     /// see [`SPLIT_ATTENTION_BELOW`]).
@@ -728,8 +724,6 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                 (Kernel::SsmScanChunks, p, rows.div_ceil(8) as u32)
             } else if n > 32 && n <= 128 && long {
                 (Kernel::SsmScanChunksWide, p, rows as u32)
-            } else if n <= 32 && opts.scan_rows {
-                (Kernel::SsmScanRows, p, threads(rows))
             } else if n <= 32 {
                 (Kernel::SsmScanLanes, p, rows.div_ceil(4) as u32)
             } else {

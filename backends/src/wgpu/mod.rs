@@ -86,10 +86,6 @@ pub struct WgpuBackend {
     stats: RunStats,
     /// The runtime checks naga builds into the kernels (see `build_pipeline`).
     checks: wgpu::ShaderRuntimeChecks,
-    /// `WEFT_MATVEC_UNROLL`: quads a mat-vec lane keeps in flight (`Spec::matvec_unroll`).
-    matvec_unroll: u32,
-    /// `WEFT_SCAN_ROWS=1`: small-state scans a thread per row (`LowerOptions::scan_rows`).
-    scan_rows: bool,
     /// `WEFT_ATTENTION_CHUNK`: the split attention's smallest chunk of keys, 0 for no split
     /// (`LowerOptions::attention_chunk`).
     attention_chunk: usize,
@@ -147,11 +143,6 @@ impl WgpuBackend {
                 bounds_checks: !crate::env_flag("WEFT_UNCHECKED"),
                 ..wgpu::ShaderRuntimeChecks::checked()
             },
-            matvec_unroll: std::env::var("WEFT_MATVEC_UNROLL")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(weft_shaders::MATVEC_UNROLL),
-            scan_rows: crate::env_flag("WEFT_SCAN_ROWS"),
             attention_chunk: std::env::var("WEFT_ATTENTION_CHUNK")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -171,8 +162,7 @@ impl WgpuBackend {
     /// (for showing the graph a GPU would run).
     pub fn passes() -> PassOptions {
         PassOptions {
-            // (`WEFT_TOP_K_INLINE=1` inlines it, for measuring both)
-            inline_top_k: crate::env_flag("WEFT_TOP_K_INLINE"),
+            inline_top_k: false,
             ..PassOptions::default()
         }
     }
@@ -287,7 +277,6 @@ impl WgpuBackend {
     fn pipeline(&mut self, low: &Lowered) -> Result<Arc<wgpu::ComputePipeline>> {
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
-        spec.matvec_unroll = self.matvec_unroll;
         // prompts on tensor cores where the device was opened with them (same parameters,
         // tiles and workgroup count as `matmul_rows`)
         if spec.kernel == Kernel::MatMulRows && self.uses_cooperative_matrices() {
@@ -662,8 +651,8 @@ impl Backend for WgpuBackend {
 
     /// A mixture's choice of experts stays a top_k dispatch: inlined, every thread of the
     /// softmax and the experts' products walks the logits row k times serially before its
-    /// first load, which cost qwen3next-1b's router softmax 35 us a layer on an H200
-    /// (`WEFT_TOP_K_INLINE=1` inlines it, for measuring the two).
+    /// first load, which cost qwen3next-1b's router softmax 35 us a layer on an H200 (inlined,
+    /// its 128 generated tokens ran at 406 tok/s there, 467 as a dispatch).
     fn pass_options(&self) -> PassOptions {
         WgpuBackend::passes()
     }
@@ -671,8 +660,7 @@ impl Backend for WgpuBackend {
     fn compile(&mut self, plan: &Plan) -> Result<ProgramId> {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
-        let (scan_rows, attention_chunk, attention_rows) =
-            (self.scan_rows, self.attention_chunk, self.attention_rows);
+        let (attention_chunk, attention_rows) = (self.attention_chunk, self.attention_rows);
         // (`workspaces` false: neither the delta rule's chunks nor the attention's split)
         let lower_all = |workspaces: bool| -> Result<Vec<(NodeId, Lowered)>> {
             Ok(plan
@@ -681,7 +669,6 @@ impl Backend for WgpuBackend {
                 .map(|&id| {
                     let opts = LowerOptions {
                         delta_chunks: workspaces,
-                        scan_rows,
                         attention_chunk: if workspaces { attention_chunk } else { 0 },
                         attention_rows,
                     };

@@ -66,6 +66,14 @@ fn emit(t: u32, h: u32, dd: u32, sum: f32, l: f32) {
     st(pu(15u) + oi, o);
 }
 
+// dim dd of key row j's value for KV head kh: the new value where j is the new row
+fn value(j: u32, kh: u32, dd: u32, fresh: u32) -> f32 {
+    if (j == fresh) {
+        return rnd1(ldvn(pu(18u) + kh * pu(5u) + dd));
+    }
+    return ld2(pu(12u) + (j * pu(4u) + kh) * pu(5u) + dd);
+}
+
 // phase 2: row g's chunks merged, a thread per output dim
 fn merge(g: u32, lid: u32) {
     let hq = pu(1u);
@@ -165,7 +173,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 }
             } else {
                 let krow = pu(11u) + (j * hkv + kh) * d;
-                for (var e = 0u; e < d; e++) {
+                // eight loads in flight a step (the sum in the same order)
+                var e = 0u;
+                for (; e + 8u <= d; e += 8u) {
+                    let k0 = ld1(krow + e);
+                    let k1 = ld1(krow + e + 1u);
+                    let k2 = ld1(krow + e + 2u);
+                    let k3 = ld1(krow + e + 3u);
+                    let k4 = ld1(krow + e + 4u);
+                    let k5 = ld1(krow + e + 5u);
+                    let k6 = ld1(krow + e + 6u);
+                    let k7 = ld1(krow + e + 7u);
+                    dot += qs[e] * k0;
+                    dot += qs[e + 1u] * k1;
+                    dot += qs[e + 2u] * k2;
+                    dot += qs[e + 3u] * k3;
+                    dot += qs[e + 4u] * k4;
+                    dot += qs[e + 5u] * k5;
+                    dot += qs[e + 6u] * k6;
+                    dot += qs[e + 7u] * k7;
+                }
+                for (; e < d; e++) {
                     dot += qs[e] * ld1(krow + e);
                 }
             }
@@ -193,21 +221,52 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             acc[r] *= corr;
         }
         if (mn > NEG) {
-            for (var e = 0u; e < n_in; e++) {
+            // four keys a step, their values' loads in flight together (each sum in key order)
+            var e = 0u;
+            for (; e + 4u <= n_in; e += 4u) {
+                let s0 = sc[e];
+                let s1 = sc[e + 1u];
+                let s2 = sc[e + 2u];
+                let s3 = sc[e + 3u];
+                let p0 = select(0.0, exp(s0 - mn), s0 > NEG);
+                let p1 = select(0.0, exp(s1 - mn), s1 > NEG);
+                let p2 = select(0.0, exp(s2 - mn), s2 > NEG);
+                let p3 = select(0.0, exp(s3 - mn), s3 > NEG);
+                l += p0;
+                l += p1;
+                l += p2;
+                l += p3;
+                for (var r = 0u; r < 4u; r++) {
+                    let dd = lid.x + 64u * r;
+                    if (dd < dv) {
+                        let v0 = value(tile + e, kh, dd, fresh);
+                        let v1 = value(tile + e + 1u, kh, dd, fresh);
+                        let v2 = value(tile + e + 2u, kh, dd, fresh);
+                        let v3 = value(tile + e + 3u, kh, dd, fresh);
+                        if (s0 > NEG) {
+                            acc[r] += p0 * v0;
+                        }
+                        if (s1 > NEG) {
+                            acc[r] += p1 * v1;
+                        }
+                        if (s2 > NEG) {
+                            acc[r] += p2 * v2;
+                        }
+                        if (s3 > NEG) {
+                            acc[r] += p3 * v3;
+                        }
+                    }
+                }
+            }
+            for (; e < n_in; e++) {
                 let se = sc[e];
                 if (se > NEG) {
                     let p = exp(se - mn);
                     l += p;
-                    let new_row = tile + e == fresh;
-                    let vrow = select(pu(12u) + ((tile + e) * hkv + kh) * dv, pu(18u) + kh * dv, new_row);
                     for (var r = 0u; r < 4u; r++) {
                         let dd = lid.x + 64u * r;
                         if (dd < dv) {
-                            if (new_row) {
-                                acc[r] += p * rnd1(ldvn(vrow + dd));
-                            } else {
-                                acc[r] += p * ld2(vrow + dd);
-                            }
+                            acc[r] += p * value(tile + e, kh, dd, fresh);
                         }
                     }
                 }
