@@ -733,6 +733,24 @@ fn row_tile_out(t: RowTile, m: u32, n: u32) -> u32 {
 }
 ";
 
+/// The attention kernels' `emit(t, h, dd, sum, l)`: output dim `dd` of (query `t`, head `h`)
+/// from its weighted sum and softmax denominator, through the gate where there is one (its
+/// three strides follow the rope's words: it may be a strided view).
+const ATTENTION_EMIT: &str = "fn emit(t: u32, h: u32, dd: u32, sum: f32, l: f32) {
+    var o = 0.0;
+    if (l > 0.0) {
+        o = sum / l;
+    }
+    let oi = (t * pu(1u) + h) * pu(5u) + dd;
+    if (pu(9u) == 1u) {
+        let gs = 24u + select(0u, pu(22u), pu(20u) == 1u);
+        let gi = t * pu(gs) + h * pu(gs + 1u) + dd * pu(gs + 2u);
+        o = o / (1.0 + exp(-ldgate(pu(14u) + gi)));
+    }
+    st(pu(15u) + oi, o);
+}
+";
+
 const SCAN_HELPERS: &str = "struct ScanRow { s: u32, h: u32, p: u32, grp: u32 }
 fn scan_row(i: u32) -> ScanRow {
     let sh = i / pu(3u);
@@ -1055,6 +1073,9 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
     }
     if matches!(k, Kernel::MatMulRows | Kernel::MatMulCoop) {
         out.push_str(ROW_TILE_HELPERS);
+    }
+    if matches!(k, Kernel::Attention | Kernel::AttentionRows) {
+        out.push_str(ATTENTION_EMIT);
     }
     if k.is_scan() {
         out.push_str(SCAN_HELPERS);

@@ -182,17 +182,22 @@ fn variants() -> Vec<Spec> {
         vec![arena(DType::F32), arena(DType::I32)],
     ));
     for kv in FLOATS {
-        let mut s = Spec::new(
-            Kernel::Attention,
-            vec![
-                arena(DType::F32),
-                ext(0, kv),
-                ext(1, kv),
-                arena(DType::F32),
-                arena(DType::F32),
-            ],
-        );
-        s.aliases = vec![("ldmask", 3), ("ldgate", 4)];
+        // (q, the caches' windows, a mask and a gate)
+        let masked_gated = |k: Kernel| {
+            let mut s = Spec::new(
+                k,
+                vec![
+                    arena(DType::F32),
+                    ext(0, kv),
+                    ext(1, kv),
+                    arena(DType::F32),
+                    arena(DType::F32),
+                ],
+            );
+            s.aliases = vec![("ldmask", 3), ("ldgate", 4)];
+            s
+        };
+        let mut s = masked_gated(Kernel::Attention);
         v.push(s.clone());
         // decode attention writing the new key and value into its caches
         s.sources.extend([arena(DType::F32), arena(DType::I32)]);
@@ -204,18 +209,7 @@ fn variants() -> Vec<Spec> {
             vec![arena(DType::F32), arena(DType::F32), arena(DType::F32)],
         ));
         // a prompt's, by blocks of queries
-        let mut s = Spec::new(
-            Kernel::AttentionRows,
-            vec![
-                arena(DType::F32),
-                ext(0, kv),
-                ext(1, kv),
-                arena(DType::F32),
-                arena(DType::F32),
-            ],
-        );
-        s.aliases = vec![("ldmask", 3), ("ldgate", 4)];
-        v.push(s);
+        v.push(masked_gated(Kernel::AttentionRows));
     }
     v.push(Spec::new(
         Kernel::Concat,

@@ -31,7 +31,8 @@ pub const ATTENTION_CHUNK: usize = 16;
 
 /// Attentions over at least this many queries (a prompt's) whose heads have at most 128 dims
 /// and that neither store nor rope run as `attention_rows`: blocks of 8 queries, each tile of
-/// keys and values staged once per block.
+/// keys and values staged once per block (unless their rows are few enough for the split,
+/// which spreads a long row of keys wider: a short prompt after a long cached prefix).
 pub const ATTENTION_ROWS_FROM: usize = 8;
 
 /// A mixture's product over at least this many (token, slot) rows per expert, on average, runs
@@ -538,18 +539,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                 .next_power_of_two()
                 .clamp(opts.attention_chunk.min(64), 64);
             let chunks = kd[0].div_ceil(chunk);
-            // a prompt's queries by blocks, the keys staged once for a block
-            if qd[0] >= ATTENTION_ROWS_FROM
-                && qd[2] <= 128
-                && vd[2] <= 128
-                && !*stores
-                && rope.is_none()
-                && opts.attention_rows
-            {
-                p.extend([0, 0, 0, 0]);
-                let groups = qd[0].div_ceil(8) * qd[1];
-                (Kernel::AttentionRows, p, groups as u32)
-            } else if rows < SPLIT_ATTENTION_BELOW && chunks > 1 && opts.attention_chunk > 0 {
+            if rows < SPLIT_ATTENTION_BELOW && chunks > 1 && opts.attention_chunk > 0 {
                 let bytes = (rows * chunks * (2 + vd[2])) as u64 * 4;
                 split_attention = Some((rows as u32, chunks as u32, bytes, p.len() + 1));
                 p.extend([
@@ -559,6 +549,17 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                     chunk as u32,
                 ]);
                 (Kernel::Attention, p, rows as u32)
+            } else if qd[0] >= ATTENTION_ROWS_FROM
+                && qd[2] <= 128
+                && vd[2] <= 128
+                && !*stores
+                && rope.is_none()
+                && opts.attention_rows
+            {
+                // a prompt's queries by blocks, the keys staged once for a block
+                p.extend([0, 0, 0, 0]);
+                let groups = qd[0].div_ceil(8) * qd[1];
+                (Kernel::AttentionRows, p, groups as u32)
             } else {
                 p.extend([0, 0, 0, 0]);
                 (Kernel::Attention, p, rows as u32)

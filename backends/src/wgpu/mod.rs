@@ -145,7 +145,8 @@ impl WgpuBackend {
             },
             attention_chunk: std::env::var("WEFT_ATTENTION_CHUNK")
                 .ok()
-                .and_then(|v| v.parse().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .map(|c| if c == 0 { 0 } else { c.clamp(16, 64) })
                 .unwrap_or(lower::ATTENTION_CHUNK),
             attention_rows: std::env::var("WEFT_ATTENTION_ROWS").as_deref() != Ok("0"),
         })

@@ -733,8 +733,9 @@ pub fn attention(be: &mut dyn Backend) {
         // (prompts, which the GPU runs by blocks of 8 queries, tiles of 16 keys: 100 causal
         // queries over 150 keys, the first blocks' limits leaving whole tiles out; the largest
         // heads it takes, not causal; a grouped-query prompt after a cached prefix)
-        (DType::F16, true, true, true, (100, 150, 2, 1, 16, 24)),
-        (DType::F32, false, false, false, (19, 19, 4, 4, 128, 128)),
+        // (at least 256 (query, head) rows: fewer split their keys instead)
+        (DType::F16, true, true, true, (100, 150, 4, 1, 16, 24)),
+        (DType::F32, false, false, false, (19, 19, 16, 4, 128, 128)),
         (DType::F16, true, false, true, (33, 40, 8, 2, 64, 64)),
     ] {
         let mut c = Case::new();

@@ -1,7 +1,7 @@
 // softmax(q·kᵀ·scale + mask)·v with grouped KV heads, one workgroup of 64 threads per
 // (query, head), keys in tiles of 64 with a running max (flash style). Each thread owns output
 // dims lid, lid+64, lid+128, lid+192 (Dv ≤ 256). Sources: 0 q, 1 k, 2 v, then `ldmask` and
-// `ldgate` when present.
+// `ldgate` when present; `emit` (the generator's) writes an output through the gate.
 // With stores (decode, T = 1), k and v are windows of the KV caches from row 0, and the new
 // key and value (`ldkn`, `ldvn`) belong in row `ldidx`: key row `ldidx` is read from them
 // (rounded as the caches hold them, `rnd0`, `rnd1`), and
@@ -48,22 +48,6 @@ const NEG: f32 = -3.0e38;
 // where the split's three words start: after the rope's pairs and the gate's strides
 fn split_at() -> u32 {
     return 27u + select(0u, pu(22u), pu(20u) == 1u);
-}
-
-// output dim dd of (query t, head h) from its weighted sum and softmax denominator, gated
-fn emit(t: u32, h: u32, dd: u32, sum: f32, l: f32) {
-    var o = 0.0;
-    if (l > 0.0) {
-        o = sum / l;
-    }
-    let oi = (t * pu(1u) + h) * pu(5u) + dd;
-    if (pu(9u) == 1u) {
-        // (the gate through its own strides, which follow the rope's frequencies)
-        let gs = 24u + select(0u, pu(22u), pu(20u) == 1u);
-        let gi = t * pu(gs) + h * pu(gs + 1u) + dd * pu(gs + 2u);
-        o = o / (1.0 + exp(-ldgate(pu(14u) + gi)));
-    }
-    st(pu(15u) + oi, o);
 }
 
 // dim dd of key row j's value for KV head kh: the new value where j is the new row

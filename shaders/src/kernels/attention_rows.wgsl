@@ -7,7 +7,7 @@
 // thread adds the weighted values of output dims lid and lid + 64 for all eight queries.
 // Heads of at most 128 dims (q, k and v); no stores or rope (decode's forms, `attention`).
 // Sources: 0 q [T, Hq, D], 1 k [Tk, Hkv, D], 2 v [Tk, Hkv, Dv], then `ldmask` and `ldgate`
-// when present. Params: `attention`'s (0 T, 1 Hq, 2 D, 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32
+// when present; `emit` (the generator's) writes an output through the gate. Params: `attention`'s (0 T, 1 Hq, 2 D, 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32
 // bits), 7 causal, 8 masked, 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off,
 // 15 out_off, 20 rope (0 here), 24.. the gate's three strides).
 
@@ -25,18 +25,25 @@ var<workgroup> rmax: array<f32, 8>;
 var<workgroup> rsum: array<f32, 8>;
 var<workgroup> rcorr: array<f32, 8>;
 
-// output dim dd of (query t, head h) from its weighted sum and softmax denominator, gated
-fn emit(t: u32, h: u32, dd: u32, sum: f32, l: f32) {
-    var o = 0.0;
-    if (l > 0.0) {
-        o = sum / l;
+// rows tile .. tile + KT of KV head kh of k (which 1, rows of d) or v (2, rows of dv) staged
+// in `kv`, zeros past the last key
+fn stage(which: u32, tile: u32, kh: u32, width: u32, lid: u32) {
+    let tk = pu(3u);
+    for (var i = lid; i < KT * width; i += 64u) {
+        let kk = i / width;
+        let e = i % width;
+        let j = tile + kk;
+        var v = 0.0;
+        if (j < tk) {
+            let at = (j * pu(4u) + kh) * width + e;
+            if (which == 1u) {
+                v = ld1(pu(11u) + at);
+            } else {
+                v = ld2(pu(12u) + at);
+            }
+        }
+        kv[kk * RS + e] = v;
     }
-    let oi = (t * pu(1u) + h) * pu(5u) + dd;
-    if (pu(9u) == 1u) {
-        let gi = t * pu(24u) + h * pu(25u) + dd * pu(26u);
-        o = o / (1.0 + exp(-ldgate(pu(14u) + gi)));
-    }
-    st(pu(15u) + oi, o);
 }
 
 @compute @workgroup_size(64)
@@ -83,16 +90,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     }
     workgroupBarrier();
     for (var tile = 0u; tile < kend; tile += KT) {
-        for (var i = lid.x; i < KT * d; i += 64u) {
-            let kk = i / d;
-            let e = i % d;
-            let j = tile + kk;
-            var v = 0.0;
-            if (j < tk) {
-                v = ld1(pu(11u) + (j * hkv + kh) * d + e);
-            }
-            kv[kk * RS + e] = v;
-        }
+        stage(1u, tile, kh, d, lid.x);
         workgroupBarrier();
         for (var r = 0u; r < 2u; r++) {
             let kk = lid.x % 8u + 8u * r;
@@ -112,16 +110,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             sc[sq * KT + kk] = s;
         }
         workgroupBarrier();
-        for (var i = lid.x; i < KT * dv; i += 64u) {
-            let kk = i / dv;
-            let e = i % dv;
-            let j = tile + kk;
-            var v = 0.0;
-            if (j < tk) {
-                v = ld2(pu(12u) + (j * hkv + kh) * dv + e);
-            }
-            kv[kk * RS + e] = v;
-        }
+        stage(2u, tile, kh, dv, lid.x);
         if (lid.x < QB) {
             let q = lid.x;
             let m = rmax[q];
@@ -156,7 +145,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 var a = acc[q * 2u + r] * corr;
                 if (dd < dv) {
                     for (var kk = 0u; kk < KT; kk++) {
-                        a += sc[q * KT + kk] * kv[kk * RS + dd];
+                        // (a key the query does not see adds nothing, whatever its row holds)
+                        let p = sc[q * KT + kk];
+                        a += select(0.0, p * kv[kk * RS + dd], p > 0.0);
                     }
                 }
                 acc[q * 2u + r] = a;

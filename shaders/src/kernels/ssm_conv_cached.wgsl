@@ -64,7 +64,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             k3 = ld2(wb + 3u);
         }
         if (blocks > 1u) {
-            workgroupBarrier();
+            storageBarrier();
         }
         if (!ok) {
             return;
@@ -96,7 +96,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
     }
     if (blocks > 1u) {
-        workgroupBarrier();
+        storageBarrier();
     }
     if (!ok) {
         return;
