@@ -29,20 +29,21 @@ var<workgroup> rcorr: array<f32, 8>;
 // in `kv`, zeros past the last key
 fn stage(which: u32, tile: u32, kh: u32, width: u32, lid: u32) {
     let tk = pu(3u);
-    for (var i = lid; i < KT * width; i += 64u) {
-        let kk = i / width;
-        let e = i % width;
+    // (a row's dims by consecutive threads: no division by the width)
+    for (var kk = 0u; kk < KT; kk++) {
         let j = tile + kk;
-        var v = 0.0;
-        if (j < tk) {
-            let at = (j * pu(4u) + kh) * width + e;
-            if (which == 1u) {
-                v = ld1(pu(11u) + at);
-            } else {
-                v = ld2(pu(12u) + at);
+        let row = (j * pu(4u) + kh) * width;
+        for (var e = lid; e < width; e += 64u) {
+            var v = 0.0;
+            if (j < tk) {
+                if (which == 1u) {
+                    v = ld1(pu(11u) + row + e);
+                } else {
+                    v = ld2(pu(12u) + row + e);
+                }
             }
+            kv[kk * RS + e] = v;
         }
-        kv[kk * RS + e] = v;
     }
 }
 
