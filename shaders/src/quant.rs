@@ -85,11 +85,11 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
 /// vec4<f32>` decodes one. A row's quads are striped over its `T` lanes (lane `l` takes quads
 /// `l`, `l + T`, …), so a warp's loads of a step fall on consecutive words of the weight and of
 /// x: coalesced, where a lane walking a contiguous chunk of its own strides 32-128 bytes from
-/// its neighbour. Each step keeps [`MATVEC_UNROLL`] quads in flight per lane; a step past the
-/// row's end reads its last quad again and drops the product, so that every step has all its
-/// loads in flight (no tail of one quad at a time: 2048 x 2048 f16 8.96 -> 8.1 us on an H200;
-/// 8 or 16 quads a step measured the same or up to 26% slower there, quantized weights the
-/// worst). x comes as a 16-byte load (`x4a`) when its
+/// its neighbour. Each step keeps [`MATVEC_UNROLL`] quads in flight per lane; the row's last
+/// step, where it does not fill the lanes' four, reads clamped indices and drops the products
+/// past the end, so that it too has all its loads in flight (a tail of one quad at a time made
+/// 2048 x 2048 f16 8.96 us on an H200, masking every step 8.1 us but quantized 8192 x 8192
+/// rows 8-15% slower; 8 or 16 quads a step measured the same or up to 26% slower there). x comes as a 16-byte load (`x4a`) when its
 /// row starts on a quad. `WALIGNj` is the alignment (in elements) a row's start and length need
 /// for the quad path (a quantized block, so that a quad's block is the row's own).
 /// `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole row's dot
@@ -114,34 +114,44 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
     ));
     let unroll = MATVEC_UNROLL;
     for (suffix, x) in [("a", "x4a"), ("", "x4")] {
-        let mut step = String::new();
-        for u in 0..unroll {
-            if u == 0 {
-                step.push_str("        let i0 = q;\n");
-            } else {
-                step.push_str(&format!("        let i{u} = min(q + {u}u * T, last);\n"));
+        // a step over quads `i0 ..`: whole (`q + (unroll - 1) T < nq`), or the row's last,
+        // its indices clamped to the row and the products past its end dropped
+        let step = |masked: bool| {
+            let mut t = String::new();
+            for u in 0..unroll {
+                let i = match u {
+                    0 => "q".to_string(),
+                    _ if masked => format!("min(q + {u}u * T, nq - 1u)"),
+                    _ => format!("q + {u}u * T"),
+                };
+                t.push_str(&format!(
+                    "        let p{u} = wq{j}(q0 + {i}) * {x}(xrow + 4u * ({i}));\n"
+                ));
             }
-        }
-        for u in 0..unroll {
-            step.push_str(&format!(
-                "        let p{u} = wq{j}(q0 + i{u}) * {x}(xrow + 4u * i{u});\n"
-            ));
-        }
-        step.push_str("        acc += p0;\n");
-        for u in 1..unroll {
-            step.push_str(&format!(
-                "        acc += select(vec4<f32>(0.0), p{u}, q + {u}u * T < nq);\n"
-            ));
-        }
+            for u in 0..unroll {
+                t.push_str(&if masked && u > 0 {
+                    format!("        acc += select(vec4<f32>(0.0), p{u}, q + {u}u * T < nq);\n")
+                } else {
+                    format!("        acc += p{u};\n")
+                });
+            }
+            t
+        };
         s.push_str(&format!(
             "fn quads{j}{suffix}(q0: u32, xrow: u32, nq: u32, lane: u32) -> f32 {{\n\
              \x20   var acc = vec4<f32>(0.0);\n\
-             \x20   let last = nq - 1u;\n\
-             \x20   for (var q = lane; q < nq; q += {unroll}u * T) {{\n\
-             {step}\
+             \x20   var q = lane;\n\
+             \x20   for (; q + {last}u * T < nq; q += {unroll}u * T) {{\n\
+             {whole}\
+             \x20   }}\n\
+             \x20   if (q < nq) {{\n\
+             {masked}\
              \x20   }}\n\
              \x20   return (acc.x + acc.y) + (acc.z + acc.w);\n\
-             }}\n"
+             }}\n",
+            last = unroll - 1,
+            whole = step(false),
+            masked = step(true),
         ));
     }
     s.push_str(&format!(
