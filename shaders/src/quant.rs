@@ -86,11 +86,11 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
 /// `l`, `l + T`, …), so a warp's loads of a step fall on consecutive words of the weight and of
 /// x: coalesced, where a lane walking a contiguous chunk of its own strides 32-128 bytes from
 /// its neighbour. Each step keeps [`MATVEC_UNROLL`] quads in flight per lane; the row's last
-/// step, where it does not fill the lanes' four, reads clamped indices and drops the products
-/// past the end, so that it too has all its loads in flight (a tail of one quad at a time made
-/// 2048 x 2048 f16 8.96 us on an H200, masking every step 8.1 us but quantized 8192 x 8192
-/// rows 8-15% slower; 8 or 16 quads a step measured the same or up to 26% slower there). x comes as a 16-byte load (`x4a`) when its
-/// row starts on a quad. `WALIGNj` is the alignment (in elements) a row's start and length need
+/// step, where it does not fill them, reads clamped indices and drops the products past the
+/// end, so that it too has all its loads in flight (a tail of one quad at a time made 2048 x
+/// 2048 f16 8.96 us on an H200, masking every step 8.1 us but quantized 8192 x 8192 rows 8-15%
+/// slower; 8 or 16 quads a step measured the same or up to 26% slower there). x comes as a
+/// 16-byte load (`x4a`) when its row starts on a quad. `WALIGNj` is the alignment (in elements) a row's start and length need
 /// for the quad path (a quantized block, so that a quad's block is the row's own).
 /// `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole row's dot
 /// product: by quads when the row is aligned, element by element otherwise.
@@ -112,13 +112,12 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
         "const WALIGN{j}: u32 = {align}u;\n\
          fn wq{j}(q: u32) -> vec4<f32> {{\n    {body}\n}}\n"
     ));
-    let unroll = MATVEC_UNROLL;
     for (suffix, x) in [("a", "x4a"), ("", "x4")] {
-        // a step over quads `i0 ..`: whole (`q + (unroll - 1) T < nq`), or the row's last,
+        // a step over quads `q, q + T, ..`: whole (all below `nq`), or the row's last,
         // its indices clamped to the row and the products past its end dropped
         let step = |masked: bool| {
             let mut t = String::new();
-            for u in 0..unroll {
+            for u in 0..MATVEC_UNROLL {
                 let i = match u {
                     0 => "q".to_string(),
                     _ if masked => format!("min(q + {u}u * T, nq - 1u)"),
@@ -128,7 +127,7 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
                     "        let p{u} = wq{j}(q0 + {i}) * {x}(xrow + 4u * ({i}));\n"
                 ));
             }
-            for u in 0..unroll {
+            for u in 0..MATVEC_UNROLL {
                 t.push_str(&if masked && u > 0 {
                     format!("        acc += select(vec4<f32>(0.0), p{u}, q + {u}u * T < nq);\n")
                 } else {
@@ -149,7 +148,8 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
              \x20   }}\n\
              \x20   return (acc.x + acc.y) + (acc.z + acc.w);\n\
              }}\n",
-            last = unroll - 1,
+            last = MATVEC_UNROLL - 1,
+            unroll = MATVEC_UNROLL,
             whole = step(false),
             masked = step(true),
         ));
@@ -174,7 +174,7 @@ pub const MATVEC_UNROLL: u32 = 4;
 
 /// A weight decoder's `body` with its generic names made weight source `j`'s (`bw(` reads a
 /// 2-aligned word, `ldJ(` an element), after the `bwj` reader an external weight needs.
-pub(crate) fn for_weight(j: usize, home: Home, body: &str) -> (String, String) {
+fn for_weight(j: usize, home: Home, body: &str) -> (String, String) {
     let body = body
         .replace("bw(", &format!("bw{j}("))
         .replace("ldJ(", &format!("ld{j}("));

@@ -602,13 +602,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
             ];
             // x may be a strided view (a projection's columns)
             p.extend(strides(g.node(s[1]).layout, 3));
-            // a prompt's tokens in up to 16 blocks of at least 4, side by side
-            let blocks = (xd[1] / 4).clamp(1, 16);
-            let blocks = if blocks.is_power_of_two() {
-                blocks
-            } else {
-                blocks.next_power_of_two() / 2
-            };
+            // a prompt's tokens in up to 16 blocks (a power of two) of at least 4, side by side
+            let blocks = 1usize << (xd[1] / 4).clamp(1, 16).ilog2();
             p.push(blocks as u32);
             (Kernel::SsmConvCached, p, threads(total * blocks))
         }

@@ -7,9 +7,10 @@
 // thread adds the weighted values of output dims lid and lid + 64 for all eight queries.
 // Heads of at most 128 dims (q, k and v); no stores or rope (decode's forms, `attention`).
 // Sources: 0 q [T, Hq, D], 1 k [Tk, Hkv, D], 2 v [Tk, Hkv, Dv], then `ldmask` and `ldgate`
-// when present; `emit` (the generator's) writes an output through the gate. Params: `attention`'s (0 T, 1 Hq, 2 D, 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32
-// bits), 7 causal, 8 masked, 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off,
-// 15 out_off, 20 rope (0 here), 24.. the gate's three strides).
+// when present; `emit` (the generator's) writes an output through the gate. Params:
+// `attention`'s (0 T, 1 Hq, 2 D, 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32 bits), 7 causal, 8 masked,
+// 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off, 20 rope (0
+// here), 24.. the gate's three strides).
 
 const QB: u32 = 8u;
 const KT: u32 = 16u;

@@ -4,8 +4,8 @@
 // (param 12, blocks > 1): a workgroup then holds 64 / blocks channels, a thread per (channel,
 // block of tokens), each starting from the window before its block (the cache's values where
 // the block starts within K−1 tokens of the prompt's start, x's after), so that no thread walks
-// a long prompt alone; the thread of the last block writes the cache, after a barrier that
-// follows every thread's reads. Sources: 0 cache [R, (K−1)·C] (also the destination), 1 x
+// a long prompt alone; the thread of the last block writes the cache, after a storage barrier
+// that follows every thread's reads (a channel's blocks share a workgroup). Sources: 0 cache [R, (K−1)·C] (also the destination), 1 x
 // [S, T, C] (read through its strides: a projection's columns), 2 w [C, K], 3 slots I32 [S].
 // Params: 0 S·C, 1 T, 2 C, 3 K (at most 8), 4 cache_off, 5 x_off, 6 w_off, 7 out_off,
 // 8 slots_off, 9..11 x's strides, 12 blocks (1, or a power of two dividing 64).
