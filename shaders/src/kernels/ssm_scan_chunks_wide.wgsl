@@ -5,17 +5,40 @@
 // 1. from a zero state, keeping the chunk's end state and Σ dt (the chunk decays a state by
 //    exp(A·Σ dt)), with no reduction;
 // 2. from the state before the chunk (the row's initial state carried through the earlier
-//    chunks' ends and decays), summing y = Σ_n state·C over the chunk's 16 lanes per token.
-// Per token: state = state·exp(dt·A) + dt·B·x.
+//    chunks' ends and decays), each lane keeping its part of y = Σ_n state·C for a batch of 8
+//    tokens; then the workgroup sums the batch's 16 × 8 (chunk, token) rows of 16 parts
+//    at once, a thread per row, and writes y: two barriers per 8 tokens, not a tree per token.
+// Per token: state = state·exp(dt·A) + dt·B·x, with one exp per token where A is per head
+// (Mamba2's) rather than per state.
 // Sources, parameters and the form with slots: as `ssm_scan`'s.
 
 const LANES: u32 = 16u;
 const CHUNKS: u32 = 16u;
 
-// per chunk: its end state from zero (128 floats) and its Σ dt
-var<workgroup> ends: array<f32, 2048>;
+const BATCH: u32 = 8u;
+// a (chunk, token) row of 16 parts padded by one, a chunk's 8 rows padded to 136, so that a
+// warp's 32 sums (4 chunks × 8 tokens) read 32 different banks
+const RW: u32 = 17u;
+const CW: u32 = 136u;
+
+// per chunk: its end state from zero (128 floats) and its Σ dt; once pass 2 has carried the
+// ends into its state, `ends` holds a batch's parts of y
+var<workgroup> ends: array<f32, 2176>;
 var<workgroup> spans: array<f32, 16>;
-var<workgroup> red: array<f32, 256>;
+
+// state·exp(dt·A) for the lane's states: exp(dt·A) once where A is per head
+fn decay(state: ptr<function, array<f32, 8>>, a: ptr<function, array<f32, 8>>, dt: f32) {
+    if (pu(6u) == 1u) {
+        for (var r = 0u; r < 8u; r++) {
+            (*state)[r] *= exp(dt * (*a)[r]);
+        }
+    } else {
+        let e = exp(dt * (*a)[0]);
+        for (var r = 0u; r < 8u; r++) {
+            (*state)[r] *= e;
+        }
+    }
+}
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -46,10 +69,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         for (var t = t0; t < t1; t++) {
             let tok = s * t_ + t;
             let k = scan_tok(tok, row);
+            decay(&state, &a, k.dt);
             for (var r = 0u; r < 8u; r++) {
                 let n = lane + LANES * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.b, n, k.f.x) * k.xd;
+                    state[r] += ldbn(k.b, n, k.f.x) * k.xd;
                 }
             }
             span += k.dt;
@@ -71,10 +95,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             }
         }
         for (var k = 0u; k < c; k++) {
+            decay(&state, &a, spans[k]);
             for (var r = 0u; r < 8u; r++) {
                 let n = lane + LANES * r;
                 if (n < n_) {
-                    state[r] = state[r] * exp(spans[k] * a[r]) + ends[k * 128u + n];
+                    state[r] += ends[k * 128u + n];
                 }
             }
         }
@@ -82,32 +107,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     // every thread has read the initial state before the last chunk writes the new one over
     // it (in place, the two are one cache row)
     workgroupBarrier();
-    for (var i = 0u; i < len; i++) {
-        let t = t0 + i;
-        let live = ok && t < t1;
-        let tok = s * t_ + t;
-        var part = 0.0;
-        if (live) {
-            let k = scan_tok(tok, row);
-            for (var r = 0u; r < 8u; r++) {
-                let n = lane + LANES * r;
-                if (n < n_) {
-                    state[r] = state[r] * exp(k.dt * a[r]) + ldbn(k.b, n, k.f.x) * k.xd;
-                    part += state[r] * ldcn(k.c, n, k.f.y);
+    for (var i0 = 0u; i0 < len; i0 += BATCH) {
+        for (var j = 0u; j < BATCH; j++) {
+            let t = t0 + i0 + j;
+            var part = 0.0;
+            if (ok && t < t1) {
+                let k = scan_tok(s * t_ + t, row);
+                decay(&state, &a, k.dt);
+                for (var r = 0u; r < 8u; r++) {
+                    let n = lane + LANES * r;
+                    if (n < n_) {
+                        state[r] += ldbn(k.b, n, k.f.x) * k.xd;
+                        part += state[r] * ldcn(k.c, n, k.f.y);
+                    }
                 }
             }
+            ends[c * CW + j * RW + lane] = part;
         }
-        red[lid.x] = part;
         workgroupBarrier();
-        for (var w = LANES / 2u; w > 0u; w >>= 1u) {
-            if (lane < w) {
-                red[lid.x] += red[lid.x + w];
+        // a thread per (chunk, token) of the batch sums its 16 parts
+        if (ok && lid.x < CHUNKS * BATCH) {
+            let cc = lid.x / BATCH;
+            let j = lid.x % BATCH;
+            let c0 = min(cc * len, t_);
+            let t = c0 + i0 + j;
+            if (t < min(c0 + len, t_)) {
+                var y = 0.0;
+                for (var l = 0u; l < LANES; l++) {
+                    y += ends[cc * CW + j * RW + l];
+                }
+                let o = scan_out(s * t_ + t, row);
+                st(pu(13u) + o, epi(o, y));
             }
-            workgroupBarrier();
-        }
-        if (live && lane == 0u) {
-            let o = scan_out(tok, row);
-            st(pu(13u) + o, epi(o, red[lid.x]));
         }
         workgroupBarrier();
     }
