@@ -29,10 +29,11 @@ pub const SPLIT_ATTENTION_BELOW: usize = 256;
 /// chunks put more workgroups on the GPU and shorten each one's serial walk over its keys.
 pub const ATTENTION_CHUNK: usize = 16;
 
-/// Attentions over at least this many queries (a prompt's) whose heads have at most 128 dims
-/// and that neither store nor rope run as `attention_rows`: blocks of 8 queries, each tile of
-/// keys and values staged once per block (unless their rows are few enough for the split,
-/// which spreads a long row of keys wider: a short prompt after a long cached prefix).
+/// Attentions over at least this many queries (a prompt's) whose heads have at most 256 dims
+/// and that neither store nor rope run as `attention_rows`: blocks of 16 queries (8 where a
+/// head has over 128 dims), each tile of keys and values staged once per block (unless their
+/// rows are few enough for the split, which spreads a long row of keys wider: a short prompt
+/// after a long cached prefix).
 pub const ATTENTION_ROWS_FROM: usize = 8;
 
 /// A mixture's product over at least this many (token, slot) rows per expert, on average, runs
@@ -550,15 +551,17 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                 ]);
                 (Kernel::Attention, p, rows as u32)
             } else if qd[0] >= ATTENTION_ROWS_FROM
-                && qd[2] <= 128
-                && vd[2] <= 128
+                && qd[2] <= 256
+                && vd[2] <= 256
                 && !*stores
                 && rope.is_none()
                 && opts.attention_rows
             {
-                // a prompt's queries by blocks, the keys staged once for a block
-                p.extend([0, 0, 0, 0]);
-                let groups = qd[0].div_ceil(8) * qd[1];
+                // a prompt's queries by blocks, the keys staged once for a block: the block's
+                // q rows and a chunk of K fit 16 KiB
+                let block = if qd[2].max(vd[2]) > 128 { 8 } else { 16 };
+                p.extend([block as u32, 0, 0, 0]);
+                let groups = qd[0].div_ceil(block) * qd[1];
                 (Kernel::AttentionRows, p, groups as u32)
             } else {
                 p.extend([0, 0, 0, 0]);

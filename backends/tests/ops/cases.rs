@@ -730,13 +730,19 @@ pub fn attention(be: &mut dyn Backend) {
         (DType::F16, true, false, false, (6, 13, 8, 1, 24, 64)),
         // (a long row of keys, masked: 150 of them)
         (DType::F32, true, true, false, (3, 150, 6, 2, 16, 40)),
-        // (prompts, which the GPU runs by blocks of 8 queries, tiles of 16 keys: 100 causal
-        // queries over 150 keys, the first blocks' limits leaving whole tiles out; the largest
-        // heads it takes, not causal; a grouped-query prompt after a cached prefix)
+        // (prompts, which the GPU runs by blocks of 16 queries (8 past 128 dims), tiles of 32
+        // keys: 100 causal queries over 150 keys, the first blocks' limits leaving whole tiles
+        // out; 128-dim heads, not causal; a grouped-query prompt after a cached prefix; heads
+        // of 75 and 40 dims (K staged in chunks of 32 dims, the last one partial; value
+        // threads left over); the largest heads it takes, and heads whose values are wider
+        // than their keys)
         // (at least 256 (query, head) rows: fewer split their keys instead)
         (DType::F16, true, true, true, (100, 150, 4, 1, 16, 24)),
         (DType::F32, false, false, false, (19, 19, 16, 4, 128, 128)),
         (DType::F16, true, false, true, (33, 40, 8, 2, 64, 64)),
+        (DType::F32, true, true, false, (32, 45, 8, 4, 75, 40)),
+        (DType::F16, true, false, true, (40, 40, 8, 2, 256, 256)),
+        (DType::F32, false, true, false, (24, 30, 12, 4, 40, 200)),
     ] {
         let mut c = Case::new();
         let (q, qn) = c.input(&mut rg, "q", &[t, hq, d]);

@@ -1,55 +1,72 @@
 // softmax(q·kᵀ·scale + mask)·v for a prompt (flash style, by blocks of queries): a workgroup
-// of 64 threads per (block of QB = 8 queries, head), keys in tiles of KT = 16 staged in
-// workgroup memory, so that a tile's keys and values are read once for eight queries (where
-// `attention` reads them again for every query). Per tile: the scores (a thread per query and
-// two of its keys, dot products over the staged rows), then each query's running max and the
-// weights (its thread), while every thread stages the tile's values over its keys; then each
-// thread adds the weighted values of output dims lid and lid + 64 for all eight queries.
-// Heads of at most 128 dims (q, k and v); no stores or rope (decode's forms, `attention`).
+// of 128 threads per (block of BQ queries, head), keys in tiles of 32, so that a tile's keys
+// and values are read once for the block (where `attention` reads them again for every query)
+// and both products are spread over all the threads:
+// - scores: a thread per (query, key of every 128 / BQ-th), its 32 / (128 / BQ) scores summed
+//   over the staged q rows and K (in chunks of 32 dims where the head's K does not fit), dot
+//   products of vectors of 4;
+// - softmax: each thread keeps its query's running max and its own part of the sum; the tile's
+//   max goes through workgroup memory (no thread walks a query's keys alone);
+// - weighted values: a thread per (vector of 4 output dims, group of queries), V staged in as
+//   many keys as fit.
+// BQ is 16 for heads of at most 128 dims, 8 up to 256 (param 27, the lowering's), so that q
+// and a chunk of K fit the 16 KiB of workgroup memory every adapter offers. No stores or rope
+// (decode's forms, `attention`).
 // Sources: 0 q [T, Hq, D], 1 k [Tk, Hkv, D], 2 v [Tk, Hkv, Dv], then `ldmask` and `ldgate`
 // when present; `emit` (the generator's) writes an output through the gate. Params:
 // `attention`'s (0 T, 1 Hq, 2 D, 3 Tk, 4 Hkv, 5 Dv, 6 scale (f32 bits), 7 causal, 8 masked,
 // 9 gated, 10 q_off, 11 k_off, 12 v_off, 13 mask_off, 14 gate_off, 15 out_off, 20 rope (0
-// here), 24.. the gate's three strides).
+// here), 24.. the gate's three strides), 27 BQ.
 
-const QB: u32 = 8u;
-const KT: u32 = 16u;
-// a staged row's stride: one word past 128, so that a warp's reads of different rows at one
-// dim fall in different banks
-const RS: u32 = 129u;
+const BK: u32 = 32u;
 const NEG: f32 = -3.0e38;
+// vectors of workgroup memory shared by the q rows (BQ × (D / 4 + 1)) and the staged K chunk
+// or V rows (what is left: at least 32 × 9)
+const SH: u32 = 816u;
+var<workgroup> sh: array<vec4<f32>, 816>;
+// the tile's weights [key, query]
+var<workgroup> pt: array<f32, 512>;
+// per thread: its scores' max, at the end its part of the sum
+var<workgroup> part: array<f32, 128>;
+// per query: the tile's correction of the running sums
+var<workgroup> cs: array<f32, 16>;
 
-var<workgroup> qs: array<f32, 1032>;
-var<workgroup> kv: array<f32, 2064>;
-var<workgroup> sc: array<f32, 128>;
-var<workgroup> rmax: array<f32, 8>;
-var<workgroup> rsum: array<f32, 8>;
-var<workgroup> rcorr: array<f32, 8>;
+fn ldx(which: u32, i: u32) -> f32 {
+    if (which == 0u) {
+        return ld0(i);
+    }
+    if (which == 1u) {
+        return ld1(i);
+    }
+    return ld2(i);
+}
 
-// rows tile .. tile + KT of KV head kh of k (which 1, rows of d) or v (2, rows of dv) staged
-// in `kv`, zeros past the last key
-fn stage(which: u32, tile: u32, kh: u32, width: u32, lid: u32) {
-    let tk = pu(3u);
-    // (a row's dims by consecutive threads: no division by the width)
-    for (var kk = 0u; kk < KT; kk++) {
-        let j = tile + kk;
-        let row = (j * pu(4u) + kh) * width;
-        for (var e = lid; e < width; e += 64u) {
-            var v = 0.0;
-            if (j < tk) {
-                if (which == 1u) {
-                    v = ld1(pu(11u) + row + e);
-                } else {
-                    v = ld2(pu(12u) + row + e);
+// `rows` rows of source `which` (row r at element off + r·rs, `width` elements, zeros past it
+// and for rows from `valid` on) into sh[dst + r·ds ..] as w4 vectors of 4, a thread per
+// vector: the threads take columns lid % w4 of rows lid / w4, + 128 / w4, …
+fn stage(which: u32, off: u32, rs: u32, valid: u32, width: u32, w4: u32, rows: u32, dst: u32, ds: u32, lid: u32) {
+    let per = 128u / w4;
+    if (lid >= per * w4) {
+        return;
+    }
+    let c = lid % w4;
+    for (var r = lid / w4; r < rows; r += per) {
+        var v = vec4<f32>(0.0);
+        if (r < valid) {
+            for (var i = 0u; i < 4u; i++) {
+                let e = 4u * c + i;
+                if (e < width) {
+                    v[i] = ldx(which, off + r * rs + e);
                 }
             }
-            kv[kk * RS + e] = v;
         }
+        sh[dst + r * ds + c] = v;
     }
 }
 
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let lid = lid3.x;
     let gw = wid.y * nwg.x + wid.x;
     let t_ = pu(0u);
     let hq = pu(1u);
@@ -58,111 +75,146 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let hkv = pu(4u);
     let dv = pu(5u);
     let causal = pu(7u) == 1u;
+    let bq = pu(27u);
     let h = gw % hq;
-    let t0 = (gw / hq) * QB;
+    let t0 = (gw / hq) * bq;
     let kh = h / (hq / hkv);
-    for (var i = lid.x; i < QB * d; i += 64u) {
-        let q = i / d;
-        let e = i % d;
-        var v = 0.0;
-        if (t0 + q < t_) {
-            v = ld0(pu(10u) + ((t0 + q) * hq + h) * d + e);
-        }
-        qs[q * RS + e] = v;
+    // the layout: q rows of qs vectors, then the K chunk (rows of dc4 + 1 vectors) or V rows
+    let d4 = (d + 3u) / 4u;
+    let qs = d4 + 1u;
+    let kb = bq * qs;
+    let room = SH - kb;
+    var dc4 = d4;
+    if (BK * (d4 + 1u) > room) {
+        dc4 = 8u;
     }
-    if (lid.x < QB) {
-        rmax[lid.x] = NEG;
-        rsum[lid.x] = 0.0;
+    let ks = dc4 + 1u;
+    let dv4 = (dv + 3u) / 4u;
+    var vk = BK;
+    while (vk * dv4 > room) {
+        vk >>= 1u;
     }
+    // the score threads: query sq, keys sk, sk + tpq, …
+    let tpq = 128u / bq;
+    let kpt = BK / tpq;
+    let sq = lid / tpq;
+    let sk = lid % tpq;
+    // the value threads: vector db of output dims, queries g, g + pg, … (qpt of them)
+    let pg = 128u / dv4;
+    let g = lid / dv4;
+    let db = lid % dv4;
+    let qpt = (bq + pg - 1u) / pg;
+    let vt = g < pg;
+    stage(0u, pu(10u) + (t0 * hq + h) * d, hq * d, select(0u, t_ - t0, t0 < t_), d, d4, bq, 0u, qs, lid);
     // the keys the block's queries see: all, or (causal) up to its last query's limit
     var kend = tk;
     if (causal) {
-        kend = min(tk, min(t0 + QB, t_) + tk - t_);
+        kend = min(tk, min(t0 + bq, t_) + tk - t_);
     }
-    var acc: array<f32, 16>;
-    for (var r = 0u; r < 16u; r++) {
-        acc[r] = 0.0;
-    }
-    // (the score thread's query and its limit)
-    let sq = lid.x / 8u;
     let st_ = t0 + sq;
     var limit = tk - 1u;
     if (causal) {
         limit = st_ + tk - t_;
     }
-    workgroupBarrier();
-    for (var tile = 0u; tile < kend; tile += KT) {
-        stage(1u, tile, kh, d, lid.x);
-        workgroupBarrier();
-        for (var r = 0u; r < 2u; r++) {
-            let kk = lid.x % 8u + 8u * r;
-            let j = tile + kk;
-            var s = NEG;
-            if (st_ < t_ && j < tk && j <= limit) {
-                var dot = 0.0;
-                for (var e = 0u; e < d; e++) {
-                    dot += qs[sq * RS + e] * kv[kk * RS + e];
-                }
-                s = dot * pf(6u);
-                if (pu(8u) == 1u) {
-                    s += ldmask(pu(13u) + st_ * tk + j);
-                }
-                s = max(s, NEG);
-            }
-            sc[sq * KT + kk] = s;
-        }
-        workgroupBarrier();
-        stage(2u, tile, kh, dv, lid.x);
-        if (lid.x < QB) {
-            let q = lid.x;
-            let m = rmax[q];
-            var tm = NEG;
-            for (var kk = 0u; kk < KT; kk++) {
-                tm = max(tm, sc[q * KT + kk]);
-            }
-            let mn = max(m, tm);
-            var corr = 0.0;
-            if (m > NEG) {
-                corr = exp(m - mn);
-            }
-            var sum = 0.0;
-            for (var kk = 0u; kk < KT; kk++) {
-                let s = sc[q * KT + kk];
-                var p = 0.0;
-                if (s > NEG) {
-                    p = exp(s - mn);
-                }
-                sc[q * KT + kk] = p;
-                sum += p;
-            }
-            rsum[q] = rsum[q] * corr + sum;
-            rmax[q] = mn;
-            rcorr[q] = corr;
-        }
-        workgroupBarrier();
-        for (var q = 0u; q < QB; q++) {
-            let corr = rcorr[q];
-            for (var r = 0u; r < 2u; r++) {
-                let dd = lid.x + 64u * r;
-                var a = acc[q * 2u + r] * corr;
-                if (dd < dv) {
-                    for (var kk = 0u; kk < KT; kk++) {
-                        // (a key the query does not see adds nothing, whatever its row holds)
-                        let p = sc[q * KT + kk];
-                        a += select(0.0, p * kv[kk * RS + dd], p > 0.0);
+    var m = NEG;
+    var l = 0.0;
+    var acc: array<vec4<f32>, 4>;
+    for (var tile = 0u; tile < kend; tile += BK) {
+        let left = tk - tile;
+        var s = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+        for (var c0 = 0u; c0 < d4; c0 += dc4) {
+            let n4 = min(dc4, d4 - c0);
+            stage(1u, pu(11u) + (tile * hkv + kh) * d + 4u * c0, hkv * d, left, d - 4u * c0, n4, BK, kb, ks, lid);
+            workgroupBarrier();
+            for (var e4 = 0u; e4 < n4; e4++) {
+                let qv = sh[sq * qs + c0 + e4];
+                for (var r = 0u; r < 4u; r++) {
+                    if (r < kpt) {
+                        s[r] += dot(qv, sh[kb + (sk + tpq * r) * ks + e4]);
                     }
                 }
-                acc[q * 2u + r] = a;
+            }
+            workgroupBarrier();
+        }
+        var tm = NEG;
+        for (var r = 0u; r < 4u; r++) {
+            let j = tile + sk + tpq * r;
+            var v = NEG;
+            if (r < kpt && st_ < t_ && j < tk && j <= limit) {
+                v = s[r] * pf(6u);
+                if (pu(8u) == 1u) {
+                    v += ldmask(pu(13u) + st_ * tk + j);
+                }
+                v = max(v, NEG);
+            }
+            s[r] = v;
+            tm = max(tm, v);
+        }
+        part[lid] = tm;
+        workgroupBarrier();
+        for (var i = 0u; i < tpq; i++) {
+            tm = max(tm, part[sq * tpq + i]);
+        }
+        let mn = max(m, tm);
+        var corr = 0.0;
+        if (m > NEG) {
+            corr = exp(m - mn);
+        }
+        var sum = 0.0;
+        for (var r = 0u; r < 4u; r++) {
+            if (r < kpt) {
+                var p = 0.0;
+                if (s[r] > NEG) {
+                    p = exp(s[r] - mn);
+                }
+                pt[(sk + tpq * r) * bq + sq] = p;
+                sum += p;
             }
         }
+        l = l * corr + sum;
+        m = mn;
+        if (sk == 0u) {
+            cs[sq] = corr;
+        }
         workgroupBarrier();
+        for (var i = 0u; i < 4u; i++) {
+            let q = g + pg * i;
+            if (vt && i < qpt && q < bq) {
+                acc[i] *= cs[q];
+            }
+        }
+        for (var v0 = 0u; v0 < min(BK, kend - tile); v0 += vk) {
+            stage(2u, pu(12u) + ((tile + v0) * hkv + kh) * dv, hkv * dv, select(0u, left - v0, v0 < left), dv, dv4, vk, kb, dv4, lid);
+            workgroupBarrier();
+            if (vt) {
+                for (var kk = 0u; kk < vk; kk++) {
+                    let vv = sh[kb + kk * dv4 + db];
+                    for (var i = 0u; i < 4u; i++) {
+                        let q = g + pg * i;
+                        if (i < qpt && q < bq) {
+                            // (a key the query does not see adds nothing, whatever its row holds)
+                            let p = pt[(v0 + kk) * bq + q];
+                            acc[i] += select(vec4<f32>(0.0), p * vv, p > 0.0);
+                        }
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
     }
-    for (var q = 0u; q < QB; q++) {
-        if (t0 + q < t_) {
-            for (var r = 0u; r < 2u; r++) {
-                let dd = lid.x + 64u * r;
+    part[lid] = l;
+    workgroupBarrier();
+    for (var i = 0u; i < 4u; i++) {
+        let q = g + pg * i;
+        if (vt && i < qpt && q < bq && t0 + q < t_) {
+            var sum = 0.0;
+            for (var j = 0u; j < tpq; j++) {
+                sum += part[q * tpq + j];
+            }
+            for (var c = 0u; c < 4u; c++) {
+                let dd = 4u * db + c;
                 if (dd < dv) {
-                    emit(t0 + q, h, dd, acc[q * 2u + r], rsum[q]);
+                    emit(t0 + q, h, dd, acc[i][c], sum);
                 }
             }
         }
