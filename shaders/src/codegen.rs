@@ -1022,7 +1022,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str(&group_sum(spec)?);
         for &j in &weights {
             let (home, dtype) = (spec.sources[j].home, spec.sources[j].dtype);
-            out.push_str(&quad_dot(j, home, dtype));
+            out.push_str(&quad_dot(j, home, dtype, spec.matvec_blocks));
         }
         if k == Kernel::MatMulCat {
             out.push_str(

@@ -305,6 +305,9 @@ pub struct Spec {
     pub x_prog: Option<Box<XProgSpec>>,
     /// Ids (`ldi{src}`) chosen in the kernel as the top k of rows of logits (see [`TopKSpec`]).
     pub top_k: Option<TopKSpec>,
+    /// Mat-vecs read Q4_K and Q5_K weights a unit of 32 at a time rather than by quads
+    /// (`quant::unit_body`; on by default, off for measuring: `WEFT_MATVEC_BLOCKS=0`).
+    pub matvec_blocks: bool,
 }
 
 /// See [`Spec::top_k`]: source `src` holds F32 logits, rows of `row` contiguous elements
@@ -429,6 +432,7 @@ impl Spec {
             x_prog: None,
             bc_norm: None,
             top_k: None,
+            matvec_blocks: true,
         }
     }
 }

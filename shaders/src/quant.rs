@@ -94,8 +94,11 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
 /// for the quad path (a quantized block, so that a quad's block is the row's own).
 /// `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole row's dot
 /// product: by quads when the row is aligned, element by element otherwise.
+/// With `blocks`, weights whose blocks have a unit decoder ([`unit_body`]: Q4_K, Q5_K) are
+/// read a unit at a time instead (`unitsj`): lane `l` takes units `l`, `l + T`, … of the row,
+/// two a step.
 /// [`QUAD_HELPERS`] must be emitted once before any of them, and `x4a` defined.
-pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
+pub fn quad_dot(j: usize, home: Home, dtype: DType, blocks: bool) -> String {
     let (align, body) = match home {
         Home::External(b) => quad_body(b, dtype),
         Home::Arena => None,
@@ -154,6 +157,23 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
             masked = step(true),
         ));
     }
+    let units = match home {
+        Home::External(b) if blocks => unit_body(b, dtype),
+        _ => None,
+    };
+    let aligned = match units {
+        Some((per, elems, body)) => {
+            s.push_str(&units_dot(j, per, elems, &body));
+            format!(
+                "    if (xrow % 4u == 0u) {{ return units{j}a(wrow / {elems}u * {per}u, xrow, k_ / {elems}u * {per}u, lane); }}\n\
+                 \x20   return units{j}(wrow / {elems}u * {per}u, xrow, k_ / {elems}u * {per}u, lane);\n"
+            )
+        }
+        None => format!(
+            "    if (xrow % 4u == 0u) {{ return quads{j}a(wrow / 4u, xrow, k_ / 4u, lane); }}\n\
+             \x20   return quads{j}(wrow / 4u, xrow, k_ / 4u, lane);\n"
+        ),
+    };
     s.push_str(&format!(
         "fn row_dot{j}(wrow: u32, xrow: u32, lane: u32) -> f32 {{\n\
          \x20   let k_ = pu(2u);\n\
@@ -162,11 +182,85 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType) -> String {
          \x20       for (var k = lane; k < k_; k += T) {{ acc += ld0(xrow + k) * ld{j}(wrow + k); }}\n\
          \x20       return acc;\n\
          \x20   }}\n\
-         \x20   if (xrow % 4u == 0u) {{ return quads{j}a(wrow / 4u, xrow, k_ / 4u, lane); }}\n\
-         \x20   return quads{j}(wrow / 4u, xrow, k_ / 4u, lane);\n\
+         {aligned}\
          }}\n"
     ));
     s
+}
+
+/// `wuj(u, xb)`, the dot product of unit `u` of weight source `j` (counted from the binding's
+/// start; `per` units to a block of `elems` elements) with x, whose block starts at element
+/// `xb`, for each of x's loaders (`a`: `x4a`, else `x4`); and `unitsj(u0, xrow, nu, lane)`,
+/// lane `lane`'s share of a row of `nu` units from unit `u0`, two units a step.
+fn units_dot(j: usize, per: u32, elems: u32, body: &str) -> String {
+    let mut s = String::new();
+    for (suffix, x) in [("a", "x4a"), ("", "x4")] {
+        s.push_str(&format!(
+            "fn wu{j}{suffix}(ug: u32, xb: u32) -> f32 {{\n    {}\n}}\n\
+             fn units{j}{suffix}(u0: u32, xrow: u32, nu: u32, lane: u32) -> f32 {{\n\
+             \x20   var a0 = 0.0;\n\
+             \x20   var a1 = 0.0;\n\
+             \x20   var u = lane;\n\
+             \x20   for (; u + T < nu; u += 2u * T) {{\n\
+             \x20       a0 += wu{j}{suffix}(u0 + u, xrow + {elems}u * (u / {per}u));\n\
+             \x20       a1 += wu{j}{suffix}(u0 + u + T, xrow + {elems}u * ((u + T) / {per}u));\n\
+             \x20   }}\n\
+             \x20   if (u < nu) {{\n\
+             \x20       a0 += wu{j}{suffix}(u0 + u, xrow + {elems}u * (u / {per}u));\n\
+             \x20   }}\n\
+             \x20   return a0 + a1;\n\
+             }}\n",
+            body.replace("X(", &format!("{x}("))
+        ));
+    }
+    s
+}
+
+/// (units per block, elements per block, body) of `wu` ([`units_dot`]) for a weight of `dtype`
+/// in external binding `b`, where a unit decodes with fewer instructions per weight than
+/// quads do: the body reads unit `ug` and x's vectors `X(i)` from its block's first element
+/// `xb`, and returns their dot product.
+///
+/// Q4_K and Q5_K: a unit is 16 bytes of a pair of 32-element sub-blocks (c): their 4 words'
+/// low nibbles are 16 values of the first sub-block, the high nibbles the same 16 of the
+/// second, so one unit reads d and dmin, the scales' three words and both sub-blocks' scale
+/// and min once for 32 weights, and sums q·x and x per sub-block before scaling.
+pub fn unit_body(b: u32, dtype: DType) -> Option<(u32, u32, String)> {
+    let (words, qs) = match dtype {
+        DType::Q4K => (36, 4),
+        DType::Q5K => (44, 12),
+        _ => return None,
+    };
+    let mut body = format!(
+        "let blk = ug / 8u; let c = (ug % 8u) / 2u; let i = ug % 2u; let w = blk * {words}u; \
+         let dm = unpack2x16float(e{b}[w]); let sm = ksm(e{b}[w + 1u], e{b}[w + 2u], e{b}[w + 3u], c); \
+         let qw = w + {qs}u + 8u * c + 4u * i; let xo = xb + 64u * c + 16u * i; \
+         var dl = vec4<f32>(0.0); var dh = vec4<f32>(0.0); var sl = vec4<f32>(0.0); var sh = vec4<f32>(0.0);"
+    );
+    for k in 0..4 {
+        let (lo, hi) = if dtype == DType::Q5K {
+            // the fifth bits: bit 2c (first sub-block) and 2c + 1 of the bytes at 16 + l
+            body.push_str(&format!(
+                " let h{k} = e{b}[w + 4u + 4u * i + {k}u] >> (2u * c);"
+            ));
+            (
+                format!("(nib(q{k}) + 16.0 * bit4(h{k}))"),
+                format!("(nib(q{k} >> 4u) + 16.0 * bit4(h{k} >> 1u))"),
+            )
+        } else {
+            (format!("nib(q{k})"), format!("nib(q{k} >> 4u)"))
+        };
+        body.push_str(&format!(
+            " let q{k} = e{b}[qw + {k}u]; let xl{k} = X(xo + {}u); let xh{k} = X(xo + {}u); \
+             dl += {lo} * xl{k}; dh += {hi} * xh{k}; sl += xl{k}; sh += xh{k};",
+            4 * k,
+            32 + 4 * k
+        ));
+    }
+    body.push_str(
+        " return dm.x * (sm.x * hsum(dl) + sm.z * hsum(dh)) - dm.y * (sm.y * hsum(sl) + sm.w * hsum(sh));",
+    );
+    Some((8, 256, body))
 }
 
 /// Quads a mat-vec lane keeps in flight a step ([`quad_dot`]).
@@ -196,6 +290,18 @@ fn nib(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 15u), f32((w >> 8u) & 15u
 fn hb4(h: u32) -> vec4<f32> { return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u)); }
 fn bit4(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 1u), f32((w >> 8u) & 1u), f32((w >> 16u) & 1u), f32((w >> 24u) & 1u)); }
 fn i8x4(w: u32) -> vec4<f32> { return vec4<f32>(f32(bitcast<i32>(w << 24u) >> 24u), f32(bitcast<i32>(w << 16u) >> 24u), f32(bitcast<i32>(w << 8u) >> 24u), f32(bitcast<i32>(w) >> 24u)); }
+fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
+// a K-quant block's scales and mins of sub-blocks 2c and 2c + 1 (6 bits each, in the 12 bytes
+// s0, s1, s2): (scale, min, scale, min)
+fn ksm(s0: u32, s1: u32, s2: u32, c: u32) -> vec4<f32> {
+    let sh = 16u * (c % 2u);
+    let a = s0 >> sh;
+    let b = s1 >> sh;
+    let d = s2 >> sh;
+    let lo = vec4<u32>(a & 63u, b & 63u, (a >> 8u) & 63u, (b >> 8u) & 63u);
+    let hi = vec4<u32>((d & 15u) | (((a >> 6u) & 3u) << 4u), ((d >> 4u) & 15u) | (((b >> 6u) & 3u) << 4u), ((d >> 8u) & 15u) | (((a >> 14u) & 3u) << 4u), ((d >> 12u) & 15u) | (((b >> 14u) & 3u) << 4u));
+    return vec4<f32>(select(hi, lo, c < 2u));
+}
 fn q6x4(lo: u32, hi: u32) -> vec4<f32> { return nib(lo) + 16.0 * vec4<f32>(f32(hi & 3u), f32((hi >> 8u) & 3u), f32((hi >> 16u) & 3u), f32((hi >> 24u) & 3u)) - 32.0; }
 ";
 

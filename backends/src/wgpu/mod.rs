@@ -92,6 +92,8 @@ pub struct WgpuBackend {
     /// `WEFT_ATTENTION_ROWS=0`: prompts' attention a workgroup per query
     /// (`LowerOptions::attention_rows`).
     attention_rows: bool,
+    /// `WEFT_MATVEC_BLOCKS=0`: mat-vecs read every weight dtype by quads (`Spec::matvec_blocks`).
+    matvec_blocks: bool,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -149,6 +151,7 @@ impl WgpuBackend {
                 .map(|c| if c == 0 { 0 } else { c.clamp(16, 64) })
                 .unwrap_or(lower::ATTENTION_CHUNK),
             attention_rows: std::env::var("WEFT_ATTENTION_ROWS").as_deref() != Ok("0"),
+            matvec_blocks: std::env::var("WEFT_MATVEC_BLOCKS").as_deref() != Ok("0"),
         })
     }
 
@@ -278,6 +281,7 @@ impl WgpuBackend {
     fn pipeline(&mut self, low: &Lowered) -> Result<Arc<wgpu::ComputePipeline>> {
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
+        spec.matvec_blocks = self.matvec_blocks;
         // prompts on tensor cores where the device was opened with them (same parameters,
         // tiles and workgroup count as `matmul_rows`)
         if spec.kernel == Kernel::MatMulRows && self.uses_cooperative_matrices() {

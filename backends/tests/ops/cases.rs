@@ -359,27 +359,29 @@ pub fn matmul_cat(be: &mut dyn Backend) {
 /// A residual added to a matmul's output folds into the matmul (`matmul_add`): the fused
 /// plan has no `add` left, and every plan setting matches the reference.
 /// A matmul reads x as the first columns of a wider row (a projection's), through its row
-/// stride, with no copy: several rows in batches (`matmul_rows`) and one row (`matmul`), F16 and
-/// Q8_0 weights.
+/// stride, with no copy: several rows in batches (`matmul_rows`) and one row (`matmul`), F16,
+/// Q8_0 and Q4_K weights; the Q4_K rows start off a 4-element boundary (x read element by
+/// element, not as vectors of 4).
 pub fn matmul_strided(be: &mut dyn Backend) {
     let mut rg = rng(73);
-    for (dims, dtype) in [
-        ([2, 5], DType::F16),
-        ([1, 70], DType::Q8_0),
-        ([1, 1], DType::F16),
+    for (dims, dtype, k, off) in [
+        ([2, 5], DType::F16, 64, 16),
+        ([1, 70], DType::Q8_0, 64, 16),
+        ([1, 1], DType::F16, 64, 16),
+        ([1, 1], DType::Q4K, 512, 18),
     ] {
-        let (k, n) = (64, 24);
+        let n = 24;
         let mut c = Case::new();
-        let (wide, widen) = c.input(&mut rg, "wide", &[dims[0], dims[1], k + 16]);
+        let (wide, widen) = c.input(&mut rg, "wide", &[dims[0], dims[1], k + off]);
         let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, k], dtype);
-        let x = c.b.slice(wide, 2, 16, k).unwrap();
+        let x = c.b.slice(wide, 2, off, k).unwrap();
         let y = c.b.matmul(x, w).unwrap();
         c.output(y, "y");
         let ops = scheduled(c.b.graph(), true);
         assert_eq!(ops, ["mul_mat"], "{dims:?}");
         let rows = dims[0] * dims[1];
         let v = (0..rows)
-            .flat_map(|r| widen.data[r * (k + 16) + 16..(r + 1) * (k + 16)].to_vec())
+            .flat_map(|r| widen.data[r * (k + off) + off..(r + 1) * (k + off)].to_vec())
             .collect();
         let xn = Nd::new(&[dims[0], dims[1], k], v);
         let want = r::matmul(&seen_activations(be, dtype, &xn), &wn);
