@@ -7,6 +7,8 @@ use weft_graph::DType;
 pub fn byte_helpers(b: u32) -> String {
     format!(
         "fn b{b}_u8(i: u32) -> u32 {{ return (e{b}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu; }}\n\
+         fn b{b}_w(a: u32) -> u32 {{ let i = a >> 2u; let lo = e{b}[i]; let hi = e{b}[min(i + 1u, arrayLength(&e{b}) - 1u)]; \
+         return select(lo, (lo >> 16u) | (hi << 16u), (a & 2u) != 0u); }}\n\
          fn b{b}_f16(i: u32) -> f32 {{ return unpack2x16float(e{b}[i >> 2u] >> ((i & 2u) * 8u)).x; }}\n\
          fn b{b}_sm(sc: u32, j: u32) -> vec2<u32> {{\n\
          \x20   if (j < 4u) {{ return vec2<u32>(b{b}_u8(sc + j) & 63u, b{b}_u8(sc + j + 4u) & 63u); }}\n\
@@ -94,9 +96,9 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
 /// for the quad path (a quantized block, so that a quad's block is the row's own).
 /// `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole row's dot
 /// product: by quads when the row is aligned, element by element otherwise.
-/// With `blocks`, weights whose blocks have a unit decoder ([`unit_body`]: Q4_K, Q5_K) are
-/// read a unit at a time instead (`unitsj`): lane `l` takes units `l`, `l + T`, … of the row,
-/// two a step.
+/// With `blocks`, weights whose blocks have a unit decoder ([`unit_body`]: quantized, not
+/// Q8_0) are read a unit at a time instead (`unitsj`): lane `l` takes units `l`, `l + T`, … of
+/// the row, two a step.
 /// [`QUAD_HELPERS`] must be emitted once before any of them, and `x4a` defined.
 pub fn quad_dot(j: usize, home: Home, dtype: DType, blocks: bool) -> String {
     let (align, body) = match home {
@@ -219,48 +221,168 @@ fn units_dot(j: usize, per: u32, elems: u32, body: &str) -> String {
 /// (units per block, elements per block, body) of `wu` ([`units_dot`]) for a weight of `dtype`
 /// in external binding `b`, where a unit decodes with fewer instructions per weight than
 /// quads do: the body reads unit `ug` and x's vectors `X(i)` from its block's first element
-/// `xb`, and returns their dot product.
+/// `xb`, and returns their dot product. Every unit loads its block's scales once for 32
+/// weights and sums q·x (and x, where the block has an offset or a min) before scaling.
+/// Blocks of 18, 22 or 210 bytes start on 2-byte boundaries: n words are funnelled from n + 1
+/// loads, branch-free (neighbouring lanes' blocks alternate).
+/// Q8_0 keeps quads: on lavapipe (one weight, runs alternating with quads) its units, a block
+/// each, took 1.17× the time at 2,048 columns and 0.94–0.95× at 5,632–8,192, where the other
+/// formats' took 0.63–1.04× at 2,048 and 0.52–0.84× at 5,632–8,192: its decode is the sign
+/// extensions either way.
 ///
-/// Q4_K and Q5_K: a unit is 16 bytes of a pair of 32-element sub-blocks (c): their 4 words'
-/// low nibbles are 16 values of the first sub-block, the high nibbles the same 16 of the
-/// second, so one unit reads d and dmin, the scales' three words and both sub-blocks' scale
-/// and min once for 32 weights, and sums q·x and x per sub-block before scaling.
+/// - 32-element formats but Q8_0: a unit is a block. 4-bit values: word k's low nibbles are
+///   elements 4k.., its high nibbles 16 + 4k..; Q5's fifth bits are bit e of the u32 `qh`.
+/// - Q4_K and Q5_K: a unit is 16 bytes of a pair of 32-element sub-blocks (c): their 4 words'
+///   low nibbles are 16 values of the first sub-block, the high nibbles the same 16 of the
+///   second; d, dmin, the scales' three words and both sub-blocks' scale and min load once.
+/// - Q6_K: a unit is 8 bytes (two words of l) of a half (n) of 128: its low-bit words at l and
+///   32 + l hold quarters 0 and 2, 1 and 3 (low and high nibbles), the bit pairs at 128 + l all
+///   four, whose scales (one per quarter for these l) load once.
 pub fn unit_body(b: u32, dtype: DType) -> Option<(u32, u32, String)> {
-    let (words, qs) = match dtype {
-        DType::Q4K => (36, 4),
-        DType::Q5K => (44, 12),
+    let f16 = |o: &str| format!("unpack2x16float(e{b}[({o}) >> 2u] >> ((({o}) & 2u) * 8u)).x");
+    // `n` words `{name}0..` from 2-aligned byte offset `at`: n + 1 loads (the last clamped to
+    // the binding), each word funnelled from two where `at` is off a word boundary
+    let funnel = |name: &str, at: &str, n: u32| {
+        let mut t = format!("let {name}a = ({at}) >> 2u; let {name}o = (({at}) & 2u) != 0u;");
+        for k in 0..n {
+            t.push_str(&format!(" let {name}l{k} = e{b}[{name}a + {k}u];"));
+        }
+        t.push_str(&format!(
+            " let {name}l{n} = e{b}[min({name}a + {n}u, arrayLength(&e{b}) - 1u)];"
+        ));
+        for k in 0..n {
+            t.push_str(&format!(
+                " let {name}{k} = select({name}l{k}, ({name}l{k} >> 16u) | ({name}l{} << 16u), {name}o);",
+                k + 1
+            ));
+        }
+        t
+    };
+    let mut body = String::new();
+    let mut push = |t: String| {
+        body.push(' ');
+        body.push_str(&t);
+    };
+    let four_bit = |push: &mut dyn FnMut(String), word: &dyn Fn(u32) -> String, high: bool| {
+        push("var dq = vec4<f32>(0.0); var sx = vec4<f32>(0.0);".into());
+        for k in 0..4 {
+            let (lo, hi) = if high {
+                (
+                    format!("nib(q{k}) + 16.0 * hb4(qh >> {}u)", 4 * k),
+                    format!("nib(q{k} >> 4u) + 16.0 * hb4(qh >> {}u)", 16 + 4 * k),
+                )
+            } else {
+                (format!("nib(q{k})"), format!("nib(q{k} >> 4u)"))
+            };
+            push(format!(
+                "let q{k} = {}; let xl{k} = X(xb + {}u); let xh{k} = X(xb + {}u); \
+                 dq += ({lo}) * xl{k} + ({hi}) * xh{k}; sx += xl{k} + xh{k};",
+                word(k),
+                4 * k,
+                16 + 4 * k
+            ));
+        }
+    };
+    let shape = match dtype {
+        DType::Q4_0 | DType::Q5_0 => {
+            let (bytes, qs, bias) = if dtype == DType::Q4_0 {
+                (18, 2, 8)
+            } else {
+                (22, 6, 16)
+            };
+            push(format!("let o = ug * {bytes}u; let d = {};", f16("o")));
+            if dtype == DType::Q5_0 {
+                push(format!("let qh = b{b}_w(o + 2u);"));
+            }
+            push(funnel("w", &format!("o + {qs}u"), 4));
+            four_bit(&mut push, &|k| format!("w{k}"), dtype == DType::Q5_0);
+            push(format!("return d * (hsum(dq) - {bias}.0 * hsum(sx));"));
+            (1, 32)
+        }
+        DType::Q4_1 | DType::Q5_1 => {
+            let (words, qs) = if dtype == DType::Q4_1 { (5, 1) } else { (6, 2) };
+            push(format!(
+                "let w = ug * {words}u; let dm = unpack2x16float(e{b}[w]);"
+            ));
+            if dtype == DType::Q5_1 {
+                push(format!("let qh = e{b}[w + 1u];"));
+            }
+            four_bit(
+                &mut push,
+                &|k| format!("e{b}[w + {}u]", qs + k),
+                dtype == DType::Q5_1,
+            );
+            push("return dm.x * hsum(dq) + dm.y * hsum(sx);".into());
+            (1, 32)
+        }
+        DType::Q4K | DType::Q5K => {
+            let (words, qs) = if dtype == DType::Q4K {
+                (36, 4)
+            } else {
+                (44, 12)
+            };
+            push(format!(
+                "let blk = ug / 8u; let c = (ug % 8u) / 2u; let i = ug % 2u; let w = blk * {words}u; \
+                 let dm = unpack2x16float(e{b}[w]); let sm = ksm(e{b}[w + 1u], e{b}[w + 2u], e{b}[w + 3u], c); \
+                 let qw = w + {qs}u + 8u * c + 4u * i; let xo = xb + 64u * c + 16u * i; \
+                 var dl = vec4<f32>(0.0); var dh = vec4<f32>(0.0); var sl = vec4<f32>(0.0); var sh = vec4<f32>(0.0);"
+            ));
+            for k in 0..4 {
+                let (lo, hi) = if dtype == DType::Q5K {
+                    // the fifth bits: bit 2c (first sub-block) and 2c + 1 of the bytes at 16 + l
+                    push(format!(
+                        "let h{k} = e{b}[w + 4u + 4u * i + {k}u] >> (2u * c);"
+                    ));
+                    (
+                        format!("(nib(q{k}) + 16.0 * bit4(h{k}))"),
+                        format!("(nib(q{k} >> 4u) + 16.0 * bit4(h{k} >> 1u))"),
+                    )
+                } else {
+                    (format!("nib(q{k})"), format!("nib(q{k} >> 4u)"))
+                };
+                push(format!(
+                    "let q{k} = e{b}[qw + {k}u]; let xl{k} = X(xo + {}u); let xh{k} = X(xo + {}u); \
+                     dl += {lo} * xl{k}; dh += {hi} * xh{k}; sl += xl{k}; sh += xh{k};",
+                    4 * k,
+                    32 + 4 * k
+                ));
+            }
+            push(
+                "return dm.x * (sm.x * hsum(dl) + sm.z * hsum(dh)) - dm.y * (sm.y * hsum(sl) + sm.w * hsum(sh));"
+                    .into(),
+            );
+            (8, 256)
+        }
+        DType::Q6K => {
+            push(format!(
+                "let o = (ug / 8u) * 210u; let n = (ug % 8u) / 4u; let l = 8u * (ug % 4u); \
+                 let d = {}; let sc = o + 192u + 8u * n + l / 16u; \
+                 let xo = xb + 128u * n + l; var a0 = vec4<f32>(0.0); var a1 = vec4<f32>(0.0); \
+                 var a2 = vec4<f32>(0.0); var a3 = vec4<f32>(0.0);",
+                f16("o + 208u")
+            ));
+            push(funnel("lo", "o + 64u * n + l", 2));
+            push(funnel("lh", "o + 64u * n + l + 32u", 2));
+            push(funnel("h", "o + 128u + 32u * n + l", 2));
+            for k in 0..2 {
+                let l = 4 * k;
+                push(format!(
+                    "a0 += q6x4(lo{k}, h{k}) * X(xo + {l}u); a1 += q6x4(lh{k}, h{k} >> 2u) * X(xo + {}u); \
+                     a2 += q6x4(lo{k} >> 4u, h{k} >> 4u) * X(xo + {}u); a3 += q6x4(lh{k} >> 4u, h{k} >> 6u) * X(xo + {}u);",
+                    32 + l,
+                    64 + l,
+                    96 + l
+                ));
+            }
+            push(format!(
+                "return d * ((i8s(b{b}_u8(sc)) * hsum(a0) + i8s(b{b}_u8(sc + 2u)) * hsum(a1)) \
+                 + (i8s(b{b}_u8(sc + 4u)) * hsum(a2) + i8s(b{b}_u8(sc + 6u)) * hsum(a3)));"
+            ));
+            (8, 256)
+        }
         _ => return None,
     };
-    let mut body = format!(
-        "let blk = ug / 8u; let c = (ug % 8u) / 2u; let i = ug % 2u; let w = blk * {words}u; \
-         let dm = unpack2x16float(e{b}[w]); let sm = ksm(e{b}[w + 1u], e{b}[w + 2u], e{b}[w + 3u], c); \
-         let qw = w + {qs}u + 8u * c + 4u * i; let xo = xb + 64u * c + 16u * i; \
-         var dl = vec4<f32>(0.0); var dh = vec4<f32>(0.0); var sl = vec4<f32>(0.0); var sh = vec4<f32>(0.0);"
-    );
-    for k in 0..4 {
-        let (lo, hi) = if dtype == DType::Q5K {
-            // the fifth bits: bit 2c (first sub-block) and 2c + 1 of the bytes at 16 + l
-            body.push_str(&format!(
-                " let h{k} = e{b}[w + 4u + 4u * i + {k}u] >> (2u * c);"
-            ));
-            (
-                format!("(nib(q{k}) + 16.0 * bit4(h{k}))"),
-                format!("(nib(q{k} >> 4u) + 16.0 * bit4(h{k} >> 1u))"),
-            )
-        } else {
-            (format!("nib(q{k})"), format!("nib(q{k} >> 4u)"))
-        };
-        body.push_str(&format!(
-            " let q{k} = e{b}[qw + {k}u]; let xl{k} = X(xo + {}u); let xh{k} = X(xo + {}u); \
-             dl += {lo} * xl{k}; dh += {hi} * xh{k}; sl += xl{k}; sh += xh{k};",
-            4 * k,
-            32 + 4 * k
-        ));
-    }
-    body.push_str(
-        " return dm.x * (sm.x * hsum(dl) + sm.z * hsum(dh)) - dm.y * (sm.y * hsum(sl) + sm.w * hsum(sh));",
-    );
-    Some((8, 256, body))
+    Some((shape.0, shape.1, body))
 }
 
 /// Quads a mat-vec lane keeps in flight a step ([`quad_dot`]).
@@ -290,6 +412,7 @@ fn nib(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 15u), f32((w >> 8u) & 15u
 fn hb4(h: u32) -> vec4<f32> { return vec4<f32>(f32(h & 1u), f32((h >> 1u) & 1u), f32((h >> 2u) & 1u), f32((h >> 3u) & 1u)); }
 fn bit4(w: u32) -> vec4<f32> { return vec4<f32>(f32(w & 1u), f32((w >> 8u) & 1u), f32((w >> 16u) & 1u), f32((w >> 24u) & 1u)); }
 fn i8x4(w: u32) -> vec4<f32> { return vec4<f32>(f32(bitcast<i32>(w << 24u) >> 24u), f32(bitcast<i32>(w << 16u) >> 24u), f32(bitcast<i32>(w << 8u) >> 24u), f32(bitcast<i32>(w) >> 24u)); }
+fn i8s(v: u32) -> f32 { return f32(bitcast<i32>(v << 24u) >> 24u); }
 fn hsum(v: vec4<f32>) -> f32 { return (v.x + v.y) + (v.z + v.w); }
 // a K-quant block's scales and mins of sub-blocks 2c and 2c + 1 (6 bits each, in the 12 bytes
 // s0, s1, s2): (scale, min, scale, min)
