@@ -298,7 +298,12 @@ fn ld{src}(i: u32) -> f32 {{ return f32(ldi{src}(i)); }}
 /// `prologue(xrow, lid)`, which every thread calls first: the row's sum of squares over 64
 /// lanes in the order `fused_norm` sums it, so both give the same factor.
 fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
-    let Some(XNormSpec { kind, weight }) = spec.x_norm else {
+    let Some(XNormSpec {
+        kind,
+        weight,
+        staged,
+    }) = spec.x_norm
+    else {
         return Ok(String::new());
     };
     if !spec.kernel.is_matvec() {
@@ -315,13 +320,63 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
         .collect::<Result<Vec<_>, ShaderError>>()?
         .join(", ");
     let factor = norm_factor(spec, kind, "k_")?;
+    // staged: the row's raw values kept as the sum of squares reads them, then scaled in place
+    // (the same products in the same order as the unstaged loaders')
+    let (loaders, stage) = if staged {
+        (
+            format!(
+                "var<workgroup> xw_: array<vec4<f32>, {}>;
+fn ld0(i: u32) -> f32 {{ let e = i - xbase_; return xw_[e >> 2u][e & 3u]; }}
+fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}
+fn keep_(j: u32, x: f32) {{ xw_[j >> 2u][j & 3u] = x; }}",
+                crate::X_STAGED_MAX / 4
+            ),
+            format!(
+                "    if (lid < 64u) {{
+        for (var q = lid; 4u * q < k_; q += 64u) {{
+            let e = 4u * q;
+            xw_[q] = xw_[q] * xs_ * vec4<f32>({w4});
+        }}
+    }}
+    workgroupBarrier();
+"
+            ),
+        )
+    } else {
+        (
+            format!(
+                "fn ld0(i: u32) -> f32 {{ return ld0raw(i) * xs_{w}; }}
+fn x4a(i: u32) -> vec4<f32> {{ let e = i - xbase_; return bitcast<vec4<f32>>(arena[i >> 2u]) * xs_ * vec4<f32>({w4}); }}"
+            ),
+            String::new(),
+        )
+    };
+    // the sum of squares' loads, eight a step (the staged row keeps each value it reads)
+    let mut loads = String::new();
+    let mut squares = String::new();
+    for u in 0..8 {
+        let at = if u == 0 {
+            String::new()
+        } else {
+            format!(" + {}u", 64 * u)
+        };
+        let _ = writeln!(loads, "            let x{u} = ld0raw(xrow + j{at});");
+        if staged {
+            let _ = writeln!(loads, "            keep_(j{at}, x{u});");
+        }
+        let _ = writeln!(squares, "            acc += x{u} * x{u};");
+    }
+    let keep = if staged {
+        "keep_(j, x);\n            "
+    } else {
+        ""
+    };
     Ok(format!(
         "var<private> xs_: f32 = 1.0;
 var<private> xbase_: u32 = 0u;
 var<workgroup> nrm_: array<f32, 64>;
 fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(aw(i)); }}
-fn ld0(i: u32) -> f32 {{ return ld0raw(i) * xs_{w}; }}
-fn x4a(i: u32) -> vec4<f32> {{ let e = i - xbase_; return bitcast<vec4<f32>>(arena[i >> 2u]) * xs_ * vec4<f32>({w4}); }}
+{loaders}
 fn prologue(xrow: u32, lid: u32) {{
     let k_ = pu(2u);
     if (lid < 64u) {{
@@ -329,26 +384,10 @@ fn prologue(xrow: u32, lid: u32) {{
         var acc = 0.0;
         var j = lid;
         for (; j + 448u < k_; j += 512u) {{
-            let x0 = ld0raw(xrow + j);
-            let x1 = ld0raw(xrow + j + 64u);
-            let x2 = ld0raw(xrow + j + 128u);
-            let x3 = ld0raw(xrow + j + 192u);
-            let x4 = ld0raw(xrow + j + 256u);
-            let x5 = ld0raw(xrow + j + 320u);
-            let x6 = ld0raw(xrow + j + 384u);
-            let x7 = ld0raw(xrow + j + 448u);
-            acc += x0 * x0;
-            acc += x1 * x1;
-            acc += x2 * x2;
-            acc += x3 * x3;
-            acc += x4 * x4;
-            acc += x5 * x5;
-            acc += x6 * x6;
-            acc += x7 * x7;
-        }}
+{loads}{squares}        }}
         for (; j < k_; j += 64u) {{
             let x = ld0raw(xrow + j);
-            acc += x * x;
+            {keep}acc += x * x;
         }}
         nrm_[lid] = acc;
     }}
@@ -362,7 +401,7 @@ fn prologue(xrow: u32, lid: u32) {{
     let ss = nrm_[0];
     xs_ = {factor};
     xbase_ = xrow;
-}}
+{stage}}}
 "
     ))
 }
@@ -663,7 +702,7 @@ fn dt_sum(tok: u32, h: u32, sums: vec2<f32>) -> f32 { return ldt(tok, h); }
     // the activation row's norm factor on the sum (and the norm's weight per element)
     let (weight, factor) = match d.x_norm {
         None => (String::new(), String::new()),
-        Some(XNormSpec { kind, weight }) => {
+        Some(XNormSpec { kind, weight, .. }) => {
             let w = norm_weight(spec, weight, "r")?;
             let f = norm_factor(spec, kind, "k_")?;
             (w, format!(" * {f}"))

@@ -362,7 +362,15 @@ pub struct ScanDtSpec {
 pub struct XNormSpec {
     pub kind: NormKind,
     pub weight: Option<(usize, u32)>,
+    /// A mat-vec's row (at most [`X_STAGED_MAX`] elements) normalised once into workgroup
+    /// memory by `prologue`, which its loops then read (else each read of x loads the row and
+    /// the norm's weight again: 4 loads of the weight per quad of x).
+    pub staged: bool,
 }
+
+/// The longest activation row a mat-vec normalises into workgroup memory
+/// ([`XNormSpec::staged`]): 12 KiB of f32.
+pub const X_STAGED_MAX: usize = 3072;
 
 /// How a kernel's results go through an epilogue (`epi(i, v)` in the kernel, `i` the result's
 /// element index): `Load(0)` is the result, `Load(k)` source `first + k − 1`. Parameter words

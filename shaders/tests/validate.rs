@@ -315,6 +315,7 @@ fn variants() -> Vec<Spec> {
             x_norm: norm.then_some(XNormSpec {
                 kind: NormKind::Rms { eps: 1e-6 },
                 weight: Some((8, 21)),
+                staged: false,
             }),
             program: EpilogueSpec {
                 program: FusedProgram {
@@ -438,7 +439,8 @@ fn variants() -> Vec<Spec> {
         v.push(tiled);
         v.push(s);
     }
-    // mat-vecs normalising their row (with a norm weight, and an l2 norm without one)
+    // mat-vecs normalising their row (with a norm weight, and an l2 norm without one; the row
+    // staged in workgroup memory but for the plain mat-vec's)
     for (k, kind, weighted) in [
         (Kernel::MatMul, NormKind::Rms { eps: 1e-5 }, true),
         (Kernel::MatMulCat, NormKind::L2 { eps: 1e-6 }, false),
@@ -453,7 +455,11 @@ fn variants() -> Vec<Spec> {
             (srcs.len() - 1, 12)
         });
         let mut s = Spec::new(k, srcs);
-        s.x_norm = Some(XNormSpec { kind, weight });
+        s.x_norm = Some(XNormSpec {
+            kind,
+            weight,
+            staged: k != Kernel::MatMul,
+        });
         if k == Kernel::MatMulPair {
             s.epilogue = Some(EpilogueSpec {
                 program: FusedProgram {

@@ -9,7 +9,7 @@ use weft_graph::{
 };
 use weft_shaders::{
     BcNormSpec, DELTA_CHUNK, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, TopKSpec,
-    XNormSpec, XProgSpec, delta_chunk_words,
+    X_STAGED_MAX, XNormSpec, XProgSpec, delta_chunk_words,
 };
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
@@ -684,6 +684,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                     XNormSpec {
                         kind: n.kind,
                         weight,
+                        staged: false,
                     }
                 });
                 let more = node.srcs[first..s.len() + d.extra_sources()].iter();
@@ -859,6 +860,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
             XNormSpec {
                 kind: n.kind,
                 weight,
+                // (word 2 is the row's length K in every mat-vec: `row_dot` reads it)
+                staged: params.get(2).is_some_and(|&k| k as usize <= X_STAGED_MAX),
             }
         }),
         _ => None,

@@ -94,6 +94,9 @@ pub struct WgpuBackend {
     attention_rows: bool,
     /// `WEFT_MATVEC_BLOCKS=0`: mat-vecs read every weight dtype by quads (`Spec::matvec_blocks`).
     matvec_blocks: bool,
+    /// `WEFT_X_STAGED=0`: mat-vecs that normalise their row read it again from memory for
+    /// every output row instead of staging it (`XNormSpec::staged`).
+    x_staged: bool,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -152,6 +155,7 @@ impl WgpuBackend {
                 .unwrap_or(lower::ATTENTION_CHUNK),
             attention_rows: std::env::var("WEFT_ATTENTION_ROWS").as_deref() != Ok("0"),
             matvec_blocks: std::env::var("WEFT_MATVEC_BLOCKS").as_deref() != Ok("0"),
+            x_staged: std::env::var("WEFT_X_STAGED").as_deref() != Ok("0"),
         })
     }
 
@@ -282,6 +286,9 @@ impl WgpuBackend {
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
         spec.matvec_blocks = self.matvec_blocks;
+        if let Some(x) = spec.x_norm.as_mut() {
+            x.staged &= self.x_staged;
+        }
         // prompts on tensor cores where the device was opened with them (same parameters,
         // tiles and workgroup count as `matmul_rows`)
         if spec.kernel == Kernel::MatMulRows && self.uses_cooperative_matrices() {

@@ -2328,11 +2328,19 @@ pub fn matmul_id_pair(be: &mut dyn Backend) {
 /// The norm before a layer's projections runs inside the mat-vecs (`norm_input`): a single
 /// projection, three sharing the row (`mul_mat_cat`), and a gated unit's pair, with an rms norm
 /// and its weight, and an l2 norm without one. Each plan is one kernel and matches the
-/// reference.
+/// reference. Rows up to 3072 long are normalised into workgroup memory on the GPU, longer ones
+/// as they are read: both, and a row whose length is not a multiple of 4.
 pub fn norm_matvec(be: &mut dyn Backend) {
     let mut rg = rng(45);
-    let k = 256;
-    for (weights, rms) in [(1, true), (3, true), (2, false)] {
+    for (k, weights, rms) in [
+        (256, 1, true),
+        (256, 3, true),
+        (256, 2, false),
+        (2048, 2, true),
+        (4352, 3, true),
+        (4352, 2, false),
+        (90, 1, true),
+    ] {
         let mut c = Case::new();
         let (x, xn) = c.input(&mut rg, "x", &[1, k]);
         let (nw, nwn) = c.input(&mut rg, "norm", &[k]);
