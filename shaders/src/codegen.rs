@@ -436,11 +436,32 @@ fn x_prog_loader(spec: &Spec) -> Result<String, ShaderError> {
             )
         }
     };
+    // staged: the row computed once into workgroup memory, which `ld0` and `x4a` then read
+    let (name, staged, stage) = if xp.staged {
+        (
+            "ldp_",
+            format!(
+                "var<workgroup> xw_: array<vec4<f32>, {}>;
+fn ld0(i: u32) -> f32 {{ let e = i - xbase_; return xw_[e >> 2u][e & 3u]; }}
+fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}
+",
+                crate::X_STAGED_MAX / 4
+            ),
+            "if (lid < 64u) {
+        for (var e = lid; e < pu(2u); e += 64u) {
+            xw_[e >> 2u][e & 3u] = ldp_(xrow + e);
+        }
+    }
+    workgroupBarrier();",
+        )
+    } else {
+        ("ld0", String::new(), "")
+    };
     Ok(format!(
         "var<private> xbase_: u32 = 0u;
 var<workgroup> xf_: array<f32, 64>;
 fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(aw(i)); }}
-{}fn ld0(i_: u32) -> f32 {{
+{}{staged}fn {name}(i_: u32) -> f32 {{
     let v0 = ld0raw(i_){scale};
     let i = i_ - pu(3u);
     {body}
@@ -448,6 +469,7 @@ fn ld0raw(i: u32) -> f32 {{ return bitcast<f32>(aw(i)); }}
 fn prologue(xrow: u32, lid: u32) {{
     xbase_ = xrow;
     {factors}
+    {stage}
 }}
 ",
         source_index("xpa", xp.program.params)
@@ -1049,9 +1071,10 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         }
         out.push_str(QUAD_HELPERS);
         // x's quads as one 16-byte load (from a row that starts on a quad); x_norm's loader
-        // defines its own
+        // defines its own, and x_prog's when it stages the row
         let plain = spec.sources[0].home == Home::Arena && spec.sources[0].dtype == DType::F32;
-        if spec.x_norm.is_none() || !plain {
+        let staged_prog = spec.x_prog.as_ref().is_some_and(|x| x.staged);
+        if (spec.x_norm.is_none() || !plain) && !staged_prog {
             out.push_str(if plain && spec.x_prog.is_none() {
                 "fn x4a(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(arena[i >> 2u]); }\n"
             } else {

@@ -339,6 +339,9 @@ pub struct BcNormSpec {
 pub struct XProgSpec {
     pub program: EpilogueSpec,
     pub row: u32,
+    /// The row (at most [`X_STAGED_MAX`] elements) computed once into workgroup memory by
+    /// `prologue` (else each output row's lanes compute it again, element by element).
+    pub staged: bool,
 }
 
 /// See [`Spec::scan_dt`]. Source 2 is the projection's activation `[S, T, K]` (its offset in
@@ -368,8 +371,8 @@ pub struct XNormSpec {
     pub staged: bool,
 }
 
-/// The longest activation row a mat-vec normalises into workgroup memory
-/// ([`XNormSpec::staged`]): 12 KiB of f32.
+/// The longest activation row a mat-vec normalises or computes into workgroup memory
+/// ([`XNormSpec::staged`], [`XProgSpec::staged`]): 12 KiB of f32.
 pub const X_STAGED_MAX: usize = 3072;
 
 /// How a kernel's results go through an epilogue (`epi(i, v)` in the kernel, `i` the result's

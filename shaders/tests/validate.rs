@@ -283,6 +283,7 @@ fn variants() -> Vec<Spec> {
                 range: None,
             },
             row: 14,
+            staged: head,
         }));
         v.push(s);
     }

@@ -886,7 +886,11 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                     &xp.program,
                     more.copied().zip(xp.shapes.iter().copied()),
                 )?;
-                Some(Box::new(XProgSpec { program, row }))
+                Some(Box::new(XProgSpec {
+                    program,
+                    row,
+                    staged: k <= X_STAGED_MAX,
+                }))
             }
             None => None,
         },

@@ -94,8 +94,9 @@ pub struct WgpuBackend {
     attention_rows: bool,
     /// `WEFT_MATVEC_BLOCKS=0`: mat-vecs read every weight dtype by quads (`Spec::matvec_blocks`).
     matvec_blocks: bool,
-    /// `WEFT_X_STAGED=0`: mat-vecs that normalise their row read it again from memory for
-    /// every output row instead of staging it (`XNormSpec::staged`).
+    /// `WEFT_X_STAGED=0`: mat-vecs that normalise or compute their row read it again from
+    /// memory for every output row instead of staging it (`XNormSpec::staged`,
+    /// `XProgSpec::staged`).
     x_staged: bool,
 }
 
@@ -287,6 +288,9 @@ impl WgpuBackend {
         spec.subgroup = self.subgroup();
         spec.matvec_blocks = self.matvec_blocks;
         if let Some(x) = spec.x_norm.as_mut() {
+            x.staged &= self.x_staged;
+        }
+        if let Some(x) = spec.x_prog.as_mut() {
             x.staged &= self.x_staged;
         }
         // prompts on tensor cores where the device was opened with them (same parameters,

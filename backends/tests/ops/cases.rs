@@ -1974,7 +1974,8 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
 /// A mat-vec whose row is an elementwise program read by it alone computes the row as it reads
 /// it (`matvec_input`): a gated group norm (each head's `rms_norm(o)·w·silu(z)`, Qwen3-Next's)
 /// before a projection with a residual, and a gated unit's `silu(gate)·up` (a shared expert's)
-/// before its down projection. F16 and Q8_0 weights.
+/// before its down projection. F16 and Q8_0 weights. (Rows up to 3072 long are computed into
+/// workgroup memory on the GPU, longer ones as they are read: both.)
 pub fn matvec_input(be: &mut dyn Backend) {
     let mut rg = rng(67);
     for dtype in [DType::F16, DType::Q8_0] {
@@ -2009,29 +2010,31 @@ pub fn matvec_input(be: &mut dyn Backend) {
         );
 
         // the gated unit: gate and up side by side in one row
-        let (k, n) = (64, 16);
-        let mut c = Case::new();
-        let (gu, gun) = c.input(&mut rg, "gate_up", &[1, 2 * k]);
-        let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, k], dtype);
-        let gate = c.b.slice(gu, 1, 0, k).unwrap();
-        let up = c.b.slice(gu, 1, k, k).unwrap();
-        let a = c.b.silu(gate).unwrap();
-        let h = c.b.mul(a, up).unwrap();
-        let y = c.b.matmul(h, w).unwrap();
-        c.output(y, "y");
-        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"]);
-        let hn: Vec<f64> = (0..k)
-            .map(|i| silu(gun.data[i]) * gun.data[k + i])
-            .collect();
-        let hn = Nd::new(&[1, k], hn);
-        let want = r::matmul(&seen_activations(be, dtype, &hn), &wn);
-        let out = c.run(be);
-        assert_close(
-            &format!("silu(gate)·up → mul_mat {dtype:?}"),
-            &out[0],
-            &want,
-            TOL,
-        );
+        for k in [64, 3328] {
+            let n = 16;
+            let mut c = Case::new();
+            let (gu, gun) = c.input(&mut rg, "gate_up", &[1, 2 * k]);
+            let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, k], dtype);
+            let gate = c.b.slice(gu, 1, 0, k).unwrap();
+            let up = c.b.slice(gu, 1, k, k).unwrap();
+            let a = c.b.silu(gate).unwrap();
+            let h = c.b.mul(a, up).unwrap();
+            let y = c.b.matmul(h, w).unwrap();
+            c.output(y, "y");
+            assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"]);
+            let hn: Vec<f64> = (0..k)
+                .map(|i| silu(gun.data[i]) * gun.data[k + i])
+                .collect();
+            let hn = Nd::new(&[1, k], hn);
+            let want = r::matmul(&seen_activations(be, dtype, &hn), &wn);
+            let out = c.run(be);
+            assert_close(
+                &format!("silu(gate)·up → mul_mat {dtype:?} k={k}"),
+                &out[0],
+                &want,
+                TOL,
+            );
+        }
     }
 }
 
