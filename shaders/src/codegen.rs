@@ -322,14 +322,14 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
     let factor = norm_factor(spec, kind, "k_")?;
     // staged: the row's raw values kept as the sum of squares reads them, then scaled in place
     // (the same products in the same order as the unstaged loaders')
-    let (loaders, stage) = if staged {
+    let (loaders, stage) = if staged > 0 {
         (
             format!(
                 "var<workgroup> xw_: array<vec4<f32>, {}>;
 fn ld0(i: u32) -> f32 {{ let e = i - xbase_; return xw_[e >> 2u][e & 3u]; }}
 fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}
 fn keep_(j: u32, x: f32) {{ xw_[j >> 2u][j & 3u] = x; }}",
-                crate::X_STAGED_MAX / 4
+                staged / 4
             ),
             format!(
                 "    if (lid < 64u) {{
@@ -361,12 +361,12 @@ fn x4a(i: u32) -> vec4<f32> {{ let e = i - xbase_; return bitcast<vec4<f32>>(are
             format!(" + {}u", 64 * u)
         };
         let _ = writeln!(loads, "            let x{u} = ld0raw(xrow + j{at});");
-        if staged {
+        if staged > 0 {
             let _ = writeln!(loads, "            keep_(j{at}, x{u});");
         }
         let _ = writeln!(squares, "            acc += x{u} * x{u};");
     }
-    let keep = if staged {
+    let keep = if staged > 0 {
         "keep_(j, x);\n            "
     } else {
         ""
@@ -437,7 +437,7 @@ fn x_prog_loader(spec: &Spec) -> Result<String, ShaderError> {
         }
     };
     // staged: the row computed once into workgroup memory, which `ld0` and `x4a` then read
-    let (name, staged, stage) = if xp.staged {
+    let (name, staged, stage) = if xp.staged > 0 {
         (
             "ldp_",
             format!(
@@ -445,7 +445,7 @@ fn x_prog_loader(spec: &Spec) -> Result<String, ShaderError> {
 fn ld0(i: u32) -> f32 {{ let e = i - xbase_; return xw_[e >> 2u][e & 3u]; }}
 fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}
 ",
-                crate::X_STAGED_MAX / 4
+                xp.staged / 4
             ),
             "if (lid < 64u) {
         for (var e = lid; e < pu(2u); e += 64u) {
@@ -1073,7 +1073,7 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         // x's quads as one 16-byte load (from a row that starts on a quad); x_norm's loader
         // defines its own, and x_prog's when it stages the row
         let plain = spec.sources[0].home == Home::Arena && spec.sources[0].dtype == DType::F32;
-        let staged_prog = spec.x_prog.as_ref().is_some_and(|x| x.staged);
+        let staged_prog = spec.x_prog.as_ref().is_some_and(|x| x.staged > 0);
         if (spec.x_norm.is_none() || !plain) && !staged_prog {
             out.push_str(if plain && spec.x_prog.is_none() {
                 "fn x4a(i: u32) -> vec4<f32> { return bitcast<vec4<f32>>(arena[i >> 2u]); }\n"

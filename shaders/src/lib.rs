@@ -339,9 +339,10 @@ pub struct BcNormSpec {
 pub struct XProgSpec {
     pub program: EpilogueSpec,
     pub row: u32,
-    /// The row (at most [`X_STAGED_MAX`] elements) computed once into workgroup memory by
-    /// `prologue` (else each output row's lanes compute it again, element by element).
-    pub staged: bool,
+    /// The row computed once into workgroup memory by `prologue`, in an array of this many
+    /// elements (a [`stage_len`]; 0: each output row's lanes compute it again, element by
+    /// element).
+    pub staged: u32,
 }
 
 /// See [`Spec::scan_dt`]. Source 2 is the projection's activation `[S, T, K]` (its offset in
@@ -365,15 +366,23 @@ pub struct ScanDtSpec {
 pub struct XNormSpec {
     pub kind: NormKind,
     pub weight: Option<(usize, u32)>,
-    /// A mat-vec's row (at most [`X_STAGED_MAX`] elements) normalised once into workgroup
-    /// memory by `prologue`, which its loops then read (else each read of x loads the row and
-    /// the norm's weight again: 4 loads of the weight per quad of x).
-    pub staged: bool,
+    /// A mat-vec's row normalised once into workgroup memory by `prologue`, in an array of
+    /// this many elements (a [`stage_len`]), which its loops then read (0: each read of x loads
+    /// the row and the norm's weight again: 4 loads of the weight per quad of x).
+    pub staged: u32,
 }
 
-/// The longest activation row a mat-vec normalises or computes into workgroup memory
-/// ([`XNormSpec::staged`], [`XProgSpec::staged`]): 12 KiB of f32.
-pub const X_STAGED_MAX: usize = 3072;
+/// The workgroup array a mat-vec stages its activation row of `k` elements in
+/// ([`XNormSpec::staged`], [`XProgSpec::staged`]): 3072 elements (12 KiB, within the 16 KiB
+/// every adapter offers) or 6144 (24 KiB, where `limit`, the adapter's bytes of workgroup
+/// memory, leaves 2 KiB beside them: 32 KiB on lavapipe and Apple GPUs, 48 on NVIDIA's), else
+/// 0 (not staged).
+pub fn stage_len(k: usize, limit: u32) -> u32 {
+    [3072u32, 6144]
+        .into_iter()
+        .find(|&n| k <= n as usize && 4 * n + 2048 <= limit.max(16384))
+        .unwrap_or(0)
+}
 
 /// How a kernel's results go through an epilogue (`epi(i, v)` in the kernel, `i` the result's
 /// element index): `Load(0)` is the result, `Load(k)` source `first + k − 1`. Parameter words

@@ -283,7 +283,7 @@ fn variants() -> Vec<Spec> {
                 range: None,
             },
             row: 14,
-            staged: head,
+            staged: if head { 3072 } else { 0 },
         }));
         v.push(s);
     }
@@ -316,7 +316,7 @@ fn variants() -> Vec<Spec> {
             x_norm: norm.then_some(XNormSpec {
                 kind: NormKind::Rms { eps: 1e-6 },
                 weight: Some((8, 21)),
-                staged: false,
+                staged: 0,
             }),
             program: EpilogueSpec {
                 program: FusedProgram {
@@ -459,7 +459,13 @@ fn variants() -> Vec<Spec> {
         s.x_norm = Some(XNormSpec {
             kind,
             weight,
-            staged: k != Kernel::MatMul,
+            staged: if k == Kernel::MatMulPair {
+                6144
+            } else if k == Kernel::MatMulCat {
+                3072
+            } else {
+                0
+            },
         });
         if k == Kernel::MatMulPair {
             s.epilogue = Some(EpilogueSpec {
@@ -740,4 +746,18 @@ fn bad_specs_are_errors() {
         generate(&m).is_err(),
         "a subgroup size that is not a power of two"
     );
+}
+
+/// A mat-vec stages its row in 12 KiB wherever it fits, in 24 KiB only where the adapter
+/// leaves 2 KiB beside them, and not at all past 6144 elements.
+#[test]
+fn staged_rows_fit_the_adapter() {
+    use weft_shaders::stage_len;
+    assert_eq!(stage_len(2048, 16384), 3072);
+    assert_eq!(stage_len(3072, 16384), 3072);
+    assert_eq!(stage_len(3073, 16384), 0);
+    assert_eq!(stage_len(4096, 32768), 6144);
+    assert_eq!(stage_len(4096, 26623), 0);
+    assert_eq!(stage_len(6144, 49152), 6144);
+    assert_eq!(stage_len(6145, 49152), 0);
 }

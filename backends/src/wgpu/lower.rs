@@ -9,7 +9,7 @@ use weft_graph::{
 };
 use weft_shaders::{
     BcNormSpec, DELTA_CHUNK, EpilogueSpec, Home, Kernel, ScanDtSpec, Source, Spec, TopKSpec,
-    X_STAGED_MAX, XNormSpec, XProgSpec, delta_chunk_words,
+    XNormSpec, XProgSpec, delta_chunk_words, stage_len,
 };
 
 /// Most parameter words a dispatch may use (the uniform block is 64 × vec4<u32>).
@@ -60,6 +60,8 @@ pub struct LowerOptions {
     /// Prompts' attention by blocks of queries ([`ATTENTION_ROWS_FROM`]; `WEFT_ATTENTION_ROWS=0`
     /// turns it off, for measuring).
     pub attention_rows: bool,
+    /// The adapter's bytes of workgroup memory (rows staged by mat-vecs: `stage_len`).
+    pub workgroup_memory: u32,
 }
 
 /// One dispatch, before pipelines and bind groups exist.
@@ -684,7 +686,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                     XNormSpec {
                         kind: n.kind,
                         weight,
-                        staged: false,
+                        staged: 0,
                     }
                 });
                 let more = node.srcs[first..s.len() + d.extra_sources()].iter();
@@ -861,7 +863,9 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                 kind: n.kind,
                 weight,
                 // (word 2 is the row's length K in every mat-vec: `row_dot` reads it)
-                staged: params.get(2).is_some_and(|&k| k as usize <= X_STAGED_MAX),
+                staged: params
+                    .get(2)
+                    .map_or(0, |&k| stage_len(k as usize, opts.workgroup_memory)),
             }
         }),
         _ => None,
@@ -889,7 +893,7 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                 Some(Box::new(XProgSpec {
                     program,
                     row,
-                    staged: k <= X_STAGED_MAX,
+                    staged: stage_len(k, opts.workgroup_memory),
                 }))
             }
             None => None,

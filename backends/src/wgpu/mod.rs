@@ -287,11 +287,13 @@ impl WgpuBackend {
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
         spec.matvec_blocks = self.matvec_blocks;
-        if let Some(x) = spec.x_norm.as_mut() {
-            x.staged &= self.x_staged;
-        }
-        if let Some(x) = spec.x_prog.as_mut() {
-            x.staged &= self.x_staged;
+        if !self.x_staged {
+            if let Some(x) = spec.x_norm.as_mut() {
+                x.staged = 0;
+            }
+            if let Some(x) = spec.x_prog.as_mut() {
+                x.staged = 0;
+            }
         }
         // prompts on tensor cores where the device was opened with them (same parameters,
         // tiles and workgroup count as `matmul_rows`)
@@ -677,6 +679,7 @@ impl Backend for WgpuBackend {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
         let (attention_chunk, attention_rows) = (self.attention_chunk, self.attention_rows);
+        let workgroup_memory = self.device.limits().max_compute_workgroup_storage_size;
         // (`workspaces` false: neither the delta rule's chunks nor the attention's split)
         let lower_all = |workspaces: bool| -> Result<Vec<(NodeId, Lowered)>> {
             Ok(plan
@@ -687,6 +690,7 @@ impl Backend for WgpuBackend {
                         delta_chunks: workspaces,
                         attention_chunk: if workspaces { attention_chunk } else { 0 },
                         attention_rows,
+                        workgroup_memory,
                     };
                     lower(g, plan, id, opts).map(|l| l.into_iter().map(move |l| (id, l)))
                 })

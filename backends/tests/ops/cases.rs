@@ -1974,8 +1974,9 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
 /// A mat-vec whose row is an elementwise program read by it alone computes the row as it reads
 /// it (`matvec_input`): a gated group norm (each head's `rms_norm(o)·w·silu(z)`, Qwen3-Next's)
 /// before a projection with a residual, and a gated unit's `silu(gate)·up` (a shared expert's)
-/// before its down projection. F16 and Q8_0 weights. (Rows up to 3072 long are computed into
-/// workgroup memory on the GPU, longer ones as they are read: both.)
+/// before its down projection. F16 and Q8_0 weights. (Rows up to 3072 long, 6144 where the
+/// adapter has 26 KiB of workgroup memory, are computed into workgroup memory on the GPU,
+/// longer ones as they are read: all three.)
 pub fn matvec_input(be: &mut dyn Backend) {
     let mut rg = rng(67);
     for dtype in [DType::F16, DType::Q8_0] {
@@ -2010,7 +2011,7 @@ pub fn matvec_input(be: &mut dyn Backend) {
         );
 
         // the gated unit: gate and up side by side in one row
-        for k in [64, 3328] {
+        for k in [64, 3328, 6400] {
             let n = 16;
             let mut c = Case::new();
             let (gu, gun) = c.input(&mut rg, "gate_up", &[1, 2 * k]);
@@ -2331,8 +2332,9 @@ pub fn matmul_id_pair(be: &mut dyn Backend) {
 /// The norm before a layer's projections runs inside the mat-vecs (`norm_input`): a single
 /// projection, three sharing the row (`mul_mat_cat`), and a gated unit's pair, with an rms norm
 /// and its weight, and an l2 norm without one. Each plan is one kernel and matches the
-/// reference. Rows up to 3072 long are normalised into workgroup memory on the GPU, longer ones
-/// as they are read: both, and a row whose length is not a multiple of 4.
+/// reference. Rows up to 3072 long (6144 where the adapter has 26 KiB of workgroup memory) are
+/// normalised into workgroup memory on the GPU, longer ones as they are read: all three, and a
+/// row whose length is not a multiple of 4.
 pub fn norm_matvec(be: &mut dyn Backend) {
     let mut rg = rng(45);
     for (k, weights, rms) in [
@@ -2341,7 +2343,7 @@ pub fn norm_matvec(be: &mut dyn Backend) {
         (256, 2, false),
         (2048, 2, true),
         (4352, 3, true),
-        (4352, 2, false),
+        (6400, 2, false),
         (90, 1, true),
     ] {
         let mut c = Case::new();
