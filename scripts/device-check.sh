@@ -27,6 +27,8 @@
 #               (space-separated; each one VAR=VALUE), with VARIANT_ARGS (default BENCH_ARGS;
 #               say "-p 0 -n 128 -r 2" for decode-only switches such as WEFT_ATTENTION_CHUNK=64,
 #               or "-p 512 -n 0 -r 2" for WEFT_ATTENTION_ROWS=0)
+#   QUANT_VARIANTS  settings each quantized file is measured again under, with VARIANT_ARGS
+#               (say "WEFT_MATVEC_BLOCKS=0", which only quantized weights read differently)
 #   OPS_TIMEOUT seconds the op suite may take (default 150; the other test binaries 60)
 #   DEADLINE    seconds after which no new measurement starts (default 3000); each one is
 #               also cut off after STEP_TIMEOUT seconds (default 120)
@@ -194,6 +196,15 @@ if [ "$step" = perf ] || [ "$step" = all ]; then
                     continue
                 }
             bench "$n-$q" -p 512 -n 128 -r 3
+            for v in ${QUANT_VARIANTS:-}; do
+                # shellcheck disable=SC2086
+                (
+                    export "${v?}"
+                    label="$v"
+                    bench "$n-$q" ${VARIANT_ARGS:-${BENCH_ARGS:--p 512 -n 128 -r 3}}
+                    exit $status
+                ) || status=1
+            done
         done
     done
 fi
