@@ -320,22 +320,31 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
         .collect::<Result<Vec<_>, ShaderError>>()?
         .join(", ");
     let factor = norm_factor(spec, kind, "k_")?;
-    // staged: the row's raw values kept as the sum of squares reads them, then scaled in place
-    // (the same products in the same order as the unstaged loaders')
+    // staged: once the factor is known, each thread normalises whole quads of the row (the
+    // same products in the same order as the unstaged loaders') and writes them whole (threads
+    // writing components of one vector would race); the tail's elements alone, past it zeros
     let (loaders, stage) = if staged > 0 {
+        let wc = norm_weight(spec, weight, "e + c")?;
         (
             format!(
                 "var<workgroup> xw_: array<vec4<f32>, {}>;
 fn ld0(i: u32) -> f32 {{ let e = i - xbase_; return xw_[e >> 2u][e & 3u]; }}
-fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}
-fn keep_(j: u32, x: f32) {{ xw_[j >> 2u][j & 3u] = x; }}",
+fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}",
                 staged / 4
             ),
             format!(
                 "    if (lid < 64u) {{
         for (var q = lid; 4u * q < k_; q += 64u) {{
             let e = 4u * q;
-            xw_[q] = xw_[q] * xs_ * vec4<f32>({w4});
+            var v = vec4<f32>(0.0);
+            if (e + 4u <= k_) {{
+                v = vec4<f32>(ld0raw(xrow + e), ld0raw(xrow + e + 1u), ld0raw(xrow + e + 2u), ld0raw(xrow + e + 3u)) * xs_ * vec4<f32>({w4});
+            }} else {{
+                for (var c = 0u; e + c < k_; c++) {{
+                    v[c] = ld0raw(xrow + e + c) * xs_{wc};
+                }}
+            }}
+            xw_[q] = v;
         }}
     }}
     workgroupBarrier();
@@ -351,26 +360,6 @@ fn x4a(i: u32) -> vec4<f32> {{ let e = i - xbase_; return bitcast<vec4<f32>>(are
             String::new(),
         )
     };
-    // the sum of squares' loads, eight a step (the staged row keeps each value it reads)
-    let mut loads = String::new();
-    let mut squares = String::new();
-    for u in 0..8 {
-        let at = if u == 0 {
-            String::new()
-        } else {
-            format!(" + {}u", 64 * u)
-        };
-        let _ = writeln!(loads, "            let x{u} = ld0raw(xrow + j{at});");
-        if staged > 0 {
-            let _ = writeln!(loads, "            keep_(j{at}, x{u});");
-        }
-        let _ = writeln!(squares, "            acc += x{u} * x{u};");
-    }
-    let keep = if staged > 0 {
-        "keep_(j, x);\n            "
-    } else {
-        ""
-    };
     Ok(format!(
         "var<private> xs_: f32 = 1.0;
 var<private> xbase_: u32 = 0u;
@@ -384,10 +373,26 @@ fn prologue(xrow: u32, lid: u32) {{
         var acc = 0.0;
         var j = lid;
         for (; j + 448u < k_; j += 512u) {{
-{loads}{squares}        }}
+            let x0 = ld0raw(xrow + j);
+            let x1 = ld0raw(xrow + j + 64u);
+            let x2 = ld0raw(xrow + j + 128u);
+            let x3 = ld0raw(xrow + j + 192u);
+            let x4 = ld0raw(xrow + j + 256u);
+            let x5 = ld0raw(xrow + j + 320u);
+            let x6 = ld0raw(xrow + j + 384u);
+            let x7 = ld0raw(xrow + j + 448u);
+            acc += x0 * x0;
+            acc += x1 * x1;
+            acc += x2 * x2;
+            acc += x3 * x3;
+            acc += x4 * x4;
+            acc += x5 * x5;
+            acc += x6 * x6;
+            acc += x7 * x7;
+        }}
         for (; j < k_; j += 64u) {{
             let x = ld0raw(xrow + j);
-            {keep}acc += x * x;
+            acc += x * x;
         }}
         nrm_[lid] = acc;
     }}
@@ -447,9 +452,15 @@ fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}
 ",
                 xp.staged / 4
             ),
+            // (whole quads a thread: threads writing components of one vector would race)
             "if (lid < 64u) {
-        for (var e = lid; e < pu(2u); e += 64u) {
-            xw_[e >> 2u][e & 3u] = ldp_(xrow + e);
+        for (var q = lid; 4u * q < pu(2u); q += 64u) {
+            let e = 4u * q;
+            var v = vec4<f32>(0.0);
+            for (var c = 0u; c < 4u && e + c < pu(2u); c++) {
+                v[c] = ldp_(xrow + e + c);
+            }
+            xw_[q] = v;
         }
     }
     workgroupBarrier();",

@@ -305,7 +305,7 @@ pub struct Spec {
     pub x_prog: Option<Box<XProgSpec>>,
     /// Ids (`ldi{src}`) chosen in the kernel as the top k of rows of logits (see [`TopKSpec`]).
     pub top_k: Option<TopKSpec>,
-    /// Mat-vecs read quantized weights (but Q8_0) a unit of 16 or 32 at a time rather than by
+    /// Mat-vecs read quantized weights (but Q8_0) a unit of 32 at a time rather than by
     /// quads (`quant::unit_body`; on by default, off for measuring: `WEFT_MATVEC_BLOCKS=0`).
     pub matvec_blocks: bool,
 }

@@ -92,10 +92,11 @@ pub fn decode_body(b: u32, dtype: DType) -> String {
 /// end, so that it too has all its loads in flight (a tail of one quad at a time made 2048 x
 /// 2048 f16 8.96 us on an H200, masking every step 8.1 us but quantized 8192 x 8192 rows 8-15%
 /// slower; 8 or 16 quads a step measured the same or up to 26% slower there). x comes as a
-/// 16-byte load (`x4a`) when its row starts on a quad. `WALIGNj` is the alignment (in elements) a row's start and length need
-/// for the quad path (a quantized block, so that a quad's block is the row's own).
-/// `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s share (of `T`) of a whole row's dot
-/// product: by quads when the row is aligned, element by element otherwise.
+/// 16-byte load (`x4a`) when its row starts on a quad. `WALIGNj` is the alignment (in
+/// elements) a row's start and length need for the quad path (a quantized block, so that a
+/// quad's block is the row's own). `fn row_dotj(wrow, xrow, lane) -> f32` is lane `lane`'s
+/// share (of `T`) of a whole row's dot product: by quads (or units) when the row is aligned,
+/// element by element otherwise.
 /// With `blocks`, weights whose blocks have a unit decoder ([`unit_body`]: quantized, not
 /// Q8_0) are read a unit at a time instead (`unitsj`): lane `l` takes units `l`, `l + T`, … of
 /// the row, two a step.

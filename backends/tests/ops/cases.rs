@@ -1020,6 +1020,10 @@ pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     ssm_scan_case(be, 2, 77, 4, 3, 64, 2, false, 38);
     ssm_scan_case(be, 1, 33, 2, 3, 40, 1, true, 39);
     ssm_scan_case(be, 1, 40, 2, 2, 128, 1, false, 40);
+    // chunks of 10 and 9 tokens: y's parts summed in two batches of 8 (the second partial),
+    // per head and per state A
+    ssm_scan_case(be, 1, 150, 2, 2, 64, 1, false, 53);
+    ssm_scan_case(be, 1, 140, 2, 2, 40, 1, true, 54);
     // the CPU's four rows at a time, with rows left over and states past the last 8
     ssm_scan_case(be, 2, 6, 2, 6, 20, 1, false, 41);
     // decays strong enough that the CPU's rows, kept divided by the decays' running product,
@@ -1974,44 +1978,51 @@ pub fn ssm_scan_dt(be: &mut dyn Backend) {
 /// A mat-vec whose row is an elementwise program read by it alone computes the row as it reads
 /// it (`matvec_input`): a gated group norm (each head's `rms_norm(o)·w·silu(z)`, Qwen3-Next's)
 /// before a projection with a residual, and a gated unit's `silu(gate)·up` (a shared expert's)
-/// before its down projection. F16 and Q8_0 weights. (Rows up to 3072 long, 6144 where the
-/// adapter has 26 KiB of workgroup memory, are computed into workgroup memory on the GPU,
-/// longer ones as they are read: all three.)
+/// before its down projection. F16, Q8_0 and (the gated unit) Q4_K weights. (Rows up to 3072
+/// long, 6144 where the adapter has 26 KiB of workgroup memory, are computed into workgroup
+/// memory on the GPU, longer ones as they are read: all three.)
 pub fn matvec_input(be: &mut dyn Backend) {
     let mut rg = rng(67);
-    for dtype in [DType::F16, DType::Q8_0] {
-        // the gated group norm: 4 heads of 32
-        let (heads, d, n) = (4, 32, 24);
-        let mut c = Case::new();
-        let (o, on) = c.input(&mut rg, "o", &[1, 1, heads, d]);
-        let (z, zn) = c.input(&mut rg, "z", &[1, 1, heads, d]);
-        let (nw, nwn) = c.input(&mut rg, "norm", &[d]);
-        let (res, resn) = c.input(&mut rg, "res", &[1, n]);
-        let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, heads * d], dtype);
-        let h = c.b.rms_norm(o, 1e-6).unwrap();
-        let h = c.b.mul(h, nw).unwrap();
-        let zs = c.b.silu(z).unwrap();
-        let h = c.b.mul(h, zs).unwrap();
-        let h = c.b.reshape(h, &[1, heads * d]).unwrap();
-        let y = c.b.matmul(h, w).unwrap();
-        let y = c.b.add(y, res).unwrap();
-        c.output(y, "y");
-        assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"]);
-        let hn = zip_broadcast(&r::rms_norm(&on, 1e-6), &nwn, |x, w| x * w);
-        let mut hn = zip_broadcast(&hn, &zn, |x, z| x * silu(z));
-        hn.dims = vec![1, heads * d];
-        let want = r::matmul(&seen_activations(be, dtype, &hn), &wn);
-        let want = zip_broadcast(&want, &resn, |y, r| y + r);
-        let out = c.run(be);
-        assert_close(
-            &format!("gated norm → mul_mat {dtype:?}"),
-            &out[0],
-            &want,
-            TOL,
-        );
+    for dtype in [DType::F16, DType::Q8_0, DType::Q4K] {
+        if dtype != DType::Q4K {
+            // the gated group norm: 4 heads of 32 (a row shorter than Q4_K's blocks)
+            let (heads, d, n) = (4, 32, 24);
+            let mut c = Case::new();
+            let (o, on) = c.input(&mut rg, "o", &[1, 1, heads, d]);
+            let (z, zn) = c.input(&mut rg, "z", &[1, 1, heads, d]);
+            let (nw, nwn) = c.input(&mut rg, "norm", &[d]);
+            let (res, resn) = c.input(&mut rg, "res", &[1, n]);
+            let (w, wn) = weight(be, &mut c, &mut rg, "w", &[n, heads * d], dtype);
+            let h = c.b.rms_norm(o, 1e-6).unwrap();
+            let h = c.b.mul(h, nw).unwrap();
+            let zs = c.b.silu(z).unwrap();
+            let h = c.b.mul(h, zs).unwrap();
+            let h = c.b.reshape(h, &[1, heads * d]).unwrap();
+            let y = c.b.matmul(h, w).unwrap();
+            let y = c.b.add(y, res).unwrap();
+            c.output(y, "y");
+            assert_eq!(scheduled(c.b.graph(), true), ["mul_mat"]);
+            let hn = zip_broadcast(&r::rms_norm(&on, 1e-6), &nwn, |x, w| x * w);
+            let mut hn = zip_broadcast(&hn, &zn, |x, z| x * silu(z));
+            hn.dims = vec![1, heads * d];
+            let want = r::matmul(&seen_activations(be, dtype, &hn), &wn);
+            let want = zip_broadcast(&want, &resn, |y, r| y + r);
+            let out = c.run(be);
+            assert_close(
+                &format!("gated norm → mul_mat {dtype:?}"),
+                &out[0],
+                &want,
+                TOL,
+            );
+        }
 
         // the gated unit: gate and up side by side in one row
-        for k in [64, 3328, 6400] {
+        let ks = if dtype == DType::Q4K {
+            [256, 3328, 6400]
+        } else {
+            [64, 3328, 6400]
+        };
+        for k in ks {
             let n = 16;
             let mut c = Case::new();
             let (gu, gun) = c.input(&mut rg, "gate_up", &[1, 2 * k]);
