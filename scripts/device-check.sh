@@ -155,6 +155,20 @@ bench() { # file name, bench arguments…
     summarize "$work/last.json" "$n" "(${label:+$label, }$((SECONDS - t0)) s)"
 }
 
+variants() { # file name, settings (VAR=VALUE each) to measure it again under, with VARIANT_ARGS
+    local n="$1" v
+    shift
+    for v in "$@"; do
+        # shellcheck disable=SC2086
+        (
+            export "${v?}"
+            label="$v"
+            bench "$n" ${VARIANT_ARGS:-${BENCH_ARGS:--p 512 -n 128 -r 3}}
+            exit $status
+        ) || status=1
+    done
+}
+
 if [ "$step" = perf ] || [ "$step" = all ]; then
     for n in "${names[@]}"; do
         while [ ! -f "$models/$n.made" ] && [ $((SECONDS - start)) -lt "$deadline" ]; do sleep 1; done
@@ -173,15 +187,8 @@ if [ "$step" = perf ] || [ "$step" = all ]; then
                 -p 512 -n 0 -r 1 --profile 2>&1 | grep -v "^|---" >> "$out/profile.log"
         fi
         [ "${COOP:-1}" != 0 ] && label=WEFT_COOP=1 WEFT_COOP=1 bench "$n-f16" -p 512 -n 0 -r 3
-        for v in ${VARIANTS:-}; do
-            # shellcheck disable=SC2086
-            (
-                export "${v?}"
-                label="$v"
-                bench "$n-f16" ${VARIANT_ARGS:-${BENCH_ARGS:--p 512 -n 128 -r 3}}
-                exit $status
-            ) || status=1
-        done
+        # shellcheck disable=SC2086
+        variants "$n-f16" ${VARIANTS:-}
     done
     # then the quantized copies, once every f16 file has its figures
     for n in ${QUANTS:+${QUANT_MODELS:-${names[*]}}}; do
@@ -196,15 +203,8 @@ if [ "$step" = perf ] || [ "$step" = all ]; then
                     continue
                 }
             bench "$n-$q" -p 512 -n 128 -r 3
-            for v in ${QUANT_VARIANTS:-}; do
-                # shellcheck disable=SC2086
-                (
-                    export "${v?}"
-                    label="$v"
-                    bench "$n-$q" ${VARIANT_ARGS:-${BENCH_ARGS:--p 512 -n 128 -r 3}}
-                    exit $status
-                ) || status=1
-            done
+            # shellcheck disable=SC2086
+            variants "$n-$q" ${QUANT_VARIANTS:-}
         done
     done
 fi
