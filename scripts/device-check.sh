@@ -4,7 +4,9 @@
 #   ops   the op suite and the wgpu tests on the GPU (CI=true: no adapter is a failure)
 #   kernels  the criterion kernel benches' wgpu half (benches/benches/kernels.rs), briefly
 #         ($KERNELS: a criterion filter, a regular expression such as "wgpu/matvec.*/F16$";
-#         default "wgpu/"), timed by GPU timestamps (WEFT_BENCH_DEVICE_TIME=1), to kernels.log
+#         default "wgpu/"), timed by GPU timestamps (WEFT_BENCH_DEVICE_TIME=1), to kernels.log;
+#         WEFT_BENCH_EARLIER=1 times the kernels' earlier forms too, as wgpu-earlier/… (say
+#         KERNELS='wgpu(-earlier)?/(matvec|fused)')
 #   perf  the models at real shapes (benches/perf; needs python3 with torch and
 #         transformers), made side by side in the background while `ops` runs, then
 #         `weft bench --backend wgpu` and `--profile` on each as soon as it is made

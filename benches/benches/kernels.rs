@@ -134,6 +134,9 @@ fn bench(
 }
 
 /// The backends to measure: the CPU, and the wgpu adapter when there is one.
+/// With `WEFT_BENCH_EARLIER=1`, also `wgpu-earlier`: the same adapter with the kernels' earlier
+/// forms (`WgpuOptions::matvec_quads`, `unstaged_rows`), so that one run times both (say
+/// `-- 'wgpu(-earlier)?/(matvec|fused)'`).
 fn backends() -> Vec<(&'static str, Box<dyn Backend>)> {
     let mut v: Vec<(&'static str, Box<dyn Backend>)> = vec![("cpu", Box::new(CpuBackend::new()))];
     match WgpuBackend::new(&WgpuOptions::default()) {
@@ -142,6 +145,17 @@ fn backends() -> Vec<(&'static str, Box<dyn Backend>)> {
             v.push(("wgpu", Box::new(be)));
         }
         Err(e) => eprintln!("wgpu benchmarks skipped: {e}"),
+    }
+    if weft_backends::env_flag("WEFT_BENCH_EARLIER") {
+        let opts = WgpuOptions {
+            matvec_quads: true,
+            unstaged_rows: true,
+            ..WgpuOptions::default()
+        };
+        match WgpuBackend::new(&opts) {
+            Ok(be) => v.push(("wgpu-earlier", Box::new(be))),
+            Err(e) => eprintln!("wgpu-earlier benchmarks skipped: {e}"),
+        }
     }
     v
 }

@@ -16,12 +16,19 @@ use crate::{BackendError, Result};
 /// products with f32 sums and subgroups of 32 lanes (NVIDIA). Off by default: its operands are
 /// rounded to f16 (results within 1e-3 of f32 products rather than 1e-5), and it is young: the
 /// op suite's cases passed on an NVIDIA H200, the only adapter it has met that offers it.
+///
+/// `matvec_quads` and `unstaged_rows` bring back forms the kernels had before, to measure the
+/// current ones against (the kernel benches' `wgpu-earlier` backend; `WEFT_MATVEC_BLOCKS=0` and
+/// `WEFT_X_STAGED=0` do the same from the environment): mat-vecs reading every weight by quads
+/// of 4, and reading the row they normalise or compute again for every output row.
 #[derive(Clone, Debug, Default)]
 pub struct WgpuOptions {
     pub adapter: Option<String>,
     pub max_binding: Option<u32>,
     pub no_subgroups: bool,
     pub cooperative_matrices: bool,
+    pub matvec_quads: bool,
+    pub unstaged_rows: bool,
 }
 
 /// Whether `adapter` can run `matmul_coop`: the features, a 16 × 16 × 16 f16 → f32

@@ -155,8 +155,9 @@ impl WgpuBackend {
                 .map(|c| if c == 0 { 0 } else { c.clamp(16, 64) })
                 .unwrap_or(lower::ATTENTION_CHUNK),
             attention_rows: std::env::var("WEFT_ATTENTION_ROWS").as_deref() != Ok("0"),
-            matvec_blocks: std::env::var("WEFT_MATVEC_BLOCKS").as_deref() != Ok("0"),
-            x_staged: std::env::var("WEFT_X_STAGED").as_deref() != Ok("0"),
+            matvec_blocks: !opts.matvec_quads
+                && std::env::var("WEFT_MATVEC_BLOCKS").as_deref() != Ok("0"),
+            x_staged: !opts.unstaged_rows && std::env::var("WEFT_X_STAGED").as_deref() != Ok("0"),
         })
     }
 
