@@ -1154,7 +1154,13 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str(SCAN_HELPERS);
         out.push_str(&dt_loader(spec)?);
         out.push_str(&bc_loaders(spec)?);
-        if k == Kernel::SsmScanLanes {
+        // (16 lanes a row: two states a lane for Mamba1's, eight up to 128)
+        match k {
+            Kernel::SsmScanLanes => out.push_str("const SR: u32 = 2u;\n"),
+            Kernel::SsmScanLanesWide => out.push_str("const SR: u32 = 8u;\n"),
+            _ => {}
+        }
+        if matches!(k, Kernel::SsmScanLanes | Kernel::SsmScanLanesWide) {
             out.push_str(&lane_sum(spec)?);
         }
     } else if spec.scan_dt.is_some() || spec.bc_norm.is_some() {

@@ -48,6 +48,7 @@ pub enum Kernel {
     SsmConvCached,
     SsmScan,
     SsmScanLanes,
+    SsmScanLanesWide,
     SsmScanChunks,
     SsmScanChunksWide,
     GatedDeltaNet,
@@ -59,7 +60,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 31] = [
+    pub const ALL: [Kernel; 32] = [
         Kernel::Elementwise,
         Kernel::FusedNorm,
         Kernel::CopyBits,
@@ -83,6 +84,7 @@ impl Kernel {
         Kernel::SsmConvCached,
         Kernel::SsmScan,
         Kernel::SsmScanLanes,
+        Kernel::SsmScanLanesWide,
         Kernel::SsmScanChunks,
         Kernel::SsmScanChunksWide,
         Kernel::GatedDeltaNet,
@@ -118,6 +120,7 @@ impl Kernel {
             Kernel::SsmConvCached => "ssm_conv_cached",
             Kernel::SsmScan => "ssm_scan",
             Kernel::SsmScanLanes => "ssm_scan_lanes",
+            Kernel::SsmScanLanesWide => "ssm_scan_lanes_wide",
             Kernel::SsmScanChunks => "ssm_scan_chunks",
             Kernel::SsmScanChunksWide => "ssm_scan_chunks_wide",
             Kernel::GatedDeltaNet => "gated_delta_net",
@@ -149,6 +152,7 @@ impl Kernel {
             self,
             Kernel::SsmScan
                 | Kernel::SsmScanLanes
+                | Kernel::SsmScanLanesWide
                 | Kernel::SsmScanChunks
                 | Kernel::SsmScanChunksWide
         )
@@ -181,6 +185,7 @@ impl Kernel {
                 | Kernel::SsmConvCached
                 | Kernel::SsmScan
                 | Kernel::SsmScanLanes
+                | Kernel::SsmScanLanesWide
                 | Kernel::SsmScanChunks
                 | Kernel::SsmScanChunksWide
         )
@@ -220,7 +225,10 @@ impl Kernel {
             Kernel::SsmConv => include_str!("kernels/ssm_conv.wgsl"),
             Kernel::SsmConvCached => include_str!("kernels/ssm_conv_cached.wgsl"),
             Kernel::SsmScan => include_str!("kernels/ssm_scan.wgsl"),
-            Kernel::SsmScanLanes => include_str!("kernels/ssm_scan_lanes.wgsl"),
+            // (one kernel, the states a lane hold a constant in it: `SR`)
+            Kernel::SsmScanLanes | Kernel::SsmScanLanesWide => {
+                include_str!("kernels/ssm_scan_lanes.wgsl")
+            }
             Kernel::SsmScanChunks => include_str!("kernels/ssm_scan_chunks.wgsl"),
             Kernel::SsmScanChunksWide => include_str!("kernels/ssm_scan_chunks_wide.wgsl"),
             Kernel::GatedDeltaNet => include_str!("kernels/gated_delta_net.wgsl"),

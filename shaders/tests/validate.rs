@@ -221,6 +221,10 @@ fn variants() -> Vec<Spec> {
     ));
     v.push(Spec::new(Kernel::SsmScan, vec![arena(DType::F32); 6]));
     v.push(Spec::new(Kernel::SsmScanLanes, vec![arena(DType::F32); 6]));
+    v.push(Spec::new(
+        Kernel::SsmScanLanesWide,
+        vec![arena(DType::F32); 6],
+    ));
     v.push(Spec::new(Kernel::SsmScanChunks, vec![arena(DType::F32); 6]));
     v.push(Spec::new(
         Kernel::SsmScanChunksWide,
@@ -231,6 +235,7 @@ fn variants() -> Vec<Spec> {
     for k in [
         Kernel::SsmScan,
         Kernel::SsmScanLanes,
+        Kernel::SsmScanLanesWide,
         Kernel::SsmScanChunks,
         Kernel::SsmScanChunksWide,
     ] {
@@ -509,6 +514,7 @@ fn variants() -> Vec<Spec> {
                     | Kernel::MatMulId
                     | Kernel::MatMulIdPair
                     | Kernel::SsmScanLanes
+                    | Kernel::SsmScanLanesWide
             )
         })
         .cloned()
@@ -636,6 +642,7 @@ fn variants_applying_epilogues() -> Vec<Spec> {
         [
             Kernel::SsmScan,
             Kernel::SsmScanLanes,
+            Kernel::SsmScanLanesWide,
             Kernel::SsmScanChunks,
             Kernel::SsmScanChunksWide,
         ]

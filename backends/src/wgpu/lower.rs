@@ -718,8 +718,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                     weights,
                 });
             }
-            // small states (Mamba1) over 16 lanes a row, a long prompt's tokens in chunks
-            // scanned side by side; larger states over a workgroup
+            // states up to 128 over 16 lanes a row, a long prompt's tokens in chunks scanned
+            // side by side; larger states over a workgroup
             let rows = sn * h * pp;
             let long = xd[1] >= SCAN_CHUNKS_FROM;
             if n <= 16 && long {
@@ -728,6 +728,8 @@ pub fn lower(g: &Graph, plan: &Plan, id: NodeId, opts: LowerOptions) -> Result<V
                 (Kernel::SsmScanChunksWide, p, rows as u32)
             } else if n <= 32 {
                 (Kernel::SsmScanLanes, p, rows.div_ceil(4) as u32)
+            } else if n <= 128 {
+                (Kernel::SsmScanLanesWide, p, rows.div_ceil(4) as u32)
             } else {
                 (Kernel::SsmScan, p, (sn * h * pp) as u32)
             }

@@ -1011,9 +1011,12 @@ pub fn ssm_scan_mamba1(be: &mut dyn Backend) {
 
 pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     ssm_scan_case(be, 3, 4, 4, 8, 16, 2, false, 24);
-    // states over 32 (the GPU spreads them over a workgroup instead of one thread)
+    // states over 32 (the GPU's 16 lanes a row hold up to 8 each), and over 128 (a workgroup
+    // a row)
     ssm_scan_case(be, 2, 3, 2, 4, 96, 1, false, 34);
     ssm_scan_case(be, 1, 2, 3, 1, 40, 1, true, 35);
+    ssm_scan_case(be, 1, 3, 2, 2, 128, 1, false, 56);
+    ssm_scan_case(be, 1, 3, 2, 2, 200, 1, false, 55);
     // prompts long enough that the GPU scans them in 16 chunks side by side (states up to
     // 128): uneven chunks over grouped B and C, empty last chunks with states that leave lanes
     // idle, and the largest state
@@ -1211,13 +1214,15 @@ fn check_state_in_place(
 pub fn ssm_scan_in_place(be: &mut dyn Backend) {
     // (a prompt of 47 tokens runs in chunks on the GPU, each reading the state before the last
     // chunk writes it)
-    for t in [3, 47] {
-        ssm_scan_in_place_case(be, t);
+    // (and Mamba2's states: a decode step and a short prompt over 16 lanes a row, a long one
+    // chunked)
+    for (t, n) in [(3, 16), (47, 16), (1, 128), (3, 64), (40, 128)] {
+        ssm_scan_in_place_case(be, t, n);
     }
 }
 
-fn ssm_scan_in_place_case(be: &mut dyn Backend, t: usize) {
-    let (s, h, p, n) = (2, 4, 2, 16);
+fn ssm_scan_in_place_case(be: &mut dyn Backend, t: usize, n: usize) {
+    let (s, h, p) = (2, 4, 2);
     let slots = [3, 1];
     let mut rg = rng(31 + t as u64);
     let mut c = Case::new();

@@ -1,5 +1,6 @@
-// Selective scan (Mamba1 and Mamba2). One workgroup of 64 threads per (sequence, head, p);
-// each thread owns states n = lid, lid+64, … (N ≤ 256). Per token:
+// Selective scan a token at a time for states over 128 (N ≤ 256; `ssm_scan_lanes` takes up to
+// 128, the chunked scans long prompts). One workgroup of 64 threads per (sequence, head, p);
+// each thread owns states n = lid, lid+64, …. Per token:
 // state = state·exp(dt·A) + dt·B·x, y = Σ_n state·C (reduced across the workgroup).
 // Sources: 0 state [S,H,P,N], 1 x [S,T,H,P], 2 dt [S,T,H], 3 A [H, N or 1], 4 B [S,T,G,N],
 // 5 C [S,T,G,N]. Params: 0 S, 1 T, 2 H, 3 P, 4 N, 5 G, 6 A per state, 7 st_off, 8 x_off,

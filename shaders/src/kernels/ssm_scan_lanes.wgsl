@@ -1,9 +1,13 @@
-// Selective scan for small states (N ≤ 32, Mamba1's 16), a token at a time: 16 lanes (L) per
-// (sequence, head, p) row, lane l owning states l and l + 16, so a row's state loads and
-// stores are contiguous across its lanes and a decode step spreads over 16 times the threads
-// of a thread per row (which decoded mamba-130m at 882 tok/s on an H200, this 1,050). A token's y
-// is the lanes' sum (`lane_sum`: subgroup shuffles where the adapter has them, else workgroup
-// memory). With dt computed from its projection (`Spec::scan_dt`) the lanes split that dot
+// Selective scan a token at a time (decode, and prompts too short for the chunked scans) for
+// states up to 128 (Mamba1's 16, Mamba2's 64–128): 16 lanes (L) per (sequence, head, p) row,
+// lane l owning states l, l + 16, … (SR of them: 2 in `ssm_scan_lanes`, for states up to 32,
+// and 8 in `ssm_scan_lanes_wide`), so a row's state loads and stores are
+// contiguous across its lanes and a decode step spreads over 16 times the threads of a thread
+// per row (which decoded mamba-130m at 882 tok/s on an H200, this 1,050). A token's y is the
+// lanes' sum (`lane_sum`: subgroup shuffles where the adapter has them, else workgroup
+// memory), where Mamba2's states took a 64-thread workgroup per row and a tree of barriers
+// per token (`ssm_scan`, still the form past 128). Where A is per head (Mamba2's) a token's
+// decay is one exp, not one per state. With dt computed from its projection (`Spec::scan_dt`) the lanes split that dot
 // product too (`dt_part` per lane, `dt_sum` on the sums; `DT_PARTS`). Per token:
 // state = state·exp(dt·A) + dt·B·x, y = Σ_n state·C.
 // Sources, parameters and the form with slots: as `ssm_scan`'s.
@@ -24,18 +28,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let h = row.h;
     let s = row.s;
     let sbase = state_base(row);
-    let n1 = lane + L;
-    var st0 = 0.0;
-    var st1 = 0.0;
-    var a0 = 0.0;
-    var a1 = 0.0;
-    if (lane < n_) {
-        st0 = ld0(pu(7u) + sbase + lane);
-        a0 = ld3(pu(10u) + select(h, h * n_ + lane, pu(6u) == 1u));
-    }
-    if (n1 < n_) {
-        st1 = ld0(pu(7u) + sbase + n1);
-        a1 = ld3(pu(10u) + select(h, h * n_ + n1, pu(6u) == 1u));
+    var sv: array<f32, SR>;
+    var a: array<f32, SR>;
+    for (var r = 0u; r < SR; r++) {
+        let n = lane + L * r;
+        if (n < n_) {
+            sv[r] = ld0(pu(7u) + sbase + n);
+            a[r] = ld3(pu(10u) + select(h, h * n_ + n, pu(6u) == 1u));
+        }
     }
     for (var t = 0u; t < t_; t++) {
         let tok = s * t_ + t;
@@ -46,13 +46,22 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         let k = scan_tok_dt(tok, row, dt_sum(tok, h, sums));
         var part = 0.0;
-        if (lane < n_) {
-            st0 = st0 * exp(k.dt * a0) + ldbn(k.b, lane, k.f.x) * k.xd;
-            part = st0 * ldcn(k.c, lane, k.f.y);
+        // (one exp where A is per head)
+        let per_state = pu(6u) == 1u;
+        var e = 0.0;
+        if (!per_state) {
+            e = exp(k.dt * a[0]);
         }
-        if (n1 < n_) {
-            st1 = st1 * exp(k.dt * a1) + ldbn(k.b, n1, k.f.x) * k.xd;
-            part += st1 * ldcn(k.c, n1, k.f.y);
+        for (var r = 0u; r < SR; r++) {
+            let n = lane + L * r;
+            if (n < n_) {
+                var d = e;
+                if (per_state) {
+                    d = exp(k.dt * a[r]);
+                }
+                sv[r] = sv[r] * d + ldbn(k.b, n, k.f.x) * k.xd;
+                part += sv[r] * ldcn(k.c, n, k.f.y);
+            }
         }
         let y = lane_sum(part, lid.x);
         if (ok && lane == 0u) {
@@ -60,10 +69,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             st(pu(13u) + at, epi(at, y));
         }
     }
-    if (ok && lane < n_) {
-        state_put(sbase + lane, st0);
-    }
-    if (ok && n1 < n_) {
-        state_put(sbase + n1, st1);
+    for (var r = 0u; r < SR; r++) {
+        let n = lane + L * r;
+        if (ok && n < n_) {
+            state_put(sbase + n, sv[r]);
+        }
     }
 }
