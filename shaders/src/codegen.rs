@@ -294,6 +294,17 @@ fn ld{src}(i: u32) -> f32 {{ return f32(ldi{src}(i)); }}
     )
 }
 
+/// The workgroup array `xw_` of `len` elements a mat-vec's `prologue` stages its row in, and
+/// the loaders reading it (`ld0` an element, `x4a` a quad) from the row's start `xbase_`.
+fn staged_row(len: u32) -> String {
+    format!(
+        "var<workgroup> xw_: array<vec4<f32>, {}>;
+fn ld0(i: u32) -> f32 {{ let e = i - xbase_; return xw_[e >> 2u][e & 3u]; }}
+fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}",
+        len / 4
+    )
+}
+
 /// `ld0` for a mat-vec whose activation row is normalised in the kernel (`Spec::x_norm`), and
 /// `prologue(xrow, lid)`, which every thread calls first: the row's sum of squares over 64
 /// lanes in the order `fused_norm` sums it, so both give the same factor.
@@ -326,12 +337,7 @@ fn x_norm_loader(spec: &Spec) -> Result<String, ShaderError> {
     let (loaders, stage) = if staged > 0 {
         let wc = norm_weight(spec, weight, "e + c")?;
         (
-            format!(
-                "var<workgroup> xw_: array<vec4<f32>, {}>;
-fn ld0(i: u32) -> f32 {{ let e = i - xbase_; return xw_[e >> 2u][e & 3u]; }}
-fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}",
-                staged / 4
-            ),
+            staged_row(staged),
             format!(
                 "    if (lid < 64u) {{
         for (var q = lid; 4u * q < k_; q += 64u) {{
@@ -445,13 +451,7 @@ fn x_prog_loader(spec: &Spec) -> Result<String, ShaderError> {
     let (name, staged, stage) = if xp.staged > 0 {
         (
             "ldp_",
-            format!(
-                "var<workgroup> xw_: array<vec4<f32>, {}>;
-fn ld0(i: u32) -> f32 {{ let e = i - xbase_; return xw_[e >> 2u][e & 3u]; }}
-fn x4a(i: u32) -> vec4<f32> {{ return xw_[(i - xbase_) >> 2u]; }}
-",
-                xp.staged / 4
-            ),
+            staged_row(xp.staged) + "\n",
             // (whole quads a thread: threads writing components of one vector would race)
             "if (lid < 64u) {
         for (var q = lid; 4u * q < pu(2u); q += 64u) {
@@ -1155,12 +1155,13 @@ pub fn generate(spec: &Spec) -> Result<String, ShaderError> {
         out.push_str(&dt_loader(spec)?);
         out.push_str(&bc_loaders(spec)?);
         // (16 lanes a row: two states a lane for Mamba1's, eight up to 128)
-        match k {
-            Kernel::SsmScanLanes => out.push_str("const SR: u32 = 2u;\n"),
-            Kernel::SsmScanLanesWide => out.push_str("const SR: u32 = 8u;\n"),
-            _ => {}
-        }
-        if matches!(k, Kernel::SsmScanLanes | Kernel::SsmScanLanesWide) {
+        let states = match k {
+            Kernel::SsmScanLanes => Some(2),
+            Kernel::SsmScanLanesWide => Some(8),
+            _ => None,
+        };
+        if let Some(sr) = states {
+            let _ = writeln!(out, "const SR: u32 = {sr}u;");
             out.push_str(&lane_sum(spec)?);
         }
     } else if spec.scan_dt.is_some() || spec.bc_norm.is_some() {

@@ -381,14 +381,14 @@ pub struct XNormSpec {
 }
 
 /// The workgroup array a mat-vec stages its activation row of `k` elements in
-/// ([`XNormSpec::staged`], [`XProgSpec::staged`]): 3072 elements (12 KiB, within the 16 KiB
-/// every adapter offers) or 6144 (24 KiB, where `limit`, the adapter's bytes of workgroup
-/// memory, leaves 2 KiB beside them: 32 KiB on lavapipe and Apple GPUs, 48 on NVIDIA's), else
-/// 0 (not staged).
+/// ([`XNormSpec::staged`], [`XProgSpec::staged`]): 3072 elements (12 KiB) or 6144 (24 KiB),
+/// the first that holds the row and leaves 2 KiB of `limit`, the bytes of workgroup memory the
+/// kernels may take (16 KiB on every adapter, 32 on lavapipe and Apple GPUs, 48 on NVIDIA's;
+/// 0 stages nothing), else 0 (not staged).
 pub fn stage_len(k: usize, limit: u32) -> u32 {
     [3072u32, 6144]
         .into_iter()
-        .find(|&n| k <= n as usize && 4 * n + 2048 <= limit.max(16384))
+        .find(|&n| k <= n as usize && 4 * n + 2048 <= limit)
         .unwrap_or(0)
 }
 

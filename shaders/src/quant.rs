@@ -7,8 +7,6 @@ use weft_graph::DType;
 pub fn byte_helpers(b: u32) -> String {
     format!(
         "fn b{b}_u8(i: u32) -> u32 {{ return (e{b}[i >> 2u] >> ((i & 3u) * 8u)) & 0xffu; }}\n\
-         fn b{b}_w(a: u32) -> u32 {{ let i = a >> 2u; let lo = e{b}[i]; let hi = e{b}[min(i + 1u, arrayLength(&e{b}) - 1u)]; \
-         return select(lo, (lo >> 16u) | (hi << 16u), (a & 2u) != 0u); }}\n\
          fn b{b}_f16(i: u32) -> f32 {{ return unpack2x16float(e{b}[i >> 2u] >> ((i & 2u) * 8u)).x; }}\n\
          fn b{b}_sm(sc: u32, j: u32) -> vec2<u32> {{\n\
          \x20   if (j < 4u) {{ return vec2<u32>(b{b}_u8(sc + j) & 63u, b{b}_u8(sc + j + 4u) & 63u); }}\n\
@@ -152,7 +150,7 @@ pub fn quad_dot(j: usize, home: Home, dtype: DType, blocks: bool) -> String {
              \x20   if (q < nq) {{\n\
              {masked}\
              \x20   }}\n\
-             \x20   return (acc.x + acc.y) + (acc.z + acc.w);\n\
+             \x20   return hsum(acc);\n\
              }}\n",
             last = MATVEC_UNROLL - 1,
             unroll = MATVEC_UNROLL,
@@ -293,7 +291,8 @@ pub fn unit_body(b: u32, dtype: DType) -> Option<(u32, u32, String)> {
             };
             push(format!("let o = ug * {bytes}u; let d = {};", f16("o")));
             if dtype == DType::Q5_0 {
-                push(format!("let qh = b{b}_w(o + 2u);"));
+                push(funnel("qh", "o + 2u", 1));
+                push("let qh = qh0;".into());
             }
             push(funnel("w", &format!("o + {qs}u"), 4));
             four_bit(&mut push, &|k| format!("w{k}"), dtype == DType::Q5_0);
@@ -527,8 +526,8 @@ fn quad_body(b: u32, dtype: DType) -> Option<(u32, String)> {
                  let t = (e % 128u) / 32u; \
                  let lo = bw(o + n * 64u + l + 32u * (t % 2u)) >> (4u * (t / 2u)); \
                  let hi = bw(o + 128u + n * 32u + l) >> (2u * t); \
-                 let sc = bitcast<i32>(b{b}_u8(o + 192u + n * 8u + l / 16u + 2u * t) << 24u) >> 24u; \
-                 return ({f16}(o + 208u) * f32(sc)) * q6x4(lo, hi);"
+                 let sc = i8s(b{b}_u8(o + 192u + n * 8u + l / 16u + 2u * t)); \
+                 return ({f16}(o + 208u) * sc) * q6x4(lo, hi);"
             ),
         ),
         _ => return None,

@@ -60,7 +60,8 @@ pub struct LowerOptions {
     /// Prompts' attention by blocks of queries ([`ATTENTION_ROWS_FROM`]; `WEFT_ATTENTION_ROWS=0`
     /// turns it off, for measuring).
     pub attention_rows: bool,
-    /// The adapter's bytes of workgroup memory (rows staged by mat-vecs: `stage_len`).
+    /// The bytes of workgroup memory a mat-vec may stage its row in (`stage_len`): the
+    /// adapter's, or 0 to stage none (`WEFT_X_STAGED=0`).
     pub workgroup_memory: u32,
 }
 

@@ -288,14 +288,6 @@ impl WgpuBackend {
         let mut spec = low.spec.clone();
         spec.subgroup = self.subgroup();
         spec.matvec_blocks = self.matvec_blocks;
-        if !self.x_staged {
-            if let Some(x) = spec.x_norm.as_mut() {
-                x.staged = 0;
-            }
-            if let Some(x) = spec.x_prog.as_mut() {
-                x.staged = 0;
-            }
-        }
         // prompts on tensor cores where the device was opened with them (same parameters,
         // tiles and workgroup count as `matmul_rows`)
         if spec.kernel == Kernel::MatMulRows && self.uses_cooperative_matrices() {
@@ -680,7 +672,12 @@ impl Backend for WgpuBackend {
         let g = &plan.graph;
         crate::checks::check_externals(plan, |b| self.buffer(b).map(|x| x.size))?;
         let (attention_chunk, attention_rows) = (self.attention_chunk, self.attention_rows);
-        let workgroup_memory = self.device.limits().max_compute_workgroup_storage_size;
+        // (no row staged with `WEFT_X_STAGED=0`)
+        let workgroup_memory = if self.x_staged {
+            self.device.limits().max_compute_workgroup_storage_size
+        } else {
+            0
+        };
         // (`workspaces` false: neither the delta rule's chunks nor the attention's split)
         let lower_all = |workspaces: bool| -> Result<Vec<(NodeId, Lowered)>> {
             Ok(plan
