@@ -1,15 +1,15 @@
 // Selective scan a token at a time (decode, and prompts too short for the chunked scans) for
 // states up to 128 (Mamba1's 16, Mamba2's 64–128): 16 lanes (L) per (sequence, head, p) row,
 // lane l owning states l, l + 16, … (SR of them: 2 in `ssm_scan_lanes`, for states up to 32,
-// and 8 in `ssm_scan_lanes_wide`), so a row's state loads and stores are
-// contiguous across its lanes and a decode step spreads over 16 times the threads of a thread
-// per row (which decoded mamba-130m at 882 tok/s on an H200, this 1,050). A token's y is the
-// lanes' sum (`lane_sum`: subgroup shuffles where the adapter has them, else workgroup
-// memory), where Mamba2's states took a 64-thread workgroup per row and a tree of barriers
-// per token (`ssm_scan`, still the form past 128). Where A is per head (Mamba2's) a token's
-// decay is one exp, not one per state. With dt computed from its projection (`Spec::scan_dt`) the lanes split that dot
-// product too (`dt_part` per lane, `dt_sum` on the sums; `DT_PARTS`). Per token:
-// state = state·exp(dt·A) + dt·B·x, y = Σ_n state·C.
+// and 8 in `ssm_scan_lanes_wide`), so a row's state loads and stores are contiguous across its
+// lanes and a decode step spreads over 16 times the threads of a thread per row (which decoded
+// mamba-130m at 882 tok/s on an H200, this 1,050). A token's y is the lanes' sum (`lane_sum`:
+// subgroup shuffles where the adapter has them, else workgroup memory), where Mamba2's states
+// took a 64-thread workgroup per row and a tree of barriers per token (`ssm_scan`, still the
+// form past 128). Where A is per head (Mamba2's) a token's decay is one exp, not one per state.
+// With dt computed from its projection (`Spec::scan_dt`) the lanes split that dot product too
+// (`dt_part` per lane, `dt_sum` on the sums; `DT_PARTS`). Per token: state = state·exp(dt·A) +
+// dt·B·x, y = Σ_n state·C.
 // Sources, parameters and the form with slots: as `ssm_scan`'s.
 
 @compute @workgroup_size(64)
