@@ -185,15 +185,43 @@ pub(super) fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// How far ahead of the block it reads a one-row kernel of this file asks for its weights, in
-/// bytes. These kernels take decode's mat-vecs where the CPU has neither AVX-512 BW (the K-quants
-/// then run `k_zmm`'s) nor VNNI (the 32-element formats then run the `vnni` forms, which do
-/// not prefetch: on a Zen 4 the hardware prefetchers alone did better, see `dd9b123`). On a
-/// 2-core Zen 3 the hardware prefetchers alone left the cores waiting on the weights: llama-1.1b
-/// tg16 with against without, alternating, Q4_K_M 36.0–37.2 against 26.5–29.5 tok/s, Q8_0
-/// 21.7–23.8 against 16.4–17.7 (1536 to 9216 bytes ahead all did about as well), qwen3next-1b
-/// Q4_K_M tg32 118–130 against 94–101. (`half_dot`'s 16-lane rows ask as far ahead.)
-pub(super) const PREFETCH: usize = 2048;
+/// How far ahead of the block it reads a one-row kernel asks for its weights, in bytes. The
+/// AVX2 forms of this file (decode's mat-vecs where the CPU has neither AVX-512 BW nor VNNI)
+/// always ask: on a 2-core Zen 3 the hardware prefetchers alone left the cores waiting on the
+/// weights (llama-1.1b tg16 with against without, alternating, Q4_K_M 36.0–37.2 against
+/// 26.5–29.5 tok/s, Q8_0 21.7–23.8 against 16.4–17.7; 1536 to 9216 bytes ahead all did about
+/// as well; qwen3next-1b Q4_K_M tg32 118–130 against 94–101). The VNNI forms and `k_zmm`'s
+/// rows ask where [`decode_prefetch`] says. (`half_dot`'s 16-lane rows ask as far ahead.) On
+/// the Emerald Rapids of [`decode_prefetch`], 4 KiB ahead beat 2 KiB by 2–5% (llama-1.1b
+/// Q4_K_M and Q8_0 tg32, alternating), 1 KiB lost 8–12% and 8 KiB was level with 4.
+pub(super) const PREFETCH: usize = 4096;
+
+/// Whether the VNNI forms' and `k_zmm`'s one-row kernels ask for their weights [`PREFETCH`]
+/// bytes ahead: on Intel CPUs, not on AMD's, unless `WEFT_CPU_PREFETCH` (`0` or `1`) says
+/// otherwise. On a 2-core Emerald Rapids the hardware prefetchers alone left decode's
+/// quantized rows at 8 GB/s a core: tg32 with against without, alternating, llama-1.1b Q8_0
+/// 20.9 against 13.6–14.4 tok/s and Q4_K_M 35.6–36.2 against 24.4–25.5, mamba2-370m Q8_0
+/// 48.2–48.6 against 33.9–35.1, qwen3next-1b Q4_K_M 128–143 against 94–101 (2 KiB ahead). On
+/// a 2-core Zen 4 they did better alone (`dd9b123`, 4 KiB ahead), and the Zen 5 tables were
+/// taken without; neither machine was at hand to measure again.
+pub(super) fn decode_prefetch() -> bool {
+    static AHEAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AHEAD.get_or_init(|| match std::env::var("WEFT_CPU_PREFETCH").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => intel(),
+    })
+}
+
+/// Whether the CPU's vendor string is Intel's.
+fn intel() -> bool {
+    let id = __cpuid(0);
+    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    vendor == b"GenuineIntel"
+}
 
 /// Asks for the `lines` cache lines from [`PREFETCH`] bytes past the start of `b` (a hint:
 /// it never faults, whatever the address, so past the end of the weights is harmless).
@@ -420,8 +448,8 @@ macro_rules! b32_formats {
 
 b32_forms! {
     plain: "avx2,fma,f16c", dot_u8_i8, true;
-    vnni: "avx2,fma,f16c,avxvnni", dot_u8_i8_vnni, false;
-    vnni512: "avx2,fma,f16c,avx512vnni,avx512vl", dot_u8_i8_vnni512, false;
+    vnni: "avx2,fma,f16c,avxvnni", dot_u8_i8_vnni, decode_prefetch();
+    vnni512: "avx2,fma,f16c,avx512vnni,avx512vl", dot_u8_i8_vnni512, decode_prefetch();
 }
 
 /// The 8 six-bit scales (bytes 0..8) and mins (bytes 8..16) of a Q4_K/Q5_K super-block's

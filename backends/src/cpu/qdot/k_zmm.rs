@@ -8,8 +8,11 @@
 //! - Q6_K: 64 bytes of low nibbles are 64 consecutive elements' low bits (or, shifted by 4,
 //!   the next 64's), and 32 bytes of high bits, broadcast and shifted by 0 and 2 (or 4 and 6),
 //!   their top two bits.
+//!
+//! Each row asks for its weights ahead of the block it reads where the CPU's own prefetchers
+//! fall behind (`avx2::decode_prefetch`).
 
-use super::avx2::{f16_at, f16_pair, hsum, k_scales_vec, load32};
+use super::avx2::{decode_prefetch, f16_at, f16_pair, hsum, k_scales_vec, load32, prefetch_ahead};
 use super::{Q8KBlock, RowK};
 use std::arch::x86_64::*;
 
@@ -81,9 +84,13 @@ fn q6_k_avx512(w: &[u8], a: &[Q8KBlock]) -> f32 {
     );
     // groups of 16: lane i of the first 64 of a half takes scale i, of the next 64 scale 4 + i
     let (pick01, pick23) = (lane_words([0, 1, 2, 3]), lane_words([4, 5, 6, 7]));
+    let ahead = decode_prefetch();
     let mut acc = _mm512_setzero_ps();
     let mut offsets = _mm256_setzero_ps();
     for (b, y) in w.chunks_exact(BLOCK6).zip(a).take(nb) {
+        if ahead {
+            prefetch_ahead(b, BLOCK6.div_ceil(64));
+        }
         // SAFETY: 16 scale bytes at 192..208 are readable.
         let sc = unsafe { _mm_loadu_si128(b[192..208].as_ptr().cast()) };
         let mut sumi = _mm512_setzero_si512();
@@ -142,9 +149,13 @@ fn k4_avx512<const FIFTH: bool>(w: &[u8], a: &[Q8KBlock]) -> f32 {
         let (lo, hi) = (r(2 * c), r(2 * c + 1));
         _mm512_set_epi64(hi, hi, hi, hi, lo, lo, lo, lo)
     });
+    let ahead = decode_prefetch();
     let mut acc = _mm512_setzero_ps();
     let mut mins = _mm256_setzero_ps();
     for (b, y) in w.chunks_exact(bytes).zip(a).take(nb) {
+        if ahead {
+            prefetch_ahead(b, bytes.div_ceil(64));
+        }
         let sm = k_scales_vec(b);
         let scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(sm));
         let qh = if FIFTH {
