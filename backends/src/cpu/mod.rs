@@ -13,6 +13,8 @@ mod qdot;
 mod rows;
 #[cfg(target_arch = "x86_64")]
 mod scan_lanes;
+#[cfg(target_arch = "x86_64")]
+mod scan_zmm;
 mod ssm;
 mod state;
 mod team;

@@ -3,6 +3,8 @@
 use super::matmul::Columns;
 #[cfg(target_arch = "x86_64")]
 use super::scan_lanes::{Lanes, scan_lanes_avx2};
+#[cfg(target_arch = "x86_64")]
+use super::scan_zmm;
 use super::state::slot_rows;
 use super::team;
 use super::tensor::TensorRef;
@@ -329,20 +331,20 @@ enum Decay<'a> {
 /// One head's inputs for [`walk`]: `a` is its A row (one value, Mamba2's, or one per state,
 /// Mamba1's); token `ti`'s dt is at `dt_at + ti·dt_step`, its B and C rows start at `bc_at +
 /// ti·bc_step`, its x row at `x_at + ti·x_step`.
-struct Head<'a> {
-    n: usize,
-    t: usize,
-    a: &'a [f32],
-    dt: &'a [f32],
-    dt_at: usize,
-    dt_step: usize,
-    b: &'a [f32],
-    c: &'a [f32],
-    bc_at: usize,
-    bc_step: usize,
-    x: &'a [f32],
-    x_at: usize,
-    x_step: usize,
+pub(super) struct Head<'a> {
+    pub(super) n: usize,
+    pub(super) t: usize,
+    pub(super) a: &'a [f32],
+    pub(super) dt: &'a [f32],
+    pub(super) dt_at: usize,
+    pub(super) dt_step: usize,
+    pub(super) b: &'a [f32],
+    pub(super) c: &'a [f32],
+    pub(super) bc_at: usize,
+    pub(super) bc_step: usize,
+    pub(super) x: &'a [f32],
+    pub(super) x_at: usize,
+    pub(super) x_step: usize,
 }
 
 /// A worker's buffers for [`walk`], kept across heads: `exp(dt·A)` per token (`[T, len(A)]`)
@@ -373,8 +375,9 @@ fn walk_avx2(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
 
 /// [`walk`]'s loops, after the decays `exp(dt·A)` of every token (once per token, not per state
 /// row). With AVX2 and FMA (`fma`, which the caller then has): one decay per token (Mamba2)
-/// takes four state rows through a token together, sharing its B and C loads
-/// ([`rows4_avx2`]). Otherwise a row at a time (Mamba1's heads, one state row each, take
+/// takes a prompt's tiles of 16 rows by 16 states in AVX-512 registers where the CPU has them
+/// and the head's shape allows (`scan_zmm`), else four state rows through a token together,
+/// sharing its B and C loads ([`rows4_avx2`]). Otherwise a row at a time (Mamba1's heads, one state row each, take
 /// `scan_lanes` on such CPUs instead; a decay per state with several rows a head comes here).
 #[inline(always)]
 fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratch, fma: bool) {
@@ -416,6 +419,11 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
             Decay::One(da[0])
         }
     };
+    #[cfg(target_arch = "x86_64")]
+    if fma && !per_state && scan_zmm::fits(p, n, t) && scan_zmm::available() {
+        // SAFETY: checked just above.
+        return unsafe { scan_zmm::walk(head, state, y, decays, dts) };
+    }
     #[allow(unused_mut)] // (only the x86 paths move it)
     let mut p0 = 0;
     #[cfg(target_arch = "x86_64")]
@@ -458,7 +466,7 @@ fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
 }
 
 /// The smallest product of decays that [`walk_body`] keeps out of Mamba2's state rows.
-const SCALED_MIN: f32 = 1e-20;
+pub(super) const SCALED_MIN: f32 = 1e-20;
 
 /// One token of four state rows (`rows`, `[4, N]`) with one decay `d`: `s = s·d + b·xd_r`,
 /// returns each row's `s · c`. B and C are loaded once for the four rows, whose sums are four
