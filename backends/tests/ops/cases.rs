@@ -1033,11 +1033,12 @@ pub fn ssm_scan_mamba2(be: &mut dyn Backend) {
     // take it back within a few tokens, and a token's decay alone below that bound
     ssm_scan_decaying(be, [1, 80, 3, 8, 16, 1], false, 6.0, 51);
     ssm_scan_decaying(be, [1, 6, 2, 4, 16, 1], false, 200.0, 52);
-    // prompts the CPU scans in AVX-512 tiles of 16 rows by 16 states (16 tokens or more):
-    // two tiles of rows by three of states over grouped B and C, and the running product of
-    // decays taken back within the tile's tokens
+    // prompts the CPU scans in AVX-512 tiles (16 tokens or more) of 32 rows by 8 states, or
+    // 16 by 16 where rows come in 16s: tiles of states over grouped B and C, and the running
+    // product of decays taken back within the tile's tokens, in both shapes
     ssm_scan_case(be, 2, 37, 4, 32, 48, 2, false, 57);
-    ssm_scan_decaying(be, [1, 80, 2, 16, 16, 1], false, 6.0, 58);
+    ssm_scan_case(be, 1, 21, 2, 48, 32, 1, false, 60);
+    ssm_scan_decaying(be, [1, 80, 2, 32, 16, 1], false, 6.0, 58);
     ssm_scan_decaying(be, [1, 20, 2, 16, 32, 1], false, 200.0, 59);
 }
 
