@@ -15,8 +15,8 @@ use std::arch::x86_64::*;
 /// Lanes of a register (state rows).
 const LANES: usize = 16;
 
-/// Tokens from which a head takes [`walk`]: each tile is transposed in and out once per call,
-/// which a single token (decode) would not repay.
+/// Tokens from which a head takes [`walk`] (and Mamba1's heads `scan_lanes_avx512`): each
+/// tile is transposed in and out once per call, which a single token (decode) would not repay.
 pub(super) const MIN_TOKENS: usize = 16;
 
 /// Whether this CPU runs [`walk`].

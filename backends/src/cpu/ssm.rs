@@ -2,7 +2,7 @@
 
 use super::matmul::Columns;
 #[cfg(target_arch = "x86_64")]
-use super::scan_lanes::{Lanes, scan_lanes_avx2};
+use super::scan_lanes::{Lanes, scan_lanes_avx2, scan_lanes_avx512};
 #[cfg(target_arch = "x86_64")]
 use super::scan_zmm;
 use super::state::slot_rows;
@@ -245,8 +245,13 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
                 c: &cv,
                 bc_at: si * t * g,
             };
-            // SAFETY: the CPU has AVX2 and FMA, checked above.
-            unsafe { scan_lanes_avx2(&lanes, state, y) };
+            if t >= scan_zmm::MIN_TOKENS && scan_zmm::available() {
+                // SAFETY: the CPU has AVX-512 F, AVX2 and FMA, checked above.
+                unsafe { scan_lanes_avx512(&lanes, state, y) };
+            } else {
+                // SAFETY: the CPU has AVX2 and FMA, checked above.
+                unsafe { scan_lanes_avx2(&lanes, state, y) };
+            }
             return;
         }
         let mut scratch = Scratch::default();
@@ -283,8 +288,8 @@ fn scan(states: Vec<&mut [f32]>, srcs: &[TensorRef], ys: &mut [f32]) {
     // `ys` ([S·T, H·P]), on its own thread.
     let team = team::global();
     let hb = (s * h).div_ceil(4 * team.threads()).max(1);
-    // (Mamba1's heads go eight to a register: whole blocks of eight)
-    let hb = if p == 1 { hb.next_multiple_of(8) } else { hb };
+    // (Mamba1's heads go eight or sixteen to a register: whole blocks of sixteen)
+    let hb = if p == 1 { hb.next_multiple_of(16) } else { hb };
     let mut blocks: Vec<(usize, usize, &mut [f32])> = vec![];
     for (si, row) in states.into_iter().enumerate() {
         for (bi, state) in row.chunks_mut(hb * per).enumerate() {
