@@ -380,10 +380,11 @@ fn walk_avx2(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratc
 
 /// [`walk`]'s loops, after the decays `exp(dt·A)` of every token (once per token, not per state
 /// row). With AVX2 and FMA (`fma`, which the caller then has): one decay per token (Mamba2)
-/// takes a prompt's tiles of 16 rows by 16 states in AVX-512 registers where the CPU has them
-/// and the head's shape allows (`scan_zmm`), else four state rows through a token together,
-/// sharing its B and C loads ([`rows4_avx2`]). Otherwise a row at a time (Mamba1's heads, one state row each, take
-/// `scan_lanes` on such CPUs instead; a decay per state with several rows a head comes here).
+/// takes a prompt's tiles of 32 rows by 8 states (16 by 16) in AVX-512 registers where the CPU
+/// has them and the head's shape allows (`scan_zmm`), else four state rows through a token
+/// together, sharing its B and C loads ([`rows4_avx2`]). Otherwise a row at a time (Mamba1's
+/// heads, one state row each, take `scan_lanes` on such CPUs instead; a decay per state with
+/// several rows a head comes here).
 #[inline(always)]
 fn walk_body(head: &Head, state: &mut [f32], y: &mut [f32], scratch: &mut Scratch, fma: bool) {
     let (n, t) = (head.n, head.t);

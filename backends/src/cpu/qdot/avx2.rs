@@ -216,11 +216,7 @@ pub(super) fn decode_prefetch() -> bool {
 /// Whether the CPU's vendor string is Intel's.
 fn intel() -> bool {
     let id = __cpuid(0);
-    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
-        .iter()
-        .flat_map(|r| r.to_le_bytes())
-        .collect();
-    vendor == b"GenuineIntel"
+    [id.ebx, id.edx, id.ecx] == [*b"Genu", *b"ineI", *b"ntel"].map(u32::from_le_bytes)
 }
 
 /// Asks for the `lines` cache lines from [`PREFETCH`] bytes past the start of `b` (a hint:
