@@ -73,6 +73,48 @@ struct Meet {
     half4: Option<F16Dot4>,
     /// bf16 weights' activations, rounded to bf16 (see `tile_bf16`).
     bf16: Option<Bf16Acts>,
+    /// f16 or bf16 weights' activation rows woven into panels, for prompts of at least
+    /// [`PANEL_MIN_ROWS`] rows where the CPU has the panels (and bf16 weights no `vdpbf16ps`
+    /// tiles).
+    #[cfg(target_arch = "x86_64")]
+    panel: Option<super::panel::Acts>,
+}
+
+/// Activation rows from which 16-bit float weights meet them in packed panels. Fewer fill
+/// half a panel or less, where the panels' multiply-adds per weight widened halve: llama-1.1b
+/// f16 pp16 78 tok/s in the register tiles against 66 in panels, pp32 89–91 against 92–102,
+/// pp64 98–105 against 118–119 (Emerald Rapids, alternating); jamba-900m's experts, meeting
+/// 16 rows each on average at pp64, took 139–141 ms in tiles, 148–157 in panels from 16 rows,
+/// 135–145 from 32.
+#[cfg(target_arch = "x86_64")]
+const PANEL_MIN_ROWS: usize = 32;
+
+/// Activation rows `x` (`[m, k]`) woven into panels for 16-bit float weights of `dtype`
+/// meeting at least [`PANEL_MIN_ROWS`] of them, where prompts take the panels; bf16 weights'
+/// activations rounded to bf16 first (as every path rounds them: `tile_bf16`).
+#[cfg(target_arch = "x86_64")]
+fn panel_acts(dtype: DType, x: &[f32], k: usize) -> Option<super::panel::Acts> {
+    use super::tile::avx2::Bf16Row;
+    let half = Half::of(dtype)?;
+    if k == 0 || x.len() / k < PANEL_MIN_ROWS || !super::panel::enabled() {
+        return None;
+    }
+    let m = x.len() / k;
+    // SAFETY (both): the CPU has the panels (`enabled`).
+    Some(match half {
+        Half::F16 => unsafe { super::panel::Acts::new(|i: usize| &x[i * k..(i + 1) * k], m, k) },
+        Half::Bf16 => {
+            let rounded = tile_bf16::round_rows(x);
+            let bytes: &[u8] = bytemuck::cast_slice(&rounded);
+            unsafe {
+                super::panel::Acts::new(
+                    |i: usize| Bf16Row(&bytes[2 * i * k..2 * (i + 1) * k]),
+                    m,
+                    k,
+                )
+            }
+        }
+    })
 }
 
 /// Activation rows rounded to bf16: packed for the `vdpbf16ps` tiles (prompts, where the CPU
@@ -96,6 +138,12 @@ impl Meet {
     fn new(w: &TensorRef, x: &[f32]) -> Meet {
         let k = w.row_len();
         let quantized = Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k));
+        #[cfg(target_arch = "x86_64")]
+        let panel = panel_acts(w.dtype, x, k);
+        #[cfg(target_arch = "x86_64")]
+        let panelled = panel.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        let panelled = false;
         Meet {
             #[cfg(target_arch = "x86_64")]
             gemm: quantized
@@ -106,7 +154,9 @@ impl Meet {
             half4: Half::of(w.dtype)
                 .filter(|_| k <= HALF4_MAX_K)
                 .and_then(half_kernel4),
-            bf16: (w.dtype == DType::BF16).then(|| Bf16Acts::new(x, k)),
+            bf16: (w.dtype == DType::BF16 && !panelled).then(|| Bf16Acts::new(x, k)),
+            #[cfg(target_arch = "x86_64")]
+            panel,
         }
     }
 
@@ -123,6 +173,10 @@ impl Meet {
         #[cfg(target_arch = "x86_64")]
         if self.gemm.is_some() {
             return super::qdot::gemm::TILE_ROWS;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.panel.is_some() {
+            return super::panel::WR;
         }
         if m < 4 || self.quantized.is_some() {
             1
@@ -153,6 +207,14 @@ impl Meet {
         #[cfg(target_arch = "x86_64")]
         if let Some(gemm) = &self.gemm {
             gemm.rows(|jj| w.row_bytes(row0 + jj), out);
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(acts) = &self.panel {
+            debug_assert_eq!(acts.rows(), m, "the rows this Meet was made for");
+            let bytes = |jj: usize| w.row_bytes(row0 + jj);
+            // SAFETY: the panels are woven only where the CPU has them (`panel_acts`).
+            unsafe { super::panel::rows_times_half(w.dtype, &bytes, acts, out) };
             return;
         }
         match (&self.quantized, self.half) {

@@ -9,6 +9,8 @@ mod buffer;
 mod delta;
 mod elementwise;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod panel;
 mod qdot;
 mod rows;
 #[cfg(target_arch = "x86_64")]

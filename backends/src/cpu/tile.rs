@@ -72,7 +72,7 @@ pub fn half_rows_times<'a>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     pub fn supported() -> bool {
@@ -143,6 +143,12 @@ mod avx2 {
         unsafe fn load16(self, c: usize) -> __m512;
         fn at(self, c: usize) -> f32;
         fn elems(self) -> usize;
+        /// Asks for the row's bytes holding elements `c .. c + 32` to be brought into cache
+        /// (a hint: nothing is read, whatever `c`).
+        #[inline(always)]
+        fn prefetch32(self, c: usize) {
+            let _ = c;
+        }
     }
 
     impl Weights for &[f32] {
@@ -169,6 +175,13 @@ mod avx2 {
     pub struct Bf16Row<'a>(pub &'a [u8]);
 
     impl Weights for Bf16Row<'_> {
+        #[inline(always)]
+        fn prefetch32(self, c: usize) {
+            // SAFETY: a prefetch is a hint; it reads nothing and never faults.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(self.0.as_ptr().wrapping_add(2 * c).cast());
+            }
+        }
         #[inline(always)]
         unsafe fn load8(self, c: usize) -> __m256 {
             // SAFETY: c + 8 ≤ the row's elements, so its 16 bytes from byte 2c exist (the
@@ -200,6 +213,13 @@ mod avx2 {
     pub struct F16Row<'a>(pub &'a [u8]);
 
     impl Weights for F16Row<'_> {
+        #[inline(always)]
+        fn prefetch32(self, c: usize) {
+            // SAFETY: a prefetch is a hint; it reads nothing and never faults.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(self.0.as_ptr().wrapping_add(2 * c).cast());
+            }
+        }
         #[inline(always)]
         unsafe fn load8(self, c: usize) -> __m256 {
             // SAFETY: c + 8 ≤ the row's elements, so its 16 bytes from byte 2c exist (the

@@ -233,6 +233,11 @@ pub fn matmul_float(be: &mut dyn Backend) {
     {
         matmul_with(be, d, 64, 20 + i as u64);
     }
+    // rows longer than a block of the CPU's packed panels (256 columns), not a whole number of
+    // blocks
+    for (i, d) in [DType::F16, DType::BF16].into_iter().enumerate() {
+        matmul_with(be, d, 300, 30 + i as u64);
+    }
 }
 
 pub fn matmul_q8_0(be: &mut dyn Backend) {
@@ -449,7 +454,8 @@ pub fn matmul_id(be: &mut dyn Backend) {
     // vector at the end; bf16 with 2 or 3 rows per expert (rounded activations through the f32
     // paths) and with 4 or 5 and 24 columns (the vdpbf16ps tiles where the CPU has them, one
     // masked step); 24 tokens: 6 to 18 rows per expert, the CPU's integer tiles; 150 tokens:
-    // 75 rows per expert, which the GPU takes in two tiles of rows)
+    // 75 rows per expert, which the GPU takes in two tiles of rows and the CPU in packed panels
+    // where it has AVX-512)
     for (dtype, k, t) in [
         (DType::F32, 24, 5),
         (DType::F16, 40, 9),
@@ -460,6 +466,7 @@ pub fn matmul_id(be: &mut dyn Backend) {
         (DType::Q8_0, 64, 24),
         (DType::Q4K, 256, 24),
         (DType::F16, 40, 150),
+        (DType::BF16, 40, 150),
     ] {
         for xu in [1usize, 2] {
             let (u, e, n) = (2, 4, 6);
