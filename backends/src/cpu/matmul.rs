@@ -85,7 +85,9 @@ struct Meet {
 /// f16 pp16 78 tok/s in the register tiles against 66 in panels, pp32 89–91 against 92–102,
 /// pp64 98–105 against 118–119 (Emerald Rapids, alternating); jamba-900m's experts, meeting
 /// 16 rows each on average at pp64, took 139–141 ms in tiles, 148–157 in panels from 16 rows,
-/// 135–145 from 32.
+/// 135–145 from 32. The AVX2 forms on the same CPU (one thread, 2048 × 2048 f16 in chunks of
+/// 60 rows): tiles 62–70 GFLOP/s against panels 57–62 at 16 rows, 71–72 against 72–73 at 32,
+/// 71–72 against 76–79 at 64, 69–70 against 78 at 512.
 #[cfg(target_arch = "x86_64")]
 const PANEL_MIN_ROWS: usize = 32;
 
@@ -100,21 +102,14 @@ fn panel_acts(dtype: DType, x: &[f32], k: usize) -> Option<super::panel::Acts> {
         return None;
     }
     let m = x.len() / k;
-    // SAFETY (both): the CPU has the panels (`enabled`).
-    Some(match half {
-        Half::F16 => unsafe { super::panel::Acts::new(|i: usize| &x[i * k..(i + 1) * k], m, k) },
+    match half {
+        Half::F16 => super::panel::Acts::new(|i: usize| &x[i * k..(i + 1) * k], m, k),
         Half::Bf16 => {
             let rounded = tile_bf16::round_rows(x);
             let bytes: &[u8] = bytemuck::cast_slice(&rounded);
-            unsafe {
-                super::panel::Acts::new(
-                    |i: usize| Bf16Row(&bytes[2 * i * k..2 * (i + 1) * k]),
-                    m,
-                    k,
-                )
-            }
+            super::panel::Acts::new(|i: usize| Bf16Row(&bytes[2 * i * k..2 * (i + 1) * k]), m, k)
         }
-    })
+    }
 }
 
 /// Activation rows rounded to bf16: packed for the `vdpbf16ps` tiles (prompts, where the CPU
@@ -176,7 +171,7 @@ impl Meet {
         }
         #[cfg(target_arch = "x86_64")]
         if self.panel.is_some() {
-            return super::panel::WR;
+            return super::panel::weight_rows();
         }
         if m < 4 || self.quantized.is_some() {
             1
@@ -213,8 +208,7 @@ impl Meet {
         if let Some(acts) = &self.panel {
             debug_assert_eq!(acts.rows(), m, "the rows this Meet was made for");
             let bytes = |jj: usize| w.row_bytes(row0 + jj);
-            // SAFETY: the panels are woven only where the CPU has them (`panel_acts`).
-            unsafe { super::panel::rows_times_half(w.dtype, &bytes, acts, out) };
+            super::panel::rows_times_half(w.dtype, &bytes, acts, out);
             return;
         }
         match (&self.quantized, self.half) {
