@@ -76,11 +76,62 @@ fn round_block(x: &[f32], qs: &mut [i8]) -> f32 {
     round_block_body(x, qs)
 }
 
-/// [`round_block`] compiled for AVX2 (the same arithmetic, vectorised).
+/// [`round_block`] in AVX2 registers, 32 values at a time (the same arithmetic: compiled from
+/// the plain loop, the conversions to i8 ran a value at a time, 8% of a Q8_0 prompt's time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn round_block_avx2(x: &[f32], qs: &mut [i8]) -> f32 {
-    round_block_body(x, qs)
+    use std::arch::x86_64::*;
+    assert_eq!(x.len(), qs.len());
+    let whole = x.len() / 32 * 32;
+    // SAFETY (both loops): every load and store lies in `x[..whole]` or `qs[..whole]`.
+    let amax = unsafe {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for c in (0..whole).step_by(8) {
+            // (`max` returns its second operand where either is NaN: NaNs are passed over, as
+            // `f32::max` passes them)
+            m = _mm256_max_ps(
+                _mm256_andnot_ps(sign, _mm256_loadu_ps(x.as_ptr().add(c))),
+                m,
+            );
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+        let m = lanes.iter().fold(0.0f32, |a, &v| a.max(v));
+        x[whole..].iter().fold(m, |a, v| a.max(v.abs()))
+    };
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    unsafe {
+        let (idv, sign) = (_mm256_set1_ps(id), _mm256_set1_ps(-0.0));
+        // `f32::round` (halves away from zero) as LLVM lowers it: the truncation of
+        // `v + copysign(0.5 − 2⁻²⁵, v)`
+        let half = _mm256_set1_ps(f32::from_bits(0.5f32.to_bits() - 1));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for c in (0..whole).step_by(32) {
+            let q: [__m256i; 4] = std::array::from_fn(|r| {
+                let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(c + 8 * r)), idv);
+                let h = _mm256_or_ps(half, _mm256_and_ps(sign, v));
+                let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(
+                    _mm256_add_ps(v, h),
+                );
+                // a NaN converts to 0, as `as i32` converts it (values in [−127, 127] else)
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(t, t);
+                _mm256_andnot_si256(_mm256_castps_si256(nan), _mm256_cvttps_epi32(t))
+            });
+            let w = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let w = _mm256_permutevar8x32_epi32(w, order);
+            _mm256_storeu_si256(qs.as_mut_ptr().add(c).cast(), w);
+        }
+    }
+    for (q, v) in qs[whole..].iter_mut().zip(&x[whole..]) {
+        *q = (v * id).round() as i8;
+    }
+    d
 }
 
 #[inline(always)]
@@ -323,6 +374,54 @@ mod tests {
     }
 
     /// Every kernel equals the f64 dot of the dequantized weights with the rounded activations.
+    /// The AVX2 rounding equals the plain loop's, halves (away from zero), values just below
+    /// halves, NaNs and infinities included, at whole and partial widths.
+    #[test]
+    fn round_block_avx2_equals_the_plain_loop() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut seed = 7;
+            let below = |v: f32| f32::from_bits(v.to_bits() - 1);
+            for len in [32, 40, 256, 7] {
+                let mut cases: Vec<Vec<f32>> = vec![
+                    (0..len).map(|_| lcg(&mut seed) * 3.0).collect(),
+                    // d = 1: the values themselves rounded
+                    (0..len)
+                        .map(|i| {
+                            if i == 0 {
+                                127.0
+                            } else {
+                                i as f32 % 50.0 - 24.5
+                            }
+                        })
+                        .collect(),
+                    (0..len)
+                        .map(|i| {
+                            if i == 0 {
+                                -127.0
+                            } else {
+                                below(i as f32 % 40.0 + 0.5)
+                            }
+                        })
+                        .collect(),
+                    vec![0.0; len],
+                ];
+                for special in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut v = cases[0].clone();
+                    v[len / 2] = special;
+                    cases.push(v);
+                }
+                for x in cases {
+                    let (mut want, mut got) = (vec![0i8; len], vec![0i8; len]);
+                    let dw = round_block_body(&x, &mut want);
+                    // SAFETY: the CPU has AVX2, checked above.
+                    let dg = unsafe { round_block_avx2(&x, &mut got) };
+                    assert_eq!((dg.to_bits(), &got), (dw.to_bits(), &want), "{x:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn kernels_match_dequantized_dot() {
         let mut seed = 7u64;
