@@ -7,9 +7,9 @@
 //! 32-element-block formats meet each line in one `vpdpbusd` (u8 × i8, four products summed
 //! per lane; with AVX2, `vpmaddubsw` then `vpmaddwd` by ones) and scale each 32-element
 //! block's sum in f32 by the weight's `α` and the activations' `d`. The K-quants stay in
-//! integers through a super-block: `vpmaddubsw` (u8 × i8 pairs to i16), then `vpdpwssd` with
-//! the group's integer scale (with AVX2, two or four lines' pairs added in i16 first, then
-//! `vpmaddwd`), and one f32 multiply-add per weight row and 256 elements. The weights'
+//! integers through a super-block: each group's sum by `vpdpbusd`, times the group's integer
+//! scale by `vpmulld` (with AVX2, `vpmaddubsw` pairs to i16, two or four lines' added in i16,
+//! then `vpmaddwd` with the scale), and one f32 multiply-add per weight row and 256 elements. The weights'
 //! offsets and mins (`β`) meet the activations' sums once per weight row, per 32 elements
 //! (per 16 for Q6_K, whose `β` changes every 16). The activations are the same 8-bit rows as
 //! [`Acts`]' (same blocks, same rounding), so the sums equal the one-row kernels' up to the
@@ -825,7 +825,8 @@ unsafe fn float_tile<R: Regs, const RW: usize, const SIGNED: bool>(
 
 /// Adds the products of [`Form::Int`] weight rows `w` and the group `x` of activation rows
 /// (`k`, a multiple of 256, long) into `acc`: each super-block's sums in i32,
-/// `Σ scale · Σ u·q` (u8 × i8 pairs to i16, then i16 × i16 with the group's scale), then
+/// `Σ scale · Σ u·q` (with VNNI a group's `Σ u·q` in i32 times its scale; with AVX2 alone
+/// u8 × i8 pairs to i16, then i16 × i16 with the group's scale), then
 /// `d_w·d_x` times that in f32; the offsets per 16 elements where `FINE`, else per 32 (whose
 /// two `β` are equal).
 ///
@@ -875,11 +876,7 @@ unsafe fn int_tile<R: Regs, const RW: usize, const FINE: bool>(
                 // `depth` lines' i16 pairs added before they meet the scale: each pair is
                 // at most 2 · 31 · 128 (Q4_K, Q5_K) or 2 · 63 · 128 (Q6_K), so four or two
                 // of them stay below 2¹⁵
-                let depth = match (R::SUM16, FINE) {
-                    (false, _) => 1,
-                    (true, false) => 4,
-                    (true, true) => 2,
-                };
+                let depth = if FINE { 2 } else { 4 };
                 for c0 in (4 * g..4 * (g + 1)).step_by(depth) {
                     let mut p = [R::zero_i(); RW];
                     for c in c0..c0 + depth {
