@@ -78,6 +78,10 @@ struct Meet {
     /// tiles).
     #[cfg(target_arch = "x86_64")]
     panel: Option<super::panel::Acts>,
+    /// f16 or bf16 weights' activation rows packed into AMX tiles, for prompts of at least
+    /// [`PANEL_MIN_ROWS`] rows where the CPU has them (instead of the panels).
+    #[cfg(target_arch = "x86_64")]
+    amx: Option<super::amx::Acts>,
 }
 
 /// Activation rows from which 16-bit float weights meet them in packed panels. Fewer fill
@@ -134,9 +138,13 @@ impl Meet {
         let k = w.row_len();
         let quantized = Kernel::for_dtype(w.dtype).zip(Acts::quantize(w.dtype, x, k));
         #[cfg(target_arch = "x86_64")]
-        let panel = panel_acts(w.dtype, x, k);
+        let amx = (k > 0 && x.len() / k >= PANEL_MIN_ROWS)
+            .then(|| super::amx::Acts::new(w.dtype, x, k))
+            .flatten();
         #[cfg(target_arch = "x86_64")]
-        let panelled = panel.is_some();
+        let panel = amx.is_none().then(|| panel_acts(w.dtype, x, k)).flatten();
+        #[cfg(target_arch = "x86_64")]
+        let panelled = panel.is_some() || amx.is_some();
         #[cfg(not(target_arch = "x86_64"))]
         let panelled = false;
         Meet {
@@ -152,6 +160,8 @@ impl Meet {
             bf16: (w.dtype == DType::BF16 && !panelled).then(|| Bf16Acts::new(x, k)),
             #[cfg(target_arch = "x86_64")]
             panel,
+            #[cfg(target_arch = "x86_64")]
+            amx,
         }
     }
 
@@ -172,6 +182,10 @@ impl Meet {
         #[cfg(target_arch = "x86_64")]
         if self.panel.is_some() {
             return super::panel::weight_rows();
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.amx.is_some() {
+            return super::amx::WEIGHT_ROWS;
         }
         if m < 4 || self.quantized.is_some() {
             1
@@ -202,6 +216,13 @@ impl Meet {
         #[cfg(target_arch = "x86_64")]
         if let Some(gemm) = &self.gemm {
             gemm.rows(|jj| w.row_bytes(row0 + jj), out);
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(acts) = &self.amx {
+            debug_assert_eq!(acts.rows(), m, "the rows this Meet was made for");
+            let bytes = |jj: usize| w.row_bytes(row0 + jj);
+            super::amx::rows_times(w.dtype, &bytes, acts, out);
             return;
         }
         #[cfg(target_arch = "x86_64")]

@@ -2,6 +2,8 @@
 //! ([`team`]). Quantized weights meet 8-bit activations in integer dot products ([`qdot`], as
 //! llama.cpp's CPU backend computes them); other weights are decoded row by row.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_zmm;

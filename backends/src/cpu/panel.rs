@@ -304,7 +304,7 @@ unsafe fn weave<V: Width, W: Weights>(
 /// # Safety
 /// The CPU has AVX-512 F (inlined into code compiled for it).
 #[inline(always)]
-unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+pub(super) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // SAFETY: register shuffles only; the caller's contract gives the features.
     unsafe {
         // pairs of rows interleaved, then quads: u[4g + q] holds, in its 128-bit lane l,
