@@ -375,10 +375,12 @@ fn pack_bf16_row(src: &[u8], k: usize, cs: Range<usize>, r: usize, dst: &mut [u1
     }
 }
 
-/// The tile registers' shapes: palette 1, all eight 16 rows of 64 bytes.
+/// A tile configuration as `ldtilecfg` reads it (palette, then each tile's bytes per row and
+/// rows).
 #[repr(C, align(64))]
-struct Config([u8; 64]);
+pub(super) struct Config(pub(super) [u8; 64]);
 
+/// The tile registers' shapes here: palette 1, all eight 16 rows of 64 bytes.
 const CONFIG: Config = {
     let mut b = [0u8; 64];
     b[0] = 1;
@@ -391,17 +393,23 @@ const CONFIG: Config = {
     Config(b)
 };
 
+/// `tileloadd tmm$t` from `$p`, rows `$s` bytes apart (64 where not given).
 macro_rules! tload {
     ($t:literal, $p:expr) => {
+        tload!($t, $p, 64usize)
+    };
+    ($t:literal, $p:expr, $s:expr) => {
         asm!(
             concat!("tileloadd tmm", $t, ", [{p} + {s}*1]"),
             p = in(reg) $p,
-            s = in(reg) 64usize,
+            s = in(reg) $s,
             options(nostack, readonly, preserves_flags)
         )
     };
 }
+pub(super) use tload;
 
+/// `tdpbf16ps tmm$c, tmm$a, tmm$b`.
 macro_rules! tdp {
     ($c:literal, $a:literal, $b:literal) => {
         asm!(
@@ -411,6 +419,18 @@ macro_rules! tdp {
     };
 }
 
+/// `tdpbssd tmm$c, tmm$a, tmm$b` (i8 by i8, summed into i32).
+macro_rules! tdp_ssd {
+    ($c:literal, $a:literal, $b:literal) => {
+        asm!(
+            concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm", $b),
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+}
+pub(super) use tdp_ssd;
+
+/// `tilestored` of `tmm$t` to `$p`, rows `$s` bytes apart.
 macro_rules! tstore {
     ($t:literal, $p:expr, $s:expr) => {
         asm!(
@@ -420,6 +440,18 @@ macro_rules! tstore {
             options(nostack, preserves_flags)
         )
     };
+}
+
+pub(super) use tstore;
+
+/// Leaves the tiles in their initial state (the kernel then saves none of their data).
+///
+/// # Safety
+/// The CPU has AMX-TILE.
+#[inline(always)]
+pub(super) unsafe fn tile_release() {
+    // SAFETY: the caller's contract.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
 /// Every weight tile pair against every activation tile pair, into `out`.
@@ -482,7 +514,7 @@ unsafe fn products(w: &[u16], acts: &Acts, n: usize, out: &mut [f32]) {
                 }
             }
         }
-        asm!("tilerelease", options(nostack, nomem));
+        tile_release();
     }
 }
 
