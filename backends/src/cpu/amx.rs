@@ -430,6 +430,17 @@ macro_rules! tdp_ssd {
 }
 pub(super) use tdp_ssd;
 
+/// `tdpbusd tmm$c, tmm$a, tmm$b` (u8 by i8, summed into i32).
+macro_rules! tdp_usd {
+    ($c:literal, $a:literal, $b:literal) => {
+        asm!(
+            concat!("tdpbusd tmm", $c, ", tmm", $a, ", tmm", $b),
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+}
+pub(super) use tdp_usd;
+
 /// `tilestored` of `tmm$t` to `$p`, rows `$s` bytes apart.
 macro_rules! tstore {
     ($t:literal, $p:expr, $s:expr) => {

@@ -82,11 +82,11 @@ struct Meet {
     /// [`AMX_MIN_ROWS`] rows where the CPU has them (instead of the panels).
     #[cfg(target_arch = "x86_64")]
     amx: Option<super::amx::Acts>,
-    /// Q8_0 weights' activation rows (rounded to 8 bits as `quantized` holds them) packed
-    /// into AMX-INT8 tiles, for prompts of at least [`AMX_Q8_MIN_ROWS`] rows where the CPU
+    /// 32-element-format weights' activation rows (rounded to 8 bits as `quantized` holds
+    /// them) packed into AMX-INT8 tiles, for prompts of at least [`AMX_INT8_MIN_ROWS`] rows where the CPU
     /// has them (instead of the integer register tiles).
     #[cfg(target_arch = "x86_64")]
-    amx_q8: Option<super::amx_q8::Acts>,
+    amx_int8: Option<super::amx_int8::Acts>,
 }
 
 /// Activation rows from which 16-bit float weights meet them in packed panels. Fewer fill
@@ -108,12 +108,12 @@ const PANEL_MIN_ROWS: usize = 32;
 #[cfg(target_arch = "x86_64")]
 const AMX_MIN_ROWS: usize = 64;
 
-/// Activation rows from which Q8_0 weights meet them on AMX-INT8 tiles (their packing copies
-/// bytes): llama-1.1b Q8_0, the integer register tiles against the AMX tiles (one binary,
+/// Activation rows from which the 32-element formats' weights meet them on AMX-INT8 tiles
+/// (their packing copies or unpacks bytes): llama-1.1b Q8_0, the integer register tiles against the AMX tiles (one binary,
 /// alternating): pp8 36–51 tok/s against 44–47, pp16 71–87 against 77–86, pp32 96–100
 /// against 125–133, pp64 106–123 against 155–168, pp512 106–111 against 206–208.
 #[cfg(target_arch = "x86_64")]
-const AMX_Q8_MIN_ROWS: usize = 32;
+const AMX_INT8_MIN_ROWS: usize = 32;
 
 /// Activation rows `x` (`[m, k]`) woven into panels for 16-bit float weights of `dtype`
 /// meeting at least [`PANEL_MIN_ROWS`] of them, where prompts take the panels; bf16 weights'
@@ -168,15 +168,15 @@ impl Meet {
         #[cfg(not(target_arch = "x86_64"))]
         let panelled = false;
         #[cfg(target_arch = "x86_64")]
-        let amx_q8 = quantized
+        let amx_int8 = quantized
             .as_ref()
-            .filter(|(_, acts)| w.dtype == DType::Q8_0 && acts.rows() >= AMX_Q8_MIN_ROWS)
-            .and_then(|(_, acts)| super::amx_q8::Acts::new(acts));
+            .filter(|(_, acts)| super::amx_int8::takes(w.dtype) && acts.rows() >= AMX_INT8_MIN_ROWS)
+            .and_then(|(_, acts)| super::amx_int8::Acts::new(acts));
         Meet {
             #[cfg(target_arch = "x86_64")]
             gemm: quantized
                 .as_ref()
-                .filter(|_| amx_q8.is_none())
+                .filter(|_| amx_int8.is_none())
                 .and_then(|(_, acts)| Gemm::new(w.dtype, acts, k)),
             quantized,
             half: Half::of(w.dtype).and_then(half_kernel),
@@ -189,7 +189,7 @@ impl Meet {
             #[cfg(target_arch = "x86_64")]
             amx,
             #[cfg(target_arch = "x86_64")]
-            amx_q8,
+            amx_int8,
         }
     }
 
@@ -216,8 +216,8 @@ impl Meet {
             return super::amx::WEIGHT_ROWS;
         }
         #[cfg(target_arch = "x86_64")]
-        if self.amx_q8.is_some() {
-            return super::amx_q8::WEIGHT_ROWS;
+        if self.amx_int8.is_some() {
+            return super::amx_int8::WEIGHT_ROWS;
         }
         if m < 4 || self.quantized.is_some() {
             1
@@ -251,9 +251,9 @@ impl Meet {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        if let Some(acts) = &self.amx_q8 {
+        if let Some(acts) = &self.amx_int8 {
             debug_assert_eq!(acts.rows(), m, "the rows this Meet was made for");
-            super::amx_q8::rows_times(&|jj: usize| w.row_bytes(row0 + jj), acts, out);
+            super::amx_int8::rows_times(w.dtype, &|jj: usize| w.row_bytes(row0 + jj), acts, out);
             return;
         }
         #[cfg(target_arch = "x86_64")]

@@ -5,7 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
-mod amx_q8;
+mod amx_int8;
 mod attention;
 #[cfg(target_arch = "x86_64")]
 mod attention_zmm;

@@ -21,7 +21,7 @@ mod half_dot;
 mod k_zmm;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
-mod unpack;
+pub(super) mod unpack;
 
 use weft_graph::DType;
 
