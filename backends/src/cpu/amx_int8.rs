@@ -1,5 +1,5 @@
-//! Prompt products of the 32-element block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) on
-//! AMX-INT8 tiles. The activations are the 8-bit rows every such product meets
+//! Prompt products of the 32-element block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and of Q4_K
+//! and Q5_K (whose scale and min change every 32 elements) on AMX-INT8 tiles. The activations are the 8-bit rows every such product meets
 //! ([`super::qdot::Acts`]: per 32 elements a scale `d`, 32 `i8` and `s = d·Σq`), so the
 //! integer sums equal the register tiles' exactly and only the order of the f32 additions
 //! differs. Each 32-element block is one tile product (16 weight rows by 16 activation rows,
@@ -26,7 +26,13 @@ const Q8_0_BYTES: usize = 2 + QK;
 pub fn takes(dtype: DType) -> bool {
     matches!(
         dtype,
-        DType::Q8_0 | DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1
+        DType::Q8_0
+            | DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q4K
+            | DType::Q5K
     )
 }
 
@@ -49,17 +55,35 @@ pub struct Acts {
 }
 
 impl Acts {
-    /// The 8-bit activation rows `q` (of a 32-element format) packed for the tiles; `None`
-    /// where the tiles do not run or `q` holds the K-quants' blocks.
+    /// The 8-bit activation rows `q` packed for the tiles (the K-quants' per 32 elements of
+    /// their 256: the super-block's `d`, and `s` from the two sums of 16); `None` where the
+    /// tiles do not run.
     pub fn new(q: &QActs) -> Option<Acts> {
-        let QActs::B32 { per_row, blocks } = q else {
-            return None;
-        };
-        let kb = *per_row;
-        if !enabled() || kb == 0 {
+        if !enabled() {
             return None;
         }
-        let m = blocks.len() / kb;
+        // each row's 32-element blocks: (d, s, the 32 values)
+        let (kb, m): (usize, usize) = match q {
+            QActs::B32 { per_row, blocks } => (*per_row, blocks.len() / (*per_row).max(1)),
+            QActs::K { per_row, blocks } => (8 * per_row, blocks.len() / (*per_row).max(1)),
+        };
+        if kb == 0 {
+            return None;
+        }
+        let block = |i: usize, c: usize| -> (f32, f32, &[i8]) {
+            match q {
+                QActs::B32 { blocks, .. } => {
+                    let b: &Q8Block = &blocks[i * kb + c];
+                    (b.d, b.s, &b.qs)
+                }
+                QActs::K { blocks, .. } => {
+                    let b = &blocks[(i * kb + c) / 8];
+                    let g = c % 8;
+                    let sum = b.bsums[2 * g] as i32 + b.bsums[2 * g + 1] as i32;
+                    (b.d, b.d * sum as f32, &b.qs[QK * g..QK * (g + 1)])
+                }
+            }
+        };
         let xbs = m.div_ceil(TR);
         let mut tiles = vec![[0u8; 512]; xbs * kb];
         let mut scales = vec![[0f32; TR]; xbs * kb];
@@ -67,15 +91,15 @@ impl Acts {
         for i in 0..m {
             let (b, n) = (i / TR, i % TR);
             for c in 0..kb {
-                let blk: &Q8Block = &blocks[i * kb + c];
+                let (d, s, qs) = block(i, c);
                 let t = &mut tiles[b * kb + c];
                 for r in 0..QK / 4 {
                     for e in 0..4 {
-                        t[r * 64 + n * 4 + e] = blk.qs[4 * r + e] as u8;
+                        t[r * 64 + n * 4 + e] = qs[4 * r + e] as u8;
                     }
                 }
-                scales[b * kb + c][n] = blk.d;
-                sums[b * kb + c][n] = blk.s;
+                scales[b * kb + c][n] = d;
+                sums[b * kb + c][n] = s;
             }
         }
         Some(Acts {
@@ -141,16 +165,13 @@ pub fn rows_times<'a>(
         // SAFETY: the CPU has AVX2, FMA and F16C (every CPU with AMX does).
         let unpacked = unsafe { unpack::for_dtype(dtype) }.filter(|_| dtype != DType::Q8_0);
         let (mut u, mut q, mut scale, mut d, mut beta) = match unpacked {
-            Some((_, form)) => {
-                assert_eq!(form, Form::Float, "a 32-element format");
-                (
-                    vec![0u8; k],
-                    vec![0u8; k],
-                    vec![0f32; k / 4],
-                    vec![],
-                    vec![0f32; k / 16],
-                )
-            }
+            Some(_) => (
+                vec![0u8; k],
+                vec![0u8; k],
+                vec![0f32; k / 4],
+                vec![0f32; k.div_ceil(256)],
+                vec![0f32; k / 16],
+            ),
             None => Default::default(),
         };
         for j in 0..n {
@@ -170,7 +191,7 @@ pub fn rows_times<'a>(
                             half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
                     }
                 }
-                Some((f, _)) => {
+                Some((f, form)) => {
                     f(
                         bytes,
                         RowMut {
@@ -181,10 +202,16 @@ pub fn rows_times<'a>(
                             beta: &mut beta,
                         },
                     );
+                    // (the K-quants: the integer scale of the block's first 16, which its
+                    // second 16 share in Q4_K and Q5_K, times the super-block's d)
+                    let words: &[u32] = bytemuck::cast_slice(&scale);
                     for c in 0..kb {
                         p.tiles[b * kb + c][r * QK..(r + 1) * QK]
                             .copy_from_slice(&u[c * QK..(c + 1) * QK]);
-                        p.alpha[b * kb + c][r] = scale[c * QK / 4];
+                        p.alpha[b * kb + c][r] = match form {
+                            Form::Float => scale[c * QK / 4],
+                            Form::Int => d[c / 8] * words[2 * c] as u16 as i16 as f32,
+                        };
                         p.beta[b * kb + c][r] = beta[c * QK / 16];
                     }
                 }
@@ -319,21 +346,27 @@ mod tests {
             DType::Q4_1,
             DType::Q5_0,
             DType::Q5_1,
+            DType::Q4K,
+            DType::Q5K,
         ];
         for (f, dtype) in formats.into_iter().enumerate() {
-            let block = dtype.bytes_for(QK).expect("a block format");
-            let mins = matches!(dtype, DType::Q4_1 | DType::Q5_1);
-            for (n, m, k) in [
+            let elems = dtype.block_elems();
+            let block = dtype.bytes_for(elems).expect("a block format");
+            // (the K-quants' d and dmin lie where Q4_1's d and m do)
+            let mins = matches!(dtype, DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K);
+            let shapes = [
                 (1, 1, 32),
                 (16, 16, 64),
                 (13, 5, 96),
                 (33, 17, 160),
+                (3, 20, 256),
                 (40, 70, 512),
-            ] {
+            ];
+            for (n, m, k) in shapes.into_iter().filter(|s| s.2 % elems == 0) {
                 let x: Vec<f32> = (0..m * k)
                     .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
                     .collect();
-                let mut bytes: Vec<u8> = (0..n * k / QK * block)
+                let mut bytes: Vec<u8> = (0..n * k / elems * block)
                     .map(|i| ((i * 131 + 17 * f) % 251) as u8)
                     .collect();
                 for (b, blk) in bytes.chunks_exact_mut(block).enumerate() {
@@ -346,11 +379,19 @@ mod tests {
                 }
                 let q = QActs::quantize(dtype, &x, k).expect("8-bit activations");
                 let acts = Acts::new(&q).expect("the tiles run");
-                let per = k / QK * block;
+                let per = k / elems * block;
                 let mut out = vec![f32::NAN; n * m];
                 rows_times(dtype, &|j| &bytes[j * per..(j + 1) * per], &acts, &mut out);
-                let QActs::B32 { blocks, .. } = &q else {
-                    unreachable!("32-element blocks")
+                // each activation row's values as the tiles meet them
+                let xv: Vec<f32> = match &q {
+                    QActs::B32 { blocks, .. } => blocks
+                        .iter()
+                        .flat_map(|b| b.qs.map(|v| b.d * v as f32))
+                        .collect(),
+                    QActs::K { blocks, .. } => blocks
+                        .iter()
+                        .flat_map(|b| b.qs.map(|v| b.d * v as f32))
+                        .collect(),
                 };
                 let mut wv = vec![0f32; n * k];
                 assert!(weft_graph::quant::dequantize(dtype, &bytes, &mut wv));
@@ -358,8 +399,7 @@ mod tests {
                     for i in 0..m {
                         let mut want = 0f64;
                         for c in 0..k {
-                            let b = &blocks[(i * k + c) / QK];
-                            want += wv[j * k + c] as f64 * (b.d * b.qs[c % QK] as f32) as f64;
+                            want += wv[j * k + c] as f64 * xv[i * k + c] as f64;
                         }
                         let got = out[j * m + i] as f64;
                         assert!(
