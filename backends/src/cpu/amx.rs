@@ -409,37 +409,17 @@ macro_rules! tload {
 }
 pub(super) use tload;
 
-/// `tdpbf16ps tmm$c, tmm$a, tmm$b`.
+/// The tile product `$op tmm$c, tmm$a, tmm$b`: `tdpbf16ps` (bf16 pairs into f32), `tdpbssd`
+/// (i8 by i8 into i32) or `tdpbusd` (u8 by i8).
 macro_rules! tdp {
-    ($c:literal, $a:literal, $b:literal) => {
+    ($op:literal, $c:literal, $a:literal, $b:literal) => {
         asm!(
-            concat!("tdpbf16ps tmm", $c, ", tmm", $a, ", tmm", $b),
+            concat!($op, " tmm", $c, ", tmm", $a, ", tmm", $b),
             options(nomem, nostack, preserves_flags)
         )
     };
 }
-
-/// `tdpbssd tmm$c, tmm$a, tmm$b` (i8 by i8, summed into i32).
-macro_rules! tdp_ssd {
-    ($c:literal, $a:literal, $b:literal) => {
-        asm!(
-            concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm", $b),
-            options(nomem, nostack, preserves_flags)
-        )
-    };
-}
-pub(super) use tdp_ssd;
-
-/// `tdpbusd tmm$c, tmm$a, tmm$b` (u8 by i8, summed into i32).
-macro_rules! tdp_usd {
-    ($c:literal, $a:literal, $b:literal) => {
-        asm!(
-            concat!("tdpbusd tmm", $c, ", tmm", $a, ", tmm", $b),
-            options(nomem, nostack, preserves_flags)
-        )
-    };
-}
-pub(super) use tdp_usd;
+pub(super) use tdp;
 
 /// `tilestored` of `tmm$t` to `$p`, rows `$s` bytes apart.
 macro_rules! tstore {
@@ -571,16 +551,16 @@ unsafe fn pair(
             // wh·xh
             tload!("4", w(c, 0, 0));
             tload!("6", x(c, 0, 0));
-            tdp!("0", "4", "6");
+            tdp!("tdpbf16ps", "0", "4", "6");
             if two_x {
                 tload!("7", x(c, 0, 1));
-                tdp!("1", "4", "7");
+                tdp!("tdpbf16ps", "1", "4", "7");
             }
             if two_w {
                 tload!("5", w(c, 0, 1));
-                tdp!("2", "5", "6");
+                tdp!("tdpbf16ps", "2", "5", "6");
                 if two_x {
-                    tdp!("3", "5", "7");
+                    tdp!("tdpbf16ps", "3", "5", "7");
                 }
             }
             if split == Split::Bf16 {
@@ -588,30 +568,30 @@ unsafe fn pair(
             }
             // wh·xl (the weights' high parts still loaded)
             tload!("6", x(c, 1, 0));
-            tdp!("0", "4", "6");
+            tdp!("tdpbf16ps", "0", "4", "6");
             if two_w {
-                tdp!("2", "5", "6");
+                tdp!("tdpbf16ps", "2", "5", "6");
             }
             if two_x {
                 tload!("7", x(c, 1, 1));
-                tdp!("1", "4", "7");
+                tdp!("tdpbf16ps", "1", "4", "7");
                 if two_w {
-                    tdp!("3", "5", "7");
+                    tdp!("tdpbf16ps", "3", "5", "7");
                 }
             }
             // wl·xh
             tload!("4", w(c, 1, 0));
             tload!("6", x(c, 0, 0));
-            tdp!("0", "4", "6");
+            tdp!("tdpbf16ps", "0", "4", "6");
             if two_x {
                 tload!("7", x(c, 0, 1));
-                tdp!("1", "4", "7");
+                tdp!("tdpbf16ps", "1", "4", "7");
             }
             if two_w {
                 tload!("5", w(c, 1, 1));
-                tdp!("2", "5", "6");
+                tdp!("tdpbf16ps", "2", "5", "6");
                 if two_x {
-                    tdp!("3", "5", "7");
+                    tdp!("tdpbf16ps", "3", "5", "7");
                 }
             }
         }

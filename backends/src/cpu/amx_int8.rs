@@ -8,7 +8,7 @@
 //! `α·u + β`); its sums are scaled in AVX-512, `Σ·α·d + β·s`, and added into 16 registers of
 //! f32 sums while the next block's tile product runs.
 
-use super::amx::{Config, tdp_ssd, tdp_usd, tile_release, tload, tstore};
+use super::amx::{Config, tdp, tile_release, tload, tstore};
 use super::qdot::unpack::{self, Form, RowMut};
 use super::qdot::{Acts as QActs, Q8Block, QK};
 use std::arch::asm;
@@ -271,18 +271,18 @@ unsafe fn products(p: &Packed, acts: &Acts, n: usize, signed: bool, out: &mut [f
                         tload!("2", x(c), 64usize);
                         asm!("tilezero tmm0", options(nomem, nostack, preserves_flags));
                         if signed {
-                            tdp_ssd!("0", "1", "2");
+                            tdp!("tdpbssd", "0", "1", "2");
                         } else {
-                            tdp_usd!("0", "1", "2");
+                            tdp!("tdpbusd", "0", "1", "2");
                         }
                     } else {
                         tload!("4", w(c), 32usize);
                         tload!("5", x(c), 64usize);
                         asm!("tilezero tmm3", options(nomem, nostack, preserves_flags));
                         if signed {
-                            tdp_ssd!("3", "4", "5");
+                            tdp!("tdpbssd", "3", "4", "5");
                         } else {
-                            tdp_usd!("3", "4", "5");
+                            tdp!("tdpbusd", "3", "4", "5");
                         }
                     }
                 };
