@@ -38,8 +38,7 @@ pub fn enabled() -> bool {
 }
 
 /// AMX-TILE and AMX-BF16 (CPUID leaf 7: EDX bits 24 and 22), the AVX-512 the packing uses
-/// (F, BW and BF16),
-/// and Linux's leave to use the tiles' 8 KiB of state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// (F, BW and BF16), and Linux's leave to use the tiles' 8 KiB of state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
 /// XFEATURE_XTILEDATA)`, granted to the whole process; refused where the kernel or the
 /// hypervisor does not save that state).
 fn supported() -> bool {
@@ -123,11 +122,7 @@ impl Acts {
         let per_block = kb * split.parts() * TILE;
         // (every element is written below: a buffer reused need not be cleared)
         let len = m.div_ceil(TR) * per_block;
-        let mut tiles = SPARE.take();
-        if tiles.len() < len {
-            tiles.resize(len, 0);
-        }
-        tiles.truncate(len);
+        let mut tiles = super::spare::take(&SPARE, len);
         let one = |b: usize, dst: &mut [u16]| {
             let rows = &x[b * TR * k..((b + 1) * TR * k).min(x.len())];
             // SAFETY: the CPU has AVX-512 F and BW (`enabled`).
@@ -149,15 +144,9 @@ impl Acts {
 }
 
 impl Drop for Acts {
-    /// The buffer kept for the next product's tiles (as the panels keep theirs: faulting in a
-    /// fresh one's pages costs more than the packing).
+    /// The buffer kept for the next product's tiles (`spare`).
     fn drop(&mut self) {
-        let tiles = std::mem::take(&mut self.tiles);
-        SPARE.with_borrow_mut(|spare| {
-            if tiles.capacity() > spare.capacity() {
-                *spare = tiles;
-            }
-        });
+        super::spare::keep(&SPARE, std::mem::take(&mut self.tiles));
     }
 }
 
@@ -215,7 +204,8 @@ unsafe fn round32(v: [__m512; 2]) -> __m512i {
     r
 }
 
-/// One block of up to 16 activation rows (`rows`, `[≤16, k]`) into its tiles (`dst`, zeroed).
+/// One block of up to 16 activation rows (`rows`, `[≤16, k]`) into its tiles (`dst`, every
+/// element written: zeros past the rows and past `k`).
 ///
 /// # Safety
 /// The CPU has AVX-512 F and BW.
@@ -457,11 +447,11 @@ unsafe fn products(w: &[u16], acts: &Acts, n: usize, out: &mut [f32]) {
     let (wbs, xbs) = (n.div_ceil(TR), m.div_ceil(TR));
     assert!(w.len() >= wbs * per_block && acts.tiles.len() >= xbs * per_block);
     assert!(out.len() >= n * m);
-    let mut spare = Spare([0.0; 4 * TR * TR]);
-    let (outp, sparep) = (out.as_mut_ptr(), spare.0.as_mut_ptr());
+    let mut spilled = Spilled([0.0; 4 * TR * TR]);
+    let (outp, spilledp) = (out.as_mut_ptr(), spilled.0.as_mut_ptr());
     // SAFETY: the CPU has the tiles (the caller's contract); every tile loaded lies inside
     // `w` or `acts.tiles` (asserted above), every store inside `out` (a full tile's 16 rows
-    // and columns are live) or `spare`.
+    // and columns are live) or `spilled`.
     unsafe {
         asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly));
         for xb in (0..xbs).step_by(2) {
@@ -477,7 +467,7 @@ unsafe fn products(w: &[u16], acts: &Acts, n: usize, out: &mut [f32]) {
                     if j0 + TR <= n && i0 + TR <= m {
                         (outp.add(j0 * m + i0), 4 * m, false)
                     } else {
-                        (sparep.add((2 * a + b) * TR * TR), 4 * TR, true)
+                        (spilledp.add((2 * a + b) * TR * TR), 4 * TR, true)
                     }
                 };
                 let d = [dst(0, 0), dst(0, 1), dst(1, 0), dst(1, 1)];
@@ -499,7 +489,7 @@ unsafe fn products(w: &[u16], acts: &Acts, n: usize, out: &mut [f32]) {
                     let (j0, i0) = ((wb + a) * TR, (xb + b) * TR);
                     let cols = (m - i0).min(TR);
                     for r in 0..(n - j0).min(TR) {
-                        let src = sparep.add(t * TR * TR + r * TR);
+                        let src = spilledp.add(t * TR * TR + r * TR);
                         std::ptr::copy_nonoverlapping(src, outp.add((j0 + r) * m + i0), cols);
                     }
                 }
@@ -511,7 +501,7 @@ unsafe fn products(w: &[u16], acts: &Acts, n: usize, out: &mut [f32]) {
 
 /// Sums spilled from tiles that reach past the output's rows or columns.
 #[repr(C, align(64))]
-struct Spare([f32; 4 * TR * TR]);
+struct Spilled([f32; 4 * TR * TR]);
 
 /// The products of one or two weight tiles' rows (`wt`, their blocks `per_block` apart) and
 /// one or two activation tiles' (`xt`) over `kb` columns of tiles, into tmm0 ..= tmm3 (weight
@@ -547,9 +537,9 @@ unsafe fn pair(
         // second per core from L1 here; interleaved: 360; products alone: 565).
         let w = |c: usize, part: usize, b: usize| at(wt, b, c, part);
         let x = |c: usize, part: usize, b: usize| at(xt, b, c, part);
-        for c in 0..kb {
-            // wh·xh
-            tload!("4", w(c, 0, 0));
+        // the weights' part `wp` (both tiles) by the activations' high parts
+        let by_xh = |c: usize, wp: usize| {
+            tload!("4", w(c, wp, 0));
             tload!("6", x(c, 0, 0));
             tdp!("tdpbf16ps", "0", "4", "6");
             if two_x {
@@ -557,12 +547,15 @@ unsafe fn pair(
                 tdp!("tdpbf16ps", "1", "4", "7");
             }
             if two_w {
-                tload!("5", w(c, 0, 1));
+                tload!("5", w(c, wp, 1));
                 tdp!("tdpbf16ps", "2", "5", "6");
                 if two_x {
                     tdp!("tdpbf16ps", "3", "5", "7");
                 }
             }
+        };
+        for c in 0..kb {
+            by_xh(c, 0);
             if split == Split::Bf16 {
                 continue;
             }
@@ -579,21 +572,7 @@ unsafe fn pair(
                     tdp!("tdpbf16ps", "3", "5", "7");
                 }
             }
-            // wl·xh
-            tload!("4", w(c, 1, 0));
-            tload!("6", x(c, 0, 0));
-            tdp!("tdpbf16ps", "0", "4", "6");
-            if two_x {
-                tload!("7", x(c, 0, 1));
-                tdp!("tdpbf16ps", "1", "4", "7");
-            }
-            if two_w {
-                tload!("5", w(c, 1, 1));
-                tdp!("tdpbf16ps", "2", "5", "6");
-                if two_x {
-                    tdp!("tdpbf16ps", "3", "5", "7");
-                }
-            }
+            by_xh(c, 1);
         }
     }
 }

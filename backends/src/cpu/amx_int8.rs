@@ -1,6 +1,7 @@
 //! Prompt products of the 32-element block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and of Q4_K
-//! and Q5_K (whose scale and min change every 32 elements) on AMX-INT8 tiles. The activations are the 8-bit rows every such product meets
-//! ([`super::qdot::Acts`]: per 32 elements a scale `d`, 32 `i8` and `s = d·Σq`), so the
+//! and Q5_K (whose scale and min change every 32 elements) on AMX-INT8 tiles. The activations
+//! are the 8-bit rows every such product meets ([`super::qdot::Acts`]: per 32 elements a
+//! scale `d`, 32 `i8` and `s = d·Σq`), so the
 //! integer sums equal the register tiles' exactly and only the order of the f32 additions
 //! differs. Each 32-element block is one tile product (16 weight rows by 16 activation rows,
 //! 8,192 multiply-adds of bytes into `i32`): `tdpbssd` of Q8_0's signed values, or `tdpbusd`

@@ -21,6 +21,8 @@ mod rows;
 mod scan_lanes;
 #[cfg(target_arch = "x86_64")]
 mod scan_zmm;
+#[cfg(target_arch = "x86_64")]
+mod spare;
 mod ssm;
 mod state;
 mod team;

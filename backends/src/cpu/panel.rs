@@ -188,11 +188,7 @@ impl Acts {
         let pr = 2 * lanes;
         let len = m.div_ceil(pr) * k * pr;
         // (every element is written below: a buffer reused need not be cleared)
-        let mut woven = SPARE.take();
-        if woven.len() < len {
-            woven.resize(len, 0.0);
-        }
-        woven.truncate(len);
+        let mut woven = super::spare::take(&SPARE, len);
         let one = |p: usize, panel: &mut [f32]| {
             // SAFETY: the CPU has the width's features (asserted above).
             unsafe {
@@ -222,12 +218,7 @@ impl Drop for Acts {
     /// The buffer kept for the next product's panels (faulting in a fresh one's pages was a
     /// third of the weaving).
     fn drop(&mut self) {
-        let woven = std::mem::take(&mut self.woven);
-        SPARE.with_borrow_mut(|spare| {
-            if woven.capacity() > spare.capacity() {
-                *spare = woven;
-            }
-        });
+        super::spare::keep(&SPARE, std::mem::take(&mut self.woven));
     }
 }
 
